@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make run` (main job) and `make test`.
+# Both create .venv and install everything on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data/Flipkart
+INDEX_DIR ?= var/index
+PORT ?= 8000
+export DATA_DIR INDEX_DIR PORT
+
+.PHONY: run test install index bench report clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(INDEX_DIR)/CURRENT: | install
+	$(PY) -m indexer build --data "$(DATA_DIR)" --out "$(INDEX_DIR)"
+
+index: $(INDEX_DIR)/CURRENT
+
+run: index
+	$(PY) -m indexer info "$(INDEX_DIR)"
+
+test: install
+	$(PY) -m pytest
+
+bench: index
+	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf var reports .pytest_cache

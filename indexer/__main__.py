@@ -1,0 +1,119 @@
+"""Command line: `python -m indexer build | add | info`.
+
+Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
+so that `make run`, the service and CI agree without paths written in code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .catalog import CatalogError, load_catalog
+from .encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
+from .store import DEFAULT_FACTORY, IndexError_, IndexStore
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
+def cmd_build(args) -> int:
+    from .build import build_index
+
+    if not args.data:
+        raise SystemExit("no dataset: pass --data DIR or set DATA_DIR")
+    summary = build_index(
+        args.data, args.out, profile=args.profile, factory=args.factory,
+        batch_size=args.batch_size, progress=not args.quiet, use_cache=not args.no_cache,
+    )
+    for line in summary.lines():
+        print(line)
+    if args.report:
+        for line in load_catalog(args.data).report.lines():
+            print("  " + line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary.__dict__, indent=2, default=str))
+    return 0
+
+
+def cmd_add(args) -> int:
+    from .build import add_products
+
+    store = IndexStore.load(args.index)
+    catalog = load_catalog(args.data)
+    known = {p.id for p in store.products}
+    new = [p for p in catalog.products if p.id not in known]
+    skipped = len(catalog.products) - len(new)
+    if not new:
+        print(f"nothing to add: all {skipped} products of {args.data} are already indexed")
+        return 0
+    encoder = create_encoder(store.profile)
+    store, report = add_products(args.index, new, encoder, progress=not args.quiet)
+    catalog.report.merge(report)
+    print(f"added {len(new)} products ({skipped} already indexed); index now holds "
+          f"{len(store.products)} products, version {store.version}")
+    for line in catalog.report.lines():
+        print("  " + line)
+    return 0
+
+
+def cmd_info(args) -> int:
+    store = IndexStore.load(args.index)
+    m = store.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    print(f"index {store.path} version {store.version} (format {m['format_version']})")
+    print(f"profile {m['profile']}: {m['model_id']}")
+    print(f"products {m['counts']['products']}; " + ", ".join(
+        f"{mod} {m['counts'].get(mod, 0)} x {m['dims'][mod]}" for mod in m["modalities"]))
+    print(f"FAISS {m['index_factory']} ({m['metric']}); built {m['built_at']}; data {m['data_fingerprint'][:12]}")
+    counts = m.get("validation", {}).get("counts", {})
+    print("validation: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "clean"))
+    print("categories: " + ", ".join(m.get("categories", [])))
+    if "decision" in m:
+        print(f"auto decision threshold: {m['decision']}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="encode a dataset folder into a new index version")
+    b.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
+    b.add_argument("--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)")
+    b.add_argument("--profile", default=_env("ENCODER_PROFILE", DEFAULT_PROFILE), choices=list_profiles())
+    b.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--no-cache", action="store_true", help="ignore the embedding cache")
+    b.add_argument("--report", action="store_true", help="print every validation finding")
+    b.add_argument("--json", help="also write the summary as JSON to this file")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+    a = sub.add_parser("add", help="append the new products of a dataset folder to an index")
+    a.add_argument("--index", default=_env("INDEX_DIR", "var/index"))
+    a.add_argument("--data", required=True, help="dataset folder in the published layout (CSV + Images/)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=cmd_add)
+    i = sub.add_parser("info", help="describe an index")
+    i.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CatalogError, IndexError_, EncoderUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Build and add pipeline: catalog -> cached or fresh embeddings -> published index.
+
+Images are read and hashed, looked up in the embedding cache, and only the misses
+are decoded (in a thread pool, overlapping the model's forward passes) and encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cache import EmbeddingCache, content_key
+from .catalog import Catalog, Product, ValidationReport, load_catalog
+from .encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
+from .images import ImageError, load_image
+from .store import DEFAULT_FACTORY, IndexStore, append, publish, write_lock
+from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
+
+CACHE_FILE = "cache.sqlite"
+
+
+@dataclass
+class Encoded:
+    """Vectors for a list of products; NaN rows where a modality is absent."""
+
+    vectors: dict[str, np.ndarray]
+    report: ValidationReport
+    cached: dict[str, int] = field(default_factory=dict)
+    encoded: dict[str, int] = field(default_factory=dict)
+    image_hashes: dict[str, str] = field(default_factory=dict)
+
+    def present(self, modality: str) -> np.ndarray:
+        return ~np.isnan(self.vectors[modality]).any(axis=1)
+
+
+@dataclass
+class BuildSummary:
+    index_dir: str
+    version: str
+    profile: str
+    products: int
+    indexed: dict[str, int]
+    skipped: dict[str, int]
+    cached: dict[str, int]
+    encoded: dict[str, int]
+    seconds: float
+    encode_seconds: float
+    products_per_s: float
+    peak_rss_mb: float
+    report: dict
+
+    def lines(self) -> list[str]:
+        return [
+            f"index {self.index_dir} version {self.version} (profile {self.profile})",
+            f"products: {self.products}; indexed image: {self.indexed.get('image', 0)}, text: {self.indexed.get('text', 0)}",
+            "skipped/reported: " + (", ".join(f"{k} {v}" for k, v in self.skipped.items()) or "none"),
+            f"embeddings from cache: image {self.cached.get('image', 0)}, text {self.cached.get('text', 0)}; "
+            f"freshly encoded: image {self.encoded.get('image', 0)}, text {self.encoded.get('text', 0)}",
+            f"time {self.seconds:.1f} s (encoding {self.encode_seconds:.1f} s): {self.products_per_s:.1f} products/s; "
+            f"peak RSS {self.peak_rss_mb:.0f} MB",
+        ]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cache_model(encoder: Encoder, modality: str) -> str:
+    return f"{encoder.model_ids[modality]}|{getattr(encoder, 'precision', 'fp32')}"
+
+
+def product_texts(products: Sequence[Product], strip: bool = DEFAULT_STRIP_BOILERPLATE) -> list[str]:
+    return [encoder_text(p.name, p.description, strip=strip) for p in products]
+
+
+def _read(path: Path) -> bytes | Exception:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        return exc
+
+
+def encode_products(
+    products: Sequence[Product],
+    encoder: Encoder,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    strip_boilerplate: bool = DEFAULT_STRIP_BOILERPLATE,
+) -> Encoded:
+    """Image and text vectors for `products`, using and filling the cache."""
+    n = len(products)
+    report = ValidationReport()
+    out = {m: np.full((n, encoder.dims[m]), np.nan, dtype=np.float32) for m in ("image", "text")}
+    cached = {"image": 0, "text": 0}
+    fresh = {"image": 0, "text": 0}
+    hashes: dict[str, str] = {}
+    bar = tqdm(total=2 * n, desc="encoding", unit="item", disable=not progress, leave=False)
+
+    # ---- images: hash, look up, decode + encode the misses --------------------------------
+    image_model = _cache_model(encoder, "image")
+    raw: dict[int, bytes] = {}
+    for row, product in enumerate(products):
+        if product.image_path is None:
+            continue
+        data = _read(product.image_path)
+        if isinstance(data, Exception):
+            report.add("unreadable_image", product.id, str(data))
+            continue
+        raw[row] = data
+        hashes[product.id] = content_key(data)
+    hits = cache.get_many(image_model, hashes.values()) if cache else {}
+    todo = []
+    for row, data in raw.items():
+        vector = hits.get(hashes[products[row].id])
+        if vector is not None and vector.shape[0] == encoder.dims["image"]:
+            out["image"][row] = vector
+            cached["image"] += 1
+        else:
+            todo.append(row)
+    bar.update(n - len(todo))
+
+    def prepare(row: int):
+        try:
+            return encoder.preprocess(load_image(raw[row], draft_size=encoder.image_size))
+        except ImageError as exc:
+            return exc
+
+    new_items: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        queue = iter(todo)
+        batch_rows, batch_arrays = [], []
+
+        def flush():
+            vectors = encoder.encode_arrays(batch_arrays, batch_size=batch_size)
+            for r, v in zip(batch_rows, vectors):
+                out["image"][r] = v
+                new_items[hashes[products[r].id]] = v
+            fresh["image"] += len(batch_rows)
+            bar.update(len(batch_rows))
+            batch_rows.clear()
+            batch_arrays.clear()
+
+        for row in queue:
+            pending.append((row, pool.submit(prepare, row)))
+            if len(pending) < 2 * batch_size:
+                continue
+            while pending and len(batch_rows) < batch_size:
+                r, fut = pending.popleft()
+                result = fut.result()
+                if isinstance(result, Exception):
+                    report.add("unreadable_image", products[r].id, str(result))
+                    bar.update(1)
+                else:
+                    batch_rows.append(r)
+                    batch_arrays.append(result)
+            if len(batch_rows) >= batch_size:
+                flush()
+        while pending:
+            r, fut = pending.popleft()
+            result = fut.result()
+            if isinstance(result, Exception):
+                report.add("unreadable_image", products[r].id, str(result))
+                bar.update(1)
+                continue
+            batch_rows.append(r)
+            batch_arrays.append(result)
+            if len(batch_rows) >= batch_size:
+                flush()
+        if batch_rows:
+            flush()
+    if cache and new_items:
+        cache.put_many(image_model, new_items)
+
+    # ---- texts -------------------------------------------------------------------------------
+    text_model = _cache_model(encoder, "text")
+    texts = product_texts(products, strip_boilerplate)
+    keys = {row: content_key(t) for row, t in enumerate(texts) if t}
+    hits = cache.get_many(text_model, keys.values()) if cache else {}
+    todo = []
+    for row, key in keys.items():
+        vector = hits.get(key)
+        if vector is not None and vector.shape[0] == encoder.dims["text"]:
+            out["text"][row] = vector
+            cached["text"] += 1
+        else:
+            todo.append(row)
+    bar.update(n - len(todo))
+    new_items = {}
+    for start in range(0, len(todo), 4 * batch_size):
+        rows = todo[start : start + 4 * batch_size]
+        vectors = encoder.encode_texts([texts[r] for r in rows], batch_size=batch_size)
+        for r, v in zip(rows, vectors):
+            out["text"][r] = v
+            new_items[keys[r]] = v
+        fresh["text"] += len(rows)
+        bar.update(len(rows))
+    if cache and new_items:
+        cache.put_many(text_model, new_items)
+    bar.close()
+    return Encoded(vectors=out, report=report, cached=cached, encoded=fresh, image_hashes=hashes)
+
+
+def data_fingerprint(catalog: Catalog, image_hashes: dict[str, str]) -> str:
+    digest = hashlib.sha256(catalog.csv_path.read_bytes())
+    for pid in sorted(image_hashes):
+        digest.update(f"{pid}:{image_hashes[pid]}".encode())
+    return digest.hexdigest()
+
+
+def build_index(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    profile: str = DEFAULT_PROFILE,
+    encoder: Encoder | None = None,
+    factory: str = DEFAULT_FACTORY,
+    batch_size: int = 32,
+    progress: bool = True,
+    use_cache: bool = True,
+    on_encoded: Callable[[], None] | None = None,
+) -> BuildSummary:
+    """Encode every product of the dataset at `data_dir` and publish a new index version."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    catalog = load_catalog(data_dir)
+    encoder = encoder or create_encoder(profile)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = EmbeddingCache(out_dir / CACHE_FILE) if use_cache else None
+    t0 = time.perf_counter()
+    try:
+        encoded = encode_products(catalog.products, encoder, cache, batch_size=batch_size, progress=progress)
+    finally:
+        if cache:
+            cache.close()
+    encode_seconds = time.perf_counter() - t0
+    if on_encoded:
+        on_encoded()
+    report = catalog.report
+    report.merge(encoded.report)
+    vectors = {}
+    for modality, matrix in encoded.vectors.items():
+        present = encoded.present(modality)
+        vectors[modality] = (matrix[present], np.flatnonzero(present))
+    manifest = {
+        "profile": encoder.profile,
+        "model_id": model_id(encoder),
+        "model_ids": dict(encoder.model_ids),
+        "precision": getattr(encoder, "precision", "fp32"),
+        "text_normalisation": {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE},
+        "data_dir": str(Path(data_dir).resolve()),
+        "data_fingerprint": data_fingerprint(catalog, encoded.image_hashes),
+        "categories": catalog.categories(),
+        "validation": report.to_dict(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with write_lock(out_dir):
+        version = publish(out_dir, catalog.products, vectors, manifest, factory)
+    seconds = time.perf_counter() - start
+    return BuildSummary(
+        index_dir=str(out_dir),
+        version=version,
+        profile=encoder.profile,
+        products=len(catalog.products),
+        indexed={m: int(len(v[0])) for m, v in vectors.items()},
+        skipped=report.counts(),
+        cached=encoded.cached,
+        encoded=encoded.encoded,
+        seconds=seconds,
+        encode_seconds=encode_seconds,
+        products_per_s=len(catalog.products) / seconds,
+        peak_rss_mb=peak_rss_mb(),
+        report=report.to_dict(),
+    )
+
+
+def add_products(
+    index_dir: str | Path,
+    products: Sequence[Product],
+    encoder: Encoder,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[IndexStore, ValidationReport]:
+    """Encode `products` and append them to the live index (no rebuild, no re-encoding)."""
+    index_dir = Path(index_dir)
+    store = IndexStore.load(index_dir, encoder=encoder)
+    cache = EmbeddingCache(index_dir / CACHE_FILE)
+    try:
+        encoded = encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
+    finally:
+        cache.close()
+    store = append(store, list(products), encoded.vectors)
+    return store, encoded.report

@@ -1,0 +1,59 @@
+"""Encoders by profile name: the one way the build, the service and the evaluation
+get vectors, in the manner of open_clip's `create_model_and_transforms` registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Encoder, EncoderUnavailable, l2_normalize, model_id
+
+DEFAULT_PROFILE = "embedded"
+
+_FACTORIES: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_profile(name: str, factory: Callable[..., Encoder]) -> None:
+    """Make `create_encoder(name)` build an encoder with `factory(**options)`."""
+    _FACTORIES[name] = factory
+
+
+def list_profiles() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def create_encoder(profile: str = DEFAULT_PROFILE, **options) -> Encoder:
+    """Build the encoder of a named profile; options override its env/config defaults."""
+    try:
+        factory = _FACTORIES[profile]
+    except KeyError:
+        raise ValueError(
+            f"unknown encoder profile {profile!r}; known profiles: {', '.join(list_profiles())}"
+        ) from None
+    return factory(**options)
+
+
+def _embedded(**options) -> Encoder:
+    from .embedded import EmbeddedEncoder
+
+    return EmbeddedEncoder(**options)
+
+
+def _clip(**options) -> Encoder:
+    from .clip import ClipEncoder
+
+    return ClipEncoder(**options)
+
+
+register_profile("embedded", _embedded)
+register_profile("clip", _clip)
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "Encoder",
+    "EncoderUnavailable",
+    "create_encoder",
+    "l2_normalize",
+    "list_profiles",
+    "model_id",
+    "register_profile",
+]

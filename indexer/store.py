@@ -1,0 +1,316 @@
+"""The index on disk: one FAISS index per modality, product metadata, a manifest.
+
+Layout of an index directory::
+
+    CURRENT                 name of the live version (replaced atomically)
+    versions/<n>/manifest.json, products.jsonl, <modality>.npy, <modality>.faiss
+    cache.sqlite            embedding cache (see indexer.cache)
+
+A writer builds a complete new version beside the live one and only then swaps
+CURRENT with os.replace, so a build killed at any point leaves the previous index
+loadable. Writers take an exclusive lock, readers never wait; readers notice a new
+version by re-reading CURRENT (`IndexStore.is_stale`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import faiss
+import numpy as np
+
+from .catalog import Product
+from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
+
+FORMAT_VERSION = 1
+DEFAULT_FACTORY = "Flat"
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+KEEP_VERSIONS = 3
+
+
+class IndexError_(RuntimeError):
+    """Base class for index problems (named with _ to keep the builtin IndexError)."""
+
+
+class IndexNotFound(IndexError_):
+    pass
+
+
+class IndexMismatch(IndexError_):
+    """The index was built by other encoders than the ones offered."""
+
+
+@dataclass
+class ModalityIndex:
+    """Vectors of one modality; `rows[i]` is the product row of vector i."""
+
+    vectors: np.ndarray
+    rows: np.ndarray
+    index: faiss.Index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, product rows) of the k nearest vectors; rows are -1 past the end."""
+        k = max(1, min(k, self.index.ntotal))
+        if self.index.ntotal == 0:
+            n = len(queries)
+            return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+        sims, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        rows = np.where(positions >= 0, self.rows[np.clip(positions, 0, None)], -1)
+        return sims, rows
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
+    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric."""
+    dim = vectors.shape[1]
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        if len(vectors) == 0:
+            raise IndexError_(f"FAISS index {factory!r} needs training vectors")
+        index.train(vectors)
+    if len(vectors):
+        index.add(vectors)
+    return index
+
+
+@dataclass
+class IndexStore:
+    """A loaded index version: products, per-modality vectors and FAISS indexes, manifest."""
+
+    path: Path
+    version: str
+    manifest: dict
+    products: list[Product]
+    modalities: dict[str, ModalityIndex] = field(default_factory=dict)
+
+    # ---- reading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, encoder: Encoder | None = None) -> "IndexStore":
+        """Load the live version; with `encoder`, refuse an index built by other models."""
+        path = Path(path)
+        version = read_current(path)
+        vdir = path / VERSIONS / version
+        manifest = json.loads((vdir / "manifest.json").read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexMismatch(
+                f"index {path} has format version {manifest.get('format_version')}, "
+                f"this code reads version {FORMAT_VERSION}: rebuild it with `python -m indexer build`"
+            )
+        if encoder is not None:
+            check_compatible(manifest, encoder)
+        with open(vdir / "products.jsonl", encoding="utf-8") as fh:
+            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+        modalities = {}
+        for modality in manifest["modalities"]:
+            vectors = np.load(vdir / f"{modality}.npy")
+            rows = np.load(vdir / f"{modality}.rows.npy")
+            index = faiss.read_index(str(vdir / f"{modality}.faiss"))
+            modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
+        return cls(path=path, version=version, manifest=manifest, products=products, modalities=modalities)
+
+    def is_stale(self) -> bool:
+        """True when another process has published a newer version."""
+        try:
+            return read_current(self.path) != self.version
+        except IndexNotFound:
+            return False
+
+    @property
+    def profile(self) -> str:
+        return self.manifest["profile"]
+
+    def categories(self) -> list[str]:
+        return sorted({p.category for p in self.products if p.category})
+
+    def labels(self) -> np.ndarray:
+        return np.array([p.category or "" for p in self.products], dtype=object)
+
+    def product_rows(self) -> dict[str, int]:
+        return {p.id: i for i, p in enumerate(self.products)}
+
+    def vectors_by_row(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, rows) of a modality: what the evaluation reads instead of re-encoding."""
+        m = self.modalities[modality]
+        return m.vectors, m.rows
+
+
+def read_current(path: Path) -> str:
+    pointer = Path(path) / CURRENT
+    try:
+        version = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise IndexNotFound(
+            f"no index at {path} (build one: python -m indexer build --data DATA_DIR --out {path})"
+        ) from None
+    if not (Path(path) / VERSIONS / version / "manifest.json").is_file():
+        raise IndexNotFound(f"index {path} points at version {version!r}, which is incomplete")
+    return version
+
+
+def check_compatible(manifest: Mapping, encoder: Encoder) -> None:
+    built = manifest.get("model_ids", {})
+    dims = manifest.get("dims", {})
+    if manifest.get("profile") != encoder.profile or any(
+        built.get(m) != encoder.model_ids.get(m) or dims.get(m) != encoder.dims.get(m) for m in built
+    ):
+        raise IndexMismatch(
+            f"index was built with profile {manifest.get('profile')!r} ({manifest.get('model_id')}), "
+            f"but the encoder is {model_id(encoder)}; rebuild the index with --profile {encoder.profile} "
+            f"or start with the {manifest.get('profile')!r} profile"
+        )
+
+
+# ---- writing -------------------------------------------------------------------------------
+@contextmanager
+def write_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock serialising writers (builds, adds) across processes."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _next_version(path: Path) -> str:
+    versions = path / VERSIONS
+    existing = [int(p.name) for p in versions.glob("[0-9]*") if p.name.isdigit()] if versions.is_dir() else []
+    return f"{max(existing, default=0) + 1:06d}"
+
+
+def publish(
+    path: str | Path,
+    products: list[Product],
+    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    manifest: dict,
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+) -> str:
+    """Write a new complete version and make it live atomically; returns its name.
+
+    `vectors[modality] = (vectors, rows)`; `indexes` may hand over FAISS indexes already
+    holding those vectors (an add extends the live one instead of retraining). The
+    caller holds `write_lock(path)`.
+    """
+    path = Path(path)
+    (path / VERSIONS).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path / VERSIONS))
+    try:
+        with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
+            for product in products:
+                fh.write(json.dumps(product.to_record(), ensure_ascii=False) + "\n")
+        counts = {"products": len(products)}
+        dims = {}
+        for modality, (vecs, rows) in vectors.items():
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}")
+            vecs = l2_normalize(vecs)
+            rows = np.asarray(rows, dtype=np.int64)
+            np.save(staging / f"{modality}.npy", vecs)
+            np.save(staging / f"{modality}.rows.npy", rows)
+            index = (indexes or {}).get(modality)
+            if index is None:
+                index = make_faiss_index(vecs, factory)
+            if index.ntotal != len(vecs):
+                raise IndexError_(f"{modality} index holds {index.ntotal} vectors, expected {len(vecs)}")
+            faiss.write_index(index, str(staging / f"{modality}.faiss"))
+            counts[modality] = int(len(vecs))
+            dims[modality] = int(vecs.shape[1])
+        manifest = dict(manifest)
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            modalities=sorted(vectors),
+            counts=counts,
+            dims=dims,
+            index_factory=factory,
+            metric="inner_product",
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for item in staging.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        version = _next_version(path)
+        os.rename(staging, path / VERSIONS / version)
+        _fsync_dir(path / VERSIONS)
+        pointer_tmp = path / f".{CURRENT}.tmp"
+        pointer_tmp.write_text(version + "\n")
+        with open(pointer_tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(pointer_tmp, path / CURRENT)
+        _fsync_dir(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _prune(path, keep=version)
+    return version
+
+
+def _prune(path: Path, keep: str) -> None:
+    """Drop old versions (readers hold theirs in memory) and stale staging folders."""
+    versions = sorted(p for p in (path / VERSIONS).iterdir() if p.name.isdigit())
+    for old in versions[:-KEEP_VERSIONS]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for staging in (path / VERSIONS).glob(".staging-*"):
+        if time.time() - staging.stat().st_mtime > 3600:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def append(
+    store: IndexStore,
+    new_products: list[Product],
+    new_vectors: Mapping[str, np.ndarray | None],
+) -> IndexStore:
+    """Add products to the live index without re-encoding the existing ones.
+
+    `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
+    Re-reads the live version under the write lock so concurrent adds never lose data.
+    """
+    path = store.path
+    with write_lock(path):
+        live = IndexStore.load(path)
+        known = {p.id for p in live.products}
+        clash = [p.id for p in new_products if p.id in known]
+        if clash:
+            raise ValueError(f"product ids already in the index: {', '.join(clash[:5])}")
+        base = len(live.products)
+        merged, indexes = {}, {}
+        for modality in sorted(set(live.modalities) | {m for m, v in new_vectors.items() if v is not None}):
+            old = live.modalities.get(modality)
+            vecs = [old.vectors] if old else []
+            rows = [old.rows] if old else []
+            added = new_vectors.get(modality)
+            if added is not None:
+                added = np.asarray(added, dtype=np.float32)
+                keep = ~np.isnan(added).any(axis=1)
+                added = l2_normalize(added[keep]) if keep.any() else added[keep]
+                vecs.append(added)
+                rows.append(base + np.flatnonzero(keep))
+                if old is not None:
+                    old.index.add(added)
+            if old is not None:
+                indexes[modality] = old.index
+            merged[modality] = (np.concatenate(vecs), np.concatenate(rows))
+        manifest = {k: v for k, v in live.manifest.items()}
+        manifest["added_products"] = manifest.get("added_products", 0) + len(new_products)
+        publish(path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes)
+        return IndexStore.load(path)

@@ -1,0 +1,41 @@
+"""Shared fixtures: synthetic images, and one real index built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data" / "Flipkart"))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    path = data_dir()
+    if not (path / "Images").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"DATA_DIR {path} is missing in CI")
+        pytest.skip(f"dataset not found at {path} (set DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_encoder():
+    from indexer.encoders import create_encoder
+
+    return create_encoder("embedded")
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory, real_data_dir, embedded_encoder):
+    """The 945-product index, embedded profile, built once and shared (read-only!)."""
+    from indexer.build import build_index
+
+    out = tmp_path_factory.mktemp("real-index")
+    summary = build_index(real_data_dir, out, encoder=embedded_encoder, progress=False)
+    return out, summary
