@@ -1,0 +1,1 @@
+"""Dataset fetching (`python -m data.fetch`); the data itself (data/Flipkart/) is git-ignored."""

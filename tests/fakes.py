@@ -1,0 +1,153 @@
+"""Test doubles: a tiny deterministic encoder and synthetic datasets in the published layout.
+
+The fake encoder implements the Encoder protocol with fixed random projections, so
+tests of the store, the build and the CLI run in milliseconds yet still see vectors
+that depend on the content (same image -> same vector, changed image -> new vector).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from indexer.catalog import CSV_NAME, IMAGES_DIR
+from indexer.encoders.base import l2_normalize
+
+FAKE_PROFILE = "fake"
+PREPROCESS_SIZE = 8
+
+CSV_COLUMNS = [
+    "uniq_id", "crawl_timestamp", "product_url", "product_name", "product_category_tree", "pid",
+    "retail_price", "discounted_price", "image", "is_FK_Advantage_product", "description",
+    "product_rating", "overall_rating", "brand", "product_specifications",
+]
+
+
+class FakeEncoder:
+    """Random-projection encoder: pixels (8x8 RGB) and hashed words -> unit vectors."""
+
+    def __init__(self, profile: str = FAKE_PROFILE, image_dim: int = 16, text_dim: int = 12,
+                 version: str = "v1", seed: int = 0):
+        self.profile = profile
+        self.model_ids = {"image": f"fake/image-{version}", "text": f"fake/text-{version}"}
+        self.dims = {"image": image_dim, "text": text_dim}
+        self.image_size = PREPROCESS_SIZE
+        self.precision = "fp32"
+        rng = np.random.default_rng(seed)
+        self._image_proj = rng.standard_normal((3 * PREPROCESS_SIZE**2, image_dim)).astype(np.float32)
+        self._text_proj = rng.standard_normal((64, text_dim)).astype(np.float32)
+        self.calls = {"image": 0, "text": 0}  # items encoded, to check the cache
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        small = image.convert("RGB").resize((PREPROCESS_SIZE, PREPROCESS_SIZE), Image.Resampling.BILINEAR)
+        return (np.asarray(small, dtype=np.float32) / 255.0 - 0.5).transpose(2, 0, 1)
+
+    def encode_arrays(self, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        self.calls["image"] += len(arrays)
+        if not len(arrays):
+            return np.zeros((0, self.dims["image"]), np.float32)
+        flat = np.stack([np.asarray(a, np.float32).reshape(-1) for a in arrays])
+        return l2_normalize(flat @ self._image_proj + 1e-3)
+
+    def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
+        return self.encode_arrays([self.preprocess(i) for i in images], batch_size)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        self.calls["text"] += len(texts)
+        bags = np.zeros((len(texts), 64), np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                bags[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+        if not len(texts):
+            return np.zeros((0, self.dims["text"]), np.float32)
+        return l2_normalize(bags @ self._text_proj + 1e-3)
+
+
+def random_vectors(n: int, dim: int, seed: int = 0, scale: float = 3.0) -> np.ndarray:
+    """Non-normalised vectors (norms far from 1) to check that the store normalises."""
+    return (np.random.default_rng(seed).standard_normal((n, dim)) * scale).astype(np.float32)
+
+
+CATEGORIES = ["Watches", "Baby Care", "Computers"]
+COLOURS = {"Watches": (200, 30, 30), "Baby Care": (30, 200, 30), "Computers": (30, 30, 200)}
+WORDS = {
+    "Watches": "analog wrist watch strap dial quartz",
+    "Baby Care": "baby cotton romper infant soft bib",
+    "Computers": "laptop battery usb keyboard mouse adapter",
+}
+
+
+def product_row(pid: str, category: str, index: int, image: str | None = None, **overrides) -> dict:
+    """One CSV row in the published column layout."""
+    name = f"{category} item {index}"
+    row = {c: "" for c in CSV_COLUMNS}
+    row.update(
+        uniq_id=pid,
+        crawl_timestamp="2016-04-30 03:22:56 +0000",
+        product_url=f"http://www.flipkart.com/p/{pid}",
+        product_name=name,
+        product_category_tree=json.dumps([f"{category} >> {category} Sub >> {name}"]),
+        pid=pid.upper()[:16],
+        retail_price="999.0",
+        discounted_price="499.0",
+        image=image if image is not None else f"{pid}.jpg",
+        is_FK_Advantage_product="False",
+        description=f"Key Features of {name} {WORDS[category]} number {index}. "
+        f"Buy {name} for Rs. 499 online. Only Genuine Products. 30 Day Replacement Guarantee. "
+        "Free Shipping. Cash On Delivery!",
+        brand=f"Brand{index % 2}",
+    )
+    row.update(overrides)
+    return row
+
+
+def write_csv(folder: Path, rows: list[dict], name: str = CSV_NAME) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, quoting=csv.QUOTE_MINIMAL)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def product_image(category: str, index: int, size: int = 48) -> Image.Image:
+    """A solid colour per category with a per-product square, so images differ but cluster."""
+    image = Image.new("RGB", (size, size), COLOURS[category])
+    shade = (index * 37) % 256
+    image.paste((shade, 255 - shade, shade // 2), (4, 4, 4 + size // 3, 4 + size // 3))
+    return image
+
+
+def make_dataset(folder: Path, per_category: int = 3, prefix: str = "p", corrupt: int = 0,
+                 missing: int = 0, categories: Sequence[str] = CATEGORIES) -> dict:
+    """A small dataset in the published layout (CSV + Images/).
+
+    `corrupt` products get a truncated JPEG and `missing` products name an image file
+    that does not exist; returns {"rows", "corrupt_ids", "missing_ids", "folder"}.
+    """
+    images = folder / IMAGES_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    rows, corrupt_ids, missing_ids = [], [], []
+    for c, category in enumerate(categories):
+        for i in range(per_category):
+            index = c * per_category + i
+            pid = f"{prefix}{index:04d}" + hashlib.md5(f"{prefix}{index}".encode()).hexdigest()[:12]
+            rows.append(product_row(pid, category, index))
+            path = images / f"{pid}.jpg"
+            if len(missing_ids) < missing and i == per_category - 1:
+                missing_ids.append(pid)
+                continue
+            product_image(category, index).save(path, "JPEG", quality=90)
+            if len(corrupt_ids) < corrupt and i == 0:
+                path.write_bytes(path.read_bytes()[: 200])
+                corrupt_ids.append(pid)
+    write_csv(folder, rows)
+    return {"rows": rows, "corrupt_ids": corrupt_ids, "missing_ids": missing_ids, "folder": folder}
