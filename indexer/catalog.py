@@ -76,8 +76,9 @@ def parse_category_tree(raw: object) -> tuple[str, ...]:
     except (json.JSONDecodeError, TypeError):
         pass
     text = text.strip(_QUOTES)
-    parts = [re.sub(r"\s+", " ", p.strip(_QUOTES)) for p in text.split(CATEGORY_SEPARATOR)]
-    return tuple(p for p in parts if p)
+    # Inner levels keep their own quotes ("Boys' Wear"); a level cut down to "..." says nothing.
+    parts = [re.sub(r"\s+", " ", p.strip()) for p in text.split(CATEGORY_SEPARATOR)]
+    return tuple(p for p in parts if p.strip(".\u2026 "))
 
 
 def format_category_path(path: tuple[str, ...] | list[str]) -> str:
