@@ -77,8 +77,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode.startswith("I"):  # 16-bit greyscale: point() only handles mode I
+        image = image.convert("I").point(lambda v: v / 256).convert("L")
     return image.convert("RGB")
 
 
@@ -114,7 +114,7 @@ def load_image(
         if decoded_w * decoded_h > limits.max_pixels:
             raise ImageError(
                 f"image is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
-                f"over the {limits.max_pixels / 1e6:.0f} MP limit"
+                f"over the {limits.max_pixels / 1e6:g} MP limit"
             )
         try:
             image.load()
@@ -122,8 +122,12 @@ def load_image(
             raise ImageError(f"truncated or corrupt image data: {exc}") from exc
         except Image.DecompressionBombError as exc:
             raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
-    image = ImageOps.exif_transpose(image) or image
-    return _to_rgb(image)
+    source_format, source_mode = image.format, image.mode
+    try:
+        image = ImageOps.exif_transpose(image) or image
+        return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, TypeError) as exc:  # odd modes, broken EXIF
+        raise ImageError(f"cannot convert {source_format} image (mode {source_mode}) to RGB: {exc}") from exc
 
 
 def thumbnail(image: Image.Image, size: int) -> Image.Image:
