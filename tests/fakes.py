@@ -151,3 +151,54 @@ def make_dataset(folder: Path, per_category: int = 3, prefix: str = "p", corrupt
                 corrupt_ids.append(pid)
     write_csv(folder, rows)
     return {"rows": rows, "corrupt_ids": corrupt_ids, "missing_ids": missing_ids, "folder": folder}
+
+
+# ---- store helpers ---------------------------------------------------------------------------
+def make_products(n: int, prefix: str = "s") -> list:
+    """`n` Products without images, cycling through CATEGORIES."""
+    from indexer.catalog import Product
+
+    return [
+        Product(
+            id=f"{prefix}{i:04d}", name=f"{CATEGORIES[i % 3]} item {i}", description=WORDS[CATEGORIES[i % 3]],
+            brand=None, price=float(i), category_path=(CATEGORIES[i % 3], "Sub"), image=None,
+        )
+        for i in range(n)
+    ]
+
+
+def fake_manifest(encoder: FakeEncoder) -> dict:
+    """What the build writes about the encoder, for tests that call store.publish directly."""
+    from indexer.encoders.base import model_id
+
+    return {"profile": encoder.profile, "model_id": model_id(encoder), "model_ids": dict(encoder.model_ids),
+            "built_at": "2026-01-01T00:00:00Z"}
+
+
+def publish_fake(path: Path, n: int = 30, prefix: str = "s", factory: str = "Flat", seed: int = 0,
+                 encoder: FakeEncoder | None = None) -> tuple[list, dict]:
+    """Publish `n` products with random vectors (text for all, image for every other one)."""
+    from indexer.store import publish, write_lock
+
+    encoder = encoder or FakeEncoder()
+    products = make_products(n, prefix)
+    image_rows = np.arange(0, n, 2)
+    vectors = {
+        "image": (random_vectors(len(image_rows), encoder.dims["image"], seed), image_rows),
+        "text": (random_vectors(n, encoder.dims["text"], seed + 1), np.arange(n)),
+    }
+    with write_lock(Path(path)):
+        publish(path, products, vectors, fake_manifest(encoder), factory=factory)
+    return products, vectors
+
+
+def append_worker(path: str, prefix: str, n: int, seed: int, barrier, results) -> None:
+    """Run in another process: load the index, wait for the sibling, then append `n` products."""
+    from indexer.store import IndexStore, append
+
+    store = IndexStore.load(path)
+    encoder = FakeEncoder()
+    vectors = {"image": random_vectors(n, encoder.dims["image"], seed),
+               "text": random_vectors(n, encoder.dims["text"], seed + 1)}
+    barrier.wait(timeout=60)
+    results.put(len(append(store, make_products(n, prefix), vectors).products))
