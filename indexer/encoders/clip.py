@@ -42,6 +42,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -227,6 +228,18 @@ def resolve_text_weights(text_model: str, cache_dir: Path) -> TextWeights | str:
     )
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a truncated, foreign or mismatched weights file raises while loading."""
+    errors: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def _option(value, env: str, default):
     return value if value not in (None, "") else (os.environ.get(env) or default)
 
@@ -309,7 +322,7 @@ class ClipEncoder:
                 device="cpu",
             )
             tokenizer = open_clip.get_tokenizer(weights.model)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _load_errors() as exc:
             raise EncoderUnavailable(
                 f"clip profile: open_clip {weights.model} cannot load {weights.checkpoint}: {exc}"
             ) from exc
@@ -321,7 +334,7 @@ class ClipEncoder:
 
         try:
             return SentenceTransformer(str(weights.directory), device="cpu", local_files_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except _load_errors() as exc:
             raise EncoderUnavailable(
                 f"clip profile: sentence-transformers cannot load {weights.directory}: {exc}"
             ) from exc
