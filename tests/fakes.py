@@ -127,18 +127,19 @@ def product_image(category: str, index: int, size: int = 48) -> Image.Image:
 
 
 def make_dataset(folder: Path, per_category: int = 3, prefix: str = "p", corrupt: int = 0,
-                 missing: int = 0, categories: Sequence[str] = CATEGORIES) -> dict:
+                 missing: int = 0, categories: Sequence[str] = CATEGORIES, offset: int = 0) -> dict:
     """A small dataset in the published layout (CSV + Images/).
 
     `corrupt` products get a truncated JPEG and `missing` products name an image file
-    that does not exist; returns {"rows", "corrupt_ids", "missing_ids", "folder"}.
+    that does not exist; `offset` shifts the item numbers (distinct texts and images);
+    returns {"rows", "corrupt_ids", "missing_ids", "folder"}.
     """
     images = folder / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     rows, corrupt_ids, missing_ids = [], [], []
     for c, category in enumerate(categories):
         for i in range(per_category):
-            index = c * per_category + i
+            index = offset + c * per_category + i
             pid = f"{prefix}{index:04d}" + hashlib.md5(f"{prefix}{index}".encode()).hexdigest()[:12]
             rows.append(product_row(pid, category, index))
             path = images / f"{pid}.jpg"

@@ -1,0 +1,247 @@
+"""Build and add pipeline on a small synthetic dataset with the fake encoder: counts,
+reported skips, the embedding cache, row alignment, and adds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.build import CACHE_FILE, add_products, build_index, encode_products
+from indexer.catalog import IMAGES_DIR, load_catalog
+from indexer.images import load_image
+from indexer.store import IndexMismatch, IndexStore
+from indexer.text import encoder_text
+
+from fakes import FakeEncoder, make_dataset, product_image, product_row, write_csv
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data", per_category=4, corrupt=1, missing=1)
+
+
+def build(dataset, out, encoder=None, **kwargs):
+    encoder = encoder or FakeEncoder()
+    return build_index(dataset["folder"], out, encoder=encoder, progress=False, **kwargs), encoder
+
+
+def by_id(store: IndexStore, modality: str) -> dict[str, np.ndarray]:
+    vectors, rows = store.vectors_by_row(modality)
+    return {store.products[r].id: v for v, r in zip(vectors, rows)}
+
+
+def test_counts_and_skipped_reasons(dataset, tmp_path):
+    summary, encoder = build(dataset, tmp_path / "index")
+    [corrupt], [missing] = dataset["corrupt_ids"], dataset["missing_ids"]
+    assert summary.products == 12
+    assert summary.indexed == {"image": 10, "text": 12}
+    assert summary.skipped == {"missing_image": 1, "unreadable_image": 1}
+    issues = summary.report["issues"]
+    assert issues["missing_image"][0]["id"] == missing
+    assert issues["unreadable_image"][0]["id"] == corrupt
+    assert "truncated" in issues["unreadable_image"][0]["detail"].lower()
+    assert summary.encoded == {"image": 10, "text": 12} and summary.cached == {"image": 0, "text": 0}
+    assert encoder.calls == {"image": 10, "text": 12}
+    text = "\n".join(summary.lines())
+    assert "indexed image: 10, text: 12" in text and "unreadable_image 1" in text
+    store = IndexStore.load(tmp_path / "index", encoder=encoder)
+    images = by_id(store, "image")
+    assert corrupt not in images and missing not in images  # ... but both keep their text:
+    assert {corrupt, missing} <= set(by_id(store, "text"))
+
+
+def test_manifest_of_a_build(dataset, tmp_path):
+    summary, encoder = build(dataset, tmp_path / "index")
+    manifest = IndexStore.load(tmp_path / "index").manifest
+    assert manifest["profile"] == "fake" and manifest["model_ids"] == encoder.model_ids
+    assert manifest["model_id"] == "fake[image=fake/image-v1,text=fake/text-v1]"
+    assert manifest["dims"] == {"image": 16, "text": 12}
+    assert manifest["counts"] == {"products": 12, "image": 10, "text": 12}
+    assert manifest["categories"] == ["Baby Care", "Computers", "Watches"]
+    assert manifest["validation"]["counts"] == {"missing_image": 1, "unreadable_image": 1}
+    assert len(manifest["data_fingerprint"]) == 64
+    assert manifest["built_at"] and manifest["index_factory"] == "Flat"
+    assert manifest["text_normalisation"] == {"strip_boilerplate": True}
+    assert summary.version == IndexStore.load(tmp_path / "index").version
+
+
+def test_vectors_belong_to_their_products(dataset, tmp_path):
+    """Whatever the batching, row i holds product i's own image and text vector."""
+    ref = FakeEncoder()
+    for batch_size in (1, 3, 32):
+        out = tmp_path / f"index-{batch_size}"
+        build(dataset, out, batch_size=batch_size, use_cache=False)
+        store = IndexStore.load(out)
+        for pid, vector in by_id(store, "image").items():
+            product = next(p for p in store.products if p.id == pid)
+            expected = ref.encode_images([load_image(product.image_path, draft_size=ref.image_size)])[0]
+            np.testing.assert_allclose(vector, expected, atol=1e-6)
+        texts = by_id(store, "text")
+        catalog = load_catalog(dataset["folder"])
+        for product in catalog.products:
+            expected = ref.encode_texts([encoder_text(product.name, product.description)])[0]
+            np.testing.assert_allclose(texts[product.id], expected, atol=1e-6)
+
+
+def test_second_build_comes_from_cache_with_identical_vectors(dataset, tmp_path):
+    out = tmp_path / "index"
+    first, _ = build(dataset, out)
+    first_store = IndexStore.load(out)
+    assert (out / CACHE_FILE).is_file()
+    second, encoder = build(dataset, out)
+    assert second.encoded == {"image": 0, "text": 0}
+    assert second.cached == {"image": 10, "text": 12}
+    assert encoder.calls == {"image": 0, "text": 0}  # nothing re-encoded
+    second_store = IndexStore.load(out)
+    assert second_store.version != first_store.version
+    for modality in ("image", "text"):
+        np.testing.assert_array_equal(second_store.modalities[modality].vectors,
+                                      first_store.modalities[modality].vectors)
+        np.testing.assert_array_equal(second_store.modalities[modality].rows,
+                                      first_store.modalities[modality].rows)
+    assert second_store.manifest["data_fingerprint"] == first_store.manifest["data_fingerprint"]
+
+
+def test_changed_image_reencodes_only_that_one(dataset, tmp_path):
+    out = tmp_path / "index"
+    build(dataset, out)
+    before = by_id(IndexStore.load(out), "image")
+    changed = dataset["rows"][1]["uniq_id"]
+    product_image("Computers", 99).save(dataset["folder"] / IMAGES_DIR / f"{changed}.jpg", "JPEG")
+    summary, encoder = build(dataset, out)
+    assert summary.encoded == {"image": 1, "text": 0}
+    assert summary.cached == {"image": 9, "text": 12}
+    assert encoder.calls == {"image": 1, "text": 0}
+    after_store = IndexStore.load(out)
+    after = by_id(after_store, "image")
+    assert not np.allclose(after[changed], before[changed])
+    for pid in before:
+        if pid != changed:
+            np.testing.assert_array_equal(after[pid], before[pid])
+    # fixing the corrupt image makes it indexed, again encoding only that one
+    [corrupt] = dataset["corrupt_ids"]
+    product_image("Watches", 0).save(dataset["folder"] / IMAGES_DIR / f"{corrupt}.jpg", "JPEG")
+    summary, _ = build(dataset, out)
+    assert summary.encoded["image"] == 1 and summary.indexed["image"] == 11
+    assert "unreadable_image" not in summary.skipped
+
+
+def test_changed_text_reencodes_only_that_one(dataset, tmp_path):
+    out = tmp_path / "index"
+    build(dataset, out)
+    fingerprint = IndexStore.load(out).manifest["data_fingerprint"]
+    rows = dataset["rows"]
+    rows[0] = dict(rows[0], description="Completely rewritten description of a steel watch")
+    write_csv(dataset["folder"], rows)
+    summary, encoder = build(dataset, out)
+    assert summary.encoded == {"image": 0, "text": 1}
+    assert encoder.calls == {"image": 0, "text": 1}
+    assert IndexStore.load(out).manifest["data_fingerprint"] != fingerprint
+
+
+def test_fingerprint_tracks_data(dataset, tmp_path):
+    build(dataset, tmp_path / "a")
+    build(dataset, tmp_path / "b")
+    fp = lambda name: IndexStore.load(tmp_path / name).manifest["data_fingerprint"]  # noqa: E731
+    assert fp("a") == fp("b")
+    pid = dataset["rows"][2]["uniq_id"]
+    product_image("Watches", 42).save(dataset["folder"] / IMAGES_DIR / f"{pid}.jpg", "JPEG")
+    build(dataset, tmp_path / "c")
+    assert fp("c") != fp("a")
+
+
+def test_no_cache_encodes_everything(dataset, tmp_path):
+    build(dataset, tmp_path / "index")
+    summary, encoder = build(dataset, tmp_path / "index", use_cache=False)
+    assert summary.cached == {"image": 0, "text": 0} and encoder.calls == {"image": 10, "text": 12}
+
+
+def test_cache_is_per_model(dataset, tmp_path):
+    build(dataset, tmp_path / "index")
+    other = FakeEncoder(version="v2", seed=1)
+    summary, _ = build(dataset, tmp_path / "index", encoder=other)
+    assert summary.cached == {"image": 0, "text": 0}  # another model's vectors are never reused
+    assert IndexStore.load(tmp_path / "index", encoder=other).version == summary.version
+
+
+def test_build_with_hnsw(dataset, tmp_path):
+    summary, _ = build(dataset, tmp_path / "index", factory="HNSW32")
+    store = IndexStore.load(tmp_path / "index")
+    assert store.manifest["index_factory"] == "HNSW32"
+    text = store.modalities["text"]
+    _, rows = text.search(text.vectors, k=1)
+    np.testing.assert_array_equal(rows[:, 0], text.rows)
+
+
+def test_build_failing_midway_keeps_previous_index(dataset, tmp_path):
+    out = tmp_path / "index"
+    build(dataset, out)
+    previous = IndexStore.load(out)
+
+    def crash():
+        raise KeyboardInterrupt  # e.g. Ctrl-C after encoding, before publishing
+
+    with pytest.raises(KeyboardInterrupt):
+        build(dataset, out, on_encoded=crash)
+    store = IndexStore.load(out)
+    assert store.version == previous.version and len(store.products) == 12
+
+
+def test_empty_text_product_keeps_its_image(tmp_path):
+    folder = tmp_path / "data"
+    rows = make_dataset(folder, per_category=2)["rows"]
+    rows[0] = dict(rows[0], product_name="", description="")
+    write_csv(folder, rows)
+    summary = build_index(folder, tmp_path / "index", encoder=FakeEncoder(), progress=False)
+    assert summary.indexed == {"image": 6, "text": 5}
+    assert summary.skipped == {"empty_text": 1}
+    store = IndexStore.load(tmp_path / "index")
+    assert rows[0]["uniq_id"] in by_id(store, "image") and rows[0]["uniq_id"] not in by_id(store, "text")
+
+
+def test_encode_products_without_cache(dataset):
+    catalog = load_catalog(dataset["folder"])
+    encoded = encode_products(catalog.products, FakeEncoder(), cache=None, progress=False)
+    assert encoded.present("image").sum() == 10 and encoded.present("text").all()
+    assert encoded.report.ids("unreadable_image") == dataset["corrupt_ids"]
+    assert set(encoded.image_hashes) == {p.id for p in catalog.products if p.image_path}
+
+
+# ---- add ---------------------------------------------------------------------------------------
+def test_add_products_appends_without_reencoding(dataset, tmp_path):
+    out = tmp_path / "index"
+    build(dataset, out)
+    before = IndexStore.load(out)
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", corrupt=1, offset=100)
+    new = load_catalog(extra["folder"]).products
+    encoder = FakeEncoder()
+    store, report = add_products(out, new, encoder)
+    assert encoder.calls == {"image": 2, "text": 3}  # only the new products (one image is corrupt)
+    assert len(store.products) == 15 and store.version != before.version
+    assert report.ids("unreadable_image") == extra["corrupt_ids"]
+    assert store.manifest["counts"] == {"products": 15, "image": 12, "text": 15}
+    reloaded = IndexStore.load(out, encoder=encoder)
+    assert [p.id for p in reloaded.products[-3:]] == [p.id for p in new]
+    images = by_id(reloaded, "image")
+    for pid, vector in by_id(before, "image").items():
+        np.testing.assert_allclose(images[pid], vector, atol=1e-7)
+    with pytest.raises(ValueError, match="already in the index"):
+        add_products(out, new[:1], FakeEncoder())
+
+
+def test_add_refuses_other_encoder(dataset, tmp_path):
+    out = tmp_path / "index"
+    build(dataset, out)
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", offset=100)
+    with pytest.raises(IndexMismatch, match="rebuild"):
+        add_products(out, load_catalog(extra["folder"]).products, FakeEncoder(version="v2"))
+    assert len(IndexStore.load(out).products) == 12
+
+
+def test_product_row_helper_matches_published_layout(tmp_path):
+    # guard for the fixtures themselves: the synthetic CSV loads like the real one
+    write_csv(tmp_path, [product_row("x1", "Watches", 0)])
+    (tmp_path / IMAGES_DIR).mkdir()
+    [product] = load_catalog(tmp_path).products
+    assert product.category_path == ("Watches", "Watches Sub", "Watches item 0")
+    assert product.price == 499.0
