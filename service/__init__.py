@@ -1,0 +1,1 @@
+"""HTTP service: category suggestions and similar-product search over the index."""

@@ -1,0 +1,269 @@
+"""JSON API under /api/v1: predict, search, products, categories (see service/openapi.yaml)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections import Counter
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from indexer.catalog import Product
+from indexer.store import IndexStore
+
+from . import metrics
+from .errors import ApiError
+from .inputs import decode_image, read_request
+from .media import image_file, save_upload, thumbnail_jpeg
+from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
+from .state import Loaded, NotReady, ServiceState
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+PRODUCT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def state() -> ServiceState:
+    return current_app.extensions["service_state"]
+
+
+def config():
+    return current_app.config["SERVICE"]
+
+
+def loaded() -> Loaded:
+    try:
+        return state().current()
+    except NotReady as exc:
+        raise ApiError(503, f"index not loaded: {exc}", "Service Unavailable") from None
+
+
+def image_url(product: Product, store: IndexStore, size: int | None = None) -> str | None:
+    if image_file(product, store, config().data_dir) is None:
+        return None
+    args = {"size": size} if size else {}
+    return url_for("api.product_image", product_id=product.id, **args)
+
+
+def find_row(store: IndexStore, product_id: str) -> int:
+    rows = store.__dict__.setdefault("_service_rows", None) or store.product_rows()
+    store.__dict__["_service_rows"] = rows
+    if product_id not in rows:
+        raise ApiError(404, f"no product with id {product_id!r}")
+    return rows[product_id]
+
+
+def hits_public(live: Loaded, hits) -> list[dict]:
+    out = []
+    for hit in hits:
+        product = live.store.products[hit.row]
+        item = product_public(product, image_url(product, live.store), description_chars=300)
+        item.update(score=round(hit.score, 4), scores=hit.scores)
+        out.append(item)
+    return out
+
+
+# ---- predict ---------------------------------------------------------------------------
+@bp.post("/predict")
+def predict():
+    t0 = time.perf_counter()
+    query = read_request(request, config())
+    live = loaded()
+    encoded = encode_query(live, query)
+    t1 = time.perf_counter()
+    prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
+    t2 = time.perf_counter()
+    body = prediction.public()
+    for neighbor in body["neighbors"]:
+        product = live.store.products[find_row(live.store, neighbor["id"])]
+        neighbor["image_url"] = image_url(product, live.store)
+    timing = dict(encoded.timing_ms)
+    timing["search"] = round((t2 - t1) * 1000, 2)
+    timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
+    body.update(
+        timing_ms=timing,
+        threshold=live.categorizer.threshold,
+        index_version=live.version,
+    )
+    metrics.observe_stages(timing)
+    return jsonify(body)
+
+
+# ---- search ----------------------------------------------------------------------------
+@bp.post("/search")
+def search_products():
+    t0 = time.perf_counter()
+    cfg = config()
+    query = read_request(request, cfg)
+    live = loaded()
+    allowed = category_filter(live.store, query.category)
+    encoded = encode_query(live, query)
+    t1 = time.perf_counter()
+    k = query.k or cfg.default_k
+    hits = search(live.store, encoded.vectors, live.categorizer.weights, k, allowed)
+    timing = dict(encoded.timing_ms)
+    timing["search"] = round((time.perf_counter() - t1) * 1000, 2)
+    timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
+    return jsonify(results=hits_public(live, hits), k=k, category=query.category,
+                   modalities=sorted(encoded.vectors), timing_ms=timing, index_version=live.version)
+
+
+# ---- products --------------------------------------------------------------------------
+@bp.get("/products/<product_id>")
+def get_product(product_id: str):
+    live = loaded()
+    product = live.store.products[find_row(live.store, product_id)]
+    body = product_public(product, image_url(product, live.store))
+    body["modalities"] = sorted(m for m, v in product_vectors(live.store, find_row(live.store, product_id)).items())
+    return jsonify(body)
+
+
+@bp.get("/products/<product_id>/similar")
+def similar_products(product_id: str):
+    from .inputs import parse_k
+
+    cfg = config()
+    live = loaded()
+    row = find_row(live.store, product_id)
+    k = parse_k(request.args.get("k"), cfg) or cfg.default_k
+    allowed = category_filter(live.store, request.args.get("category"))
+    vectors = product_vectors(live.store, row)
+    modality = request.args.get("modality")
+    if modality:
+        if modality not in live.store.modalities:
+            raise ApiError(400, f"modality must be one of {', '.join(sorted(live.store.modalities))}")
+        if modality not in vectors:
+            raise ApiError(400, f"product {product_id} has no {modality} vector")
+        vectors = {modality: vectors[modality]}
+    hits = search(live.store, vectors, live.categorizer.weights, k, allowed, exclude_row=row)
+    return jsonify(id=product_id, results=hits_public(live, hits), k=k, index_version=live.version)
+
+
+@bp.get("/products/<product_id>/image")
+def product_image(product_id: str):
+    cfg = config()
+    live = loaded()
+    product = live.store.products[find_row(live.store, product_id)]
+    raw = request.args.get("size", str(cfg.thumb_default))
+    try:
+        size = int(raw)
+    except ValueError:
+        raise ApiError(400, f"size must be an integer, got {raw!r}") from None
+    if not cfg.thumb_min <= size <= cfg.thumb_max:
+        raise ApiError(400, f"size must be between {cfg.thumb_min} and {cfg.thumb_max}")
+    path = image_file(product, live.store, cfg.data_dir)
+    if path is None:
+        raise ApiError(404, f"product {product_id} has no image")
+    try:
+        data = thumbnail_jpeg(path, size)
+    except Exception as exc:  # ImageError or an unreadable file: the photo is unusable
+        raise ApiError(404, f"image of product {product_id} cannot be read: {exc}") from None
+    response = Response(data, mimetype="image/jpeg")
+    response.set_etag(hashlib.sha256(data).hexdigest()[:32])
+    response.cache_control.public = True
+    response.cache_control.max_age = 86400
+    return response.make_conditional(request)
+
+
+def _check_token() -> None:
+    token = config().api_token
+    if not token:
+        raise ApiError(403, "writes are disabled: the server has no API_TOKEN configured")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(401, "send Authorization: Bearer <token>")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(401, "invalid token")
+
+
+def _category_path(fields) -> tuple[str, ...]:
+    raw = fields.get("category_path")
+    if raw is None:
+        raw = fields.get("category")
+    if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
+        path = [p.strip() for p in raw if p.strip()]
+    elif isinstance(raw, str):
+        path = split_path(raw)
+    elif raw is None:
+        path = []
+    else:
+        raise ApiError(400, "category_path must be a list of strings or 'A >> B >> C'")
+    if not path:
+        raise ApiError(400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')")
+    if len(path) > 10 or any(len(p) > 200 for p in path):
+        raise ApiError(400, "category path is too long")
+    return tuple(path)
+
+
+@bp.post("/products")
+def add_product():
+    from indexer.build import add_products
+
+    _check_token()
+    cfg = config()
+    query = read_request(request, cfg)
+    fields = query.fields
+    if not query.title:
+        raise ApiError(400, "a product needs a title")
+    path = _category_path(fields)
+    brand = fields.get("brand")
+    if brand is not None and not isinstance(brand, str):
+        raise ApiError(400, "brand must be a string")
+    price = fields.get("price")
+    if price not in (None, ""):
+        try:
+            price = float(price)
+        except (TypeError, ValueError):
+            raise ApiError(400, f"price must be a number, got {price!r}") from None
+    else:
+        price = None
+    live = loaded()
+    if query.image is not None:
+        decode_image(query.image, live.encoder.image_size)  # 422 before anything is written
+    product_id = fields.get("id") or hashlib.sha256(
+        b"\0".join([query.image or b"", query.title.encode(), query.description.encode(),
+                    " >> ".join(path).encode()])
+    ).hexdigest()[:32]
+    if not isinstance(product_id, str) or not PRODUCT_ID.match(product_id):
+        raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
+    if product_id in live.store.product_rows():
+        raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
+    image_name = image_path = None
+    if query.image is not None:
+        image_path = save_upload(state().index_dir, product_id, query.image)
+        image_name = image_path.name
+    product = Product(id=product_id, name=query.title, description=query.description,
+                      brand=(brand or "").strip() or None, price=price, category_path=path,
+                      image=image_name, image_path=image_path)
+    try:
+        store, report = add_products(state().index_dir, [product], live.encoder)
+    except ValueError as exc:  # another request added the same id first
+        raise ApiError(409, str(exc), "Conflict") from None
+    live = state().adopt(store)
+    metrics.set_index_size(len(store.products))
+    body = product_public(product, image_url(product, store))
+    body["index_version"] = store.version
+    body["issues"] = report.to_dict()["counts"]
+    response = jsonify(body)
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_product", product_id=product_id)
+    return response
+
+
+# ---- categories ------------------------------------------------------------------------
+@bp.get("/categories")
+def categories():
+    live = loaded()
+    top = Counter(p.category for p in live.store.products if p.category)
+    sub: dict[str, Counter] = {c: Counter() for c in top}
+    for p in live.store.products:
+        if len(p.category_path) > 1:
+            sub[p.category][p.category_path[1]] += 1
+    return jsonify(categories=[
+        {"name": name, "count": count,
+         "subcategories": [{"name": s, "count": n} for s, n in sorted(sub[name].items())]}
+        for name, count in sorted(top.items())
+    ], total=len(live.store.products), index_version=live.version)

@@ -1,0 +1,43 @@
+"""Flask application factory: `gunicorn "service.app:create_app()"`.
+
+The index and encoder are loaded here, so with gunicorn's preload_app the master
+loads the model weights once and the forked workers share those pages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from indexer.encoders import Encoder
+
+from . import api, errors, metrics, web
+from .config import Config
+from .state import ServiceState, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None, encoder: Encoder | None = None, load: bool = True) -> Flask:
+    """Build the app; `config` defaults to the environment, `encoder` may be shared (tests)."""
+    config = config or Config.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        SERVICE=config,
+        MAX_CONTENT_LENGTH=config.max_upload_bytes,
+        MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    set_threads(config.torch_threads)
+    state = ServiceState(config, encoder=encoder)
+    app.extensions["service_state"] = state
+    errors.register(app)
+    metrics.install(app)
+    app.register_blueprint(web.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
+    if load and state.load():
+        metrics.set_index_size(len(state.peek().store.products))
+    return app

@@ -1,0 +1,64 @@
+"""Service settings, read once from the environment with documented defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of the service; `Config.from_env()` is what gunicorn uses.
+
+    INDEX_DIR         index folder (default var/index)
+    DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
+    API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
+    MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
+    DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
+    TORCH_THREADS     intra-op threads per worker (default 1: 2 workers x 1 thread = 2 cores)
+    ENCODER_PROFILE   only used when no index exists yet; otherwise the index's own profile
+    """
+
+    index_dir: str = "var/index"
+    data_dir: str | None = None
+    api_token: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    default_k: int = 10
+    max_k: int = 100
+    torch_threads: int = 1
+    encoder_profile: str = "embedded"
+    max_title_chars: int = 1_000
+    max_description_chars: int = 50_000
+    thumb_default: int = 256
+    thumb_max: int = 1024
+    thumb_min: int = 16
+    retry_load_seconds: float = 5.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Config":
+        base = cls(
+            index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
+            data_dir=os.environ.get("DATA_DIR") or None,
+            api_token=os.environ.get("API_TOKEN") or None,
+            max_upload_bytes=_int("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            default_k=_int("DEFAULT_K", cls.default_k),
+            max_k=_int("MAX_K", cls.max_k),
+            torch_threads=_int("TORCH_THREADS", cls.torch_threads),
+            encoder_profile=os.environ.get("ENCODER_PROFILE") or cls.encoder_profile,
+        )
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return replace(base, **overrides)

@@ -1,0 +1,80 @@
+"""gunicorn settings: `gunicorn -c service/gunicorn.conf.py "service.app:create_app()"`.
+
+preload_app loads the index and the encoder weights once in the master; workers
+are forked from it and share those memory pages. Torch and FAISS run with one
+thread while the master loads (no thread pool exists at fork time, so nothing can
+deadlock in a child); each worker then sets its own thread count (TORCH_THREADS,
+default 1: WEB_CONCURRENCY x TORCH_THREADS should not exceed the cores) and warms
+its models up before taking traffic.
+
+Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_TIMEOUT (60),
+TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder).
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TORCH_THREADS", "1")
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # every worker writes its metric samples here; GET /metrics sums the live workers
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="service-metrics-")
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "sync"
+preload_app = True
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = 30
+keepalive = 5
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s'
+proc_name = "categorization-service"
+
+_multiproc_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    """Fresh metrics folder: samples of a previous run must not be summed in."""
+    os.makedirs(_multiproc_dir, exist_ok=True)
+    for name in os.listdir(_multiproc_dir):
+        path = os.path.join(_multiproc_dir, name)
+        if os.path.isfile(path):
+            os.unlink(path)
+    logging.basicConfig(level=loglevel.upper())
+
+
+def post_fork(server, worker):
+    from service.state import set_threads
+
+    set_threads(int(os.environ.get("TORCH_THREADS", "1")))
+
+
+def post_worker_init(worker):
+    """One tiny forward pass per model, so the first real request is not the slow one."""
+    from PIL import Image
+
+    state = worker.wsgi.extensions.get("service_state") if hasattr(worker.wsgi, "extensions") else None
+    live = state.peek() if state else None
+    if live is None:
+        return
+    live.encoder.encode_texts(["warm up"])
+    live.encoder.encode_images([Image.new("RGB", (live.encoder.image_size,) * 2, "white")])
+    worker.log.info("worker %s warmed up on index version %s", worker.pid, live.version)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _multiproc_dir.startswith(tempfile.gettempdir()) and "service-metrics-" in _multiproc_dir:
+        shutil.rmtree(_multiproc_dir, ignore_errors=True)

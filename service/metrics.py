@@ -1,0 +1,73 @@
+"""Prometheus metrics: request count and latency by endpoint and status, predict stages.
+
+Multi-worker: when PROMETHEUS_MULTIPROC_DIR is set (service/gunicorn.conf.py sets it),
+each worker writes its samples to files there and GET /metrics aggregates all live
+workers (prometheus_client's multiprocess mode). Without it (dev server, tests) the
+figures are those of the answering process only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+
+bp = Blueprint("metrics", __name__)
+
+REGISTRY = CollectorRegistry()
+REQUESTS = Counter("http_requests_total", "HTTP requests by endpoint, method and status",
+                   ["endpoint", "method", "status"], registry=REGISTRY)
+LATENCY = Histogram("http_request_duration_seconds", "Request latency by endpoint",
+                    ["endpoint"], registry=REGISTRY,
+                    buckets=(0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.4, 1.0, 2.5, 5.0, 10.0))
+STAGES = Histogram("predict_stage_seconds", "Time of each /predict stage",
+                   ["stage"], registry=REGISTRY,
+                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0))
+INDEX_PRODUCTS = Gauge("index_products", "Products in the loaded index",
+                       registry=REGISTRY, multiprocess_mode="max")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def observe_stages(timing_ms: dict) -> None:
+    for stage, ms in timing_ms.items():
+        if stage != "total":
+            STAGES.labels(stage).observe(ms / 1000.0)
+
+
+def set_index_size(n: int) -> None:
+    INDEX_PRODUCTS.set(n)
+
+
+@bp.get("/metrics")
+def metrics_endpoint():
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask) -> None:
+    """Time every request; label by route pattern (not raw path) to keep cardinality bounded."""
+
+    @app.before_request
+    def _start():
+        g._metrics_start = time.perf_counter()
+
+    @app.after_request
+    def _record(response):
+        start = g.pop("_metrics_start", None)
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if endpoint.startswith("/static/") or endpoint == "/metrics":
+            return response
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        if start is not None:
+            LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+        return response

@@ -1,0 +1,150 @@
+"""The loaded index, encoder and categorizer of one process, reloaded when stale.
+
+Each gunicorn worker holds one `ServiceState`. Requests take an immutable `Loaded`
+snapshot, so a reload in the middle of a request never mixes two index versions.
+A newer version published by any process (another worker's add, a rebuild) is
+noticed by `IndexStore.is_stale()` - one small file read - before each request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.encoders import Encoder, create_encoder
+from indexer.knn import Categorizer
+from indexer.store import IndexError_, IndexMismatch, IndexStore
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    """No index (or no encoder) is loaded yet; the message says why."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    store: IndexStore
+    encoder: Encoder
+    categorizer: Categorizer
+    loaded_at: float
+
+    @property
+    def version(self) -> str:
+        return self.store.version
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads for torch and FAISS in this process (call again after fork)."""
+    import faiss
+    import torch
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def categorizer_for(store: IndexStore) -> Categorizer:
+    """The manifest's calibrated categorizer; calibrated here when the build did not store it."""
+    if store.manifest.get("categorizer"):
+        return Categorizer(store)
+    from indexer.calibration import calibrate
+
+    log.info("index %s version %s has no calibrated categorizer: calibrating now", store.path, store.version)
+    return Categorizer(store, params=calibrate(store))
+
+
+class ServiceState:
+    def __init__(self, config: Config, encoder: Encoder | None = None):
+        self.config = config
+        self.index_dir = Path(config.index_dir)
+        self._encoder = encoder
+        self._loaded: Loaded | None = None
+        self._lock = threading.RLock()
+        self._last_attempt = -1e9
+        self._failed_at = -1e9
+        self.error: str | None = None
+        self.reloads = 0
+
+    # ---- loading -------------------------------------------------------------------------
+    def _encoder_for(self, profile: str) -> Encoder:
+        if self._encoder is None or self._encoder.profile != profile:
+            log.info("loading encoder profile %s", profile)
+            self._encoder = create_encoder(profile)
+        return self._encoder
+
+    def _load_store(self) -> Loaded:
+        store = IndexStore.load(self.index_dir)
+        fresh = self._encoder is None or self._encoder.profile != store.profile
+        encoder = self._encoder_for(store.profile)
+        try:
+            store = IndexStore.load(self.index_dir, encoder=encoder)
+        except IndexMismatch:
+            if fresh:
+                raise
+            # the index was rebuilt with other settings of the same profile: new encoder
+            self._encoder = None
+            encoder = self._encoder_for(store.profile)
+            store = IndexStore.load(self.index_dir, encoder=encoder)
+        return Loaded(store, encoder, categorizer_for(store), time.time())
+
+    def load(self) -> bool:
+        """Try to load the live index; on failure remember why (for /readyz) and return False."""
+        with self._lock:
+            self._last_attempt = time.monotonic()
+            try:
+                self._loaded = self._load_store()
+            except (IndexError_, OSError, ValueError) as exc:
+                self.error = str(exc)
+                log.warning("index not loaded: %s", exc)
+                return False
+            self.error = None
+            log.info("index %s version %s loaded: %d products", self.index_dir,
+                     self._loaded.version, len(self._loaded.store.products))
+            return True
+
+    def adopt(self, store: IndexStore) -> Loaded:
+        """Use a store this process has just written (after an add) without re-reading it."""
+        with self._lock:
+            loaded = Loaded(store, self._encoder_for(store.profile), categorizer_for(store), time.time())
+            self._loaded = loaded
+            return loaded
+
+    # ---- per request ---------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    def peek(self) -> Loaded | None:
+        return self._loaded
+
+    def current(self) -> Loaded:
+        """The live snapshot, reloaded first if another process published a newer version."""
+        loaded = self._loaded
+        if loaded is None:
+            if time.monotonic() - self._last_attempt >= self.config.retry_load_seconds:
+                self.load()
+            loaded = self._loaded
+            if loaded is None:
+                raise NotReady(self.error or "index is loading")
+            return loaded
+        if loaded.store.is_stale() and time.monotonic() - self._failed_at >= self.config.retry_load_seconds:
+            with self._lock:
+                if self._loaded is loaded:  # nobody reloaded while we waited for the lock
+                    try:
+                        self._loaded = self._load_store()
+                        self.reloads += 1
+                        log.info("reloaded index version %s", self._loaded.version)
+                    except (IndexError_, OSError, ValueError) as exc:
+                        self._failed_at = time.monotonic()
+                        log.warning("keeping index version %s, reload failed: %s", loaded.version, exc)
+                loaded = self._loaded
+        return loaded
+
+    def encoder(self) -> Encoder:
+        return self.current().encoder

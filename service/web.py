@@ -1,0 +1,58 @@
+"""The seller page (/), the OpenAPI document, and health/readiness probes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from flask import Blueprint, current_app, jsonify, render_template
+
+from .errors import problem
+
+bp = Blueprint("web", __name__)
+
+OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
+
+
+@lru_cache(maxsize=1)
+def openapi_spec() -> dict:
+    return yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+
+
+@bp.get("/")
+def index():
+    cfg = current_app.config["SERVICE"]
+    return render_template("index.html", max_upload_mb=cfg.max_upload_bytes / 1e6)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_spec())
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers (the index may still be missing)."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: 200 only once the index and its encoder are loaded."""
+    state = current_app.extensions["service_state"]
+    try:
+        live = state.current()
+    except Exception as exc:  # NotReady, or an unexpected load failure
+        response = problem(503, f"index not loaded: {exc}", "Service Unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
+    store = live.store
+    return jsonify(
+        status="ready",
+        index_version=live.version,
+        products=len(store.products),
+        profile=store.profile,
+        model_id=store.manifest.get("model_id"),
+        threshold=live.categorizer.threshold,
+    )
