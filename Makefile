@@ -25,6 +25,7 @@ index: $(INDEX_DIR)/CURRENT
 
 run: index
 	$(PY) -m indexer info "$(INDEX_DIR)"
+	PATH="$(abspath $(VENV))/bin:$$PATH" && eval exec "$$(sed -n 's/^web: *//p' Procfile)"
 
 test: install
 	$(PY) -m pytest
