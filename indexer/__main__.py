@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .catalog import CatalogError, load_catalog
+from .catalog import CatalogError, ValidationReport, load_catalog
 from .encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
 from .store import DEFAULT_FACTORY, IndexError_, IndexStore
 
@@ -25,15 +25,15 @@ def cmd_build(args) -> int:
     from .build import build_index
 
     if not args.data:
-        raise SystemExit("no dataset: pass --data DIR or set DATA_DIR")
+        raise CatalogError("no dataset: pass --data DIR or set DATA_DIR")
     summary = build_index(
         args.data, args.out, profile=args.profile, factory=args.factory,
         batch_size=args.batch_size, progress=not args.quiet, use_cache=not args.no_cache,
     )
     for line in summary.lines():
         print(line)
-    if args.report:
-        for line in load_catalog(args.data).report.lines():
+    if args.report:  # the build's own report: catalog findings and undecodable images
+        for line in ValidationReport(issues=summary.report["issues"]).lines():
             print("  " + line)
     if args.json:
         Path(args.json).write_text(json.dumps(summary.__dict__, indent=2, default=str))
@@ -68,10 +68,11 @@ def cmd_info(args) -> int:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
     print(f"index {store.path} version {store.version} (format {m['format_version']})")
-    print(f"profile {m['profile']}: {m['model_id']}")
+    print(f"profile {m['profile']}: {m.get('model_id', m.get('model_ids'))}")
     print(f"products {m['counts']['products']}; " + ", ".join(
         f"{mod} {m['counts'].get(mod, 0)} x {m['dims'][mod]}" for mod in m["modalities"]))
-    print(f"FAISS {m['index_factory']} ({m['metric']}); built {m['built_at']}; data {m['data_fingerprint'][:12]}")
+    print(f"FAISS {m['index_factory']} ({m['metric']}); built {m.get('built_at', m.get('written_at'))}; "
+          f"data {(m.get('data_fingerprint') or 'unknown')[:12]}")
     counts = m.get("validation", {}).get("counts", {})
     print("validation: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "clean"))
     print("categories: " + ", ".join(m.get("categories", [])))

@@ -1,0 +1,151 @@
+"""`python -m indexer build | add | info`: in-process with a registered fake profile, and
+as a subprocess for the errors a newcomer meets first (exit 2, one clear line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import indexer.encoders as encoders
+from indexer.__main__ import main
+from indexer.store import IndexStore
+
+from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_profile(monkeypatch):
+    """Register the fake encoder as a profile for this test only."""
+    made = []
+
+    def factory(**options):
+        made.append(FakeEncoder(**options))
+        return made[-1]
+
+    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, factory)
+    return made
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data", per_category=3, corrupt=1, missing=1)
+
+
+def run_cli(*args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "INDEX_DIR")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "indexer", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_build_add_info_in_process(fake_profile, dataset, tmp_path, capsys):
+    index = tmp_path / "index"
+    summary_json = tmp_path / "summary.json"
+    rc = main(["build", "--data", str(dataset["folder"]), "--out", str(index), "--profile", FAKE_PROFILE,
+               "--quiet", "--report", "--json", str(summary_json)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "products: 9; indexed image: 7, text: 9" in out
+    assert "skipped/reported: missing_image 1, unreadable_image 1" in out
+    # --report lists every finding, the undecodable image included
+    assert f"missing_image {dataset['missing_ids'][0]}" in out
+    assert f"unreadable_image {dataset['corrupt_ids'][0]}" in out
+    summary = json.loads(summary_json.read_text())
+    assert summary["indexed"] == {"image": 7, "text": 9} and summary["profile"] == FAKE_PROFILE
+
+    rc = main(["info", str(index)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "version 000001" in out and "profile fake: fake[image=fake/image-v1,text=fake/text-v1]" in out
+    assert "products 9; image 7 x 16, text 9 x 12" in out
+    assert "validation: missing_image 1, unreadable_image 1" in out
+    assert "categories: Baby Care, Computers, Watches" in out
+    rc = main(["info", str(index), "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["counts"]["products"] == 9
+
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", offset=50)
+    rc = main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "added 3 products (0 already indexed); index now holds 12 products" in out
+    assert fake_profile[-1].calls == {"image": 3, "text": 3}
+    # adding the same folder again adds nothing
+    rc = main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"])
+    assert rc == 0 and "nothing to add: all 3 products" in capsys.readouterr().out
+    assert len(IndexStore.load(index).products) == 12
+
+
+def test_env_defaults(fake_profile, dataset, tmp_path, monkeypatch, capsys):
+    index = tmp_path / "env-index"
+    monkeypatch.setenv("DATA_DIR", str(dataset["folder"]))
+    monkeypatch.setenv("INDEX_DIR", str(index))
+    monkeypatch.setenv("ENCODER_PROFILE", FAKE_PROFILE)
+    monkeypatch.setenv("INDEX_FACTORY", "HNSW32")
+    assert main(["build", "--quiet"]) == 0
+    assert IndexStore.load(index).manifest["index_factory"] == "HNSW32"
+    capsys.readouterr()
+    assert main(["info"]) == 0
+    assert f"index {index} version 000001" in capsys.readouterr().out
+
+
+def test_add_to_missing_index_in_process(fake_profile, dataset, tmp_path, capsys):
+    rc = main(["add", "--index", str(tmp_path / "none"), "--data", str(dataset["folder"])])
+    assert rc == 2 and "error: no index at" in capsys.readouterr().err
+
+
+def test_build_missing_data_dir_exits_2():
+    proc = run_cli("build", "--data", "/nonexistent/flipkart", "--out", "/tmp/never-written")
+    assert proc.returncode == 2
+    assert "error: data folder /nonexistent/flipkart does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not Path("/tmp/never-written").exists()
+
+
+def test_build_without_data_exits_2():
+    proc = run_cli("build")
+    assert proc.returncode == 2
+    assert "error: no dataset: pass --data DIR or set DATA_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_build_folder_without_catalog_exits_2(tmp_path):
+    proc = run_cli("build", "--data", str(tmp_path), "--out", str(tmp_path / "index"))
+    assert proc.returncode == 2 and "expected flipkart_com-ecommerce_sample_1050.csv" in proc.stderr
+
+
+def test_info_missing_index_exits_2(tmp_path):
+    proc = run_cli("info", str(tmp_path / "no-index"))
+    assert proc.returncode == 2
+    assert f"error: no index at {tmp_path / 'no-index'}" in proc.stderr
+    assert "python -m indexer build" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_info_subprocess_on_fake_index(fake_profile, dataset, tmp_path, capsys):
+    index = tmp_path / "index"
+    assert main(["build", "--data", str(dataset["folder"]), "--out", str(index),
+                 "--profile", FAKE_PROFILE, "--quiet"]) == 0
+    proc = run_cli("info", str(index))  # no encoder needed to describe an index
+    assert proc.returncode == 0, proc.stderr
+    assert "products 9; image 7 x 16, text 9 x 12" in proc.stdout
+
+
+def test_add_with_unknown_profile_exits_2(fake_profile, dataset, tmp_path, capsys):
+    index = tmp_path / "index"
+    assert main(["build", "--data", str(dataset["folder"]), "--out", str(index),
+                 "--profile", FAKE_PROFILE, "--quiet"]) == 0
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", offset=50)
+    # a fresh process has no "fake" profile registered: refused, not crashed
+    proc = run_cli("add", "--index", str(index), "--data", str(extra["folder"]))
+    assert proc.returncode == 2 and "unknown encoder profile 'fake'" in proc.stderr
+    assert len(IndexStore.load(index).products) == 9
+
+
+def test_unknown_profile_rejected_by_argparse():
+    proc = run_cli("build", "--data", "x", "--profile", "nope")
+    assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
