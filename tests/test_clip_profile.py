@@ -212,6 +212,18 @@ def test_default_clip_checkpoint_is_found_in_the_hub_cache(tmp_path):
     assert found.model_id == f"open_clip/ViT-B-32@laion2b_s34b_b79k#sha256:{sha12(checkpoint)}"
 
 
+def test_a_pretrained_tags_preprocessing_reaches_open_clips_transform(encoder, tiny):
+    """Tag weights carry their own mean/std (as open_clip's pretrained table says): they must be used."""
+    from indexer.encoders.clip import ClipEncoder, ClipWeights
+
+    tag_like = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bicubic", "resize_mode": "shortest"}
+    weights = ClipWeights(TINY_CLIP_NAME, "some_tag", tiny.clip_checkpoint, tag_like, quick_gelu=False)
+    _, preprocess, _ = ClipEncoder._load_clip(weights)
+    colour = (200, 30, 90)
+    array = preprocess(Image.new("RGB", (40, 60), colour)).numpy()
+    np.testing.assert_allclose(array.mean(axis=(1, 2)), (np.array(colour) / 255.0 - 0.5) / 0.25, atol=1e-4)
+
+
 # ---- missing or bad weights: fail at once, say what is missing --------------------------------
 @pytest.fixture
 def no_loading(monkeypatch):
