@@ -50,8 +50,8 @@ def _str_field(data, name: str, limit: int) -> str:
 def parse_k(raw, config: Config) -> int | None:
     if raw is None or raw == "":
         return None
-    if isinstance(raw, bool):
-        raise ApiError(400, "k must be an integer")
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ApiError(400, f"k must be an integer, got {raw!r}")
     try:
         k = int(raw)
     except (TypeError, ValueError):
