@@ -245,3 +245,112 @@ def test_product_row_helper_matches_published_layout(tmp_path):
     [product] = load_catalog(tmp_path).products
     assert product.category_path == ("Watches", "Watches Sub", "Watches item 0")
     assert product.price == 499.0
+
+
+# ---- integration: the real 945-product index (built once per session by conftest) --------------
+MISSING_IMAGES = {"994f1d8ade16b9fddce3c127eb7f38ed", "22ac36ba254a68d7dd6173f099771147",
+                  "c4ac93e194281d6d1450ffdaa52f5f99"}
+
+KILL_DURING_PUBLISH = """
+import os, signal, sys
+import faiss
+import indexer.store as store
+from indexer.build import build_index
+from indexer.encoders import create_encoder
+
+real_write = faiss.write_index
+
+def write_then_die(index, name):
+    real_write(index, name)
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup handler runs: a real crash
+
+store.faiss.write_index = write_then_die
+build_index(sys.argv[1], sys.argv[2], encoder=create_encoder("embedded"), progress=False)
+"""
+
+
+@pytest.mark.integration
+def test_real_index_counts_and_report(real_index):
+    out, summary = real_index
+    assert summary.products == 945
+    assert summary.indexed == {"image": 942, "text": 945}
+    assert summary.skipped == {"missing_image": 3}
+    assert set(summary.report["issues"]["missing_image"][i]["id"] for i in range(3)) == MISSING_IMAGES
+    store = IndexStore.load(out)
+    assert len(store.products) == 945 and len(store.categories()) == 7
+    assert not MISSING_IMAGES & {store.products[r].id for r in store.modalities["image"].rows}
+    assert MISSING_IMAGES <= {store.products[r].id for r in store.modalities["text"].rows}
+
+
+@pytest.mark.integration
+def test_real_index_manifest_and_vectors(real_index, embedded_encoder):
+    out, _ = real_index
+    store = IndexStore.load(out, encoder=embedded_encoder)
+    manifest = store.manifest
+    assert manifest["profile"] == "embedded"
+    assert manifest["dims"] == {"image": 1280, "text": 384}
+    assert manifest["counts"] == {"products": 945, "image": 942, "text": 945}
+    assert manifest["model_ids"] == embedded_encoder.model_ids
+    assert manifest["format_version"] == 1 and manifest["index_factory"] == "Flat"
+    assert len(manifest["data_fingerprint"]) == 64 and manifest["built_at"]
+    assert manifest["validation"]["counts"] == {"missing_image": 3}
+    for modality, dim in (("image", 1280), ("text", 384)):
+        vectors = store.modalities[modality].vectors
+        assert vectors.shape[1] == dim and vectors.dtype == np.float32
+        assert np.isfinite(vectors).all()
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.integration
+def test_real_index_refuses_other_encoder(real_index):
+    out, _ = real_index
+    with pytest.raises(IndexMismatch, match="profile 'embedded'.*rebuild the index with --profile fake"):
+        IndexStore.load(out, encoder=FakeEncoder())
+
+
+@pytest.mark.integration
+def test_real_index_add_then_reload_on_a_copy(real_index, embedded_encoder, tmp_path):
+    import shutil
+
+    out, _ = real_index
+    copy = tmp_path / "index-copy"
+    shutil.copytree(out, copy)
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="new", categories=["Watches", "Computers"])
+    new = load_catalog(extra["folder"]).products
+    assert len(new) == 2
+    store, report = add_products(copy, new, embedded_encoder)
+    assert report.counts() == {}
+    reloaded = IndexStore.load(copy, encoder=embedded_encoder)
+    assert reloaded.version == store.version and len(reloaded.products) == 947
+    assert reloaded.manifest["counts"] == {"products": 947, "image": 944, "text": 947}
+    assert [p.id for p in reloaded.products[-2:]] == [p.id for p in new]
+    for modality in ("image", "text"):
+        m = reloaded.modalities[modality]
+        _, rows = m.search(m.vectors[-2:], k=1)
+        np.testing.assert_array_equal(rows[:, 0], [945, 946])
+    assert len(IndexStore.load(out).products) == 945  # the shared index is untouched
+
+
+@pytest.mark.integration
+def test_real_build_killed_midway_leaves_previous_index(real_index, real_data_dir, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = real_index
+    copy = tmp_path / "index-copy"
+    shutil.copytree(out, copy)
+    before = IndexStore.load(copy)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_PUBLISH, str(real_data_dir), str(copy)],
+                          cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert list((copy / "versions").glob(".staging-*")), "the build died while writing its new version"
+    store = IndexStore.load(copy)
+    assert store.version == before.version and len(store.products) == 945
+    assert sorted(p.name for p in (copy / "versions").iterdir() if p.name.isdigit()) == [before.version]
+    np.testing.assert_array_equal(store.modalities["image"].vectors, before.modalities["image"].vectors)
