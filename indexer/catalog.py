@@ -147,6 +147,11 @@ def _price(value: object) -> float | None:
     return None if pd.isna(price) else price
 
 
+def _first_price(*values: object) -> float | None:
+    """The selling price: discounted when given, else retail (either column may be empty)."""
+    return next((p for p in map(_price, values) if p is not None), None)
+
+
 def find_csv(data_dir: Path) -> Path:
     """The catalog CSV of a dataset folder: the published name, else the only *.csv there."""
     data_dir = Path(data_dir)
@@ -208,7 +213,7 @@ def load_catalog(data_dir: str | Path, csv_path: str | Path | None = None) -> Ca
                 name=name,
                 description=description,
                 brand=_clean(row.get("brand")),
-                price=_price(row.get("discounted_price", row.get("retail_price"))),
+                price=_first_price(row.get("discounted_price"), row.get("retail_price")),
                 category_path=path,
                 image=image,
                 image_path=image_path,

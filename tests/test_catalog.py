@@ -134,12 +134,14 @@ def test_validation_report_lists_problems_and_keeps_other_modality(tmp_path):
 def test_price_and_brand_parsing(tmp_path):
     write_csv(tmp_path, [
         product_row("a", "Watches", 0, discounted_price="12.5", brand=""),
-        product_row("b", "Watches", 1, discounted_price="n/a"),
+        product_row("b", "Watches", 1, discounted_price="n/a", retail_price=""),
+        product_row("c", "Watches", 2, discounted_price="", retail_price="80"),  # falls back to retail
     ])
     (tmp_path / "Images").mkdir()
     products = {p.id: p for p in load_catalog(tmp_path).products}
     assert products["a"].price == 12.5 and products["a"].brand is None
     assert products["b"].price is None and products["b"].brand == "Brand1"
+    assert products["c"].price == 80.0
 
 
 def test_unreadable_catalog_gives_clear_error(tmp_path):
