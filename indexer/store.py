@@ -312,5 +312,6 @@ def append(
             merged[modality] = (np.concatenate(vecs), np.concatenate(rows))
         manifest = {k: v for k, v in live.manifest.items()}
         manifest["added_products"] = manifest.get("added_products", 0) + len(new_products)
+        manifest["categories"] = sorted({p.category for p in live.products + list(new_products) if p.category})
         publish(path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes)
         return IndexStore.load(path)

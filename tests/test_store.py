@@ -3,6 +3,7 @@ other encoders, append (also from two processes at once), and crash safety."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -181,6 +182,16 @@ def test_append_then_reload(tmp_path):
     np.testing.assert_allclose(vecs[:5], before.modalities["image"].vectors, atol=1e-7)  # old ones kept
     _, hits = reloaded.modalities["text"].search(l2_normalize(text), k=1)
     np.testing.assert_array_equal(hits[:, 0], [10, 11, 12])
+
+
+def test_append_new_category_updates_manifest(tmp_path):
+    publish_fake(tmp_path, n=4)
+    store = IndexStore.load(tmp_path)
+    newcomer = make_products(1, "pen")[0]
+    newcomer = dataclasses.replace(newcomer, category_path=("Pens & Stationery", "Pens"))
+    store = append(store, [newcomer], {"text": random_vectors(1, 12)})
+    assert "Pens & Stationery" in store.categories()
+    assert store.manifest["categories"] == store.categories()  # what `info` and the report read
 
 
 def test_append_existing_id_refused_and_nothing_changes(tmp_path):
