@@ -189,3 +189,12 @@ def test_failed_forced_fetch_keeps_the_old_copy(tmp_path):
         fetch(bad.as_uri(), dest, force=True)
     assert (dest / "Flipkart" / "marker").read_text() == "old copy"
     assert leftovers(dest) == ["Flipkart"]
+
+
+def test_zip_with_another_top_folder_or_none(tmp_path):
+    for i, root in enumerate(("", "Dataset projet/Flipkart")):
+        archive = make_zip(tmp_path / f"layout{i}.zip", root=root, extra={"__MACOSX/._junk": b"x"})
+        dest = tmp_path / f"dest{i}"
+        path = fetch(archive.as_uri(), dest)
+        assert (path / CSV_NAME).is_file() and len(list((path / "Images").iterdir())) == 2
+        assert leftovers(dest) == ["Flipkart"]  # only the dataset folder, not the zip's wrappers
