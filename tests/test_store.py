@@ -33,7 +33,7 @@ from indexer.store import (
     write_lock,
 )
 
-from fakes import FakeEncoder, append_worker, fake_manifest, make_products, publish_fake, random_vectors
+from fakes import FakeEncoder, append_worker, make_products, publish_fake, random_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
