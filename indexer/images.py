@@ -44,6 +44,10 @@ class ImageLimits:
 
 DEFAULT_LIMITS = ImageLimits()
 
+# Our own limits decide what is too big, so Pillow's warning is noise. Set once here:
+# warnings.catch_warnings() is not thread-safe and the build loads images in a thread pool.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -93,35 +97,33 @@ def load_image(
     >= draft_size: much faster, and what makes huge photos loadable at all.
     """
     data = _read_bytes(source, limits)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
-        except UnidentifiedImageError as exc:
-            raise ImageError("not an image: the bytes are in no recognised image format") from exc
-        except OSError as exc:
-            raise ImageError(f"corrupt image header: {exc}") from exc
-        if image.format not in ALLOWED_FORMATS:
-            raise ImageError(f"unsupported image format {image.format}")
-        width, height = image.size
-        if width * height > limits.max_source_pixels:
-            raise ImageError(f"image is {width}x{height} pixels, over the limit")
-        if image.format in ("JPEG", "MPO") and draft_size:
-            image.draft("RGB", (draft_size, draft_size))
-        decoded_w, decoded_h = image.size
-        if decoded_w * decoded_h > limits.max_pixels:
-            raise ImageError(
-                f"image is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
-                f"over the {limits.max_pixels / 1e6:g} MP limit"
-            )
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(f"truncated or corrupt image data: {exc}") from exc
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image: the bytes are in no recognised image format") from exc
+    except OSError as exc:
+        raise ImageError(f"corrupt image header: {exc}") from exc
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageError(f"unsupported image format {image.format}")
+    width, height = image.size
+    if width * height > limits.max_source_pixels:
+        raise ImageError(f"image is {width}x{height} pixels, over the limit")
+    if image.format in ("JPEG", "MPO") and draft_size:
+        image.draft("RGB", (draft_size, draft_size))
+    decoded_w, decoded_h = image.size
+    if decoded_w * decoded_h > limits.max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} pixels ({width * height / 1e6:.1f} MP), "
+            f"over the {limits.max_pixels / 1e6:g} MP limit"
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"truncated or corrupt image data: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
     source_format, source_mode = image.format, image.mode
     try:
         image = ImageOps.exif_transpose(image) or image
