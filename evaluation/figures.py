@@ -50,10 +50,14 @@ def tsne_maps(coords: np.ndarray, true: np.ndarray, clusters: np.ndarray, classe
         axes[0].scatter(coords[m, 0], coords[m, 1], s=7, color=PALETTE(i % 10), label=_short(c, 24))
     axes[0].set_title(f"{title}: true category")
     axes[0].legend(fontsize=7, markerscale=2, loc="best")
+    cluster_names = cluster_names or {}
     for j in sorted(set(clusters.tolist())):
         m = clusters == j
-        name = f"cluster {j}" + (f" → {_short(cluster_names[j], 16)}" if cluster_names and j in cluster_names else "")
-        axes[1].scatter(coords[m, 0], coords[m, 1], s=7, color=PALETTE(j % 10), label=name)
+        mapped = cluster_names.get(j)
+        # a cluster takes the colour of the category it is mapped to, so the panels compare at a glance
+        colour = classes.index(mapped) if mapped in classes else len(classes) + j
+        name = f"cluster {j}" + (f" → {_short(mapped, 16)}" if mapped else "")
+        axes[1].scatter(coords[m, 0], coords[m, 1], s=7, color=PALETTE(colour % 10), label=name)
     axes[1].set_title(f"{title}: KMeans cluster (full space)")
     axes[1].legend(fontsize=7, markerscale=2, loc="best")
     for ax in axes:
