@@ -199,6 +199,26 @@ def test_empty_text_product_keeps_its_image(tmp_path):
     assert rows[0]["uniq_id"] in by_id(store, "image") and rows[0]["uniq_id"] not in by_id(store, "text")
 
 
+def test_unreadable_image_file_reported_product_keeps_text(dataset, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    victim = dataset["rows"][5]["uniq_id"]
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == f"{victim}.jpg":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    summary, _ = build(dataset, tmp_path / "index")
+    assert summary.skipped == {"missing_image": 1, "unreadable_image": 2}
+    detail = next(i["detail"] for i in summary.report["issues"]["unreadable_image"] if i["id"] == victim)
+    assert "Permission denied" in detail
+    store = IndexStore.load(tmp_path / "index")
+    assert victim in by_id(store, "text") and victim not in by_id(store, "image")
+
+
 def test_encode_products_without_cache(dataset):
     catalog = load_catalog(dataset["folder"])
     encoded = encode_products(catalog.products, FakeEncoder(), cache=None, progress=False)
