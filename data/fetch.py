@@ -116,8 +116,13 @@ def unpack(zip_path: Path, root: PurePosixPath, dest: Path, force: bool = False)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=".old-", dir=dest))
             os.replace(final, old / DATASET_DIR)
-            os.replace(unpacked, final)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(unpacked, final)
+            except OSError:
+                os.replace(old / DATASET_DIR, final)  # put the previous copy back
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(unpacked, final)
     finally:
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         path = fetch(args.url, args.dest, sha256=args.sha256, force=args.force, timeout=args.timeout)
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, permissions: nothing half-written is left behind
+        print(f"error: cannot write the dataset under {args.dest}: {exc}", file=sys.stderr)
         return 1
     images = sum(1 for p in (path / IMAGES_DIR).iterdir() if p.is_file())
     print(f"dataset ready in {path} ({images} images); use it with DATA_DIR={path}")

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -198,3 +199,41 @@ def test_zip_with_another_top_folder_or_none(tmp_path):
         path = fetch(archive.as_uri(), dest)
         assert (path / CSV_NAME).is_file() and len(list((path / "Images").iterdir())) == 2
         assert leftovers(dest) == ["Flipkart"]  # only the dataset folder, not the zip's wrappers
+
+
+def test_disk_full_while_unpacking_leaves_old_copy_and_no_debris(tmp_path, monkeypatch, capsys):
+    archive = make_zip(tmp_path / "dataset.zip")
+    dest = tmp_path / "dest"
+    (dest / "Flipkart").mkdir(parents=True)
+    (dest / "Flipkart" / "marker").write_text("old copy")
+
+    def extract_then_fail(self, path=None, *args, **kwargs):
+        Path(path, "Flipkart").mkdir(parents=True)
+        Path(path, "Flipkart", "partial.jpg").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_then_fail)
+    rc = fetch_mod.main(["--dest", str(dest), "--url", archive.as_uri(), "--force"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "No space left on device" in err and "Traceback" not in err
+    assert leftovers(dest) == ["Flipkart"]
+    assert sorted(p.name for p in (dest / "Flipkart").iterdir()) == ["marker"]
+
+
+def test_failed_swap_puts_the_old_copy_back(tmp_path, monkeypatch):
+    archive = make_zip(tmp_path / "dataset.zip")
+    dest = tmp_path / "dest"
+    (dest / "Flipkart").mkdir(parents=True)
+    (dest / "Flipkart" / "marker").write_text("old copy")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == dest / "Flipkart" and ".fetch-" in str(src):
+            raise OSError(5, "I/O error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="I/O error"):
+        fetch(archive.as_uri(), dest, force=True)
+    assert (dest / "Flipkart" / "marker").read_text() == "old copy"
+    assert leftovers(dest) == ["Flipkart"]
