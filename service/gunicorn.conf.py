@@ -8,7 +8,8 @@ default 1: WEB_CONCURRENCY x TORCH_THREADS should not exceed the cores) and warm
 its models up before taking traffic.
 
 Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_TIMEOUT (60),
-TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder).
+TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder),
+GUNICORN_MAX_REQUESTS (0 = never recycle), GUNICORN_CONTROL_SOCKET (unset = off), LOG_LEVEL (info).
 """
 
 import logging
@@ -36,17 +37,22 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s'
 proc_name = "categorization-service"
+# gunicornc's control socket has one default path per user: two services (or a test and
+# a benchmark) would fight over it, so it is off unless GUNICORN_CONTROL_SOCKET names one.
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+else:
+    control_socket_disable = True
 
 _multiproc_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+# A fresh metrics folder before the app is preloaded: samples of a previous run must not be summed in.
+os.makedirs(_multiproc_dir, exist_ok=True)
+for _name in os.listdir(_multiproc_dir):
+    if _name.endswith(".db"):
+        os.unlink(os.path.join(_multiproc_dir, _name))
 
 
 def on_starting(server):
-    """Fresh metrics folder: samples of a previous run must not be summed in."""
-    os.makedirs(_multiproc_dir, exist_ok=True)
-    for name in os.listdir(_multiproc_dir):
-        path = os.path.join(_multiproc_dir, name)
-        if os.path.isfile(path):
-            os.unlink(path)
     logging.basicConfig(level=loglevel.upper())
 
 
