@@ -173,6 +173,5 @@ def bovw(products: list[Product], data_dir: str | Path | None = None, index_data
     left_out = len(products) - len(rows)
     p = {**BOVW_PARAMS, **(params or {})}
     note = (f"ORB {p['keypoints']} keypoints at <= {p['max_side']} px, {result.counts.shape[1]} visual words"
-            + (f"; {left_out} product(s) without a usable image left out" if left_out else "")
-            + ("; word counts from cache" if result.cached else ""))
+            + (f"; {left_out} product(s) without a usable image left out" if left_out else ""))
     return Representation("bovw", weighted, rows, note, {"errors": result.errors, "cached": result.cached})
