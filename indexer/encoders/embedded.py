@@ -46,6 +46,7 @@ INPUT_MEAN = 0.5
 INPUT_STD = 0.5
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"
+DEFAULT_TEXT_MAX_TOKENS = 256
 BACKDROP = (255, 255, 255)
 
 
@@ -98,7 +99,13 @@ class EmbeddedEncoder:
 
     profile = "embedded"
 
-    def __init__(self, image_variant: str | None = None, precision: str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        image_variant: str | None = None,
+        precision: str | None = None,
+        text_max_tokens: int | None = None,
+        threads: int | None = None,
+    ):
         import torch
 
         image_variant = image_variant or os.environ.get("EMBEDDED_IMAGE_VARIANT", DEFAULT_IMAGE_VARIANT)
@@ -115,10 +122,12 @@ class EmbeddedEncoder:
         self.image_size = self.variant.image_size
         self._image_model = load_efficientnet(self.variant).to(memory_format=torch.channels_last)
         self._text_model = self._load_text_model()
+        self.text_max_tokens = int(text_max_tokens or os.environ.get("TEXT_MAX_TOKENS", DEFAULT_TEXT_MAX_TOKENS))
+        self._text_model.max_seq_length = self.text_max_tokens
         weights = weights_path(self.variant).stem
         self.model_ids = {
             "image": f"timm/{self.variant.timm_name}@{weights}",
-            "text": f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}",
+            "text": f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}",
         }
         self.dims = {
             "image": int(self._image_model.num_features),

@@ -1,0 +1,234 @@
+"""Categorizer: similarity-weighted k-NN vote over the index, fusing image and text.
+
+Used unchanged by the service (one query at a time) and by the evaluation (cross-
+validation over the whole index), so the figures in the report are the service's.
+Like a scikit-learn classifier it exposes `predict`; its parameters and its
+auto/review threshold live in the index manifest (`categorizer` key).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from .store import IndexStore
+
+DEFAULT_PARAMS = {
+    "k": 10,
+    "candidates": 50,
+    "temperature": 0.05,
+    "weights": {"image": 0.35, "text": 0.65},
+    "threshold": None,
+    "calibration": None,
+}
+
+
+@dataclass
+class Neighbor:
+    row: int
+    id: str
+    name: str
+    category: str | None
+    category_path: list[str]
+    score: float
+    modality: str
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "category": self.category,
+                "category_path": self.category_path, "score": round(self.score, 4), "modality": self.modality}
+
+
+@dataclass
+class Prediction:
+    category: str | None
+    confidence: float
+    raw_confidence: float
+    decision: str
+    scores: dict[str, float]
+    category_path: list[str]
+    neighbors: list[Neighbor] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+
+    def public(self) -> dict:
+        data = asdict(self)
+        data["neighbors"] = [n.public() for n in self.neighbors]
+        return data
+
+
+class Categorizer:
+    """k-NN vote; `params` default to the manifest's `categorizer` entry."""
+
+    def __init__(self, store: IndexStore, params: Mapping | None = None):
+        self.store = store
+        merged = dict(DEFAULT_PARAMS)
+        merged.update(store.manifest.get("categorizer", {}) or {})
+        merged.update(params or {})
+        self.params = merged
+        self.k = int(merged["k"])
+        self.temperature = float(merged["temperature"])
+        self.weights = dict(merged["weights"])
+        self.threshold = merged["threshold"]
+        self.calibration = merged["calibration"]
+        self.candidates = int(merged["candidates"])
+        self._labels = store.labels()
+        self.classes = store.categories()
+        self._pos: dict[str, np.ndarray] = {}
+
+    # ---- core vote -----------------------------------------------------------------------
+    def _positions(self, modality: str) -> np.ndarray:
+        """Product row -> position in the modality's vectors (-1 where the product lacks it)."""
+        if modality not in self._pos:
+            vecs, rows = self.store.vectors_by_row(modality)
+            pos = np.full(len(self.store.products), -1, np.int64)
+            pos[rows] = np.arange(len(rows))
+            self._pos[modality] = pos
+        return self._pos[modality]
+
+    def _candidates(self, queries: dict[str, np.ndarray], k: int, exclude: np.ndarray | None) -> list[np.ndarray]:
+        """Union of each modality's nearest rows per query (the fused ranking is exact within it)."""
+        n = len(next(iter(queries.values())))
+        depth = max(self.candidates, k)
+        if exclude is not None and exclude.size:
+            depth += int(exclude.sum(axis=1).max())
+        found: list[list[np.ndarray]] = [[] for _ in range(n)]
+        for modality, q in queries.items():
+            ok = np.flatnonzero(~np.isnan(q).any(axis=1))
+            if len(ok) == 0:
+                continue
+            _, rows = self.store.modalities[modality].search(q[ok], depth)
+            for i, r in zip(ok, rows):
+                found[i].append(r[r >= 0])
+        out = []
+        for i in range(n):
+            rows = np.unique(np.concatenate(found[i])) if found[i] else np.zeros(0, np.int64)
+            if exclude is not None and len(rows):
+                rows = rows[~exclude[i, rows]]
+            out.append(rows)
+        return out
+
+    def _fused_similarity(self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
+        num = np.zeros(len(rows), np.float64)
+        den = np.zeros(len(rows), np.float64)
+        used = []
+        for modality, q in queries.items():
+            qi = q[i]
+            if np.isnan(qi).any():
+                continue
+            used.append(modality)
+            pos = self._positions(modality)[rows]
+            has = pos >= 0
+            sims = self.store.modalities[modality].vectors[pos[has]] @ qi
+            w = float(self.weights.get(modality, 1.0))
+            num[has] += w * sims
+            den[has] += w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fused = np.where(den > 0, num / den, -np.inf)
+        return fused, used
+
+    def predict_vectors(
+        self,
+        queries: Mapping[str, np.ndarray | None],
+        k: int | None = None,
+        exclude: np.ndarray | None = None,
+        with_neighbors: bool = True,
+    ) -> list[Prediction]:
+        """Predictions for n queries given per modality as (n, dim) arrays (None/NaN row = absent).
+
+        Neighbours are ranked by the weighted mean of image and text cosine similarity
+        (similarity-level fusion: measured better than voting per modality then mixing
+        the votes), then vote with weights exp((sim - best) / temperature).
+        `exclude` (n, n_products) bool masks index rows a query may not use: cross-
+        validation passes its held-out fold so no product votes for itself or its twins.
+        """
+        k = int(k or self.k)
+        present = {
+            m: np.asarray(q, dtype=np.float32).reshape(len(q), -1)
+            for m, q in queries.items()
+            if q is not None and m in self.store.modalities
+        }
+        if not present:
+            raise ValueError("a query needs at least one of: " + ", ".join(self.store.modalities))
+        candidates = self._candidates(present, k, exclude)
+        out = []
+        for i, rows in enumerate(candidates):
+            fused, used = self._fused_similarity(present, i, rows)
+            keep = np.isfinite(fused)
+            rows, fused = rows[keep], fused[keep]
+            top = np.argsort(-fused, kind="stable")[:k]
+            out.append(self._vote(rows[top], fused[top], used, with_neighbors))
+        return out
+
+    def _vote(self, rows: np.ndarray, sims: np.ndarray, used: list[str], with_neighbors: bool) -> Prediction:
+        if len(rows) == 0:
+            return Prediction(None, 0.0, 0.0, "review", {}, [], [], used)
+        weights = np.exp((sims - sims.max()) / self.temperature)
+        votes: dict[str, float] = defaultdict(float)
+        for w, r in zip(weights, rows):
+            if self._labels[r]:
+                votes[self._labels[r]] += float(w)
+        total = sum(votes.values()) or 1.0
+        scores = {c: votes.get(c, 0.0) / total for c in self.classes}
+        category = max(scores, key=scores.get)
+        raw = scores[category]
+        modality = used[0] if len(used) == 1 else "fused"
+        neighbors = [self._neighbor(int(r), float(s), modality) for r, s in zip(rows, sims)] if with_neighbors else []
+        return Prediction(
+            category=category,
+            confidence=self.calibrated(raw),
+            raw_confidence=raw,
+            decision=self.decide(raw),
+            scores={c: round(v, 6) for c, v in sorted(scores.items(), key=lambda kv: -kv[1])},
+            category_path=self._deeper_path(category, rows, weights),
+            neighbors=neighbors,
+            modalities=used,
+        )
+
+    def _neighbor(self, row: int, score: float, modality: str) -> Neighbor:
+        p = self.store.products[row]
+        return Neighbor(row, p.id, p.name, p.category, list(p.category_path[:3]), score, modality)
+
+    def _deeper_path(self, category: str, rows: np.ndarray, weights: np.ndarray, depth: int = 3) -> list[str]:
+        """Extend the top-level category level by level with the neighbours' weighted majority."""
+        votes = [(w, self.store.products[r].category_path) for w, r in zip(weights, rows) if self._labels[r] == category]
+        path = [category]
+        for level in range(1, depth):
+            tally: dict[str, float] = defaultdict(float)
+            for w, cp in votes:
+                if len(cp) > level and list(cp[:level]) == path:
+                    tally[cp[level]] += float(w)
+            if not tally:
+                break
+            path.append(max(tally, key=tally.get))
+        return path
+
+    # ---- confidence and decision ---------------------------------------------------------
+    def calibrated(self, raw: float) -> float:
+        """Raw vote share mapped to cross-validated precision (isotonic fit stored in the manifest)."""
+        cal = self.calibration
+        if not cal:
+            return float(raw)
+        return float(np.interp(raw, cal["x"], cal["y"]))
+
+    def decide(self, raw: float) -> str:
+        if self.threshold is None:
+            return "review"
+        return "auto" if raw >= self.threshold else "review"
+
+    def predict_rows(self, rows: np.ndarray, exclude: np.ndarray | None = None, k: int | None = None,
+                     modalities: tuple[str, ...] = ("image", "text")) -> list[Prediction]:
+        """Predict indexed products from their stored vectors (no re-encoding)."""
+        rows = np.asarray(rows)
+        queries = {}
+        for modality in modalities:
+            if modality not in self.store.modalities:
+                continue
+            vecs, vrows = self.store.vectors_by_row(modality)
+            full = np.full((len(self.store.products), vecs.shape[1]), np.nan, np.float32)
+            full[vrows] = vecs
+            queries[modality] = full[rows]
+        return self.predict_vectors(queries, k=k, exclude=exclude, with_neighbors=False)
+
