@@ -23,7 +23,7 @@ def openapi_spec() -> dict:
 @bp.get("/")
 def index():
     cfg = current_app.config["SERVICE"]
-    return render_template("index.html", max_upload_mb=cfg.max_upload_bytes / 1e6)
+    return render_template("index.html", max_upload_mb=cfg.max_upload_bytes / 2**20)
 
 
 @bp.get("/openapi.json")
