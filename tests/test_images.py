@@ -145,7 +145,6 @@ def test_pixel_limit_is_configurable():
     assert load_image(data, limits=ImageLimits(max_pixels=10_000)).size == (100, 100)
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets the module's filter
 def test_real_93_megapixel_photo(real_data_dir):
     path = real_data_dir / "Images" / BIG_REAL_IMAGE
     if not path.is_file():
