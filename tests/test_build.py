@@ -258,6 +258,21 @@ def test_add_refuses_other_encoder(dataset, tmp_path):
     assert len(IndexStore.load(out).products) == 12
 
 
+def test_fake_encoder_honours_the_protocol():
+    from indexer.encoders import Encoder
+
+    encoder = FakeEncoder()
+    assert isinstance(encoder, Encoder)
+    images = [product_image("Watches", i) for i in range(3)]
+    vectors = encoder.encode_images(images)
+    assert vectors.shape == (3, 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(vectors, FakeEncoder().encode_images(images))  # deterministic
+    assert not np.allclose(vectors[0], vectors[1])  # content-dependent
+    texts = encoder.encode_texts(["steel watch", "steel watch", "baby romper"])
+    assert texts.shape == (3, 12) and np.allclose(texts[0], texts[1]) and not np.allclose(texts[0], texts[2])
+
+
 def test_product_row_helper_matches_published_layout(tmp_path):
     # guard for the fixtures themselves: the synthetic CSV loads like the real one
     write_csv(tmp_path, [product_row("x1", "Watches", 0)])
