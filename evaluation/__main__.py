@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--tsne-iterations", type=int, default=TSNE_ITERATIONS, help=f"t-SNE iterations (default {TSNE_ITERATIONS}, min 250)")
     rep.add_argument("--skip-tsne", action="store_true", help="no t-SNE maps (quick runs)")
     rep.add_argument("--skip-bovw", action="store_true", help="no ORB bag-of-visual-words baseline (quick runs)")
+    rep.add_argument("--skip-stability", action="store_true", help="no fused stability check (KMeans seeds, t-SNE perplexities)")
     rep.add_argument("--max-errors", type=int, default=60, help="misclassified products shown (default 60)")
     rep.add_argument("--seed", type=int, default=0, help="seed of KMeans, t-SNE, PCA, folds (default 0)")
     rep.add_argument("--quiet", action="store_true", help="no step timings on stdout")
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no index: pass --index DIR or set INDEX_DIR")
     options = ReportOptions(data_dir=args.data, tsne_iterations=args.tsne_iterations, skip_tsne=args.skip_tsne,
                             skip_bovw=args.skip_bovw, max_errors=args.max_errors, seed=args.seed,
+                            stability_checks=not args.skip_stability,
                             progress=not args.quiet)
     try:
         metrics = build_report(args.index, args.out, options)

@@ -64,9 +64,13 @@ def product_text(product: Product) -> str:
     return encoder_text(product.name, product.description)
 
 
-def tfidf(products: list[Product], min_df: int = TFIDF_MIN_DF) -> Representation:
-    """TF-IDF (sublinear tf, L2 rows) of lemmatised, stop-word-free tokens; dense for PCA."""
-    texts = [product_text(p) for p in products]
+def tfidf(products: list[Product], min_df: int = TFIDF_MIN_DF, text_of=None) -> Representation:
+    """TF-IDF (sublinear tf, L2 rows) of lemmatised, stop-word-free tokens; dense for PCA.
+
+    `text_of(product)` gives the product's text (default: `encoder_text` of name and
+    description; the report passes the index's own normalisation when it has one).
+    """
+    texts = [(text_of or product_text)(p) for p in products]
     tokens = [baseline_tokens(t) for t in texts]
     rows = np.array([i for i, toks in enumerate(tokens) if toks], dtype=np.int64)
     if len(rows) < 2:
@@ -170,8 +174,10 @@ def bovw(products: list[Product], data_dir: str | Path | None = None, index_data
     has_words = result.ok & (result.counts.sum(axis=1) > 0)
     rows = np.flatnonzero(has_words)
     weighted = TfidfTransformer(sublinear_tf=True).fit_transform(result.counts[rows]).toarray().astype(np.float32)
-    left_out = len(products) - len(rows)
+    unusable = int((~result.ok).sum())
+    no_keypoints = int((result.ok & ~has_words).sum())
     p = {**BOVW_PARAMS, **(params or {})}
     note = (f"ORB {p['keypoints']} keypoints at <= {p['max_side']} px, {result.counts.shape[1]} visual words"
-            + (f"; {left_out} product(s) without a usable image left out" if left_out else ""))
+            + (f"; left out: {unusable} product(s) without a readable image" if unusable else "")
+            + (f", {no_keypoints} image(s) where ORB finds no keypoint (small or plain)" if no_keypoints else ""))
     return Representation("bovw", weighted, rows, note, {"errors": result.errors, "cached": result.cached})

@@ -134,7 +134,10 @@ def evaluate(store: IndexStore, folds: np.ndarray, name: str, categorizer: Categ
     ])
     result = classification_metrics(true, predicted, categorizer.classes)
     result["level2_accuracy"] = float(level2.mean()) if len(level2) else 0.0
-    result["modalities"] = list(modalities)
+    channels = list(modalities)
+    if "text" in modalities and getattr(store, "lexical", None) is not None:
+        channels.append("lexical")   # predict_rows adds the index's lexical channel to text, as the service does
+    result["modalities"] = channels
     result["left_out"] = int(len(store.products) - len(rows))
     return ModalityResult(
         name=name, rows=rows, true=true, predicted=predicted,

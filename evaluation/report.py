@@ -25,6 +25,7 @@ from . import baselines, clustering, crossval, figures, projection, representati
 
 SEED = 0
 TARGET_PRECISION = 0.99
+STABILITY_PERPLEXITIES = (10.0, 50.0)
 
 # Best published results on this dataset (peers' notebooks), for comparison only.
 ANCHORS = {
@@ -58,6 +59,7 @@ class ReportOptions:
     bovw_params: dict = field(default_factory=dict)
     max_errors: int = 60
     seed: int = SEED
+    stability_checks: bool = True        # fused: KMeans seeds and t-SNE perplexities (2 extra t-SNE runs)
     target_precision: float = TARGET_PRECISION
     progress: bool = True
 
@@ -112,13 +114,13 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     with timer.step("representations"):
         reps = representations.from_index(store)
     with timer.step("baseline tfidf"):
-        reps["tfidf"] = baselines.tfidf(store.products)
+        reps["tfidf"] = baselines.tfidf(store.products, text_of=getattr(store, "product_text", None))
     if not options.skip_bovw:
         with timer.step("baseline bovw"):
             reps["bovw"] = baselines.bovw(store.products, options.data_dir, index_data_dir,
                                           cache_dir=out / "cache", params=options.bovw_params)
 
-    cluster_metrics, pca_curves, maps, contingencies = {}, {}, {}, {}
+    cluster_metrics, pca_curves, maps, contingencies, reduced = {}, {}, {}, {}, {}
     for name, rep in reps.items():
         labeled = labels[rep.rows] != ""
         rep_rows, true = rep.rows[labeled], labels[rep.rows][labeled]
@@ -129,6 +131,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         entry = {**scores, "dim": rep.dim, "pca_components": pca.n_components,
                  "pca_variance_kept": pca.variance_kept, "note": rep.note}
         pca_curves[name] = (pca.explained, pca.n_components)
+        reduced[name] = (pca.reduced, true)
         contingencies[name] = scores
         if not options.skip_tsne:
             with timer.step(f"t-sne {name}"):
@@ -141,6 +144,12 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             maps[name] = (coords, true, assigned, scores["mapping"])
         entry["rows"] = int(len(rep_rows))
         cluster_metrics[name] = entry
+    if not options.skip_tsne and options.stability_checks and "fused" in reduced:
+        with timer.step("stability fused"):
+            fused_entry = cluster_metrics["fused"]
+            fused_entry["stability"] = stability(
+                *reduced["fused"], k, classes, options.seed, 2, options.tsne_iterations,
+                base=(fused_entry["ari"], fused_entry["tsne_kmeans"]["ari"]))
 
     with timer.step("cross-validation"):
         cv = crossval.run(store, seed=options.seed)
@@ -203,6 +212,27 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     metrics["timings"] = {**timer.timings, "total": timer.total()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     return metrics
+
+
+def stability(x: np.ndarray, true: np.ndarray, k: int, classes: list[str], seed: int, extra_seeds: int,
+              iterations: int, base: tuple[float, float]) -> dict:
+    """How much each clustering figure moves with arbitrary choices.
+
+    KMeans on the PCA space under other seeds, versus KMeans on t-SNE maps made with
+    other perplexities (with init='pca' t-SNE barely depends on its seed; the
+    perplexity is the choice peers made arbitrarily). `base` holds the (PCA-space,
+    t-SNE) ARIs already measured with `seed` and the default perplexity.
+    """
+    seeds = [seed + i for i in range(extra_seeds + 1)]
+    full = [base[0]] + [clustering.cluster_scores(true, clustering.kmeans_labels(x, k, seed=s), classes)["ari"]
+                        for s in seeds[1:]]
+    perplexities = [projection.TSNE_PERPLEXITY] + list(STABILITY_PERPLEXITIES)
+    tsne = [base[1]]
+    for perplexity in STABILITY_PERPLEXITIES:
+        coords = projection.tsne_2d(x, seed=seed, iterations=iterations, perplexity=perplexity)
+        tsne.append(clustering.cluster_scores(true, clustering.kmeans_labels(coords, k, seed=seed), classes)["ari"])
+    return {"kmeans_seeds": seeds, "ari_pca_space": full, "range_pca_space": float(max(full) - min(full)),
+            "tsne_perplexities": perplexities, "ari_tsne": tsne, "range_tsne": float(max(tsne) - min(tsne))}
 
 
 def error_table(store: IndexStore, result: crossval.ModalityResult, options: ReportOptions) -> list[dict]:
@@ -352,6 +382,13 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
               _table(["representation", "ARI", "NMI", "homogeneity", "completeness", "accuracy (best 1-1 map)",
                       "ARI on t-SNE (common practice)", "NMI on t-SNE"], rows),
               _img(pngs, "ari_comparison", "ARI comparison")]
+    stab = m["clustering"].get("fused", {}).get("stability")
+    if stab:
+        parts.append(
+            f"<p>Stability (fused): ARI of KMeans on the PCA space with seeds {stab['kmeans_seeds']}: "
+            f"{', '.join(f'{v:.3f}' for v in stab['ari_pca_space'])} (range {stab['range_pca_space']:.3f}); "
+            f"ARI of KMeans on t-SNE maps with perplexity {', '.join(f'{p:g}' for p in stab['tsne_perplexities'])}: "
+            f"{', '.join(f'{v:.3f}' for v in stab['ari_tsne'])} (range {stab['range_tsne']:.3f}).</p>")
     for n in m["clustering"]:
         parts += [f"<h3>{e(n)}</h3>", _img(pngs, f"tsne_{n}", f"t-SNE {n}"), _img(pngs, f"contingency_{n}", f"contingency {n}")]
 

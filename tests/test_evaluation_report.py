@@ -117,6 +117,11 @@ def test_metrics_structure_and_ranges(synthetic):
     assert data["clustering"]["image"]["n"] == data["n_products"] - 1      # product 0 has no image
     assert data["clustering"]["fused"]["n"] == data["n_products"]
     assert data["clustering"]["fused"]["ari"] > 0.5                         # clearly separated centres
+    stab = data["clustering"]["fused"]["stability"]
+    assert len(stab["ari_pca_space"]) == len(stab["kmeans_seeds"]) == 3
+    assert len(stab["ari_tsne"]) == len(stab["tsne_perplexities"]) == 3
+    assert stab["ari_pca_space"][0] == data["clustering"]["fused"]["ari"]
+    assert stab["range_tsne"] == pytest.approx(max(stab["ari_tsne"]) - min(stab["ari_tsne"]))
     assert set(data["classification"]) == {"image", "text", "fused"}
     for name, c in data["classification"].items():
         assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["macro_f1"] <= 1.0 and 0.0 <= c["level2_accuracy"] <= 1.0
