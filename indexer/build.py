@@ -22,7 +22,8 @@ from .cache import EmbeddingCache, content_key
 from .catalog import Catalog, Product, ValidationReport, load_catalog
 from .encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
 from .images import ImageError, load_image
-from .store import DEFAULT_FACTORY, IndexStore, append, publish, write_lock
+from .lexical import LexicalIndex
+from .store import DEFAULT_FACTORY, IndexStore, ModalityIndex, append, make_faiss_index, publish, write_lock
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
 CACHE_FILE = "cache.sqlite"
@@ -229,6 +230,7 @@ def build_index(
     progress: bool = True,
     use_cache: bool = True,
     on_encoded: Callable[[], None] | None = None,
+    calibrate_decision: bool = True,
 ) -> BuildSummary:
     """Encode every product of the dataset at `data_dir` and publish a new index version."""
     start = time.perf_counter()
@@ -264,8 +266,13 @@ def build_index(
         "validation": report.to_dict(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    texts = product_texts(catalog.products)
+    text_rows = np.flatnonzero([bool(t) for t in texts])
+    lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
+    if calibrate_decision:
+        manifest["categorizer"] = _calibrate_in_memory(out_dir, catalog.products, vectors, manifest, lexical)
     with write_lock(out_dir):
-        version = publish(out_dir, catalog.products, vectors, manifest, factory)
+        version = publish(out_dir, catalog.products, vectors, manifest, factory, lexical=lexical)
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
@@ -282,6 +289,16 @@ def build_index(
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
     )
+
+
+def _calibrate_in_memory(out_dir, products, vectors, manifest, lexical) -> dict:
+    """Cross-validate the Categorizer on the vectors about to be published and return its
+    manifest entry (parameters, auto/review threshold, calibration curve, CV figures)."""
+    from .calibration import calibrate
+
+    modalities = {m: ModalityIndex(v, r, make_faiss_index(v)) for m, (v, r) in vectors.items() if len(v)}
+    store = IndexStore(Path(out_dir), "staging", {**manifest, "categorizer": {}}, list(products), modalities, lexical)
+    return calibrate(store)
 
 
 def add_products(

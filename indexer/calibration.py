@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .knn import Categorizer, Prediction
+from .knn import DEFAULT_PARAMS, Categorizer, Prediction
 from .store import IndexStore
 
 # Above these cosine similarities every nearest-neighbour pair of the 945 products is
@@ -94,23 +94,35 @@ def fit_calibration(confidence: np.ndarray, correct: np.ndarray, points: int = 2
 
 
 def calibrate(store: IndexStore, target: float = TARGET_PRECISION, params: dict | None = None) -> dict:
-    """Cross-validate the fused Categorizer and return its manifest entry (params + threshold)."""
-    categorizer = Categorizer(store, {**(params or {}), "threshold": None, "calibration": None})
+    """Cross-validate the fused Categorizer and return its manifest entry (params + threshold).
+
+    Starts from the code's defaults (not an older manifest's entry) plus `params`.
+    """
+    settings = {**DEFAULT_PARAMS, **(params or {}), "threshold": None, "calibration": None}
+    categorizer = Categorizer(store, settings)
     labels = store.labels()
     groups = near_duplicate_groups(store)
-    folds = grouped_folds(labels, groups)
+    _, class_sizes = np.unique(labels, return_counts=True)
+    n_folds = min(N_FOLDS, len(np.unique(groups)), int(class_sizes.max(initial=0)))
+    if n_folds < 2 or len(class_sizes) < 2:
+        entry = {k: settings[k] for k in ("k", "candidates", "temperature", "confidence_temperature", "weights")}
+        return {**entry, "threshold": None, "calibration": None,
+                "cv": {"skipped": f"too few products to cross-validate ({len(labels)}): every decision is 'review'"}}
+    folds = grouped_folds(labels, groups, n_folds=n_folds)
     preds = cross_val_predictions(categorizer, folds)
     confidence = np.array([p.raw_confidence for p in preds])
     correct = np.array([p.category == lab for p, lab in zip(preds, labels)])
     decision = choose_threshold(confidence, correct, target)
     return {
         "k": categorizer.k,
+        "candidates": categorizer.candidates,
         "temperature": categorizer.temperature,
+        "confidence_temperature": categorizer.confidence_temperature,
         "weights": categorizer.weights,
         "threshold": decision["threshold"],
         "calibration": fit_calibration(confidence, correct),
         "cv": {
-            "folds": N_FOLDS,
+            "folds": n_folds,
             "seed": SEED,
             "group_thresholds": GROUP_THRESHOLDS,
             "groups": int(len(np.unique(groups))),

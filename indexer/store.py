@@ -30,6 +30,8 @@ import numpy as np
 
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
+from .lexical import LexicalIndex
+from .text import encoder_text
 
 FORMAT_VERSION = 1
 DEFAULT_FACTORY = "Flat"
@@ -68,6 +70,10 @@ class ModalityIndex:
         rows = np.where(positions >= 0, self.rows[np.clip(positions, 0, None)], -1)
         return sims, rows
 
+    def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Cosine similarity of one query to the vectors at `positions`."""
+        return self.vectors[positions] @ query
+
 
 def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
     """A FAISS index over L2-normalised vectors, inner product (= cosine) metric."""
@@ -91,6 +97,7 @@ class IndexStore:
     manifest: dict
     products: list[Product]
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
+    lexical: LexicalIndex | None = None
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
@@ -115,7 +122,9 @@ class IndexStore:
             rows = np.load(vdir / f"{modality}.rows.npy")
             index = faiss.read_index(str(vdir / f"{modality}.faiss"))
             modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
-        return cls(path=path, version=version, manifest=manifest, products=products, modalities=modalities)
+        lexical = LexicalIndex.load(vdir) if manifest.get("lexical") else None
+        return cls(path=path, version=version, manifest=manifest, products=products,
+                   modalities=modalities, lexical=lexical)
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version."""
@@ -136,6 +145,20 @@ class IndexStore:
 
     def product_rows(self) -> dict[str, int]:
         return {p.id: i for i, p in enumerate(self.products)}
+
+    def channels(self) -> dict:
+        """Every searchable channel: the dense modalities, plus 'lexical' when present."""
+        out = dict(self.modalities)
+        if self.lexical is not None:
+            out["lexical"] = self.lexical
+        return out
+
+    def strip_boilerplate(self) -> bool:
+        return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))
+
+    def product_text(self, product: Product) -> str:
+        """The text this index encodes for a product (its own normalisation setting)."""
+        return encoder_text(product.name, product.description, strip=self.strip_boilerplate())
 
     def vectors_by_row(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, rows) of a modality: what the evaluation reads instead of re-encoding."""
@@ -203,6 +226,7 @@ def publish(
     manifest: dict,
     factory: str = DEFAULT_FACTORY,
     indexes: Mapping[str, faiss.Index] | None = None,
+    lexical: LexicalIndex | None = None,
 ) -> str:
     """Write a new complete version and make it live atomically; returns its name.
 
@@ -234,7 +258,13 @@ def publish(
             faiss.write_index(index, str(staging / f"{modality}.faiss"))
             counts[modality] = int(len(vecs))
             dims[modality] = int(vecs.shape[1])
+        if lexical is not None:
+            lexical.save(staging)
         manifest = dict(manifest)
+        manifest["lexical"] = (
+            {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
+            if lexical is not None else None
+        )
         manifest.update(
             format_version=FORMAT_VERSION,
             modalities=sorted(vectors),
@@ -310,8 +340,13 @@ def append(
             if old is not None:
                 indexes[modality] = old.index
             merged[modality] = (np.concatenate(vecs), np.concatenate(rows))
+        lexical = live.lexical
+        if lexical is not None:
+            texts = [live.product_text(p) for p in new_products]
+            has_text = np.flatnonzero([bool(t) for t in texts])
+            lexical = lexical.extend(lexical.transform([texts[i] for i in has_text]), base + has_text)
         manifest = {k: v for k, v in live.manifest.items()}
         manifest["added_products"] = manifest.get("added_products", 0) + len(new_products)
         manifest["categories"] = sorted({p.category for p in live.products + list(new_products) if p.category})
-        publish(path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes)
+        publish(path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes, lexical)
         return IndexStore.load(path)

@@ -46,7 +46,7 @@ INPUT_MEAN = 0.5
 INPUT_STD = 0.5
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"
-DEFAULT_TEXT_MAX_TOKENS = 256
+DEFAULT_TEXT_MAX_TOKENS = 128  # same accuracy as 256 on grouped CV, 2x faster (bench_encoder_choices)
 BACKDROP = (255, 255, 255)
 
 

@@ -1,0 +1,102 @@
+"""Lexical channel: TF-IDF over `baseline_tokens`, searched exactly as sparse vectors.
+
+Dense sentence embeddings blur the exact product words ("dohar", "bib", "mug") that
+separate neighbouring categories; fusing a TF-IDF cosine with the dense similarities
+(hybrid retrieval) raised leak-free accuracy from 0.945 to 0.951 and auto coverage
+from 0.83 to 0.85 over six fold seeds (bench/bench_categorizer.py). The vectoriser is
+fitted at build time and stored in the index version, so queries and added products
+use the very vocabulary the index was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from .text import baseline_tokens
+
+NGRAMS = (1, 2)
+
+
+def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        tokenizer=baseline_tokens, preprocessor=None, lowercase=False, token_pattern=None,
+        ngram_range=NGRAMS, sublinear_tf=True, norm="l2", vocabulary=vocabulary, dtype=np.float32,
+    )
+
+
+@dataclass
+class LexicalIndex:
+    """TF-IDF rows of the products that have text; `rows[i]` is the product row of row i."""
+
+    vectorizer: TfidfVectorizer
+    matrix: sp.csr_matrix
+    rows: np.ndarray
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], rows: np.ndarray) -> "LexicalIndex":
+        vectorizer = _vectorizer()
+        matrix = vectorizer.fit_transform(list(texts)).tocsr().astype(np.float32)
+        return cls(vectorizer, matrix, np.asarray(rows, dtype=np.int64))
+
+    @property
+    def model_id(self) -> str:
+        vocab = json.dumps(sorted(self.vectorizer.vocabulary_), ensure_ascii=False).encode()
+        return f"tfidf-sublinear-ngram{NGRAMS[0]}{NGRAMS[1]}@{hashlib.sha256(vocab).hexdigest()[:12]}"
+
+    @property
+    def dim(self) -> int:
+        return len(self.vectorizer.vocabulary_)
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """L2-normalised TF-IDF rows; a text with no known word gives an all-zero row."""
+        return self.vectorizer.transform(list(texts)).tocsr().astype(np.float32)
+
+    def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> "LexicalIndex":
+        """A new index with more products (vocabulary and IDF unchanged: no refit on add)."""
+        return LexicalIndex(self.vectorizer, sp.vstack([self.matrix, matrix]).tocsr(),
+                            np.concatenate([self.rows, np.asarray(rows, dtype=np.int64)]))
+
+    # ---- the same search interface as a dense ModalityIndex ---------------------------------
+    @property
+    def ntotal(self) -> int:
+        return self.matrix.shape[0]
+
+    def search(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(k, self.ntotal))
+        sims = (queries @ self.matrix.T).toarray()
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, top, axis=1), self.rows[top]
+
+    def similarity(self, query: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
+        return np.asarray((self.matrix[positions] @ query.T).todense()).ravel()
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        vocab = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
+        (folder / "lexical.vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        np.save(folder / "lexical.idf.npy", self.vectorizer.idf_.astype(np.float64))
+        sp.save_npz(folder / "lexical.npz", self.matrix)
+        np.save(folder / "lexical.rows.npy", self.rows)
+
+    @classmethod
+    def load(cls, folder: Path) -> "LexicalIndex":
+        vocab = json.loads((folder / "lexical.vocab.json").read_text())
+        vectorizer = _vectorizer(vocab)
+        vectorizer.fit([""] if not vocab else list(vocab)[:1])  # sets up internals; idf replaced below
+        vectorizer.idf_ = np.load(folder / "lexical.idf.npy")
+        return cls(vectorizer, sp.load_npz(folder / "lexical.npz").tocsr(), np.load(folder / "lexical.rows.npy"))
+
+
+def present_rows(query) -> np.ndarray:
+    """Which query rows carry this channel: non-NaN dense rows, non-empty sparse rows."""
+    if sp.issparse(query):
+        return np.asarray(query.getnnz(axis=1) > 0)
+    return ~np.isnan(np.asarray(query)).any(axis=1)
