@@ -99,12 +99,13 @@ def test_add_to_missing_index_in_process(fake_profile, dataset, tmp_path, capsys
     assert rc == 2 and "error: no index at" in capsys.readouterr().err
 
 
-def test_build_missing_data_dir_exits_2():
-    proc = run_cli("build", "--data", "/nonexistent/flipkart", "--out", "/tmp/never-written")
+def test_build_missing_data_dir_exits_2(tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    proc = run_cli("build", "--data", str(missing), "--out", str(tmp_path / "index"))
     assert proc.returncode == 2
-    assert "error: data folder /nonexistent/flipkart does not exist" in proc.stderr
+    assert f"error: data folder {missing} does not exist (set DATA_DIR or --data)" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not Path("/tmp/never-written").exists()
+    assert not (tmp_path / "index").exists()  # nothing created before the data is found
 
 
 def test_build_without_data_exits_2():
