@@ -56,11 +56,11 @@ def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
         path = Path(source)
         try:
             size = path.stat().st_size
-        except OSError as exc:
+            if size > limits.max_bytes:
+                raise ImageError(f"image is {size} bytes, over the {limits.max_bytes}-byte limit")
+            data = path.read_bytes()
+        except OSError as exc:  # missing, a folder, no permission
             raise ImageError(f"cannot read image {path.name}: {exc.strerror or exc}") from exc
-        if size > limits.max_bytes:
-            raise ImageError(f"image is {size} bytes, over the {limits.max_bytes}-byte limit")
-        data = path.read_bytes()
     else:
         data = source.read(limits.max_bytes + 1)
     if len(data) > limits.max_bytes:

@@ -61,6 +61,12 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "ghost.jpg")
 
 
+def test_folder_named_like_an_image(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(ImageError, match="cannot read image folder.jpg: Is a directory"):
+        load_image(tmp_path / "folder.jpg")
+
+
 def test_truncated_jpeg():
     data = encode(noise((256, 256)), "JPEG", quality=95)
     with pytest.raises(ImageError, match="truncated or corrupt image data"):
