@@ -140,7 +140,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
                 tsne_scores = clustering.cluster_scores(true, on_map, classes)
             entry["tsne_kmeans"] = {key: tsne_scores[key] for key in
                                     ("ari", "nmi", "homogeneity", "completeness", "v_measure", "mapped_accuracy")}
-            entry["tsne_kmeans"]["note"] = "common practice, flagged: KMeans on 2-D t-SNE coordinates (unstable)"
+            entry["tsne_kmeans"]["note"] = "common practice, flagged: KMeans on 2-D t-SNE coordinates (distorted distances, depends on the perplexity)"
             maps[name] = (coords, true, assigned, scores["mapping"])
         entry["rows"] = int(len(rep_rows))
         cluster_metrics[name] = entry
@@ -378,7 +378,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
               f"<p>KMeans k={m['clustering_method']['kmeans']['k']}, n_init={m['clustering_method']['kmeans']['n_init']}, "
               "random_state fixed, on the PCA space. The last two columns are the <i>common practice</i> of "
               "peers — KMeans on 2-D t-SNE coordinates — shown for comparison and flagged: t-SNE distorts "
-              "distances and changes with its seed, so those figures are unstable.</p>",
+              "distances and its map depends on arbitrary settings such as the perplexity, so those figures "
+              "are unstable (see the stability line below the chart).</p>",
               _table(["representation", "ARI", "NMI", "homogeneity", "completeness", "accuracy (best 1-1 map)",
                       "ARI on t-SNE (common practice)", "NMI on t-SNE"], rows),
               _img(pngs, "ari_comparison", "ARI comparison")]
