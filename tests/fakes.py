@@ -203,3 +203,14 @@ def append_worker(path: str, prefix: str, n: int, seed: int, barrier, results) -
                "text": random_vectors(n, encoder.dims["text"], seed + 1)}
     barrier.wait(timeout=60)
     results.put(len(append(store, make_products(n, prefix), vectors).products))
+
+
+def add_worker(path: str, data_folder: str, barrier, results) -> None:
+    """Run in another process: encode a dataset folder's products and add them to the index."""
+    from indexer.build import add_products
+    from indexer.catalog import load_catalog
+
+    products = load_catalog(data_folder).products
+    barrier.wait(timeout=60)
+    store, _ = add_products(path, products, FakeEncoder())
+    results.put(len(store.products))

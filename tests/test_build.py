@@ -389,3 +389,33 @@ def test_real_build_killed_midway_leaves_previous_index(real_index, real_data_di
     assert store.version == before.version and len(store.products) == 945
     assert sorted(p.name for p in (copy / "versions").iterdir() if p.name.isdigit()) == [before.version]
     np.testing.assert_array_equal(store.modalities["image"].vectors, before.modalities["image"].vectors)
+
+
+def test_concurrent_adds_from_two_processes(dataset, tmp_path):
+    """Two sellers' batches added at once: both land, the shared embedding cache survives."""
+    import multiprocessing
+
+    from fakes import add_worker
+
+    out = tmp_path / "index"
+    build(dataset, out)
+    folders = [make_dataset(tmp_path / f"batch{i}", per_category=2, prefix=f"b{i}-", offset=100 + 10 * i)["folder"]
+               for i in range(2)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=add_worker, args=(str(out), str(f), barrier, results)) for f in folders]
+    for worker in workers:
+        worker.start()
+    sizes = sorted(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert sizes == [18, 24]
+    store = IndexStore.load(out)
+    assert len({p.id for p in store.products}) == 24
+    assert store.manifest["counts"]["image"] == 10 + 12 and store.manifest["counts"]["text"] == 24
+    # every added vector sits in the cache: a rebuild of one batch's folder encodes nothing
+    summary, encoder = build({"folder": folders[0]}, tmp_path / "again-index")
+    assert summary.encoded == {"image": 6, "text": 6}  # another index folder has its own cache
+    summary, encoder = build({"folder": folders[0]}, out)
+    assert encoder.calls == {"image": 0, "text": 0}
