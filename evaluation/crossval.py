@@ -124,8 +124,8 @@ def evaluate(store: IndexStore, folds: np.ndarray, name: str, categorizer: Categ
     has = np.zeros(len(store.products), bool)
     for m in modalities:
         has[store.vectors_by_row(m)[1]] = True
-    rows = np.flatnonzero(has)
     labels = store.labels()
+    rows = np.flatnonzero(has & (labels != ""))   # unlabeled products cannot be scored
     true = labels[rows]
     predicted = np.array([predictions[r].category for r in rows], dtype=object)
     correct = np.array([p == t for p, t in zip(predicted, true)])

@@ -206,3 +206,16 @@ def test_coverage_curve_and_auto_decision_by_hand():
     # out-of-fold precision is below the in-sample one
     assert oof["coverage"] == pytest.approx(3 / 6)
     assert oof["precision"] == pytest.approx(2 / 3)
+
+
+def test_evaluation_stands_on_indexer_only():
+    """House rule: evaluation imports indexer, never service."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "evaluation"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "service" or n.startswith("service.") for n in names), path.name
