@@ -7,6 +7,7 @@ are decoded (in a thread pool, overlapping the model's forward passes) and encod
 from __future__ import annotations
 
 import hashlib
+import json
 import resource
 import time
 from collections import deque
@@ -23,7 +24,17 @@ from .catalog import Catalog, Product, ValidationReport, load_catalog
 from .encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
 from .images import ImageError, load_image
 from .lexical import LexicalIndex
-from .store import DEFAULT_FACTORY, IndexStore, ModalityIndex, append, make_faiss_index, publish, write_lock
+from .store import (
+    DEFAULT_FACTORY,
+    FORMAT_VERSION,
+    IndexError_,
+    IndexStore,
+    ModalityIndex,
+    append,
+    make_faiss_index,
+    publish,
+    write_lock,
+)
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
 CACHE_FILE = "cache.sqlite"
@@ -38,6 +49,7 @@ class Encoded:
     cached: dict[str, int] = field(default_factory=dict)
     encoded: dict[str, int] = field(default_factory=dict)
     image_hashes: dict[str, str] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
 
     def present(self, modality: str) -> np.ndarray:
         return ~np.isnan(self.vectors[modality]).any(axis=1)
@@ -210,7 +222,7 @@ def encode_products(
     if cache and new_items:
         cache.put_many(text_model, new_items)
     bar.close()
-    return Encoded(vectors=out, report=report, cached=cached, encoded=fresh, image_hashes=hashes)
+    return Encoded(vectors=out, report=report, cached=cached, encoded=fresh, image_hashes=hashes, texts=texts)
 
 
 def data_fingerprint(catalog: Catalog, image_hashes: dict[str, str]) -> str:
@@ -266,11 +278,22 @@ def build_index(
         "validation": report.to_dict(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    texts = product_texts(catalog.products)
-    text_rows = np.flatnonzero([bool(t) for t in texts])
-    lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
-    if calibrate_decision:
-        manifest["categorizer"] = _calibrate_in_memory(out_dir, catalog.products, vectors, manifest, lexical)
+    manifest["derived_key"] = _derived_key(manifest)
+    live = _live_store(out_dir)
+    if live is not None and live.manifest.get("derived_key") == manifest["derived_key"] and (
+        live.manifest.get("categorizer") or not calibrate_decision
+    ):
+        # same data, models and settings: the lexical channel and the CV calibration
+        # would come out identical, so take them from the live version
+        lexical = live.lexical
+        if calibrate_decision:
+            manifest["categorizer"] = live.manifest["categorizer"]
+    else:
+        texts = encoded.texts
+        text_rows = np.flatnonzero([bool(t) for t in texts])
+        lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
+        if calibrate_decision:
+            manifest["categorizer"] = _calibrate_in_memory(out_dir, catalog.products, vectors, manifest, lexical)
     with write_lock(out_dir):
         version = publish(out_dir, catalog.products, vectors, manifest, factory, lexical=lexical)
     seconds = time.perf_counter() - start
@@ -289,6 +312,25 @@ def build_index(
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
     )
+
+
+def _live_store(out_dir: Path) -> IndexStore | None:
+    try:
+        return IndexStore.load(out_dir)
+    except (IndexError_, OSError, ValueError, KeyError):
+        return None
+
+
+def _derived_key(manifest: dict) -> str:
+    """Content key of what the build derives after encoding (lexical channel, calibration)."""
+    from .calibration import GROUP_THRESHOLDS, N_FOLDS, SEED, TARGET_PRECISION
+    from .knn import DEFAULT_PARAMS
+    from .lexical import NGRAMS
+
+    parts = [manifest["data_fingerprint"], manifest["model_ids"], manifest["precision"],
+             manifest["text_normalisation"], DEFAULT_PARAMS, GROUP_THRESHOLDS, N_FOLDS, SEED,
+             TARGET_PRECISION, NGRAMS, FORMAT_VERSION]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _calibrate_in_memory(out_dir, products, vectors, manifest, lexical) -> dict:

@@ -18,6 +18,8 @@ import scipy.sparse as sp
 from .lexical import present_rows
 from .store import IndexStore
 
+SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
+
 DEFAULT_PARAMS = {
     "k": 10,
     "candidates": 50,
@@ -118,7 +120,22 @@ class Categorizer:
             out.append(rows)
         return out
 
-    def _fused_similarity(self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    def _all_similarities(self, queries: dict) -> dict[str, np.ndarray]:
+        """Query x index similarity matrices, one matrix product per channel, when they fit
+        SIMILARITY_BUDGET floats (batches such as cross-validation); else per-query gathers."""
+        out = {}
+        for modality, q in queries.items():
+            channel = self._channels[modality]
+            if q.shape[0] * channel.ntotal > SIMILARITY_BUDGET or q.shape[0] < 2:
+                continue
+            if modality == "lexical":
+                out[modality] = (q @ channel.matrix.T).toarray()
+            else:
+                out[modality] = np.nan_to_num(q) @ channel.vectors.T
+        return out
+
+    def _fused_similarity(self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray,
+                          full: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
         """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
@@ -130,7 +147,10 @@ class Categorizer:
             used.append(modality)
             pos = self._positions(modality)[rows]
             has = pos >= 0
-            sims = self._channels[modality].similarity(qi, pos[has])
+            if full and modality in full:
+                sims = full[modality][i, pos[has]]
+            else:
+                sims = self._channels[modality].similarity(qi, pos[has])
             w = float(self.weights.get(modality, 1.0))
             num[has] += w * sims
             den[has] += w
@@ -154,6 +174,40 @@ class Categorizer:
         validation passes its held-out fold so no product votes for itself or its twins.
         """
         k = int(k or self.k)
+        present = self._present(queries)
+        candidates = self._candidates(present, k, exclude)
+        full = self._all_similarities(present)
+        out = []
+        for i, rows in enumerate(candidates):
+            fused, used = self._fused_similarity(present, i, rows, full)
+            keep = np.isfinite(fused)
+            rows, fused = rows[keep], fused[keep]
+            top = np.argsort(-fused, kind="stable")[:k]
+            out.append(self._vote(rows[top], fused[top], used, with_neighbors))
+        return out
+
+    def neighbors(
+        self,
+        queries: Mapping[str, object],
+        k: int | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> list[list[Neighbor]]:
+        """The k most similar products per query, ranked by the same fused similarity
+        the vote uses (similar-product search; `exclude` masks rows, e.g. a category filter)."""
+        k = int(k or self.k)
+        present = self._present(queries)
+        out = []
+        for i, rows in enumerate(self._candidates(present, k, exclude)):
+            fused, used = self._fused_similarity(present, i, rows)
+            keep = np.isfinite(fused)
+            rows, fused = rows[keep], fused[keep]
+            top = np.argsort(-fused, kind="stable")[:k]
+            dense = [m for m in used if m != "lexical"]
+            modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
+            out.append([self._neighbor(int(r), float(f), modality) for r, f in zip(rows[top], fused[top])])
+        return out
+
+    def _present(self, queries: Mapping[str, object]) -> dict:
         present = {
             m: (q.tocsr() if sp.issparse(q) else np.asarray(q, dtype=np.float32).reshape(q.shape[0], -1))
             for m, q in queries.items()
@@ -161,15 +215,7 @@ class Categorizer:
         }
         if not present:
             raise ValueError("a query needs at least one of: " + ", ".join(self.store.modalities))
-        candidates = self._candidates(present, k, exclude)
-        out = []
-        for i, rows in enumerate(candidates):
-            fused, used = self._fused_similarity(present, i, rows)
-            keep = np.isfinite(fused)
-            rows, fused = rows[keep], fused[keep]
-            top = np.argsort(-fused, kind="stable")[:k]
-            out.append(self._vote(rows[top], fused[top], used, with_neighbors))
-        return out
+        return present
 
     def _vote(self, rows: np.ndarray, sims: np.ndarray, used: list[str], with_neighbors: bool) -> Prediction:
         if len(rows) == 0:

@@ -70,6 +70,10 @@ class ModalityIndex:
         rows = np.where(positions >= 0, self.rows[np.clip(positions, 0, None)], -1)
         return sims, rows
 
+    @property
+    def ntotal(self) -> int:
+        return len(self.vectors)
+
     def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Cosine similarity of one query to the vectors at `positions`."""
         return self.vectors[positions] @ query
