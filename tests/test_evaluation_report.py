@@ -189,3 +189,26 @@ def test_single_category_index_refused(tmp_path):
     index = make_index(tmp_path, categories=["Only"])
     with pytest.raises(ValueError, match="at least 2"):
         build_report(index, tmp_path / "out", ReportOptions(**QUICK))
+
+
+def test_report_on_an_index_with_a_lexical_channel(tmp_path):
+    """The Categorizer adds the index's lexical (TF-IDF) channel to text queries; the report says so."""
+    import inspect
+
+    lexical = pytest.importorskip("indexer.lexical")
+    if "lexical" not in inspect.signature(publish).parameters:
+        pytest.skip("this store cannot publish a lexical channel")
+    index = make_index(tmp_path)
+    store = IndexStore.load(index)
+    texts = [store.product_text(p) if hasattr(store, "product_text") else p.name + ". " + p.description
+             for p in store.products]
+    vectors = {m: store.vectors_by_row(m) for m in store.modalities}
+    with write_lock(index):
+        publish(index, store.products, vectors, store.manifest,
+                lexical=lexical.LexicalIndex.fit(texts, np.arange(len(texts))))
+    assert IndexStore.load(index).lexical is not None
+    metrics = build_report(index, tmp_path / "out", ReportOptions(**{**QUICK, "skip_tsne": True, "skip_bovw": True}))
+    assert metrics["classification"]["text"]["modalities"] == ["text", "lexical"]
+    assert metrics["classification"]["fused"]["modalities"] == ["image", "text", "lexical"]
+    assert metrics["classification"]["image"]["modalities"] == ["image"]
+    assert 0.0 <= metrics["classification"]["fused"]["accuracy"] <= 1.0
