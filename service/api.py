@@ -60,7 +60,7 @@ def hits_public(live: Loaded, hits) -> list[dict]:
     for hit in hits:
         product = live.store.products[hit.row]
         item = product_public(product, image_url(product, live.store), description_chars=300)
-        item.update(score=round(hit.score, 4), scores=hit.scores)
+        item.update(score=round(hit.score, 4), modality=hit.modality)
         out.append(item)
     return out
 
@@ -102,7 +102,7 @@ def search_products():
     encoded = encode_query(live, query)
     t1 = time.perf_counter()
     k = query.k or cfg.default_k
-    hits = search(live.store, encoded.vectors, live.categorizer.weights, k, allowed)
+    hits = search(live.categorizer, encoded.vectors, k, allowed)
     timing = dict(encoded.timing_ms)
     timing["search"] = round((time.perf_counter() - t1) * 1000, 2)
     timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
@@ -116,7 +116,8 @@ def get_product(product_id: str):
     live = loaded()
     product = live.store.products[find_row(live.store, product_id)]
     body = product_public(product, image_url(product, live.store))
-    body["modalities"] = sorted(m for m, v in product_vectors(live.store, find_row(live.store, product_id)).items())
+    channels = product_vectors(live.store, find_row(live.store, product_id))
+    body["modalities"] = sorted(m for m in channels if m in live.store.modalities)
     return jsonify(body)
 
 
@@ -136,8 +137,9 @@ def similar_products(product_id: str):
             raise ApiError(400, f"modality must be one of {', '.join(sorted(live.store.modalities))}")
         if modality not in vectors:
             raise ApiError(400, f"product {product_id} has no {modality} vector")
-        vectors = {modality: vectors[modality]}
-    hits = search(live.store, vectors, live.categorizer.weights, k, allowed, exclude_row=row)
+        # "text" keeps the lexical channel: both are the product's text
+        vectors = {m: v for m, v in vectors.items() if m == modality or (modality == "text" and m == "lexical")}
+    hits = search(live.categorizer, vectors, k, allowed, exclude_row=row)
     return jsonify(id=product_id, results=hits_public(live, hits), k=k, index_version=live.version)
 
 

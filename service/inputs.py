@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from flask import Request
 
 from indexer.images import ImageError, ImageLimits, load_image
-from indexer.text import encoder_text
 
 from .config import Config
 from .errors import ApiError
@@ -30,10 +29,6 @@ class QueryInput:
     k: int | None = None
     category: str | None = None
     fields: dict = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        return encoder_text(self.title, self.description)
 
 
 def _str_field(data, name: str, limit: int) -> str:

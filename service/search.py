@@ -1,8 +1,7 @@
 """Encode a query and search the index: shared by /predict, /search and /similar.
 
-Search ranks products by the categorizer's modality weights applied to exact cosine
-similarities: candidates come from each modality's FAISS index, then every candidate
-is scored on every modality the query and the product both have.
+Queries are encoded by indexer.knn.query_channels and ranked by Categorizer.neighbors,
+so search shows exactly the neighbourhood the category vote is based on.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.catalog import CATEGORY_SEPARATOR, Product
+from indexer.knn import Categorizer, Neighbor, query_channels, query_text
 from indexer.store import IndexStore
 
 from .errors import ApiError
@@ -22,7 +22,7 @@ from .state import Loaded
 
 @dataclass
 class Encoded:
-    vectors: dict[str, np.ndarray]
+    vectors: dict
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -31,27 +31,24 @@ def _ms(seconds: float) -> float:
 
 
 def encode_query(loaded: Loaded, query: QueryInput) -> Encoded:
-    """Vectors (1, dim) per modality present in the query; 400 when there is none."""
-    text = query.text
+    """Every channel's (1, dim) query (image, text, lexical) via indexer.knn.query_channels;
+    400 when the query has neither an image nor text."""
+    store, encoder = loaded.store, loaded.encoder
+    text = query_text(store, query.title, query.description)
     if query.image is None and not text:
         raise ApiError(400, "send an image and/or a title or description")
-    encoder = loaded.encoder
     timing = {"decode": 0.0, "encode_image": 0.0, "encode_text": 0.0}
-    vectors: dict[str, np.ndarray] = {}
+    vectors: dict = {}
     if query.image is not None:
         t0 = time.perf_counter()
         image = decode_image(query.image, encoder.image_size)
         t1 = time.perf_counter()
-        if "image" in loaded.store.modalities:
-            vectors["image"] = encoder.encode_images([image])
-        t2 = time.perf_counter()
-        timing["decode"], timing["encode_image"] = _ms(t1 - t0), _ms(t2 - t1)
-    if text and "text" in loaded.store.modalities:
+        vectors.update(query_channels(store, encoder, images=[image]))
+        timing["decode"], timing["encode_image"] = _ms(t1 - t0), _ms(time.perf_counter() - t1)
+    if text:
         t0 = time.perf_counter()
-        vectors["text"] = encoder.encode_texts([text])
+        vectors.update(query_channels(store, encoder, texts=[text]))  # dense text + lexical
         timing["encode_text"] = _ms(time.perf_counter() - t0)
-    if not vectors:
-        raise ApiError(400, "the index holds no vectors for the modalities of this query")
     return Encoded(vectors, timing)
 
 
@@ -70,78 +67,46 @@ def category_filter(store: IndexStore, category: str | None) -> np.ndarray | Non
     return mask
 
 
-def _positions(store: IndexStore, modality: str) -> np.ndarray:
-    """Product row -> position in the modality's vector array (-1 when absent); cached per store."""
+def _positions(store: IndexStore, channel: str) -> np.ndarray:
+    """Product row -> position in the channel's rows (-1 when absent); cached per store."""
     cache = store.__dict__.setdefault("_service_positions", {})
-    if modality not in cache:
-        rows = store.modalities[modality].rows
+    if channel not in cache:
+        rows = store.channels()[channel].rows
         positions = np.full(len(store.products), -1, dtype=np.int64)
         positions[rows] = np.arange(len(rows))
-        cache[modality] = positions
-    return cache[modality]
+        cache[channel] = positions
+    return cache[channel]
 
 
-def product_vectors(store: IndexStore, row: int) -> dict[str, np.ndarray]:
-    """The stored vectors of one indexed product, as (1, dim) queries."""
+def product_vectors(store: IndexStore, row: int) -> dict:
+    """The stored vectors of one indexed product as (1, dim) queries, per channel it has."""
     out = {}
-    for modality, index in store.modalities.items():
-        pos = _positions(store, modality)[row]
-        if pos >= 0:
-            out[modality] = index.vectors[pos : pos + 1]
+    for channel, index in store.channels().items():
+        pos = _positions(store, channel)[row]
+        if pos < 0:
+            continue
+        if channel == "lexical":
+            out[channel] = index.matrix[pos : pos + 1]
+        else:
+            out[channel] = index.vectors[pos : pos + 1]
     return out
 
 
-@dataclass
-class Hit:
-    row: int
-    score: float
-    scores: dict[str, float]
-
-
 def search(
-    store: IndexStore,
-    vectors: dict[str, np.ndarray],
-    weights: dict[str, float],
+    categorizer: Categorizer,
+    vectors: dict,
     k: int,
     allowed: np.ndarray | None = None,
     exclude_row: int | None = None,
-) -> list[Hit]:
-    """Top-k products by weighted cosine over the query's modalities."""
-    n = len(store.products)
-    if n == 0:
-        return []
-    fetch = max(4 * k, 50) if allowed is None else max(20 * k, 1000)
-    fetch += 1 if exclude_row is not None else 0
-    candidates: set[int] = set()
-    for modality, q in vectors.items():
-        _, rows = store.modalities[modality].search(q, min(fetch, n))
-        candidates.update(int(r) for r in rows[0] if r >= 0)
-    if exclude_row is not None:
-        candidates.discard(exclude_row)
-    if allowed is not None:
-        candidates = {r for r in candidates if allowed[r]}
-    if not candidates:
-        return []
-    rows = np.fromiter(sorted(candidates), dtype=np.int64)
-    total = np.zeros(len(rows))
-    weight = np.zeros(len(rows))
-    per_modality = {}
-    for modality, q in vectors.items():
-        pos = _positions(store, modality)[rows]
-        has = pos >= 0
-        sims = np.full(len(rows), np.nan)
-        sims[has] = store.modalities[modality].vectors[pos[has]] @ q[0]
-        w = float(weights.get(modality, 1.0))
-        total[has] += w * sims[has]
-        weight[has] += w
-        per_modality[modality] = sims
-    score = total / np.maximum(weight, 1e-12)
-    order = np.argsort(-score, kind="stable")[:k]
-    return [
-        Hit(int(rows[i]), float(score[i]),
-            {m: round(float(s[i]), 4) for m, s in per_modality.items() if not np.isnan(s[i])})
-        for i in order
-    ]
+) -> list[Neighbor]:
+    """Top-k products by the categorizer's own fused similarity (the ranking its vote uses)."""
+    n = len(categorizer.store.products)
+    exclude = None
+    if allowed is not None or exclude_row is not None:
+        exclude = np.zeros((1, n), dtype=bool) if allowed is None else ~allowed[None, :]
+        if exclude_row is not None:
+            exclude[0, exclude_row] = True
+    return categorizer.neighbors(vectors, k=k, exclude=exclude)[0]
 
 
 def product_public(product: Product, image_url: str | None, description_chars: int | None = None) -> dict:

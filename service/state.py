@@ -68,6 +68,7 @@ class ServiceState:
         self._lock = threading.RLock()
         self._last_attempt = -1e9
         self._failed_at = -1e9
+        self._mismatched: str | None = None
         self.error: str | None = None
         self.reloads = 0
 
@@ -85,9 +86,12 @@ class ServiceState:
         try:
             store = IndexStore.load(self.index_dir, encoder=encoder)
         except IndexMismatch:
-            if fresh:
+            # An encoder we were handed or loaded for an older version may be out of date
+            # (same profile, other settings): load the profile afresh, once per model id.
+            model = store.manifest.get("model_id")
+            if fresh or model == self._mismatched:
                 raise
-            # the index was rebuilt with other settings of the same profile: new encoder
+            self._mismatched = model
             self._encoder = None
             encoder = self._encoder_for(store.profile)
             store = IndexStore.load(self.index_dir, encoder=encoder)
