@@ -162,6 +162,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         decision = crossval.auto_decision(decided.confidence, decided.correct, cv["folds"][decided.rows],
                                           options.target_precision)
         decision["representation"] = decided.name
+        decision["service_threshold"] = service_threshold(cv["categorizer"].threshold, decided)
         decision["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
     with timer.step("error analysis"):
@@ -205,11 +206,10 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     if "bovw" in reps:
         metrics["run"] = {"bovw_cache_hit": bool(reps["bovw"].extra.get("cached"))}
 
-    with timer.step("figures + html"):
+    with timer.step("figures"):
         pngs = make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes)
-        metrics["timings"] = {**timer.timings, "total": timer.total()}
-        write_outputs(out, metrics, pngs, errors)
-    metrics["timings"] = {**timer.timings, "total": timer.total()}
+    metrics["timings"] = {**timer.timings, "total": timer.total()}   # writing the files takes well under a second
+    write_outputs(out, metrics, pngs, errors)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     return metrics
 
@@ -233,6 +233,15 @@ def stability(x: np.ndarray, true: np.ndarray, k: int, classes: list[str], seed:
         tsne.append(clustering.cluster_scores(true, clustering.kmeans_labels(coords, k, seed=seed), classes)["ari"])
     return {"kmeans_seeds": seeds, "ari_pca_space": full, "range_pca_space": float(max(full) - min(full)),
             "tsne_perplexities": perplexities, "ari_tsne": tsne, "range_tsne": float(max(tsne) - min(tsne))}
+
+
+def service_threshold(threshold: float | None, result: crossval.ModalityResult) -> dict | None:
+    """The threshold the service runs with (index manifest), applied to the cross-validated predictions."""
+    if threshold is None:
+        return None
+    accepted = result.confidence >= float(threshold)
+    return {"threshold": float(threshold), "coverage": float(accepted.mean()),
+            "precision": float(result.correct[accepted].mean()) if accepted.any() else None}
 
 
 def error_table(store: IndexStore, result: crossval.ModalityResult, options: ReportOptions) -> list[dict]:
@@ -429,7 +438,12 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
               f"<code>indexer.calibration.choose_threshold</code> for precision ≥ {a['target']}: "
               f"<b>{_f(a['threshold'])}</b>, covering <b>{_f(a['coverage'])}</b> of products at precision "
               f"<b>{_f(a['precision'])}</b>. Honest check (threshold chosen on four folds, applied to the fifth): "
-              f"coverage {_f(oof['coverage'])}, precision {_f(oof['precision'])}.</p>",
+              f"coverage {_f(oof['coverage'])}, precision {_f(oof['precision'])}."
+              + (f" The threshold stored in the index manifest (what the service runs with) is "
+                 f"{_f(a['service_threshold']['threshold'])}: coverage {_f(a['service_threshold']['coverage'])}, "
+                 f"precision {_f(a['service_threshold']['precision'])} on these predictions."
+                 if a.get("service_threshold") else " The index manifest holds no threshold yet (every "
+                 "suggestion goes to review until `calibrate` stores one).") + "</p>",
               _img(pngs, "precision_coverage", "precision vs coverage")]
 
     # errors

@@ -219,3 +219,16 @@ def test_evaluation_stands_on_indexer_only():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "service" or n.startswith("service.") for n in names), path.name
+
+
+def test_service_threshold_applied_to_cv_predictions():
+    from evaluation.report import service_threshold
+
+    result = crossval.ModalityResult(
+        name="fused", rows=np.arange(4), true=np.array(["a"] * 4), predicted=np.array(["a", "a", "b", "a"]),
+        confidence=np.array([0.9, 0.8, 0.7, 0.3]), calibrated=np.zeros(4),
+        correct=np.array([True, True, False, True]), level2_correct=np.ones(4, bool), metrics={})
+    assert service_threshold(None, result) is None
+    assert service_threshold(0.75, result) == pytest.approx({"threshold": 0.75, "coverage": 0.5, "precision": 1.0})
+    assert service_threshold(0.5, result)["precision"] == pytest.approx(2 / 3)
+    assert service_threshold(0.95, result) == {"threshold": 0.95, "coverage": 0.0, "precision": None}
