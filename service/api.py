@@ -71,7 +71,7 @@ def predict():
     t0 = time.perf_counter()
     query = read_request(request, config())
     live = loaded()
-    encoded = encode_query(live, query)
+    encoded = encode_query(live, query, config().parallel_encode)
     t1 = time.perf_counter()
     prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
     t2 = time.perf_counter()
@@ -99,7 +99,7 @@ def search_products():
     query = read_request(request, cfg)
     live = loaded()
     allowed = category_filter(live.store, query.category)
-    encoded = encode_query(live, query)
+    encoded = encode_query(live, query, config().parallel_encode)
     t1 = time.perf_counter()
     k = query.k or cfg.default_k
     hits = search(live.categorizer, encoded.vectors, k, allowed)

@@ -26,6 +26,8 @@ class Config:
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
     TORCH_THREADS     intra-op threads per worker (default 1: 2 workers x 1 thread = 2 cores)
+    PARALLEL_ENCODE   1 (default) encodes a query's text on a helper thread while the image
+                      is encoded: about max(image, text) instead of the sum when a core is free
     ENCODER_PROFILE   only used when no index exists yet; otherwise the index's own profile
     """
 
@@ -36,6 +38,7 @@ class Config:
     default_k: int = 10
     max_k: int = 100
     torch_threads: int = 1
+    parallel_encode: bool = True
     encoder_profile: str = "embedded"
     max_title_chars: int = 1_000
     max_description_chars: int = 50_000
@@ -55,6 +58,7 @@ class Config:
             default_k=_int("DEFAULT_K", cls.default_k),
             max_k=_int("MAX_K", cls.max_k),
             torch_threads=_int("TORCH_THREADS", cls.torch_threads),
+            parallel_encode=os.environ.get("PARALLEL_ENCODE", "1").lower() not in ("0", "false", "no", "off"),
             encoder_profile=os.environ.get("ENCODER_PROFILE") or cls.encoder_profile,
         )
         known = {f.name for f in fields(cls)}

@@ -353,3 +353,15 @@ def test_unknown_route_and_wrong_method_are_problems(client):
     response = client.get("/api/v1/predict")
     assert_problem(response, 405)
     assert "POST" in response.headers["Allow"]
+
+
+def test_parallel_and_sequential_encoding_agree(client, service_index, embedded_encoder, watch):
+    product, data = watch
+    sequential = create_app(Config(index_dir=str(service_index), parallel_encode=False),
+                            encoder=embedded_encoder).test_client()
+    payload = {"image_base64": base64.b64encode(data).decode(), "title": "steel analog watch", "k": 5}
+    a = client.post("/api/v1/predict", json=payload).get_json()
+    b = sequential.post("/api/v1/predict", json=payload).get_json()
+    assert a["scores"] == b["scores"]
+    assert [n["id"] for n in a["neighbors"]] == [n["id"] for n in b["neighbors"]]
+    assert a["timing_ms"]["encode_text"] > 0 and b["timing_ms"]["encode_text"] > 0
