@@ -17,7 +17,8 @@ from . import metrics
 from .errors import ApiError
 from .inputs import decode_image, read_request
 from .media import image_file, save_upload, thumbnail_jpeg
-from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
+from .search import (category_filter, encode_query, product_public, product_vectors, row_of, search,
+                     split_path)
 from .state import Loaded, NotReady, ServiceState
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -48,11 +49,10 @@ def image_url(product: Product, store: IndexStore, size: int | None = None) -> s
 
 
 def find_row(store: IndexStore, product_id: str) -> int:
-    rows = store.__dict__.setdefault("_service_rows", None) or store.product_rows()
-    store.__dict__["_service_rows"] = rows
-    if product_id not in rows:
+    row = row_of(store, product_id)
+    if row is None:
         raise ApiError(404, f"no product with id {product_id!r}")
-    return rows[product_id]
+    return row
 
 
 def hits_public(live: Loaded, hits) -> list[dict]:
@@ -231,7 +231,7 @@ def add_product():
     ).hexdigest()[:32]
     if not isinstance(product_id, str) or not PRODUCT_ID.match(product_id):
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
-    if product_id in live.store.product_rows():
+    if row_of(live.store, product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
     image_name = image_path = None
     if query.image is not None:

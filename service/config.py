@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 
 def _int(name: str, default: int) -> int:
@@ -46,7 +46,6 @@ class Config:
     thumb_max: int = 1024
     thumb_min: int = 16
     retry_load_seconds: float = 5.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "Config":

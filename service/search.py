@@ -109,6 +109,14 @@ def _positions(store: IndexStore, channel: str) -> np.ndarray:
     return cache[channel]
 
 
+def row_of(store: IndexStore, product_id: str) -> int | None:
+    """Row of a product id (the id -> row map is built once per loaded store)."""
+    cache = store.__dict__.setdefault("_service_positions", {})
+    if "_rows" not in cache:
+        cache["_rows"] = store.product_rows()
+    return cache["_rows"].get(product_id)
+
+
 def product_vectors(store: IndexStore, row: int) -> dict:
     """The stored vectors of one indexed product as (1, dim) queries, per channel it has."""
     out = {}

@@ -149,6 +149,3 @@ class ServiceState:
                         log.warning("keeping index version %s, reload failed: %s", loaded.version, exc)
                 loaded = self._loaded
         return loaded
-
-    def encoder(self) -> Encoder:
-        return self.current().encoder

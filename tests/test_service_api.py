@@ -177,6 +177,11 @@ def test_undecodable_images_are_422(client, watch):
         assert_problem(response, 422)
     response = client.post("/api/v1/predict", json={"image_base64": base64.b64encode(b"GIF89a-broken").decode()})
     assert_problem(response, 422)
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 MP in a few kB
+    response = client.post("/api/v1/predict", data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png")},
+                           content_type="multipart/form-data")
+    assert_problem(response, 422, "MP")
 
 
 def test_upload_over_the_limit_is_413(client):
