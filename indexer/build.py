@@ -122,7 +122,7 @@ def encode_products(
 
     # ---- images: hash, look up, decode + encode the misses --------------------------------
     image_model = _cache_model(encoder, "image")
-    raw: dict[int, bytes] = {}
+    readable: list[int] = []  # bytes are hashed then dropped; misses are re-read (page cache)
     for row, product in enumerate(products):
         if product.image_path is None:
             continue
@@ -130,11 +130,11 @@ def encode_products(
         if isinstance(data, Exception):
             report.add("unreadable_image", product.id, str(data))
             continue
-        raw[row] = data
+        readable.append(row)
         hashes[product.id] = content_key(data)
     hits = cache.get_many(image_model, hashes.values()) if cache else {}
     todo = []
-    for row, data in raw.items():
+    for row in readable:
         vector = hits.get(hashes[products[row].id])
         if vector is not None and vector.shape[0] == encoder.dims["image"]:
             out["image"][row] = vector
@@ -145,7 +145,7 @@ def encode_products(
 
     def prepare(row: int):
         try:
-            return encoder.preprocess(load_image(raw[row], draft_size=encoder.image_size))
+            return encoder.preprocess(load_image(products[row].image_path, draft_size=encoder.image_size))
         except ImageError as exc:
             return exc
 

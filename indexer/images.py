@@ -47,6 +47,9 @@ DEFAULT_LIMITS = ImageLimits()
 # Our own limits decide what is too big, so Pillow's warning is noise. Set once here:
 # warnings.catch_warnings() is not thread-safe and the build loads images in a thread pool.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow refuses to open anything over 2 x MAX_IMAGE_PIXELS, which would make a large
+# JPEG that draft decoding can shrink unloadable; our checks run before decoding.
+Image.MAX_IMAGE_PIXELS = ImageLimits.max_source_pixels // 2
 
 
 def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:

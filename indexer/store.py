@@ -299,14 +299,14 @@ def publish(
 
 
 def _prune(path: Path, keep: str) -> None:
-    """Drop old versions (readers hold theirs in memory) and stale staging folders."""
+    """Drop old versions (readers hold theirs in memory) and staging folders of writers
+    that died: the caller holds the write lock, so no live writer owns one."""
     versions = sorted(p for p in (path / VERSIONS).iterdir() if p.name.isdigit())
     for old in versions[:-KEEP_VERSIONS]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
     for staging in (path / VERSIONS).glob(".staging-*"):
-        if time.time() - staging.stat().st_mtime > 3600:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def append(
