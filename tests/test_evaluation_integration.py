@@ -11,7 +11,6 @@ import hashlib
 import json
 from collections import defaultdict
 
-import numpy as np
 import pytest
 
 from evaluation.report import ReportOptions, build_report
