@@ -36,9 +36,11 @@ def config():
 
 def loaded() -> Loaded:
     try:
-        return state().current()
+        live = state().current()
     except NotReady as exc:
         raise ApiError(503, f"index not loaded: {exc}", "Service Unavailable") from None
+    metrics.set_index_size(len(live.store.products))
+    return live
 
 
 def image_url(product: Product, store: IndexStore, size: int | None = None) -> str | None:
@@ -244,7 +246,7 @@ def add_product():
         store, report = add_products(state().index_dir, [product], live.encoder)
     except ValueError as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
-    live = state().adopt(store)
+    state().adopt(store)
     metrics.set_index_size(len(store.products))
     body = product_public(product, image_url(product, store))
     body["index_version"] = store.version
