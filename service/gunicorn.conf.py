@@ -56,6 +56,15 @@ def on_starting(server):
     logging.basicConfig(level=loglevel.upper())
 
 
+def when_ready(server):
+    """After preload, before the first fork: move the loaded objects out of the cyclic GC's
+    reach so collections in the workers do not write to (and so copy) the shared pages."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def post_fork(server, worker):
     from service.state import set_threads
 
