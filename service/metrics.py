@@ -20,8 +20,8 @@ bp = Blueprint("metrics", __name__)
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter("http_requests_total", "HTTP requests by endpoint, method and status",
                    ["endpoint", "method", "status"], registry=REGISTRY)
-LATENCY = Histogram("http_request_duration_seconds", "Request latency by endpoint",
-                    ["endpoint"], registry=REGISTRY,
+LATENCY = Histogram("http_request_duration_seconds", "Request latency by endpoint and status",
+                    ["endpoint", "status"], registry=REGISTRY,
                     buckets=(0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.4, 1.0, 2.5, 5.0, 10.0))
 STAGES = Histogram("predict_stage_seconds", "Time of each /predict stage",
                    ["stage"], registry=REGISTRY,
@@ -67,7 +67,8 @@ def install(app: Flask) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if endpoint.startswith("/static/") or endpoint == "/metrics":
             return response
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        status = str(response.status_code)
+        REQUESTS.labels(endpoint, request.method, status).inc()
         if start is not None:
-            LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+            LATENCY.labels(endpoint, status).observe(time.perf_counter() - start)
         return response

@@ -342,7 +342,7 @@ def test_metrics_count_requests_by_endpoint_and_status(client):
     after = client.get("/metrics").get_data(as_text=True)
     assert count(after, 200) == count(before, 200) + 1
     assert count(after, 400) == count(before, 400) + 1
-    assert "http_request_duration_seconds_bucket" in after
+    assert re.search(r'http_request_duration_seconds_bucket\{endpoint="/api/v1/predict",le="[0-9.]+",status="400"\}', after)
 
 
 def test_seller_page(client):
