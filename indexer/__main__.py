@@ -76,8 +76,17 @@ def cmd_info(args) -> int:
     counts = m.get("validation", {}).get("counts", {})
     print("validation: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "clean"))
     print("categories: " + ", ".join(m.get("categories", [])))
-    if "decision" in m:
-        print(f"auto decision threshold: {m['decision']}")
+    lexical = m.get("lexical")
+    if lexical:
+        print(f"lexical channel: {lexical['count']} products, vocabulary {lexical['vocabulary']} ({lexical['model_id']})")
+    cat = m.get("categorizer") or {}
+    cv = cat.get("cv") or {}
+    if cat.get("threshold") is not None:
+        print(f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "
+              f"(grouped {cv.get('folds')}-fold CV: accuracy {cv.get('accuracy', 0):.3f}, auto precision "
+              f"{cv.get('auto_precision', 0):.3f} at coverage {cv.get('auto_coverage', 0):.3f})")
+    elif cat:
+        print("categorizer: no auto threshold (" + str(cv.get("skipped", "not calibrated")) + "): every decision is 'review'")
     return 0
 
 
