@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from .store import (
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
 CACHE_FILE = "cache.sqlite"
+DECODE_AHEAD = 256  # images decoded ahead of the model (~150 MB of float32 inputs) while it loads
 
 
 @dataclass
@@ -111,37 +113,108 @@ def encode_products(
     progress: bool = True,
     strip_boilerplate: bool = DEFAULT_STRIP_BOILERPLATE,
 ) -> Encoded:
-    """Image and text vectors for `products`, using and filling the cache."""
+    """Image and text vectors for `products`, using and filling the cache.
+
+    Both caches are consulted first; if anything is left to encode, the models load in a
+    background thread while images are decoded ahead (a single-core job that would
+    otherwise leave the second core idle).
+    """
     n = len(products)
     report = ValidationReport()
     out = {m: np.full((n, encoder.dims[m]), np.nan, dtype=np.float32) for m in ("image", "text")}
-    cached = {"image": 0, "text": 0}
-    fresh = {"image": 0, "text": 0}
-    hashes: dict[str, str] = {}
     bar = tqdm(total=2 * n, desc="encoding", unit="item", disable=not progress, leave=False)
 
-    # ---- images: hash, look up, decode + encode the misses --------------------------------
-    image_model = _cache_model(encoder, "image")
-    readable: list[int] = []  # bytes are hashed then dropped; misses are re-read (page cache)
-    for row, product in enumerate(products):
+    hashes = _hash_images(products, report)
+    image_keys = {row: hashes[p.id] for row, p in enumerate(products) if p.id in hashes}
+    texts = product_texts(products, strip_boilerplate)
+    text_keys = {row: content_key(t) for row, t in enumerate(texts) if t}
+    models = {m: _cache_model(encoder, m) for m in ("image", "text")}
+    image_todo = _fill_from_cache(out["image"], image_keys, cache, models["image"])
+    text_todo = _fill_from_cache(out["text"], text_keys, cache, models["text"])
+    bar.update(2 * n - len(image_todo) - len(text_todo))
+
+    loader = None
+    if (image_todo or text_todo) and hasattr(encoder, "load"):
+        loader = threading.Thread(target=_quiet_load, args=(encoder,), daemon=True)
+        loader.start()
+    new_images = _encode_images(products, image_todo, image_keys, encoder, out["image"], report, bar, batch_size, workers)
+    new_texts = {}
+    for start in range(0, len(text_todo), 4 * batch_size):
+        rows = text_todo[start : start + 4 * batch_size]
+        vectors = encoder.encode_texts([texts[r] for r in rows], batch_size=batch_size)
+        out["text"][rows] = vectors
+        new_texts.update({text_keys[r]: v for r, v in zip(rows, vectors)})
+        bar.update(len(rows))
+    if loader is not None:
+        loader.join()
+    if cache:
+        for modality, items in (("image", new_images), ("text", new_texts)):
+            if items:
+                cache.put_many(models[modality], items)
+    bar.close()
+    return Encoded(
+        vectors=out,
+        report=report,
+        cached={"image": len(image_keys) - len(image_todo), "text": len(text_keys) - len(text_todo)},
+        encoded={"image": int((~np.isnan(out["image"][image_todo, 0])).sum()) if image_todo else 0,
+                 "text": len(text_todo)},
+        image_hashes=hashes,
+        texts=texts,
+    )
+
+
+def _quiet_load(encoder: Encoder) -> None:
+    """Background load; a failure is raised again, in the caller, by its first encode."""
+    try:
+        encoder.load()
+    except Exception:  # noqa: BLE001 - re-raised by the encode call that needs the model
+        pass
+
+
+def _hash_images(products: Sequence[Product], report: ValidationReport) -> dict[str, str]:
+    """Content hash per product id with a readable image; the bytes are not kept."""
+    hashes = {}
+    for product in products:
         if product.image_path is None:
             continue
         data = _read(product.image_path)
         if isinstance(data, Exception):
             report.add("unreadable_image", product.id, str(data))
-            continue
-        readable.append(row)
-        hashes[product.id] = content_key(data)
-    hits = cache.get_many(image_model, hashes.values()) if cache else {}
+        else:
+            hashes[product.id] = content_key(data)
+    return hashes
+
+
+def _fill_from_cache(matrix: np.ndarray, keys: dict[int, str], cache: EmbeddingCache | None, model: str) -> list[int]:
+    """Copy cached vectors into `matrix`; return the rows still to encode."""
+    hits = cache.get_many(model, keys.values()) if cache else {}
     todo = []
-    for row in readable:
-        vector = hits.get(hashes[products[row].id])
-        if vector is not None and vector.shape[0] == encoder.dims["image"]:
-            out["image"][row] = vector
-            cached["image"] += 1
+    for row, key in keys.items():
+        vector = hits.get(key)
+        if vector is not None and vector.shape[0] == matrix.shape[1]:
+            matrix[row] = vector
         else:
             todo.append(row)
-    bar.update(n - len(todo))
+    return todo
+
+
+def _decoded_in_order(pool: ThreadPoolExecutor, rows: Sequence[int], prepare, ahead: int):
+    """(row, result) in row order, with at most `ahead` decodes in flight."""
+    pending: deque = deque()
+    for row in rows:
+        pending.append((row, pool.submit(prepare, row)))
+        if len(pending) >= ahead:
+            first, future = pending.popleft()
+            yield first, future.result()
+    while pending:
+        first, future = pending.popleft()
+        yield first, future.result()
+
+
+def _encode_images(products, rows, keys, encoder, out, report, bar, batch_size, workers) -> dict[str, np.ndarray]:
+    """Decode (thread pool, ahead of the model) and encode the image rows; new cache items
+    keyed by `keys[row]`, the image's content hash."""
+    new_items: dict[str, np.ndarray] = {}
 
     def prepare(row: int):
         try:
@@ -149,80 +222,27 @@ def encode_products(
         except ImageError as exc:
             return exc
 
-    new_items: dict[str, np.ndarray] = {}
+    def flush(batch):
+        vectors = encoder.encode_arrays([array for _, array in batch], batch_size=batch_size)
+        for (row, _), vector in zip(batch, vectors):
+            out[row] = vector
+            new_items[keys[row]] = vector
+        bar.update(len(batch))
+
+    batch = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
-        queue = iter(todo)
-        batch_rows, batch_arrays = [], []
-
-        def flush():
-            vectors = encoder.encode_arrays(batch_arrays, batch_size=batch_size)
-            for r, v in zip(batch_rows, vectors):
-                out["image"][r] = v
-                new_items[hashes[products[r].id]] = v
-            fresh["image"] += len(batch_rows)
-            bar.update(len(batch_rows))
-            batch_rows.clear()
-            batch_arrays.clear()
-
-        for row in queue:
-            pending.append((row, pool.submit(prepare, row)))
-            if len(pending) < 2 * batch_size:
-                continue
-            while pending and len(batch_rows) < batch_size:
-                r, fut = pending.popleft()
-                result = fut.result()
-                if isinstance(result, Exception):
-                    report.add("unreadable_image", products[r].id, str(result))
-                    bar.update(1)
-                else:
-                    batch_rows.append(r)
-                    batch_arrays.append(result)
-            if len(batch_rows) >= batch_size:
-                flush()
-        while pending:
-            r, fut = pending.popleft()
-            result = fut.result()
+        for row, result in _decoded_in_order(pool, rows, prepare, DECODE_AHEAD):
             if isinstance(result, Exception):
-                report.add("unreadable_image", products[r].id, str(result))
+                report.add("unreadable_image", products[row].id, str(result))
                 bar.update(1)
                 continue
-            batch_rows.append(r)
-            batch_arrays.append(result)
-            if len(batch_rows) >= batch_size:
-                flush()
-        if batch_rows:
-            flush()
-    if cache and new_items:
-        cache.put_many(image_model, new_items)
-
-    # ---- texts -------------------------------------------------------------------------------
-    text_model = _cache_model(encoder, "text")
-    texts = product_texts(products, strip_boilerplate)
-    keys = {row: content_key(t) for row, t in enumerate(texts) if t}
-    hits = cache.get_many(text_model, keys.values()) if cache else {}
-    todo = []
-    for row, key in keys.items():
-        vector = hits.get(key)
-        if vector is not None and vector.shape[0] == encoder.dims["text"]:
-            out["text"][row] = vector
-            cached["text"] += 1
-        else:
-            todo.append(row)
-    bar.update(n - len(todo))
-    new_items = {}
-    for start in range(0, len(todo), 4 * batch_size):
-        rows = todo[start : start + 4 * batch_size]
-        vectors = encoder.encode_texts([texts[r] for r in rows], batch_size=batch_size)
-        for r, v in zip(rows, vectors):
-            out["text"][r] = v
-            new_items[keys[r]] = v
-        fresh["text"] += len(rows)
-        bar.update(len(rows))
-    if cache and new_items:
-        cache.put_many(text_model, new_items)
-    bar.close()
-    return Encoded(vectors=out, report=report, cached=cached, encoded=fresh, image_hashes=hashes, texts=texts)
+            batch.append((row, result))
+            if len(batch) == batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+    return new_items
 
 
 def data_fingerprint(catalog: Catalog, image_hashes: dict[str, str]) -> str:
