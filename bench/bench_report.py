@@ -7,7 +7,7 @@ second time into the same output folder, where the ORB features come from the ca
 
     python bench/bench_report.py [--index DIR] [--data DIR] [--out DIR] [--warm]
 
---index defaults to $INDEX_DIR, else /tmp/ref-index; --data to $DATA_DIR.
+--index defaults to $INDEX_DIR, else var/index (`make index` builds it); --data to $DATA_DIR.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def show(label: str, wall: float, metrics: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--index", default=os.environ.get("INDEX_DIR") or "/tmp/ref-index")
+    parser.add_argument("--index", default=os.environ.get("INDEX_DIR") or str(ROOT / "var" / "index"))
     parser.add_argument("--data", default=os.environ.get("DATA_DIR"))
     parser.add_argument("--out", default=None, help="report folder (default: a temporary one, removed)")
     parser.add_argument("--warm", action="store_true", help="run a second time with the BoVW cache")
