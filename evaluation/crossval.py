@@ -22,6 +22,7 @@ from indexer.calibration import (
     cross_val_predictions,
     grouped_folds,
     near_duplicate_groups,
+    near_duplicate_pairs,
 )
 from indexer.knn import Categorizer
 from indexer.store import IndexStore
@@ -59,17 +60,11 @@ def duplicate_summary(store: IndexStore, groups: np.ndarray, thresholds: dict[st
     labels = store.labels()
     mixed = sum(1 for g in np.flatnonzero(sizes > 1) if len(set(labels[groups == g])) > 1)
     pairs = {}
-    for modality, t in thresholds.items():
-        if modality not in store.modalities:
-            continue
-        vectors, rows = store.vectors_by_row(modality)
-        sims = vectors @ vectors.T
-        i, j = np.nonzero(np.triu(sims >= t, k=1))
-        lab = labels[rows]
+    for modality, (a, b) in near_duplicate_pairs(store, thresholds).items():
         pairs[modality] = {
-            "threshold": float(t),
-            "pairs_above": int(len(i)),
-            "cross_category_pairs_above": int((lab[i] != lab[j]).sum()),
+            "threshold": float(thresholds[modality]),
+            "pairs_above": int(len(a)),
+            "cross_category_pairs_above": int((labels[a] != labels[b]).sum()),
         }
     return {
         "thresholds": {m: float(t) for m, t in thresholds.items()},

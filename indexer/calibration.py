@@ -24,22 +24,28 @@ N_FOLDS = 5
 SEED = 0
 
 
+def near_duplicate_pairs(store: IndexStore, thresholds: dict[str, float] | None = None) -> dict[str, tuple]:
+    """Per modality, the product-row pairs (a, b), a < b in vector order, at or above its threshold."""
+    pairs = {}
+    for modality, t in (thresholds or GROUP_THRESHOLDS).items():
+        if modality not in store.modalities:
+            continue
+        vecs, rows = store.vectors_by_row(modality)
+        i, j = np.nonzero(np.triu(vecs @ vecs.T >= t, k=1))
+        pairs[modality] = (rows[i], rows[j])
+    return pairs
+
+
 def near_duplicate_groups(store: IndexStore, thresholds: dict[str, float] | None = None) -> np.ndarray:
     """Group id per product row: connected components of 'too similar to split' pairs."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    thresholds = thresholds or GROUP_THRESHOLDS
     n = len(store.products)
     src, dst = [], []
-    for modality, t in thresholds.items():
-        if modality not in store.modalities:
-            continue
-        vecs, rows = store.vectors_by_row(modality)
-        sims = vecs @ vecs.T
-        i, j = np.nonzero(np.triu(sims >= t, k=1))
-        src.extend(rows[i])
-        dst.extend(rows[j])
+    for a, b in near_duplicate_pairs(store, thresholds).values():
+        src.extend(a)
+        dst.extend(b)
     graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return labels

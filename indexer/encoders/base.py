@@ -63,3 +63,14 @@ def batches(items: Sequence, size: int):
         raise ValueError("batch_size must be >= 1")
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def sentence_vectors(model, texts: Sequence[str], batch_size: int, context) -> np.ndarray:
+    """L2-normalised float32 vectors from a sentence-transformers model inside `context`
+    (inference mode + optional autocast), the way every profile encodes product text."""
+    with context:
+        vectors = model.encode(
+            list(texts), batch_size=batch_size, convert_to_numpy=True,
+            normalize_embeddings=False, show_progress_bar=False,
+        )
+    return l2_normalize(vectors)

@@ -50,7 +50,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .base import EncoderUnavailable, batches, empty, l2_normalize
+from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
 
 # No model hub here: forbid downloads before huggingface_hub is first imported. The
 # loaders below also pass local paths only, so this holds even if it was imported earlier.
@@ -363,12 +363,10 @@ class ClipEncoder:
         """Product text -> the multilingual sentence space (`dims["text"]`)."""
         if len(texts) == 0:
             return empty(self.dims["text"])
-        with self._torch.inference_mode(), self._autocast():
-            vectors = self._text_model.encode(
-                list(texts), batch_size=batch_size, convert_to_numpy=True,
-                normalize_embeddings=False, show_progress_bar=False,
-            )
-        return l2_normalize(vectors)
+        context = contextlib.ExitStack()
+        context.enter_context(self._torch.inference_mode())
+        context.enter_context(self._autocast())
+        return sentence_vectors(self._text_model, texts, batch_size, context)
 
     def encode_image_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Free text -> the CLIP *image* space (`dims["image"]`), to search the image index by words."""

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import EncoderUnavailable, batches, empty, l2_normalize
+from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -199,9 +199,7 @@ class EmbeddedEncoder:
         if len(texts) == 0:
             return empty(self.dims["text"])
         self.load()
-        with self._torch.inference_mode(), self._autocast():
-            vectors = self._text_model.encode(
-                list(texts), batch_size=batch_size, convert_to_numpy=True,
-                normalize_embeddings=False, show_progress_bar=False,
-            )
-        return l2_normalize(vectors)
+        context = contextlib.ExitStack()
+        context.enter_context(self._torch.inference_mode())
+        context.enter_context(self._autocast())
+        return sentence_vectors(self._text_model, texts, batch_size, context)
