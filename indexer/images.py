@@ -36,13 +36,19 @@ class ImageLimits:
 
     @classmethod
     def from_env(cls) -> "ImageLimits":
-        return cls(
-            max_bytes=int(os.environ.get("IMAGE_MAX_BYTES", cls.max_bytes)),
-            max_pixels=int(os.environ.get("IMAGE_MAX_PIXELS", cls.max_pixels)),
-        )
+        """Limits from IMAGE_MAX_BYTES / IMAGE_MAX_PIXELS, the documented defaults otherwise."""
+        values = {}
+        for field_name, var in (("max_bytes", "IMAGE_MAX_BYTES"), ("max_pixels", "IMAGE_MAX_PIXELS")):
+            raw = os.environ.get(var)
+            if raw:
+                try:
+                    values[field_name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{var} must be a whole number, got {raw!r}") from None
+        return cls(**values)
 
 
-DEFAULT_LIMITS = ImageLimits()
+DEFAULT_LIMITS = ImageLimits.from_env()  # what the build and the report use
 
 # Our own limits decide what is too big, so Pillow's warning is noise. Set once here:
 # warnings.catch_warnings() is not thread-safe and the build loads images in a thread pool.

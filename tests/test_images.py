@@ -244,3 +244,15 @@ def test_thumbnail_keeps_aspect_and_original():
     small = thumbnail(original, 100)
     assert small.size == (100, 50)
     assert original.size == (400, 200)
+
+
+def test_limits_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("IMAGE_MAX_BYTES", "1234")
+    monkeypatch.setenv("IMAGE_MAX_PIXELS", "5678")
+    limits = ImageLimits.from_env()
+    assert (limits.max_bytes, limits.max_pixels) == (1234, 5678)
+    monkeypatch.delenv("IMAGE_MAX_BYTES")
+    assert ImageLimits.from_env().max_bytes == ImageLimits().max_bytes
+    monkeypatch.setenv("IMAGE_MAX_PIXELS", "40MP")
+    with pytest.raises(ValueError, match="IMAGE_MAX_PIXELS must be a whole number, got '40MP'"):
+        ImageLimits.from_env()
