@@ -85,19 +85,9 @@ class Categorizer:
         self.candidates = int(merged["candidates"])
         self._labels = store.labels()
         self.classes = store.categories()
-        self._pos: dict[str, np.ndarray] = {}
         self._channels = store.channels()
 
     # ---- core vote -----------------------------------------------------------------------
-    def _positions(self, modality: str) -> np.ndarray:
-        """Product row -> position in the channel's vectors (-1 where the product lacks it)."""
-        if modality not in self._pos:
-            rows = self._channels[modality].rows
-            pos = np.full(len(self.store.products), -1, np.int64)
-            pos[rows] = np.arange(len(rows))
-            self._pos[modality] = pos
-        return self._pos[modality]
-
     def _candidates(self, queries: dict[str, np.ndarray], k: int, exclude: np.ndarray | None) -> list[np.ndarray]:
         """Union of each modality's nearest rows per query (the fused ranking is exact within it)."""
         n = next(iter(queries.values())).shape[0]
@@ -145,7 +135,7 @@ class Categorizer:
             if not present_rows(qi.reshape(1, -1))[0]:
                 continue
             used.append(modality)
-            pos = self._positions(modality)[rows]
+            pos = self.store.positions(modality)[rows]
             has = pos >= 0
             if full and modality in full:
                 sims = full[modality][i, pos[has]]
@@ -284,23 +274,29 @@ class Categorizer:
         Asking for "text" also brings the lexical channel when the index has one, as a
         text query to the service does.
         """
-        rows = np.asarray(rows)
-        n_products = len(self.store.products)
-        queries = {}
-        for modality in modalities:
-            if modality not in self.store.modalities:
-                continue
-            vecs, vrows = self.store.vectors_by_row(modality)
-            full = np.full((n_products, vecs.shape[1]), np.nan, np.float32)
-            full[vrows] = vecs
-            queries[modality] = full[rows]
-        if "text" in modalities and self.store.lexical is not None and "lexical" not in modalities:
+        if "text" in modalities and "lexical" not in modalities:
             modalities = (*modalities, "lexical")
-        if "lexical" in modalities and self.store.lexical is not None:
-            pos = self._positions("lexical")[rows]
-            has = (pos >= 0).astype(np.float32)  # products without text get an empty row
-            queries["lexical"] = (sp.diags(has) @ self.store.lexical.matrix[np.maximum(pos, 0)]).tocsr()
+        queries = stored_queries(self.store, rows, modalities)
         return self.predict_vectors(queries, k=k, exclude=exclude, with_neighbors=False)
+
+
+def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = None) -> dict:
+    """Queries made of indexed products' own stored vectors, per channel the index has:
+    dense rows are NaN and lexical rows empty where a product lacks that channel."""
+    rows = np.asarray(rows, dtype=np.int64)
+    queries = {}
+    for channel, index in store.channels().items():
+        if channels is not None and channel not in channels:
+            continue
+        pos = store.positions(channel)[rows]
+        has = pos >= 0
+        if channel == "lexical":
+            queries[channel] = (sp.diags(has.astype(np.float32)) @ index.matrix[np.maximum(pos, 0)]).tocsr()
+        else:
+            out = np.full((len(rows), index.vectors.shape[1]), np.nan, np.float32)
+            out[has] = index.vectors[pos[has]]
+            queries[channel] = out
+    return queries
 
 
 def query_channels(store: IndexStore, encoder, images: list | None = None, texts: list[str] | None = None) -> dict:

@@ -102,6 +102,7 @@ class IndexStore:
     products: list[Product]
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     lexical: LexicalIndex | None = None
+    _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
@@ -149,6 +150,22 @@ class IndexStore:
 
     def product_rows(self) -> dict[str, int]:
         return {p.id: i for i, p in enumerate(self.products)}
+
+    def row_of(self, product_id: str) -> int | None:
+        """Row of a product id (the map is built once per loaded version)."""
+        if "rows" not in self._lookups:
+            self._lookups["rows"] = self.product_rows()
+        return self._lookups["rows"].get(product_id)
+
+    def positions(self, channel: str) -> np.ndarray:
+        """Product row -> position in the channel's vectors, -1 where the product lacks it."""
+        key = ("positions", channel)
+        if key not in self._lookups:
+            positions = np.full(len(self.products), -1, np.int64)
+            rows = self.channels()[channel].rows
+            positions[rows] = np.arange(len(rows))
+            self._lookups[key] = positions
+        return self._lookups[key]
 
     def channels(self) -> dict:
         """Every searchable channel: the dense modalities, plus 'lexical' when present."""

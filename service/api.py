@@ -17,7 +17,7 @@ from . import metrics
 from .errors import ApiError
 from .inputs import decode_image, read_request
 from .media import image_file, save_upload, thumbnail_jpeg
-from .search import (category_filter, encode_query, product_public, product_vectors, row_of, search,
+from .search import (category_filter, encode_query, product_public, product_vectors, search,
                      split_path)
 from .state import Loaded, NotReady, ServiceState
 
@@ -51,7 +51,7 @@ def image_url(product: Product, store: IndexStore, size: int | None = None) -> s
 
 
 def find_row(store: IndexStore, product_id: str) -> int:
-    row = row_of(store, product_id)
+    row = store.row_of(product_id)
     if row is None:
         raise ApiError(404, f"no product with id {product_id!r}")
     return row
@@ -233,7 +233,7 @@ def add_product():
     ).hexdigest()[:32]
     if not isinstance(product_id, str) or not PRODUCT_ID.match(product_id):
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
-    if row_of(live.store, product_id) is not None:
+    if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
     image_name = image_path = None
     if query.image is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.catalog import CATEGORY_SEPARATOR, Product
-from indexer.knn import Categorizer, Neighbor, query_channels, query_text
+from indexer.knn import Categorizer, Neighbor, query_channels, query_text, stored_queries
 from indexer.store import IndexStore
 
 from .errors import ApiError
@@ -98,37 +98,9 @@ def category_filter(store: IndexStore, category: str | None) -> np.ndarray | Non
     return mask
 
 
-def _positions(store: IndexStore, channel: str) -> np.ndarray:
-    """Product row -> position in the channel's rows (-1 when absent); cached per store."""
-    cache = store.__dict__.setdefault("_service_positions", {})
-    if channel not in cache:
-        rows = store.channels()[channel].rows
-        positions = np.full(len(store.products), -1, dtype=np.int64)
-        positions[rows] = np.arange(len(rows))
-        cache[channel] = positions
-    return cache[channel]
-
-
-def row_of(store: IndexStore, product_id: str) -> int | None:
-    """Row of a product id (the id -> row map is built once per loaded store)."""
-    cache = store.__dict__.setdefault("_service_positions", {})
-    if "_rows" not in cache:
-        cache["_rows"] = store.product_rows()
-    return cache["_rows"].get(product_id)
-
-
 def product_vectors(store: IndexStore, row: int) -> dict:
     """The stored vectors of one indexed product as (1, dim) queries, per channel it has."""
-    out = {}
-    for channel, index in store.channels().items():
-        pos = _positions(store, channel)[row]
-        if pos < 0:
-            continue
-        if channel == "lexical":
-            out[channel] = index.matrix[pos : pos + 1]
-        else:
-            out[channel] = index.vectors[pos : pos + 1]
-    return out
+    return {c: q for c, q in stored_queries(store, [row]).items() if store.positions(c)[row] >= 0}
 
 
 def search(
