@@ -8,9 +8,9 @@ INDEX_DIR ?= var/index
 PORT ?= 8000
 export DATA_DIR INDEX_DIR PORT
 
-.PHONY: run test install index bench report clean
+.PHONY: run test lint install index bench report clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
@@ -29,6 +29,11 @@ run: index
 
 test: install
 	$(PY) -m pytest
+
+# Lint, format check and type check: what .ci/run runs before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: index
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

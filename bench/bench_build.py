@@ -21,8 +21,19 @@ from common import ROOT, data_dir
 
 
 def run_build(out: Path, summary: Path) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "indexer", "build", "--data", str(data_dir()), "--out", str(out),
-           "--quiet", "--json", str(summary)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "build",
+        "--data",
+        str(data_dir()),
+        "--out",
+        str(out),
+        "--quiet",
+        "--json",
+        str(summary),
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -35,10 +46,12 @@ def main() -> None:
         for label in ("cold build (no cache)", "rebuild, unchanged data (cache)"):
             wall, s = run_build(out, Path(tmp) / "summary.json")
             n = s["products"]
-            print(f"{label}: {n} products in {wall:.1f} s wall = {n / wall:.1f} products/s "
-                  f"(pipeline {s['seconds']:.1f} s = {s['products_per_s']:.1f}/s; encoding {s['encode_seconds']:.1f} s); "
-                  f"encoded image {s['encoded']['image']}, text {s['encoded']['text']}; "
-                  f"peak RSS {s['peak_rss_mb']:.0f} MB")
+            print(
+                f"{label}: {n} products in {wall:.1f} s wall = {n / wall:.1f} products/s "
+                f"(pipeline {s['seconds']:.1f} s = {s['products_per_s']:.1f}/s; encoding {s['encode_seconds']:.1f} s); "
+                f"encoded image {s['encoded']['image']}, text {s['encoded']['text']}; "
+                f"peak RSS {s['peak_rss_mb']:.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,11 @@ def main() -> None:
             text_vectors, rate = text_rate(encoder, texts)
             store = memory_store(products, {"image": vectors["image"], "text": text_vectors})
             scores = cv_scores(store, folds)
-            print(f"strip={strip!s:5} tokens={tokens}: text acc {scores['text']['accuracy']:.3f}, "
-                  f"fused acc {scores['fused']['accuracy']:.3f} (auto coverage {scores['fused']['coverage']:.3f}), "
-                  f"{rate:.0f} texts/s")
+            print(
+                f"strip={strip!s:5} tokens={tokens}: text acc {scores['text']['accuracy']:.3f}, "
+                f"fused acc {scores['fused']['accuracy']:.3f} (auto coverage {scores['fused']['coverage']:.3f}), "
+                f"{rate:.0f} texts/s"
+            )
 
     print("\n== image: lite0 vs lite2 (image-only CV accuracy, fused, images/s model only)")
     for variant in ("lite0", "lite2"):
@@ -71,8 +73,10 @@ def main() -> None:
         enc = encode_products(products, encoder, cache=None, progress=False)
         store = memory_store(products, {"image": enc.vectors["image"], "text": vectors["text"]})
         scores = cv_scores(store, folds)
-        print(f"{variant}: image acc {scores['image']['accuracy']:.3f}, fused acc {scores['fused']['accuracy']:.3f}, "
-              f"{image_rate(encoder, products):.0f} images/s")
+        print(
+            f"{variant}: image acc {scores['image']['accuracy']:.3f}, fused acc {scores['fused']['accuracy']:.3f}, "
+            f"{image_rate(encoder, products):.0f} images/s"
+        )
 
     print("\n== precision: bf16 autocast vs fp32")
     fp32 = create_encoder("embedded", precision="fp32")
@@ -85,13 +89,15 @@ def main() -> None:
         cos = np.sum(a * b, axis=1)
         _, nn_a = reference.modalities[m].index.search(a, 11)
         _, nn_b = store32.modalities[m].index.search(b, 11)
-        overlap = np.mean([len(set(x[1:]) & set(y[1:])) / 10 for x, y in zip(nn_a, nn_b)])
-        print(f"{m}: cosine(bf16, fp32) mean {cos.mean():.4f} min {cos.min():.4f}; top-10 neighbour overlap {overlap:.3f}")
+        overlap = np.mean([len(set(x[1:]) & set(y[1:])) / 10 for x, y in zip(nn_a, nn_b, strict=True)])
+        print(
+            f"{m}: cosine(bf16, fp32) mean {cos.mean():.4f} min {cos.min():.4f}; top-10 neighbour overlap {overlap:.3f}"
+        )
     rows = np.arange(len(products))
     exclude = folds[:, None] == folds[None, :]
     p16 = Categorizer(reference).predict_rows(rows, exclude=exclude)
     p32 = Categorizer(store32).predict_rows(rows, exclude=exclude)
-    agree = np.mean([a.category == b.category for a, b in zip(p16, p32)])
+    agree = np.mean([a.category == b.category for a, b in zip(p16, p32, strict=True)])
     print(f"fused CV predictions identical for {agree:.4f} of products")
 
 

@@ -30,15 +30,17 @@ def main() -> None:
     products = [p for p in load_catalog(data_dir()).products if p.image_path]
     products = [products[i] for i in sorted(rng.choice(len(products), SAMPLE, replace=False))]
     labels = np.array([p.category for p in products])
-    pixels = np.stack([
-        np.asarray(load_image(p.image_path, draft_size=256).resize((224, 224)), dtype=np.float32) / 255.0
-        for p in products
-    ])
+    pixels = np.stack(
+        [
+            np.asarray(load_image(p.image_path, draft_size=256).resize((224, 224)), dtype=np.float32) / 255.0
+            for p in products
+        ]
+    )
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     source = torch.load(weights_path(IMAGE_VARIANTS["lite0"]), map_location="cpu", weights_only=True)
     for arch in ("efficientnet_lite0", "tf_efficientnet_lite0"):
         model = timm.create_model(arch, pretrained=False)
-        model.load_state_dict(dict(zip(model.state_dict(), source.values())))
+        model.load_state_dict(dict(zip(model.state_dict(), source.values(), strict=True)))
         model.eval()
         for name, (mean, std) in NORMALISATIONS.items():
             xn = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
@@ -50,8 +52,10 @@ def main() -> None:
             sims = f @ f.T
             np.fill_diagonal(sims, -1)
             accuracy = (labels[sims.argmax(1)] == labels).mean()
-            print(f"{arch:22} {name:8}: top-1 prob {probs.max(-1).values.mean():.3f}, entropy {entropy:.2f}, "
-                  f"1-NN category accuracy {accuracy:.3f}")
+            print(
+                f"{arch:22} {name:8}: top-1 prob {probs.max(-1).values.mean():.3f}, entropy {entropy:.2f}, "
+                f"1-NN category accuracy {accuracy:.3f}"
+            )
 
 
 if __name__ == "__main__":

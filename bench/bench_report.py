@@ -37,14 +37,18 @@ def run_once(index: Path, out: Path, data: str | None) -> tuple[float, dict]:
 
 
 def show(label: str, wall: float, metrics: dict) -> None:
-    print(f"\n== {label}: {wall:.1f} s wall clock (target <= {TARGET_SECONDS:.0f} s: "
-          f"{'met' if wall <= TARGET_SECONDS else 'MISSED'}) ==")
+    print(
+        f"\n== {label}: {wall:.1f} s wall clock (target <= {TARGET_SECONDS:.0f} s: "
+        f"{'met' if wall <= TARGET_SECONDS else 'MISSED'}) =="
+    )
     for step, seconds in metrics["timings"].items():
         print(f"  {step:<28} {seconds:8.1f} s")
     c, k, a = metrics["clustering"], metrics["classification"], metrics["auto_decision"]
     print("  ARI (PCA space): " + ", ".join(f"{n} {v['ari']:.3f}" for n, v in c.items()))
-    print("  ARI (t-SNE, common practice): "
-          + ", ".join(f"{n} {v['tsne_kmeans']['ari']:.3f}" for n, v in c.items() if "tsne_kmeans" in v))
+    print(
+        "  ARI (t-SNE, common practice): "
+        + ", ".join(f"{n} {v['tsne_kmeans']['ari']:.3f}" for n, v in c.items() if "tsne_kmeans" in v)
+    )
     print("  CV accuracy: " + ", ".join(f"{n} {v['accuracy']:.3f}" for n, v in k.items()))
     print(f"  auto: threshold {a['threshold']}, coverage {a['coverage']:.3f}, precision {a['precision']}")
 
@@ -66,7 +70,7 @@ def main() -> int:
         shutil.copytree(source, index, ignore=shutil.ignore_patterns("cache.sqlite", ".lock"))
         out = Path(args.out) if args.out else Path(tmp) / "report"
         if out.exists():
-            shutil.rmtree(out / "cache", ignore_errors=True)   # a cold run computes the ORB features
+            shutil.rmtree(out / "cache", ignore_errors=True)  # a cold run computes the ORB features
         print(f"index {source} (copied), {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
         wall, metrics = run_once(index, out, args.data)
         show("cold run", wall, metrics)

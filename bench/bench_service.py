@@ -45,11 +45,16 @@ def free_port() -> int:
 
 def multipart(fields: dict, image: bytes | None) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
     if image is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
-                     "Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n".encode()
+            + image
+            + b"\r\n"
+        )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -73,8 +78,10 @@ def pct(values, q) -> float:
 
 
 def summary(name: str, seconds: list[float]) -> str:
-    return (f"  {name:<28} n={len(seconds):4d}  p50 {pct(seconds, 50):6.1f} ms  p95 {pct(seconds, 95):6.1f} ms  "
-            f"p99 {pct(seconds, 99):6.1f} ms  mean {statistics.fmean(seconds) * 1000:6.1f} ms")
+    return (
+        f"  {name:<28} n={len(seconds):4d}  p50 {pct(seconds, 50):6.1f} ms  p95 {pct(seconds, 95):6.1f} ms  "
+        f"p99 {pct(seconds, 99):6.1f} ms  mean {statistics.fmean(seconds) * 1000:6.1f} ms"
+    )
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -190,14 +197,33 @@ def main() -> int:
             print(summary(name, secs))
 
         port = free_port()
-        env = dict(os.environ, INDEX_DIR=str(index_dir), WEB_CONCURRENCY=str(args.workers),
-                   PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"), LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            INDEX_DIR=str(index_dir),
+            WEB_CONCURRENCY=str(args.workers),
+            PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+            LOG_LEVEL="warning",
+        )
         log_path = tmp / "gunicorn.log"
-        log = open(log_path, "wb")
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below, once gunicorn has stopped
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "-b", f"127.0.0.1:{port}",
-             "--access-logfile", "/dev/null", "service.app:create_app()"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "service/gunicorn.conf.py",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--access-logfile",
+                "/dev/null",
+                "service.app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             t0 = time.perf_counter()
             deadline = time.monotonic() + 300
@@ -243,8 +269,13 @@ def main() -> int:
                 server_stages[name] = stages
             print("  server-side timing_ms medians (same requests):")
             for name, stages in server_stages.items():
-                print("    " + f"{name:<26}" + "  ".join(
-                    f"{s} {statistics.median(v):.1f}" for s, v in stages.items() if statistics.median(v) > 0))
+                print(
+                    "    "
+                    + f"{name:<26}"
+                    + "  ".join(
+                        f"{s} {statistics.median(v):.1f}" for s, v in stages.items() if statistics.median(v) > 0
+                    )
+                )
 
             # ---- concurrent load -----------------------------------------------------------
             results: list[tuple[int, float]] = []
@@ -287,9 +318,11 @@ def main() -> int:
             wall = time.perf_counter() - t0
             ok = [e for s, e in results if s == 200]
             print(f"{args.clients} concurrent clients for {args.duration:.0f} s (half text, half image + text):")
-            print(f"  requests {len(results)}, errors {len(errors)}"
-                  + (f" (first: {errors[0]})" if errors else "")
-                  + f", throughput {len(results) / wall:.1f} req/s")
+            print(
+                f"  requests {len(results)}, errors {len(errors)}"
+                + (f" (first: {errors[0]})" if errors else "")
+                + f", throughput {len(results) / wall:.1f} req/s"
+            )
             if ok:
                 print(summary("latency under load", ok))
 

@@ -42,7 +42,7 @@ def cv_scores(store: IndexStore, folds: np.ndarray | None = None) -> dict:
         if not set(mods) <= set(store.modalities):
             continue
         preds = cross_val_predictions(categorizer, folds, mods)
-        correct = np.array([p.category == lab for p, lab in zip(preds, labels)])
+        correct = np.array([p.category == lab for p, lab in zip(preds, labels, strict=True)])
         conf = np.array([p.raw_confidence for p in preds])
         out[name] = {"accuracy": float(correct.mean()), **choose_threshold(conf, correct)}
     return out

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import urllib.error
@@ -57,7 +56,7 @@ def download(url: str, target: Path, timeout: float = DEFAULT_TIMEOUT) -> str:
                 out.write(chunk)
     except urllib.error.HTTPError as exc:
         raise FetchError(f"download of {url} failed: HTTP {exc.code} {exc.reason}; {offline_hint()}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise FetchError(f"cannot download the dataset from {url} ({reason}); {offline_hint()}") from None
     except ValueError as exc:  # malformed URL
@@ -155,12 +154,21 @@ def fetch(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.fetch", description=__doc__.splitlines()[0])
-    parser.add_argument("--dest", default=os.environ.get("DATA_DEST", str(DEFAULT_DEST)),
-                        help="folder to unpack into; the dataset lands in DEST/Flipkart (default: data/)")
-    parser.add_argument("--url", default=os.environ.get("DATASET_URL", DATASET_URL),
-                        help="address of the zip (default: the published one, or $DATASET_URL)")
-    parser.add_argument("--sha256", default=os.environ.get("DATASET_SHA256"),
-                        help="expected sha256 of the zip (default: $DATASET_SHA256, unchecked if unset)")
+    parser.add_argument(
+        "--dest",
+        default=os.environ.get("DATA_DEST", str(DEFAULT_DEST)),
+        help="folder to unpack into; the dataset lands in DEST/Flipkart (default: data/)",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DATASET_URL", DATASET_URL),
+        help="address of the zip (default: the published one, or $DATASET_URL)",
+    )
+    parser.add_argument(
+        "--sha256",
+        default=os.environ.get("DATASET_SHA256"),
+        help="expected sha256 of the zip (default: $DATASET_SHA256, unchecked if unset)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing DEST/Flipkart")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="network timeout in seconds")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from indexer.store import IndexError_
+from indexer.store import IndexStoreError
 
 from .projection import TSNE_ITERATIONS
 from .report import ReportOptions, build_report
@@ -22,12 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="write report.html, metrics.json and figures/")
     rep.add_argument("--index", default=os.environ.get("INDEX_DIR"), help="index directory (default $INDEX_DIR)")
-    rep.add_argument("--out", default=os.environ.get("REPORT_DIR", "report"), help="output directory (default $REPORT_DIR or ./report)")
+    rep.add_argument(
+        "--out",
+        default=os.environ.get("REPORT_DIR", "report"),
+        help="output directory (default $REPORT_DIR or ./report)",
+    )
     rep.add_argument("--data", default=os.environ.get("DATA_DIR"), help="dataset folder for images (default $DATA_DIR)")
-    rep.add_argument("--tsne-iterations", type=int, default=TSNE_ITERATIONS, help=f"t-SNE iterations (default {TSNE_ITERATIONS}, min 250)")
+    rep.add_argument(
+        "--tsne-iterations",
+        type=int,
+        default=TSNE_ITERATIONS,
+        help=f"t-SNE iterations (default {TSNE_ITERATIONS}, min 250)",
+    )
     rep.add_argument("--skip-tsne", action="store_true", help="no t-SNE maps (quick runs)")
     rep.add_argument("--skip-bovw", action="store_true", help="no ORB bag-of-visual-words baseline (quick runs)")
-    rep.add_argument("--skip-stability", action="store_true", help="no fused stability check (KMeans seeds, t-SNE perplexities)")
+    rep.add_argument(
+        "--skip-stability", action="store_true", help="no fused stability check (KMeans seeds, t-SNE perplexities)"
+    )
     rep.add_argument("--max-errors", type=int, default=60, help="misclassified products shown (default 60)")
     rep.add_argument("--seed", type=int, default=0, help="seed of KMeans, t-SNE, PCA, folds (default 0)")
     rep.add_argument("--quiet", action="store_true", help="no step timings on stdout")
@@ -35,20 +46,29 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.index:
         parser.error("no index: pass --index DIR or set INDEX_DIR")
-    options = ReportOptions(data_dir=args.data, tsne_iterations=args.tsne_iterations, skip_tsne=args.skip_tsne,
-                            skip_bovw=args.skip_bovw, max_errors=args.max_errors, seed=args.seed,
-                            stability_checks=not args.skip_stability,
-                            progress=not args.quiet)
+    options = ReportOptions(
+        data_dir=args.data,
+        tsne_iterations=args.tsne_iterations,
+        skip_tsne=args.skip_tsne,
+        skip_bovw=args.skip_bovw,
+        max_errors=args.max_errors,
+        seed=args.seed,
+        stability_checks=not args.skip_stability,
+        progress=not args.quiet,
+    )
     try:
         metrics = build_report(args.index, args.out, options)
-    except (IndexError_, ValueError) as exc:
+    except (IndexStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fused = metrics["classification"].get("fused", {})
     auto = metrics["auto_decision"]
     print(f"report written to {args.out}/report.html ({metrics['n_products']} products, profile {metrics['profile']})")
-    print(f"fused: ARI {metrics['clustering']['fused']['ari']:.3f}, CV accuracy {fused.get('accuracy', float('nan')):.3f}; "
-          f"auto: threshold {auto['threshold']}, coverage {auto['coverage']:.3f}, precision {auto['precision']}")
+    print(
+        f"fused: ARI {metrics['clustering']['fused']['ari']:.3f}, "
+        f"CV accuracy {fused.get('accuracy', float('nan')):.3f}; "
+        f"auto: threshold {auto['threshold']}, coverage {auto['coverage']:.3f}, precision {auto['precision']}"
+    )
     print(f"total {metrics['timings']['total']:.1f} s")
     return 0
 

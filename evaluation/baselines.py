@@ -31,7 +31,7 @@ from .representations import Representation
 SEED = 0
 BOVW_PARAMS = {
     "detector": "ORB",
-    "max_side": 384,          # images are described at <= 384 px (draft-decoded)
+    "max_side": 384,  # images are described at <= 384 px (draft-decoded)
     "keypoints": 500,
     "vocabulary": 256,
     "vocabulary_sample": 20000,
@@ -81,7 +81,9 @@ def tfidf(products: list[Product], min_df: int = TFIDF_MIN_DF, text_of=None) -> 
     dense = matrix.toarray().astype(np.float32)
     keep = np.linalg.norm(dense, axis=1) > 0
     missing = len(products) - int(keep.sum())
-    note = f"{dense.shape[1]} terms (min_df={min_df})" + (f"; {missing} product(s) without any kept term left out" if missing else "")
+    note = f"{dense.shape[1]} terms (min_df={min_df})" + (
+        f"; {missing} product(s) without any kept term left out" if missing else ""
+    )
     return Representation("tfidf", dense[keep], rows[keep], note, {"vocabulary": int(dense.shape[1])})
 
 
@@ -120,14 +122,15 @@ def _cache_key(paths: list[Path | None], params: dict) -> str:
 
 @dataclass
 class BovwCounts:
-    counts: np.ndarray       # (n_products, vocabulary) visual-word counts
-    ok: np.ndarray           # bool: image decoded
-    errors: dict             # product row -> message
+    counts: np.ndarray  # (n_products, vocabulary) visual-word counts
+    ok: np.ndarray  # bool: image decoded
+    errors: dict  # product row -> message
     cached: bool
 
 
-def bovw_counts(paths: list[Path | None], params: dict | None = None, cache_dir: Path | None = None,
-                workers: int | None = None) -> BovwCounts:
+def bovw_counts(
+    paths: list[Path | None], params: dict | None = None, cache_dir: Path | None = None, workers: int | None = None
+) -> BovwCounts:
     """Visual-word counts per image (vocabulary learnt on a seeded sample of descriptors)."""
     params = {**BOVW_PARAMS, **(params or {})}
     cache_file = None
@@ -153,7 +156,9 @@ def bovw_counts(paths: list[Path | None], params: dict | None = None, cache_dir:
     kmeans = MiniBatchKMeans(n_clusters=words, batch_size=2048, n_init=3, init="random", random_state=params["seed"])
     kmeans.fit(_bits(sample))
     owner = np.concatenate([np.full(len(d), i) for i, (d, _) in enumerate(described) if d is not None and len(d)])
-    assigned = np.concatenate([kmeans.predict(_bits(everything[s:s + 50000])) for s in range(0, len(everything), 50000)])
+    assigned = np.concatenate(
+        [kmeans.predict(_bits(everything[s : s + 50000])) for s in range(0, len(everything), 50000)]
+    )
     counts = np.zeros((len(paths), words), np.float32)
     np.add.at(counts, (owner, assigned), 1)
     if cache_file is not None:
@@ -164,8 +169,13 @@ def bovw_counts(paths: list[Path | None], params: dict | None = None, cache_dir:
     return BovwCounts(counts, ok, errors, False)
 
 
-def bovw(products: list[Product], data_dir: str | Path | None = None, index_data_dir: str | None = None,
-         cache_dir: Path | None = None, params: dict | None = None) -> Representation:
+def bovw(
+    products: list[Product],
+    data_dir: str | Path | None = None,
+    index_data_dir: str | None = None,
+    cache_dir: Path | None = None,
+    params: dict | None = None,
+) -> Representation:
     """TF-IDF-weighted ORB bag of visual words of every product with a decodable image."""
     paths = [image_file(p, data_dir, index_data_dir) for p in products]
     if not any(paths):
@@ -177,7 +187,9 @@ def bovw(products: list[Product], data_dir: str | Path | None = None, index_data
     unusable = int((~result.ok).sum())
     no_keypoints = int((result.ok & ~has_words).sum())
     p = {**BOVW_PARAMS, **(params or {})}
-    note = (f"ORB {p['keypoints']} keypoints at <= {p['max_side']} px, {result.counts.shape[1]} visual words"
-            + (f"; left out: {unusable} product(s) without a readable image" if unusable else "")
-            + (f", {no_keypoints} image(s) where ORB finds no keypoint (small or plain)" if no_keypoints else ""))
+    note = (
+        f"ORB {p['keypoints']} keypoints at <= {p['max_side']} px, {result.counts.shape[1]} visual words"
+        + (f"; left out: {unusable} product(s) without a readable image" if unusable else "")
+        + (f", {no_keypoints} image(s) where ORB finds no keypoint (small or plain)" if no_keypoints else "")
+    )
     return Representation("bovw", weighted, rows, note, {"errors": result.errors, "cached": result.cached})

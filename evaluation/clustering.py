@@ -37,7 +37,7 @@ def contingency(true: np.ndarray, clusters: np.ndarray, classes: list[str] | Non
 def best_mapping(matrix: np.ndarray) -> dict[int, int]:
     """One-to-one cluster -> category assignment maximising agreeing products (Hungarian)."""
     cluster_idx, class_idx = linear_sum_assignment(matrix, maximize=True)
-    return {int(r): int(c) for r, c in zip(cluster_idx, class_idx)}
+    return {int(r): int(c) for r, c in zip(cluster_idx, class_idx, strict=True)}
 
 
 def cluster_scores(true: np.ndarray, clusters: np.ndarray, classes: list[str] | None = None) -> dict:

@@ -81,10 +81,10 @@ def duplicate_summary(store: IndexStore, groups: np.ndarray, thresholds: dict[st
 @dataclass
 class ModalityResult:
     name: str
-    rows: np.ndarray               # evaluated product rows (those having the modality)
+    rows: np.ndarray  # evaluated product rows (those having the modality)
     true: np.ndarray
     predicted: np.ndarray
-    confidence: np.ndarray         # raw vote share (what the threshold applies to)
+    confidence: np.ndarray  # raw vote share (what the threshold applies to)
     calibrated: np.ndarray
     correct: np.ndarray
     level2_correct: np.ndarray
@@ -95,14 +95,15 @@ def classification_metrics(true: np.ndarray, predicted: np.ndarray, classes: lis
     """Accuracy, macro-F1, per-category precision/recall/F1, confusion matrix (rows = true)."""
     predicted = np.array([p if p is not None else "" for p in predicted], dtype=object)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
-        true, predicted, labels=classes, zero_division=0)
+        true, predicted, labels=classes, zero_division=0
+    )
     return {
         "accuracy": float(metrics.accuracy_score(true, predicted)),
         "macro_f1": float(metrics.f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
         "balanced_accuracy": float(np.mean(recall)),
         "per_category": {
             c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(classes, precision, recall, f1, support)
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
         },
         "confusion": metrics.confusion_matrix(true, predicted, labels=classes).tolist(),
         "n": int(len(true)),
@@ -120,25 +121,30 @@ def evaluate(store: IndexStore, folds: np.ndarray, name: str, categorizer: Categ
     for m in modalities:
         has[store.vectors_by_row(m)[1]] = True
     labels = store.labels()
-    rows = np.flatnonzero(has & (labels != ""))   # unlabeled products cannot be scored
+    rows = np.flatnonzero(has & (labels != ""))  # unlabeled products cannot be scored
     true = labels[rows]
     predicted = np.array([predictions[r].category for r in rows], dtype=object)
-    correct = np.array([p == t for p, t in zip(predicted, true)])
-    level2 = np.array([
-        list(predictions[r].category_path[:2]) == list(store.products[r].category_path[:2]) for r in rows
-    ])
+    correct = np.array([p == t for p, t in zip(predicted, true, strict=True)])
+    level2 = np.array(
+        [list(predictions[r].category_path[:2]) == list(store.products[r].category_path[:2]) for r in rows]
+    )
     result = classification_metrics(true, predicted, categorizer.classes)
     result["level2_accuracy"] = float(level2.mean()) if len(level2) else 0.0
     channels = list(modalities)
     if "text" in modalities and getattr(store, "lexical", None) is not None:
-        channels.append("lexical")   # predict_rows adds the index's lexical channel to text, as the service does
+        channels.append("lexical")  # predict_rows adds the index's lexical channel to text, as the service does
     result["modalities"] = channels
     result["left_out"] = int(len(store.products) - len(rows))
     return ModalityResult(
-        name=name, rows=rows, true=true, predicted=predicted,
+        name=name,
+        rows=rows,
+        true=true,
+        predicted=predicted,
         confidence=np.array([predictions[r].raw_confidence for r in rows]),
         calibrated=np.array([predictions[r].confidence for r in rows]),
-        correct=correct, level2_correct=level2, metrics=result,
+        correct=correct,
+        level2_correct=level2,
+        metrics=result,
     )
 
 
@@ -151,8 +157,9 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> dict[str, np.
     return {"coverage": n / len(ok), "precision": np.cumsum(ok) / n, "threshold": confidence[order]}
 
 
-def auto_decision(confidence: np.ndarray, correct: np.ndarray, folds: np.ndarray,
-                  target: float = TARGET_PRECISION) -> dict:
+def auto_decision(
+    confidence: np.ndarray, correct: np.ndarray, folds: np.ndarray, target: float = TARGET_PRECISION
+) -> dict:
     """Threshold chosen like the build does, plus an honest out-of-fold check of it.
 
     The in-sample figures choose and measure the threshold on the same predictions;
@@ -189,7 +196,9 @@ def run(store: IndexStore, n_folds: int = N_FOLDS, seed: int = SEED, thresholds:
     groups = near_duplicate_groups(store, thresholds)
     folds = grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
     categorizer = Categorizer(store)
-    results = {name: evaluate(store, folds, name, categorizer) for name in MODALITY_SETS
-               if any(m in store.modalities for m in MODALITY_SETS[name])}
-    return {"groups": groups, "folds": folds, "thresholds": thresholds, "results": results,
-            "categorizer": categorizer}
+    results = {
+        name: evaluate(store, folds, name, categorizer)
+        for name in MODALITY_SETS
+        if any(m in store.modalities for m in MODALITY_SETS[name])
+    }
+    return {"groups": groups, "folds": folds, "thresholds": thresholds, "results": results, "categorizer": categorizer}

@@ -41,8 +41,14 @@ def pca_curves(curves: dict[str, tuple[np.ndarray, int]], variance: float) -> by
     return _png(fig)
 
 
-def tsne_maps(coords: np.ndarray, true: np.ndarray, clusters: np.ndarray, classes: list[str],
-              title: str, cluster_names: dict[int, str] | None = None) -> bytes:
+def tsne_maps(
+    coords: np.ndarray,
+    true: np.ndarray,
+    clusters: np.ndarray,
+    classes: list[str],
+    title: str,
+    cluster_names: dict[int, str] | None = None,
+) -> bytes:
     """Same t-SNE map twice: coloured by true category, and by KMeans cluster."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
     for i, c in enumerate(classes):
@@ -66,8 +72,9 @@ def tsne_maps(coords: np.ndarray, true: np.ndarray, clusters: np.ndarray, classe
     return _png(fig)
 
 
-def matrix_heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
-                   xlabel: str, ylabel: str) -> bytes:
+def matrix_heatmap(
+    matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str, xlabel: str, ylabel: str
+) -> bytes:
     """Counts heatmap with the numbers written in."""
     matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(col_labels), 1.0 + 0.55 * len(row_labels)))
@@ -105,7 +112,7 @@ def ari_bars(scores: dict[str, dict[str, float]], anchors: dict[str, float]) -> 
 def similarity_histograms(data: dict[str, dict[str, np.ndarray]], thresholds: dict[str, float]) -> bytes:
     """Nearest same-category vs nearest other-category similarity, grouping thresholds marked."""
     fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 3.8), squeeze=False)
-    for ax, (modality, sims) in zip(axes[0], data.items()):
+    for ax, (modality, sims) in zip(axes[0], data.items(), strict=True):
         bins = np.linspace(min(sims["within"].min(), sims["across"].min(), 0.0), 1.0, 60)
         ax.hist(sims["within"], bins=bins, alpha=0.6, label="nearest product, same category")
         ax.hist(sims["across"], bins=bins, alpha=0.6, label="nearest product, other category")
@@ -126,8 +133,13 @@ def coverage_curves(curves: dict[str, dict[str, np.ndarray]], chosen: dict, targ
         ax.plot(curve["coverage"], curve["precision"], color=PALETTE(i), label=name)
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"target precision {target:.2f}")
     if chosen.get("threshold") is not None:
-        ax.scatter([chosen["coverage"]], [chosen["precision"]], color="red", zorder=3,
-                   label=f"chosen: confidence ≥ {chosen['threshold']:.3f}")
+        ax.scatter(
+            [chosen["coverage"]],
+            [chosen["precision"]],
+            color="red",
+            zorder=3,
+            label=f"chosen: confidence ≥ {chosen['threshold']:.3f}",
+        )
     ax.set_xlabel("coverage (share decided automatically)")
     ax.set_ylabel("precision of automatic decisions")
     lows = [c["precision"].min() for c in curves.values() if len(c["precision"])]

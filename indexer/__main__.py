@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .catalog import CatalogError, ValidationReport, load_catalog
 from .encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
-from .store import DEFAULT_FACTORY, IndexError_, IndexStore
+from .store import DEFAULT_FACTORY, IndexStore, IndexStoreError
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -27,8 +27,13 @@ def cmd_build(args) -> int:
     if not args.data:
         raise CatalogError("no dataset: pass --data DIR or set DATA_DIR")
     summary = build_index(
-        args.data, args.out, profile=args.profile, factory=args.factory,
-        batch_size=args.batch_size, progress=not args.quiet, use_cache=not args.no_cache,
+        args.data,
+        args.out,
+        profile=args.profile,
+        factory=args.factory,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        use_cache=not args.no_cache,
     )
     for line in summary.lines():
         print(line)
@@ -54,8 +59,10 @@ def cmd_add(args) -> int:
     encoder = create_encoder(store.profile)
     store, report = add_products(args.index, new, encoder, progress=not args.quiet)
     catalog.report.merge(report)
-    print(f"added {len(new)} products ({skipped} already indexed); index now holds "
-          f"{len(store.products)} products, version {store.version}")
+    print(
+        f"added {len(new)} products ({skipped} already indexed); index now holds "
+        f"{len(store.products)} products, version {store.version}"
+    )
     for line in catalog.report.lines():
         print("  " + line)
     return 0
@@ -69,24 +76,36 @@ def cmd_info(args) -> int:
         return 0
     print(f"index {store.path} version {store.version} (format {m['format_version']})")
     print(f"profile {m['profile']}: {m.get('model_id', m.get('model_ids'))}")
-    print(f"products {m['counts']['products']}; " + ", ".join(
-        f"{mod} {m['counts'].get(mod, 0)} x {m['dims'][mod]}" for mod in m["modalities"]))
-    print(f"FAISS {m['index_factory']} ({m['metric']}); built {m.get('built_at', m.get('written_at'))}; "
-          f"data {(m.get('data_fingerprint') or 'unknown')[:12]}")
+    print(
+        f"products {m['counts']['products']}; "
+        + ", ".join(f"{mod} {m['counts'].get(mod, 0)} x {m['dims'][mod]}" for mod in m["modalities"])
+    )
+    print(
+        f"FAISS {m['index_factory']} ({m['metric']}); built {m.get('built_at', m.get('written_at'))}; "
+        f"data {(m.get('data_fingerprint') or 'unknown')[:12]}"
+    )
     counts = m.get("validation", {}).get("counts", {})
     print("validation: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "clean"))
     print("categories: " + ", ".join(m.get("categories", [])))
     lexical = m.get("lexical")
     if lexical:
-        print(f"lexical channel: {lexical['count']} products, vocabulary {lexical['vocabulary']} ({lexical['model_id']})")
+        print(
+            f"lexical channel: {lexical['count']} products, vocabulary {lexical['vocabulary']} ({lexical['model_id']})"
+        )
     cat = m.get("categorizer") or {}
     cv = cat.get("cv") or {}
     if cat.get("threshold") is not None:
-        print(f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "
-              f"(grouped {cv.get('folds')}-fold CV: accuracy {cv.get('accuracy', 0):.3f}, auto precision "
-              f"{cv.get('auto_precision', 0):.3f} at coverage {cv.get('auto_coverage', 0):.3f})")
+        print(
+            f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "
+            f"(grouped {cv.get('folds')}-fold CV: accuracy {cv.get('accuracy', 0):.3f}, auto precision "
+            f"{cv.get('auto_precision', 0):.3f} at coverage {cv.get('auto_coverage', 0):.3f})"
+        )
     elif cat:
-        print("categorizer: no auto threshold (" + str(cv.get("skipped", "not calibrated")) + "): every decision is 'review'")
+        print(
+            "categorizer: no auto threshold ("
+            + str(cv.get("skipped", "not calibrated"))
+            + "): every decision is 'review'"
+        )
     return 0
 
 
@@ -95,7 +114,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="encode a dataset folder into a new index version")
     b.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
-    b.add_argument("--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)")
+    b.add_argument(
+        "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
+    )
     b.add_argument("--profile", default=_env("ENCODER_PROFILE", DEFAULT_PROFILE), choices=list_profiles())
     b.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
     b.add_argument("--batch-size", type=int, default=32)
@@ -120,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CatalogError, IndexError_, EncoderUnavailable, ValueError) as exc:
+    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,16 +6,17 @@ are decoded (in a thread pool, overlapping the model's forward passes) and encod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import resource
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,8 +29,8 @@ from .lexical import LexicalIndex
 from .store import (
     DEFAULT_FACTORY,
     FORMAT_VERSION,
-    IndexError_,
     IndexStore,
+    IndexStoreError,
     ModalityIndex,
     append,
     make_faiss_index,
@@ -76,7 +77,8 @@ class BuildSummary:
     def lines(self) -> list[str]:
         return [
             f"index {self.index_dir} version {self.version} (profile {self.profile})",
-            f"products: {self.products}; indexed image: {self.indexed.get('image', 0)}, text: {self.indexed.get('text', 0)}",
+            f"products: {self.products}; indexed image: {self.indexed.get('image', 0)}, "
+            f"text: {self.indexed.get('text', 0)}",
             "skipped/reported: " + (", ".join(f"{k} {v}" for k, v in self.skipped.items()) or "none"),
             f"embeddings from cache: image {self.cached.get('image', 0)}, text {self.cached.get('text', 0)}; "
             f"freshly encoded: image {self.encoded.get('image', 0)}, text {self.encoded.get('text', 0)}",
@@ -137,13 +139,15 @@ def encode_products(
     if (image_todo or text_todo) and hasattr(encoder, "load"):
         loader = threading.Thread(target=_quiet_load, args=(encoder,), daemon=True)
         loader.start()
-    new_images = _encode_images(products, image_todo, image_keys, encoder, out["image"], report, bar, batch_size, workers)
+    new_images = _encode_images(
+        products, image_todo, image_keys, encoder, out["image"], report, bar, batch_size, workers
+    )
     new_texts = {}
     for start in range(0, len(text_todo), 4 * batch_size):
         rows = text_todo[start : start + 4 * batch_size]
         vectors = encoder.encode_texts([texts[r] for r in rows], batch_size=batch_size)
         out["text"][rows] = vectors
-        new_texts.update({text_keys[r]: v for r, v in zip(rows, vectors)})
+        new_texts.update({text_keys[r]: v for r, v in zip(rows, vectors, strict=True)})
         bar.update(len(rows))
     if loader is not None:
         loader.join()
@@ -156,8 +160,10 @@ def encode_products(
         vectors=out,
         report=report,
         cached={"image": len(image_keys) - len(image_todo), "text": len(text_keys) - len(text_todo)},
-        encoded={"image": int((~np.isnan(out["image"][image_todo, 0])).sum()) if image_todo else 0,
-                 "text": len(text_todo)},
+        encoded={
+            "image": int((~np.isnan(out["image"][image_todo, 0])).sum()) if image_todo else 0,
+            "text": len(text_todo),
+        },
         image_hashes=hashes,
         texts=texts,
     )
@@ -165,10 +171,8 @@ def encode_products(
 
 def _quiet_load(encoder: Encoder) -> None:
     """Background load; a failure is raised again, in the caller, by its first encode."""
-    try:
+    with contextlib.suppress(Exception):  # re-raised by the encode call that needs the model
         encoder.load()
-    except Exception:  # noqa: BLE001 - re-raised by the encode call that needs the model
-        pass
 
 
 def _hash_images(products: Sequence[Product], report: ValidationReport) -> dict[str, str]:
@@ -224,7 +228,7 @@ def _encode_images(products, rows, keys, encoder, out, report, bar, batch_size, 
 
     def flush(batch):
         vectors = encoder.encode_arrays([array for _, array in batch], batch_size=batch_size)
-        for (row, _), vector in zip(batch, vectors):
+        for (row, _), vector in zip(batch, vectors, strict=True):
             out[row] = vector
             new_items[keys[row]] = vector
         bar.update(len(batch))
@@ -300,8 +304,10 @@ def build_index(
     }
     manifest["derived_key"] = _derived_key(manifest)
     live = _live_store(out_dir)
-    if live is not None and live.manifest.get("derived_key") == manifest["derived_key"] and (
-        live.manifest.get("categorizer") or not calibrate_decision
+    if (
+        live is not None
+        and live.manifest.get("derived_key") == manifest["derived_key"]
+        and (live.manifest.get("categorizer") or not calibrate_decision)
     ):
         # same data, models and settings: the lexical channel and the CV calibration
         # would come out identical, so take them from the live version
@@ -337,7 +343,7 @@ def build_index(
 def _live_store(out_dir: Path) -> IndexStore | None:
     try:
         return IndexStore.load(out_dir)
-    except (IndexError_, OSError, ValueError, KeyError):
+    except (IndexStoreError, OSError, ValueError, KeyError):
         return None
 
 
@@ -347,9 +353,19 @@ def _derived_key(manifest: dict) -> str:
     from .knn import DEFAULT_PARAMS
     from .lexical import NGRAMS
 
-    parts = [manifest["data_fingerprint"], manifest["model_ids"], manifest["precision"],
-             manifest["text_normalisation"], DEFAULT_PARAMS, GROUP_THRESHOLDS, N_FOLDS, SEED,
-             TARGET_PRECISION, NGRAMS, FORMAT_VERSION]
+    parts = [
+        manifest["data_fingerprint"],
+        manifest["model_ids"],
+        manifest["precision"],
+        manifest["text_normalisation"],
+        DEFAULT_PARAMS,
+        GROUP_THRESHOLDS,
+        N_FOLDS,
+        SEED,
+        TARGET_PRECISION,
+        NGRAMS,
+        FORMAT_VERSION,
+    ]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

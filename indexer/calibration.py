@@ -112,12 +112,16 @@ def calibrate(store: IndexStore, target: float = TARGET_PRECISION, params: dict 
     n_folds = min(N_FOLDS, len(np.unique(groups)), int(class_sizes.max(initial=0)))
     if n_folds < 2 or len(class_sizes) < 2:
         entry = {k: settings[k] for k in ("k", "candidates", "temperature", "confidence_temperature", "weights")}
-        return {**entry, "threshold": None, "calibration": None,
-                "cv": {"skipped": f"too few products to cross-validate ({len(labels)}): every decision is 'review'"}}
+        return {
+            **entry,
+            "threshold": None,
+            "calibration": None,
+            "cv": {"skipped": f"too few products to cross-validate ({len(labels)}): every decision is 'review'"},
+        }
     folds = grouped_folds(labels, groups, n_folds=n_folds)
     preds = cross_val_predictions(categorizer, folds)
     confidence = np.array([p.raw_confidence for p in preds])
-    correct = np.array([p.category == lab for p, lab in zip(preds, labels)])
+    correct = np.array([p.category == lab for p, lab in zip(preds, labels, strict=True)])
     decision = choose_threshold(confidence, correct, target)
     return {
         "k": categorizer.k,

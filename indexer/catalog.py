@@ -50,7 +50,7 @@ class Product:
         return record
 
     @classmethod
-    def from_record(cls, record: dict) -> "Product":
+    def from_record(cls, record: dict) -> Product:
         data = dict(record)
         data["category_path"] = tuple(data.get("category_path") or ())
         data["image_path"] = Path(data["image_path"]) if data.get("image_path") else None
@@ -100,7 +100,7 @@ class ValidationReport:
     def counts(self) -> dict[str, int]:
         return {kind: len(items) for kind, items in sorted(self.issues.items())}
 
-    def merge(self, other: "ValidationReport") -> None:
+    def merge(self, other: ValidationReport) -> None:
         for kind, items in other.issues.items():
             self.issues.setdefault(kind, []).extend(items)
 
@@ -162,9 +162,7 @@ def find_csv(data_dir: Path) -> Path:
         return published
     candidates = sorted(p for p in data_dir.glob("*.csv") if p.name != "MANIFEST.csv")
     if len(candidates) != 1:
-        raise CatalogError(
-            f"expected {CSV_NAME} (or exactly one catalog *.csv) in {data_dir}, found {len(candidates)}"
-        )
+        raise CatalogError(f"expected {CSV_NAME} (or exactly one catalog *.csv) in {data_dir}, found {len(candidates)}")
     return candidates[0]
 
 

@@ -11,11 +11,11 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
+ImageSource = str | os.PathLike | bytes | BinaryIO
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 WHITE = (255, 255, 255)
@@ -35,7 +35,7 @@ class ImageLimits:
     max_source_pixels: int = 1_000_000_000
 
     @classmethod
-    def from_env(cls) -> "ImageLimits":
+    def from_env(cls) -> ImageLimits:
         """Limits from IMAGE_MAX_BYTES / IMAGE_MAX_PIXELS, the documented defaults otherwise."""
         values = {}
         for field_name, var in (("max_bytes", "IMAGE_MAX_BYTES"), ("max_pixels", "IMAGE_MAX_PIXELS")):
@@ -83,9 +83,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode to RGB; transparency is composited on white, the usual product backdrop."""
     if image.mode == "RGB":
         return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))

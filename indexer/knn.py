@@ -9,8 +9,8 @@ auto/review threshold live in the index manifest (`categorizer` key).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,8 +46,14 @@ class Neighbor:
     modality: str
 
     def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "category": self.category,
-                "category_path": self.category_path, "score": round(self.score, 4), "modality": self.modality}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "category": self.category,
+            "category_path": self.category_path,
+            "score": round(self.score, 4),
+            "modality": self.modality,
+        }
 
 
 @dataclass
@@ -100,7 +106,7 @@ class Categorizer:
             if len(ok) == 0:
                 continue
             _, rows = self._channels[modality].search(q[ok], depth)
-            for i, r in zip(ok, rows):
+            for i, r in zip(ok, rows, strict=True):
                 found[i].append(r[r >= 0])
         out = []
         for i in range(n):
@@ -124,8 +130,9 @@ class Categorizer:
                 out[modality] = np.nan_to_num(q) @ channel.vectors.T
         return out
 
-    def _fused_similarity(self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray,
-                          full: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    def _fused_similarity(
+        self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray, full: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[str]]:
         """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
@@ -194,7 +201,7 @@ class Categorizer:
             top = np.argsort(-fused, kind="stable")[:k]
             dense = [m for m in used if m != "lexical"]
             modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
-            out.append([self._neighbor(int(r), float(f), modality) for r, f in zip(rows[top], fused[top])])
+            out.append([self._neighbor(int(r), float(f), modality) for r, f in zip(rows[top], fused[top], strict=True)])
         return out
 
     def _present(self, queries: Mapping[str, object]) -> dict:
@@ -216,7 +223,11 @@ class Categorizer:
         raw = self._shares(rows, np.exp((sims - sims.max()) / self.confidence_temperature))[category]
         dense = [m for m in used if m != "lexical"]
         modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
-        neighbors = [self._neighbor(int(r), float(s), modality) for r, s in zip(rows, sims)] if with_neighbors else []
+        neighbors = (
+            [self._neighbor(int(r), float(s), modality) for r, s in zip(rows, sims, strict=True)]
+            if with_neighbors
+            else []
+        )
         return Prediction(
             category=category,
             confidence=self.calibrated(raw),
@@ -234,7 +245,7 @@ class Categorizer:
 
     def _shares(self, rows: np.ndarray, weights: np.ndarray) -> dict[str, float]:
         votes: dict[str, float] = defaultdict(float)
-        for w, r in zip(weights, rows):
+        for w, r in zip(weights, rows, strict=True):
             if self._labels[r]:
                 votes[self._labels[r]] += float(w)
         total = sum(votes.values()) or 1.0
@@ -242,7 +253,11 @@ class Categorizer:
 
     def _deeper_path(self, category: str, rows: np.ndarray, weights: np.ndarray, depth: int = 3) -> list[str]:
         """Extend the top-level category level by level with the neighbours' weighted majority."""
-        votes = [(w, self.store.products[r].category_path) for w, r in zip(weights, rows) if self._labels[r] == category]
+        votes = [
+            (w, self.store.products[r].category_path)
+            for w, r in zip(weights, rows, strict=True)
+            if self._labels[r] == category
+        ]
         path = [category]
         for level in range(1, depth):
             tally: dict[str, float] = defaultdict(float)
@@ -267,8 +282,13 @@ class Categorizer:
             return "review"
         return "auto" if raw >= self.threshold else "review"
 
-    def predict_rows(self, rows: np.ndarray, exclude: np.ndarray | None = None, k: int | None = None,
-                     modalities: tuple[str, ...] = ("image", "text")) -> list[Prediction]:
+    def predict_rows(
+        self,
+        rows: np.ndarray,
+        exclude: np.ndarray | None = None,
+        k: int | None = None,
+        modalities: tuple[str, ...] = ("image", "text"),
+    ) -> list[Prediction]:
         """Predict indexed products from their stored vectors (no re-encoding).
 
         Asking for "text" also brings the lexical channel when the index has one, as a
@@ -327,4 +347,3 @@ def query_text(store: IndexStore, title: str | None, description: str | None) ->
     from .text import encoder_text
 
     return encoder_text(title or "", description or "", strip=store.strip_boilerplate())
-

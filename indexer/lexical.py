@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,8 +27,15 @@ NGRAMS = (1, 2)
 
 def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
     return TfidfVectorizer(
-        tokenizer=baseline_tokens, preprocessor=None, lowercase=False, token_pattern=None,
-        ngram_range=NGRAMS, sublinear_tf=True, norm="l2", vocabulary=vocabulary, dtype=np.float32,
+        tokenizer=baseline_tokens,
+        preprocessor=None,
+        lowercase=False,
+        token_pattern=None,
+        ngram_range=NGRAMS,
+        sublinear_tf=True,
+        norm="l2",
+        vocabulary=vocabulary,
+        dtype=np.float32,
     )
 
 
@@ -41,7 +48,7 @@ class LexicalIndex:
     rows: np.ndarray
 
     @classmethod
-    def fit(cls, texts: Sequence[str], rows: np.ndarray) -> "LexicalIndex":
+    def fit(cls, texts: Sequence[str], rows: np.ndarray) -> LexicalIndex:
         vectorizer = _vectorizer()
         matrix = vectorizer.fit_transform(list(texts)).tocsr().astype(np.float32)
         return cls(vectorizer, matrix, np.asarray(rows, dtype=np.int64))
@@ -59,10 +66,13 @@ class LexicalIndex:
         """L2-normalised TF-IDF rows; a text with no known word gives an all-zero row."""
         return self.vectorizer.transform(list(texts)).tocsr().astype(np.float32)
 
-    def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> "LexicalIndex":
+    def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> LexicalIndex:
         """A new index with more products (vocabulary and IDF unchanged: no refit on add)."""
-        return LexicalIndex(self.vectorizer, sp.vstack([self.matrix, matrix]).tocsr(),
-                            np.concatenate([self.rows, np.asarray(rows, dtype=np.int64)]))
+        return LexicalIndex(
+            self.vectorizer,
+            sp.vstack([self.matrix, matrix]).tocsr(),
+            np.concatenate([self.rows, np.asarray(rows, dtype=np.int64)]),
+        )
 
     # ---- the same search interface as a dense ModalityIndex ---------------------------------
     @property
@@ -87,7 +97,7 @@ class LexicalIndex:
         np.save(folder / "lexical.rows.npy", self.rows)
 
     @classmethod
-    def load(cls, folder: Path) -> "LexicalIndex":
+    def load(cls, folder: Path) -> LexicalIndex:
         vocab = json.loads((folder / "lexical.vocab.json").read_text())
         vectorizer = _vectorizer(vocab)
         vectorizer.fit([""] if not vocab else list(vocab)[:1])  # sets up internals; idf replaced below

@@ -20,10 +20,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import faiss
 import numpy as np
@@ -40,15 +40,15 @@ VERSIONS = "versions"
 KEEP_VERSIONS = 3
 
 
-class IndexError_(RuntimeError):
-    """Base class for index problems (named with _ to keep the builtin IndexError)."""
+class IndexStoreError(RuntimeError):
+    """Base class for everything that can be wrong with an index on disk (missing, mismatched, damaged)."""
 
 
-class IndexNotFound(IndexError_):
+class IndexNotFound(IndexStoreError):
     pass
 
 
-class IndexMismatch(IndexError_):
+class IndexMismatch(IndexStoreError):
     """The index was built by other encoders than the ones offered."""
 
 
@@ -85,7 +85,7 @@ def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> fai
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         if len(vectors) == 0:
-            raise IndexError_(f"FAISS index {factory!r} needs training vectors")
+            raise IndexStoreError(f"FAISS index {factory!r} needs training vectors")
         index.train(vectors)
     if len(vectors):
         index.add(vectors)
@@ -106,7 +106,7 @@ class IndexStore:
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, encoder: Encoder | None = None) -> "IndexStore":
+    def load(cls, path: str | Path, encoder: Encoder | None = None) -> IndexStore:
         """Load the live version; with `encoder`, refuse an index built by other models."""
         path = Path(path)
         version = read_current(path)
@@ -128,8 +128,9 @@ class IndexStore:
             index = faiss.read_index(str(vdir / f"{modality}.faiss"))
             modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
         lexical = LexicalIndex.load(vdir) if manifest.get("lexical") else None
-        return cls(path=path, version=version, manifest=manifest, products=products,
-                   modalities=modalities, lexical=lexical)
+        return cls(
+            path=path, version=version, manifest=manifest, products=products, modalities=modalities, lexical=lexical
+        )
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version."""
@@ -275,7 +276,7 @@ def publish(
             if index is None:
                 index = make_faiss_index(vecs, factory)
             if index.ntotal != len(vecs):
-                raise IndexError_(f"{modality} index holds {index.ntotal} vectors, expected {len(vecs)}")
+                raise IndexStoreError(f"{modality} index holds {index.ntotal} vectors, expected {len(vecs)}")
             faiss.write_index(index, str(staging / f"{modality}.faiss"))
             counts[modality] = int(len(vecs))
             dims[modality] = int(vecs.shape[1])
@@ -284,7 +285,8 @@ def publish(
         manifest = dict(manifest)
         manifest["lexical"] = (
             {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
-            if lexical is not None else None
+            if lexical is not None
+            else None
         )
         manifest.update(
             format_version=FORMAT_VERSION,
@@ -369,5 +371,7 @@ def append(
         manifest = {k: v for k, v in live.manifest.items()}
         manifest["added_products"] = manifest.get("added_products", 0) + len(new_products)
         manifest["categories"] = sorted({p.category for p in live.products + list(new_products) if p.category})
-        publish(path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes, lexical)
+        publish(
+            path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes, lexical
+        )
         return IndexStore.load(path)

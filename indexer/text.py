@@ -58,7 +58,7 @@ def encoder_text(name: str, description: str, strip: bool = DEFAULT_STRIP_BOILER
     description = normalize_whitespace(description)
     if strip:
         description = strip_boilerplate(description)
-    rest = description[len(name):]
+    rest = description[len(name) :]
     if name and description.lower().startswith(name.lower()) and not rest[:1].isalnum():
         description = rest.lstrip(" .,:-")  # whole-title prefix only: "Watches" keeps its "es"
     return ". ".join(part for part in (name, description) if part)

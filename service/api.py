@@ -17,8 +17,7 @@ from . import metrics
 from .errors import ApiError
 from .inputs import decode_image, read_request
 from .media import image_file, save_upload, thumbnail_jpeg
-from .search import (category_filter, encode_query, product_public, product_vectors, search,
-                     split_path)
+from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
 from .state import Loaded, NotReady, ServiceState
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -108,8 +107,14 @@ def search_products():
     timing = dict(encoded.timing_ms)
     timing["search"] = round((time.perf_counter() - t1) * 1000, 2)
     timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
-    return jsonify(results=hits_public(live, hits), k=k, category=query.category,
-                   modalities=sorted(encoded.vectors), timing_ms=timing, index_version=live.version)
+    return jsonify(
+        results=hits_public(live, hits),
+        k=k,
+        category=query.category,
+        modalities=sorted(encoded.vectors),
+        timing_ms=timing,
+        index_version=live.version,
+    )
 
 
 # ---- products --------------------------------------------------------------------------
@@ -196,7 +201,9 @@ def _category_path(fields) -> tuple[str, ...]:
     else:
         raise ApiError(400, "category_path must be a list of strings or 'A >> B >> C'")
     if not path:
-        raise ApiError(400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')")
+        raise ApiError(
+            400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')"
+        )
     if len(path) > 10 or any(len(p) > 200 for p in path):
         raise ApiError(400, "category path is too long")
     return tuple(path)
@@ -227,10 +234,14 @@ def add_product():
     live = loaded()
     if query.image is not None:
         decode_image(query.image, live.encoder.image_size)  # 422 before anything is written
-    product_id = fields.get("id") or hashlib.sha256(
-        b"\0".join([query.image or b"", query.title.encode(), query.description.encode(),
-                    " >> ".join(path).encode()])
-    ).hexdigest()[:32]
+    product_id = (
+        fields.get("id")
+        or hashlib.sha256(
+            b"\0".join(
+                [query.image or b"", query.title.encode(), query.description.encode(), " >> ".join(path).encode()]
+            )
+        ).hexdigest()[:32]
+    )
     if not isinstance(product_id, str) or not PRODUCT_ID.match(product_id):
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
@@ -239,9 +250,16 @@ def add_product():
     if query.image is not None:
         image_path = save_upload(state().index_dir, product_id, query.image)
         image_name = image_path.name
-    product = Product(id=product_id, name=query.title, description=query.description,
-                      brand=(brand or "").strip() or None, price=price, category_path=path,
-                      image=image_name, image_path=image_path)
+    product = Product(
+        id=product_id,
+        name=query.title,
+        description=query.description,
+        brand=(brand or "").strip() or None,
+        price=price,
+        category_path=path,
+        image=image_name,
+        image_path=image_path,
+    )
     try:
         store, report = add_products(state().index_dir, [product], live.encoder)
     except ValueError as exc:  # another request added the same id first
@@ -266,8 +284,15 @@ def categories():
     for p in live.store.products:
         if len(p.category_path) > 1:
             sub[p.category][p.category_path[1]] += 1
-    return jsonify(categories=[
-        {"name": name, "count": count,
-         "subcategories": [{"name": s, "count": n} for s, n in sorted(sub[name].items())]}
-        for name, count in sorted(top.items())
-    ], total=len(live.store.products), index_version=live.version)
+    return jsonify(
+        categories=[
+            {
+                "name": name,
+                "count": count,
+                "subcategories": [{"name": s, "count": n} for s, n in sorted(sub[name].items())],
+            }
+            for name, count in sorted(top.items())
+        ],
+        total=len(live.store.products),
+        index_version=live.version,
+    )

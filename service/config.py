@@ -48,7 +48,7 @@ class Config:
     retry_load_seconds: float = 5.0
 
     @classmethod
-    def from_env(cls, **overrides) -> "Config":
+    def from_env(cls, **overrides) -> Config:
         base = cls(
             index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
             data_dir=os.environ.get("DATA_DIR") or None,

@@ -86,8 +86,7 @@ def read_request(request: Request, config: Config) -> QueryInput:
         if upload is not None:
             image = upload.read() or None  # a form with no file chosen sends an empty part
             if image is None and upload.filename:
-                raise ApiError(422, f"uploaded image {upload.filename!r} is empty (0 bytes)",
-                               "Unprocessable image")
+                raise ApiError(422, f"uploaded image {upload.filename!r} is empty (0 bytes)", "Unprocessable image")
     else:
         shown = mimetype or "none"
         raise ApiError(415, f"send multipart/form-data or application/json (got content type {shown})")

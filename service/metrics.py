@@ -12,22 +12,40 @@ import os
 import time
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 bp = Blueprint("metrics", __name__)
 
 REGISTRY = CollectorRegistry()
-REQUESTS = Counter("http_requests_total", "HTTP requests by endpoint, method and status",
-                   ["endpoint", "method", "status"], registry=REGISTRY)
-LATENCY = Histogram("http_request_duration_seconds", "Request latency by endpoint and status",
-                    ["endpoint", "status"], registry=REGISTRY,
-                    buckets=(0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.4, 1.0, 2.5, 5.0, 10.0))
-STAGES = Histogram("predict_stage_seconds", "Time of each /predict stage",
-                   ["stage"], registry=REGISTRY,
-                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0))
-INDEX_PRODUCTS = Gauge("index_products", "Products in the loaded index",
-                       registry=REGISTRY, multiprocess_mode="max")
+REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by endpoint, method and status",
+    ["endpoint", "method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Request latency by endpoint and status",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.4, 1.0, 2.5, 5.0, 10.0),
+)
+STAGES = Histogram(
+    "predict_stage_seconds",
+    "Time of each /predict stage",
+    ["stage"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0),
+)
+INDEX_PRODUCTS = Gauge("index_products", "Products in the loaded index", registry=REGISTRY, multiprocess_mode="max")
 
 
 def multiprocess_dir() -> str | None:

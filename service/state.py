@@ -16,7 +16,7 @@ from pathlib import Path
 
 from indexer.encoders import Encoder, create_encoder
 from indexer.knn import Categorizer
-from indexer.store import IndexError_, IndexMismatch, IndexStore
+from indexer.store import IndexMismatch, IndexStore, IndexStoreError
 
 from .config import Config
 
@@ -103,13 +103,17 @@ class ServiceState:
             self._last_attempt = time.monotonic()
             try:
                 self._loaded = self._load_store()
-            except (IndexError_, OSError, ValueError) as exc:
+            except (IndexStoreError, OSError, ValueError) as exc:
                 self.error = str(exc)
                 log.warning("index not loaded: %s", exc)
                 return False
             self.error = None
-            log.info("index %s version %s loaded: %d products", self.index_dir,
-                     self._loaded.version, len(self._loaded.store.products))
+            log.info(
+                "index %s version %s loaded: %d products",
+                self.index_dir,
+                self._loaded.version,
+                len(self._loaded.store.products),
+            )
             return True
 
     def adopt(self, store: IndexStore) -> Loaded:
@@ -144,7 +148,7 @@ class ServiceState:
                         self._loaded = self._load_store()
                         self.reloads += 1
                         log.info("reloaded index version %s", self._loaded.version)
-                    except (IndexError_, OSError, ValueError) as exc:
+                    except (IndexStoreError, OSError, ValueError) as exc:
                         self._failed_at = time.monotonic()
                         log.warning("keeping index version %s, reload failed: %s", loaded.version, exc)
                 loaded = self._loaded

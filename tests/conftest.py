@@ -39,3 +39,14 @@ def real_index(tmp_path_factory, real_data_dir, embedded_encoder):
     out = tmp_path_factory.mktemp("real-index")
     summary = build_index(real_data_dir, out, encoder=embedded_encoder, progress=False)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def service_index(request) -> Path:
+    """The real 945-product index (read-only). SERVICE_TEST_INDEX may name a prebuilt one
+    (built by the same code) to skip the session build while iterating."""
+    prebuilt = os.environ.get("SERVICE_TEST_INDEX")
+    if prebuilt:
+        return Path(prebuilt)
+    path, _ = request.getfixturevalue("real_index")
+    return Path(path)

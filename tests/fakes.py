@@ -11,8 +11,8 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,17 +24,30 @@ FAKE_PROFILE = "fake"
 PREPROCESS_SIZE = 8
 
 CSV_COLUMNS = [
-    "uniq_id", "crawl_timestamp", "product_url", "product_name", "product_category_tree", "pid",
-    "retail_price", "discounted_price", "image", "is_FK_Advantage_product", "description",
-    "product_rating", "overall_rating", "brand", "product_specifications",
+    "uniq_id",
+    "crawl_timestamp",
+    "product_url",
+    "product_name",
+    "product_category_tree",
+    "pid",
+    "retail_price",
+    "discounted_price",
+    "image",
+    "is_FK_Advantage_product",
+    "description",
+    "product_rating",
+    "overall_rating",
+    "brand",
+    "product_specifications",
 ]
 
 
 class FakeEncoder:
     """Random-projection encoder: pixels (8x8 RGB) and hashed words -> unit vectors."""
 
-    def __init__(self, profile: str = FAKE_PROFILE, image_dim: int = 16, text_dim: int = 12,
-                 version: str = "v1", seed: int = 0):
+    def __init__(
+        self, profile: str = FAKE_PROFILE, image_dim: int = 16, text_dim: int = 12, version: str = "v1", seed: int = 0
+    ):
         self.profile = profile
         self.model_ids = {"image": f"fake/image-{version}", "text": f"fake/text-{version}"}
         self.dims = {"image": image_dim, "text": text_dim}
@@ -126,8 +139,15 @@ def product_image(category: str, index: int, size: int = 48) -> Image.Image:
     return image
 
 
-def make_dataset(folder: Path, per_category: int = 3, prefix: str = "p", corrupt: int = 0,
-                 missing: int = 0, categories: Sequence[str] = CATEGORIES, offset: int = 0) -> dict:
+def make_dataset(
+    folder: Path,
+    per_category: int = 3,
+    prefix: str = "p",
+    corrupt: int = 0,
+    missing: int = 0,
+    categories: Sequence[str] = CATEGORIES,
+    offset: int = 0,
+) -> dict:
     """A small dataset in the published layout (CSV + Images/).
 
     `corrupt` products get a truncated JPEG and `missing` products name an image file
@@ -148,7 +168,7 @@ def make_dataset(folder: Path, per_category: int = 3, prefix: str = "p", corrupt
                 continue
             product_image(category, index).save(path, "JPEG", quality=90)
             if len(corrupt_ids) < corrupt and i == 0:
-                path.write_bytes(path.read_bytes()[: 200])
+                path.write_bytes(path.read_bytes()[:200])
                 corrupt_ids.append(pid)
     write_csv(folder, rows)
     return {"rows": rows, "corrupt_ids": corrupt_ids, "missing_ids": missing_ids, "folder": folder}
@@ -161,8 +181,13 @@ def make_products(n: int, prefix: str = "s") -> list:
 
     return [
         Product(
-            id=f"{prefix}{i:04d}", name=f"{CATEGORIES[i % 3]} item {i}", description=WORDS[CATEGORIES[i % 3]],
-            brand=None, price=float(i), category_path=(CATEGORIES[i % 3], "Sub"), image=None,
+            id=f"{prefix}{i:04d}",
+            name=f"{CATEGORIES[i % 3]} item {i}",
+            description=WORDS[CATEGORIES[i % 3]],
+            brand=None,
+            price=float(i),
+            category_path=(CATEGORIES[i % 3], "Sub"),
+            image=None,
         )
         for i in range(n)
     ]
@@ -172,12 +197,17 @@ def fake_manifest(encoder: FakeEncoder) -> dict:
     """What the build writes about the encoder, for tests that call store.publish directly."""
     from indexer.encoders.base import model_id
 
-    return {"profile": encoder.profile, "model_id": model_id(encoder), "model_ids": dict(encoder.model_ids),
-            "built_at": "2026-01-01T00:00:00Z"}
+    return {
+        "profile": encoder.profile,
+        "model_id": model_id(encoder),
+        "model_ids": dict(encoder.model_ids),
+        "built_at": "2026-01-01T00:00:00Z",
+    }
 
 
-def publish_fake(path: Path, n: int = 30, prefix: str = "s", factory: str = "Flat", seed: int = 0,
-                 encoder: FakeEncoder | None = None) -> tuple[list, dict]:
+def publish_fake(
+    path: Path, n: int = 30, prefix: str = "s", factory: str = "Flat", seed: int = 0, encoder: FakeEncoder | None = None
+) -> tuple[list, dict]:
     """Publish `n` products with random vectors (text for all, image for every other one)."""
     from indexer.store import publish, write_lock
 
@@ -199,8 +229,10 @@ def append_worker(path: str, prefix: str, n: int, seed: int, barrier, results) -
 
     store = IndexStore.load(path)
     encoder = FakeEncoder()
-    vectors = {"image": random_vectors(n, encoder.dims["image"], seed),
-               "text": random_vectors(n, encoder.dims["text"], seed + 1)}
+    vectors = {
+        "image": random_vectors(n, encoder.dims["image"], seed),
+        "text": random_vectors(n, encoder.dims["text"], seed + 1),
+    }
     barrier.wait(timeout=60)
     results.put(len(append(store, make_products(n, prefix), vectors).products))
 

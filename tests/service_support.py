@@ -8,20 +8,7 @@ import shutil
 import socket
 from pathlib import Path
 
-import pytest
-
 from indexer.store import CURRENT, VERSIONS, read_current
-
-
-@pytest.fixture(scope="session")
-def service_index(request) -> Path:
-    """The real 945-product index (read-only). SERVICE_TEST_INDEX may name a prebuilt one
-    (built by the same code) to skip the session build while iterating."""
-    prebuilt = os.environ.get("SERVICE_TEST_INDEX")
-    if prebuilt:
-        return Path(prebuilt)
-    path, _ = request.getfixturevalue("real_index")
-    return Path(path)
 
 
 def copy_index(src: Path, dst: Path) -> Path:

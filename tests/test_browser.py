@@ -9,17 +9,25 @@ import threading
 from pathlib import Path
 
 import pytest
+from service_support import free_port, photo_products
 
 from indexer.store import IndexStore
 from service.app import create_app
 from service.config import Config
-from service_support import free_port, photo_products, service_index  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,7 @@ def page(browser):
 
 def test_seller_uploads_a_photo_and_sees_the_suggestion(page, base_url, service_index, tmp_path):
     store = IndexStore.load(service_index)
-    (product, path), = photo_products(store, 1, category="Watches")
+    ((product, path),) = photo_products(store, 1, category="Watches")
     page.goto(base_url + "/")
     assert page.title().startswith("Place de marché")
     page.set_input_files("#image", str(path))
@@ -81,7 +89,8 @@ def test_seller_uploads_a_photo_and_sees_the_suggestion(page, base_url, service_
     # every neighbour thumbnail actually loaded (the image endpoint answered with a JPEG)
     page.wait_for_function(
         "[...document.querySelectorAll('#result-neighbors img')].every(i => i.complete && i.naturalWidth > 0)",
-        timeout=20_000)
+        timeout=20_000,
+    )
     page.screenshot(path=str(tmp_path / "seller-prediction.png"), full_page=True)
     shot = os.environ.get("SCREENSHOT_DIR")
     if shot:
@@ -120,7 +129,8 @@ def test_search_team_box(page, base_url):
     page.evaluate("document.querySelectorAll('#search-results img').forEach(i => i.loading = 'eager')")
     page.wait_for_function(
         "[...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth > 0)",
-        timeout=20_000)
+        timeout=20_000,
+    )
     if os.environ.get("SCREENSHOT_DIR"):
         page.screenshot(path=str(Path(os.environ["SCREENSHOT_DIR"]) / "seller-search.png"), full_page=True)
     assert page.errors == []

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+from fakes import product_image, product_row, write_csv
 
 from indexer.catalog import (
     CSV_NAME,
@@ -17,8 +18,6 @@ from indexer.catalog import (
     load_catalog,
     parse_category_tree,
 )
-
-from fakes import product_image, product_row, write_csv
 
 EXPECTED = ("Watches", "Wrist Watches", "Sonata Wrist Watches")
 
@@ -41,18 +40,24 @@ def test_category_tree_quoting_variants(raw):
 def test_category_tree_truncated_levels():
     # the published CSV cuts long paths with "...": the cut level keeps its text ...
     assert parse_category_tree('["Watches >> Wrist Watches >> Sonata Wrist Wat..."]') == (
-        "Watches", "Wrist Watches", "Sonata Wrist Wat...")
+        "Watches",
+        "Wrist Watches",
+        "Sonata Wrist Wat...",
+    )
     # ... but a level cut down to nothing but the dots is no level at all
     assert parse_category_tree('["Watches >> Wrist Watches >> ..."]') == ("Watches", "Wrist Watches")
 
 
 def test_category_tree_keeps_inner_apostrophes():
     assert parse_category_tree("""["Baby Care >> Baby Girls' Clothes >> Kid's Top"]""") == (
-        "Baby Care", "Baby Girls' Clothes", "Kid's Top")
+        "Baby Care",
+        "Baby Girls' Clothes",
+        "Kid's Top",
+    )
     assert parse_category_tree("""['Kids >> Boys' >> Shorts']""") == ("Kids", "Boys'", "Shorts")
 
 
-@pytest.mark.parametrize("raw", [None, float("nan"), "", "   ", "[]", '[""]', "[\"\"]", '""'])
+@pytest.mark.parametrize("raw", [None, float("nan"), "", "   ", "[]", '[""]', '[""]', '""'])
 def test_category_tree_missing(raw):
     assert parse_category_tree(raw) == ()
 
@@ -112,8 +117,10 @@ def test_validation_report_lists_problems_and_keeps_other_modality(tmp_path):
     assert report.ids("empty_text") == ["notext"]
     assert report.ids("duplicate_id") == ["good"]
     assert "line 5" in report.issues["duplicate_id"][0]["detail"]
-    assert "noimage.jpg not found" in report.issues["missing_image"][0]["detail"] or \
-        "noimage.jpg not found" in report.issues["missing_image"][1]["detail"]
+    assert (
+        "noimage.jpg not found" in report.issues["missing_image"][0]["detail"]
+        or "noimage.jpg not found" in report.issues["missing_image"][1]["detail"]
+    )
     # the first occurrence of a duplicated id wins; nothing else is dropped
     assert len(catalog) == 5
     assert by_id["good"].category == "Watches"
@@ -132,11 +139,14 @@ def test_validation_report_lists_problems_and_keeps_other_modality(tmp_path):
 
 
 def test_price_and_brand_parsing(tmp_path):
-    write_csv(tmp_path, [
-        product_row("a", "Watches", 0, discounted_price="12.5", brand=""),
-        product_row("b", "Watches", 1, discounted_price="n/a", retail_price=""),
-        product_row("c", "Watches", 2, discounted_price="", retail_price="80"),  # falls back to retail
-    ])
+    write_csv(
+        tmp_path,
+        [
+            product_row("a", "Watches", 0, discounted_price="12.5", brand=""),
+            product_row("b", "Watches", 1, discounted_price="n/a", retail_price=""),
+            product_row("c", "Watches", 2, discounted_price="", retail_price="80"),  # falls back to retail
+        ],
+    )
     (tmp_path / "Images").mkdir()
     products = {p.id: p for p in load_catalog(tmp_path).products}
     assert products["a"].price == 12.5 and products["a"].brand is None

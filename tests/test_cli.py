@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
 
 import indexer.encoders as encoders
 from indexer.__main__ import main
 from indexer.store import IndexStore
-
-from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,15 +40,29 @@ def dataset(tmp_path):
 def run_cli(*args, env=None):
     full_env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "INDEX_DIR")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "indexer", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "indexer", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_build_add_info_in_process(fake_profile, dataset, tmp_path, capsys):
     index = tmp_path / "index"
     summary_json = tmp_path / "summary.json"
-    rc = main(["build", "--data", str(dataset["folder"]), "--out", str(index), "--profile", FAKE_PROFILE,
-               "--quiet", "--report", "--json", str(summary_json)])
+    rc = main(
+        [
+            "build",
+            "--data",
+            str(dataset["folder"]),
+            "--out",
+            str(index),
+            "--profile",
+            FAKE_PROFILE,
+            "--quiet",
+            "--report",
+            "--json",
+            str(summary_json),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "products: 9; indexed image: 7, text: 9" in out
@@ -129,8 +142,10 @@ def test_info_missing_index_exits_2(tmp_path):
 
 def test_info_subprocess_on_fake_index(fake_profile, dataset, tmp_path, capsys):
     index = tmp_path / "index"
-    assert main(["build", "--data", str(dataset["folder"]), "--out", str(index),
-                 "--profile", FAKE_PROFILE, "--quiet"]) == 0
+    assert (
+        main(["build", "--data", str(dataset["folder"]), "--out", str(index), "--profile", FAKE_PROFILE, "--quiet"])
+        == 0
+    )
     proc = run_cli("info", str(index))  # no encoder needed to describe an index
     assert proc.returncode == 0, proc.stderr
     assert "products 9; image 7 x 16, text 9 x 12" in proc.stdout
@@ -138,8 +153,10 @@ def test_info_subprocess_on_fake_index(fake_profile, dataset, tmp_path, capsys):
 
 def test_add_with_unknown_profile_exits_2(fake_profile, dataset, tmp_path, capsys):
     index = tmp_path / "index"
-    assert main(["build", "--data", str(dataset["folder"]), "--out", str(index),
-                 "--profile", FAKE_PROFILE, "--quiet"]) == 0
+    assert (
+        main(["build", "--data", str(dataset["folder"]), "--out", str(index), "--profile", FAKE_PROFILE, "--quiet"])
+        == 0
+    )
     extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", offset=50)
     # a fresh process has no "fake" profile registered: refused, not crashed
     proc = run_cli("add", "--index", str(index), "--data", str(extra["folder"]))

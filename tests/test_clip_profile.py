@@ -11,17 +11,24 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from fakes import FakeEncoder, make_dataset
+from PIL import Image
 from tiny_models import TINY_CLIP_CONFIG, TINY_CLIP_NAME, TINY_TEXT_DIM, make_tiny_clip, make_tiny_weights
 
 from indexer.encoders import EncoderUnavailable, create_encoder
 from indexer.images import load_image
 from indexer.store import IndexMismatch, IndexStore
 
-CLIP_ENV = ("CLIP_MODEL", "CLIP_PRETRAINED", "CLIP_MODEL_CONFIG", "CLIP_TEXT_MODEL", "CLIP_PRECISION",
-            "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME")
+CLIP_ENV = (
+    "CLIP_MODEL",
+    "CLIP_PRETRAINED",
+    "CLIP_MODEL_CONFIG",
+    "CLIP_TEXT_MODEL",
+    "CLIP_PRECISION",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_HOME",
+)
 TEXTS = [
     "Analog wrist watch with leather strap",
     "Montre analogique bracelet cuir",
@@ -92,7 +99,9 @@ def test_preprocess_is_open_clips_transform_with_its_normalisation(encoder):
     assert array.dtype == np.float32
     expected = (np.array(colour) / 255.0 - np.array(OPENAI_DATASET_MEAN)) / np.array(OPENAI_DATASET_STD)
     np.testing.assert_allclose(array.mean(axis=(1, 2)), expected, atol=1e-4)
-    np.testing.assert_allclose(encoder.encode_arrays([array]), encoder.encode_images([Image.new("RGB", (70, 50), colour)]))
+    np.testing.assert_allclose(
+        encoder.encode_arrays([array]), encoder.encode_images([Image.new("RGB", (70, 50), colour)])
+    )
 
 
 def test_same_input_gives_same_vector_and_different_inputs_differ(encoder, tiny):
@@ -216,7 +225,12 @@ def test_a_pretrained_tags_preprocessing_reaches_open_clips_transform(encoder, t
     """Tag weights carry their own mean/std (as open_clip's pretrained table says): they must be used."""
     from indexer.encoders.clip import ClipEncoder, ClipWeights
 
-    tag_like = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bicubic", "resize_mode": "shortest"}
+    tag_like = {
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.25, 0.25, 0.25),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
     weights = ClipWeights(TINY_CLIP_NAME, "some_tag", tiny.clip_checkpoint, tag_like, quick_gelu=False)
     _, preprocess, _ = ClipEncoder._load_clip(weights)
     colour = (200, 30, 90)
@@ -243,9 +257,17 @@ def test_default_weights_missing_from_an_empty_cache_fail_fast(tmp_path, monkeyp
     with pytest.raises(EncoderUnavailable) as err:
         create_encoder("clip")
     message = str(err.value)
-    for part in ("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
-                 "open_clip_pytorch_model.bin", str(tmp_path / "nothing-here" / "hub"), "CLIP_PRETRAINED",
-                 "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", "CLIP_TEXT_MODEL", "HF_HOME"):
+    for part in (
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        "open_clip_pytorch_model.bin",
+        str(tmp_path / "nothing-here" / "hub"),
+        "CLIP_PRETRAINED",
+        "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+        "CLIP_TEXT_MODEL",
+        "HF_HOME",
+    ):
         assert part in message, part
     assert not (tmp_path / "nothing-here").exists()  # nothing downloaded, nothing created
 
@@ -262,8 +284,9 @@ def test_missing_local_files_are_named(tiny, tmp_path, no_loading):
     with pytest.raises(EncoderUnavailable, match="model.safetensors"):
         create_encoder("clip", **{**tiny.options(), "text_model": str(empty_dir)})
     with pytest.raises(EncoderUnavailable, match="no-such-arch"):
-        create_encoder("clip", model="no-such-arch", pretrained=str(tiny.clip_checkpoint),
-                       text_model=str(tiny.text_dir))
+        create_encoder(
+            "clip", model="no-such-arch", pretrained=str(tiny.clip_checkpoint), text_model=str(tiny.text_dir)
+        )
 
 
 def test_corrupt_or_foreign_checkpoints_are_refused_clearly(tiny, tmp_path):

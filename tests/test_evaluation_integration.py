@@ -22,8 +22,11 @@ from indexer.store import IndexStore
 def real_report(real_index, real_data_dir, tmp_path_factory):
     index_dir, _ = real_index
     out = tmp_path_factory.mktemp("real-report")
-    build_report(index_dir, out, ReportOptions(data_dir=str(real_data_dir), skip_tsne=True, skip_bovw=True,
-                                               max_errors=20, progress=False))
+    build_report(
+        index_dir,
+        out,
+        ReportOptions(data_dir=str(real_data_dir), skip_tsne=True, skip_bovw=True, max_errors=20, progress=False),
+    )
     return index_dir, out, json.loads((out / "metrics.json").read_text())
 
 
@@ -46,7 +49,7 @@ def test_real_report_fields_and_ranges(real_report):
     assert acc["fused"] > 0.85 and acc["text"] > 0.8 and acc["image"] > 0.6
     for c in m["classification"].values():
         assert 0.0 <= c["macro_f1"] <= 1.0
-        assert 0.0 < c["level2_accuracy"] <= c["accuracy"] + 1e-9   # level 2 right implies level 1 right
+        assert 0.0 < c["level2_accuracy"] <= c["accuracy"] + 1e-9  # level 2 right implies level 1 right
     counts = store.manifest["counts"]
     assert m["classification"]["image"]["left_out"] == counts["products"] - counts["image"]
     assert m["classification"]["image"]["n"] == counts["image"]
@@ -55,7 +58,7 @@ def test_real_report_fields_and_ranges(real_report):
         assert auto["precision"] >= auto["target"]
         assert 0.3 < auto["coverage"] <= 1.0
     assert m["near_duplicates"]["groups_spanning_folds"] == 0
-    assert m["near_duplicates"]["groups_with_several_products"] > 0   # templated products exist
+    assert m["near_duplicates"]["groups_with_several_products"] > 0  # templated products exist
     assert m["errors"]["count"] == round((1 - acc["fused"]) * m["classification"]["fused"]["n"])
 
 

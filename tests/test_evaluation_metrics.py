@@ -20,8 +20,18 @@ def unit(x):
 
 def memory_store(categories, image=None, text=None, image_rows=None, text_rows=None, manifest=None) -> IndexStore:
     """An in-memory IndexStore (no disk) from given vectors."""
-    products = [Product(id=f"p{i}", name=f"product {i}", description="", brand=None, price=None,
-                        category_path=(c, f"{c} sub"), image=None) for i, c in enumerate(categories)]
+    products = [
+        Product(
+            id=f"p{i}",
+            name=f"product {i}",
+            description="",
+            brand=None,
+            price=None,
+            category_path=(c, f"{c} sub"),
+            image=None,
+        )
+        for i, c in enumerate(categories)
+    ]
     modalities = {}
     for name, vecs, rows in (("image", image, image_rows), ("text", text, text_rows)):
         if vecs is None:
@@ -52,14 +62,11 @@ def test_single_cluster_has_zero_ari_and_homogeneity():
 
 
 def test_hungarian_mapping_on_known_contingency():
-    matrix = np.array([[0, 5, 1],
-                       [4, 0, 0],
-                       [1, 0, 6]])
+    matrix = np.array([[0, 5, 1], [4, 0, 0], [1, 0, 6]])
     assert clustering.best_mapping(matrix) == {0: 1, 1: 0, 2: 2}
     # greedy choice (largest cell first: 6, then 5, then 4) agrees here; this one it does not:
-    tricky = np.array([[10, 9],
-                       [9, 0]])
-    assert clustering.best_mapping(tricky) == {0: 1, 1: 0}   # 9 + 9 beats 10 + 0
+    tricky = np.array([[10, 9], [9, 0]])
+    assert clustering.best_mapping(tricky) == {0: 1, 1: 0}  # 9 + 9 beats 10 + 0
 
 
 def test_contingency_counts_and_unknown_label():
@@ -119,14 +126,21 @@ def test_tsne_is_deterministic():
 def test_fused_is_weighted_mean_of_cosines_and_handles_missing_image():
     rng = np.random.default_rng(0)
     img, txt = rng.standard_normal((3, 6)), rng.standard_normal((4, 5))
-    store = memory_store(["a", "a", "b", "b"], image=img, text=txt, image_rows=[0, 1, 3],
-                         manifest={"categorizer": {"weights": {"image": 1.0, "text": 3.0}}})
+    store = memory_store(
+        ["a", "a", "b", "b"],
+        image=img,
+        text=txt,
+        image_rows=[0, 1, 3],
+        manifest={"categorizer": {"weights": {"image": 1.0, "text": 3.0}}},
+    )
     rep = representations.fused(store)
     assert rep.extra["weights"] == pytest.approx({"image": 0.25, "text": 0.75})
     assert rep.rows.tolist() == [0, 1, 2, 3]
     assert np.allclose(np.linalg.norm(rep.vectors, axis=1), 1.0, atol=1e-5)
     ui, ut = unit(img), unit(txt)
-    assert float(rep.vectors[0] @ rep.vectors[1]) == pytest.approx(0.25 * ui[0] @ ui[1] + 0.75 * ut[0] @ ut[1], abs=1e-5)
+    assert float(rep.vectors[0] @ rep.vectors[1]) == pytest.approx(
+        0.25 * ui[0] @ ui[1] + 0.75 * ut[0] @ ut[1], abs=1e-5
+    )
     # product 2 has no image: its image block is zero and it is compared on text alone
     assert np.allclose(rep.vectors[2, :6], 0.0)
     assert np.allclose(rep.vectors[2, 6:], ut[2], atol=1e-5)
@@ -136,8 +150,9 @@ def test_fused_is_weighted_mean_of_cosines_and_handles_missing_image():
 
 def test_modality_representation_leaves_out_products_without_it():
     rng = np.random.default_rng(0)
-    store = memory_store(["a", "b", "c"], image=rng.standard_normal((2, 4)), image_rows=[2, 0],
-                         text=rng.standard_normal((3, 4)))
+    store = memory_store(
+        ["a", "b", "c"], image=rng.standard_normal((2, 4)), image_rows=[2, 0], text=rng.standard_normal((3, 4))
+    )
     rep = representations.modality(store, "image")
     assert rep.rows.tolist() == [0, 2]
     assert "1 product(s) without image" in rep.note
@@ -148,7 +163,7 @@ def test_identical_images_share_a_group_and_a_fold():
     rng = np.random.default_rng(3)
     n = 40
     img = rng.standard_normal((n, 16))
-    img[7] = img[3]            # byte-identical photos give identical vectors
+    img[7] = img[3]  # byte-identical photos give identical vectors
     img[21] = img[3]
     txt = rng.standard_normal((n, 16))
     categories = ["a", "b"] * (n // 2)
@@ -186,7 +201,7 @@ def test_classification_metrics_by_hand():
     assert m["per_category"]["b"]["precision"] == pytest.approx(0.5)
     assert m["per_category"]["b"]["recall"] == pytest.approx(0.5)
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5) / 2)
-    assert m["confusion"] == [[1, 1], [0, 1]]     # the None prediction counts as wrong, in no column
+    assert m["confusion"] == [[1, 1], [0, 1]]  # the None prediction counts as wrong, in no column
 
 
 def test_coverage_curve_and_auto_decision_by_hand():
@@ -216,8 +231,11 @@ def test_evaluation_stands_on_indexer_only():
     for path in root.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n == "service" or n.startswith("service.") for n in names), path.name
 
 
@@ -225,9 +243,16 @@ def test_service_threshold_applied_to_cv_predictions():
     from evaluation.report import service_threshold
 
     result = crossval.ModalityResult(
-        name="fused", rows=np.arange(4), true=np.array(["a"] * 4), predicted=np.array(["a", "a", "b", "a"]),
-        confidence=np.array([0.9, 0.8, 0.7, 0.3]), calibrated=np.zeros(4),
-        correct=np.array([True, True, False, True]), level2_correct=np.ones(4, bool), metrics={})
+        name="fused",
+        rows=np.arange(4),
+        true=np.array(["a"] * 4),
+        predicted=np.array(["a", "a", "b", "a"]),
+        confidence=np.array([0.9, 0.8, 0.7, 0.3]),
+        calibrated=np.zeros(4),
+        correct=np.array([True, True, False, True]),
+        level2_correct=np.ones(4, bool),
+        metrics={},
+    )
     assert service_threshold(None, result) is None
     assert service_threshold(0.75, result) == pytest.approx({"threshold": 0.75, "coverage": 0.5, "precision": 1.0})
     assert service_threshold(0.5, result)["precision"] == pytest.approx(2 / 3)

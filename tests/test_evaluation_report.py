@@ -17,10 +17,17 @@ from indexer.store import IndexStore, publish, write_lock
 
 CATEGORIES = ["Kitchen", "Toys", "Watches"]
 PER_CATEGORY = 12
-WORDS = {"Kitchen": "steel pan pot cook lid kitchen", "Toys": "doll play kid fun toy block",
-         "Watches": "strap dial analog wrist watch time"}
-QUICK = dict(tsne_iterations=250, max_errors=10, progress=False,
-             bovw_params={"keypoints": 120, "vocabulary": 16, "vocabulary_sample": 3000, "max_side": 160})
+WORDS = {
+    "Kitchen": "steel pan pot cook lid kitchen",
+    "Toys": "doll play kid fun toy block",
+    "Watches": "strap dial analog wrist watch time",
+}
+QUICK = dict(
+    tsne_iterations=250,
+    max_errors=10,
+    progress=False,
+    bovw_params={"keypoints": 120, "vocabulary": 16, "vocabulary_sample": 3000, "max_side": 160},
+)
 
 
 def _image(path: Path, category_index: int, seed: int) -> None:
@@ -60,16 +67,33 @@ def make_index(root: Path, categories=CATEGORIES, seed: int = 0) -> Path:
             img_rows.append(i)
         txt_vecs.append(centres_txt[vec_c] + rng.standard_normal(16))
         cat = categories[c]
-        products.append(Product(id=pid, name=f"{cat} item {i}", description=f"{WORDS.get(cat, cat)} model {i}",
-                                brand=None, price=None, category_path=(cat, f"{cat} sub {i % 2}"),
-                                image=f"{pid}.jpg" if i != 0 else None, image_path=path if i != 0 else None))
-    img_vecs[1] = img_vecs[0]          # rows 1 and 2: identical photos, identical vectors
+        products.append(
+            Product(
+                id=pid,
+                name=f"{cat} item {i}",
+                description=f"{WORDS.get(cat, cat)} model {i}",
+                brand=None,
+                price=None,
+                category_path=(cat, f"{cat} sub {i % 2}"),
+                image=f"{pid}.jpg" if i != 0 else None,
+                image_path=path if i != 0 else None,
+            )
+        )
+    img_vecs[1] = img_vecs[0]  # rows 1 and 2: identical photos, identical vectors
     index = root / "index"
-    manifest = {"profile": "synthetic", "model_id": "synthetic[test]",
-                "model_ids": {"image": "random/image", "text": "random/text"}, "categories": list(categories)}
+    manifest = {
+        "profile": "synthetic",
+        "model_id": "synthetic[test]",
+        "model_ids": {"image": "random/image", "text": "random/text"},
+        "categories": list(categories),
+    }
     with write_lock(index):
-        publish(index, products, {"image": (np.array(img_vecs), np.array(img_rows)),
-                                  "text": (np.array(txt_vecs), np.arange(n))}, manifest)
+        publish(
+            index,
+            products,
+            {"image": (np.array(img_vecs), np.array(img_rows)), "text": (np.array(txt_vecs), np.arange(n))},
+            manifest,
+        )
     return index
 
 
@@ -91,9 +115,21 @@ def test_report_files_exist_and_html_is_self_contained(synthetic):
     html = (out / "report.html").read_text()
     assert (out / "metrics.json").is_file()
     figures = {p.stem for p in (out / "figures").glob("*.png")}
-    for name in ("pca_variance", "ari_comparison", "neighbour_similarity", "precision_coverage",
-                 "tsne_image", "tsne_text", "tsne_fused", "tsne_tfidf", "tsne_bovw",
-                 "contingency_fused", "confusion_image", "confusion_text", "confusion_fused"):
+    for name in (
+        "pca_variance",
+        "ari_comparison",
+        "neighbour_similarity",
+        "precision_coverage",
+        "tsne_image",
+        "tsne_text",
+        "tsne_fused",
+        "tsne_tfidf",
+        "tsne_bovw",
+        "contingency_fused",
+        "confusion_image",
+        "confusion_text",
+        "confusion_fused",
+    ):
         assert name in figures, name
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert html.count("data:image/png;base64,") >= len(figures)
@@ -114,16 +150,16 @@ def test_metrics_structure_and_ranges(synthetic):
             assert isinstance(c[key], float) and -1.0 <= c[key] <= 1.0, (name, key)
         assert "common practice" in c["tsne_kmeans"]["note"]
         assert -1.0 <= c["tsne_kmeans"]["ari"] <= 1.0
-    assert data["clustering"]["image"]["n"] == data["n_products"] - 1      # product 0 has no image
+    assert data["clustering"]["image"]["n"] == data["n_products"] - 1  # product 0 has no image
     assert data["clustering"]["fused"]["n"] == data["n_products"]
-    assert data["clustering"]["fused"]["ari"] > 0.5                         # clearly separated centres
+    assert data["clustering"]["fused"]["ari"] > 0.5  # clearly separated centres
     stab = data["clustering"]["fused"]["stability"]
     assert len(stab["ari_pca_space"]) == len(stab["kmeans_seeds"]) == 3
     assert len(stab["ari_tsne"]) == len(stab["tsne_perplexities"]) == 3
     assert stab["ari_pca_space"][0] == data["clustering"]["fused"]["ari"]
     assert stab["range_tsne"] == pytest.approx(max(stab["ari_tsne"]) - min(stab["ari_tsne"]))
     assert set(data["classification"]) == {"image", "text", "fused"}
-    for name, c in data["classification"].items():
+    for c in data["classification"].values():
         assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["macro_f1"] <= 1.0 and 0.0 <= c["level2_accuracy"] <= 1.0
         assert set(c["per_category"]) == set(CATEGORIES)
         assert np.array(c["confusion"]).sum() <= c["n"]
@@ -133,7 +169,7 @@ def test_metrics_structure_and_ranges(synthetic):
     assert set(auto) >= {"threshold", "coverage", "precision", "out_of_fold"}
     assert 0.0 <= auto["coverage"] <= 1.0
     assert data["near_duplicates"]["groups_spanning_folds"] == 0
-    assert data["errors"]["count"] >= 2                                     # the two mislabeled products
+    assert data["errors"]["count"] >= 2  # the two mislabeled products
     assert data["timings"]["total"] > 0 and "cross-validation" in data["timings"]
 
 
@@ -164,7 +200,9 @@ def test_identical_inputs_identical_metrics(synthetic, tmp_path):
 
 def test_cli_quick_run(synthetic, tmp_path, capsys):
     index, _, _ = synthetic
-    code = main(["report", "--index", str(index), "--out", str(tmp_path / "cli"), "--skip-tsne", "--skip-bovw", "--quiet"])
+    code = main(
+        ["report", "--index", str(index), "--out", str(tmp_path / "cli"), "--skip-tsne", "--skip-bovw", "--quiet"]
+    )
     assert code == 0
     data = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert set(data["clustering"]) == {"image", "text", "fused", "tfidf"}
@@ -200,12 +238,19 @@ def test_report_on_an_index_with_a_lexical_channel(tmp_path):
         pytest.skip("this store cannot publish a lexical channel")
     index = make_index(tmp_path)
     store = IndexStore.load(index)
-    texts = [store.product_text(p) if hasattr(store, "product_text") else p.name + ". " + p.description
-             for p in store.products]
+    texts = [
+        store.product_text(p) if hasattr(store, "product_text") else p.name + ". " + p.description
+        for p in store.products
+    ]
     vectors = {m: store.vectors_by_row(m) for m in store.modalities}
     with write_lock(index):
-        publish(index, store.products, vectors, store.manifest,
-                lexical=lexical.LexicalIndex.fit(texts, np.arange(len(texts))))
+        publish(
+            index,
+            store.products,
+            vectors,
+            store.manifest,
+            lexical=lexical.LexicalIndex.fit(texts, np.arange(len(texts))),
+        )
     assert IndexStore.load(index).lexical is not None
     metrics = build_report(index, tmp_path / "out", ReportOptions(**{**QUICK, "skip_tsne": True, "skip_bovw": True}))
     assert metrics["classification"]["text"]["modalities"] == ["text", "lexical"]

@@ -16,13 +16,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fakes import product_row, write_csv
 from PIL import Image
 
 from data import fetch as fetch_mod
 from data.fetch import FetchError, fetch
 from indexer.catalog import CSV_NAME, load_catalog
-
-from fakes import product_row, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,9 +41,10 @@ def make_zip(path: Path, root: str = "Flipkart", images: bool = True, extra: dic
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{prefix}{CSV_NAME}", csv_path.read_bytes(), compress_type=zipfile.ZIP_DEFLATED)
         if images:
-            for row, colour in zip(rows, [(255, 0, 0), (0, 0, 255)]):
-                archive.writestr(f"{prefix}Images/{row['image']}", _jpeg_bytes(colour),
-                                 compress_type=zipfile.ZIP_STORED)
+            for row, colour in zip(rows, [(255, 0, 0), (0, 0, 255)], strict=True):
+                archive.writestr(
+                    f"{prefix}Images/{row['image']}", _jpeg_bytes(colour), compress_type=zipfile.ZIP_STORED
+                )
         for name, data in (extra or {}).items():
             archive.writestr(name, data)
     return path
@@ -65,7 +65,10 @@ def test_offline_fails_with_clear_message_and_no_traceback(tmp_path):
     url = f"http://127.0.0.1:{closed_port()}/dataset.zip"
     proc = subprocess.run(
         [sys.executable, "-m", "data.fetch", "--dest", str(dest), "--url", url, "--timeout", "5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
@@ -112,8 +115,7 @@ def test_http_download_via_local_server(tmp_path):
 
 def _expect_rejected(tmp_path, archive: Path, needle: str, capsys, **kwargs):
     dest = tmp_path / "dest"
-    rc = fetch_mod.main(["--dest", str(dest), "--url", archive.as_uri(),
-                         *[f"--{k}={v}" for k, v in kwargs.items()]])
+    rc = fetch_mod.main(["--dest", str(dest), "--url", archive.as_uri(), *[f"--{k}={v}" for k, v in kwargs.items()]])
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("error: ") and needle in err, err

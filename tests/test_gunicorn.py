@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from service_support import copy_index, free_port, photo_products
 
 from indexer.store import IndexStore
-from service_support import copy_index, free_port, photo_products, service_index  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,9 @@ def request(port, method, path, body=None, headers=None, timeout=60):
 
 
 def post_json(port, path, payload, headers=None):
-    status, hdrs, data = request(port, "POST", path, json.dumps(payload).encode(),
-                                 {"Content-Type": "application/json", **(headers or {})})
+    status, hdrs, data = request(
+        port, "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}
+    )
     return status, hdrs, json.loads(data) if data else None
 
 
@@ -50,8 +51,12 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -61,12 +66,27 @@ def server(service_index, real_data_dir, tmp_path_factory):
     index_dir = copy_index(service_index, tmp_path_factory.mktemp("gunicorn") / "index")
     port = free_port()
     log_path = index_dir.parent / "gunicorn.log"
-    env = dict(os.environ, INDEX_DIR=str(index_dir), DATA_DIR=str(real_data_dir), API_TOKEN=TOKEN,
-               WEB_CONCURRENCY="2", MAX_UPLOAD_BYTES=str(LIMIT), PORT=str(port),
-               PROMETHEUS_MULTIPROC_DIR=str(index_dir.parent / "metrics"))
+    env = dict(
+        os.environ,
+        INDEX_DIR=str(index_dir),
+        DATA_DIR=str(real_data_dir),
+        API_TOKEN=TOKEN,
+        WEB_CONCURRENCY="2",
+        MAX_UPLOAD_BYTES=str(LIMIT),
+        PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(index_dir.parent / "metrics"),
+    )
     env.pop("PYTHONPATH", None)
-    command = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-               "-b", f"127.0.0.1:{port}", "service.app:create_app()"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "service/gunicorn.conf.py",
+        "-b",
+        f"127.0.0.1:{port}",
+        "service.app:create_app()",
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -98,7 +118,7 @@ def worker_pids(log_text: str) -> set[str]:
 def test_predict_and_search_over_http(server, service_index):
     port = server["port"]
     store = IndexStore.load(service_index)
-    (product, path), = photo_products(store, 1, category="Baby Care")
+    ((product, path),) = photo_products(store, 1, category="Baby Care")
     status, _, body = post_json(port, "/api/v1/predict", {"title": "Pampers baby diapers, size M"})
     assert status == 200 and body["category"] == "Baby Care"
     data, ctype = multipart({"title": product.name}, {"image": ("p.jpg", path.read_bytes())})
@@ -127,8 +147,9 @@ def test_bad_input_never_takes_a_worker_down(server):
             status, headers, raw = request(port, "POST", "/api/v1/predict", data, {"Content-Type": ctype})
             assert status == expected, raw
             assert headers["Content-Type"] == "application/problem+json"
-    status, headers, raw = request(port, "POST", "/api/v1/predict", b"x" * (LIMIT + 10),
-                                   {"Content-Type": "application/json"})
+    status, headers, raw = request(
+        port, "POST", "/api/v1/predict", b"x" * (LIMIT + 10), {"Content-Type": "application/json"}
+    )
     assert status == 413 and json.loads(raw)["status"] == 413
     assert request(port, "GET", "/readyz")[0] == 200
     log = server["log"].read_text()
@@ -139,11 +160,14 @@ def test_bad_input_never_takes_a_worker_down(server):
 def test_an_add_reaches_every_worker_and_metrics_sum_workers(server, service_index):
     port = server["port"]
     store = IndexStore.load(service_index)
-    (_, path), = photo_products(store, 1, category="Watches")
-    data, ctype = multipart({"title": "Gunicorn test watch", "category": "Watches >> Wrist Watches"},
-                            {"image": ("w.jpg", path.read_bytes())})
-    status, headers, raw = request(port, "POST", "/api/v1/products", data,
-                                   {"Content-Type": ctype, "Authorization": f"Bearer {TOKEN}"})
+    ((_, path),) = photo_products(store, 1, category="Watches")
+    data, ctype = multipart(
+        {"title": "Gunicorn test watch", "category": "Watches >> Wrist Watches"},
+        {"image": ("w.jpg", path.read_bytes())},
+    )
+    status, headers, raw = request(
+        port, "POST", "/api/v1/products", data, {"Content-Type": ctype, "Authorization": f"Bearer {TOKEN}"}
+    )
     assert status == 201, raw
     pid = json.loads(raw)["id"]
     mark = len(server["log"].read_text())
@@ -155,8 +179,11 @@ def test_an_add_reaches_every_worker_and_metrics_sum_workers(server, service_ind
     deadline = time.monotonic() + 90
     with ThreadPoolExecutor(8) as pool:
         while len(answered) < 2 and time.monotonic() < deadline:
-            results = list(pool.map(
-                lambda _: post_json(port, "/api/v1/search", {"title": "Gunicorn test watch", "k": 1}), range(16)))
+            results = list(
+                pool.map(
+                    lambda _: post_json(port, "/api/v1/search", {"title": "Gunicorn test watch", "k": 1}), range(16)
+                )
+            )
             sent += len(results)
             assert all(status == 200 and body["results"][0]["id"] == pid for status, _, body in results)
             log = server["log"].read_text()[mark:]

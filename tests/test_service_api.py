@@ -12,12 +12,12 @@ import re
 
 import pytest
 from PIL import Image
+from service_support import jpeg_bytes, photo_products
 
 from indexer.store import IndexStore
 from service.app import create_app
 from service.config import Config
 from service.web import openapi_spec
-from service_support import jpeg_bytes, photo_products, service_index  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +32,7 @@ def store(service_index):
 
 @pytest.fixture(scope="module")
 def app(service_index, embedded_encoder, real_data_dir):
-    config = Config(index_dir=str(service_index), data_dir=str(real_data_dir), api_token=None,
-                    max_upload_bytes=LIMIT)
+    config = Config(index_dir=str(service_index), data_dir=str(real_data_dir), api_token=None, max_upload_bytes=LIMIT)
     return create_app(config, encoder=embedded_encoder)
 
 
@@ -44,7 +43,7 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def watch(store):
-    (product, path), = photo_products(store, 1, category="Watches")
+    ((product, path),) = photo_products(store, 1, category="Watches")
     return product, path.read_bytes()
 
 
@@ -96,8 +95,10 @@ def check_prediction(body, store):
 
 
 def test_predict_text_json(client, store):
-    response = client.post("/api/v1/predict", json={
-        "title": "Sonata analog wrist watch for men", "description": "Black leather strap, water resistant"})
+    response = client.post(
+        "/api/v1/predict",
+        json={"title": "Sonata analog wrist watch for men", "description": "Black leather strap, water resistant"},
+    )
     assert response.status_code == 200
     body = response.get_json()
     check_prediction(body, store)
@@ -108,8 +109,9 @@ def test_predict_text_json(client, store):
 
 def test_predict_image_multipart_finds_the_same_photo(client, store, watch):
     product, data = watch
-    response = client.post("/api/v1/predict", data={"image": (io.BytesIO(data), "watch.jpg")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/predict", data={"image": (io.BytesIO(data), "watch.jpg")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 200
     body = response.get_json()
     check_prediction(body, store)
@@ -120,8 +122,9 @@ def test_predict_image_multipart_finds_the_same_photo(client, store, watch):
 
 def test_predict_image_and_text_base64(client, store, watch):
     product, data = watch
-    response = client.post("/api/v1/predict", json={
-        "image_base64": base64.b64encode(data).decode(), "title": product.name, "k": 3})
+    response = client.post(
+        "/api/v1/predict", json={"image_base64": base64.b64encode(data).decode(), "title": product.name, "k": 3}
+    )
     assert response.status_code == 200
     body = response.get_json()
     check_prediction(body, store)
@@ -152,8 +155,10 @@ def test_predict_bad_k_is_400(client, k):
     assert_problem(client.post("/api/v1/predict", json={"title": "mug", "k": k}), 400, "k must")
 
 
-@pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", b'{"title": 5}', b'{"image_base64": "@@@"}',
-                                     b'{"title": "' + b"x" * 1200 + b'"}'])
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b"[1, 2]", b'{"title": 5}', b'{"image_base64": "@@@"}', b'{"title": "' + b"x" * 1200 + b'"}'],
+)
 def test_predict_invalid_json_is_400(client, payload):
     assert_problem(client.post("/api/v1/predict", data=payload, content_type="application/json"), 400)
 
@@ -172,22 +177,25 @@ def test_undecodable_images_are_422(client, watch):
         "empty.jpg": b"",
     }
     for name, payload in cases.items():
-        response = client.post("/api/v1/predict", data={"image": (io.BytesIO(payload), name)},
-                               content_type="multipart/form-data")
+        response = client.post(
+            "/api/v1/predict", data={"image": (io.BytesIO(payload), name)}, content_type="multipart/form-data"
+        )
         assert_problem(response, 422)
     response = client.post("/api/v1/predict", json={"image_base64": base64.b64encode(b"GIF89a-broken").decode()})
     assert_problem(response, 422)
     bomb = io.BytesIO()
     Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 MP in a few kB
-    response = client.post("/api/v1/predict", data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/predict", data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png")}, content_type="multipart/form-data"
+    )
     assert_problem(response, 422, "MP")
 
 
 def test_upload_over_the_limit_is_413(client):
     big = b"\xff" * (LIMIT + 1024)
-    response = client.post("/api/v1/predict", data={"image": (io.BytesIO(big), "big.jpg")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/predict", data={"image": (io.BytesIO(big), "big.jpg")}, content_type="multipart/form-data"
+    )
     assert_problem(response, 413, "limit")
     response = client.post("/api/v1/predict", json={"image_base64": base64.b64encode(big).decode()})
     assert_problem(response, 413)
@@ -195,7 +203,7 @@ def test_upload_over_the_limit_is_413(client):
 
 def test_odd_inputs_never_give_500(client):
     cases = [
-        {"json": {"title": "\u0000\u202e\U0001F600" * 50}},
+        {"json": {"title": "\u0000\u202e\U0001f600" * 50}},
         {"json": {"title": "mug", "k": "10"}},
         {"json": {"title": ["a list"]}},
         {"json": {"image_base64": 12}},
@@ -220,8 +228,11 @@ def test_search_text_ranked_and_bounded(client):
 
 
 def test_search_category_filter(client, store):
-    response = client.post("/api/v1/search", data={"title": "baby blanket", "category": "Watches", "k": "7"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/search",
+        data={"title": "baby blanket", "category": "Watches", "k": "7"},
+        content_type="multipart/form-data",
+    )
     results = response.get_json()["results"]
     assert len(results) == 7 and all(r["category"] == "Watches" for r in results)
     sub = next(p.category_path[:2] for p in store.products if len(p.category_path) > 1)
@@ -235,8 +246,9 @@ def test_search_unknown_category_is_400(client):
 
 def test_search_by_image_returns_the_photo_first(client, watch):
     product, data = watch
-    response = client.post("/api/v1/search", data={"image": (io.BytesIO(data), "w.jpg"), "k": "3"},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/api/v1/search", data={"image": (io.BytesIO(data), "w.jpg"), "k": "3"}, content_type="multipart/form-data"
+    )
     first = response.get_json()["results"][0]
     assert first["id"] == product.id and first["modality"] == "image" and first["score"] > 0.99
 
@@ -263,7 +275,9 @@ def test_similar_excludes_itself(client, watch):
     assert len(ids) == 4 and product.id not in ids
     body = client.get(f"/api/v1/products/{product.id}/similar?k=3&modality=image").get_json()
     assert all(r["modality"] == "image" for r in body["results"])
-    assert body["results"] != client.get(f"/api/v1/products/{product.id}/similar?k=3&modality=text").get_json()["results"]
+    assert (
+        body["results"] != client.get(f"/api/v1/products/{product.id}/similar?k=3&modality=text").get_json()["results"]
+    )
     assert_problem(client.get(f"/api/v1/products/{product.id}/similar?modality=smell"), 400)
     assert_problem(client.get(f"/api/v1/products/{product.id}/similar?k=0"), 400)
 
@@ -275,8 +289,9 @@ def test_thumbnail_is_bounded_jpeg_with_cache_headers(client, watch):
     image = Image.open(io.BytesIO(response.data))
     assert image.format == "JPEG" and max(image.size) <= 64
     assert "max-age" in response.headers["Cache-Control"] and response.headers["ETag"]
-    again = client.get(f"/api/v1/products/{product.id}/image?size=64",
-                       headers={"If-None-Match": response.headers["ETag"]})
+    again = client.get(
+        f"/api/v1/products/{product.id}/image?size=64", headers={"If-None-Match": response.headers["ETag"]}
+    )
     assert again.status_code == 304
     for size in ("5000", "8", "big"):
         assert_problem(client.get(f"/api/v1/products/{product.id}/image?size={size}"), 400, "size")
@@ -298,8 +313,9 @@ def test_categories(client, store):
 
 # ---- writes refused here (the persistence tests do the writes, on a copy) ------------------
 def test_writes_refused_without_configured_token(client):
-    response = client.post("/api/v1/products", json={"title": "x", "category": "Watches"},
-                           headers={"Authorization": "Bearer anything"})
+    response = client.post(
+        "/api/v1/products", json={"title": "x", "category": "Watches"}, headers={"Authorization": "Bearer anything"}
+    )
     assert_problem(response, 403, "API_TOKEN")
 
 
@@ -332,7 +348,7 @@ def test_not_ready_without_index(tmp_path, embedded_encoder):
 
 def test_metrics_count_requests_by_endpoint_and_status(client):
     def count(text, status):
-        pattern = r'http_requests_total\{endpoint="/api/v1/predict",method="POST",status="%s"\} ([0-9.]+)' % status
+        pattern = rf'http_requests_total\{{endpoint="/api/v1/predict",method="POST",status="{status}"\}} ([0-9.]+)'
         match = re.search(pattern, text)
         return float(match.group(1)) if match else 0.0
 
@@ -342,7 +358,9 @@ def test_metrics_count_requests_by_endpoint_and_status(client):
     after = client.get("/metrics").get_data(as_text=True)
     assert count(after, 200) == count(before, 200) + 1
     assert count(after, 400) == count(before, 400) + 1
-    assert re.search(r'http_request_duration_seconds_bucket\{endpoint="/api/v1/predict",le="[0-9.]+",status="400"\}', after)
+    assert re.search(
+        r'http_request_duration_seconds_bucket\{endpoint="/api/v1/predict",le="[0-9.]+",status="400"\}', after
+    )
 
 
 def test_seller_page(client):
@@ -362,8 +380,9 @@ def test_unknown_route_and_wrong_method_are_problems(client):
 
 def test_parallel_and_sequential_encoding_agree(client, service_index, embedded_encoder, watch):
     product, data = watch
-    sequential = create_app(Config(index_dir=str(service_index), parallel_encode=False),
-                            encoder=embedded_encoder).test_client()
+    sequential = create_app(
+        Config(index_dir=str(service_index), parallel_encode=False), encoder=embedded_encoder
+    ).test_client()
     payload = {"image_base64": base64.b64encode(data).decode(), "title": "steel analog watch", "k": 5}
     a = client.post("/api/v1/predict", json=payload).get_json()
     b = sequential.post("/api/v1/predict", json=payload).get_json()

@@ -7,11 +7,11 @@ import base64
 import io
 
 import pytest
+from service_support import copy_index, photo_products
 
 from indexer.store import IndexStore, read_current
 from service.app import create_app
 from service.config import Config
-from service_support import copy_index, photo_products, service_index  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def make_app(index_dir, encoder, data_dir=None):
 @pytest.fixture()
 def photo(service_index):
     store = IndexStore.load(service_index)
-    (product, path), = photo_products(store, 1, category="Kitchen & Dining")
+    ((product, path),) = photo_products(store, 1, category="Kitchen & Dining")
     return product, path.read_bytes()
 
 
@@ -42,13 +42,19 @@ def test_added_product_is_seen_by_other_instances_and_survives_restart(index_dir
     reader = make_app(index_dir, embedded_encoder).test_client()  # loaded before the add
     before = len(IndexStore.load(index_dir).products)
 
-    response = writer.post("/api/v1/products", headers=AUTH, content_type="multipart/form-data", data={
-        "image": (io.BytesIO(data), "mug.jpg"),
-        "title": "Seller test mug, ceramic, 300 ml",
-        "description": "A new ceramic coffee mug added by a seller.",
-        "category": "Kitchen & Dining >> Coffee Mugs >> Seller Mugs",
-        "brand": "TestBrand", "price": "199",
-    })
+    response = writer.post(
+        "/api/v1/products",
+        headers=AUTH,
+        content_type="multipart/form-data",
+        data={
+            "image": (io.BytesIO(data), "mug.jpg"),
+            "title": "Seller test mug, ceramic, 300 ml",
+            "description": "A new ceramic coffee mug added by a seller.",
+            "category": "Kitchen & Dining >> Coffee Mugs >> Seller Mugs",
+            "brand": "TestBrand",
+            "price": "199",
+        },
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     added = response.get_json()
     pid = added["id"]
@@ -69,8 +75,9 @@ def test_added_product_is_seen_by_other_instances_and_survives_restart(index_dir
 
     # a restarted service still has it
     restarted = make_app(index_dir, embedded_encoder).test_client()
-    body = restarted.post("/api/v1/predict", data={"image": (io.BytesIO(data), "q.jpg")},
-                          content_type="multipart/form-data").get_json()
+    body = restarted.post(
+        "/api/v1/predict", data={"image": (io.BytesIO(data), "q.jpg")}, content_type="multipart/form-data"
+    ).get_json()
     assert {source.id, pid} <= {n["id"] for n in body["neighbors"][:2]}
     assert IndexStore.load(index_dir).products[-1].id == pid
 
@@ -78,34 +85,50 @@ def test_added_product_is_seen_by_other_instances_and_survives_restart(index_dir
 def test_json_add_with_base64_and_path_list(index_dir, embedded_encoder, photo):
     _, data = photo
     client = make_app(index_dir, embedded_encoder).test_client()
-    response = client.post("/api/v1/products", headers=AUTH, json={
-        "id": "seller-json-1", "title": "Blue ceramic mug", "image_base64": base64.b64encode(data).decode(),
-        "category_path": ["Kitchen & Dining", "Coffee Mugs"]})
+    response = client.post(
+        "/api/v1/products",
+        headers=AUTH,
+        json={
+            "id": "seller-json-1",
+            "title": "Blue ceramic mug",
+            "image_base64": base64.b64encode(data).decode(),
+            "category_path": ["Kitchen & Dining", "Coffee Mugs"],
+        },
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     assert client.get("/api/v1/products/seller-json-1").get_json()["category"] == "Kitchen & Dining"
-    again = client.post("/api/v1/products", headers=AUTH, json={
-        "id": "seller-json-1", "title": "Blue ceramic mug", "category": "Kitchen & Dining"})
+    again = client.post(
+        "/api/v1/products",
+        headers=AUTH,
+        json={"id": "seller-json-1", "title": "Blue ceramic mug", "category": "Kitchen & Dining"},
+    )
     assert again.status_code == 409 and again.mimetype == "application/problem+json"
 
 
 def test_text_only_product(index_dir, embedded_encoder):
     client = make_app(index_dir, embedded_encoder).test_client()
-    response = client.post("/api/v1/products", headers=AUTH, json={
-        "title": "Handmade brass diya for Diwali", "category": "Home Decor & Festive Needs"})
+    response = client.post(
+        "/api/v1/products",
+        headers=AUTH,
+        json={"title": "Handmade brass diya for Diwali", "category": "Home Decor & Festive Needs"},
+    )
     assert response.status_code == 201
     body = client.get(response.headers["Location"]).get_json()
     assert body["image_url"] is None and body["modalities"] == ["text"]
 
 
-@pytest.mark.parametrize("headers,payload,status", [
-    ({}, {"title": "t", "category": "Watches"}, 401),
-    ({"Authorization": "Bearer nope"}, {"title": "t", "category": "Watches"}, 401),
-    (AUTH, {"title": "t"}, 400),
-    (AUTH, {"category": "Watches"}, 400),
-    (AUTH, {"title": "t", "category": "Watches", "price": "cheap"}, 400),
-    (AUTH, {"title": "t", "category": "Watches", "id": "../../etc/passwd"}, 400),
-    (AUTH, {"title": "t", "category": "Watches", "image_base64": base64.b64encode(b"not an image").decode()}, 422),
-])
+@pytest.mark.parametrize(
+    "headers,payload,status",
+    [
+        ({}, {"title": "t", "category": "Watches"}, 401),
+        ({"Authorization": "Bearer nope"}, {"title": "t", "category": "Watches"}, 401),
+        (AUTH, {"title": "t"}, 400),
+        (AUTH, {"category": "Watches"}, 400),
+        (AUTH, {"title": "t", "category": "Watches", "price": "cheap"}, 400),
+        (AUTH, {"title": "t", "category": "Watches", "id": "../../etc/passwd"}, 400),
+        (AUTH, {"title": "t", "category": "Watches", "image_base64": base64.b64encode(b"not an image").decode()}, 422),
+    ],
+)
 def test_refused_adds_change_nothing(index_dir, embedded_encoder, headers, payload, status):
     client = make_app(index_dir, embedded_encoder).test_client()
     version = read_current(index_dir)

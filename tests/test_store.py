@@ -17,23 +17,22 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from fakes import FakeEncoder, append_worker, make_products, publish_fake, random_vectors
 
 from indexer.encoders.base import l2_normalize
 from indexer.store import (
     CURRENT,
     FORMAT_VERSION,
     VERSIONS,
-    IndexError_,
     IndexMismatch,
     IndexNotFound,
     IndexStore,
+    IndexStoreError,
     append,
     publish,
     read_current,
     write_lock,
 )
-
-from fakes import FakeEncoder, append_worker, make_products, publish_fake, random_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -120,9 +119,8 @@ def test_other_faiss_factories(tmp_path, factory):
 
 def test_publish_rejects_unknown_modality_and_keeps_live_version(tmp_path):
     publish_fake(tmp_path, n=6)
-    with pytest.raises(ValueError, match="unknown modality 'audio'"):
-        with write_lock(tmp_path):
-            publish(tmp_path, make_products(2), {"audio": (np.ones((2, 4)), np.arange(2))}, {})
+    with pytest.raises(ValueError, match="unknown modality 'audio'"), write_lock(tmp_path):
+        publish(tmp_path, make_products(2), {"audio": (np.ones((2, 4)), np.arange(2))}, {})
     assert IndexStore.load(tmp_path).version == "000001"
     assert staging_dirs(tmp_path) == []
 
@@ -158,7 +156,7 @@ def test_missing_index(tmp_path):
     (tmp_path / CURRENT).write_text("000007\n")
     with pytest.raises(IndexNotFound, match="'000007', which is incomplete"):
         IndexStore.load(tmp_path)
-    assert issubclass(IndexNotFound, IndexError_) and issubclass(IndexMismatch, IndexError_)
+    assert issubclass(IndexNotFound, IndexStoreError) and issubclass(IndexMismatch, IndexStoreError)
 
 
 # ---- append ------------------------------------------------------------------------------------
@@ -215,8 +213,10 @@ def test_concurrent_appends_from_two_processes_both_land(tmp_path):
     publish_fake(tmp_path, n=8)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding FAISS/OpenMP threads
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    workers = [ctx.Process(target=append_worker, args=(str(tmp_path), prefix, 5, seed, barrier, results))
-               for prefix, seed in (("left", 1), ("right", 2))]
+    workers = [
+        ctx.Process(target=append_worker, args=(str(tmp_path), prefix, 5, seed, barrier, results))
+        for prefix, seed in (("left", 1), ("right", 2))
+    ]
     for worker in workers:
         worker.start()
     sizes = sorted(results.get(timeout=120) for _ in workers)
@@ -259,8 +259,9 @@ KILLED_WRITER = textwrap.dedent(
 def test_publish_killed_midway_leaves_previous_version_live(tmp_path):
     products, _ = publish_fake(tmp_path, n=10)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
     try:
         assert proc.stdout.readline().strip() == "staged"
         assert len(staging_dirs(tmp_path)) == 1 and any(staging_dirs(tmp_path)[0].iterdir())

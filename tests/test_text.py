@@ -11,8 +11,18 @@ TEMPLATE = (
     "prices with FREE shipping & cash on delivery. Only Genuine Products. 30 Day Replacement "
     "Guarantee. Free Shipping. Cash On Delivery!"
 )
-BOILERPLATE_WORDS = ("Buy", "Rs", "360", "Genuine", "Replacement", "Guarantee", "Shipping",
-                     "Delivery", "Flipkart", "best prices")
+BOILERPLATE_WORDS = (
+    "Buy",
+    "Rs",
+    "360",
+    "Genuine",
+    "Replacement",
+    "Guarantee",
+    "Shipping",
+    "Delivery",
+    "Flipkart",
+    "best prices",
+)
 
 
 def test_shop_template_removed_product_words_kept():

@@ -19,11 +19,51 @@ TINY_CLIP_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 TINY_TEXT_DIM = 24
-WORDS = (
-    "watch analog wrist strap dial quartz baby cotton romper infant soft bib laptop battery usb "
-    "keyboard mouse adapter item number brand key features of buy for rs online only genuine "
-    "products day replacement guarantee free shipping cash on delivery montre bébé coton sub"
-).split()
+WORDS = [
+    "watch",
+    "analog",
+    "wrist",
+    "strap",
+    "dial",
+    "quartz",
+    "baby",
+    "cotton",
+    "romper",
+    "infant",
+    "soft",
+    "bib",
+    "laptop",
+    "battery",
+    "usb",
+    "keyboard",
+    "mouse",
+    "adapter",
+    "item",
+    "number",
+    "brand",
+    "key",
+    "features",
+    "of",
+    "buy",
+    "for",
+    "rs",
+    "online",
+    "only",
+    "genuine",
+    "products",
+    "day",
+    "replacement",
+    "guarantee",
+    "free",
+    "shipping",
+    "cash",
+    "on",
+    "delivery",
+    "montre",
+    "bébé",
+    "coton",
+    "sub",
+]
 
 
 @dataclass(frozen=True)
@@ -74,13 +114,19 @@ def make_tiny_sentence_model(folder: Path, seed: int = 0) -> Path:
     bert_dir = folder / "bert"
     bert_dir.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
-    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!-'éè"] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!-'éè"] + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"
+    ]
     (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt"), do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=TINY_TEXT_DIM, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64,
+        vocab_size=len(vocab),
+        hidden_size=TINY_TEXT_DIM,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(bert_dir)
     tokenizer.save_pretrained(bert_dir)

@@ -3,7 +3,7 @@ get vectors, in the manner of open_clip's `create_model_and_transforms` registry
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Encoder, EncoderUnavailable, l2_normalize, model_id
 
@@ -26,9 +26,7 @@ def create_encoder(profile: str = DEFAULT_PROFILE, **options) -> Encoder:
     try:
         factory = _FACTORIES[profile]
     except KeyError:
-        raise ValueError(
-            f"unknown encoder profile {profile!r}; known profiles: {', '.join(list_profiles())}"
-        ) from None
+        raise ValueError(f"unknown encoder profile {profile!r}; known profiles: {', '.join(list_profiles())}") from None
     return factory(**options)
 
 

