@@ -426,11 +426,14 @@ def add_products(
     encoder: Encoder,
     batch_size: int = 32,
     progress: bool = False,
-    before_publish: Callable[[], None] | None = None,
+    before_publish: Callable[[IndexStore], None] | None = None,
+    stored: Sequence[Product] | None = None,
 ) -> tuple[IndexStore, ValidationReport]:
     """Encode `products` and append them to the live index (no rebuild, no re-encoding).
 
-    `before_publish` runs under the write lock only if the add wins (see store.append)."""
+    `before_publish(live)` runs under the write lock only if the add wins (see store.append);
+    `stored`, if given, are the records published in place of `products` (same order), e.g.
+    with a staged photo's final path."""
     index_dir = Path(index_dir)
     store = IndexStore.load(index_dir, encoder=encoder)
     cache = open_cache(index_dir / CACHE_FILE)
@@ -438,5 +441,8 @@ def add_products(
         encoded = encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
     finally:
         cache.close()
-    store = append(store, list(products), encoded.vectors, before_publish=before_publish)
+    records = list(stored) if stored is not None else list(products)
+    if len(records) != len(products):
+        raise ValueError("stored must hold one record per product")
+    store = append(store, records, encoded.vectors, before_publish=before_publish)
     return store, encoded.report

@@ -427,15 +427,15 @@ def append(
     store: IndexStore,
     new_products: list[Product],
     new_vectors: Mapping[str, np.ndarray | None],
-    before_publish: Callable[[], None] | None = None,
+    before_publish: Callable[[IndexStore], None] | None = None,
 ) -> IndexStore:
     """Add products to the live index without re-encoding the existing ones.
 
     `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
     Re-reads the live version under the write lock so concurrent adds never lose data, and
     verifies its checksums first (O(bytes)): an add never publishes damage as a new version.
-    `before_publish` runs under the lock once the add is known to win (no id clash), e.g. to
-    move a staged photo into place.
+    `before_publish(live)` runs under the lock once the add is known to win (no id clash),
+    e.g. to move a staged photo into place.
     """
     path = store.path
     with write_lock(path):
@@ -445,7 +445,7 @@ def append(
         if clash:
             raise DuplicateProduct(clash)
         if before_publish is not None:
-            before_publish()
+            before_publish(live)
         base = len(live.products)
         merged, indexes = {}, {}
         for modality in sorted(set(live.modalities) | {m for m, v in new_vectors.items() if v is not None}):

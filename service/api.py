@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import os
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from indexer.catalog import Product
-from indexer.store import IndexStore
+from indexer.store import DuplicateProduct, IndexStore
 
 from . import metrics
 from .errors import ApiError
-from .inputs import decode_image, read_request
-from .media import image_file, save_upload, thumbnail_jpeg
+from .inputs import decode_image, parse_number, read_request
+from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
 from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
 from .state import Loaded, NotReady, ServiceState
 
@@ -139,7 +142,7 @@ def similar_products(product_id: str):
     allowed = category_filter(live.store, request.args.get("category"))
     vectors = product_vectors(live.store, row)
     modality = request.args.get("modality")
-    if modality:
+    if modality is not None:
         if modality not in live.store.modalities:
             raise ApiError(400, f"modality must be one of {', '.join(sorted(live.store.modalities))}")
         if modality not in vectors:
@@ -223,14 +226,7 @@ def add_product():
     brand = fields.get("brand")
     if brand is not None and not isinstance(brand, str):
         raise ApiError(400, "brand must be a string")
-    price = fields.get("price")
-    if price not in (None, ""):
-        try:
-            price = float(price)
-        except (TypeError, ValueError):
-            raise ApiError(400, f"price must be a number, got {price!r}") from None
-    else:
-        price = None
+    price = parse_number(fields.get("price"), "price", minimum=0.0)
     live = loaded()
     if query.image is not None:
         decode_image(query.image, live.encoder.image_size)  # 422 before anything is written
@@ -246,10 +242,10 @@ def add_product():
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
-    image_name = image_path = None
+    index_dir = state().index_dir
+    staged = final = None
     if query.image is not None:
-        image_path = save_upload(state().index_dir, product_id, query.image)
-        image_name = image_path.name
+        staged, final = stage_upload(index_dir, product_id, query.image)
     product = Product(
         id=product_id,
         name=query.title,
@@ -257,13 +253,29 @@ def add_product():
         brand=(brand or "").strip() or None,
         price=price,
         category_path=path,
-        image=image_name,
-        image_path=image_path,
+        image=final.name if final else None,
+        image_path=final,
     )
+
+    def move_photo_into_place(winner: IndexStore) -> None:
+        """Under the write lock, once this add is known to win: the photo takes its name."""
+        if staged is not None and final is not None:
+            os.replace(staged, final)
+        clean_orphans(index_dir, {Path(p.image).name for p in winner.products if p.image} | {product.image or ""})
+
     try:
-        store, report = add_products(state().index_dir, [product], live.encoder)
-    except ValueError as exc:  # another request added the same id first
+        store, report = add_products(
+            index_dir,
+            [dataclasses.replace(product, image_path=staged)] if staged else [product],
+            live.encoder,
+            before_publish=move_photo_into_place,
+            stored=[product],
+        )
+    except DuplicateProduct as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(len(store.products))
     body = product_public(product, image_url(product, store))

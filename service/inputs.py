@@ -1,14 +1,17 @@
 """Read a query (image and/or text, k, category) from a multipart or JSON request.
 
 All validation lives here so that every endpoint rejects bad input the same way:
-400 for missing/invalid fields, 415 for other content types. Images are only read
-as bytes here; decoding (422 on failure) happens in `decode_image`.
+400 for missing/invalid fields (including NaN/Infinity and numbers out of range, text that
+is not valid Unicode, JSON nested deeper than MAX_JSON_DEPTH), 415 for other content
+types. Images are only read as bytes here; decoding (422 on failure) happens in `decode_image`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 from dataclasses import dataclass, field
 
 from flask import Request
@@ -42,6 +45,68 @@ def _str_field(data, name: str, limit: int) -> str:
     return value.strip()
 
 
+def _reject_constant(name: str) -> float:
+    raise ApiError(400, f"JSON number {name} is not allowed: send a finite number")
+
+
+def check_unicode(value: str, name: str) -> str:
+    """`value` if it encodes as UTF-8; 400 naming the field for a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"field '{name}' is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
+
+
+def check_json(value, max_depth: int) -> None:
+    """Walk a parsed JSON value once (O(nodes), no recursion): 400 if it nests deeper than
+    `max_depth`, holds a non-finite number (1e400 parses as inf) or a lone surrogate."""
+    stack = [(value, 1, "body")]
+    while stack:
+        node, depth, name = stack.pop()
+        if depth > max_depth:
+            raise ApiError(400, f"JSON body is nested deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                check_unicode(key, "(a key)")
+                stack.append((item, depth + 1, key if depth == 1 else name))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, name) for item in node)
+        elif isinstance(node, str):
+            check_unicode(node, name)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ApiError(400, f"field '{name}' must be a finite number")
+
+
+def parse_json_body(raw: bytes, max_depth: int):
+    """The JSON value of a request body; 400 for invalid JSON, NaN/Infinity, over-deep nesting."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, f"JSON body is nested deeper than {max_depth} levels") from None
+    except ValueError:  # includes UnicodeDecodeError
+        raise ApiError(400, "request body is not valid JSON") from None
+    check_json(data, max_depth)
+    return data
+
+
+def parse_number(raw, name: str, minimum: float = 0.0) -> float | None:
+    """A finite number >= `minimum` from JSON or a form string; None when absent or empty."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ApiError(400, f"{name} must be a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number, got {raw!r}")
+    if value < minimum:
+        raise ApiError(400, f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
 def parse_k(raw, config: Config) -> int | None:
     if raw is None or raw == "":
         return None
@@ -60,11 +125,8 @@ def read_request(request: Request, config: Config) -> QueryInput:
     """The query fields of a multipart/form or JSON request (415 for anything else)."""
     mimetype = request.mimetype
     if mimetype == "application/json":
-        data = request.get_json(silent=True)
-        if data is None and request.get_data(cache=True):
-            raise ApiError(400, "request body is not valid JSON")
-        if data is None:
-            data = {}
+        raw = request.get_data(cache=True)
+        data = parse_json_body(raw, config.max_json_depth) if raw.strip() else {}
         if not isinstance(data, dict):
             raise ApiError(400, "JSON body must be an object")
         image = None
@@ -101,6 +163,15 @@ def read_request(request: Request, config: Config) -> QueryInput:
         category=(category or "").strip() or None,
         fields=fields,
     )
+
+
+def check_url(environ: dict, config: Config) -> None:
+    """414 problem+json when the request target (path + query) is over MAX_URL_BYTES."""
+    target = environ.get("RAW_URI") or (environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", ""))
+    if len(target) > config.max_url_bytes:
+        raise ApiError(
+            414, f"request URL is {len(target)} bytes, over the {config.max_url_bytes}-byte limit", "URI Too Long"
+        )
 
 
 def decode_image(data: bytes, draft_size: int | None):

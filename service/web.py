@@ -41,13 +41,15 @@ def healthz():
 def readyz():
     """Readiness: 200 only once the index and its encoder are loaded."""
     state = current_app.extensions["service_state"]
+    refused = {"refused": state.refused} if state.refused else {}
     try:
         live = state.current()
     except Exception as exc:  # NotReady, or an unexpected load failure
-        response = problem(503, f"index not loaded: {exc}", "Service Unavailable")
+        response = problem(503, f"index not loaded: {exc}", "Service Unavailable", **refused)
         response.headers["Retry-After"] = "5"
         return response
     store = live.store
+    refused = {"refused": state.refused} if state.refused else {}  # current() may have refused a new one
     return jsonify(
         status="ready",
         index_version=live.version,
@@ -55,4 +57,5 @@ def readyz():
         profile=store.profile,
         model_id=store.manifest.get("model_id"),
         threshold=live.categorizer.threshold,
+        **refused,
     )
