@@ -211,7 +211,7 @@ BAD_INPUTS = [
     ("POST", "/api/v1/search", b'{"description": "cup \\udfff"}', 400, "not valid unicode"),
     ("POST", "/api/v1/predict", b"[" * 100_000 + b"]" * 100_000, 400, "nested deeper"),
     ("POST", "/api/v1/predict", b'{"a": ' * 40 + b"1" + b"}" * 40, 400, "nested deeper"),
-    ("POST", "/api/v1/predict", b'{"title": "mug", "k": NaN}', 400, "NaN"),
+    ("POST", "/api/v1/products", b'{"title": "mug", "category": "Watches", "price": NaN}', 400, "NaN"),
     ("POST", "/api/v1/predict", b'{"title": "mug", "k": 1e400}', 400, "finite"),
     ("POST", "/api/v1/products", b'{"title": "mug", "category": "Watches", "price": "nan"}', 400, "finite"),
     ("POST", "/api/v1/products", b'{"title": "mug", "category": "Watches", "price": "inf"}', 400, "finite"),
@@ -261,6 +261,11 @@ def test_500_handler_answers_problem_json_without_internals(index_dir, embedded_
 
     body = assert_problem(app.test_client().get("/boom"), 500)
     assert body["title"] == "Internal Server Error" and "secret" not in body["detail"]
+    # the handler itself answers (it used to raise TypeError and leave the answer to Flask's fallback)
+    handler = app._find_error_handler(RuntimeError("x"), [])
+    with app.test_request_context("/boom"):
+        response = handler(RuntimeError("secret"))
+    assert response.status_code == 500 and response.get_json()["title"] == "Internal Server Error"
 
 
 def test_not_ready_detail_shows_no_absolute_path(tmp_path, embedded_encoder):
