@@ -14,7 +14,7 @@ from indexer.encoders import Encoder
 
 from . import api, errors, metrics, web
 from .config import Config
-from .inputs import check_url
+from .inputs import BodyDeadline, check_url
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.extensions["service_state"] = state
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
+    app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout, config.read_timeout)
     metrics.install(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)

@@ -100,6 +100,8 @@ def register(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is over the {limit}-byte limit (MAX_UPLOAD_BYTES)"
         response = problem(status, detail, exc.name)
+        if status == 408:  # the rest of the body may still be on its way: do not wait for it
+            response.headers["Connection"] = "close"
         if status == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response

@@ -180,3 +180,72 @@ def decode_image(data: bytes, draft_size: int | None):
         return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
     except ImageError as exc:
         raise ApiError(422, str(exc), "Unprocessable image") from None
+
+
+class _DeadlineStream:
+    """wsgi.input that gives up (408) once reading the body has taken `seconds`."""
+
+    def __init__(self, stream, seconds: float):
+        import time
+
+        self._stream = stream
+        self._clock = time.monotonic
+        self._deadline = time.monotonic() + seconds
+        self._seconds = seconds
+
+    def _check(self) -> None:
+        if self._clock() > self._deadline:
+            raise _timeout(f"request body not received within {self._seconds:g} s (BODY_TIMEOUT)")
+
+    def read(self, *args):
+        self._check()
+        try:
+            return self._stream.read(*args)
+        except TimeoutError:
+            raise _timeout("the client stopped sending its request body (READ_TIMEOUT)") from None
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, *args):
+        self._check()
+        try:
+            return self._stream.readline(*args)
+        except TimeoutError:
+            raise _timeout("the client stopped sending its request body (READ_TIMEOUT)") from None
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str):  # anything else a server's stream offers
+        return getattr(self._stream, name)
+
+
+def _timeout(detail: str):
+    from werkzeug.exceptions import RequestTimeout
+
+    return RequestTimeout(detail)
+
+
+class BodyDeadline:
+    """WSGI middleware bounding how long one request may take to send its body.
+
+    Under gunicorn the connection's socket gets a per-read timeout (`read_timeout`), and the
+    body as a whole must arrive within `body_timeout` seconds, so a client trickling bytes
+    holds a request thread for at most that long; it gets 408 problem+json and the
+    connection is closed."""
+
+    def __init__(self, app, body_timeout: float, read_timeout: float):
+        self.app = app
+        self.body_timeout = body_timeout
+        self.read_timeout = read_timeout
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        if sock is not None and self.read_timeout > 0:
+            sock.settimeout(self.read_timeout)
+        if self.body_timeout > 0 and environ.get("wsgi.input") is not None:
+            environ["wsgi.input"] = _DeadlineStream(environ["wsgi.input"], self.body_timeout)
+        return self.app(environ, start_response)
