@@ -32,8 +32,7 @@ class Config:
     INDEX_VERIFY_CHECKSUMS  1 (default): each (re)load hashes the version's files (O(bytes), ~20 ms
                       for the 14 MB demo index, bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
-    BODY_TIMEOUT      seconds a request may take to send its whole body (default 30) -> 408
-    READ_TIMEOUT      seconds one read of the body may wait for bytes under gunicorn (default 10) -> 408
+    BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
     """
 
     index_dir: str = "var/index"
@@ -55,7 +54,6 @@ class Config:
     max_url_bytes: int = 4096
     max_json_depth: int = 32
     body_timeout: float = 30.0
-    read_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides) -> Config:
@@ -72,7 +70,6 @@ class Config:
             verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
             max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
             body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
-            read_timeout=_int("READ_TIMEOUT", int(cls.read_timeout)),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -9,8 +9,8 @@ its models up before taking traffic.
 
 Serving model (chosen by measurement, bench/bench_slow_clients.py; README "Serving model"):
 gthread workers (service.workers.ProblemThreadWorker) with GUNICORN_THREADS request threads
-each, so clients that trickle their bodies hold a thread, not a worker; BODY_TIMEOUT /
-READ_TIMEOUT (service.config) bound how long they hold it. Torch still runs one thread per
+each, so clients that trickle their bodies hold a thread, not a worker; BODY_TIMEOUT
+(service.config, default 30 s) bounds how long they hold it. Torch still runs one thread per
 worker: requests of one worker share its core, the encoders serialise per model.
 
 Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_THREADS (8), GUNICORN_WORKER_CLASS
@@ -33,7 +33,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "service.workers.ProblemThreadWorker")
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# gunicorn runs a "sync" worker_class with threads > 1 as gthread: sync means one thread
+threads = 1 if worker_class == "sync" else int(os.environ.get("GUNICORN_THREADS", "8"))
 # the longest request line gunicorn reads (its maximum); the app refuses targets over
 # MAX_URL_BYTES (4096) with 414 problem+json, and the worker answers longer ones the same way
 limit_request_line = 8190

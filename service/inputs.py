@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import math
+import socket
+import threading
 from dataclasses import dataclass, field
 
 from flask import Request
@@ -183,38 +186,44 @@ def decode_image(data: bytes, draft_size: int | None):
 
 
 class _DeadlineStream:
-    """wsgi.input that gives up (408) once reading the body has taken `seconds`."""
+    """wsgi.input that turns a body cut short by `BodyDeadline` into 408; cancels the
+    deadline once the whole body has arrived."""
 
-    def __init__(self, stream, seconds: float):
-        import time
-
+    def __init__(self, stream, length: int, expired: threading.Event, done, seconds: float):
         self._stream = stream
-        self._clock = time.monotonic
-        self._deadline = time.monotonic() + seconds
+        self._left = length
+        self._expired = expired
+        self._done = done
         self._seconds = seconds
 
-    def _check(self) -> None:
-        if self._clock() > self._deadline:
-            raise _timeout(f"request body not received within {self._seconds:g} s (BODY_TIMEOUT)")
+    def _after(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left <= 0:
+            self._done()
+        elif self._expired.is_set():
+            raise _timeout(self._seconds)
+        return data
 
-    def read(self, *args):
-        self._check()
+    def read(self, *args) -> bytes:
         try:
-            return self._stream.read(*args)
-        except TimeoutError:
-            raise _timeout("the client stopped sending its request body (READ_TIMEOUT)") from None
+            return self._after(self._stream.read(*args))
+        except Exception:
+            if self._expired.is_set():
+                raise _timeout(self._seconds) from None
+            raise
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
-    def readline(self, *args):
-        self._check()
+    def readline(self, *args) -> bytes:
         try:
-            return self._stream.readline(*args)
-        except TimeoutError:
-            raise _timeout("the client stopped sending its request body (READ_TIMEOUT)") from None
+            return self._after(self._stream.readline(*args))
+        except Exception:
+            if self._expired.is_set():
+                raise _timeout(self._seconds) from None
+            raise
 
     def __iter__(self):
         return iter(self.readline, b"")
@@ -223,29 +232,44 @@ class _DeadlineStream:
         return getattr(self._stream, name)
 
 
-def _timeout(detail: str):
+def _timeout(seconds: float):
     from werkzeug.exceptions import RequestTimeout
 
-    return RequestTimeout(detail)
+    return RequestTimeout(f"request body not received within {seconds:g} s (BODY_TIMEOUT)")
 
 
 class BodyDeadline:
-    """WSGI middleware bounding how long one request may take to send its body.
+    """WSGI middleware bounding how long a request may take to send its body (under gunicorn).
 
-    Under gunicorn the connection's socket gets a per-read timeout (`read_timeout`), and the
-    body as a whole must arrive within `body_timeout` seconds, so a client trickling bytes
-    holds a request thread for at most that long; it gets 408 problem+json and the
-    connection is closed."""
+    A timer shuts the connection's read side once `body_timeout` seconds have passed
+    without the whole body; the blocked read returns, the client gets 408 problem+json and
+    the connection is closed. So a client trickling bytes (or sending nothing) holds a
+    request thread for at most `body_timeout` seconds. One timer per request with a body."""
 
-    def __init__(self, app, body_timeout: float, read_timeout: float):
+    def __init__(self, app, body_timeout: float):
         self.app = app
         self.body_timeout = body_timeout
-        self.read_timeout = read_timeout
 
     def __call__(self, environ, start_response):
         sock = environ.get("gunicorn.socket")
-        if sock is not None and self.read_timeout > 0:
-            sock.settimeout(self.read_timeout)
-        if self.body_timeout > 0 and environ.get("wsgi.input") is not None:
-            environ["wsgi.input"] = _DeadlineStream(environ["wsgi.input"], self.body_timeout)
-        return self.app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if sock is None or self.body_timeout <= 0 or length <= 0:
+            return self.app(environ, start_response)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+        timer = threading.Timer(self.body_timeout, expire)
+        timer.daemon = True
+        environ["wsgi.input"] = _DeadlineStream(environ["wsgi.input"], length, expired, timer.cancel, self.body_timeout)
+        timer.start()
+        try:
+            return self.app(environ, start_response)
+        finally:
+            timer.cancel()

@@ -4,7 +4,7 @@ connections parked in a poller), with gunicorn's own error answers as problem+js
 Why threads: with sync workers a client that trickles its body holds a whole worker;
 two such clients stopped the service (/healthz answered after 27 s). With
 WEB_CONCURRENCY x GUNICORN_THREADS request threads, a trickling client holds one thread
-(and `BodyDeadline` ends it after BODY_TIMEOUT seconds). bench/bench_slow_clients.py
+(and service.inputs.BodyDeadline ends it after BODY_TIMEOUT seconds). bench/bench_slow_clients.py
 measures both models.
 
 gunicorn answers some requests before the app sees them (a request line over
