@@ -192,23 +192,24 @@ def _check_token() -> None:
 
 
 def _category_path(fields) -> tuple[str, ...]:
-    raw = fields.get("category_path")
-    if raw is None:
+    # a form sends a list as repeated fields; JSON as an array
+    listed = fields.getlist("category_path") or None if hasattr(fields, "getlist") else fields.get("category_path")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
+        raise ApiError(400, "category_path must be a list of strings")
+    if listed is not None and (len(listed) > 10 or any(len(p) > 200 for p in listed)):
+        raise ApiError(400, "category_path holds at most 10 parts of at most 200 characters")
+    path = [p.strip() for p in listed or [] if p.strip()]
+    if not path:  # category_path absent or blank: the 'A >> B >> C' string
         raw = fields.get("category")
-    if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
-        path = [p.strip() for p in raw if p.strip()]
-    elif isinstance(raw, str):
-        path = split_path(raw)
-    elif raw is None:
-        path = []
-    else:
-        raise ApiError(400, "category_path must be a list of strings or 'A >> B >> C'")
+        if raw is not None and not isinstance(raw, str):
+            raise ApiError(400, "category must be a string like 'A >> B >> C'")
+        if raw is not None and len(raw) > 200:
+            raise ApiError(400, f"category is {len(raw)} characters, over the 200-character limit")
+        path = split_path(raw or "")
     if not path:
         raise ApiError(
             400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')"
         )
-    if len(path) > 10 or any(len(p) > 200 for p in path):
-        raise ApiError(400, "category path is too long")
     return tuple(path)
 
 
@@ -224,8 +225,8 @@ def add_product():
         raise ApiError(400, "a product needs a title")
     path = _category_path(fields)
     brand = fields.get("brand")
-    if brand is not None and not isinstance(brand, str):
-        raise ApiError(400, "brand must be a string")
+    if brand is not None and (not isinstance(brand, str) or len(brand) > 1000):
+        raise ApiError(400, "brand must be a string of at most 1000 characters")
     price = parse_number(fields.get("price"), "price", minimum=0.0)
     live = loaded()
     if query.image is not None:

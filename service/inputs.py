@@ -134,9 +134,11 @@ def read_request(request: Request, config: Config) -> QueryInput:
             raise ApiError(400, "JSON body must be an object")
         image = None
         encoded = data.get("image_base64")
-        if encoded not in (None, ""):
+        if encoded is not None:
             if not isinstance(encoded, str):
                 raise ApiError(400, "image_base64 must be a base64 string")
+            if not encoded.strip():
+                raise ApiError(400, "image_base64 is empty: send the image, or leave the field out")
             if encoded.startswith("data:") and "," in encoded:  # tolerate data: URLs
                 encoded = encoded.split(",", 1)[1]
             try:

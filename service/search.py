@@ -94,13 +94,14 @@ def split_path(category: str) -> list[str]:
 
 
 def category_filter(store: IndexStore, category: str | None) -> np.ndarray | None:
-    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 400 if unknown."""
+    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 404 if the index
+    has no such category (the filter names something that does not exist, the query is valid)."""
     if not category:
         return None
     path = split_path(category)
     mask = np.array([list(p.category_path[: len(path)]) == path for p in store.products], dtype=bool)
     if not mask.any():
-        raise ApiError(400, f"unknown category {category!r}; see GET /api/v1/categories")
+        raise ApiError(404, f"unknown category {category!r}; see GET /api/v1/categories")
     return mask
 
 
