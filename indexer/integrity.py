@@ -5,8 +5,8 @@ What is checked when (README, "Integrity"):
   files are written and synced;
 - every load: each listed file exists with its recorded size, and the loaded arrays agree
   with the manifest's counts and dimensions (`IndexStore.load`); O(files), no data read twice;
-- checksums (O(bytes), one streaming pass, ~1 GB/s per core here; `bench/bench_verify.py`
-  prints the figure): `python -m indexer verify DIR`, writers before they build on the live
+- checksums (O(bytes), one streaming pass; `bench/bench_verify.py` prints the time and
+  rate, README "Integrity" quotes it): `python -m indexer verify DIR`, writers before they build on the live
   version (`indexer.store.append`, `indexer.build.build_index`), and the service on each
   (re)load unless INDEX_VERIFY_CHECKSUMS=0.
 

@@ -29,8 +29,8 @@ class Config:
     PARALLEL_ENCODE   1 (default) encodes a query's text on a helper thread while the image
                       is encoded: about max(image, text) instead of the sum when a core is free
     ENCODER_PROFILE   only used when no index exists yet; otherwise the index's own profile
-    INDEX_VERIFY_CHECKSUMS  1 (default): each (re)load hashes the version's files (O(bytes), ~20 ms
-                      for the 14 MB demo index, bench/bench_verify.py); 0: sizes and counts only
+    INDEX_VERIFY_CHECKSUMS  1 (default): each (re)load hashes the version's files (O(bytes); the
+                      cost is printed by bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
     """
