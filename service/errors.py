@@ -56,13 +56,14 @@ def public_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "", text)
 
 
-def _public(value):
+def public(value):
+    """A JSON-able value with `public_text` applied to every string in it."""
     if isinstance(value, str):
         return public_text(value)
     if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items()}
+        return {k: public(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_public(v) for v in value]
+        return [public(v) for v in value]
     return value
 
 
@@ -73,7 +74,7 @@ def problem(status: int, detail: str, title: str | None = None, **extra):
         "title": title or HTTP_STATUS_CODES.get(status, "Error"),
         "status": status,
         "detail": public_text(detail),
-        **_public(extra),
+        **public(extra),
     }
     response = jsonify(body)
     response.status_code = status

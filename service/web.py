@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from flask import Blueprint, current_app, jsonify, render_template
 
-from .errors import problem
+from .errors import problem, public
 
 bp = Blueprint("web", __name__)
 
@@ -49,7 +49,7 @@ def readyz():
         response.headers["Retry-After"] = "5"
         return response
     store = live.store
-    refused = {"refused": state.refused} if state.refused else {}  # current() may have refused a new one
+    refused = {"refused": public(state.refused)} if state.refused else {}  # current() may have refused a new one
     return jsonify(
         status="ready",
         index_version=live.version,

@@ -254,6 +254,24 @@ def test_over_long_urls_are_414_problem_json(server, length, by):
     assert json.loads(raw)["status"] == 414
 
 
+def test_fresh_start_on_a_damaged_index_exits_naming_the_file(service_index, tmp_path):
+    """No version verifies: gunicorn's master stops during preload with one clear line."""
+    from indexer.store import VERSIONS, read_current
+
+    index_dir = copy_index(service_index, tmp_path / "index")
+    damaged = index_dir / VERSIONS / read_current(index_dir) / "text.faiss"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    env = dict(os.environ, INDEX_DIR=str(index_dir), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    env.pop("PYTHONPATH", None)
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
+    proc = subprocess.run(
+        command + ["service.app:create_app()"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "no index version verifies" in proc.stderr + proc.stdout and "text.faiss" in proc.stderr + proc.stdout
+
+
 def test_sigterm_stops_cleanly(server):
     # last test of the module: the fixture's teardown would do the same, this checks it works
     proc = server["proc"]
