@@ -87,3 +87,25 @@ def test_server_and_spec_agree(api_schema):
     elapsed = time.monotonic() - start
     assert not failures, "\n\n".join(failures)
     assert elapsed < BUDGET_SECONDS * 2, f"schemathesis took {elapsed:.0f} s"
+
+
+def test_spec_is_openapi_3_0():
+    """OpenAPI 3.0 has no `type: "null"` (that is 3.1); a nullable value says `nullable: true`."""
+    from service.web import openapi_spec
+
+    spec = openapi_spec()
+    assert spec["openapi"] == "3.0.3"
+    allowed = {"string", "number", "integer", "boolean", "array", "object"}
+    stack, seen = [spec], 0
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), (str, list)) and "in" not in node and "scheme" not in node:
+                assert node["type"] in allowed, node
+                seen += 1
+            if "nullable" in node:
+                assert "type" in node, node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    assert seen > 20
