@@ -7,6 +7,7 @@ so search shows exactly the neighbourhood the category vote is based on.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ def _ms(seconds: float) -> float:
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+# one forward pass per model at a time in a process: with gthread workers several request
+# threads share one encoder, and a tokenizer is not safe to call from two threads at once
+_model_locks = {"image": threading.Lock(), "text": threading.Lock()}
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -60,7 +64,8 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
 
     def encode_text():
         t0 = time.perf_counter()
-        channels = query_channels(store, encoder, texts=[text])  # dense text + lexical
+        with _model_locks["text"]:
+            channels = query_channels(store, encoder, texts=[text])  # dense text + lexical
         return channels, _ms(time.perf_counter() - t0)
 
     pending = None
@@ -71,7 +76,8 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
             t0 = time.perf_counter()
             image = decode_image(query.image, encoder.image_size)
             t1 = time.perf_counter()
-            vectors.update(query_channels(store, encoder, images=[image]))
+            with _model_locks["image"]:
+                vectors.update(query_channels(store, encoder, images=[image]))
             timing["decode"], timing["encode_image"] = _ms(t1 - t0), _ms(time.perf_counter() - t1)
     finally:
         if pending is not None:
@@ -88,13 +94,14 @@ def split_path(category: str) -> list[str]:
 
 
 def category_filter(store: IndexStore, category: str | None) -> np.ndarray | None:
-    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 400 if unknown."""
+    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 404 if the index
+    has no such category (the filter names something that does not exist, the query is valid)."""
     if not category:
         return None
     path = split_path(category)
     mask = np.array([list(p.category_path[: len(path)]) == path for p in store.products], dtype=bool)
     if not mask.any():
-        raise ApiError(400, f"unknown category {category!r}; see GET /api/v1/categories")
+        raise ApiError(404, f"unknown category {category!r}; see GET /api/v1/categories")
     return mask
 
 
