@@ -4,14 +4,16 @@ Settings: an IVF index probes `nprobe` lists and an HNSW graph keeps `efSearch`
 candidates. FAISS's own defaults (1 and 16) lose a large share of the true neighbours,
 so the build writes measured defaults into the manifest (`search` key) and the store
 applies them when it loads; `FAISS_NPROBE` / `FAISS_EF_SEARCH` override them without a
-rebuild. DEFAULT_SEARCH_PARAMS is the smallest setting that reached recall@10 >= 0.95
-against exact search on 100k clustered synthetic vectors, IVF1024,Flat and HNSW32
-(bench/bench_search_scale.py prints the sweep).
+rebuild. DEFAULT_SEARCH_PARAMS is twice the smallest setting that reached recall@10 >= 0.95
+against exact search on 100k synthetic text vectors (nprobe 8 of IVF1024,Flat: 0.975;
+efSearch 32 of HNSW32: 0.970; bench/bench_search_scale.py prints the sweep): the margin
+because the synthetic vectors are more clustered than a real catalogue. At the defaults
+that sweep gave 0.993 (nprobe 16) and 0.974 (efSearch 64).
 
 Filters: a category filter runs inside the search through a FAISS IDSelector (only the
 allowed ids are scored and returned), so the search no longer asks for depth + excluded
-rows. Small allowed sets are scanned exactly instead; an approximate index that
-returns fewer than k allowed rows (a selective filter on HNSW or IVF) falls back to the
+rows. On HNSW or IVF, small allowed sets are scanned exactly instead, and a search that
+returns fewer than k allowed rows (a selective filter starves the graph or lists) falls back to the
 exact scan, so a filter returns k rows whenever k exist.
 """
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}
 ENVIRONMENT = {"nprobe": "FAISS_NPROBE", "efSearch": "FAISS_EF_SEARCH"}
-EXACT_FILTER_ROWS = 4096  # allowed sets up to this size are scanned exactly (O(|allowed|·d), no FAISS call)
+EXACT_FILTER_ROWS = 4096  # on HNSW/IVF, allowed sets up to this size are scanned exactly (O(|allowed|·d))
 
 
 def search_params(manifest: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, int]:
@@ -70,12 +72,13 @@ def apply_search_params(index: faiss.Index, params: Mapping[str, int]) -> dict[s
 def _selector_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
     """Search parameters carrying the selector and the index's own nprobe / efSearch
     (a SearchParameters object replaces them, with FAISS's defaults, if not copied)."""
+    # The SWIG stubs do not know the keyword constructors FAISS's Python wrapper adds.
     base = faiss.downcast_index(index)
     if isinstance(base, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=base.hnsw.efSearch)  # type: ignore[attr-defined]
     if isinstance(base, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=base.nprobe)
-    return faiss.SearchParameters(sel=selector)
+        return faiss.SearchParametersIVF(sel=selector, nprobe=base.nprobe)  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
 
 
 def exact_search(
@@ -97,16 +100,19 @@ def filtered_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, product rows) of the k nearest allowed vectors; rows -1 past the end.
 
-    Up to EXACT_FILTER_ROWS allowed: exact scan of those vectors, O(|allowed|·d). Above:
-    the FAISS index with an IDSelectorBitmap (cost of the index's own search; Flat stays
-    exact), and an exact scan for the queries it left short of k.
+    A Flat index takes an IDSelectorBitmap: exact, O(N) bit tests + O(|allowed|·d), no copy.
+    An approximate index (HNSW, IVF) scans up to EXACT_FILTER_ROWS allowed vectors exactly
+    (O(|allowed|·d), a selective filter would starve its graph or lists); above that it
+    searches with the selector at its own cost, and the queries it left short of k are
+    scanned exactly.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(queries)
     k = max(1, min(k, len(allowed)))
     if len(allowed) == 0:
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-    if len(allowed) <= EXACT_FILTER_ROWS:
+    flat = isinstance(faiss.downcast_index(channel.index), faiss.IndexFlat)
+    if len(allowed) <= EXACT_FILTER_ROWS and not flat:
         sims, positions = exact_search(channel.vectors, queries, k, allowed.positions)
     else:
         try:

@@ -55,7 +55,8 @@ class PositionFilter:
             import faiss
 
             self._bits = np.packbits(self.mask(), bitorder="little")
-            self._selector = faiss.IDSelectorBitmap(self._bits)  # keeps a pointer: _bits stays referenced
+            # keeps a pointer to _bits, which this object holds; the stubs miss the numpy constructor
+            self._selector = faiss.IDSelectorBitmap(self._bits)  # type: ignore[call-arg, arg-type]
         return self._selector
 
 

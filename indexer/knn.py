@@ -124,7 +124,7 @@ class Categorizer:
                 _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
                 for i, r in zip(ok, rows, strict=True):
                     r = r[r >= 0]
-                    found[i].append(row_filter.drop_skipped(r) if extra else r)
+                    found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
         return [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
 
     def _all_similarities(self, queries: dict) -> dict[str, np.ndarray]:
