@@ -8,7 +8,7 @@ fitted at build time and stored in the index version, so queries and added produ
 use the very vocabulary the index was built with.
 
 Search runs on the transposed matrix (term -> postings), so a query costs the postings
-of its terms, not the catalogue: 2.4 ms instead of 177 ms for the dense scan at 100k
+of its terms, not the catalogue: 2.4 ms instead of 189 ms for the dense scan at 100k
 synthetic products (bench/bench_search_scale.py). BM25 as SQLite FTS5 ranks (same top
 10 and scores as FTS5 itself) scored +0.0017 ± 0.0014 fused accuracy over 5 fold seeds,
 better on 3 of 5, under the not-yet-nested CV (bench/bench_lexical_scoring.py): inside

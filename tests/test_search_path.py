@@ -270,3 +270,35 @@ def test_row_filter_without_shares_cached_views(store):
     assert narrowed.channel("text") is positions and base.skip.size == 0
     assert narrowed.drop_skipped(np.array([0, 1, 4, 8])).tolist() == [1, 8]
     assert len(RowFilter(store, None)) == len(store.products)
+
+
+# ---- through the API ------------------------------------------------------------------------
+@pytest.mark.integration
+def test_api_categories_and_filtered_similar_after_an_add(service_index, embedded_encoder, tmp_path):
+    from service_support import copy_index
+
+    from service.app import create_app
+    from service.config import Config
+
+    index_dir = copy_index(service_index, tmp_path / "index")
+    client = create_app(Config(index_dir=str(index_dir), api_token="t"), encoder=embedded_encoder).test_client()
+    before = {c["name"]: c for c in client.get("/api/v1/categories").get_json()["categories"]}
+    response = client.post(
+        "/api/v1/products",
+        headers={"Authorization": "Bearer t"},
+        json={"title": "Handmade brass diya", "category": "Home Decor & Festive Needs >> Brass Diyas Test"},
+    )
+    assert response.status_code == 201
+    body = client.get("/api/v1/categories").get_json()
+    after = {c["name"]: c for c in body["categories"]}
+    assert after["Home Decor & Festive Needs"]["count"] == before["Home Decor & Festive Needs"]["count"] + 1
+    assert {"name": "Brass Diyas Test", "count": 1} in after["Home Decor & Festive Needs"]["subcategories"]
+    assert body["total"] == sum(c["count"] for c in before.values()) + 1
+    new_id = response.get_json()["id"]
+    similar = client.get(f"/api/v1/products/{new_id}/similar?k=6&category=Home Decor %26 Festive Needs").get_json()
+    results = similar["results"]
+    assert len(results) == 6 and new_id not in {r["id"] for r in results}
+    assert all(r["category"] == "Home Decor & Festive Needs" for r in results)
+    sub = "Home Decor %26 Festive Needs >> Brass Diyas Test"
+    only = client.get(f"/api/v1/products/{new_id}/similar?k=6&category={sub}")
+    assert only.get_json()["results"] == []  # the one product of that category is the query itself
