@@ -35,7 +35,6 @@ class PositionFilter:
     positions: np.ndarray
     ntotal: int
     _mask: np.ndarray | None = field(default=None, init=False, repr=False)
-    _bits: np.ndarray | None = field(default=None, init=False, repr=False)
     _selector: Any = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -54,9 +53,11 @@ class PositionFilter:
         if self._selector is None:
             import faiss
 
-            self._bits = np.packbits(self.mask(), bitorder="little")
-            # keeps a pointer to _bits, which this object holds; the stubs miss the numpy constructor
-            self._selector = faiss.IDSelectorBitmap(self._bits)  # type: ignore[call-arg, arg-type]
+            bits = np.packbits(self.mask(), bitorder="little")
+            # the selector keeps a raw pointer to `bits`: tie their lifetimes (the stubs miss this constructor)
+            selector = faiss.IDSelectorBitmap(bits)  # type: ignore[call-arg, arg-type]
+            selector.referenced_bits = bits
+            self._selector = selector
         return self._selector
 
 
