@@ -21,14 +21,17 @@ from .store import IndexStore
 SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
 
 DEFAULT_PARAMS = {
+    # k, candidates and both temperatures are frozen: the nested protocol does not re-select
+    # them (they were picked earlier on non-nested folds; bench/bench_categorizer.py prints
+    # the alternatives under the nested protocol). The sharp vote picks the category; the
+    # softer one ranks how sure it is.
     "k": 10,
     "candidates": 50,
-    # The sharp vote picks the category; the softer one ranks how sure it is (coverage at
-    # 99 % precision 0.847 vs 0.824 with one temperature, three fold seeds).
     "temperature": 0.02,
     "confidence_temperature": 0.05,
-    # image / dense text / lexical text: measured on grouped CV over six fold seeds
-    # (bench/bench_categorizer.py); the lexical channel is used when the index has one.
+    # image / dense text / lexical text: the first candidate of indexer.calibration.PARAM_GRID;
+    # the build (and each training part of the evaluation) selects the weights from that grid.
+    # The lexical channel is used when the index has one.
     "weights": {"image": 0.2, "text": 0.4, "lexical": 0.4},
     "threshold": None,
     "calibration": None,
@@ -94,10 +97,21 @@ class Categorizer:
         self._channels = store.channels()
 
     # ---- core vote -----------------------------------------------------------------------
-    def _candidates(self, queries: dict[str, np.ndarray], k: int, exclude: np.ndarray | None) -> list[np.ndarray]:
-        """Union of each modality's nearest rows per query (the fused ranking is exact within it)."""
+    def _candidates(
+        self,
+        queries: dict[str, np.ndarray],
+        k: int,
+        exclude: np.ndarray | None,
+        full: dict[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Union of each modality's nearest rows per query (the fused ranking is exact within it).
+
+        With a batch similarity matrix (`full`) a channel's candidates are its top rows among
+        those `exclude` allows, read from the matrix: O(n_queries x n_channel) per channel.
+        """
         n = next(iter(queries.values())).shape[0]
-        depth = max(self.candidates, k)
+        base_depth = max(self.candidates, k)
+        depth = base_depth
         if exclude is not None and exclude.size:
             depth += int(exclude.sum(axis=1).max())
         found: list[list[np.ndarray]] = [[] for _ in range(n)]
@@ -105,7 +119,18 @@ class Categorizer:
             ok = np.flatnonzero(present_rows(q))
             if len(ok) == 0:
                 continue
-            _, rows = self._channels[modality].search(q[ok], depth)
+            channel = self._channels[modality]
+            if full and modality in full:
+                sims = full[modality][ok]
+                if exclude is not None:
+                    sims = np.where(exclude[ok][:, channel.rows], -np.inf, sims)
+                d = min(base_depth, sims.shape[1])
+                top = np.argpartition(-sims, d - 1, axis=1)[:, :d]
+                finite = np.isfinite(np.take_along_axis(sims, top, axis=1))
+                for i, t, f in zip(ok, top, finite, strict=True):
+                    found[i].append(channel.rows[t[f]])
+                continue
+            _, rows = channel.search(q[ok], depth)
             for i, r in zip(ok, rows, strict=True):
                 found[i].append(r[r >= 0])
         out = []
@@ -131,15 +156,21 @@ class Categorizer:
         return out
 
     def _fused_similarity(
-        self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray, full: dict[str, np.ndarray] | None = None
+        self,
+        queries: dict[str, np.ndarray],
+        i: int,
+        rows: np.ndarray,
+        full: dict[str, np.ndarray] | None = None,
+        present: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
-        """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
+        """Weighted mean of per-modality cosine similarities, over the modalities both sides have.
+        `present` (per channel, which query rows carry it) saves recomputing it per query."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
         used = []
         for modality, q in queries.items():
-            qi = q[i]
-            if not present_rows(qi.reshape(1, -1))[0]:
+            has_query = present[modality][i] if present else present_rows(q[i].reshape(1, -1))[0]
+            if not has_query:
                 continue
             used.append(modality)
             pos = self.store.positions(modality)[rows]
@@ -147,7 +178,7 @@ class Categorizer:
             if full and modality in full:
                 sims = full[modality][i, pos[has]]
             else:
-                sims = self._channels[modality].similarity(qi, pos[has])
+                sims = self._channels[modality].similarity(q[i], pos[has])
             w = float(self.weights.get(modality, 1.0))
             num[has] += w * sims
             den[has] += w
@@ -172,11 +203,12 @@ class Categorizer:
         """
         k = int(k or self.k)
         present = self._present(queries)
-        candidates = self._candidates(present, k, exclude)
         full = self._all_similarities(present)
+        candidates = self._candidates(present, k, exclude, full)
+        has = {m: present_rows(q) for m, q in present.items()}
         out = []
         for i, rows in enumerate(candidates):
-            fused, used = self._fused_similarity(present, i, rows, full)
+            fused, used = self._fused_similarity(present, i, rows, full, has)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]
             top = np.argsort(-fused, kind="stable")[:k]
