@@ -30,6 +30,8 @@ import numpy as np
 
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
+from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_search, search_params
+from .filters import CategoryIndex, PositionFilter
 from .integrity import describe_files, verify_files
 from .lexical import LexicalIndex
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
@@ -59,8 +61,16 @@ class ModalityIndex:
     rows: np.ndarray
     index: faiss.Index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, product rows) of the k nearest vectors; rows are -1 past the end."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, product rows) of the k nearest vectors; rows are -1 past the end.
+
+        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)).
+        With `allowed`, only those positions are returned (see `filtered_search`).
+        """
+        if allowed is not None:
+            return filtered_search(self, queries, k, allowed)
         k = max(1, min(k, self.index.ntotal))
         if self.index.ntotal == 0:
             n = len(queries)
@@ -140,6 +150,7 @@ class IndexStore:
                 products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
             _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
         modalities = {}
+        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides
         for modality in manifest["modalities"]:
             n, dim = counts.get(modality), dims.get(modality)
             with _reading(vdir / f"{modality}.npy", label):
@@ -152,6 +163,7 @@ class IndexStore:
             with _reading(vdir / f"{modality}.faiss", label):
                 index = faiss.read_index(str(vdir / f"{modality}.faiss"))
                 _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+            apply_search_params(index, settings)
             modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
         lexical = None
         if manifest.get("lexical"):
@@ -189,6 +201,12 @@ class IndexStore:
         if "rows" not in self._lookups:
             self._lookups["rows"] = self.product_rows()
         return self._lookups["rows"].get(product_id)
+
+    def category_index(self) -> CategoryIndex:
+        """Rows and counts per category prefix, built once per loaded version (O(N) once)."""
+        if "categories" not in self._lookups:
+            self._lookups["categories"] = CategoryIndex(self, self.products)
+        return self._lookups["categories"]
 
     def positions(self, channel: str) -> np.ndarray:
         """Product row -> position in the channel's vectors, -1 where the product lacks it."""
@@ -382,6 +400,7 @@ def publish(
             counts=counts,
             dims=dims,
             index_factory=factory,
+            search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS),
             metric="inner_product",
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )

@@ -8,7 +8,6 @@ import hmac
 import os
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -292,20 +291,8 @@ def add_product():
 @bp.get("/categories")
 def categories():
     live = loaded()
-    top = Counter(p.category for p in live.store.products if p.category)
-    sub: dict[str, Counter] = {c: Counter() for c in top}
-    for p in live.store.products:
-        if len(p.category_path) > 1:
-            sub[p.category][p.category_path[1]] += 1
     return jsonify(
-        categories=[
-            {
-                "name": name,
-                "count": count,
-                "subcategories": [{"name": s, "count": n} for s, n in sorted(sub[name].items())],
-            }
-            for name, count in sorted(top.items())
-        ],
+        categories=live.store.category_index().counts(),
         total=len(live.store.products),
         index_version=live.version,
     )

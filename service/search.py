@@ -12,9 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from indexer.catalog import CATEGORY_SEPARATOR, Product
+from indexer.filters import RowFilter
 from indexer.knn import Categorizer, Neighbor, query_channels, query_text, stored_queries
 from indexer.store import IndexStore
 
@@ -93,16 +92,17 @@ def split_path(category: str) -> list[str]:
     return [part.strip() for part in category.split(CATEGORY_SEPARATOR) if part.strip()]
 
 
-def category_filter(store: IndexStore, category: str | None) -> np.ndarray | None:
-    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 404 if the index
-    has no such category (the filter names something that does not exist, the query is valid)."""
+def category_filter(store: IndexStore, category: str | None) -> RowFilter | None:
+    """The rows under `category` ("Top" or "Top >> Sub ...") as a filter the search applies
+    inside each channel; 404 if the index has no such category (the filter names something
+    that does not exist, the query is valid). O(1): the store groups rows by category once per
+    loaded version and caches the filter."""
     if not category:
         return None
-    path = split_path(category)
-    mask = np.array([list(p.category_path[: len(path)]) == path for p in store.products], dtype=bool)
-    if not mask.any():
+    row_filter = store.category_index().filter(split_path(category))
+    if row_filter is None:
         raise ApiError(404, f"unknown category {category!r}; see GET /api/v1/categories")
-    return mask
+    return row_filter
 
 
 def product_vectors(store: IndexStore, row: int) -> dict:
@@ -114,17 +114,15 @@ def search(
     categorizer: Categorizer,
     vectors: dict,
     k: int,
-    allowed: np.ndarray | None = None,
+    allowed: RowFilter | None = None,
     exclude_row: int | None = None,
 ) -> list[Neighbor]:
-    """Top-k products by the categorizer's own fused similarity (the ranking its vote uses)."""
-    n = len(categorizer.store.products)
-    exclude = None
-    if allowed is not None or exclude_row is not None:
-        exclude = np.zeros((1, n), dtype=bool) if allowed is None else ~allowed[None, :]
-        if exclude_row is not None:
-            exclude[0, exclude_row] = True
-    return categorizer.neighbors(vectors, k=k, exclude=exclude)[0]
+    """Top-k products by the categorizer's own fused similarity (the ranking its vote uses),
+    `allowed` applied inside the search and `exclude_row` (the query product) skipped:
+    no per-request work over the catalogue."""
+    if exclude_row is not None:
+        allowed = (allowed or RowFilter(categorizer.store, None)).without([exclude_row])
+    return categorizer.neighbors(vectors, k=k, allowed=allowed)[0]
 
 
 def product_public(product: Product, image_url: str | None, description_chars: int | None = None) -> dict:
