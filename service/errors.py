@@ -10,6 +10,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from flask import Flask, current_app, has_app_context, jsonify
 from werkzeug.exceptions import HTTPException
@@ -56,7 +57,7 @@ def public_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "", text)
 
 
-def public(value):
+def public(value: Any) -> Any:
     """A JSON-able value with `public_text` applied to every string in it."""
     if isinstance(value, str):
         return public_text(value)
