@@ -122,13 +122,14 @@ def evaluate(store: IndexStore, run: NestedRun, name: str, modalities: tuple[str
     for m in modalities:
         has[store.vectors_by_row(m)[1]] = True
     rows = np.flatnonzero(has & (labels != "") & (run.folds >= 0))  # unlabeled products cannot be scored
-    predictions = [run.predictions[r] for r in rows]
-    if any(p is None for p in predictions):
+    maybe = [run.predictions[r] for r in rows]
+    predictions = [p for p in maybe if p is not None]
+    if len(predictions) != len(maybe):
         raise RuntimeError(f"{name}: some evaluated rows were never predicted")
     true = labels[rows]
-    predicted = np.array([p.category for p in predictions], dtype=object)
-    correct = np.array([p == t for p, t in zip(predicted, true, strict=True)], dtype=bool)
-    level2 = np.array(
+    predicted: np.ndarray = np.array([p.category for p in predictions], dtype=object)
+    correct: np.ndarray = np.array([p == t for p, t in zip(predicted, true, strict=True)], dtype=bool)
+    level2: np.ndarray = np.array(
         [
             list(p.category_path[:2]) == list(store.products[r].category_path[:2])
             for p, r in zip(predictions, rows, strict=True)

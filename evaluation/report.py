@@ -13,13 +13,16 @@ import html
 import io
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from indexer.calibration import EVAL_SEEDS, PARAM_GRID, TRADE_OFF_TARGETS
+from indexer.catalog import Product
 from indexer.images import ImageError, load_image, thumbnail
 from indexer.knn import Categorizer, stored_queries
 from indexer.store import IndexStore
@@ -84,7 +87,7 @@ class Timer:
         self.start = time.perf_counter()
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - t0, 3)
@@ -95,7 +98,7 @@ class Timer:
         return round(time.perf_counter() - self.start, 3)
 
 
-def _get(data: dict, path: tuple):
+def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
             return None
@@ -490,7 +493,7 @@ def error_table(store: IndexStore, result: crossval.ModalityResult, options: Rep
     return rows
 
 
-def _thumbnail(product, options: ReportOptions, index_data_dir: str | None) -> str | None:
+def _thumbnail(product: Product, options: ReportOptions, index_data_dir: str | None) -> str | None:
     path = baselines.image_file(product, options.data_dir, index_data_dir)
     if path is None:
         return None
@@ -503,7 +506,16 @@ def _thumbnail(product, options: ReportOptions, index_data_dir: str | None) -> s
     return _b64(buffer.getvalue())
 
 
-def make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes) -> dict[str, bytes]:
+def make_figures(
+    metrics: dict[str, Any],
+    pca_curves: dict[str, Any],
+    maps: dict[str, Any],
+    contingencies: dict[str, Any],
+    results: dict[str, crossval.ModalityResult],
+    neighbours: dict[str, Any],
+    curves: dict[str, Any],
+    classes: list[str],
+) -> dict[str, bytes]:
     pngs = {"pca_variance": figures.pca_curves(pca_curves, projection.VARIANCE)}
     ari = {
         n: {"full": c["ari"], **({"tsne": c["tsne_kmeans"]["ari"]} if "tsne_kmeans" in c else {})}
@@ -554,7 +566,7 @@ def write_outputs(out: Path, metrics: dict, pngs: dict[str, bytes], errors: list
     (out / "report.html").write_text(render_html(metrics, pngs, errors), encoding="utf-8")
 
 
-def _f(value, digits: int = 3) -> str:
+def _f(value: object, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):

@@ -9,8 +9,9 @@ auto/review threshold live in the index manifest (`categorizer` key).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,9 +20,14 @@ from .filters import RowFilter, exclusion_filters
 from .lexical import present_rows
 from .store import IndexStore
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .encoders import Encoder
+
 SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
 
-DEFAULT_PARAMS = {
+DEFAULT_PARAMS: dict[str, Any] = {
     # k, candidates and both temperatures are frozen: the nested protocol does not re-select
     # them (they were picked earlier on non-nested folds; bench/bench_categorizer.py prints
     # the alternatives under the nested protocol). The sharp vote picks the category; the
@@ -80,7 +86,7 @@ class Prediction:
 class Categorizer:
     """k-NN vote; `params` default to the manifest's `categorizer` entry."""
 
-    def __init__(self, store: IndexStore, params: Mapping | None = None):
+    def __init__(self, store: IndexStore, params: Mapping[str, Any] | None = None) -> None:
         self.store = store
         merged = dict(DEFAULT_PARAMS)
         merged.update(store.manifest.get("categorizer", {}) or {})
@@ -90,8 +96,8 @@ class Categorizer:
         self.temperature = float(merged["temperature"])
         self.confidence_temperature = float(merged["confidence_temperature"])
         self.weights = dict(merged["weights"])
-        self.threshold = merged["threshold"]
-        self.calibration = merged["calibration"]
+        self.threshold: float | None = merged["threshold"]
+        self.calibration: dict[str, list[float]] | None = merged["calibration"]
         self.candidates = int(merged["candidates"])
         self._labels = store.labels()
         self.classes = store.categories()
@@ -248,7 +254,7 @@ class Categorizer:
             out.append([self._neighbor(int(r), float(f), modality) for r, f in zip(rows[top], fused[top], strict=True)])
         return out
 
-    def _present(self, queries: Mapping[str, object]) -> dict:
+    def _present(self, queries: Mapping[str, Any]) -> dict[str, Any]:
         present = {
             m: (q.tocsr() if sp.issparse(q) else np.asarray(q, dtype=np.float32).reshape(q.shape[0], -1))
             for m, q in queries.items()
@@ -263,7 +269,7 @@ class Categorizer:
             return Prediction(None, 0.0, 0.0, "review", {}, [], [], used)
         weights = np.exp((sims - sims.max()) / self.temperature)
         scores = self._shares(rows, weights)
-        category = max(scores, key=scores.get)
+        category = max(scores, key=lambda c: scores[c])
         raw = self._shares(rows, np.exp((sims - sims.max()) / self.confidence_temperature))[category]
         dense = [m for m in used if m != "lexical"]
         modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
@@ -310,7 +316,7 @@ class Categorizer:
                     tally[cp[level]] += float(w)
             if not tally:
                 break
-            path.append(max(tally, key=tally.get))
+            path.append(max(tally, key=lambda c: tally[c]))
         return path
 
     # ---- confidence and decision ---------------------------------------------------------
@@ -344,11 +350,13 @@ class Categorizer:
         return self.predict_vectors(queries, k=k, exclude=exclude, with_neighbors=False)
 
 
-def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = None) -> dict:
+def stored_queries(
+    store: IndexStore, rows: np.ndarray | Sequence[int], channels: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Queries made of indexed products' own stored vectors, per channel the index has:
     dense rows are NaN and lexical rows empty where a product lacks that channel."""
     rows = np.asarray(rows, dtype=np.int64)
-    queries = {}
+    queries: dict[str, Any] = {}
     for channel, index in store.channels().items():
         if channels is not None and channel not in channels:
             continue
@@ -363,7 +371,12 @@ def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = N
     return queries
 
 
-def query_channels(store: IndexStore, encoder, images: list | None = None, texts: list[str] | None = None) -> dict:
+def query_channels(
+    store: IndexStore,
+    encoder: Encoder,
+    images: Sequence[Image.Image | None] | None = None,
+    texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Every channel's query for raw inputs: the one way service and tools encode a query.
 
     `images` are RGB PIL images (None entries allowed), `texts` already joined title +
@@ -374,7 +387,7 @@ def query_channels(store: IndexStore, encoder, images: list | None = None, texts
     if images is not None and any(im is not None for im in images):
         out = np.full((n, encoder.dims["image"]), np.nan, np.float32)
         idx = [i for i, im in enumerate(images) if im is not None]
-        out[idx] = encoder.encode_images([images[i] for i in idx])
+        out[idx] = encoder.encode_images([im for im in images if im is not None])
         queries["image"] = out
     if texts is not None and any(texts):
         out = np.full((n, encoder.dims["text"]), np.nan, np.float32)

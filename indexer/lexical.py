@@ -184,10 +184,12 @@ class LexicalIndex:
         return cls(vectorizer, sp.load_npz(folder / "lexical.npz").tocsr(), np.load(folder / "lexical.rows.npy"))
 
 
-def present_rows(query) -> np.ndarray:
+def present_rows(query: np.ndarray | sp.spmatrix) -> np.ndarray:
     """Which query rows carry this channel: non-NaN dense rows, non-empty sparse rows."""
+    if isinstance(query, np.ndarray):
+        return np.asarray(~np.isnan(query).any(axis=1))
     if sp.issparse(query):
-        return np.asarray(query.getnnz(axis=1) > 0)
+        return np.asarray(sp.csr_matrix(query).getnnz(axis=1) > 0)
     return ~np.isnan(np.asarray(query)).any(axis=1)
 
 

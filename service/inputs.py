@@ -15,9 +15,9 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Request
 
@@ -25,6 +25,9 @@ from indexer.images import ImageError, ImageLimits, load_image
 
 from .config import Config
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -39,7 +42,7 @@ class QueryInput:
     fields: dict = field(default_factory=dict)
 
 
-def _str_field(data, name: str, limit: int) -> str:
+def _str_field(data: Mapping[str, Any], name: str, limit: int) -> str:
     value = data.get(name)
     if value is None:
         return ""
@@ -113,7 +116,7 @@ def parse_number(raw: Any, name: str, minimum: float = 0.0) -> float | None:
     return value
 
 
-def parse_k(raw, config: Config) -> int | None:
+def parse_k(raw: str | int | float | None, config: Config) -> int | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
@@ -182,7 +185,7 @@ def check_url(environ: dict, config: Config) -> None:
         )
 
 
-def decode_image(data: bytes, draft_size: int | None):
+def decode_image(data: bytes, draft_size: int | None) -> Image.Image:
     """RGB image from uploaded bytes, or 422 with indexer.images' reason."""
     try:
         return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
