@@ -206,6 +206,17 @@ def _vectors(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, 
     return matrix, present, present & ~right
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise the rows that are not unit vectors already; unit rows stay bit-identical,
+    so vectors an encoder normalised give the very index (and calibration) the build gives."""
+    norms = np.linalg.norm(vectors, axis=1)
+    off = np.abs(norms - 1.0) > 1e-5
+    if off.any():
+        vectors = vectors.copy()
+        vectors[off] /= norms[off, None]
+    return vectors
+
+
 def _price(value: object) -> tuple[float | None, bool]:
     if value is None:
         return None, True
@@ -213,6 +224,8 @@ def _price(value: object) -> tuple[float | None, bool]:
         price = float(value)
     except (TypeError, ValueError):
         return None, False
+    if np.isnan(price):  # a missing value in a float column
+        return None, True
     return (price, True) if np.isfinite(price) else (None, False)
 
 
@@ -307,7 +320,7 @@ def _accept(
     accepted = {}
     for m, (matrix, present, wrong) in vectors.items():
         take = keep & present & ~wrong
-        accepted[m] = (matrix[take], positions[take])
+        accepted[m] = (unit_rows(matrix[take]), positions[take])
     return Accepted(products, accepted)
 
 
