@@ -106,13 +106,16 @@ class EncodeSummary:
     ray_address: str
     report_file: str
     catalogue_issues: dict[str, int] = field(default_factory=dict)
+    shard_seconds: float = 0.0  # summed over shards: encoding time inside the actors
+    worker_peak_rss_mb: float = 0.0
 
     def lines(self) -> list[str]:
         return [
             f"shards {self.out_dir}: {self.shards} shards of {self.products} products "
             f"(written {self.written}, already there {self.skipped}); profile {self.profile}",
             f"encoded {self.encoded_products} products in {self.seconds:.1f} s: {self.products_per_s:.1f} products/s "
-            f"on {self.workers} worker(s) x {self.cpus_per_worker} CPU(s) (Ray {self.ray_address})",
+            f"on {self.workers} worker(s) x {self.cpus_per_worker} CPU(s) (Ray {self.ray_address}); "
+            f"worker peak RSS {self.worker_peak_rss_mb:.0f} MB",
             f"unreadable images: {self.unreadable_images} (kept with their text vector); "
             "catalogue: " + (", ".join(f"{k} {v}" for k, v in self.catalogue_issues.items()) or "clean"),
             f"report: {self.report_file}",
@@ -124,7 +127,7 @@ class ShardEncoder:
 
     Input rows: {"shard": index, "records": JSON list of Product records, "meta": JSON}.
     Output rows: {"shard": index, "arrow": Arrow IPC bytes of the shard table, "seconds",
-    "unreadable"}.
+    "unreadable", "peak_rss_mb" of the actor process}.
     """
 
     def __init__(self, profile: str, batch_size: int, threads: int) -> None:
@@ -138,9 +141,9 @@ class ShardEncoder:
         self.threads = threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from .build import encode_products
+        from .build import encode_products, peak_rss_mb
 
-        out: dict[str, list] = {"shard": [], "arrow": [], "seconds": [], "unreadable": []}
+        out: dict[str, list] = {"shard": [], "arrow": [], "seconds": [], "unreadable": [], "peak_rss_mb": []}
         for index, records, meta in zip(batch["shard"], batch["records"], batch["meta"], strict=True):
             t0 = time.perf_counter()
             products = [Product.from_record(r) for r in json.loads(records)]
@@ -162,6 +165,7 @@ class ShardEncoder:
             out["arrow"].append(sink.getvalue().to_pybytes())
             out["seconds"].append(time.perf_counter() - t0)
             out["unreadable"].append(len(errors))
+            out["peak_rss_mb"].append(peak_rss_mb())
         return out
 
 
@@ -266,6 +270,7 @@ def encode_catalog(
     session = _connect(ray_address) if todo else _RaySession("not needed", started=False)
     start = time.perf_counter()
     written = encoded_products = 0
+    shard_seconds = worker_rss = 0.0
     try:
         if todo:
             total_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -276,6 +281,8 @@ def encode_catalog(
                 table = pa.ipc.open_stream(done["arrow"]).read_all()
                 write_shard(out_dir / plan.name, table)
                 written += 1
+                shard_seconds += float(done["seconds"])
+                worker_rss = max(worker_rss, float(done["peak_rss_mb"]))
                 encoded_products += plan.stop - plan.start
                 elapsed = time.perf_counter() - start
                 say(
@@ -317,6 +324,8 @@ def encode_catalog(
         ray_address=session.address,
         report_file=str(out_dir / REPORT_FILE),
         catalogue_issues=catalogue_report.counts(),
+        shard_seconds=shard_seconds,
+        worker_peak_rss_mb=worker_rss,
     )
 
 

@@ -47,7 +47,7 @@ from .shards import (
 from .store import DEFAULT_FACTORY, IndexStore, ModalityIndex, make_faiss_index, publish, write_lock
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
-DEFAULT_BATCH_ROWS = 8192
+DEFAULT_BATCH_ROWS = 2048
 MAX_ID_LENGTH = 512
 _HASH_CHUNK = 1 << 20
 

@@ -36,6 +36,7 @@ SPEC_FILE = "embeddings.json"
 FORMAT = "indexer-embeddings"
 FORMAT_VERSION = 1
 METADATA_KEY = b"indexer.embeddings"
+ROW_GROUP_ROWS = 2048  # a reader decodes a whole row group: this bounds its memory (~14 MB of vectors)
 VECTOR_COLUMNS = {m: f"{m}_vector" for m in MODALITIES}
 REQUIRED_COLUMNS = ("id", "name", "description", "category_path", *VECTOR_COLUMNS.values())
 OPTIONAL_COLUMNS = ("image_path", "image", "brand", "price")
@@ -181,7 +182,7 @@ def write_shard(path: Path, table: pa.Table) -> None:
     """Write a Parquet file atomically (temporary name, fsync, rename): a killed writer
     leaves either the whole shard or none of it, which is what makes `encode` resumable."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
