@@ -57,6 +57,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print("| products | shards on disk | read-only pass | its peak RSS | ingest (no calibration) | rows/s | peak RSS |")
     print("|---|---|---|---|---|---|---|")
+    measured = []
     for n in sorted(args.sizes):  # ascending: RUSAGE_CHILDREN keeps the largest child's peak
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             shards = Path(tmp) / "shards"
@@ -71,11 +72,23 @@ def main() -> None:
             )
             result = json.loads(summary.read_text())
             assert result["products"] == n == int(rows), (result["products"], n, rows)
+            measured.append((n, wall, ingest_rss, disk))
             print(
                 f"| {n:,} | {disk:,.0f} MB | {float(read_seconds):.1f} s | {float(read_rss_self):,.0f} MB "
                 f"| {wall:.1f} s | {n / wall:,.0f} | {ingest_rss:,.0f} MB |"
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}; batch_rows {args.batch_rows}")
+    if len(measured) >= 2:
+        (n0, w0, r0, _), (n1, w1, r1, d1) = measured[0], measured[-1]
+        kb = (r1 - r0) * 1024 / (n1 - n0)
+        print(f"ARITHMETIC from these runs: writing side {kb:.1f} KB RSS per product (slope {n0:,} -> {n1:,}), ")
+        print(f"  {d1 * 1e3 / n1:.2f} KB of shards per product, {(w1 - w0) / (n1 - n0) * 1e6:.0f} s per million rows;")
+        for big in (1_000_000, 10_000_000):
+            print(
+                f"  {big:,} products: ~{(r0 + kb * (big - n0) / 1024) / 1024:,.0f} GB peak RSS with today's store, "
+                f"~{(w0 + (w1 - w0) / (n1 - n0) * (big - n0)) / 60:,.0f} min, {d1 * big / n1 / 1e3:,.0f} GB of shards"
+            )
+        print(f"  largest catalogue whose ingest fits 24 GB today: ~{(24 * 1024 - r0) * 1024 / kb + n0:,.0f} products")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
     )
-    g.add_argument("--profile", choices=list_profiles(), help="index profile (default: the one embeddings.json names)")
+    g.add_argument("--profile", choices=list_profiles(), help="default: the live index's, else embeddings.json's")
     g.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
     g.add_argument("--batch-rows", type=int, default=2048, help="rows per streamed record batch")
     g.add_argument("--no-calibrate", action="store_true", help="skip the O(N^2) CV calibration (large catalogues)")

@@ -19,6 +19,7 @@ Order of work, so that a refusal loses nothing and writes nothing:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -44,7 +45,17 @@ from .shards import (
     read_spec,
     shard_files,
 )
-from .store import DEFAULT_FACTORY, IndexStore, ModalityIndex, make_faiss_index, publish, write_lock
+from .store import (
+    DEFAULT_FACTORY,
+    VERSIONS,
+    IndexNotFound,
+    IndexStore,
+    ModalityIndex,
+    make_faiss_index,
+    publish,
+    read_current,
+    write_lock,
+)
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
 DEFAULT_BATCH_ROWS = 2048
@@ -89,6 +100,15 @@ def expected_models(profile: str) -> tuple[dict[str, str], dict[str, int]]:
     """Model ids and dims of a registry profile (constructs the encoder; loads no weights)."""
     encoder = create_encoder(profile)
     return dict(encoder.model_ids), dict(encoder.dims)
+
+
+def live_manifest(out_dir: Path) -> dict | None:
+    """The manifest of the live version at `out_dir`, None when there is none."""
+    try:
+        version = read_current(out_dir)
+    except IndexNotFound:
+        return None
+    return json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())
 
 
 def check_models(source: str, profile: str, model_ids: dict, dims: dict, spec: EmbeddingsSpec) -> None:
@@ -366,13 +386,15 @@ def ingest(
 ) -> IngestSummary:
     """Check, stream and publish the shards at `embeddings_dir` as a new version of `out_dir`.
 
-    `profile` is the index profile the vectors must come from (default: the one
-    `embeddings.json` names, which must still match the registry's model ids and dims).
+    `profile` is the index profile the vectors must come from; by default the live index's
+    at `out_dir` (so shards of other models cannot replace what a service is serving), else
+    the one `embeddings.json` names. Either way the registry's model ids and dims decide.
     """
     start = time.perf_counter()
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)
     spec = read_spec(embeddings_dir)
-    profile = profile or spec.profile
+    live = live_manifest(out_dir)
+    profile = profile or (live or {}).get("profile") or spec.profile
     model_ids, dims = expected_models(profile)
     check_models(str(embeddings_dir / "embeddings.json"), profile, model_ids, dims, spec)
     files = shard_files(embeddings_dir)

@@ -147,6 +147,19 @@ def test_other_models_or_dims_are_refused_and_nothing_is_written(fake_profile, t
     assert not (tmp_path / "index").exists()
 
 
+def test_shards_of_other_models_do_not_replace_a_live_index(fake_profile, monkeypatch, tmp_path):
+    ingest(write_rows(tmp_path / "v1", [[row(i) for i in range(6)]]), tmp_path / "index")
+    other = lambda **options: FakeEncoder(profile="fake2", version="v2", **options)  # noqa: E731
+    monkeypatch.setitem(encoders._FACTORIES, "fake2", other)
+    v2 = {"model_ids": {"image": "fake/image-v2", "text": "fake/text-v2"}}
+    folder = write_rows(tmp_path / "v2", [[row(i) for i in range(6)]], spec(profile="fake2", **v2))
+    with pytest.raises(IngestRefused, match="profile 'fake2' is not the index profile 'fake'"):
+        ingest(folder, tmp_path / "index")
+    assert IndexStore.load(tmp_path / "index").version == "000001"
+    ingest(folder, tmp_path / "index", profile="fake2")  # an explicit profile replaces it, as `build` would
+    assert IndexStore.load(tmp_path / "index").manifest["model_ids"] == v2["model_ids"]
+
+
 def test_fixed_size_vectors_of_other_dims_or_file_metadata_of_other_models_are_refused(fake_profile, tmp_path):
     products = load_like_rows(6)
     vectors = {"image": np.ones((6, 16), np.float32), "text": np.ones((6, 12), np.float32)}
