@@ -275,7 +275,10 @@ def encode_catalog(
         if todo:
             total_cpus = int(ray.cluster_resources().get("CPU", 1))
             cpus = max(1, min(cpus_per_worker or DEFAULT_CPUS_PER_WORKER, total_cpus))
-            workers = max(1, workers or total_cpus // cpus)
+            fits = max(1, total_cpus // cpus)
+            if workers and workers > fits:
+                say(f"{workers} workers x {cpus} CPUs do not fit the cluster's {total_cpus} CPUs: using {fits}")
+            workers = min(workers or fits, fits)
             for done in _run(todo, products, spec, profile, batch_size, workers, cpus):
                 plan = plans[done["shard"]]
                 table = pa.ipc.open_stream(done["arrow"]).read_all()

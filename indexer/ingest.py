@@ -393,6 +393,11 @@ def ingest(
     start = time.perf_counter()
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)
     spec = read_spec(embeddings_dir)
+    if spec.extra.get("complete") is False:
+        raise IngestRefused(
+            f"{embeddings_dir} is incomplete: `encode` has not finished writing it (rerun the same encode "
+            "command to resume); nothing was written"
+        )
     live = live_manifest(out_dir)
     profile = profile or (live or {}).get("profile") or spec.profile
     model_ids, dims = expected_models(profile)

@@ -217,6 +217,10 @@ def test_format_errors_are_clear(fake_profile, tmp_path):
     folder = write_rows(tmp_path / "allbad", [[row(0, id=""), row(1, text_vector=[1.0])]])
     with pytest.raises(IngestRefused, match="no valid rows"):
         ingest(folder, tmp_path / "index")
+    unfinished = EmbeddingsSpec(FAKE_PROFILE, dict(ENC.model_ids), dict(ENC.dims), {"complete": False})
+    folder = write_rows(tmp_path / "unfinished", [[row(0)]], unfinished)
+    with pytest.raises(IngestRefused, match="incomplete: `encode` has not finished"):
+        ingest(folder, tmp_path / "index")
     (tmp_path / "badjson").mkdir()
     (tmp_path / "badjson" / "embeddings.json").write_text('{"profile": "fake", "model_ids": {"image": "x"}}')
     with pytest.raises(ShardFormatError, match="missing dims"):
