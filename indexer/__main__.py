@@ -143,8 +143,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if cat.get("threshold") is not None:
         print(
             f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "
-            f"(grouped {cv.get('folds')}-fold CV: accuracy {cv.get('accuracy', 0):.3f}, auto precision "
-            f"{cv.get('auto_precision', 0):.3f} at coverage {cv.get('auto_coverage', 0):.3f})"
+            f"(deployment fit on all products, not an estimate: the out-of-fold predictions it was chosen on "
+            f"give accuracy {cv.get('accuracy', 0):.3f}, auto precision {cv.get('auto_precision', 0):.3f} at "
+            f"coverage {cv.get('auto_coverage', 0):.3f}; nested estimates: python -m evaluation report)"
         )
     elif cat:
         print(
