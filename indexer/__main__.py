@@ -156,7 +156,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
     """Check every file of the live version (or of all versions) against the manifest's sizes and
     checksums, and its arrays against the counts; exit 1 naming the damaged file."""
     import time

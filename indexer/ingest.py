@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -237,7 +238,7 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def _price(value: object) -> tuple[float | None, bool]:
+def _price(value: Any) -> tuple[float | None, bool]:
     if value is None:
         return None, True
     try:
@@ -286,12 +287,12 @@ def _accept(
     for m, (matrix, present, wrong) in vectors.items():
         finite = np.isfinite(matrix).all(axis=1)
         zero = ~np.any(matrix != 0, axis=1)
-        for row in np.flatnonzero(wrong):
-            problems[row] = problems[row] or ("wrong_vector_length", f"{m} vector is not {spec.dims[m]}-d")
-        for row in np.flatnonzero(present & ~wrong & ~finite):
-            problems[row] = problems[row] or ("non_finite_vector", f"{m} vector holds NaN or infinity")
-        for row in np.flatnonzero(present & ~wrong & finite & zero):
-            problems[row] = problems[row] or ("zero_vector", f"{m} vector is all zeros")
+        for bad_row in np.flatnonzero(wrong):
+            problems[bad_row] = problems[bad_row] or ("wrong_vector_length", f"{m} vector is not {spec.dims[m]}-d")
+        for bad_row in np.flatnonzero(present & ~wrong & ~finite):
+            problems[bad_row] = problems[bad_row] or ("non_finite_vector", f"{m} vector holds NaN or infinity")
+        for bad_row in np.flatnonzero(present & ~wrong & finite & zero):
+            problems[bad_row] = problems[bad_row] or ("zero_vector", f"{m} vector is all zeros")
     ids = data["id"].to_pylist()
     names = data["name"].to_pylist()
     descriptions = data["description"].to_pylist()
@@ -304,6 +305,7 @@ def _accept(
         bad = _bad_id(pid)
         category = parse_path(paths[row])
         price, price_ok = _price(optional["price"][row])
+        problem: tuple[str, str] | None
         if bad:
             problem = ("bad_id", bad)
         elif pid in seen:
@@ -321,8 +323,9 @@ def _accept(
             continue
         seen.add(pid)
         keep[row] = True
-        if optional["image_error"][row]:
-            report.add("unreadable_image", pid, optional["image_error"][row])
+        if image_error := optional["image_error"][row]:
+            report.add("unreadable_image", pid, str(image_error))
+        assert category is not None  # rows whose path does not parse were refused above
         image_path = optional["image_path"][row]
         products.append(
             Product(

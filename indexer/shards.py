@@ -146,7 +146,7 @@ def shard_schema(dims: dict[str, int], metadata: dict | None = None) -> pa.Schem
 def _vector_column(matrix: np.ndarray, dim: int) -> pa.Array:
     """Fixed-size list column; rows holding NaN (modality absent) become nulls."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1, dim)
-    absent = np.isnan(matrix).any(axis=1)
+    absent = np.asarray(np.isnan(matrix).any(axis=1))
     values = pa.array(np.where(absent[:, None], 0.0, matrix).ravel(), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(absent))
 

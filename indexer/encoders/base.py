@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -41,7 +42,17 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
 
-def model_id(encoder: Encoder) -> str:
+class NamedModels(Protocol):
+    """What names an index's models: an Encoder, or a manifest-like record of one."""
+
+    @property
+    def profile(self) -> str: ...
+
+    @property
+    def model_ids(self) -> Mapping[str, str]: ...
+
+
+def model_id(encoder: NamedModels) -> str:
     """One stable string naming the profile and all its weights."""
     parts = ",".join(f"{m}={encoder.model_ids[m]}" for m in sorted(encoder.model_ids))
     return f"{encoder.profile}[{parts}]"
@@ -55,18 +66,23 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+T = TypeVar("T")
+
+
 def empty(dim: int) -> np.ndarray:
     return np.zeros((0, dim), dtype=np.float32)
 
 
-def batches(items: Sequence, size: int):
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     if size < 1:
         raise ValueError("batch_size must be >= 1")
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def sentence_vectors(model, texts: Sequence[str], batch_size: int, context) -> np.ndarray:
+def sentence_vectors(
+    model: Any, texts: Sequence[str], batch_size: int, context: AbstractContextManager[Any]
+) -> np.ndarray:
     """L2-normalised float32 vectors from a sentence-transformers model inside `context`
     (inference mode + optional autocast), the way every profile encodes product text."""
     with context:
