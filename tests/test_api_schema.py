@@ -11,6 +11,7 @@ driven through Hypothesis directly, one operation and mode at a time."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -48,10 +49,28 @@ def api_schema(service_index, embedded_encoder, real_data_dir, tmp_path_factory)
     return schemathesis.openapi.from_wsgi("/openapi.json", app, config=settings_)
 
 
+# The request schemas that say "at least one of image, title, description" with an anyOf.
+ANY_OF_SCHEMAS = ("QueryForm", "QueryJson")
+
+
+def _has_any_of(operation) -> bool:
+    body = json.dumps(operation.definition.raw.get("requestBody", {}))
+    return "anyOf" in body or any(name in body for name in ANY_OF_SCHEMAS)
+
+
 def run_operation(operation, mode: GenerationMode) -> list[str]:
     """Run one operation's cases; the failures as text (empty when server and spec agree)."""
     failures: list[str] = []
     count = [0]
+    # "at least one of image, title, description" is an anyOf of `required` lists; schemathesis
+    # 4.32 makes negative cases of it by breaking one branch while another still holds, so the
+    # request is valid and rightly accepted. For those operations a negative case is checked
+    # for everything but "was it refused" (no 5xx, response matches the spec).
+    excluded = (
+        [schemathesis.checks.negative_data_rejection]
+        if mode is GenerationMode.NEGATIVE and _has_any_of(operation)
+        else []
+    )
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
@@ -63,7 +82,11 @@ def run_operation(operation, mode: GenerationMode) -> list[str]:
     )
     def check(case) -> None:
         count[0] += 1
-        case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
+        # the real token replaces a generated one; a negative case that left the header out
+        # (to see it refused) must reach the server without it, or a valid request is sent
+        has_auth = "Authorization" in (case.headers or {})
+        headers = {"Authorization": f"Bearer {TOKEN}"} if has_auth else {}
+        case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     try:
         check()
