@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .lexical import present_rows
+from .encoders.base import encode_text_queries
+from .lexical import DEFAULT_LEXICAL_SCALING, LexicalIndex, present_rows
 from .store import IndexStore
 
 SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
@@ -149,6 +150,9 @@ class Categorizer:
             else:
                 sims = self._channels[modality].similarity(qi, pos[has])
             w = float(self.weights.get(modality, 1.0))
+            if modality == "lexical":  # a query row's norm is its weight factor (LexicalIndex.query_rows)
+                norm = float(np.sqrt(qi.multiply(qi).sum()))
+                sims, w = sims / norm, w * norm
             num[has] += w * sims
             den[has] += w
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -319,11 +323,21 @@ def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = N
     return queries
 
 
-def query_channels(store: IndexStore, encoder, images: list | None = None, texts: list[str] | None = None) -> dict:
+def query_channels(
+    store: IndexStore,
+    encoder,
+    images: list | None = None,
+    texts: list[str] | None = None,
+    lexical_scaling: str = DEFAULT_LEXICAL_SCALING,
+    lexical: LexicalIndex | None = None,
+) -> dict:
     """Every channel's query for raw inputs: the one way service and tools encode a query.
 
     `images` are RGB PIL images (None entries allowed), `texts` already joined title +
-    description (use `query_text`); both lists, same length when both given.
+    description (use `query_text`); both lists, same length when both given. Texts take
+    the encoder's query role (`encode_text_queries`); the lexical row is weighted by
+    `lexical_scaling` (see indexer.lexical). `lexical` replaces the index's lexical
+    channel (an evaluation fold's own vocabulary).
     """
     queries: dict = {}
     n = len(images) if images is not None else len(texts or [])
@@ -335,10 +349,11 @@ def query_channels(store: IndexStore, encoder, images: list | None = None, texts
     if texts is not None and any(texts):
         out = np.full((n, encoder.dims["text"]), np.nan, np.float32)
         idx = [i for i, t in enumerate(texts) if t]
-        out[idx] = encoder.encode_texts([texts[i] for i in idx])
+        out[idx] = encode_text_queries(encoder, [texts[i] for i in idx])
         queries["text"] = out
-        if store.lexical is not None:
-            queries["lexical"] = store.lexical.transform([t or "" for t in texts])
+        lexical = lexical if lexical is not None else store.lexical
+        if lexical is not None:
+            queries["lexical"] = lexical.query_rows([t or "" for t in texts], lexical_scaling)
     return queries
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Encoder, EncoderUnavailable, l2_normalize, model_id
+from .base import Encoder, EncoderUnavailable, encode_text_queries, l2_normalize, model_id
 
 DEFAULT_PROFILE = "embedded"
 
@@ -50,6 +50,7 @@ __all__ = [
     "Encoder",
     "EncoderUnavailable",
     "create_encoder",
+    "encode_text_queries",
     "l2_normalize",
     "list_profiles",
     "model_id",

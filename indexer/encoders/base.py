@@ -41,6 +41,13 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
 
+def encode_text_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """A seller's texts in the encoder's text space, in the query role where the encoder has one
+    (e5's `query: ` prefix); encoders with a single role encode them as catalogue text."""
+    encode = getattr(encoder, "encode_text_queries", None)
+    return encode(texts) if encode is not None else encoder.encode_texts(texts)
+
+
 def model_id(encoder: Encoder) -> str:
     """One stable string naming the profile and all its weights."""
     parts = ",".join(f"{m}={encoder.model_ids[m]}" for m in sorted(encoder.model_ids))

