@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,9 @@ def product_text(product: Product) -> str:
     return encoder_text(product.name, product.description)
 
 
-def tfidf(products: list[Product], min_df: int = TFIDF_MIN_DF, text_of=None) -> Representation:
+def tfidf(
+    products: list[Product], min_df: int = TFIDF_MIN_DF, text_of: Callable[[Product], str] | None = None
+) -> Representation:
     """TF-IDF (sublinear tf, L2 rows) of lemmatised, stop-word-free tokens; dense for PCA.
 
     `text_of(product)` gives the product's text (default: `encoder_text` of name and
@@ -88,7 +91,7 @@ def tfidf(products: list[Product], min_df: int = TFIDF_MIN_DF, text_of=None) -> 
 
 
 # ---- bag of visual words -------------------------------------------------------------------
-def _describe(path: Path | None, params: dict):
+def _describe(path: Path | None, params: dict) -> tuple[np.ndarray | None, str | None]:
     """ORB descriptors (uint8, (m, 32)) of one image, or an error message."""
     import cv2
 
@@ -99,7 +102,7 @@ def _describe(path: Path | None, params: dict):
     except ImageError as exc:
         return None, str(exc)
     gray = np.asarray(thumbnail(image, params["max_side"]).convert("L"))
-    orb = cv2.ORB_create(nfeatures=params["keypoints"])
+    orb = cv2.ORB_create(nfeatures=params["keypoints"])  # type: ignore[attr-defined]  # cv2's stubs omit it
     _, descriptors = orb.detectAndCompute(gray, None)
     if descriptors is None or len(descriptors) == 0:
         return np.zeros((0, 32), np.uint8), None

@@ -21,7 +21,9 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int = SEED, n_init: int = N_INIT)
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(np.asarray(x, np.float64))
 
 
-def contingency(true: np.ndarray, clusters: np.ndarray, classes: list[str] | None = None):
+def contingency(
+    true: np.ndarray, clusters: np.ndarray, classes: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """(matrix[cluster, category], categories): how each cluster spreads over categories."""
     classes = list(classes) if classes is not None else sorted(set(true))
     index = {c: i for i, c in enumerate(classes)}
@@ -30,7 +32,7 @@ def contingency(true: np.ndarray, clusters: np.ndarray, classes: list[str] | Non
         raise ValueError(f"labels not among the categories: {sorted(unknown)[:5]}")
     k = int(clusters.max()) + 1 if len(clusters) else 0
     matrix = np.zeros((k, len(classes)), dtype=np.int64)
-    np.add.at(matrix, (clusters, [index[t] for t in true]), 1)
+    np.add.at(matrix, (clusters, np.array([index[t] for t in true], dtype=np.int64)), 1)
     return matrix, classes
 
 

@@ -89,6 +89,8 @@ def fused(store: IndexStore, weights: dict[str, float] | None = None) -> Represe
 
 def from_index(store: IndexStore) -> dict[str, Representation]:
     """image, text and fused representations, in that order (those the index holds)."""
-    reps = {name: modality(store, name) for name in ("image", "text") if name in store.modalities}
+    reps: dict[str, Representation] = {
+        name: modality(store, name) for name in ("image", "text") if name in store.modalities
+    }
     reps["fused"] = fused(store)
     return reps

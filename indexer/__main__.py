@@ -21,7 +21,7 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
 
 
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_index
 
     if not args.data:
@@ -45,7 +45,7 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_add(args) -> int:
+def cmd_add(args: argparse.Namespace) -> int:
     from .build import add_products
 
     store = IndexStore.load(args.index)
@@ -68,7 +68,7 @@ def cmd_add(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     store = IndexStore.load(args.index)
     m = store.manifest
     if args.json:

@@ -141,7 +141,7 @@ def _clean(value: object) -> str | None:
 
 def _price(value: object) -> float | None:
     try:
-        price = float(value)
+        price = float(value)  # type: ignore[arg-type]  # TypeError is caught below
     except (TypeError, ValueError):
         return None
     return None if pd.isna(price) else price

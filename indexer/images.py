@@ -133,8 +133,7 @@ def load_image(
         raise ImageError(f"image has too many pixels to decode safely ({exc})") from exc
     source_format, source_mode = image.format, image.mode
     try:
-        image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(image)
+        return _to_rgb(ImageOps.exif_transpose(image) or image)
     except (OSError, SyntaxError, ValueError, TypeError) as exc:  # odd modes, broken EXIF
         raise ImageError(f"cannot convert {source_format} image (mode {source_mode}) to RGB: {exc}") from exc
 

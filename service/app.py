@@ -29,7 +29,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
         MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider has it
     set_threads(config.torch_threads)
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
@@ -38,6 +38,6 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
-    if load and state.load():
-        metrics.set_index_size(len(state.peek().store.products))
+    if load and state.load() and (live := state.peek()) is not None:
+        metrics.set_index_size(len(live.store.products))
     return app

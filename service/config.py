@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 def _int(name: str, default: int) -> int:
@@ -48,7 +49,7 @@ class Config:
     retry_load_seconds: float = 5.0
 
     @classmethod
-    def from_env(cls, **overrides) -> Config:
+    def from_env(cls, **overrides: Any) -> Config:
         base = cls(
             index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
             data_dir=os.environ.get("DATA_DIR") or None,

@@ -63,7 +63,7 @@ def set_index_size(n: int) -> None:
 
 
 @bp.get("/metrics")
-def metrics_endpoint():
+def metrics_endpoint() -> Response:
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -76,11 +76,11 @@ def install(app: Flask) -> None:
     """Time every request; label by route pattern (not raw path) to keep cardinality bounded."""
 
     @app.before_request
-    def _start():
+    def _start() -> None:
         g._metrics_start = time.perf_counter()
 
     @app.after_request
-    def _record(response):
+    def _record(response: Response) -> Response:
         start = g.pop("_metrics_start", None)
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if endpoint.startswith("/static/") or endpoint == "/metrics":

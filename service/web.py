@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from flask import Blueprint, current_app, jsonify, render_template
+from flask.typing import ResponseReturnValue
 
 from .errors import problem
 
@@ -21,24 +22,24 @@ def openapi_spec() -> dict:
 
 
 @bp.get("/")
-def index():
+def index() -> ResponseReturnValue:
     cfg = current_app.config["SERVICE"]
     return render_template("index.html", max_upload_mb=cfg.max_upload_bytes / 2**20)
 
 
 @bp.get("/openapi.json")
-def openapi():
+def openapi() -> ResponseReturnValue:
     return jsonify(openapi_spec())
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     """Liveness: the process answers (the index may still be missing)."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> ResponseReturnValue:
     """Readiness: 200 only once the index and its encoder are loaded."""
     state = current_app.extensions["service_state"]
     try:
