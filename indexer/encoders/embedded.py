@@ -141,6 +141,7 @@ class EmbeddedEncoder:
         if text_model not in TEXT_MODELS:
             raise ValueError(f"unknown text model {text_model!r} (EMBEDDED_TEXT_MODEL); choose from {TEXT_MODELS}")
         self.text_model = text_model
+        self.options = {"text_model": text_model}  # recorded in the manifest (create_encoder_for)
         self.variant = IMAGE_VARIANTS[image_variant]
         self.precision = precision
         self.threads = threads

