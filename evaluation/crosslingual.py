@@ -77,6 +77,15 @@ def query_rows(store: IndexStore, queries: Sequence[SellerQuery]) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
+def query_folds(store: IndexStore, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Grouped stratified folds as the build's calibration makes them (fewer than N_FOLDS
+    when there are fewer groups or the largest category is smaller)."""
+    labels = store.labels()
+    _, sizes = np.unique(labels, return_counts=True)
+    n_folds = max(2, min(N_FOLDS, len(np.unique(groups)), int(sizes.max(initial=0))))
+    return grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
+
+
 def fold_thresholds(categorizer: Categorizer, folds: np.ndarray, target: float = TARGET_PRECISION) -> dict:
     """Per fold: the auto threshold chosen on the other folds' out-of-fold fused predictions."""
     labels = categorizer.store.labels()
@@ -102,24 +111,28 @@ def _scores(preds: list[Prediction], truth: np.ndarray, thresholds: list[float |
 
 
 def encode_texts(
-    store: IndexStore, encoder: Encoder, queries: Sequence[SellerQuery], rows: np.ndarray, lexical_scaling: str
-) -> dict[str, dict]:
-    """Per query language and English title: the text channels as the service would send them."""
+    store: IndexStore, encoder: Encoder, queries: Sequence[SellerQuery], rows: np.ndarray, settings: Sequence[str]
+) -> dict[str, dict[str, dict]]:
+    """Per lexical setting, per query language and English title: the channels the service
+    would send (dense text encoded once; the lexical row per setting, none for "off")."""
     texts: dict[str, tuple[np.ndarray, list[str]]] = {}
     for lang in sorted({q.lang for q in queries}):
         idx = np.array([i for i, q in enumerate(queries) if q.lang == lang])
         texts[lang] = (idx, [query_text(store, queries[i].title, queries[i].description) for i in idx])
     everyone = np.arange(len(queries))
     texts["en-title"] = (everyone, [query_text(store, store.products[r].name, "") for r in rows])
-    scaling = "fixed" if lexical_scaling == "off" else lexical_scaling
-    out = {}
-    for name, (idx, batch) in texts.items():
-        channels = query_channels(store, encoder, texts=batch, lexical_scaling=scaling)
-        if lexical_scaling == "off":
-            channels.pop("lexical", None)
-        out[name] = {"idx": idx, "channels": channels}
+    dense = {name: query_channels(store, encoder, texts=batch)["text"] for name, (_, batch) in texts.items()}
     stored = stored_queries(store, rows, ("text", "lexical"))
-    out["en-full"] = {"idx": everyone, "channels": stored}
+    out: dict[str, dict[str, dict]] = {}
+    for setting in settings:
+        by_lang = {}
+        for name, (idx, batch) in texts.items():
+            channels = {"text": dense[name]}
+            if setting != "off" and store.lexical is not None:
+                channels["lexical"] = store.lexical.query_rows(batch, setting)
+            by_lang[name] = {"idx": idx, "channels": channels}
+        by_lang["en-full"] = {"idx": everyone, "channels": stored}
+        out[setting] = by_lang
     return out
 
 
@@ -140,10 +153,10 @@ def evaluate(
     truth = labels[rows]
     groups = near_duplicate_groups(store)
     photos = stored_queries(store, rows, ("image",)).get("image")
-    encoded = {s: encode_texts(store, encoder, queries, rows, s) for s in lexical_settings}
+    encoded = encode_texts(store, encoder, queries, rows, lexical_settings)
     runs: dict = {}
     for seed in seeds:
-        folds = grouped_folds(labels, groups, n_folds=N_FOLDS, seed=seed)
+        folds = query_folds(store, groups, seed)
         thresholds = fold_thresholds(categorizer, folds)
         for setting, by_lang in encoded.items():
             for lang, entry in by_lang.items():
@@ -194,3 +207,66 @@ def _coverage(store: IndexStore, encoded: dict, settings: Sequence[str]) -> dict
         norms = np.sqrt(np.asarray(lexical.multiply(lexical).sum(axis=1)).ravel())
         out[lang] = float(norms.mean())
     return out
+
+
+# ---- the report's cross-lingual section ------------------------------------------------------
+def report_section(store: IndexStore, path: str | Path | None = QUERY_FILE, seeds: Sequence[int] = SEEDS) -> dict:
+    """The report's cross-lingual metrics, or {"skipped": why} when the index cannot answer
+    (queries for other products, an encoder that cannot be built here)."""
+    from indexer.encoders import EncoderUnavailable, create_encoder_for
+    from indexer.store import IndexMismatch, check_compatible
+
+    if path is None:
+        return {"skipped": "disabled (--skip-crosslingual)"}
+    queries = [q for q in load_queries(path) if store.row_of(q.product_id) is not None]
+    if not queries:
+        return {"skipped": f"none of the queries in {path} names a product of this index"}
+    try:
+        encoder = create_encoder_for(store.manifest)
+        check_compatible(store.manifest, encoder)
+    except (EncoderUnavailable, IndexMismatch, ValueError) as exc:
+        return {"skipped": f"the index's encoder cannot be built here: {exc}"}
+    return {"queries": str(path), **evaluate(store, encoder, queries, seeds=seeds)}
+
+
+def html_section(entry: dict) -> str:
+    """The report's HTML for `report_section`'s metrics."""
+    import html
+
+    if "skipped" in entry:
+        return f"<h2>Cross-lingual queries</h2><p>Skipped: {html.escape(entry['skipped'])}.</p>"
+    langs = [*entry["languages"], *ENGLISH]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["lexical channel", "query", *langs])
+    body = []
+    for setting, modes in entry["results"].items():
+        for mode, by_lang in modes.items():
+            cells = []
+            for lang in langs:
+                r = by_lang.get(lang)
+                cells.append(
+                    ""
+                    if r is None
+                    else f"{r['accuracy']:.3f} ± {r['accuracy_sd']:.3f}<br><small>auto {r['auto_coverage']:.2f}"
+                    + (f", precision {r['auto_precision']:.3f}" if r["auto_precision"] is not None else "")
+                    + "</small>"
+                )
+            body.append(
+                f"<tr><td>{html.escape(setting)}</td><td>{html.escape(mode)}</td>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
+    counts = ", ".join(f"{n} {html.escape(lang)}" for lang, n in entry["languages"].items())
+    coverage = ", ".join(f"{html.escape(k)} {v:.2f}" for k, v in entry["lexical_coverage"].items())
+    return (
+        "<h2>Cross-lingual queries</h2>"
+        f"<p>{entry['n_queries']} hand-written seller queries ({counts}; "
+        f"<code>{html.escape(entry['queries'])}</code>), "
+        "each rewriting one catalogue product, scored as the service scores a request, with the product's fold "
+        "(hence its near-duplicate group) masked out of the index. <em>en-title</em> and <em>en-full</em> are the "
+        "same products' English title alone and stored English title + description. Accuracy mean ± sd over fold "
+        f"seeds {entry['seeds']}; auto = share decided automatically by the threshold chosen on the other folds. "
+        f"Text model: <code>{html.escape(str(entry['text_model']))}</code>. Protocol: {html.escape(entry['protocol'])}."
+        f"</p><p>Lexical channel: <em>off</em>, <em>fixed</em> weight, or weight × the share of the query's words "
+        f"the (English) vocabulary knows (<em>coverage</em>, the service's rule); mean coverage {coverage}.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )

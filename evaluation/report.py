@@ -21,7 +21,7 @@ import numpy as np
 from indexer.images import ImageError, load_image, thumbnail
 from indexer.store import IndexStore
 
-from . import baselines, clustering, crossval, figures, projection, representations
+from . import baselines, clustering, crosslingual, crossval, figures, projection, representations
 
 SEED = 0
 TARGET_PRECISION = 0.99
@@ -62,6 +62,7 @@ class ReportOptions:
     stability_checks: bool = True  # fused: KMeans seeds and t-SNE perplexities (2 extra t-SNE runs)
     target_precision: float = TARGET_PRECISION
     progress: bool = True
+    crosslingual_queries: str | None = str(crosslingual.QUERY_FILE)  # None: no cross-lingual section
 
 
 class Timer:
@@ -185,6 +186,8 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
     with timer.step("error analysis"):
         errors = error_table(store, decided, options)
+    with timer.step("cross-lingual queries"):
+        cross_lingual = crosslingual.report_section(store, options.crosslingual_queries)
 
     categorizer = cv["categorizer"]
     metrics = {
@@ -232,6 +235,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         "auto_decision": decision,
         "errors": {"count": int((~decided.correct).sum()), "shown": len(errors), "representation": decided.name},
         "anchors": ANCHORS,
+        "crosslingual": cross_lingual,
     }
     if "bovw" in reps:
         metrics["run"] = {"bovw_cache_hit": bool(reps["bovw"].extra.get("cached"))}
@@ -612,6 +616,9 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
     parts.append(
         _table(["image", "product", "true category", "predicted", "confidence (calibrated)", "raw vote share"], rows)
     )
+
+    if "crosslingual" in m:
+        parts.append(crosslingual.html_section(m["crosslingual"]))
 
     # provenance
     rows = [[e(k), v] for k, v in m["timings"].items()]
