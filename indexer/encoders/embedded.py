@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
-from .textmodels import MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
+from .textmodels import MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -130,6 +130,7 @@ class EmbeddedEncoder:
         text_max_tokens: int | None = None,
         threads: int | None = None,
         text_model: str | None = None,
+        max_words: int | None = None,
     ):
         image_variant = image_variant or os.environ.get("EMBEDDED_IMAGE_VARIANT", DEFAULT_IMAGE_VARIANT)
         precision = precision or os.environ.get("ENCODER_PRECISION", DEFAULT_PRECISION)
@@ -141,7 +142,11 @@ class EmbeddedEncoder:
         if text_model not in TEXT_MODELS:
             raise ValueError(f"unknown text model {text_model!r} (EMBEDDED_TEXT_MODEL); choose from {TEXT_MODELS}")
         self.text_model = text_model
-        self.options = {"text_model": text_model}  # recorded in the manifest (create_encoder_for)
+        max_words = int(max_words or os.environ.get("MULTILINGUAL_MAX_WORDS", MULTILINGUAL_MAX_WORDS))
+        if max_words < 1:
+            raise ValueError(f"MULTILINGUAL_MAX_WORDS / max_words must be >= 1, got {max_words}")
+        # recorded in the manifest, so the service and the report rebuild this very encoder (create_encoder_for)
+        self.options = {"text_model": text_model, "max_words": max_words}
         self.variant = IMAGE_VARIANTS[image_variant]
         self.precision = precision
         self.threads = threads
@@ -152,7 +157,7 @@ class EmbeddedEncoder:
         pooling = json.loads((self._text_dir / "1_Pooling" / "config.json").read_text())
         minilm = _MiniLM(self, f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}", pooling)
         parts = text_model.split("+")
-        towers = [minilm if part == "minilm" else MULTILINGUAL_TOWERS[part]() for part in parts]
+        towers = [minilm if part == "minilm" else MULTILINGUAL_TOWERS[part](max_words) for part in parts]
         self._uses_minilm = "minilm" in parts
         self._multilingual = [t for t in towers if t is not minilm]
         self._text = towers[0] if len(towers) == 1 else JoinedTower(towers[0], towers[1])

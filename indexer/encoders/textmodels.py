@@ -30,7 +30,7 @@ import numpy as np
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize
 
-MULTILINGUAL_MAX_WORDS = 48
+MULTILINGUAL_MAX_WORDS = 48  # default of the MULTILINGUAL_MAX_WORDS setting / max_words option
 JOIN_WEIGHT = 0.5
 _PROCESS_THREADS: list[int | None] = [None]  # set_text_threads: the service sets it with torch's
 
@@ -199,9 +199,9 @@ class JoinedTower:
 
 # Names accepted by EMBEDDED_TEXT_MODEL; "minilm" is built by the embedded encoder itself
 # (it shares torch with the image tower), the others here.
-MULTILINGUAL_TOWERS: dict[str, Callable[[], Any]] = {
-    "e5": lambda: E5Tower("query"),
-    "e5-passage": lambda: E5Tower("passage"),
-    "use": UseTower,
+MULTILINGUAL_TOWERS: dict[str, Callable[[int], Any]] = {
+    "e5": lambda words: E5Tower("query", words),
+    "e5-passage": lambda words: E5Tower("passage", words),
+    "use": lambda words: UseTower(words),
 }
 TEXT_MODELS = ("minilm", *MULTILINGUAL_TOWERS, *(f"minilm+{name}" for name in MULTILINGUAL_TOWERS))
