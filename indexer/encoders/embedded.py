@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +152,12 @@ class EmbeddedEncoder:
         self.precision = precision
         self.threads = threads
         self.image_size = self.variant.image_size
-        self.text_max_tokens = int(text_max_tokens or os.environ.get("TEXT_MAX_TOKENS", DEFAULT_TEXT_MAX_TOKENS))
+        self.text_max_tokens = int(text_max_tokens or os.environ.get("TEXT_MAX_TOKENS") or DEFAULT_TEXT_MAX_TOKENS)
         self._text_dir = text_model_dir()
         weights = weights_path(self.variant).stem
         pooling = json.loads((self._text_dir / "1_Pooling" / "config.json").read_text())
-        minilm = _MiniLM(self, f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}", pooling)
+        self._minilm_dim = int(pooling["word_embedding_dimension"])
+        minilm = _MiniLM(self, f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}")
         parts = text_model.split("+")
         towers = [minilm if part == "minilm" else MULTILINGUAL_TOWERS[part](max_words) for part in parts]
         self._uses_minilm = "minilm" in parts
@@ -166,7 +168,7 @@ class EmbeddedEncoder:
         self.model_ids = {"image": f"timm/{self.variant.timm_name}@{weights}", "text": self._text.model_id}
         self.dims = {"image": IMAGE_FEATURES, "text": int(self._text.dim)}
         self._lock = threading.Lock()
-        self._models = None
+        self._models: tuple[Any, Any] | None = None
 
     def load(self) -> EmbeddedEncoder:
         """Load both towers now (idempotent); checks their output sizes against `dims`."""
@@ -183,7 +185,7 @@ class EmbeddedEncoder:
                 if self._uses_minilm:
                     text_model = SentenceTransformer(str(self._text_dir), device="cpu")
                     text_model.max_seq_length = self.text_max_tokens
-                    if int(text_model.get_embedding_dimension()) != self._minilm_dim:
+                    if text_model.get_embedding_dimension() != self._minilm_dim:
                         raise EncoderUnavailable(
                             f"all-MiniLM-L6-v2 gives {text_model.get_embedding_dimension()}-d vectors, "
                             f"expected {self._minilm_dim}"
@@ -200,12 +202,16 @@ class EmbeddedEncoder:
         return self
 
     @property
-    def _image_model(self):
-        return self.load()._models[0]
+    def _image_model(self) -> Any:
+        models = self.load()._models
+        assert models is not None
+        return models[0]
 
     @property
-    def _text_model(self):
-        return self.load()._models[1]
+    def _text_model(self) -> Any:
+        models = self.load()._models
+        assert models is not None
+        return models[1]
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -253,11 +259,10 @@ class EmbeddedEncoder:
 class _MiniLM:
     """all-MiniLM-L6-v2 as a text tower of `encoder` (shares its torch, threads and precision)."""
 
-    def __init__(self, encoder: EmbeddedEncoder, model_id: str, pooling: dict):
+    def __init__(self, encoder: EmbeddedEncoder, model_id: str):
         self.encoder = encoder
         self.model_id = model_id
-        self.dim = int(pooling["word_embedding_dimension"])
-        encoder._minilm_dim = self.dim
+        self.dim = encoder._minilm_dim
 
     def load(self) -> None:
         self.encoder.load()

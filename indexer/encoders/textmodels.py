@@ -20,7 +20,6 @@ build's extra time (bench/bench_text_encoders.py).
 
 from __future__ import annotations
 
-import ctypes
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ class E5Tower:
         self.load()
         threads = self._threads or _PROCESS_THREADS[0]
         if threads and self._omp_set is not None:
-            self._omp_set(ctypes.c_int(threads))
+            self._omp_set(int(threads))
         clipped = [first_words(t, self.max_words) for t in texts]
         return l2_normalize(np.atleast_2d(self._model.encode(clipped, is_query)))
 
