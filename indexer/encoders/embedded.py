@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
-from .textmodels import MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
+from .textmodels import JOIN_WEIGHT, MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,8 +56,8 @@ PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"
 DEFAULT_TEXT_MAX_TOKENS = 128  # same accuracy as 256 on grouped CV, 2x faster (bench_encoder_choices)
 # EMBEDDED_TEXT_MODEL: "minilm" (English), "e5" / "e5-passage" / "use" (multilingual), or
-# "minilm+e5" / "minilm+use" (both, one joined space); see textmodels.py and the README.
-DEFAULT_TEXT_MODEL = "minilm"
+# "minilm+e5" / "minilm+use" (both, one joined space); why the default: textmodels.py, README.
+DEFAULT_TEXT_MODEL = "minilm+use"
 BACKDROP = (255, 255, 255)
 IMAGE_FEATURES = 1280  # pooled features of every EfficientNet-Lite variant
 
@@ -132,6 +132,7 @@ class EmbeddedEncoder:
         threads: int | None = None,
         text_model: str | None = None,
         max_words: int | None = None,
+        join_weight: float | None = None,
     ):
         image_variant = image_variant or os.environ.get("EMBEDDED_IMAGE_VARIANT", DEFAULT_IMAGE_VARIANT)
         precision = precision or os.environ.get("ENCODER_PRECISION", DEFAULT_PRECISION)
@@ -147,7 +148,12 @@ class EmbeddedEncoder:
         if max_words < 1:
             raise ValueError(f"MULTILINGUAL_MAX_WORDS / max_words must be >= 1, got {max_words}")
         # recorded in the manifest, so the service and the report rebuild this very encoder (create_encoder_for)
-        self.options = {"text_model": text_model, "max_words": max_words}
+        join_weight = float(join_weight or os.environ.get("MULTILINGUAL_JOIN_WEIGHT") or JOIN_WEIGHT)
+        if not 0.0 < join_weight < 1.0:
+            raise ValueError(f"MULTILINGUAL_JOIN_WEIGHT / join_weight must be in (0, 1), got {join_weight}")
+        self.options: dict[str, Any] = {"text_model": text_model, "max_words": max_words}
+        if "+" in text_model:
+            self.options["join_weight"] = join_weight
         self.variant = IMAGE_VARIANTS[image_variant]
         self.precision = precision
         self.threads = threads
@@ -162,7 +168,7 @@ class EmbeddedEncoder:
         towers = [minilm if part == "minilm" else MULTILINGUAL_TOWERS[part](max_words) for part in parts]
         self._uses_minilm = "minilm" in parts
         self._multilingual = [t for t in towers if t is not minilm]
-        self._text = towers[0] if len(towers) == 1 else JoinedTower(towers[0], towers[1])
+        self._text = towers[0] if len(towers) == 1 else JoinedTower(towers[0], towers[1], join_weight)
         if threads:
             self._text.set_threads(threads)
         self.model_ids = {"image": f"timm/{self.variant.timm_name}@{weights}", "text": self._text.model_id}
