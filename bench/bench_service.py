@@ -247,6 +247,9 @@ def main() -> int:
                     raise SystemExit("gunicorn not ready after 300 s:\n" + log_path.read_text()[-3000:])
                 time.sleep(0.25)
             print(f"gunicorn ready in {time.perf_counter() - t0:.1f} s: {args.workers} workers, pid {proc.pid}")
+            worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "service.workers.ProblemThreadWorker (gthread)")
+            threads = 1 if worker_class == "sync" else os.environ.get("GUNICORN_THREADS", "8")
+            print(f"serving model: {worker_class}, {threads} thread(s) per worker")
 
             kinds = {
                 "text (title)": lambda q: multipart({"title": q[0]}, None),

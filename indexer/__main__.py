@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info`.
+"""Command line: `python -m indexer build | add | info | verify`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -34,6 +34,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         use_cache=not args.no_cache,
+        added="keep" if args.keep_added else "drop" if args.drop_added else "refuse",
     )
     for line in summary.lines():
         print(line)
@@ -109,6 +110,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Check every file of the live version (or of all versions) against the manifest's sizes and
+    checksums, and its arrays against the counts; exit 1 naming the damaged file."""
+    import time
+
+    from .store import IndexDamaged, list_versions, read_current, verify_version
+
+    path = Path(args.index)
+    live = read_current(path)
+    versions = list_versions(path) if args.all else [live]
+    damaged = 0
+    for version in versions:
+        start = time.perf_counter()
+        try:
+            store = verify_version(path, version)
+        except IndexDamaged as exc:
+            damaged += 1
+            print(f"version {version}{' (live)' if version == live else ''}: DAMAGED: {exc}")
+            continue
+        seconds = time.perf_counter() - start
+        size = sum(f["size"] for f in store.manifest["files"].values())
+        print(
+            f"version {version}{' (live)' if version == live else ''}: ok, {len(store.manifest['files'])} files, "
+            f"{size / 1e6:.1f} MB, {len(store.products)} products, checked in {seconds * 1000:.0f} ms"
+        )
+    return 1 if damaged else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--report", action="store_true", help="print every validation finding")
     b.add_argument("--json", help="also write the summary as JSON to this file")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    kept = b.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--keep-added", action="store_true", help="keep products added since the build (re-encoded from the index)"
+    )
+    kept.add_argument("--drop-added", action="store_true", help="drop products added since the build")
     b.set_defaults(func=cmd_build)
     a = sub.add_parser("add", help="append the new products of a dataset folder to an index")
     a.add_argument("--index", default=_env("INDEX_DIR", "var/index"))
@@ -134,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
+    v = sub.add_parser("verify", help="check an index's files against their recorded sizes and checksums")
+    v.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
+    v.set_defaults(func=cmd_verify)
     return p
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import EmbeddingCache, content_key
+from .cache import EmbeddingCache, content_key, open_cache
 from .catalog import Catalog, Product, ValidationReport, load_catalog
 from .encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
 from .images import ImageError, load_image
@@ -33,6 +33,7 @@ from .store import (
     IndexStoreError,
     ModalityIndex,
     append,
+    last_verified,
     make_faiss_index,
     publish,
     write_lock,
@@ -40,6 +41,13 @@ from .store import (
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
 CACHE_FILE = "cache.sqlite"
+REFUSE, KEEP, DROP = "refuse", "keep", "drop"  # what a rebuild does with products added since the build
+
+
+class AddedProductsWouldBeDropped(IndexStoreError):
+    """A rebuild would silently lose products added through `add` or the API."""
+
+
 DECODE_AHEAD = 256  # images decoded ahead of the model (~150 MB of float32 inputs) while it loads
 
 
@@ -267,17 +275,35 @@ def build_index(
     use_cache: bool = True,
     on_encoded: Callable[[], None] | None = None,
     calibrate_decision: bool = True,
+    added: str = REFUSE,
 ) -> BuildSummary:
-    """Encode every product of the dataset at `data_dir` and publish a new index version."""
+    """Encode every product of the dataset at `data_dir` and publish a new index version.
+
+    Products added to the index since its build (ids not in the catalogue) are kept
+    (`added="keep"`: re-encoded from their stored text and uploaded photo, mostly cache
+    hits), dropped (`added="drop"`), or, by default, the build refuses before encoding and
+    says how many it would drop.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     catalog = load_catalog(data_dir)
+    if added not in (REFUSE, KEEP, DROP):
+        raise ValueError(f"added must be one of {REFUSE}, {KEEP}, {DROP}; got {added!r}")
+    live = _live_store(out_dir)
+    extra = _added_products(live, catalog.products)
+    if extra and added == REFUSE:
+        raise AddedProductsWouldBeDropped(
+            f"the live index {out_dir.name}/ holds {len(extra)} added products that are not in the catalogue of "
+            f"{Path(data_dir).name}/; this build would drop them. Pass --keep-added to keep them "
+            "(re-encoded from their stored text and photos) or --drop-added to drop them."
+        )
+    products = list(catalog.products) + (extra if added == KEEP else [])
     encoder = encoder or create_encoder(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(out_dir / CACHE_FILE) if use_cache else None
+    cache = open_cache(out_dir / CACHE_FILE) if use_cache else None
     t0 = time.perf_counter()
     try:
-        encoded = encode_products(catalog.products, encoder, cache, batch_size=batch_size, progress=progress)
+        encoded = encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
     finally:
         if cache:
             cache.close()
@@ -299,12 +325,15 @@ def build_index(
         "text_normalisation": {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE},
         "data_dir": str(Path(data_dir).resolve()),
         "data_fingerprint": data_fingerprint(catalog, encoded.image_hashes),
-        "categories": catalog.categories(),
+        "categories": sorted({p.category for p in products if p.category}),
         "validation": report.to_dict(),
+        "added_products": len(products) - len(catalog.products),
+        "added_fingerprint": hashlib.sha256(
+            json.dumps([p.to_record() for p in products[len(catalog.products) :]], sort_keys=True).encode()
+        ).hexdigest(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest["derived_key"] = _derived_key(manifest)
-    live = _live_store(out_dir)
     if (
         live is not None
         and live.manifest.get("derived_key") == manifest["derived_key"]
@@ -320,32 +349,43 @@ def build_index(
         text_rows = np.flatnonzero([bool(t) for t in texts])
         lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
         if calibrate_decision:
-            manifest["categorizer"] = _calibrate_in_memory(out_dir, catalog.products, vectors, manifest, lexical)
+            manifest["categorizer"] = _calibrate_in_memory(out_dir, products, vectors, manifest, lexical)
     with write_lock(out_dir):
-        version = publish(out_dir, catalog.products, vectors, manifest, factory, lexical=lexical)
+        version = publish(out_dir, products, vectors, manifest, factory, lexical=lexical)
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
         version=version,
         profile=encoder.profile,
-        products=len(catalog.products),
+        products=len(products),
         indexed={m: int(len(v[0])) for m, v in vectors.items()},
         skipped=report.counts(),
         cached=encoded.cached,
         encoded=encoded.encoded,
         seconds=seconds,
         encode_seconds=encode_seconds,
-        products_per_s=len(catalog.products) / seconds,
+        products_per_s=len(products) / seconds,
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
     )
 
 
 def _live_store(out_dir: Path) -> IndexStore | None:
+    """The newest version that verifies (checksums, O(bytes)): a build reuses its derived
+    parts and keeps its added products only if it is intact."""
     try:
-        return IndexStore.load(out_dir)
-    except (IndexStoreError, OSError, ValueError, KeyError):
+        store, _ = last_verified(out_dir)
+    except (IndexStoreError, OSError):
         return None
+    return store
+
+
+def _added_products(live: IndexStore | None, catalogue: Sequence[Product]) -> list[Product]:
+    """Products of the live index that the catalogue does not hold (added by `add` or the API)."""
+    if live is None:
+        return []
+    known = {p.id for p in catalogue}
+    return [p for p in live.products if p.id not in known]
 
 
 def _derived_key(manifest: dict) -> str:
@@ -356,6 +396,7 @@ def _derived_key(manifest: dict) -> str:
 
     parts = [
         manifest["data_fingerprint"],
+        manifest.get("added_fingerprint"),
         manifest["model_ids"],
         manifest["precision"],
         manifest["text_normalisation"],
@@ -386,14 +427,23 @@ def add_products(
     encoder: Encoder,
     batch_size: int = 32,
     progress: bool = False,
+    before_publish: Callable[[IndexStore], None] | None = None,
+    stored: Sequence[Product] | None = None,
 ) -> tuple[IndexStore, ValidationReport]:
-    """Encode `products` and append them to the live index (no rebuild, no re-encoding)."""
+    """Encode `products` and append them to the live index (no rebuild, no re-encoding).
+
+    `before_publish(live)` runs under the write lock only if the add wins (see store.append);
+    `stored`, if given, are the records published in place of `products` (same order), e.g.
+    with a staged photo's final path."""
     index_dir = Path(index_dir)
     store = IndexStore.load(index_dir, encoder=encoder)
-    cache = EmbeddingCache(index_dir / CACHE_FILE)
+    cache = open_cache(index_dir / CACHE_FILE)
     try:
         encoded = encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
     finally:
         cache.close()
-    store = append(store, list(products), encoded.vectors)
+    records = list(stored) if stored is not None else list(products)
+    if len(records) != len(products):
+        raise ValueError("stored must hold one record per product")
+    store = append(store, records, encoded.vectors, before_publish=before_publish)
     return store, encoded.report

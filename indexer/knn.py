@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .encoders.base import encode_text_queries
+from .filters import RowFilter, exclusion_filters
 from .lexical import DEFAULT_LEXICAL_SCALING, LexicalIndex, present_rows
 from .store import IndexStore
 
@@ -95,27 +96,37 @@ class Categorizer:
         self._channels = store.channels()
 
     # ---- core vote -----------------------------------------------------------------------
-    def _candidates(self, queries: dict[str, np.ndarray], k: int, exclude: np.ndarray | None) -> list[np.ndarray]:
-        """Union of each modality's nearest rows per query (the fused ranking is exact within it)."""
+    def _candidates(
+        self,
+        queries: dict[str, np.ndarray],
+        k: int,
+        exclude: np.ndarray | None,
+        allowed: RowFilter | None = None,
+    ) -> list[np.ndarray]:
+        """Union of each modality's nearest allowed rows per query (the fused ranking is exact within it).
+
+        Filters run inside each channel's search (FAISS IDSelector, masked postings), so
+        the depth stays `candidates` whatever the filter excludes. `exclude` (n, N) is
+        turned into one filter per distinct mask row (cross-validation folds share one);
+        `allowed.skip` rows cost len(skip) extra depth. Cost: one channel search per
+        distinct filter, plus O(n·N/8) to group an `exclude` mask.
+        """
         n = next(iter(queries.values())).shape[0]
         depth = max(self.candidates, k)
-        if exclude is not None and exclude.size:
-            depth += int(exclude.sum(axis=1).max())
+        groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
         found: list[list[np.ndarray]] = [[] for _ in range(n)]
-        for modality, q in queries.items():
-            ok = np.flatnonzero(present_rows(q))
-            if len(ok) == 0:
-                continue
-            _, rows = self._channels[modality].search(q[ok], depth)
-            for i, r in zip(ok, rows, strict=True):
-                found[i].append(r[r >= 0])
-        out = []
-        for i in range(n):
-            rows = np.unique(np.concatenate(found[i])) if found[i] else np.zeros(0, np.int64)
-            if exclude is not None and len(rows):
-                rows = rows[~exclude[i, rows]]
-            out.append(rows)
-        return out
+        for members, row_filter in groups:
+            extra = len(row_filter.skip) if row_filter is not None else 0
+            for modality, q in queries.items():
+                ok = members[present_rows(q[members])]
+                if len(ok) == 0:
+                    continue
+                positions = row_filter.channel(modality) if row_filter is not None else None
+                _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
+                for i, r in zip(ok, rows, strict=True):
+                    r = r[r >= 0]
+                    found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
+        return [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
 
     def _all_similarities(self, queries: dict) -> dict[str, np.ndarray]:
         """Query x index similarity matrices, one matrix product per channel, when they fit
@@ -165,6 +176,7 @@ class Categorizer:
         k: int | None = None,
         exclude: np.ndarray | None = None,
         with_neighbors: bool = True,
+        allowed: RowFilter | None = None,
     ) -> list[Prediction]:
         """Predictions for n queries given per modality as (n, dim) arrays (None/NaN row = absent).
 
@@ -176,7 +188,7 @@ class Categorizer:
         """
         k = int(k or self.k)
         present = self._present(queries)
-        candidates = self._candidates(present, k, exclude)
+        candidates = self._candidates(present, k, exclude, allowed)
         full = self._all_similarities(present)
         out = []
         for i, rows in enumerate(candidates):
@@ -192,13 +204,16 @@ class Categorizer:
         queries: Mapping[str, object],
         k: int | None = None,
         exclude: np.ndarray | None = None,
+        allowed: RowFilter | None = None,
     ) -> list[list[Neighbor]]:
         """The k most similar products per query, ranked by the same fused similarity
-        the vote uses (similar-product search; `exclude` masks rows, e.g. a category filter)."""
+        the vote uses (similar-product search). `allowed` (e.g. a category filter from
+        `store.category_index()`) restricts every query inside the search; `exclude`
+        (n, N) masks rows per query."""
         k = int(k or self.k)
         present = self._present(queries)
         out = []
-        for i, rows in enumerate(self._candidates(present, k, exclude)):
+        for i, rows in enumerate(self._candidates(present, k, exclude, allowed)):
             fused, used = self._fused_similarity(present, i, rows)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]

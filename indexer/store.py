@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,11 @@ import numpy as np
 
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
+from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_search, search_params
+from .filters import CategoryIndex, PositionFilter
+from .integrity import describe_files, verify_files
 from .lexical import LexicalIndex
+from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from .text import encoder_text
 
 FORMAT_VERSION = 1
@@ -39,17 +43,14 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 KEEP_VERSIONS = 3
 
-
-class IndexStoreError(RuntimeError):
-    """Base class for everything that can be wrong with an index on disk (missing, mismatched, damaged)."""
-
-
-class IndexNotFound(IndexStoreError):
-    pass
-
-
-class IndexMismatch(IndexStoreError):
-    """The index was built by other encoders than the ones offered."""
+__all__ = [
+    "DuplicateProduct",
+    "IndexDamaged",
+    "IndexMismatch",
+    "IndexNotFound",
+    "IndexStore",
+    "IndexStoreError",
+]
 
 
 @dataclass
@@ -60,8 +61,16 @@ class ModalityIndex:
     rows: np.ndarray
     index: faiss.Index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, product rows) of the k nearest vectors; rows are -1 past the end."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, product rows) of the k nearest vectors; rows are -1 past the end.
+
+        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)).
+        With `allowed`, only those positions are returned (see `filtered_search`).
+        """
+        if allowed is not None:
+            return filtered_search(self, queries, k, allowed)
         k = max(1, min(k, self.index.ntotal))
         if self.index.ntotal == 0:
             n = len(queries)
@@ -106,12 +115,27 @@ class IndexStore:
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, encoder: Encoder | None = None) -> IndexStore:
-        """Load the live version; with `encoder`, refuse an index built by other models."""
+    def load(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        version: str | None = None,
+        checksums: bool = False,
+    ) -> IndexStore:
+        """Load the live version (or `version`); with `encoder`, refuse an index built by other models.
+
+        Always checks each file's size against the manifest and the loaded arrays against its
+        counts (O(files) beyond reading them); `checksums=True` also hashes every file first
+        (O(bytes), see indexer.integrity). Any damage raises IndexDamaged naming the file.
+        """
         path = Path(path)
-        version = read_current(path)
+        version = version or read_current(path)
         vdir = path / VERSIONS / version
-        manifest = json.loads((vdir / "manifest.json").read_text())
+        label = f"index version {version} ({VERSIONS}/{version})"
+        with _reading(vdir / "manifest.json", label):
+            manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a JSON object")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise IndexMismatch(
                 f"index {path} has format version {manifest.get('format_version')}, "
@@ -119,15 +143,35 @@ class IndexStore:
             )
         if encoder is not None:
             check_compatible(manifest, encoder)
-        with open(vdir / "products.jsonl", encoding="utf-8") as fh:
-            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+        verify_files(vdir, manifest, checksums=checksums, label=label)
+        counts, dims = manifest.get("counts", {}), manifest.get("dims", {})
+        with _reading(vdir / "products.jsonl", label):
+            with open(vdir / "products.jsonl", encoding="utf-8") as fh:
+                products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+            _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
         modalities = {}
+        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides
         for modality in manifest["modalities"]:
-            vectors = np.load(vdir / f"{modality}.npy")
-            rows = np.load(vdir / f"{modality}.rows.npy")
-            index = faiss.read_index(str(vdir / f"{modality}.faiss"))
+            n, dim = counts.get(modality), dims.get(modality)
+            with _reading(vdir / f"{modality}.npy", label):
+                vectors = np.load(vdir / f"{modality}.npy", allow_pickle=False)
+                _expect(vectors.shape == (n, dim), f"shape {vectors.shape}, manifest says ({n}, {dim})")
+            with _reading(vdir / f"{modality}.rows.npy", label):
+                rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
+                _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
+                _expect(n == 0 or (rows.min() >= 0 and rows.max() < len(products)), "rows point outside products")
+            with _reading(vdir / f"{modality}.faiss", label):
+                index = faiss.read_index(str(vdir / f"{modality}.faiss"))
+                _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+            apply_search_params(index, settings)
             modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
-        lexical = LexicalIndex.load(vdir) if manifest.get("lexical") else None
+        lexical = None
+        if manifest.get("lexical"):
+            with _reading(vdir / "lexical.npz", label):
+                lexical = LexicalIndex.load(vdir)
+                n = manifest["lexical"].get("count")
+                _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
+                _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
         return cls(
             path=path, version=version, manifest=manifest, products=products, modalities=modalities, lexical=lexical
         )
@@ -158,6 +202,12 @@ class IndexStore:
             self._lookups["rows"] = self.product_rows()
         return self._lookups["rows"].get(product_id)
 
+    def category_index(self) -> CategoryIndex:
+        """Rows and counts per category prefix, built once per loaded version (O(N) once)."""
+        if "categories" not in self._lookups:
+            self._lookups["categories"] = CategoryIndex(self, self.products)
+        return self._lookups["categories"]
+
     def positions(self, channel: str) -> np.ndarray:
         """Product row -> position in the channel's vectors, -1 where the product lacks it."""
         key = ("positions", channel)
@@ -186,6 +236,62 @@ class IndexStore:
         """(vectors, rows) of a modality: what the evaluation reads instead of re-encoding."""
         m = self.modalities[modality]
         return m.vectors, m.rows
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Mismatch(message)
+
+
+@contextmanager
+def _reading(file: Path, label: str) -> Iterator[None]:
+    """Turn whatever reading a damaged file raises (OSError, EOFError, ValueError, FAISS's
+    RuntimeError, BadZipFile, zlib.error, ...) into IndexDamaged naming the file."""
+    try:
+        yield
+    except IndexStoreError:
+        raise
+    except Exception as exc:  # a damaged file can fail in any reader's own way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexDamaged(f"{label}: {file.name} is damaged or unreadable ({reason[:200]})", file=file) from exc
+
+
+def verify_version(path: str | Path, version: str | None = None, checksums: bool = True) -> IndexStore:
+    """Load a version with every check (sizes, counts and, by default, checksums): what
+    writers and `python -m indexer verify` call. O(bytes) with checksums."""
+    return IndexStore.load(path, version=version, checksums=checksums)
+
+
+def list_versions(path: str | Path) -> list[str]:
+    """Complete version names, oldest first."""
+    versions = Path(path) / VERSIONS
+    if not versions.is_dir():
+        return []
+    return sorted(p.name for p in versions.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file())
+
+
+def last_verified(path: str | Path, checksums: bool = True) -> tuple[IndexStore | None, list[IndexDamaged]]:
+    """The newest version that verifies (the live one first), and why newer ones were refused.
+
+    O(bytes of each version tried) with checksums. (None, [...]) when none verifies.
+    """
+    path = Path(path)
+    refused: list[IndexDamaged] = []
+    try:
+        current: str | None = read_current(path)
+    except IndexNotFound:
+        current = None
+    order = ([current] if current else []) + [v for v in reversed(list_versions(path)) if v != current]
+    for version in order:
+        try:
+            return IndexStore.load(path, version=version, checksums=checksums), refused
+        except IndexDamaged as exc:
+            refused.append(exc)
+    return None, refused
 
 
 def read_current(path: Path) -> str:
@@ -294,13 +400,17 @@ def publish(
             counts=counts,
             dims=dims,
             index_factory=factory,
+            search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS),
             metric="inner_product",
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         for item in staging.iterdir():
             with open(item, "rb") as fh:
                 os.fsync(fh.fileno())
+        manifest["files"] = describe_files(staging)  # sizes + checksums of what was synced: O(bytes)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        with open(staging / "manifest.json", "rb") as fh:
+            os.fsync(fh.fileno())
         version = _next_version(path)
         os.rename(staging, path / VERSIONS / version)
         _fsync_dir(path / VERSIONS)
@@ -319,7 +429,11 @@ def publish(
 
 def _prune(path: Path, keep: str) -> None:
     """Drop old versions (readers hold theirs in memory) and staging folders of writers
-    that died: the caller holds the write lock, so no live writer owns one."""
+    that died: the caller holds the write lock, so no live writer owns one.
+
+    `keep` is the version just published: its files were checksummed as written, and every
+    writer verified the version it built on, so it is the last version that verified and is
+    never deleted, whatever the version names."""
     versions = sorted(p for p in (path / VERSIONS).iterdir() if p.name.isdigit())
     for old in versions[:-KEEP_VERSIONS]:
         if old.name != keep:
@@ -332,19 +446,25 @@ def append(
     store: IndexStore,
     new_products: list[Product],
     new_vectors: Mapping[str, np.ndarray | None],
+    before_publish: Callable[[IndexStore], None] | None = None,
 ) -> IndexStore:
     """Add products to the live index without re-encoding the existing ones.
 
     `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
-    Re-reads the live version under the write lock so concurrent adds never lose data.
+    Re-reads the live version under the write lock so concurrent adds never lose data, and
+    verifies its checksums first (O(bytes)): an add never publishes damage as a new version.
+    `before_publish(live)` runs under the lock once the add is known to win (no id clash),
+    e.g. to move a staged photo into place.
     """
     path = store.path
     with write_lock(path):
-        live = IndexStore.load(path)
+        live = verify_version(path)
         known = {p.id for p in live.products}
         clash = [p.id for p in new_products if p.id in known]
         if clash:
-            raise ValueError(f"product ids already in the index: {', '.join(clash[:5])}")
+            raise DuplicateProduct(clash)
+        if before_publish is not None:
+            before_publish(live)
         base = len(live.products)
         merged, indexes = {}, {}
         for modality in sorted(set(live.modalities) | {m for m, v in new_vectors.items() if v is not None}):

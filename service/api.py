@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import os
 import re
 import time
-from collections import Counter
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from indexer.catalog import Product
-from indexer.store import IndexStore
+from indexer.store import DuplicateProduct, IndexStore
 
 from . import metrics
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
-from .inputs import decode_image, read_request
-from .media import image_file, save_upload, thumbnail_jpeg
+from .inputs import decode_image, parse_number, read_request
+from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
 from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
 from .state import Loaded, NotReady, ServiceState
 
@@ -149,7 +151,7 @@ def similar_products(product_id: str):
     allowed = category_filter(live.store, request.args.get("category"))
     vectors = product_vectors(live.store, row)
     modality = request.args.get("modality")
-    if modality:
+    if modality is not None:
         if modality not in live.store.modalities:
             raise ApiError(400, f"modality must be one of {', '.join(sorted(live.store.modalities))}")
         if modality not in vectors:
@@ -199,23 +201,24 @@ def _check_token() -> None:
 
 
 def _category_path(fields) -> tuple[str, ...]:
-    raw = fields.get("category_path")
-    if raw is None:
+    # a form sends a list as repeated fields; JSON as an array
+    listed = fields.getlist("category_path") or None if hasattr(fields, "getlist") else fields.get("category_path")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
+        raise ApiError(400, "category_path must be a list of strings")
+    if listed is not None and (len(listed) > 10 or any(len(p) > 200 for p in listed)):
+        raise ApiError(400, "category_path holds at most 10 parts of at most 200 characters")
+    path = [p.strip() for p in listed or [] if p.strip()]
+    if not path:  # category_path absent or blank: the 'A >> B >> C' string
         raw = fields.get("category")
-    if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
-        path = [p.strip() for p in raw if p.strip()]
-    elif isinstance(raw, str):
-        path = split_path(raw)
-    elif raw is None:
-        path = []
-    else:
-        raise ApiError(400, "category_path must be a list of strings or 'A >> B >> C'")
+        if raw is not None and not isinstance(raw, str):
+            raise ApiError(400, "category must be a string like 'A >> B >> C'")
+        if raw is not None and len(raw) > 200:
+            raise ApiError(400, f"category is {len(raw)} characters, over the 200-character limit")
+        path = split_path(raw or "")
     if not path:
         raise ApiError(
             400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')"
         )
-    if len(path) > 10 or any(len(p) > 200 for p in path):
-        raise ApiError(400, "category path is too long")
     return tuple(path)
 
 
@@ -231,16 +234,9 @@ def add_product():
         raise ApiError(400, "a product needs a title")
     path = _category_path(fields)
     brand = fields.get("brand")
-    if brand is not None and not isinstance(brand, str):
-        raise ApiError(400, "brand must be a string")
-    price = fields.get("price")
-    if price not in (None, ""):
-        try:
-            price = float(price)
-        except (TypeError, ValueError):
-            raise ApiError(400, f"price must be a number, got {price!r}") from None
-    else:
-        price = None
+    if brand is not None and (not isinstance(brand, str) or len(brand) > 1000):
+        raise ApiError(400, "brand must be a string of at most 1000 characters")
+    price = parse_number(fields.get("price"), "price", minimum=0.0)
     live = loaded()
     if query.image is not None:
         decode_image(query.image, live.encoder.image_size)  # 422 before anything is written
@@ -256,10 +252,10 @@ def add_product():
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
-    image_name = image_path = None
+    index_dir = state().index_dir
+    staged = final = None
     if query.image is not None:
-        image_path = save_upload(state().index_dir, product_id, query.image)
-        image_name = image_path.name
+        staged, final = stage_upload(index_dir, product_id, query.image)
     product = Product(
         id=product_id,
         name=query.title,
@@ -267,13 +263,29 @@ def add_product():
         brand=(brand or "").strip() or None,
         price=price,
         category_path=path,
-        image=image_name,
-        image_path=image_path,
+        image=final.name if final else None,
+        image_path=final,
     )
+
+    def move_photo_into_place(winner: IndexStore) -> None:
+        """Under the write lock, once this add is known to win: the photo takes its name."""
+        if staged is not None and final is not None:
+            os.replace(staged, final)
+        clean_orphans(index_dir, {Path(p.image).name for p in winner.products if p.image} | {product.image or ""})
+
     try:
-        store, report = add_products(state().index_dir, [product], live.encoder)
-    except ValueError as exc:  # another request added the same id first
+        store, report = add_products(
+            index_dir,
+            [dataclasses.replace(product, image_path=staged)] if staged else [product],
+            live.encoder,
+            before_publish=move_photo_into_place,
+            stored=[product],
+        )
+    except DuplicateProduct as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(len(store.products))
     body = product_public(product, image_url(product, store))
@@ -289,20 +301,8 @@ def add_product():
 @bp.get("/categories")
 def categories():
     live = loaded()
-    top = Counter(p.category for p in live.store.products if p.category)
-    sub: dict[str, Counter] = {c: Counter() for c in top}
-    for p in live.store.products:
-        if len(p.category_path) > 1:
-            sub[p.category][p.category_path[1]] += 1
     return jsonify(
-        categories=[
-            {
-                "name": name,
-                "count": count,
-                "subcategories": [{"name": s, "count": n} for s, n in sorted(sub[name].items())],
-            }
-            for name, count in sorted(top.items())
-        ],
+        categories=live.store.category_index().counts(),
         total=len(live.store.products),
         index_version=live.version,
     )

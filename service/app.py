@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, request
 
 from indexer.encoders import Encoder
 
 from . import api, errors, metrics, web
 from .config import Config
+from .inputs import BodyDeadline, check_url
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,16 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
     errors.register(app)
+    app.before_request(lambda: check_url(request.environ, config))
+    app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)
     metrics.install(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
         metrics.set_index_size(len(live.store.products))
+    elif load and state.fatal:
+        # versions exist but none verifies: serving nothing beats serving damage (gunicorn's
+        # master exits here, during preload, with this line)
+        raise SystemExit(f"refusing to serve {config.index_dir}: no index version verifies; {state.error}")
     return app

@@ -30,6 +30,10 @@ class Config:
     PARALLEL_ENCODE   1 (default) encodes a query's text on a helper thread while the image
                       is encoded: about max(image, text) instead of the sum when a core is free
     ENCODER_PROFILE   only used when no index exists yet; otherwise the index's own profile
+    INDEX_VERIFY_CHECKSUMS  1 (default): each (re)load hashes the version's files (O(bytes); the
+                      cost is printed by bench/bench_verify.py); 0: sizes and counts only
+    MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
+    BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
     """
 
     index_dir: str = "var/index"
@@ -47,6 +51,10 @@ class Config:
     thumb_max: int = 1024
     thumb_min: int = 16
     retry_load_seconds: float = 5.0
+    verify_checksums: bool = True
+    max_url_bytes: int = 4096
+    max_json_depth: int = 32
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -60,6 +68,9 @@ class Config:
             torch_threads=_int("TORCH_THREADS", cls.torch_threads),
             parallel_encode=os.environ.get("PARALLEL_ENCODE", "1").lower() not in ("0", "false", "no", "off"),
             encoder_profile=os.environ.get("ENCODER_PROFILE") or cls.encoder_profile,
+            verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
+            max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
+            body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

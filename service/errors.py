@@ -1,15 +1,27 @@
-"""Every error as RFC 9457 problem+json, so clients parse one shape for all failures."""
+"""Every error as RFC 9457 problem+json, so clients parse one shape for all failures.
+
+Details never show server internals: no tracebacks, and absolute paths (the index and
+data folders, temp files) are replaced by the variable that names them or a file name.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+from collections.abc import Iterable
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException, InternalServerError
+from flask import Flask, current_app, has_app_context, jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "about:blank"
+# an absolute path of two or more parts that is not one of ours (/api/..., /static/...)
+_ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.:/])/(?!api/|static/|openapi|readyz|healthz|metrics)(?:[^\s'\"/:,;()]+/)+([^\s'\",;()]*)"
+)
 
 
 class ApiError(Exception):
@@ -23,16 +35,46 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def problem(status: int, detail: str, title: str | None = None, **extra):
-    """A problem+json response (type, title, status, detail [, extra members])."""
-    from werkzeug.http import HTTP_STATUS_CODES
+def _known_roots() -> Iterable[tuple[str, str]]:
+    """(absolute folder, public name) pairs, longest first."""
+    roots: list[tuple[str, str]] = []
+    if has_app_context():
+        cfg = current_app.config.get("SERVICE")
+        folders = ((getattr(cfg, "index_dir", None), "$INDEX_DIR"), (getattr(cfg, "data_dir", None), "$DATA_DIR"))
+        for value, name in folders:
+            if value:
+                roots += [(os.path.abspath(value), name), (os.path.realpath(value), name)]
+    return sorted(set(roots), key=lambda r: -len(r[0]))
 
+
+def public_text(text: str) -> str:
+    """`text` with server paths removed: known folders become $INDEX_DIR / $DATA_DIR, any
+    other absolute path its last component. O(len(text))."""
+    for root, name in _known_roots():
+        if root and root != "/":
+            text = text.replace(root, name)
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "", text)
+
+
+def public(value):
+    """A JSON-able value with `public_text` applied to every string in it."""
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public(v) for v in value]
+    return value
+
+
+def problem(status: int, detail: str, title: str | None = None, **extra):
+    """A problem+json response (type, title, status, detail [, extra members]), paths removed."""
     body = {
         "type": PROBLEM_TYPE,
         "title": title or HTTP_STATUS_CODES.get(status, "Error"),
         "status": status,
-        "detail": detail,
-        **extra,
+        "detail": public_text(detail),
+        **public(extra),
     }
     response = jsonify(body)
     response.status_code = status
@@ -50,12 +92,18 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        if status >= 500:  # werkzeug's descriptions of server errors say nothing a client can use
+            log.error("HTTP %s: %s", status, exc.description)
+            return problem(status, "internal error; it has been logged", HTTP_STATUS_CODES.get(status))
         detail = exc.description or exc.name
-        if exc.code == 413:
+        if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is over the {limit}-byte limit (MAX_UPLOAD_BYTES)"
-        response = problem(exc.code or 500, detail, exc.name)
-        if exc.code == 405 and exc.valid_methods:
+        response = problem(status, detail, exc.name)
+        if status == 408:  # the rest of the body may still be on its way: do not wait for it
+            response.headers["Connection"] = "close"
+        if status == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
@@ -64,4 +112,4 @@ def register(app: Flask) -> None:
         if isinstance(exc, HTTPException):  # pragma: no cover - handled above
             return _http_error(exc)
         log.exception("unhandled error")
-        return problem(500, "internal error; it has been logged", InternalServerError.name)
+        return problem(500, "internal error; it has been logged", "Internal Server Error")

@@ -7,7 +7,14 @@ deadlock in a child); each worker then sets its own thread count (TORCH_THREADS,
 default 1: WEB_CONCURRENCY x TORCH_THREADS should not exceed the cores) and warms
 its models up before taking traffic.
 
-Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_TIMEOUT (60),
+Serving model (chosen by measurement, bench/bench_slow_clients.py; README "Serving model"):
+gthread workers (service.workers.ProblemThreadWorker) with GUNICORN_THREADS request threads
+each, so clients that trickle their bodies hold a thread, not a worker; BODY_TIMEOUT
+(service.config, default 30 s) bounds how long they hold it. Torch still runs one thread per
+worker: requests of one worker share its core, the encoders serialise per model.
+
+Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_THREADS (8), GUNICORN_WORKER_CLASS
+(default service.workers.ProblemThreadWorker; "sync" for the old model), GUNICORN_TIMEOUT (60),
 TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder),
 GUNICORN_MAX_REQUESTS (0 = never recycle), GUNICORN_CONTROL_SOCKET (unset = off), LOG_LEVEL (info).
 """
@@ -25,7 +32,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "service.workers.ProblemThreadWorker")
+# gunicorn runs a "sync" worker_class with threads > 1 as gthread: sync means one thread
+threads = 1 if worker_class == "sync" else int(os.environ.get("GUNICORN_THREADS", "8"))
+# the longest request line gunicorn reads (its maximum); the app refuses targets over
+# MAX_URL_BYTES (4096) with 414 problem+json, and the worker answers longer ones the same way
+limit_request_line = 8190
 preload_app = True
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30

@@ -1,14 +1,20 @@
 """Read a query (image and/or text, k, category) from a multipart or JSON request.
 
 All validation lives here so that every endpoint rejects bad input the same way:
-400 for missing/invalid fields, 415 for other content types. Images are only read
-as bytes here; decoding (422 on failure) happens in `decode_image`.
+400 for missing/invalid fields (including NaN/Infinity and numbers out of range, text that
+is not valid Unicode, JSON nested deeper than MAX_JSON_DEPTH), 415 for other content
+types. Images are only read as bytes here; decoding (422 on failure) happens in `decode_image`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import json
+import math
+import socket
+import threading
 from dataclasses import dataclass, field
 
 from flask import Request
@@ -42,6 +48,68 @@ def _str_field(data, name: str, limit: int) -> str:
     return value.strip()
 
 
+def _reject_constant(name: str) -> float:
+    raise ApiError(400, f"JSON number {name} is not allowed: send a finite number")
+
+
+def check_unicode(value: str, name: str) -> str:
+    """`value` if it encodes as UTF-8; 400 naming the field for a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"field '{name}' is not valid Unicode (lone surrogate at character {exc.start})") from None
+    return value
+
+
+def check_json(value, max_depth: int) -> None:
+    """Walk a parsed JSON value once (O(nodes), no recursion): 400 if it nests deeper than
+    `max_depth`, holds a non-finite number (1e400 parses as inf) or a lone surrogate."""
+    stack = [(value, 1, "body")]
+    while stack:
+        node, depth, name = stack.pop()
+        if depth > max_depth:
+            raise ApiError(400, f"JSON body is nested deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                check_unicode(key, "(a key)")
+                stack.append((item, depth + 1, key if depth == 1 else name))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, name) for item in node)
+        elif isinstance(node, str):
+            check_unicode(node, name)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ApiError(400, f"field '{name}' must be a finite number")
+
+
+def parse_json_body(raw: bytes, max_depth: int):
+    """The JSON value of a request body; 400 for invalid JSON, NaN/Infinity, over-deep nesting."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ApiError(400, f"JSON body is nested deeper than {max_depth} levels") from None
+    except ValueError:  # includes UnicodeDecodeError
+        raise ApiError(400, "request body is not valid JSON") from None
+    check_json(data, max_depth)
+    return data
+
+
+def parse_number(raw, name: str, minimum: float = 0.0) -> float | None:
+    """A finite number >= `minimum` from JSON or a form string; None when absent or empty."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ApiError(400, f"{name} must be a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a finite number, got {raw!r}")
+    if value < minimum:
+        raise ApiError(400, f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
 def parse_k(raw, config: Config) -> int | None:
     if raw is None or raw == "":
         return None
@@ -60,18 +128,17 @@ def read_request(request: Request, config: Config) -> QueryInput:
     """The query fields of a multipart/form or JSON request (415 for anything else)."""
     mimetype = request.mimetype
     if mimetype == "application/json":
-        data = request.get_json(silent=True)
-        if data is None and request.get_data(cache=True):
-            raise ApiError(400, "request body is not valid JSON")
-        if data is None:
-            data = {}
+        raw = request.get_data(cache=True)
+        data = parse_json_body(raw, config.max_json_depth) if raw.strip() else {}
         if not isinstance(data, dict):
             raise ApiError(400, "JSON body must be an object")
         image = None
         encoded = data.get("image_base64")
-        if encoded not in (None, ""):
+        if encoded is not None:
             if not isinstance(encoded, str):
                 raise ApiError(400, "image_base64 must be a base64 string")
+            if not encoded.strip():
+                raise ApiError(400, "image_base64 is empty: send the image, or leave the field out")
             if encoded.startswith("data:") and "," in encoded:  # tolerate data: URLs
                 encoded = encoded.split(",", 1)[1]
             try:
@@ -103,9 +170,108 @@ def read_request(request: Request, config: Config) -> QueryInput:
     )
 
 
+def check_url(environ: dict, config: Config) -> None:
+    """414 problem+json when the request target (path + query) is over MAX_URL_BYTES."""
+    target = environ.get("RAW_URI") or (environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", ""))
+    if len(target) > config.max_url_bytes:
+        raise ApiError(
+            414, f"request URL is {len(target)} bytes, over the {config.max_url_bytes}-byte limit", "URI Too Long"
+        )
+
+
 def decode_image(data: bytes, draft_size: int | None):
     """RGB image from uploaded bytes, or 422 with indexer.images' reason."""
     try:
         return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
     except ImageError as exc:
         raise ApiError(422, str(exc), "Unprocessable image") from None
+
+
+class _DeadlineStream:
+    """wsgi.input that turns a body cut short by `BodyDeadline` into 408; cancels the
+    deadline once the whole body has arrived."""
+
+    def __init__(self, stream, length: int, expired: threading.Event, done, seconds: float):
+        self._stream = stream
+        self._left = length
+        self._expired = expired
+        self._done = done
+        self._seconds = seconds
+
+    def _after(self, data: bytes) -> bytes:
+        self._left -= len(data)
+        if self._left <= 0:
+            self._done()
+        elif self._expired.is_set():
+            raise _timeout(self._seconds)
+        return data
+
+    def read(self, *args) -> bytes:
+        try:
+            return self._after(self._stream.read(*args))
+        except Exception:
+            if self._expired.is_set():
+                raise _timeout(self._seconds) from None
+            raise
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, *args) -> bytes:
+        try:
+            return self._after(self._stream.readline(*args))
+        except Exception:
+            if self._expired.is_set():
+                raise _timeout(self._seconds) from None
+            raise
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str):  # anything else a server's stream offers
+        return getattr(self._stream, name)
+
+
+def _timeout(seconds: float):
+    from werkzeug.exceptions import RequestTimeout
+
+    return RequestTimeout(f"request body not received within {seconds:g} s (BODY_TIMEOUT)")
+
+
+class BodyDeadline:
+    """WSGI middleware bounding how long a request may take to send its body (under gunicorn).
+
+    A timer shuts the connection's read side once `body_timeout` seconds have passed
+    without the whole body; the blocked read returns, the client gets 408 problem+json and
+    the connection is closed. So a client trickling bytes (or sending nothing) holds a
+    request thread for at most `body_timeout` seconds. One timer per request with a body."""
+
+    def __init__(self, app, body_timeout: float):
+        self.app = app
+        self.body_timeout = body_timeout
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if sock is None or self.body_timeout <= 0 or length <= 0:
+            return self.app(environ, start_response)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+        timer = threading.Timer(self.body_timeout, expire)
+        timer.daemon = True
+        environ["wsgi.input"] = _DeadlineStream(environ["wsgi.input"], length, expired, timer.cancel, self.body_timeout)
+        timer.start()
+        try:
+            return self.app(environ, start_response)
+        finally:
+            timer.cancel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,7 +14,11 @@ from indexer.catalog import IMAGES_DIR, Product
 from indexer.images import ImageError, load_image, thumbnail
 from indexer.store import IndexStore
 
+log = logging.getLogger(__name__)
+
 UPLOADS = "uploads"
+STAGING_PREFIX = ".incoming-"
+STAGING_MAX_AGE = 3600.0  # seconds: a staging file older than this belongs to an add that died
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
 
@@ -62,22 +68,51 @@ def image_extension(data: bytes) -> str:
         return "img"
 
 
-def save_upload(index_dir: Path, product_id: str, data: bytes) -> Path:
-    """Write the upload under INDEX_DIR/uploads atomically (temp file, fsync, rename)."""
+def stage_upload(index_dir: Path, product_id: str, data: bytes) -> tuple[Path, Path]:
+    """Write an upload under a unique staging name in INDEX_DIR/uploads (fsynced); return
+    (staged path, final path). Only the add that wins moves it into place
+    (`os.replace(staged, final)` under the index's write lock), so a losing or killed add
+    never replaces another product's photo."""
     folder = Path(index_dir) / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{product_id}.{image_extension(data)}"
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
+    final = folder / f"{product_id}.{image_extension(data)}"
+    fd, staged = tempfile.mkstemp(prefix=STAGING_PREFIX, suffix=final.suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(staged).unlink(missing_ok=True)
         raise
-    return target.resolve()
+    return Path(staged).resolve(), final.resolve()
 
 
-__all__ = ["ImageError", "image_file", "load_image", "save_upload", "thumbnail_jpeg"]
+def clean_orphans(index_dir: Path, referenced: set[str], staged_older_than: float = STAGING_MAX_AGE) -> list[Path]:
+    """Delete photos in INDEX_DIR/uploads that no product of the live version names, and
+    staging files older than `staged_older_than` seconds (adds killed before they won).
+
+    The caller holds the index's write lock (photos are moved into place only under it, so
+    an unreferenced photo belongs to no add in flight); younger staging files may belong
+    to adds still encoding. O(files in uploads/)."""
+    folder = Path(index_dir) / UPLOADS
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for item in folder.iterdir():
+        if not item.is_file():
+            continue
+        if item.name.startswith(STAGING_PREFIX):
+            orphan = now - item.stat().st_mtime > staged_older_than
+        else:
+            orphan = item.name not in referenced
+        if orphan:
+            item.unlink(missing_ok=True)
+            removed.append(item)
+    if removed:
+        log.info("removed %d orphan photo(s) from %s", len(removed), folder)
+    return removed
+
+
+__all__ = ["ImageError", "clean_orphans", "image_file", "load_image", "stage_upload", "thumbnail_jpeg"]

@@ -46,6 +46,15 @@ STAGES = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0),
 )
 INDEX_PRODUCTS = Gauge("index_products", "Products in the loaded index", registry=REGISTRY, multiprocess_mode="max")
+INDEX_REFUSALS = Counter(
+    "index_version_refusals_total", "Index versions refused because they failed to load or verify", registry=REGISTRY
+)
+INDEX_REFUSED = Gauge(
+    "index_version_refused",
+    "Number of the live index version this process refuses to serve (0: none refused)",
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -60,6 +69,15 @@ def observe_stages(timing_ms: dict) -> None:
 
 def set_index_size(n: int) -> None:
     INDEX_PRODUCTS.set(n)
+
+
+def record_refusal(version: str | None) -> None:
+    """Count a refused version and expose its number; `None` clears it (a good version is live)."""
+    if version is None:
+        INDEX_REFUSED.set(0)
+        return
+    INDEX_REFUSALS.inc()
+    INDEX_REFUSED.set(int(version) if version.isdigit() else -1)
 
 
 @bp.get("/metrics")

@@ -7,13 +7,13 @@ so search shows exactly the neighbourhood the category vote is based on.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from indexer.catalog import CATEGORY_SEPARATOR, Product
+from indexer.filters import RowFilter
 from indexer.knn import Categorizer, Neighbor, query_channels, query_text, stored_queries
 from indexer.store import IndexStore
 
@@ -33,6 +33,9 @@ def _ms(seconds: float) -> float:
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
+# one forward pass per model at a time in a process: with gthread workers several request
+# threads share one encoder, and a tokenizer is not safe to call from two threads at once
+_model_locks = {"image": threading.Lock(), "text": threading.Lock()}
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -60,7 +63,8 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
 
     def encode_text():
         t0 = time.perf_counter()
-        channels = query_channels(store, encoder, texts=[text])  # dense text + lexical
+        with _model_locks["text"]:
+            channels = query_channels(store, encoder, texts=[text])  # dense text + lexical
         return channels, _ms(time.perf_counter() - t0)
 
     pending = None
@@ -71,7 +75,8 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
             t0 = time.perf_counter()
             image = decode_image(query.image, encoder.image_size)
             t1 = time.perf_counter()
-            vectors.update(query_channels(store, encoder, images=[image]))
+            with _model_locks["image"]:
+                vectors.update(query_channels(store, encoder, images=[image]))
             timing["decode"], timing["encode_image"] = _ms(t1 - t0), _ms(time.perf_counter() - t1)
     finally:
         if pending is not None:
@@ -87,15 +92,17 @@ def split_path(category: str) -> list[str]:
     return [part.strip() for part in category.split(CATEGORY_SEPARATOR) if part.strip()]
 
 
-def category_filter(store: IndexStore, category: str | None) -> np.ndarray | None:
-    """Bool mask of product rows under `category` ("Top" or "Top >> Sub ..."); 400 if unknown."""
+def category_filter(store: IndexStore, category: str | None) -> RowFilter | None:
+    """The rows under `category` ("Top" or "Top >> Sub ...") as a filter the search applies
+    inside each channel; 404 if the index has no such category (the filter names something
+    that does not exist, the query is valid). O(1): the store groups rows by category once per
+    loaded version and caches the filter."""
     if not category:
         return None
-    path = split_path(category)
-    mask = np.array([list(p.category_path[: len(path)]) == path for p in store.products], dtype=bool)
-    if not mask.any():
-        raise ApiError(400, f"unknown category {category!r}; see GET /api/v1/categories")
-    return mask
+    row_filter = store.category_index().filter(split_path(category))
+    if row_filter is None:
+        raise ApiError(404, f"unknown category {category!r}; see GET /api/v1/categories")
+    return row_filter
 
 
 def product_vectors(store: IndexStore, row: int) -> dict:
@@ -107,17 +114,15 @@ def search(
     categorizer: Categorizer,
     vectors: dict,
     k: int,
-    allowed: np.ndarray | None = None,
+    allowed: RowFilter | None = None,
     exclude_row: int | None = None,
 ) -> list[Neighbor]:
-    """Top-k products by the categorizer's own fused similarity (the ranking its vote uses)."""
-    n = len(categorizer.store.products)
-    exclude = None
-    if allowed is not None or exclude_row is not None:
-        exclude = np.zeros((1, n), dtype=bool) if allowed is None else ~allowed[None, :]
-        if exclude_row is not None:
-            exclude[0, exclude_row] = True
-    return categorizer.neighbors(vectors, k=k, exclude=exclude)[0]
+    """Top-k products by the categorizer's own fused similarity (the ranking its vote uses),
+    `allowed` applied inside the search and `exclude_row` (the query product) skipped:
+    no per-request work over the catalogue."""
+    if exclude_row is not None:
+        allowed = (allowed or RowFilter(categorizer.store, None)).without([exclude_row])
+    return categorizer.neighbors(vectors, k=k, allowed=allowed)[0]
 
 
 def product_public(product: Product, image_url: str | None, description_chars: int | None = None) -> dict:

@@ -4,6 +4,13 @@ Each gunicorn worker holds one `ServiceState`. Requests take an immutable `Loade
 snapshot, so a reload in the middle of a request never mixes two index versions.
 A newer version published by any process (another worker's add, a rebuild) is
 noticed by `IndexStore.is_stale()` - one small file read - before each request.
+
+A version that fails to load or verify is refused with one log line naming the file: a
+running process keeps serving the version it has (reported in /readyz and /metrics); a
+fresh start serves the newest older version that verifies, and with none exits (see
+`create_app`) naming the damaged file. Each (re)load checks checksums when
+`Config.verify_checksums` (INDEX_VERIFY_CHECKSUMS, default on): O(index bytes), measured
+by bench/bench_verify.py.
 """
 
 from __future__ import annotations
@@ -16,8 +23,17 @@ from pathlib import Path
 
 from indexer.encoders import Encoder, create_encoder, create_encoder_for
 from indexer.knn import Categorizer
-from indexer.store import IndexMismatch, IndexStore, IndexStoreError
+from indexer.store import (
+    IndexDamaged,
+    IndexMismatch,
+    IndexNotFound,
+    IndexStore,
+    check_compatible,
+    last_verified,
+    read_current,
+)
 
+from . import metrics
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -73,6 +89,8 @@ class ServiceState:
         self._failed_at = -1e9
         self._mismatched: str | None = None
         self.error: str | None = None
+        self.refused: dict | None = None  # the newest version refused: {"version", "file", "reason"}
+        self.fatal = False  # damage, and no version that verifies: a fresh start must not serve
         self.reloads = 0
 
     # ---- loading -------------------------------------------------------------------------
@@ -82,12 +100,13 @@ class ServiceState:
             self._encoder = create_encoder_for(manifest) if manifest else create_encoder(profile)
         return self._encoder
 
-    def _load_store(self) -> Loaded:
-        store = IndexStore.load(self.index_dir)
+    def _load_store(self, store: IndexStore | None = None) -> Loaded:
+        """Load (or take) a verified version, then its encoder and categorizer."""
+        store = store or IndexStore.load(self.index_dir, checksums=self.config.verify_checksums)
         fresh = self._encoder is None or self._encoder.profile != store.profile
         encoder = self._encoder_for(store.profile, store.manifest)
         try:
-            store = IndexStore.load(self.index_dir, encoder=encoder)
+            check_compatible(store.manifest, encoder)
         except IndexMismatch:
             # An encoder we were handed or loaded for an older version may be out of date
             # (same profile, other settings): load the profile afresh, once per model id.
@@ -97,18 +116,41 @@ class ServiceState:
             self._mismatched = model
             self._encoder = None
             encoder = self._encoder_for(store.profile, store.manifest)
-            store = IndexStore.load(self.index_dir, encoder=encoder)
+            check_compatible(store.manifest, encoder)
         return Loaded(store, encoder, categorizer_for(store), time.time())
 
+    def _refuse(self, version: str | None, exc: Exception) -> None:
+        """Remember and report a refused version: one log line naming the file, /readyz, /metrics."""
+        file = getattr(exc, "file", None)
+        self.refused = {
+            "version": version,
+            "file": f"{file.parent.name}/{file.name}" if file is not None else None,
+            "reason": str(exc),
+        }
+        metrics.record_refusal(version)
+        log.error("index version %s refused: %s (file %s)", version, exc, file or "n/a")
+
     def load(self) -> bool:
-        """Try to load the live index; on failure remember why (for /readyz) and return False."""
+        """Load the live version, or the newest older one that verifies; on failure remember
+        why (for /readyz) and return False. `fatal` is set when versions exist but none verifies."""
         with self._lock:
             self._last_attempt = time.monotonic()
             try:
                 self._loaded = self._load_store()
-            except (IndexStoreError, OSError, ValueError) as exc:
+            except IndexNotFound as exc:
                 self.error = str(exc)
                 log.warning("index not loaded: %s", exc)
+                return False
+            except IndexDamaged as exc:
+                self._refuse(_current_or_none(self.index_dir), exc)
+                store, _ = last_verified(self.index_dir, checksums=self.config.verify_checksums)
+                if store is None:
+                    self.error, self.fatal = str(exc), True
+                    return False
+                self._loaded = self._load_store(store)
+            except Exception as exc:  # an encoder or categorizer that cannot load: not ready, say why
+                self.error = str(exc) or type(exc).__name__
+                log.exception("index not loaded")
                 return False
             self.error = None
             log.info(
@@ -147,13 +189,25 @@ class ServiceState:
             return loaded
         if loaded.store.is_stale() and time.monotonic() - self._failed_at >= self.config.retry_load_seconds:
             with self._lock:
-                if self._loaded is loaded:  # nobody reloaded while we waited for the lock
+                version = _current_or_none(self.index_dir)
+                refused = self.refused is not None and self.refused["version"] == version
+                if self._loaded is loaded and not refused:  # nobody reloaded while we waited for the lock
                     try:
                         self._loaded = self._load_store()
                         self.reloads += 1
+                        self.refused = None
+                        metrics.record_refusal(None)
                         log.info("reloaded index version %s", self._loaded.version)
-                    except (IndexStoreError, OSError, ValueError) as exc:
+                    except Exception as exc:  # whatever a damaged version raises: keep serving ours
                         self._failed_at = time.monotonic()
-                        log.warning("keeping index version %s, reload failed: %s", loaded.version, exc)
+                        self._refuse(version, exc)
+                        log.warning("keeping index version %s", loaded.version)
                 loaded = self._loaded
         return loaded
+
+
+def _current_or_none(index_dir: Path) -> str | None:
+    try:
+        return read_current(index_dir)
+    except IndexNotFound:
+        return None

@@ -9,7 +9,7 @@ import yaml
 from flask import Blueprint, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
-from .errors import problem
+from .errors import problem, public
 
 bp = Blueprint("web", __name__)
 
@@ -42,13 +42,15 @@ def healthz() -> ResponseReturnValue:
 def readyz() -> ResponseReturnValue:
     """Readiness: 200 only once the index and its encoder are loaded."""
     state = current_app.extensions["service_state"]
+    refused = {"refused": state.refused} if state.refused else {}
     try:
         live = state.current()
     except Exception as exc:  # NotReady, or an unexpected load failure
-        response = problem(503, f"index not loaded: {exc}", "Service Unavailable")
+        response = problem(503, f"index not loaded: {exc}", "Service Unavailable", **refused)
         response.headers["Retry-After"] = "5"
         return response
     store = live.store
+    refused = {"refused": public(state.refused)} if state.refused else {}  # current() may have refused a new one
     return jsonify(
         status="ready",
         index_version=live.version,
@@ -56,4 +58,5 @@ def readyz() -> ResponseReturnValue:
         profile=store.profile,
         model_id=store.manifest.get("model_id"),
         threshold=live.categorizer.threshold,
+        **refused,
     )

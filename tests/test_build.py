@@ -10,7 +10,7 @@ from fakes import FakeEncoder, make_dataset, product_image, product_row, write_c
 from indexer.build import CACHE_FILE, add_products, build_index, encode_products
 from indexer.catalog import IMAGES_DIR, load_catalog
 from indexer.images import load_image
-from indexer.store import IndexMismatch, IndexStore
+from indexer.store import DuplicateProduct, IndexMismatch, IndexStore
 from indexer.text import encoder_text
 
 
@@ -244,7 +244,7 @@ def test_add_products_appends_without_reencoding(dataset, tmp_path):
     images = by_id(reloaded, "image")
     for pid, vector in by_id(before, "image").items():
         np.testing.assert_allclose(images[pid], vector, atol=1e-7)
-    with pytest.raises(ValueError, match="already in the index"):
+    with pytest.raises(DuplicateProduct, match="already in the index"):
         add_products(out, new[:1], FakeEncoder())
 
 
@@ -426,5 +426,5 @@ def test_concurrent_adds_from_two_processes(dataset, tmp_path):
     # every added vector sits in the cache: a rebuild of one batch's folder encodes nothing
     summary, encoder = build({"folder": folders[0]}, tmp_path / "again-index")
     assert summary.encoded == {"image": 6, "text": 6}  # another index folder has its own cache
-    summary, encoder = build({"folder": folders[0]}, out)
+    summary, encoder = build({"folder": folders[0]}, out, added="drop")  # the other batch goes
     assert encoder.calls == {"image": 0, "text": 0}

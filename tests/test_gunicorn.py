@@ -1,15 +1,18 @@
-"""The service as deployed: gunicorn with service/gunicorn.conf.py (preload + fork, 2 workers)
-on a free loopback port, real HTTP requests."""
+"""The service as deployed: gunicorn with service/gunicorn.conf.py (preload + fork, 2 gthread
+workers) on a free loopback port, real HTTP requests; slow clients and over-long request lines."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "gunicorn-test-token"
 LIMIT = 1_000_000
+BODY_TIMEOUT = 4
 
 
 def request(port, method, path, body=None, headers=None, timeout=60):
@@ -75,6 +79,7 @@ def server(service_index, real_data_dir, tmp_path_factory):
         MAX_UPLOAD_BYTES=str(LIMIT),
         PORT=str(port),
         PROMETHEUS_MULTIPROC_DIR=str(index_dir.parent / "metrics"),
+        BODY_TIMEOUT=str(BODY_TIMEOUT),
     )
     env.pop("PYTHONPATH", None)
     command = [
@@ -194,6 +199,77 @@ def test_an_add_reaches_every_worker_and_metrics_sum_workers(server, service_ind
     text = raw.decode()
     match = re.search(r'http_requests_total\{endpoint="/api/v1/search",method="POST",status="200"\} ([0-9.]+)', text)
     assert match and float(match.group(1)) >= sent
+
+
+def trickle(port: int, seconds: float, ended: list) -> None:
+    """POST a body one byte per second for at most `seconds`; record the status line we get back."""
+    body = json.dumps({"title": "x" * 100}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        answer = b""
+        for i in range(int(seconds)):
+            try:
+                sock.sendall(body[i : i + 1])
+            except OSError:
+                break
+            time.sleep(1.0)
+        sock.settimeout(3)
+        with contextlib.suppress(OSError):
+            answer = sock.recv(4096)
+    ended.append(answer)
+
+
+def test_four_slow_clients_do_not_delay_a_normal_request(server):
+    """Four clients trickle bodies at 1 byte/s (sync workers: /healthz waited 27 s); normal
+    requests still answer within 1 s, and the trickling ones get 408 after BODY_TIMEOUT."""
+    port = server["port"]
+    ended: list[bytes] = []
+    seconds = BODY_TIMEOUT + 3
+    clients = [threading.Thread(target=trickle, args=(port, seconds, ended), daemon=True) for _ in range(4)]
+    for c in clients:
+        c.start()
+    time.sleep(1.5)
+    latencies = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        assert request(port, "GET", "/healthz", timeout=10)[0] == 200
+        status, _, body = post_json(port, "/api/v1/predict", {"title": "analog wrist watch"})
+        assert status == 200 and body["category"] == "Watches"
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(0.5)
+    for c in clients:
+        c.join(timeout=seconds + 15)
+    assert max(latencies) < 1.0, latencies
+    assert len(ended) == 4 and all(a.startswith(b"HTTP/1.1 408") for a in ended), ended
+    assert all(b"application/problem+json" in a for a in ended)
+
+
+@pytest.mark.parametrize("length,by", [(5_000, "app"), (9_000, "gunicorn")])
+def test_over_long_urls_are_414_problem_json(server, length, by):
+    status, headers, raw = request(server["port"], "GET", "/api/v1/categories?q=" + "a" * length)
+    assert status == 414 and headers["Content-Type"] == "application/problem+json", raw[:200]
+    assert json.loads(raw)["status"] == 414
+
+
+def test_fresh_start_on_a_damaged_index_exits_naming_the_file(service_index, tmp_path):
+    """No version verifies: gunicorn's master stops during preload with one clear line."""
+    from indexer.store import VERSIONS, read_current
+
+    index_dir = copy_index(service_index, tmp_path / "index")
+    damaged = index_dir / VERSIONS / read_current(index_dir) / "text.faiss"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    env = dict(os.environ, INDEX_DIR=str(index_dir), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    env.pop("PYTHONPATH", None)
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
+    proc = subprocess.run(
+        command + ["service.app:create_app()"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "no index version verifies" in proc.stderr + proc.stdout and "text.faiss" in proc.stderr + proc.stdout
 
 
 def test_sigterm_stops_cleanly(server):

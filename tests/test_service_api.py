@@ -240,8 +240,8 @@ def test_search_category_filter(client, store):
     assert all(r["category_path"][:2] == list(sub) for r in response.get_json()["results"])
 
 
-def test_search_unknown_category_is_400(client):
-    assert_problem(client.post("/api/v1/search", json={"title": "mug", "category": "Spaceships"}), 400, "unknown")
+def test_search_unknown_category_is_404(client):
+    assert_problem(client.post("/api/v1/search", json={"title": "mug", "category": "Spaceships"}), 404, "unknown")
 
 
 def test_search_by_image_returns_the_photo_first(client, watch):

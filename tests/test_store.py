@@ -24,6 +24,7 @@ from indexer.store import (
     CURRENT,
     FORMAT_VERSION,
     VERSIONS,
+    DuplicateProduct,
     IndexMismatch,
     IndexNotFound,
     IndexStore,
@@ -195,7 +196,7 @@ def test_append_new_category_updates_manifest(tmp_path):
 def test_append_existing_id_refused_and_nothing_changes(tmp_path):
     publish_fake(tmp_path, n=5)
     store = IndexStore.load(tmp_path)
-    with pytest.raises(ValueError, match="already in the index: s0003"):
+    with pytest.raises(DuplicateProduct, match="already in the index: s0003"):
         append(store, make_products(4)[3:], {"text": random_vectors(1, 12)})
     assert IndexStore.load(tmp_path).version == "000001"
 

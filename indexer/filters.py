@@ -1,0 +1,174 @@
+"""Row filters applied inside the search, and the per-category row sets they come from.
+
+A category filter used to be a Python loop over every product per request, and the
+search then asked each channel for (depth + excluded rows) results and threw the
+excluded ones away. Here the allowed rows of every category prefix are grouped once
+per loaded index version (`CategoryIndex`, O(N) once), and a `RowFilter` hands each
+channel the allowed positions in its own numbering (`PositionFilter`): a FAISS
+`IDSelectorBitmap`, a boolean mask for the lexical postings, or the positions for an
+exact scan of a small category. Those views are built on first use and cached on the
+filter, so a repeated category costs nothing to set up.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
+
+    from .catalog import Product
+    from .store import IndexStore
+
+CACHED_FILTERS = 64  # category filters kept per loaded version (each holds ≤ one bitmap + mask per channel)
+
+
+@dataclass
+class PositionFilter:
+    """The allowed positions of one channel (sorted, unique), with lazily built views."""
+
+    positions: np.ndarray
+    ntotal: int
+    _mask: np.ndarray | None = field(default=None, init=False, repr=False)
+    _selector: Any = field(default=None, init=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def mask(self) -> np.ndarray:
+        """Bool per channel position: O(ntotal) once, then O(1) per lookup."""
+        if self._mask is None:
+            mask = np.zeros(self.ntotal, dtype=bool)
+            mask[self.positions] = True
+            self._mask = mask
+        return self._mask
+
+    def selector(self) -> faiss.IDSelector:
+        """A FAISS bitmap selector over the channel's ids: ntotal/8 bytes, O(1) membership test."""
+        if self._selector is None:
+            import faiss
+
+            bits = np.packbits(self.mask(), bitorder="little")
+            # the selector keeps a raw pointer to `bits`: tie their lifetimes (the stubs miss this constructor)
+            selector = faiss.IDSelectorBitmap(bits)  # type: ignore[call-arg, arg-type]
+            selector.referenced_bits = bits
+            self._selector = selector
+        return self._selector
+
+
+class RowFilter:
+    """Product rows a search may return, optionally minus a few `skip` rows.
+
+    `rows=None` allows every row. `skip` rows (e.g. the query product itself) are few:
+    the search asks each channel for len(skip) more results and drops them, which is
+    cheaper than building a new selector per request.
+    """
+
+    def __init__(self, store: IndexStore, rows: np.ndarray | None, skip: Iterable[int] = ()) -> None:
+        self.store = store
+        self.rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        self.skip = np.unique(np.asarray(list(skip), dtype=np.int64))
+        self._channels: dict[str, PositionFilter | None] = {}
+
+    def without(self, rows: Iterable[int]) -> RowFilter:
+        """The same filter minus `rows`, sharing the cached channel views (O(len(rows)))."""
+        out = RowFilter.__new__(RowFilter)
+        out.store, out.rows, out._channels = self.store, self.rows, self._channels
+        out.skip = np.union1d(self.skip, np.asarray(list(rows), dtype=np.int64))
+        return out
+
+    def __len__(self) -> int:
+        """How many rows the filter allows (an upper bound when `skip` rows are outside it)."""
+        n = len(self.store.products) if self.rows is None else len(self.rows)
+        return max(0, n - len(self.skip))
+
+    def channel(self, name: str) -> PositionFilter | None:
+        """The allowed positions in channel `name` (None = all): O(|rows|) once per channel."""
+        if self.rows is None:
+            return None
+        if name not in self._channels:
+            positions = self.store.positions(name)[self.rows]
+            ntotal = self.store.channels()[name].ntotal
+            self._channels[name] = PositionFilter(np.sort(positions[positions >= 0]), ntotal)
+        return self._channels[name]
+
+    def drop_skipped(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` without the skip rows: O(len(rows) + len(skip))."""
+        if not len(self.skip):
+            return rows
+        return rows[~np.isin(rows, self.skip)]
+
+
+def exclusion_filters(store: IndexStore, exclude: np.ndarray) -> list[tuple[np.ndarray, RowFilter]]:
+    """Group the queries of an (n, N) exclusion mask by identical rows (cross-validation
+    folds share one) and give each group one RowFilter of its allowed rows.
+
+    O(n·N/8) to pack and compare the mask rows, O(N) per distinct row.
+    """
+    packed = np.packbits(np.asarray(exclude, dtype=bool), axis=1)
+    unique, inverse = np.unique(packed, axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    n_rows = exclude.shape[1]
+    out = []
+    for g, bits in enumerate(unique):
+        excluded = np.unpackbits(bits, count=n_rows).astype(bool)
+        out.append((np.flatnonzero(inverse == g), RowFilter(store, np.flatnonzero(~excluded))))
+    return out
+
+
+class CategoryIndex:
+    """Rows and counts of every category-path prefix, built in one pass over the products.
+
+    Built once per loaded index version (O(N·depth) time and memory); a filter or the
+    category counts then cost a dict lookup per request instead of a scan.
+    """
+
+    def __init__(self, store: IndexStore, products: Sequence[Product]) -> None:
+        self.store = store
+        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for row, product in enumerate(products):
+            path = tuple(product.category_path)
+            for depth in range(1, len(path) + 1):
+                groups[path[:depth]].append(row)
+        self.rows = {prefix: np.asarray(rows, dtype=np.int64) for prefix, rows in groups.items()}
+        self.total = len(products)
+        self._filters: OrderedDict[tuple[str, ...], RowFilter] = OrderedDict()
+
+    def rows_of(self, path: Sequence[str]) -> np.ndarray | None:
+        """Sorted rows under the category prefix `path`, None when no product has it: O(1)."""
+        return self.rows.get(tuple(path))
+
+    def filter(self, path: Sequence[str]) -> RowFilter | None:
+        """The cached RowFilter of a prefix (LRU of CACHED_FILTERS), None when unknown."""
+        key = tuple(path)
+        if key in self._filters:
+            self._filters.move_to_end(key)
+            return self._filters[key]
+        rows = self.rows.get(key)
+        if rows is None:
+            return None
+        self._filters[key] = RowFilter(self.store, rows)
+        if len(self._filters) > CACHED_FILTERS:
+            self._filters.popitem(last=False)
+        return self._filters[key]
+
+    def counts(self) -> list[dict]:
+        """Top-level categories with counts and their second-level subcategories: O(#prefixes)."""
+        top = sorted((p[0], len(r)) for p, r in self.rows.items() if len(p) == 1)
+        subs: dict[str, Counter] = defaultdict(Counter)
+        for prefix, rows in self.rows.items():
+            if len(prefix) == 2:
+                subs[prefix[0]][prefix[1]] = len(rows)
+        return [
+            {
+                "name": name,
+                "count": count,
+                "subcategories": [{"name": s, "count": n} for s, n in sorted(subs[name].items())],
+            }
+            for name, count in top
+        ]
