@@ -40,6 +40,10 @@ COLUMNS = ("product_id", "lang", "title", "description")
 SEEDS = (0, 1, 2)
 ENGLISH = ("en-title", "en-full")  # the English rows every language is compared with
 LEXICAL_SETTINGS = ("off", *LEXICAL_SCALINGS)
+PROTOCOL = (
+    "grouped folds, the product's fold masked; Categorizer and vocabulary fitted on all products, "
+    "threshold on the other folds (NOT nested yet)"
+)
 
 
 @dataclass(frozen=True)
@@ -86,54 +90,61 @@ def query_folds(store: IndexStore, groups: np.ndarray, seed: int) -> np.ndarray:
     return grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
 
 
-def fold_thresholds(categorizer: Categorizer, folds: np.ndarray, target: float = TARGET_PRECISION) -> dict:
-    """Per fold: the auto threshold chosen on the other folds' out-of-fold fused predictions."""
-    labels = categorizer.store.labels()
+@dataclass
+class FoldModel:
+    """What answers the queries of one outer fold: the index as the fold's fit sees it, its
+    Categorizer and auto threshold, and the rows it may use as neighbours."""
+
+    view: IndexStore
+    categorizer: Categorizer
+    threshold: float | None
+    train: np.ndarray
+
+
+def fold_models(store: IndexStore, folds: np.ndarray, target: float = TARGET_PRECISION) -> dict[int, FoldModel]:
+    """Per outer fold, the model that answers its queries. NOT nested yet: the Categorizer's
+    parameters and lexical vocabulary are the index's (fitted on all products); the auto
+    threshold of fold f is chosen on the other folds' out-of-fold fused predictions."""
+    categorizer = Categorizer(store)
+    labels = store.labels()
     preds = cross_val_predictions(categorizer, folds)
     confidence = np.array([p.raw_confidence for p in preds])
     correct = np.array([p.category == t for p, t in zip(preds, labels, strict=True)])
     out = {}
     for f in np.unique(folds):
         train = folds != f
-        out[int(f)] = choose_threshold(confidence[train], correct[train], target)["threshold"]
+        threshold = choose_threshold(confidence[train], correct[train], target)["threshold"]
+        out[int(f)] = FoldModel(store, categorizer, threshold, train)
     return out
 
 
-def _scores(preds: list[Prediction], truth: np.ndarray, thresholds: list[float | None]) -> dict:
-    correct = np.array([p.category == t for p, t in zip(preds, truth, strict=True)])
-    auto = np.array([t is not None and p.raw_confidence >= t for p, t in zip(preds, thresholds, strict=True)])
-    return {
-        "accuracy": float(correct.mean()),
-        "auto_coverage": float(auto.mean()),
-        "auto_precision": float(correct[auto].mean()) if auto.any() else None,
-        "n": int(len(preds)),
-    }
-
-
-def encode_texts(
-    store: IndexStore, encoder: Encoder, queries: Sequence[SellerQuery], rows: np.ndarray, settings: Sequence[str]
-) -> dict[str, dict[str, dict]]:
-    """Per lexical setting, per query language and English title: the channels the service
-    would send (dense text encoded once; the lexical row per setting, none for "off")."""
+def query_texts(store: IndexStore, queries: Sequence[SellerQuery], rows: np.ndarray) -> dict[str, tuple]:
+    """Per query language, and "en-title" (the products' English titles): (query indices, texts)."""
     texts: dict[str, tuple[np.ndarray, list[str]]] = {}
     for lang in sorted({q.lang for q in queries}):
         idx = np.array([i for i, q in enumerate(queries) if q.lang == lang])
         texts[lang] = (idx, [query_text(store, queries[i].title, queries[i].description) for i in idx])
-    everyone = np.arange(len(queries))
-    texts["en-title"] = (everyone, [query_text(store, store.products[r].name, "") for r in rows])
-    dense = {name: query_channels(store, encoder, texts=batch)["text"] for name, (_, batch) in texts.items()}
-    stored = stored_queries(store, rows, ("text", "lexical"))
-    out: dict[str, dict[str, dict]] = {}
-    for setting in settings:
-        by_lang = {}
-        for name, (idx, batch) in texts.items():
-            channels = {"text": dense[name]}
-            if setting != "off" and store.lexical is not None:
-                channels["lexical"] = store.lexical.query_rows(batch, setting)
-            by_lang[name] = {"idx": idx, "channels": channels}
-        by_lang["en-full"] = {"idx": everyone, "channels": stored}
-        out[setting] = by_lang
-    return out
+    texts["en-title"] = (np.arange(len(queries)), [query_text(store, store.products[r].name, "") for r in rows])
+    return texts
+
+
+def _outcomes(preds: list[Prediction], truth: np.ndarray, threshold: float | None) -> list[tuple[bool, bool]]:
+    """(correct, decided automatically) per prediction."""
+    return [
+        (p.category == t, threshold is not None and p.raw_confidence >= threshold)
+        for p, t in zip(preds, truth, strict=True)
+    ]
+
+
+def _scores(outcomes: list[tuple[bool, bool]]) -> dict:
+    correct = np.array([c for c, _ in outcomes])
+    auto = np.array([a for _, a in outcomes])
+    return {
+        "accuracy": float(correct.mean()),
+        "auto_coverage": float(auto.mean()),
+        "auto_precision": float(correct[auto].mean()) if auto.any() else None,
+        "n": int(len(outcomes)),
+    }
 
 
 def evaluate(
@@ -142,47 +153,65 @@ def evaluate(
     queries: Sequence[SellerQuery] | None = None,
     seeds: Sequence[int] = SEEDS,
     lexical_settings: Sequence[str] = LEXICAL_SETTINGS,
-    categorizer: Categorizer | None = None,
 ) -> dict:
-    """Accuracy and auto coverage by query language, text only and with the photo, mean ± sd
-    over fold seeds, for each lexical setting (the first one is the headline)."""
+    """Accuracy and auto coverage by query language, text only and with the photo, pooled per
+    fold seed then mean ± sd over seeds, for each lexical setting. A query is answered by the
+    model of its product's outer fold (`fold_models`), with only that model's training rows
+    as neighbours; its lexical row uses that model's vocabulary."""
     queries = list(queries if queries is not None else load_queries())
     rows = query_rows(store, queries)
-    categorizer = categorizer or Categorizer(store)
-    labels = store.labels()
-    truth = labels[rows]
+    truth = store.labels()[rows]
     groups = near_duplicate_groups(store)
     photos = stored_queries(store, rows, ("image",)).get("image")
-    encoded = encode_texts(store, encoder, queries, rows, lexical_settings)
-    runs: dict = {}
+    texts = query_texts(store, queries, rows)
+    dense = {name: query_channels(store, encoder, texts=batch)["text"] for name, (_, batch) in texts.items()}
+    everyone = np.arange(len(queries))
+    pooled: dict = {}
     for seed in seeds:
         folds = query_folds(store, groups, seed)
-        thresholds = fold_thresholds(categorizer, folds)
-        for setting, by_lang in encoded.items():
-            for lang, entry in by_lang.items():
-                idx = entry["idx"]
-                exclude = folds[rows[idx]][:, None] == folds[None, :]
-                per_query_t = [thresholds[int(folds[r])] for r in rows[idx]]
-                for with_photo in (False, True):
-                    channels = dict(entry["channels"])  # rows already aligned with idx
-                    if with_photo and photos is not None:
-                        channels["image"] = photos[idx]
-                    preds = categorizer.predict_vectors(channels, exclude=exclude, with_neighbors=False)
-                    key = (setting, "text+photo" if with_photo else "text", lang)
-                    runs.setdefault(key, []).append(_scores(preds, truth[idx], per_query_t))
+        for f, model in fold_models(store, folds).items():
+            stored = stored_queries(model.view, rows, ("text", "lexical"))
+            for lang, (idx, batch) in {**texts, "en-full": (everyone, None)}.items():
+                here = np.flatnonzero(folds[rows[idx]] == f)
+                if not len(here):
+                    continue
+                chosen = idx[here]
+                exclude = np.tile(~model.train, (len(chosen), 1))
+                for setting in lexical_settings:
+                    if lang == "en-full":
+                        channels = {m: q[chosen] for m, q in stored.items()}
+                    else:
+                        channels = {"text": dense[lang][here]}
+                        if setting != "off" and model.view.lexical is not None:
+                            channels["lexical"] = model.view.lexical.query_rows([batch[i] for i in here], setting)
+                    for with_photo in (False, True):
+                        query = dict(channels)
+                        if with_photo and photos is not None:
+                            query["image"] = photos[chosen]
+                        preds = model.categorizer.predict_vectors(query, exclude=exclude, with_neighbors=False)
+                        key = (setting, "text+photo" if with_photo else "text", lang, seed)
+                        pooled.setdefault(key, []).extend(_outcomes(preds, truth[chosen], model.threshold))
+    per_seed: dict = {}
+    for (setting, mode, lang, _), outcomes in pooled.items():
+        per_seed.setdefault((setting, mode, lang), []).append(_scores(outcomes))
     results: dict = {}
-    for (setting, mode, lang), scores in runs.items():
-        results.setdefault(setting, {}).setdefault(mode, {})[lang] = _mean_sd(scores)
+    for setting in lexical_settings:
+        for mode in ("text", "text+photo"):
+            for lang in [*texts, "en-full"]:
+                if (setting, mode, lang) in per_seed:
+                    results.setdefault(setting, {}).setdefault(mode, {})[lang] = _mean_sd(
+                        per_seed[(setting, mode, lang)]
+                    )
     languages = sorted({q.lang for q in queries})
     return {
         "n_queries": len(queries),
         "languages": {lang: sum(q.lang == lang for q in queries) for lang in languages},
         "seeds": list(seeds),
         "lexical_settings": list(lexical_settings),
-        "lexical_coverage": _coverage(store, encoded, lexical_settings),
+        "lexical_coverage": _coverage(store, texts),
         "results": results,
         "text_model": store.manifest.get("model_ids", {}).get("text"),
-        "protocol": "grouped 5-fold, product's fold masked; thresholds from the other folds (not nested yet)",
+        "protocol": PROTOCOL,
     }
 
 
@@ -195,18 +224,11 @@ def _mean_sd(scores: list[dict]) -> dict:
     return out
 
 
-def _coverage(store: IndexStore, encoded: dict, settings: Sequence[str]) -> dict:
-    """Mean vocabulary coverage of the lexical rows per language (what the "coverage" rule uses)."""
-    if store.lexical is None or "coverage" not in settings:
+def _coverage(store: IndexStore, texts: dict[str, tuple]) -> dict:
+    """Mean share of the query words the index's lexical vocabulary knows, per language."""
+    if store.lexical is None:
         return {}
-    out = {}
-    for lang, entry in encoded["coverage"].items():
-        lexical = entry["channels"].get("lexical")
-        if lang == "en-full" or lexical is None:
-            continue
-        norms = np.sqrt(np.asarray(lexical.multiply(lexical).sum(axis=1)).ravel())
-        out[lang] = float(norms.mean())
-    return out
+    return {lang: float(store.lexical.coverage(batch).mean()) for lang, (_, batch) in texts.items()}
 
 
 # ---- the report's cross-lingual section ------------------------------------------------------
