@@ -7,8 +7,9 @@ image-text space (the `clip` profile's `encode_image_queries`) can answer.
 * `POST /api/v1/zero-shot`: a photo scored against categories given by name only, from
   prompts built from each name, so a category with no labelled product works on day one.
 
-The embedded profile has no such space: both answer 400 problem+json naming the profile
-that can. Cost: one text-tower pass per prompt (len(PROMPTS) x categories) and one image
+The embedded profile has no such space: both answer 409 problem+json (the request is valid,
+the index's state cannot serve it; an index built with the clip profile can) naming that
+profile. Cost: one text-tower pass per prompt (len(PROMPTS) x categories) and one image
 pass per request; the search itself is the image index's k-NN.
 """
 
@@ -39,11 +40,11 @@ def _ms(seconds: float) -> float:
 
 
 def require_cross_modal(loaded: Loaded, what: str) -> Encoder:
-    """The encoder, if it maps text into the image space; else a 400 naming the profile that does."""
+    """The encoder, if it maps text into the image space; else a 409 naming the profile that does."""
     encoder = loaded.encoder
     if not callable(getattr(encoder, "encode_image_queries", None)):
         raise ApiError(
-            400,
+            409,
             f"{what} needs an index built with the {CROSS_MODAL_PROFILE!r} profile (a joint image-text space); "
             f"this index uses the {loaded.store.profile!r} profile, which has none. "
             f"Rebuild with: python -m indexer build --profile {CROSS_MODAL_PROFILE}",
@@ -92,13 +93,9 @@ def requested_categories(fields: Mapping, default: Sequence[str]) -> list[str]:
     raw: object = fields.get("categories")
     if hasattr(fields, "getlist"):
         raw = [line for value in fields.getlist("categories") for line in str(value).splitlines()]
-    if raw in (None, "", []):
-        names = list(default)
-    elif isinstance(raw, list) and all(isinstance(c, str) for c in raw):
-        names = [c.strip() for c in raw if c.strip()]
-    else:
+    if raw is not None and not (isinstance(raw, list) and all(isinstance(c, str) for c in raw)):
         raise ApiError(400, "categories must be a list of category names")
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(c.strip() for c in raw or [] if c.strip())) or list(default)  # blank: ignored
     if not names:
         raise ApiError(400, "no categories to score: the index has none and the request gave none")
     if len(names) > MAX_CATEGORIES:
@@ -115,11 +112,11 @@ def category_vectors(encoder: Encoder, names: Sequence[str]) -> np.ndarray:
 
 def zero_shot(loaded: Loaded, query: QueryInput) -> dict:
     """Scores of the photo for each named category: softmax of LOGIT_SCALE x cosine to its prompts."""
-    encoder = require_cross_modal(loaded, "zero-shot categories")
     if query.image is None:
         raise ApiError(400, "send the product photo (image or image_base64) to score categories zero-shot")
     known = set(loaded.store.categories())
-    names = requested_categories(query.fields, sorted(known))
+    names = requested_categories(query.fields, sorted(known))  # bad input is a 400 on any profile
+    encoder = require_cross_modal(loaded, "zero-shot categories")
     t0 = time.perf_counter()
     image = encoder.encode_images([decode_image(query.image, encoder.image_size)])[0]
     t1 = time.perf_counter()

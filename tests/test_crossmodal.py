@@ -135,7 +135,7 @@ def test_zero_shot_rejects_bad_input_clearly(clip_app):
 )
 def test_a_profile_without_image_text_space_names_the_one_that_has_it(fake_app, path, payload):
     response = fake_app.test_client().post(path, json=payload)
-    assert response.status_code == 400 and response.mimetype == PROBLEM
+    assert response.status_code == 409 and response.mimetype == PROBLEM
     body = response.get_json()
     assert body["required_profile"] == "clip" and body["profile"] == "fake"
     assert "'clip' profile" in body["detail"] and "--profile clip" in body["detail"]
