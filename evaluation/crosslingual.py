@@ -1,16 +1,17 @@
 """Cross-lingual evaluation: hand-written French and Spanish seller queries against the English catalogue.
 
 Each query of `tests/data/multilingual_queries.csv` rewrites one catalogue product. It is
-scored like a seller's request to the service (`query_channels` + the Categorizer), with
-the product's whole cross-validation fold masked out of the index, so neither the product
-nor any near-duplicate of it (groups never span folds) can vote. Beside each language, the
-same products are scored with their English title alone (encoded the same way) and with
-their stored English title + description, so the gap is measured on the same items.
-With the photo, the query also carries the product's stored image vector.
+scored like a seller's request to the service (`query_channels` + the Categorizer), nested:
+for each outer grouped fold, the fused Categorizer is fitted on the other folds only (lexical
+vocabulary and idf, weights, calibration, auto threshold: `indexer.calibration.fit`, what the
+build does on all data) and answers the queries of that fold's products, with only training
+rows as neighbours, so neither the product nor any near-duplicate of it (groups never span
+folds) can vote. Beside each language, the same products are scored with their English title
+alone (encoded the same way) and with their stored English title + description, so the gap is
+measured on the same items. With the photo, the query also carries the stored image vector.
 
-The auto/review threshold applied to fold f is chosen on the other folds' out-of-fold
-predictions (`fold_thresholds`). Cost: one text encoding per query and language, then
-one k-NN vote per query, fold seed and setting.
+Cost: one text encoding per query and language, one fit per outer fold and seed, then one
+k-NN vote per query, seed and setting.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from indexer.calibration import (
+    EVAL_SEEDS,
+    FUSED,
     N_FOLDS,
     TARGET_PRECISION,
-    choose_threshold,
-    cross_val_predictions,
+    fit,
     grouped_folds,
     near_duplicate_groups,
+    usable_folds,
 )
 from indexer.encoders import Encoder
 from indexer.knn import Categorizer, Prediction, query_channels, query_text, stored_queries
@@ -37,12 +40,12 @@ from indexer.store import IndexStore
 
 QUERY_FILE = Path(__file__).resolve().parents[1] / "tests" / "data" / "multilingual_queries.csv"
 COLUMNS = ("product_id", "lang", "title", "description")
-SEEDS = (0, 1, 2)
+SEEDS = EVAL_SEEDS  # the nested evaluation's outer fold seeds
 ENGLISH = ("en-title", "en-full")  # the English rows every language is compared with
 LEXICAL_SETTINGS = ("off", *LEXICAL_SCALINGS)
 PROTOCOL = (
-    "grouped folds, the product's fold masked; Categorizer and vocabulary fitted on all products, "
-    "threshold on the other folds (NOT nested yet)"
+    "nested: per outer grouped fold, the fused Categorizer (lexical vocabulary + idf, weights, calibration, "
+    "threshold) fitted on the other folds only (indexer.calibration.fit); the product's fold answered by it"
 )
 
 
@@ -82,11 +85,12 @@ def query_rows(store: IndexStore, queries: Sequence[SellerQuery]) -> np.ndarray:
 
 
 def query_folds(store: IndexStore, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Grouped stratified folds as the build's calibration makes them (fewer than N_FOLDS
-    when there are fewer groups or the largest category is smaller)."""
+    """The outer grouped stratified folds of the nested evaluation (fewer than N_FOLDS when
+    the groups or categories allow fewer; `usable_folds`)."""
     labels = store.labels()
-    _, sizes = np.unique(labels, return_counts=True)
-    n_folds = max(2, min(N_FOLDS, len(np.unique(groups)), int(sizes.max(initial=0))))
+    n_folds = usable_folds(labels, groups, N_FOLDS)
+    if n_folds < 2:
+        raise ValueError("too few products or categories for grouped folds")
     return grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
 
 
@@ -101,20 +105,19 @@ class FoldModel:
     train: np.ndarray
 
 
-def fold_models(store: IndexStore, folds: np.ndarray, target: float = TARGET_PRECISION) -> dict[int, FoldModel]:
-    """Per outer fold, the model that answers its queries. NOT nested yet: the Categorizer's
-    parameters and lexical vocabulary are the index's (fitted on all products); the auto
-    threshold of fold f is chosen on the other folds' out-of-fold fused predictions."""
-    categorizer = Categorizer(store)
-    labels = store.labels()
-    preds = cross_val_predictions(categorizer, folds)
-    confidence = np.array([p.raw_confidence for p in preds])
-    correct = np.array([p.category == t for p, t in zip(preds, labels, strict=True)])
+def fold_models(
+    store: IndexStore, folds: np.ndarray, groups: np.ndarray, seed: int, target: float = TARGET_PRECISION
+) -> dict[int, FoldModel]:
+    """Per outer fold, the model that answers its queries, nested: the fused Categorizer is
+    `fit` on the other folds only (lexical vocabulary and idf, weights from the declared grid,
+    isotonic calibration, auto threshold; `indexer.calibration.fit`), exactly as the build fits
+    the service's on all data. Cost: one fit per fold (see `fit`)."""
     out = {}
-    for f in np.unique(folds):
-        train = folds != f
-        threshold = choose_threshold(confidence[train], correct[train], target)["threshold"]
-        out[int(f)] = FoldModel(store, categorizer, threshold, train)
+    for f in np.unique(folds[folds >= 0]):
+        train = (folds >= 0) & (folds != f)
+        fitted = fit(store, train, groups, FUSED, target=target, seed=seed)
+        params = {k: v for k, v in fitted.entry.items() if k != "cv"}
+        out[int(f)] = FoldModel(fitted.view, Categorizer(fitted.view, params), params.get("threshold"), train)
     return out
 
 
@@ -169,7 +172,7 @@ def evaluate(
     pooled: dict = {}
     for seed in seeds:
         folds = query_folds(store, groups, seed)
-        for f, model in fold_models(store, folds).items():
+        for f, model in fold_models(store, folds, groups, seed).items():
             stored = stored_queries(model.view, rows, ("text", "lexical"))
             for lang, (idx, batch) in {**texts, "en-full": (everyone, None)}.items():
                 here = np.flatnonzero(folds[rows[idx]] == f)
@@ -286,7 +289,7 @@ def html_section(entry: dict) -> str:
         "each rewriting one catalogue product, scored as the service scores a request, with the product's fold "
         "(hence its near-duplicate group) masked out of the index. <em>en-title</em> and <em>en-full</em> are the "
         "same products' English title alone and stored English title + description. Accuracy mean ± sd over fold "
-        f"seeds {entry['seeds']}; auto = share decided automatically by the threshold chosen on the other folds. "
+        f"seeds {entry['seeds']}; auto = share decided automatically by the threshold of the fold's own fit. "
         f"Text model: <code>{html.escape(str(entry['text_model']))}</code>. Protocol: {html.escape(entry['protocol'])}."
         f"</p><p>Lexical channel: <em>off</em>, <em>fixed</em> weight, or weight × the share of the query's words "
         f"the (English) vocabulary knows (<em>coverage</em>, the service's rule); mean coverage {coverage}.</p>"

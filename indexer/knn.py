@@ -23,14 +23,17 @@ from .store import IndexStore
 SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
 
 DEFAULT_PARAMS = {
+    # k, candidates and both temperatures are frozen: the nested protocol does not re-select
+    # them (they were picked earlier on non-nested folds; bench/bench_categorizer.py prints
+    # the alternatives under the nested protocol). The sharp vote picks the category; the
+    # softer one ranks how sure it is.
     "k": 10,
     "candidates": 50,
-    # The sharp vote picks the category; the softer one ranks how sure it is (coverage at
-    # 99 % precision 0.847 vs 0.824 with one temperature, three fold seeds).
     "temperature": 0.02,
     "confidence_temperature": 0.05,
-    # image / dense text / lexical text: measured on grouped CV over six fold seeds
-    # (bench/bench_categorizer.py); the lexical channel is used when the index has one.
+    # image / dense text / lexical text: the first candidate of indexer.calibration.PARAM_GRID;
+    # the build (and each training part of the evaluation) selects the weights from that grid.
+    # The lexical channel is used when the index has one.
     "weights": {"image": 0.2, "text": 0.4, "lexical": 0.4},
     "threshold": None,
     "calibration": None,
@@ -102,30 +105,49 @@ class Categorizer:
         k: int,
         exclude: np.ndarray | None,
         allowed: RowFilter | None = None,
+        full: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
-        """Union of each modality's nearest allowed rows per query (the fused ranking is exact within it).
+        """Union of each channel's nearest allowed rows per query (the fused ranking is exact within it).
 
-        Filters run inside each channel's search (FAISS IDSelector, masked postings), so
-        the depth stays `candidates` whatever the filter excludes. `exclude` (n, N) is
-        turned into one filter per distinct mask row (cross-validation folds share one);
-        `allowed.skip` rows cost len(skip) extra depth. Cost: one channel search per
-        distinct filter, plus O(n·N/8) to group an `exclude` mask.
+        Two routes to the same rows. With a batch similarity matrix (`full`, as in cross-
+        validation) a channel's candidates are its top rows among those `exclude` allows, read
+        from the matrix: O(n_queries x n_channel). Otherwise filters run inside each channel's
+        search (FAISS IDSelector, masked postings), so the depth stays `candidates` whatever the
+        filter excludes: `exclude` (n, N) becomes one filter per distinct mask row (folds share
+        one, O(n·N/8) to group), and `allowed.skip` rows cost len(skip) extra depth.
         """
         n = next(iter(queries.values())).shape[0]
         depth = max(self.candidates, k)
-        groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
         found: list[list[np.ndarray]] = [[] for _ in range(n)]
-        for members, row_filter in groups:
-            extra = len(row_filter.skip) if row_filter is not None else 0
-            for modality, q in queries.items():
-                ok = members[present_rows(q[members])]
-                if len(ok) == 0:
-                    continue
-                positions = row_filter.channel(modality) if row_filter is not None else None
-                _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
-                for i, r in zip(ok, rows, strict=True):
-                    r = r[r >= 0]
-                    found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
+        from_matrix = {m for m in queries if full and m in full and allowed is None}
+        for modality in from_matrix:
+            assert full is not None
+            channel = self._channels[modality]
+            ok = np.flatnonzero(present_rows(queries[modality]))
+            if len(ok) == 0 or channel.ntotal == 0:
+                continue
+            sims = full[modality][ok]
+            if exclude is not None:
+                sims = np.where(exclude[ok][:, channel.rows], -np.inf, sims)
+            d = min(depth, sims.shape[1])
+            top = np.argpartition(-sims, d - 1, axis=1)[:, :d]
+            finite = np.isfinite(np.take_along_axis(sims, top, axis=1))
+            for i, t, f in zip(ok, top, finite, strict=True):
+                found[i].append(channel.rows[t[f]])
+        searched = {m: q for m, q in queries.items() if m not in from_matrix}
+        if searched:
+            groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
+            for members, row_filter in groups:
+                extra = len(row_filter.skip) if row_filter is not None else 0
+                for modality, q in searched.items():
+                    ok = members[present_rows(q[members])]
+                    if len(ok) == 0:
+                        continue
+                    positions = row_filter.channel(modality) if row_filter is not None else None
+                    _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
+                    for i, r in zip(ok, rows, strict=True):
+                        r = r[r >= 0]
+                        found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
         return [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
 
     def _all_similarities(self, queries: dict) -> dict[str, np.ndarray]:
@@ -143,15 +165,21 @@ class Categorizer:
         return out
 
     def _fused_similarity(
-        self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray, full: dict[str, np.ndarray] | None = None
+        self,
+        queries: dict[str, np.ndarray],
+        i: int,
+        rows: np.ndarray,
+        full: dict[str, np.ndarray] | None = None,
+        present: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
-        """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
+        """Weighted mean of per-modality cosine similarities, over the modalities both sides have.
+        `present` (per channel, which query rows carry it) saves recomputing it per query."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
         used = []
         for modality, q in queries.items():
-            qi = q[i]
-            if not present_rows(qi.reshape(1, -1))[0]:
+            has_query = present[modality][i] if present else present_rows(q[i].reshape(1, -1))[0]
+            if not has_query:
                 continue
             used.append(modality)
             pos = self.store.positions(modality)[rows]
@@ -159,10 +187,10 @@ class Categorizer:
             if full and modality in full:
                 sims = full[modality][i, pos[has]]
             else:
-                sims = self._channels[modality].similarity(qi, pos[has])
+                sims = self._channels[modality].similarity(q[i], pos[has])
             w = float(self.weights.get(modality, 1.0))
             if modality == "lexical":  # a query row's norm is its weight factor (LexicalIndex.query_rows)
-                norm = float(np.sqrt(qi.multiply(qi).sum()))
+                norm = float(np.sqrt(np.square(q[i].data).sum()))
                 sims, w = sims / norm, w * norm
             num[has] += w * sims
             den[has] += w
@@ -188,11 +216,12 @@ class Categorizer:
         """
         k = int(k or self.k)
         present = self._present(queries)
-        candidates = self._candidates(present, k, exclude, allowed)
         full = self._all_similarities(present)
+        candidates = self._candidates(present, k, exclude, allowed, full)
+        has = {m: present_rows(q) for m, q in present.items()}
         out = []
         for i, rows in enumerate(candidates):
-            fused, used = self._fused_similarity(present, i, rows, full)
+            fused, used = self._fused_similarity(present, i, rows, full, has)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]
             top = np.argsort(-fused, kind="stable")[:k]

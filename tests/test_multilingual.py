@@ -188,22 +188,29 @@ def _query_file(path, store, n: int = 12):
     return path
 
 
-def test_cross_lingual_scores_match_cross_validation_on_english_rows(fake_index, tmp_path):
-    from indexer.calibration import cross_val_predictions, near_duplicate_groups
+def test_cross_lingual_scores_are_nested_and_match_each_folds_fit(fake_index, tmp_path):
+    from indexer.calibration import FUSED, fit, near_duplicate_groups
 
     store, _ = fake_index
     queries = crosslingual.load_queries(_query_file(tmp_path / "q.csv", store))
     result = crosslingual.evaluate(store, FakeEncoder(), queries, seeds=(0,))
     assert result["languages"] == {"es": 6, "fr": 6} and result["n_queries"] == 12
     assert set(result["results"]) == {"off", "fixed", "coverage"}
-    # the stored English rows with their fold masked are exactly the CV predictions of those products
-    folds = crosslingual.query_folds(store, near_duplicate_groups(store), seed=0)
-    cv = cross_val_predictions(Categorizer(store), folds, ("text",))
-    expected = np.mean(
-        [cv[store.row_of(q.product_id)].category == store.labels()[store.row_of(q.product_id)] for q in queries]
-    )
-    for mode in ("text",):
-        assert result["results"]["fixed"][mode]["en-full"]["accuracy"] == pytest.approx(expected)
+    assert result["protocol"].startswith("nested")
+    # the stored English rows = each outer fold's own fit (on the other folds only) predicting them
+    groups = near_duplicate_groups(store)
+    folds = crosslingual.query_folds(store, groups, seed=0)
+    rows = np.array([store.row_of(q.product_id) for q in queries])
+    hits = []
+    for f in np.unique(folds[rows]):
+        train = folds != f
+        fitted = fit(store, train, groups, FUSED, seed=0)
+        assert fitted.view.lexical is not store.lexical  # the fold's own vocabulary
+        params = {k: v for k, v in fitted.entry.items() if k != "cv"}
+        mine = rows[folds[rows] == f]
+        preds = Categorizer(fitted.view, params).predict_rows(mine, exclude=np.tile(~train, (len(mine), 1)))
+        hits += [p.category == store.labels()[r] for p, r in zip(preds, mine, strict=True)]
+    assert result["results"]["fixed"]["text+photo"]["en-full"]["accuracy"] == pytest.approx(np.mean(hits))
     for setting in result["results"].values():
         for by_lang in setting.values():
             for scores in by_lang.values():
