@@ -1,10 +1,11 @@
 """Text models compared: English grouped CV and the hand-written French/Spanish queries.
 
 For each index given (one per EMBEDDED_TEXT_MODEL, built with `python -m indexer build`),
-prints the English leak-free CV accuracy (text channel with lexical, and fused) as mean
-± sd over fold seeds, then the cross-lingual figures of evaluation/crosslingual.py: accuracy
-and auto coverage per query language, text only and with the photo, beside the English
-title and the English full text of the same products, for each lexical setting.
+prints the English nested grouped CV accuracy (text channel with lexical, and fused; the
+report's `evaluation.crossval.run`) as mean ± sd over fold seeds, then the cross-lingual
+figures of evaluation/crosslingual.py (nested): accuracy and auto coverage per query
+language, text only and with the photo, beside the English title and the English full text
+of the same products, for each lexical setting.
 Only the query texts are encoded (by the encoder the index names); catalogue vectors are read.
 
 Run: .venv/bin/python bench/bench_crosslingual.py var/idx-e5 var/idx-minilm+e5 ...
@@ -16,27 +17,21 @@ import os
 import sys
 import time
 
-import numpy as np
 from common import ROOT
 
-from evaluation import crosslingual
-from indexer.calibration import cross_val_predictions, grouped_folds, near_duplicate_groups
+from evaluation import crosslingual, crossval
 from indexer.encoders import create_encoder_for
-from indexer.knn import Categorizer
 from indexer.store import IndexStore
 
 
 def english_cv(store: IndexStore, seeds) -> dict[str, tuple[float, float]]:
-    labels = store.labels()
-    groups = near_duplicate_groups(store)
-    categorizer = Categorizer(store)
+    """Nested grouped CV accuracy of text (+ lexical) and fused over all products, as the report
+    computes it (evaluation.crossval.run): mean and sd over fold seeds."""
+    cv = crossval.run(store, seeds=seeds, names=("text", "fused"))
     out = {}
-    for name, mods in (("text", ("text",)), ("fused", ("image", "text"))):
-        acc = []
-        for seed in seeds:
-            preds = cross_val_predictions(categorizer, grouped_folds(labels, groups, seed=seed), mods)
-            acc.append(np.mean([p.category == t for p, t in zip(preds, labels, strict=True)]))
-        out[name] = (float(np.mean(acc)), float(np.std(acc)))
+    for name in ("text", "fused"):
+        c = cv["classification"][name]
+        out[name] = (float(c["accuracy"]), float(c["accuracy_sd_over_seeds"]))
     return out
 
 
@@ -59,7 +54,7 @@ def main() -> None:
         print(f"\n== {path}: text model {name} ({store.manifest['model_ids']['text']})")
         (text, text_sd), (fused, fused_sd) = english["text"], english["fused"]
         print(
-            f"English grouped CV, all {len(store.products)} products: "
+            f"English nested grouped CV, all {len(store.products)} products: "
             f"text+lexical {text:.4f}±{text_sd:.4f}, fused {fused:.4f}±{fused_sd:.4f}"
         )
         print(f"queries {result['languages']}; lexical vocabulary coverage {result['lexical_coverage']}")
