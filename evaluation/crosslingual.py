@@ -17,7 +17,7 @@ k-NN vote per query, seed and setting.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,11 @@ from indexer.calibration import (
     FUSED,
     N_FOLDS,
     TARGET_PRECISION,
+    Fitted,
     fit,
     grouped_folds,
     near_duplicate_groups,
+    training_view,
     usable_folds,
 )
 from indexer.encoders import Encoder
@@ -106,18 +108,30 @@ class FoldModel:
 
 
 def fold_models(
-    store: IndexStore, folds: np.ndarray, groups: np.ndarray, seed: int, target: float = TARGET_PRECISION
+    store: IndexStore,
+    folds: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    target: float = TARGET_PRECISION,
+    fits: Sequence[Fitted] | None = None,
 ) -> dict[int, FoldModel]:
     """Per outer fold, the model that answers its queries, nested: the fused Categorizer is
     `fit` on the other folds only (lexical vocabulary and idf, weights from the declared grid,
     isotonic calibration, auto threshold; `indexer.calibration.fit`), exactly as the build fits
-    the service's on all data. Cost: one fit per fold (see `fit`)."""
+    the service's on all data. Cost: one fit per fold, unless `fits` (the report's fused fits
+    of these very folds, in fold order) are given: then only each fold's lexical refit."""
     out = {}
-    for f in np.unique(folds[folds >= 0]):
+    for i, f in enumerate(np.unique(folds[folds >= 0])):
         train = (folds >= 0) & (folds != f)
-        fitted = fit(store, train, groups, FUSED, target=target, seed=seed)
-        params = {k: v for k, v in fitted.entry.items() if k != "cv"}
-        out[int(f)] = FoldModel(fitted.view, Categorizer(fitted.view, params), params.get("threshold"), train)
+        if fits is not None:
+            if not np.array_equal(fits[i].train, train):
+                raise ValueError(f"fit {i} was not fitted on the training part of outer fold {f}")
+            view, entry = training_view(store, train), fits[i].entry
+        else:
+            fitted = fit(store, train, groups, FUSED, target=target, seed=seed)
+            view, entry = fitted.view, fitted.entry
+        params = {k: v for k, v in entry.items() if k != "cv"}
+        out[int(f)] = FoldModel(view, Categorizer(view, params), params.get("threshold"), train)
     return out
 
 
@@ -156,6 +170,7 @@ def evaluate(
     queries: Sequence[SellerQuery] | None = None,
     seeds: Sequence[int] = SEEDS,
     lexical_settings: Sequence[str] = LEXICAL_SETTINGS,
+    fused_fits: Mapping[int, Sequence[Fitted]] | None = None,
 ) -> dict:
     """Accuracy and auto coverage by query language, text only and with the photo, pooled per
     fold seed then mean ± sd over seeds, for each lexical setting. A query is answered by the
@@ -172,7 +187,8 @@ def evaluate(
     pooled: dict = {}
     for seed in seeds:
         folds = query_folds(store, groups, seed)
-        for f, model in fold_models(store, folds, groups, seed).items():
+        fits = fused_fits.get(seed) if fused_fits else None
+        for f, model in fold_models(store, folds, groups, seed, fits=fits).items():
             stored = stored_queries(model.view, rows, ("text", "lexical"))
             for lang, (idx, batch) in {**texts, "en-full": (everyone, None)}.items():
                 here = np.flatnonzero(folds[rows[idx]] == f)
@@ -235,7 +251,12 @@ def _coverage(store: IndexStore, texts: dict[str, tuple]) -> dict:
 
 
 # ---- the report's cross-lingual section ------------------------------------------------------
-def report_section(store: IndexStore, path: str | Path | None = QUERY_FILE, seeds: Sequence[int] = SEEDS) -> dict:
+def report_section(
+    store: IndexStore,
+    path: str | Path | None = QUERY_FILE,
+    seeds: Sequence[int] = SEEDS,
+    fused_fits: Mapping[int, Sequence[Fitted]] | None = None,
+) -> dict:
     """The report's cross-lingual metrics, or {"skipped": why} when the index cannot answer
     (queries for other products, an encoder that cannot be built here)."""
     from indexer.encoders import EncoderUnavailable, create_encoder_for
@@ -251,7 +272,7 @@ def report_section(store: IndexStore, path: str | Path | None = QUERY_FILE, seed
         check_compatible(store.manifest, encoder)
     except (EncoderUnavailable, IndexMismatch, ValueError) as exc:
         return {"skipped": f"the index's encoder cannot be built here: {exc}"}
-    return {"queries": str(path), **evaluate(store, encoder, queries, seeds=seeds)}
+    return {"queries": str(path), **evaluate(store, encoder, queries, seeds=seeds, fused_fits=fused_fits)}
 
 
 def html_section(entry: dict) -> str:

@@ -237,7 +237,10 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     with timer.step("serving cost"):
         serving = serving_cost(store)
     with timer.step("cross-lingual queries"):
-        cross_lingual = crosslingual.report_section(store, options.crosslingual_queries, options.seeds)
+        fused_fits = {seed: runs["fused"].fits for seed, runs in zip(cv["seeds"], cv["runs"], strict=True)}
+        cross_lingual = crosslingual.report_section(
+            store, options.crosslingual_queries, options.seeds, fused_fits if "fused" in cv["sets"] else None
+        )
 
     chosen = [f.entry["weights"] for run in cv["runs"] for f in run[decided.name].fits]
     metrics = {

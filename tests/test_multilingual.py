@@ -230,3 +230,18 @@ def test_queries_for_unknown_products_are_refused_and_the_report_skips_them(fake
     # queries for this index, but an encoder profile ("fake") the registry cannot build: skipped, named
     section = crosslingual.report_section(store, _query_file(tmp_path / "q.csv", store))
     assert "cannot be built" in section["skipped"]
+
+
+def test_the_reports_fused_fits_give_the_same_cross_lingual_figures(fake_index, tmp_path):
+    from evaluation import crossval
+
+    store, _ = fake_index
+    queries = crosslingual.load_queries(_query_file(tmp_path / "q.csv", store))
+    cv = crossval.run(store, seeds=(0,), names=("fused",))
+    reused = crosslingual.evaluate(
+        store, FakeEncoder(), queries, seeds=(0,), fused_fits={0: cv["runs"][0]["fused"].fits}
+    )
+    fresh = crosslingual.evaluate(store, FakeEncoder(), queries, seeds=(0,))
+    assert reused["results"] == fresh["results"]
+    with pytest.raises(ValueError, match="training part"):
+        crosslingual.evaluate(store, FakeEncoder(), queries, seeds=(1,), fused_fits={1: cv["runs"][0]["fused"].fits})
