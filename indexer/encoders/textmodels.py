@@ -13,14 +13,15 @@ A `+` joins two towers into one text space, `[sqrt(w)·a, sqrt(1-w)·b]`: the co
 two joined vectors is the weighted mean of the two models' cosines, so the index, the
 Categorizer and the report need no second text channel.
 
-Defaults (bench/bench_crosslingual.py, bench/bench_build.py; figures in the README):
+Defaults (bench/bench_crosslingual.py, bench/bench_text_encoders.py; figures in the README):
 `minilm+use`, w = 0.7 for MiniLM, the multilingual tower reading the first 12 words.
 Of w in {0.5, 0.7}, 0.7 was the one whose English fused accuracy stayed no lower than MiniLM
 alone (0.952 vs 0.950; 0.5 gave 0.947) while French queries still gained (0.76 vs 0.62 text
 only) - a selection on the reported folds, before the nested protocol. Nested, the default
 gives English fused 0.947 vs MiniLM's 0.941 and French title-only 0.765 vs 0.598. Reading 12
-words instead of 48 lost no accuracy and keeps USE's cost (it grows with the words) small. e5 measured lower (compressed cosines: their spread is a
-fifth of MiniLM's, so the Categorizer's weights drown them) and builds at a tenth of the speed.
+words instead of 48 lost no English accuracy and keeps USE's cost (it grows with the words)
+small. e5 measured lower (compressed cosines: their spread is a fifth of MiniLM's, so the
+Categorizer's weights drown them) and is the slowest tower.
 """
 
 from __future__ import annotations
