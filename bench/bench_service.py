@@ -150,20 +150,21 @@ def queries(store: IndexStore, data_dir: str | None, n: int):
     return out
 
 
-def encoder_alone(profile: str, inputs, repeat: int) -> dict[str, list[float]]:
-    """Encoder time in this process for the same inputs (one torch thread, like a worker)."""
-    from indexer.encoders import create_encoder
+def encoder_alone(manifest: dict, inputs, repeat: int) -> dict[str, list[float]]:
+    """Encoder time in this process for the same inputs (one thread, like a worker), with
+    the encoder the index names (its text model) and the seller-query role the service uses."""
+    from indexer.encoders import create_encoder_for, encode_text_queries
     from indexer.images import load_image
     from service.state import set_threads
 
     set_threads(1)
-    encoder = create_encoder(profile)
-    encoder.encode_texts(["warm up"])
+    encoder = create_encoder_for(manifest)
+    encode_text_queries(encoder, ["warm up"])
     times = {"encode_text(title)": [], "decode+encode_image": []}
     for i in range(repeat):
         title, _, photo = inputs[i % len(inputs)]
         t0 = time.perf_counter()
-        encoder.encode_texts([title])
+        encode_text_queries(encoder, [title])
         times["encode_text(title)"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         encoder.encode_images([load_image(photo, draft_size=encoder.image_size)])
@@ -191,7 +192,8 @@ def main() -> int:
         inputs = queries(store, data_dir, 50)
         print(f"index {index_dir} version {store.version}: {len(store.products)} products, profile {store.profile}")
 
-        enc = encoder_alone(store.profile, inputs, args.encoder_repeat)
+        enc = encoder_alone(store.manifest, inputs, args.encoder_repeat)
+        print(f"text model: {store.manifest['model_ids'].get('text')}")
         print("encoder alone, in this process (1 torch thread):")
         for name, secs in enc.items():
             print(summary(name, secs))

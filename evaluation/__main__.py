@@ -13,6 +13,7 @@ import sys
 
 from indexer.store import IndexStoreError
 
+from .crosslingual import QUERY_FILE
 from .projection import TSNE_ITERATIONS
 from .report import ReportOptions, build_report
 
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--skip-stability", action="store_true", help="no fused stability check (KMeans seeds, t-SNE perplexities)"
     )
+    rep.add_argument(
+        "--queries",
+        default=str(QUERY_FILE),
+        help="hand-written multilingual seller queries for the cross-lingual section (default tests/data/...)",
+    )
+    rep.add_argument("--skip-crosslingual", action="store_true", help="no cross-lingual section")
     rep.add_argument("--max-errors", type=int, default=60, help="misclassified products shown (default 60)")
     rep.add_argument("--seed", type=int, default=0, help="seed of KMeans, t-SNE, PCA, folds (default 0)")
     rep.add_argument("--quiet", action="store_true", help="no step timings on stdout")
@@ -55,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         stability_checks=not args.skip_stability,
         progress=not args.quiet,
+        crosslingual_queries=None if args.skip_crosslingual else args.queries,
     )
     try:
         metrics = build_report(args.index, args.out, options)

@@ -320,6 +320,7 @@ def build_index(
         "profile": encoder.profile,
         "model_id": model_id(encoder),
         "model_ids": dict(encoder.model_ids),
+        "encoder_options": dict(getattr(encoder, "options", {})),
         "precision": getattr(encoder, "precision", "fp32"),
         "text_normalisation": {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE},
         "data_dir": str(Path(data_dir).resolve()),

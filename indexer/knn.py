@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from .encoders.base import encode_text_queries
 from .filters import RowFilter, exclusion_filters
-from .lexical import present_rows
+from .lexical import DEFAULT_LEXICAL_SCALING, LexicalIndex, present_rows
 from .store import IndexStore
 
 if TYPE_CHECKING:
@@ -194,6 +195,9 @@ class Categorizer:
             else:
                 sims = self._channels[modality].similarity(q[i], pos[has])
             w = float(self.weights.get(modality, 1.0))
+            if modality == "lexical":  # a query row's norm is its weight factor (LexicalIndex.query_rows)
+                norm = float(np.sqrt(np.square(q[i].data).sum()))
+                sims, w = sims / norm, w * norm
             num[has] += w * sims
             den[has] += w
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -376,11 +380,16 @@ def query_channels(
     encoder: Encoder,
     images: Sequence[Image.Image | None] | None = None,
     texts: Sequence[str] | None = None,
+    lexical_scaling: str = DEFAULT_LEXICAL_SCALING,
+    lexical: LexicalIndex | None = None,
 ) -> dict[str, Any]:
     """Every channel's query for raw inputs: the one way service and tools encode a query.
 
     `images` are RGB PIL images (None entries allowed), `texts` already joined title +
-    description (use `query_text`); both lists, same length when both given.
+    description (use `query_text`); both lists, same length when both given. Texts take
+    the encoder's query role (`encode_text_queries`); the lexical row is weighted by
+    `lexical_scaling` (see indexer.lexical). `lexical` replaces the index's lexical
+    channel (an evaluation fold's own vocabulary).
     """
     queries: dict = {}
     n = len(images) if images is not None else len(texts or [])
@@ -392,10 +401,11 @@ def query_channels(
     if texts is not None and any(texts):
         out = np.full((n, encoder.dims["text"]), np.nan, np.float32)
         idx = [i for i, t in enumerate(texts) if t]
-        out[idx] = encoder.encode_texts([texts[i] for i in idx])
+        out[idx] = encode_text_queries(encoder, [texts[i] for i in idx])
         queries["text"] = out
-        if store.lexical is not None:
-            queries["lexical"] = store.lexical.transform([t or "" for t in texts])
+        lexical = lexical if lexical is not None else store.lexical
+        if lexical is not None:
+            queries["lexical"] = lexical.query_rows([t or "" for t in texts], lexical_scaling)
     return queries
 
 

@@ -34,6 +34,12 @@ from .filters import PositionFilter
 from .text import baseline_tokens
 
 NGRAMS = (1, 2)
+# How a query's lexical row is weighted: "fixed" = the Categorizer's lexical weight as is;
+# "coverage" = that weight times the share of the query's words the vocabulary knows, so
+# a French query that shares only a brand name with the English vocabulary leans on the
+# dense text instead (cross-lingual section of the report: figures for both).
+LEXICAL_SCALINGS = ("fixed", "coverage")
+DEFAULT_LEXICAL_SCALING = "coverage"
 
 
 @lru_cache(maxsize=8192)
@@ -100,6 +106,29 @@ class LexicalIndex:
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """L2-normalised TF-IDF rows; a text with no known word gives an all-zero row."""
         return self.vectorizer.transform(list(texts)).tocsr().astype(np.float32)
+
+    def coverage(self, texts: Sequence[str]) -> np.ndarray:
+        """Share of each text's tokens (`baseline_tokens`) that are in the vocabulary; 0 for none.
+        O(tokens): one dictionary lookup per token."""
+        vocabulary = self.vectorizer.vocabulary_
+        out = np.zeros(len(texts), np.float32)
+        for i, text in enumerate(texts):
+            tokens = baseline_tokens(text)
+            if tokens:
+                out[i] = sum(t in vocabulary for t in tokens) / len(tokens)
+        return out
+
+    def query_rows(self, texts: Sequence[str], scaling: str = DEFAULT_LEXICAL_SCALING) -> sp.csr_matrix:
+        """Query rows for the Categorizer: TF-IDF rows whose norm is the channel's weight factor
+        (1 with "fixed"; the vocabulary coverage with "coverage"). The Categorizer divides the
+        norm back out of the similarity and multiplies the lexical weight by it."""
+        if scaling not in LEXICAL_SCALINGS:
+            raise ValueError(f"unknown lexical scaling {scaling!r}; choose from {LEXICAL_SCALINGS}")
+        rows = self.transform(texts)
+        if scaling == "coverage":
+            rows = (sp.diags(self.coverage(texts)) @ rows).tocsr()
+            rows.eliminate_zeros()
+        return rows
 
     def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> LexicalIndex:
         """A new index with more products (vocabulary and IDF unchanged: no refit on add)."""

@@ -16,6 +16,7 @@ from indexer.catalog import Product
 from indexer.store import DuplicateProduct, IndexStore
 
 from . import metrics
+from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
 from .inputs import decode_image, parse_number, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
@@ -102,7 +103,10 @@ def search_products():
     query = read_request(request, cfg)
     live = loaded()
     allowed = category_filter(live.store, query.category)
-    encoded = encode_query(live, query, config().parallel_encode)
+    if search_modality(query.fields) == "image":  # words -> the image space (clip profile only)
+        encoded = encode_image_space(live, query)
+    else:
+        encoded = encode_query(live, query, config().parallel_encode)
     t1 = time.perf_counter()
     k = query.k or cfg.default_k
     hits = search(live.categorizer, encoded.vectors, k, allowed)
@@ -117,6 +121,12 @@ def search_products():
         timing_ms=timing,
         index_version=live.version,
     )
+
+
+@bp.post("/zero-shot")
+def zero_shot_categories():
+    """A photo scored against categories named in the request (clip profile only)."""
+    return jsonify(zero_shot(loaded(), read_request(request, config())))
 
 
 # ---- products --------------------------------------------------------------------------

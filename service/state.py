@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.encoders import Encoder, create_encoder
+from indexer.encoders import Encoder, create_encoder, create_encoder_for
 from indexer.knn import Categorizer
 from indexer.store import (
     IndexDamaged,
@@ -60,9 +60,12 @@ def set_threads(n: int) -> None:
     import faiss
     import torch
 
+    from indexer.encoders import set_text_threads
+
     n = max(1, int(n))
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
+    set_text_threads(n)  # e5's OpenMP / USE's BLAS: workers x threads stays <= cores
 
 
 def categorizer_for(store: IndexStore) -> Categorizer:
@@ -91,17 +94,17 @@ class ServiceState:
         self.reloads = 0
 
     # ---- loading -------------------------------------------------------------------------
-    def _encoder_for(self, profile: str) -> Encoder:
+    def _encoder_for(self, profile: str, manifest: dict | None = None) -> Encoder:
         if self._encoder is None or self._encoder.profile != profile:
             log.info("loading encoder profile %s", profile)
-            self._encoder = create_encoder(profile)
+            self._encoder = create_encoder_for(manifest) if manifest else create_encoder(profile)
         return self._encoder
 
     def _load_store(self, store: IndexStore | None = None) -> Loaded:
         """Load (or take) a verified version, then its encoder and categorizer."""
         store = store or IndexStore.load(self.index_dir, checksums=self.config.verify_checksums)
         fresh = self._encoder is None or self._encoder.profile != store.profile
-        encoder = self._encoder_for(store.profile)
+        encoder = self._encoder_for(store.profile, store.manifest)
         try:
             check_compatible(store.manifest, encoder)
         except IndexMismatch:
@@ -112,7 +115,7 @@ class ServiceState:
                 raise
             self._mismatched = model
             self._encoder = None
-            encoder = self._encoder_for(store.profile)
+            encoder = self._encoder_for(store.profile, store.manifest)
             check_compatible(store.manifest, encoder)
         return Loaded(store, encoder, categorizer_for(store), time.time())
 
@@ -161,7 +164,8 @@ class ServiceState:
     def adopt(self, store: IndexStore) -> Loaded:
         """Use a store this process has just written (after an add) without re-reading it."""
         with self._lock:
-            loaded = Loaded(store, self._encoder_for(store.profile), categorizer_for(store), time.time())
+            encoder = self._encoder_for(store.profile, store.manifest)
+            loaded = Loaded(store, encoder, categorizer_for(store), time.time())
             self._loaded = loaded
             return loaded
 

@@ -325,13 +325,13 @@ def test_real_index_manifest_and_vectors(real_index, embedded_encoder):
     store = IndexStore.load(out, encoder=embedded_encoder)
     manifest = store.manifest
     assert manifest["profile"] == "embedded"
-    assert manifest["dims"] == {"image": 1280, "text": 384}
+    assert manifest["dims"] == {"image": 1280, "text": embedded_encoder.dims["text"]}
     assert manifest["counts"] == {"products": 945, "image": 942, "text": 945}
     assert manifest["model_ids"] == embedded_encoder.model_ids
     assert manifest["format_version"] == 1 and manifest["index_factory"] == "Flat"
     assert len(manifest["data_fingerprint"]) == 64 and manifest["built_at"]
     assert manifest["validation"]["counts"] == {"missing_image": 3}
-    for modality, dim in (("image", 1280), ("text", 384)):
+    for modality, dim in (("image", 1280), ("text", embedded_encoder.dims["text"])):
         vectors = store.modalities[modality].vectors
         assert vectors.shape[1] == dim and vectors.dtype == np.float32
         assert np.isfinite(vectors).all()

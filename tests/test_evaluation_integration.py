@@ -84,3 +84,18 @@ def test_byte_identical_images_share_a_group(real_index):
     assert identical, "the dataset has byte-identical images (README: 6 groups)"
     for rows in identical:
         assert len(set(groups[rows])) == 1, rows
+
+
+def test_real_report_has_the_cross_lingual_section(real_report):
+    _, out, m = real_report
+    section = m["crosslingual"]
+    assert section["languages"] == {"es": 56, "fr": 112} and section["n_queries"] == 168
+    coverage = section["results"]["coverage"]
+    for mode in ("text", "text+photo"):
+        for lang in ("fr", "es", "en-title", "en-full"):
+            scores = coverage[mode][lang]
+            assert 0.0 <= scores["auto_coverage"] <= 1.0 and scores["seeds"] == len(m["cv"]["seeds"])
+    # the multilingual default reads French far above chance (1/7) and English stays ahead of it
+    assert coverage["text"]["fr"]["accuracy"] > 0.6
+    assert coverage["text"]["en-full"]["accuracy"] >= coverage["text"]["fr"]["accuracy"]
+    assert "Cross-lingual queries" in (out / "report.html").read_text()

@@ -3,9 +3,10 @@ get vectors, in the manner of open_clip's `create_model_and_transforms` registry
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from .base import Encoder, EncoderUnavailable, l2_normalize, model_id
+from .base import Encoder, EncoderUnavailable, encode_text_queries, l2_normalize, model_id
 
 DEFAULT_PROFILE = "embedded"
 
@@ -30,6 +31,19 @@ def create_encoder(profile: str = DEFAULT_PROFILE, **options) -> Encoder:
     return factory(**options)
 
 
+def create_encoder_for(manifest: Mapping[str, Any]) -> Encoder:
+    """The encoder an index was built with: its profile and the options it recorded
+    (e.g. the embedded profile's text model), so the service follows the index."""
+    return create_encoder(manifest.get("profile", DEFAULT_PROFILE), **dict(manifest.get("encoder_options") or {}))
+
+
+def set_text_threads(n: int) -> None:
+    """OpenMP/BLAS threads of the multilingual text towers (see textmodels.set_text_threads)."""
+    from .textmodels import set_text_threads as _set
+
+    _set(n)
+
+
 def _embedded(**options) -> Encoder:
     from .embedded import EmbeddedEncoder
 
@@ -50,6 +64,9 @@ __all__ = [
     "Encoder",
     "EncoderUnavailable",
     "create_encoder",
+    "create_encoder_for",
+    "set_text_threads",
+    "encode_text_queries",
     "l2_normalize",
     "list_profiles",
     "model_id",

@@ -42,6 +42,13 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
 
+def encode_text_queries(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """A seller's texts in the encoder's text space, in the query role where the encoder has one
+    (e5's `query: ` prefix); encoders with a single role encode them as catalogue text."""
+    encode = getattr(encoder, "encode_text_queries", None)
+    return encode(texts) if encode is not None else encoder.encode_texts(texts)
+
+
 class NamedModels(Protocol):
     """What names an index's models: an Encoder, or a manifest-like record of one."""
 

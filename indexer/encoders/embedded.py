@@ -19,11 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
+from .textmodels import JOIN_WEIGHT, MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,6 +55,9 @@ INPUT_STD = 0.5
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"
 DEFAULT_TEXT_MAX_TOKENS = 128  # same accuracy as 256 on grouped CV, 2x faster (bench_encoder_choices)
+# EMBEDDED_TEXT_MODEL: "minilm" (English), "e5" / "e5-passage" / "use" (multilingual), or
+# "minilm+e5" / "minilm+use" (both, one joined space); why the default: textmodels.py, README.
+DEFAULT_TEXT_MODEL = "minilm+use"
 BACKDROP = (255, 255, 255)
 IMAGE_FEATURES = 1280  # pooled features of every EfficientNet-Lite variant
 
@@ -125,6 +130,9 @@ class EmbeddedEncoder:
         precision: str | None = None,
         text_max_tokens: int | None = None,
         threads: int | None = None,
+        text_model: str | None = None,
+        max_words: int | None = None,
+        join_weight: float | None = None,
     ):
         image_variant = image_variant or os.environ.get("EMBEDDED_IMAGE_VARIANT", DEFAULT_IMAGE_VARIANT)
         precision = precision or os.environ.get("ENCODER_PRECISION", DEFAULT_PRECISION)
@@ -132,21 +140,41 @@ class EmbeddedEncoder:
             raise ValueError(f"unknown image variant {image_variant!r}; choose from {sorted(IMAGE_VARIANTS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        text_model = text_model or os.environ.get("EMBEDDED_TEXT_MODEL", DEFAULT_TEXT_MODEL)
+        if text_model not in TEXT_MODELS:
+            raise ValueError(f"unknown text model {text_model!r} (EMBEDDED_TEXT_MODEL); choose from {TEXT_MODELS}")
+        self.text_model = text_model
+        max_words = int(max_words or os.environ.get("MULTILINGUAL_MAX_WORDS", MULTILINGUAL_MAX_WORDS))
+        if max_words < 1:
+            raise ValueError(f"MULTILINGUAL_MAX_WORDS / max_words must be >= 1, got {max_words}")
+        # recorded in the manifest, so the service and the report rebuild this very encoder (create_encoder_for)
+        join_weight = float(join_weight or os.environ.get("MULTILINGUAL_JOIN_WEIGHT") or JOIN_WEIGHT)
+        if not 0.0 < join_weight < 1.0:
+            raise ValueError(f"MULTILINGUAL_JOIN_WEIGHT / join_weight must be in (0, 1), got {join_weight}")
+        self.options: dict[str, Any] = {"text_model": text_model, "max_words": max_words}
+        if "+" in text_model:
+            self.options["join_weight"] = join_weight
         self.variant = IMAGE_VARIANTS[image_variant]
         self.precision = precision
         self.threads = threads
         self.image_size = self.variant.image_size
-        self.text_max_tokens = int(text_max_tokens or os.environ.get("TEXT_MAX_TOKENS", DEFAULT_TEXT_MAX_TOKENS))
+        self.text_max_tokens = int(text_max_tokens or os.environ.get("TEXT_MAX_TOKENS") or DEFAULT_TEXT_MAX_TOKENS)
         self._text_dir = text_model_dir()
         weights = weights_path(self.variant).stem
-        self.model_ids = {
-            "image": f"timm/{self.variant.timm_name}@{weights}",
-            "text": f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}",
-        }
         pooling = json.loads((self._text_dir / "1_Pooling" / "config.json").read_text())
-        self.dims = {"image": IMAGE_FEATURES, "text": int(pooling["word_embedding_dimension"])}
+        self._minilm_dim = int(pooling["word_embedding_dimension"])
+        minilm = _MiniLM(self, f"{TEXT_MODEL_ID}@{TEXT_PACKAGE}:max{self.text_max_tokens}")
+        parts = text_model.split("+")
+        towers = [minilm if part == "minilm" else MULTILINGUAL_TOWERS[part](max_words) for part in parts]
+        self._uses_minilm = "minilm" in parts
+        self._multilingual = [t for t in towers if t is not minilm]
+        self._text = towers[0] if len(towers) == 1 else JoinedTower(towers[0], towers[1], join_weight)
+        if threads:
+            self._text.set_threads(threads)
+        self.model_ids = {"image": f"timm/{self.variant.timm_name}@{weights}", "text": self._text.model_id}
+        self.dims = {"image": IMAGE_FEATURES, "text": int(self._text.dim)}
         self._lock = threading.Lock()
-        self._models = None
+        self._models: tuple[Any, Any] | None = None
 
     def load(self) -> EmbeddedEncoder:
         """Load both towers now (idempotent); checks their output sizes against `dims`."""
@@ -159,22 +187,37 @@ class EmbeddedEncoder:
                 image_model = load_efficientnet(self.variant).to(memory_format=torch.channels_last)
                 from sentence_transformers import SentenceTransformer
 
-                text_model = SentenceTransformer(str(self._text_dir), device="cpu")
-                text_model.max_seq_length = self.text_max_tokens
-                found = {"image": int(image_model.num_features), "text": int(text_model.get_embedding_dimension())}
-                if found != self.dims:
-                    raise EncoderUnavailable(f"embedded models give dims {found}, expected {self.dims}")
+                text_model = None
+                if self._uses_minilm:
+                    text_model = SentenceTransformer(str(self._text_dir), device="cpu")
+                    text_model.max_seq_length = self.text_max_tokens
+                    if text_model.get_embedding_dimension() != self._minilm_dim:
+                        raise EncoderUnavailable(
+                            f"all-MiniLM-L6-v2 gives {text_model.get_embedding_dimension()}-d vectors, "
+                            f"expected {self._minilm_dim}"
+                        )
+                if int(image_model.num_features) != self.dims["image"]:
+                    raise EncoderUnavailable(
+                        f"{self.variant.timm_name} gives {image_model.num_features}-d vectors, "
+                        f"expected {self.dims['image']}"
+                    )
+                for tower in self._multilingual:
+                    tower.load()
                 self._torch = torch
                 self._models = (image_model, text_model)
         return self
 
     @property
-    def _image_model(self):
-        return self.load()._models[0]
+    def _image_model(self) -> Any:
+        models = self.load()._models
+        assert models is not None
+        return models[0]
 
     @property
-    def _text_model(self):
-        return self.load()._models[1]
+    def _text_model(self) -> Any:
+        models = self.load()._models
+        assert models is not None
+        return models[1]
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -197,11 +240,43 @@ class EmbeddedEncoder:
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         return self.encode_arrays([self.preprocess(im) for im in images], batch_size)
 
+    def set_threads(self, n: int) -> None:
+        """Threads for the text towers outside torch (OpenMP for e5, BLAS for USE)."""
+        self._text.set_threads(n)
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Catalogue text (build, add): the text towers' document role."""
+        return self._text.encode_documents(texts, batch_size)
+
+    def encode_text_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """A seller's text (service, cross-lingual evaluation): the text towers' query role."""
+        return self._text.encode_queries(texts, batch_size)
+
+    def _minilm_vectors(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         if len(texts) == 0:
-            return empty(self.dims["text"])
+            return empty(self._minilm_dim)
         self.load()
         context = contextlib.ExitStack()
         context.enter_context(self._torch.inference_mode())
         context.enter_context(self._autocast())
         return sentence_vectors(self._text_model, texts, batch_size, context)
+
+
+class _MiniLM:
+    """all-MiniLM-L6-v2 as a text tower of `encoder` (shares its torch, threads and precision)."""
+
+    def __init__(self, encoder: EmbeddedEncoder, model_id: str):
+        self.encoder = encoder
+        self.model_id = model_id
+        self.dim = encoder._minilm_dim
+
+    def load(self) -> None:
+        self.encoder.load()
+
+    def set_threads(self, n: int) -> None:  # torch threads are set by the encoder / the service
+        pass
+
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.encoder._minilm_vectors(texts, batch_size)
+
+    encode_queries = encode_documents
