@@ -167,6 +167,9 @@ class IndexStore:
             check_compatible(manifest, encoder)
         verify_files(vdir, manifest, checksums=checksums, label=label, remember=True)
         base = _load_base(vdir, manifest, label)
+        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides, per load
+        for _, _, index in base.modalities.values():
+            apply_search_params(index, settings)
         deltas = read_list(vdir)
         parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
         return _combine(cls, path, version, manifest, base, deltas, parts)
@@ -178,6 +181,10 @@ class IndexStore:
         except IndexNotFound:
             return False
         return current != self.version or read_list(self.path / VERSIONS / current) != self.deltas
+
+    def delta_rows(self) -> int:
+        """Products held in the delta segments (not yet compacted into the base)."""
+        return len(self.products) - len(self.base.products) if self.base is not None else 0
 
     @property
     def profile(self) -> str:
@@ -273,6 +280,8 @@ class _Delta:
 
 
 _BASES: OrderedDict[tuple, _Base] = OrderedDict()
+_DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
+_DELTAS_KEPT = 4096
 _BASES_LOCK = threading.Lock()
 
 
@@ -314,7 +323,6 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
             products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
         _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
     modalities = {}
-    settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides
     for modality in manifest["modalities"]:
         n, dim = counts.get(modality), dims.get(modality)
         with _reading(vdir / f"{modality}.npy", label):
@@ -326,7 +334,6 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
         with _reading(vdir / f"{modality}.faiss", label):
             index = _read_faiss(vdir / f"{modality}.faiss")
             _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
-        apply_search_params(index, settings)
         modalities[modality] = (vectors, rows, index)
     lexical = None
     if manifest.get("lexical"):
@@ -344,7 +351,9 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
 
 
 def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
-    """One delta segment, read whole: O(its rows); checksummed like a base."""
+    """One delta segment, read whole: O(its rows); checksummed like a base. Kept per process
+    (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
+    the deltas this process has not seen."""
     import scipy.sparse as sp
 
     with _reading(ddir / "manifest.json", label):
@@ -352,6 +361,10 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
         if not isinstance(manifest, dict):
             raise ValueError("manifest is not a JSON object")
     verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
+    key = _identity(ddir, manifest)
+    with _BASES_LOCK:
+        if key in _DELTAS:
+            return _DELTAS[key]
     counts = manifest.get("counts", {})
     with _reading(ddir / "products.jsonl", label):
         with open(ddir / "products.jsonl", encoding="utf-8") as fh:
@@ -374,7 +387,12 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
             rows = np.load(ddir / "lexical.rows.npy", allow_pickle=False)
             _expect(matrix.shape[0] == len(rows) == counts["lexical"], "lexical rows disagree with the manifest")
         lexical = (matrix, rows)
-    return _Delta(products, manifest, vectors, lexical)
+    delta = _Delta(products, manifest, vectors, lexical)
+    with _BASES_LOCK:
+        _DELTAS[key] = delta
+        while len(_DELTAS) > _DELTAS_KEPT:
+            _DELTAS.popitem(last=False)
+    return delta
 
 
 def _combine(
@@ -706,14 +724,9 @@ def append(
             {"format_version": FORMAT_VERSION, "vector_dtype": np.dtype(VECTOR_DTYPE).name, "written_at": stamp},
         )
         out = IndexStore.load(path)
-        if delta_rows(out) >= DELTA_COMPACT_ROWS:
+        if out.delta_rows() >= DELTA_COMPACT_ROWS:
             out = _compact_locked(out)
         return out
-
-
-def delta_rows(store: IndexStore) -> int:
-    """Products held in the store's deltas."""
-    return len(store.products) - (len(store.base.products) if store.base is not None else len(store.products))
 
 
 def compact(path: str | Path) -> IndexStore:
