@@ -8,8 +8,9 @@ is encoded. `python -m indexer ingest` is not on main yet, so the catalogue is w
 
 Prints, per size:
 - publish time (Flat, float16 vectors, checksums) and disk size of the version;
-- load time, RSS and PSS (/proc/<pid>/smaps_rollup) of one worker process (IndexStore +
-  Categorizer, after 20 warm-up predictions) and of two workers on the same index;
+- load time (IndexStore.load + Categorizer, imports excluded), RSS and PSS
+  (/proc/<pid>/smaps_rollup) of one worker process after 20 predictions, and of two workers
+  on the same index, with each worker's figures after its imports alone for reference;
 - predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10);
 - single add p50/p99 (one product, image + text + lexical, through indexer.store.append:
   delta written, fsync'd, checksummed, committed, store reloaded), over --adds adds;
@@ -40,14 +41,18 @@ from indexer.store import IndexStore, append, compact, publish, write_lock
 
 WORKER = r"""
 import sys, time
-t0 = time.perf_counter()
+import numpy as np
 from indexer.store import IndexStore
 from indexer.knn import Categorizer
+print("imported", flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter()
 store = IndexStore.load(sys.argv[1])
 cat = Categorizer(store)
 loaded = time.perf_counter() - t0
-rng = __import__("numpy").random.default_rng(1)
-cat.predict_rows(rng.integers(0, len(store.products), 20), modalities=("image", "text"))
+rng = np.random.default_rng(int(sys.argv[2]))
+for row in rng.integers(0, len(store.products), 20):
+    cat.predict_rows(np.array([row]), modalities=("image", "text"))
 print(f"{loaded:.3f}", flush=True)
 sys.stdin.readline()
 """
@@ -67,26 +72,31 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["Rss"], fields["Pss"]
 
 
-def workers(index: Path, count: int) -> list[tuple[float, float, float]]:
-    """Start `count` worker processes on the index; (load s, RSS MB, PSS MB) of each once all are warm."""
+def workers(index: Path, count: int) -> list[tuple[float, float, float, float, float]]:
+    """Start `count` worker processes on the index, one after the other; per worker (load s, RSS and
+    PSS MB after the imports, RSS and PSS MB once every worker has loaded and made 20 predictions)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(index)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(count)
-    ]
+    procs, out = [], []
     try:
-        loads = [float(p.stdout.readline()) for p in procs]
-        return [(load, *memory(p.pid)) for load, p in zip(loads, procs, strict=True)]
+        for i in range(count):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(index), str(i)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            procs.append(proc)
+            assert proc.stdout.readline().strip() == "imported"
+            out.append(list(memory(proc.pid)))
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out[-1].insert(0, float(proc.stdout.readline()))
+        return [(load, rss0, pss0, *memory(p.pid)) for (load, rss0, pss0), p in zip(out, procs, strict=True)]
     finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=60)
+        for proc in procs:
+            proc.stdin.close()
+            proc.wait(timeout=60)
 
 
 def percentiles(times: list[float]) -> str:
@@ -115,7 +125,11 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
         figures = workers(index, count)
         print(
             f"{count} worker(s): "
-            + "; ".join(f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB" for load, rss, pss in figures)
+            + "; ".join(
+                f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB (imports alone: RSS {rss0:.0f}, PSS {pss0:.0f})"
+                for load, rss0, pss0, rss, pss in figures
+            )
+            + f"; PSS total {sum(f[4] for f in figures):.0f} MB"
         )
     store = IndexStore.load(index)
     cat = Categorizer(store)

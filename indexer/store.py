@@ -15,7 +15,7 @@ index loadable. Writers take an exclusive lock, readers never wait; readers noti
 version or delta by re-reading CURRENT and LIST (`IndexStore.is_stale`).
 
 Loading memory-maps the dense vectors (float16) and, where the type allows (Flat, IVF, HNSW in
-this FAISS), the FAISS indexes, so the workers of a machine share them in the page cache. The
+this FAISS, read-only), the FAISS indexes, so the workers of a machine share them in the page cache. The
 loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
 deltas.
 
@@ -300,11 +300,16 @@ def _read_vectors(file: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _read_faiss(file: Path) -> faiss.Index:
-    """The FAISS index, memory-mapped where its type allows it, else read into memory."""
-    try:
-        return faiss.read_index(str(file), faiss.IO_FLAG_MMAP)
-    except RuntimeError:
-        return faiss.read_index(str(file))
+    """The FAISS index, memory-mapped read-only where its type allows it (IO_FLAG_MMAP_IFC maps
+    Flat codes, IVF lists and HNSW graphs in this FAISS: nothing copied at load, pages shared
+    between workers), else read into memory. Writers never add to it: compaction reads its own
+    copy."""
+    for flags in (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(file), flags)
+        except RuntimeError:
+            continue
+    return faiss.read_index(str(file))
 
 
 def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
