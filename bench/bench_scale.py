@@ -11,7 +11,8 @@ Prints, per size:
 - load time (IndexStore.load + Categorizer, imports excluded), RSS and PSS
   (/proc/<pid>/smaps_rollup) of one worker process after 20 predictions, and of two workers
   on the same index, with each worker's figures after its imports alone for reference;
-- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10);
+- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), and
+  the same predictions on a float32 in-memory copy (format 1's way) with their agreement;
 - single add p50/p99 (one product, image + text + lexical, through indexer.store.append:
   delta written, fsync'd, checksummed, committed, store reloaded), over --adds adds;
 - reload after an add in a process that has the base loaded (what a service worker does);
@@ -29,15 +30,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 from bench_search_scale import synthetic
 from common import ROOT
 
 from indexer.catalog import Product
 from indexer.knn import Categorizer, stored_queries
-from indexer.store import IndexStore, append, compact, publish, write_lock
+from indexer.segments import as_float32
+from indexer.store import IndexStore, ModalityIndex, append, compact, publish, write_lock
 
 WORKER = r"""
 import sys, time
@@ -147,6 +151,23 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
         similar.append(time.perf_counter() - t0)
     print(f"predict from stored vectors ({len(rows)}): {percentiles(times)}")
     print(f"similar search from stored vectors ({len(rows)}): {percentiles(similar)}")
+    # the same predictions on a float32 in-memory copy (the format-1 way), same queries, same run
+    vdir = index / "versions" / store.version
+    copy = replace(
+        store,
+        modalities={
+            m: ModalityIndex(as_float32(c.vectors), np.asarray(c.rows), faiss.read_index(str(vdir / f"{m}.faiss")))
+            for m, c in store.modalities.items()
+        },
+    )
+    cat32, times32, same = Categorizer(copy), [], 0
+    for i in range(len(rows)):
+        q = {c: v[i : i + 1] for c, v in queries.items()}
+        t0 = time.perf_counter()
+        got = cat32.predict_vectors(q, with_neighbors=False)
+        times32.append(time.perf_counter() - t0)
+        same += got[0].category == cat.predict_vectors(q, with_neighbors=False)[0].category
+    print(f"predict, float32 in memory, same queries: {percentiles(times32)}; same category {same}/{len(rows)}")
     dims = {m: c.vectors.shape[1] for m, c in store.modalities.items()}
     template = store.products[0]
     add_times = []
