@@ -8,7 +8,7 @@ INDEX_DIR ?= var/index
 PORT ?= 8000
 export DATA_DIR INDEX_DIR PORT
 
-.PHONY: run test lint install index bench report clean
+.PHONY: run test lint install index bench report clean mutate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,13 @@ lint: install
 bench: index
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
+# Mutation testing of the Categorizer and its fitting protocol (mutmut, config in pyproject.toml).
+# Slow (tens of minutes on 2 cores); not run by CI. Prints the score; `mutmut browse` shows survivors.
+mutate: install
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf var reports .pytest_cache
+	rm -rf var reports .pytest_cache mutants

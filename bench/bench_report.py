@@ -49,8 +49,36 @@ def show(label: str, wall: float, metrics: dict) -> None:
         "  ARI (t-SNE, common practice): "
         + ", ".join(f"{n} {v['tsne_kmeans']['ari']:.3f}" for n, v in c.items() if "tsne_kmeans" in v)
     )
-    print("  CV accuracy: " + ", ".join(f"{n} {v['accuracy']:.3f}" for n, v in k.items()))
-    print(f"  auto: threshold {a['threshold']}, coverage {a['coverage']:.3f}, precision {a['precision']}")
+    print(
+        "  nested CV accuracy (mean ± sd over fold seeds): "
+        + ", ".join(f"{n} {v['accuracy']:.4f} ± {v['accuracy_sd_over_seeds']:.4f}" for n, v in k.items())
+    )
+    if metrics.get("random_split"):
+        print(
+            "  random-split (not leak-free) accuracy: "
+            + ", ".join(
+                f"{n} {v['accuracy']:.4f} ± {v['accuracy_sd_over_seeds']:.4f}"
+                for n, v in metrics["random_split"].items()
+            )
+        )
+    for target, point in a["trade_off"].items():
+        t = point["thresholds"]
+        print(
+            f"  nested auto @ {target}: coverage {point['coverage']:.3f} ± {point['coverage_over_seeds']['sd']:.3f}, "
+            f"precision {point['precision'] if point['precision'] is None else round(point['precision'], 4)}, "
+            f"folds below target {point['folds_below_target']}, without threshold {point['folds_without_threshold']}, "
+            f"thresholds {t['min'] if t['min'] is None else round(t['min'], 3)}–"
+            f"{t['max'] if t['max'] is None else round(t['max'], 3)}"
+        )
+    dep = a.get("deployment") or {}
+    print(f"  deployment (all data, not an evaluation): threshold {dep.get('threshold')}, weights {dep.get('weights')}")
+    sv = metrics.get("run", {}).get("serving", {})
+    if sv:
+        print(
+            f"  serving k-NN: {sv['knn_ms_median']:.2f} ms median, {sv['knn_ms_p95']:.2f} ms p95 per product; "
+            f"index {sv['index_bytes_per_product'] / 1024:.1f} KiB per product; "
+            f"report peak RSS {sv['peak_rss_mb']:.0f} MB"
+        )
 
 
 def main() -> int:

@@ -32,7 +32,9 @@ def memory_store(products, vectors: dict[str, np.ndarray], profile: str = "bench
 
 
 def cv_scores(store: IndexStore, folds: np.ndarray | None = None) -> dict:
-    """Leak-free (grouped) CV accuracy per modality and fused, plus auto-decision coverage."""
+    """Grouped but NOT nested CV (fixed parameters, lexical fitted on every text): accuracy per
+    modality and fused plus in-sample auto coverage, to compare encoder choices side by side.
+    The nested estimates are the report's (evaluation.crossval.run)."""
     labels = store.labels()
     if folds is None:
         folds = grouped_folds(labels, near_duplicate_groups(store))

@@ -2,7 +2,8 @@
 
 Everything is computed from the index (vectors + metadata via IndexStore); the only
 features computed here are the classical baselines. Seeds are fixed, so identical
-inputs give identical metrics (only `timings` and `run` vary between runs).
+inputs give identical metrics (only `timings`, `run` -- cache hits, the serving-cost
+measurement -- and the `conclusion` that quotes it vary between runs).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import html
 import io
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from indexer.calibration import EVAL_SEEDS, PARAM_GRID, TRADE_OFF_TARGETS
+from indexer.catalog import Product
 from indexer.images import ImageError, load_image, thumbnail
+from indexer.knn import Categorizer, stored_queries
 from indexer.store import IndexStore
 
 from . import baselines, clustering, crossval, figures, projection, representations
@@ -33,19 +39,25 @@ ANCHORS = {
     "image ARI (VGG16)": 0.64,
     "text+image ARI": 0.65,
     "SIFT/ORB bag of visual words ARI (at most)": 0.07,
-    "supervised accuracy, image only (leaky random split)": 0.905,
-    "supervised accuracy, multimodal (leaky random split)": 0.987,
+    "supervised accuracy, image only (random split)": 0.905,
+    "supervised accuracy, multimodal (random split)": 0.987,
 }
-# Targets of the issue (embedded profile, 945 products); reported as met or missed.
+# Our random-split figure to set beside each published random-split one (like for like).
+PEER_PAIRS = {
+    "supervised accuracy, image only (random split)": "image",
+    "supervised accuracy, multimodal (random split)": "fused",
+}
+# Internal targets (embedded profile, 945 products), all nested; in the report's appendix.
 TARGETS = [
     ("fused KMeans ARI (PCA space)", ("clustering", "fused", "ari"), 0.70, ">="),
-    ("leak-free CV accuracy, fused", ("classification", "fused", "accuracy"), 0.95, ">="),
-    ("leak-free CV accuracy, text", ("classification", "text", "accuracy"), 0.93, ">="),
-    ("leak-free CV accuracy, image", ("classification", "image", "accuracy"), 0.80, ">="),
-    ("auto decisions precision", ("auto_decision", "precision"), 0.99, ">="),
-    ("auto decisions coverage", ("auto_decision", "coverage"), 0.85, ">="),
+    ("nested CV accuracy, fused", ("classification", "fused", "accuracy"), 0.95, ">="),
+    ("nested CV accuracy, text", ("classification", "text", "accuracy"), 0.93, ">="),
+    ("nested CV accuracy, image", ("classification", "image", "accuracy"), 0.80, ">="),
+    ("nested auto decisions precision", ("auto_decision", "precision"), 0.99, ">="),
+    ("nested auto decisions coverage", ("auto_decision", "coverage"), 0.85, ">="),
     ("report run time (s)", ("timings", "total"), 300.0, "<="),
 ]
+SERVING_SAMPLE = 40  # products queried one at a time to time the service's k-NN step
 
 
 @dataclass
@@ -61,6 +73,8 @@ class ReportOptions:
     seed: int = SEED
     stability_checks: bool = True  # fused: KMeans seeds and t-SNE perplexities (2 extra t-SNE runs)
     target_precision: float = TARGET_PRECISION
+    seeds: tuple[int, ...] = EVAL_SEEDS  # outer fold seeds of the nested evaluation
+    random_split: bool = True  # also our own random-split (ungrouped) figures, for peer comparison
     progress: bool = True
 
 
@@ -73,7 +87,7 @@ class Timer:
         self.start = time.perf_counter()
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - t0, 3)
@@ -84,7 +98,7 @@ class Timer:
         return round(time.perf_counter() - self.start, 3)
 
 
-def _get(data: dict, path: tuple):
+def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
             return None
@@ -169,24 +183,60 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             )
 
     with timer.step("cross-validation"):
-        cv = crossval.run(store, seed=options.seed)
+        cv = crossval.run(store, seeds=options.seeds, target=options.target_precision)
         results = cv["results"]
         duplicates = crossval.duplicate_summary(store, cv["groups"], cv["thresholds"])
-        duplicates["groups_spanning_folds"] = crossval.groups_spanning_folds(cv["groups"], cv["folds"])
-        neighbours = {m: crossval.nearest_similarities(store, m) for m in ("image", "text") if m in store.modalities}
+        duplicates["groups_spanning_folds"] = max(
+            crossval.groups_spanning_folds(cv["groups"], f) for f in cv["folds_by_seed"]
+        )
+        neighbours = {
+            c: crossval.nearest_similarities(store, c) for c in ("image", "text", "lexical") if c in store.channels()
+        }
+    random_split = None
+    if options.random_split:
+        with timer.step("random-split cross-validation"):
+            names = tuple(n for n in ("image", "fused") if n in cv["sets"])
+            rcv = crossval.run(store, seeds=options.seeds, grouped=False, names=names, target=options.target_precision)
+            random_split = {
+                n: {
+                    "accuracy": c["accuracy"],
+                    "accuracy_sd_over_seeds": c["accuracy_sd_over_seeds"],
+                    "accuracy_per_seed": c["accuracy_per_seed"],
+                }
+                for n, c in rcv["classification"].items()
+            }
     decided = results.get("fused") or next(iter(results.values()))
     with timer.step("auto decision"):
-        decision = crossval.auto_decision(
-            decided.confidence, decided.correct, cv["folds"][decided.rows], options.target_precision
-        )
+        targets = sorted({*TRADE_OFF_TARGETS, options.target_precision})
+        points = crossval.auto_decisions(cv, decided.name, targets)
+        decision = dict(points[options.target_precision])
+        decision["threshold"] = decision["thresholds"]["mean"]
+        decision["trade_off"] = {
+            f"{t:g}": {
+                key: points[t][key]
+                for key in (
+                    "coverage",
+                    "precision",
+                    "coverage_over_seeds",
+                    "precision_over_folds",
+                    "folds_below_target",
+                    "folds_without_threshold",
+                    "thresholds",
+                )
+            }
+            for t in targets
+        }
         decision["representation"] = decided.name
-        decision["service_threshold"] = service_threshold(cv["categorizer"].threshold, decided)
+        decision["deployment"] = deployment_entry(store)
         decision["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
+        decision["nested"] = True
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
     with timer.step("error analysis"):
         errors = error_table(store, decided, options)
+    with timer.step("serving cost"):
+        serving = serving_cost(store)
 
-    categorizer = cv["categorizer"]
+    chosen = [f.entry["weights"] for run in cv["runs"] for f in run[decided.name].fits]
     metrics = {
         "profile": store.profile,
         "model_id": store.manifest.get("model_id"),
@@ -221,27 +271,123 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             "tuned_on_ari": False,
         },
         "near_duplicates": duplicates,
-        "classification": {name: r.metrics for name, r in results.items()},
+        "classification": cv["classification"],
+        "random_split": random_split,
         "categorizer": {
-            "k": categorizer.k,
-            "temperature": categorizer.temperature,
-            "weights": categorizer.weights,
-            "source": "index manifest" if store.manifest.get("categorizer") else "indexer.knn defaults",
+            "k": Categorizer(store).k,
+            "temperature": Categorizer(store).temperature,
+            "grid": [dict(c) for c in PARAM_GRID],
+            "weights_chosen_per_fold": chosen,
+            "source": "weights selected inside every outer training part (indexer.calibration.fit)",
         },
-        "cv": {"folds": int(len(np.unique(cv["folds"]))), "seed": options.seed, "grouped": True, "stratified": True},
+        "cv": {
+            "folds": int(len(np.unique(cv["folds"]))),
+            "seeds": list(options.seeds),
+            "grouped": True,
+            "stratified": True,
+            "nested": True,
+            "fitted_inside_training_part": [
+                "lexical vocabulary + idf",
+                "channel weights (grid)",
+                "isotonic calibration",
+                "auto/review threshold",
+            ],
+        },
         "auto_decision": decision,
-        "errors": {"count": int((~decided.correct).sum()), "shown": len(errors), "representation": decided.name},
+        "errors": {
+            "count": int((~decided.correct).sum()),
+            "shown": len(errors),
+            "representation": decided.name,
+            "seed": int(options.seeds[0]),
+        },
         "anchors": ANCHORS,
+        "run": {"serving": serving},
     }
     if "bovw" in reps:
-        metrics["run"] = {"bovw_cache_hit": bool(reps["bovw"].extra.get("cached"))}
+        metrics["run"]["bovw_cache_hit"] = bool(reps["bovw"].extra.get("cached"))
 
     with timer.step("figures"):
         pngs = make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes)
     metrics["timings"] = {**timer.timings, "total": timer.total()}  # writing the files takes well under a second
+    metrics["conclusion"] = conclusion(metrics)
     write_outputs(out, metrics, pngs, errors)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
     return metrics
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _pm(spread: dict, digits: int = 3) -> str:
+    if spread.get("mean") is None:
+        return "–"
+    return f"{spread['mean']:.{digits}f} ± {spread['sd']:.{digits}f}"
+
+
+def conclusion(m: dict) -> list[str]:
+    """A few plain sentences for a manager; every number comes from `m` (this run)."""
+    cls = m["classification"]
+    name = m["auto_decision"]["representation"]
+    best = cls[name]
+    seeds = len(m["cv"]["seeds"])
+    out = [
+        f"Is it feasible? {'Yes' if best['accuracy'] >= 0.9 else 'Only partly'}: on products it has never seen "
+        f"(nested, grouped {m['cv']['folds']}-fold cross-validation, {seeds} fold seeds), the {name} categorizer "
+        f"picks the right top-level category for {_pct(best['accuracy'])} of them (± "
+        f"{100 * best['accuracy_sd_over_seeds']:.1f} points over seeds; text alone "
+        f"{_pct(cls.get('text', {}).get('accuracy'))}, image alone {_pct(cls.get('image', {}).get('accuracy'))})."
+    ]
+    trade = m["auto_decision"]["trade_off"]
+    main = trade[f"{m['auto_decision']['target']:g}"]
+    n_folds = len(m["auto_decision"]["per_fold"])
+    others = "; ".join(
+        f"aiming at {float(t):.1%}: {_pct(v['coverage'])} automatic at precision {_pct(v['precision'])}"
+        for t, v in trade.items()
+        if t != f"{m['auto_decision']['target']:g}"
+    )
+    out.append(
+        f"Automatic decisions: with a threshold chosen without the evaluated products for "
+        f"{m['auto_decision']['target']:.0%} precision, {_pct(main['coverage'])} of listings are decided "
+        f"automatically at a measured precision of {_pct(main['precision'])}; the rest go to review. "
+        f"This is unstable: in {main['folds_without_threshold']} of {n_folds} folds the training part never "
+        f"reached {m['auto_decision']['target']:.0%} (everything went to review) and {main['folds_below_target']} "
+        f"folds fell below it. Other targets: {others}."
+    )
+    per = best["per_category"]
+    worst = sorted(per, key=lambda c: per[c]["recall"])[:2]
+    classes = m["categories"]
+    conf = np.array(best["confusion"], dtype=float)
+    np.fill_diagonal(conf, 0)
+    i, j = np.unravel_index(int(conf.argmax()), conf.shape)
+    out.append(
+        f"Where it fails: {worst[0]} (recall {per[worst[0]]['recall']:.2f}) and {worst[1]} "
+        f"(recall {per[worst[1]]['recall']:.2f}); the most frequent confusion is {classes[i]} taken for "
+        f"{classes[j]} ({int(conf[i, j])} of {best['pooled_predictions']} predictions over the seeds): products "
+        "whose words and photos resemble the other category's (see the error table)."
+    )
+    sv = m["run"]["serving"]
+    out.append(
+        f"Serving cost on this machine: the k-NN vote takes {sv['knn_ms_median']:.1f} ms per product (median of "
+        f"{sv['queries']} single queries, 95th percentile {sv['knn_ms_p95']:.1f} ms, load average "
+        f"{sv['load_average']:.1f}) and the index holds {sv['index_bytes_per_product'] / 1024:.1f} KiB per product; "
+        f"this report's process peaked at {sv['peak_rss_mb']:.0f} MB. Encoding the seller's image and text comes "
+        "on top (bench/bench_service.py measures the whole request)."
+    )
+    rs = m.get("random_split") or {}
+    gap = ""
+    if name in rs:
+        gap = (
+            f" On random splits (near-duplicates on both sides, as in published figures) the same protocol gives "
+            f"{_pct(rs[name]['accuracy'])}: part of any random-split figure is twins recognising twins."
+        )
+    out.append(
+        "What would raise the figures: more labelled products per category (the "
+        f"{m['n_products']} products give about {m['n_products'] // max(1, m['n_categories'])} per category, "
+        "too few for a stable 99 % threshold); a stronger image encoder (image alone is the weakest channel); "
+        "and more distinct products rather than templated variants." + gap
+    )
+    return out
 
 
 def stability(
@@ -280,15 +426,48 @@ def stability(
     }
 
 
-def service_threshold(threshold: float | None, result: crossval.ModalityResult) -> dict | None:
-    """The threshold the service runs with (index manifest), applied to the cross-validated predictions."""
-    if threshold is None:
+def deployment_entry(store: IndexStore) -> dict | None:
+    """What the service runs with (index manifest): fitted on ALL data by the same protocol.
+    Deployment, not evaluation: its own out-of-fold figures chose its threshold."""
+    entry = store.manifest.get("categorizer") or None
+    if not entry:
         return None
-    accepted = result.confidence >= float(threshold)
+    cv = entry.get("cv", {})
     return {
-        "threshold": float(threshold),
-        "coverage": float(accepted.mean()),
-        "precision": float(result.correct[accepted].mean()) if accepted.any() else None,
+        "threshold": entry.get("threshold"),
+        "weights": entry.get("weights"),
+        "in_sample_coverage": cv.get("auto_coverage"),
+        "in_sample_precision": cv.get("auto_precision"),
+        "note": "chosen on all data (deployment); its coverage/precision are in-sample, not an evaluation",
+    }
+
+
+def serving_cost(store: IndexStore, sample: int = SERVING_SAMPLE) -> dict:
+    """The service's k-NN step timed one query at a time (stored vectors as queries, fused +
+    lexical), and the index's memory per product. Query encoding is not included."""
+    import resource
+
+    categorizer = Categorizer(store)
+    rows = np.linspace(0, len(store.products) - 1, min(sample, len(store.products))).astype(np.int64)
+    queries = stored_queries(store, rows)
+    times = []
+    for i in range(len(rows)):
+        one = {c: q[i : i + 1] for c, q in queries.items()}
+        t0 = time.perf_counter()
+        categorizer.predict_vectors(one)
+        times.append(time.perf_counter() - t0)
+    index_bytes = sum(m.vectors.nbytes for m in store.modalities.values())
+    if store.lexical is not None:
+        matrix = store.lexical.matrix
+        index_bytes += matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
+    return {
+        "knn_ms_median": float(np.median(times) * 1000),
+        "knn_ms_p95": float(np.percentile(times, 95) * 1000),
+        "queries": int(len(rows)),
+        "index_bytes_per_product": float(index_bytes / max(1, len(store.products))),
+        "peak_rss_mb": float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+        "load_average": float(__import__("os").getloadavg()[0]),
+        "note": "k-NN vote only (vectors as queries); encoding the query's image and text is extra",
     }
 
 
@@ -314,7 +493,7 @@ def error_table(store: IndexStore, result: crossval.ModalityResult, options: Rep
     return rows
 
 
-def _thumbnail(product, options: ReportOptions, index_data_dir: str | None) -> str | None:
+def _thumbnail(product: Product, options: ReportOptions, index_data_dir: str | None) -> str | None:
     path = baselines.image_file(product, options.data_dir, index_data_dir)
     if path is None:
         return None
@@ -327,7 +506,16 @@ def _thumbnail(product, options: ReportOptions, index_data_dir: str | None) -> s
     return _b64(buffer.getvalue())
 
 
-def make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes) -> dict[str, bytes]:
+def make_figures(
+    metrics: dict[str, Any],
+    pca_curves: dict[str, Any],
+    maps: dict[str, Any],
+    contingencies: dict[str, Any],
+    results: dict[str, crossval.ModalityResult],
+    neighbours: dict[str, Any],
+    curves: dict[str, Any],
+    classes: list[str],
+) -> dict[str, bytes]:
     pngs = {"pca_variance": figures.pca_curves(pca_curves, projection.VARIANCE)}
     ari = {
         n: {"full": c["ari"], **({"tsne": c["tsne_kmeans"]["ari"]} if "tsne_kmeans" in c else {})}
@@ -365,7 +553,7 @@ def make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, 
         )
     pngs["precision_coverage"] = figures.coverage_curves(
         curves, metrics["auto_decision"], metrics["auto_decision"]["target"]
-    )
+    )  # curves of fold seed 0's nested predictions; the dot is the nested operating point
     return pngs
 
 
@@ -378,7 +566,7 @@ def write_outputs(out: Path, metrics: dict, pngs: dict[str, bytes], errors: list
     (out / "report.html").write_text(render_html(metrics, pngs, errors), encoding="utf-8")
 
 
-def _f(value, digits: int = 3) -> str:
+def _f(value: object, digits: int = 3) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -422,27 +610,12 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         f"(seed {m['seed']}); nothing was tuned on ARI.</p>",
     ]
 
-    # summary
-    rows = []
-    for label, path, target, op in TARGETS:
-        value = _get(m, path)
-        ok = value is not None and (value >= target if op == ">=" else value <= target)
-        rows.append(
-            [
-                e(label),
-                _f(value),
-                f"{op} {target}",
-                f"<span class='{'met' if ok else 'missed'}'>{'met' if ok else 'missed'}</span>",
-            ]
-        )
-    parts += [
-        "<h2>Summary</h2>",
-        _table(["figure", "measured", "target", ""], rows),
-        "<p class='note'>Published results on this dataset, for comparison: "
-        + "; ".join(f"{e(k)} {v}" for k, v in m["anchors"].items())
-        + ". The supervised figures were measured on random splits that put near-duplicate products "
-        "on both sides; the figures here are leak-free (grouped folds).</p>",
-    ]
+    parts += ["<h2>Conclusion</h2>"] + [f"<p>{e(sentence)}</p>" for sentence in m["conclusion"]]
+    parts.append(
+        "<p class='note'>All classification and auto-decision figures are nested: the lexical vocabulary, "
+        "the channel weights, the calibration and the threshold were fitted without the products they are "
+        "scored on. Internal targets are in the appendix.</p>"
+    )
 
     # representations + PCA
     rows = [
@@ -530,29 +703,42 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         for mod, p in d["pairs"].items()
     )
     parts += [
-        "<h2>4. Classification, leak-free</h2>",
-        f"<p>Near-duplicates grouped (image or text cosine above the thresholds; byte-identical images have "
-        f"cosine 1): {d['groups']} groups, {d['groups_with_several_products']} holding several products "
-        f"({d['products_in_shared_groups']} products, largest {d['largest_group']}, "
-        f"{d['groups_with_several_categories']} mixing categories). {pair_text}. "
-        f"{m['cv']['folds']} stratified folds keep each group whole "
-        f"(groups spanning two folds: {d['groups_spanning_folds']}). The classifier is the service's own "
-        f"Categorizer (k={m['categorizer']['k']}, temperature {m['categorizer']['temperature']}, weights "
-        f"{e(json.dumps(m['categorizer']['weights']))}, from the {e(m['categorizer']['source'])}); each fold "
-        "is masked out of the index while it is predicted.</p>",
+        "<h2>4. Classification, nested and leak-free</h2>",
+        f"<p>Near-duplicates grouped over every channel the Categorizer votes with (image, dense text and "
+        f"lexical TF-IDF cosine above the thresholds; byte-identical images have cosine 1; the TF-IDF used for "
+        f"grouping is the index's, fitted on every text, as grouping reads no label): {d['groups']} groups, "
+        f"{d['groups_with_several_products']} holding several products ({d['products_in_shared_groups']} "
+        f"products, largest {d['largest_group']}, {d['groups_with_several_categories']} mixing categories). "
+        f"{pair_text}. {m['cv']['folds']} stratified outer folds keep each group whole (groups spanning two "
+        f"folds: {d['groups_spanning_folds']}), repeated with fold seeds {m['cv']['seeds']}. Inside each outer "
+        f"fold, fitted on the training part only: {e(', '.join(m['cv']['fitted_inside_training_part']))}; the "
+        f"weights come from the declared grid {e(json.dumps([g['weights'] for g in m['categorizer']['grid']]))} "
+        f"by inner grouped CV (k={m['categorizer']['k']} and the temperatures are frozen). The classifier is "
+        "the service's own Categorizer; only training rows are its neighbours.</p>",
         "<p class='note'>Why these thresholds: for each product, the cosine to its nearest product of the same "
-        "category and to its nearest product of another category. Pairs above the red line are near-twins.</p>",
+        "category and to its nearest product of another category, per channel. Pairs above the red line are "
+        "near-twins.</p>",
         _img(pngs, "neighbour_similarity", "nearest-neighbour similarities"),
     ]
     rows = [
-        [e(n), c["accuracy"], c["macro_f1"], c["balanced_accuracy"], c["level2_accuracy"], c["n"], c["left_out"]]
+        [
+            e(n),
+            f"{c['accuracy']:.3f} ± {c['accuracy_sd_over_seeds']:.3f}",
+            f"{c['accuracy_over_folds']['min']:.3f}–{c['accuracy_over_folds']['max']:.3f}",
+            c["macro_f1"],
+            c["balanced_accuracy"],
+            c["level2_accuracy"],
+            c["n"],
+            c["left_out"],
+        ]
         for n, c in m["classification"].items()
     ]
     parts.append(
         _table(
             [
                 "modalities",
-                "accuracy",
+                "nested accuracy (mean ± sd over seeds)",
+                "range over folds",
                 "macro-F1",
                 "balanced accuracy",
                 "level-2 accuracy",
@@ -562,6 +748,26 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
             rows,
         )
     )
+    if m.get("random_split"):
+        rows = [
+            [
+                e(anchor),
+                m["anchors"][anchor],
+                _pm({"mean": m["random_split"][n]["accuracy"], "sd": m["random_split"][n]["accuracy_sd_over_seeds"]}),
+                _f(m["classification"][n]["accuracy"]),
+            ]
+            for anchor, n in PEER_PAIRS.items()
+            if n in m["random_split"]
+        ]
+        parts += [
+            "<h3>Like-for-like comparison with published figures</h3>",
+            "<p>Published supervised figures were measured on random splits. Our own random-split figures "
+            "(stratified, <b>not grouped</b>: near-twins may sit on both sides; otherwise the same nested "
+            "protocol) are the fair comparison; the grouped figures are the honest estimate for new products.</p>",
+            _table(
+                ["published (random split)", "value", "ours, random split (not leak-free)", "ours, leak-free"], rows
+            ),
+        ]
     classes = m["categories"]
     rows = [
         [e(c)]
@@ -571,26 +777,55 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
     parts.append(
         _table(["category"] + [f"{n} {k}" for n in m["classification"] for k in ("precision", "recall")], rows)
     )
+    parts.append("<p class='note'>Per-category figures and confusion matrices pool every fold seed.</p>")
     for n in m["classification"]:
         parts.append(_img(pngs, f"confusion_{n}", f"confusion {n}"))
 
     a = m["auto_decision"]
-    oof = a["out_of_fold"]
+    rows = [
+        [
+            f"{float(t):.3f}",
+            _pm(v["coverage_over_seeds"]),
+            _f(v["precision"]),
+            f"{_f(v['precision_over_folds']['min'])}–{_f(v['precision_over_folds']['max'])}",
+            v["folds_below_target"],
+            v["folds_without_threshold"],
+            f"{_f(v['thresholds']['min'])}–{_f(v['thresholds']['max'])}",
+        ]
+        for t, v in a["trade_off"].items()
+    ]
+    dep = a.get("deployment")
     parts += [
-        "<h3>Automatic decision vs human review</h3>",
+        "<h3>Automatic decision vs human review (nested)</h3>",
         f"<p>Products whose {e(a['representation'])} confidence (raw vote share) reaches the threshold are "
-        f"categorized automatically, the rest go to review. Threshold chosen with "
-        f"<code>indexer.calibration.choose_threshold</code> for precision ≥ {a['target']}: "
-        f"<b>{_f(a['threshold'])}</b>, covering <b>{_f(a['coverage'])}</b> of products at precision "
-        f"<b>{_f(a['precision'])}</b>. Honest check (threshold chosen on four folds, applied to the fifth): "
-        f"coverage {_f(oof['coverage'])}, precision {_f(oof['precision'])}."
+        "categorized automatically, the rest go to review. Evaluation: in every outer fold the threshold is "
+        "chosen (<code>indexer.calibration.choose_threshold</code>) on the inner out-of-fold predictions of the "
+        "training part, then applied to the held-out fold. "
+        f"At target precision {a['target']}: coverage <b>{_pm(a['coverage_over_seeds'])}</b>, precision "
+        f"<b>{_f(a['precision'])}</b> (mean over seeds; per fold {_f(a['precision_over_folds']['min'])}–"
+        f"{_f(a['precision_over_folds']['max'])}). Threshold stability: per-fold thresholds "
+        f"{_pm(a['thresholds'])}, range {_f(a['thresholds']['min'])}–{_f(a['thresholds']['max'])}, "
+        f"{a['folds_without_threshold']} of {len(a['per_fold'])} folds found none.</p>",
+        _table(
+            [
+                "target precision",
+                "coverage (mean ± sd over seeds)",
+                "precision (mean)",
+                "precision range over folds",
+                "folds below target",
+                "folds with no threshold",
+                "threshold range",
+            ],
+            rows,
+        ),
+        "<p>Deployment (not evaluation): "
         + (
-            f" The threshold stored in the index manifest (what the service runs with) is "
-            f"{_f(a['service_threshold']['threshold'])}: coverage {_f(a['service_threshold']['coverage'])}, "
-            f"precision {_f(a['service_threshold']['precision'])} on these predictions."
-            if a.get("service_threshold")
-            else " The index manifest holds no threshold yet (every "
-            "suggestion goes to review until `calibrate` stores one)."
+            f"the index manifest's threshold {_f(dep['threshold'])} and weights {e(json.dumps(dep['weights']))} "
+            "were fitted on all data by the same procedure (<code>indexer.calibration.calibrate</code>); "
+            f"its own out-of-fold coverage {_f(dep['in_sample_coverage'])} at precision "
+            f"{_f(dep['in_sample_precision'])} chose that threshold, so it is not an estimate."
+            if dep
+            else "the index manifest holds no threshold: every suggestion goes to review."
         )
         + "</p>",
         _img(pngs, "precision_coverage", "precision vs coverage"),
@@ -600,7 +835,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
     parts += [
         "<h2>5. Error analysis</h2>",
         f"<p>{m['errors']['count']} of {m['classification'][m['errors']['representation']]['n']} products are "
-        f"misclassified by the {e(m['errors']['representation'])} Categorizer in cross-validation; the "
+        f"misclassified by the {e(m['errors']['representation'])} Categorizer in nested cross-validation "
+        f"(fold seed {m['errors']['seed']}; confidence calibrated by each fold's own isotonic fit); the "
         f"{m['errors']['shown']} most confident mistakes:</p>",
     ]
     rows = []
@@ -620,6 +856,27 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         f"<p>Model ids: {e(json.dumps(m['model_ids']))}. Index: {e(m['index']['path'])} "
         f"(counts {e(json.dumps(m['index']['counts']))}).</p>",
         _table(["step", "seconds"], rows),
+    ]
+    rows = []
+    for label, path, target, op in TARGETS:
+        value = _get(m, path)
+        ok = value is not None and (value >= target if op == ">=" else value <= target)
+        gap = "" if value is None else f"{value - target:+.3f}"
+        rows.append(
+            [
+                e(label),
+                _f(value),
+                f"{op} {target}",
+                gap,
+                f"<span class='{'met' if ok else 'missed'}'>{'met' if ok else 'missed'}</span>",
+            ]
+        )
+    parts += [
+        "<h2>Appendix: internal targets</h2>",
+        _table(["figure", "measured", "target", "difference", ""], rows),
+        "<p class='note'>Published results on this dataset, for comparison: "
+        + "; ".join(f"{e(k)} {v}" for k, v in m["anchors"].items())
+        + ".</p>",
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -389,7 +389,7 @@ def _added_products(live: IndexStore | None, catalogue: Sequence[Product]) -> li
 
 def _derived_key(manifest: dict) -> str:
     """Content key of what the build derives after encoding (lexical channel, calibration)."""
-    from .calibration import GROUP_THRESHOLDS, N_FOLDS, SEED, TARGET_PRECISION
+    from .calibration import GROUP_THRESHOLDS, N_FOLDS, PARAM_GRID, SEED, TARGET_PRECISION
     from .knn import DEFAULT_PARAMS
     from .lexical import NGRAMS
 
@@ -400,6 +400,7 @@ def _derived_key(manifest: dict) -> str:
         manifest["precision"],
         manifest["text_normalisation"],
         DEFAULT_PARAMS,
+        PARAM_GRID,
         GROUP_THRESHOLDS,
         N_FOLDS,
         SEED,

@@ -56,7 +56,7 @@ class PositionFilter:
             bits = np.packbits(self.mask(), bitorder="little")
             # the selector keeps a raw pointer to `bits`: tie their lifetimes (the stubs miss this constructor)
             selector = faiss.IDSelectorBitmap(bits)  # type: ignore[call-arg, arg-type]
-            selector.referenced_bits = bits
+            selector.referenced_bits = bits  # type: ignore[attr-defined]  # an attribute we add
             self._selector = selector
         return self._selector
 

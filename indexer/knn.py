@@ -9,8 +9,9 @@ auto/review threshold live in the index manifest (`categorizer` key).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,17 +20,25 @@ from .filters import RowFilter, exclusion_filters
 from .lexical import present_rows
 from .store import IndexStore
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .encoders import Encoder
+
 SIMILARITY_BUDGET = 20_000_000  # floats (80 MB) for one channel's batch similarity matrix
 
-DEFAULT_PARAMS = {
+DEFAULT_PARAMS: dict[str, Any] = {
+    # k, candidates and both temperatures are frozen: the nested protocol does not re-select
+    # them (they were picked earlier on non-nested folds; bench/bench_categorizer.py prints
+    # the alternatives under the nested protocol). The sharp vote picks the category; the
+    # softer one ranks how sure it is.
     "k": 10,
     "candidates": 50,
-    # The sharp vote picks the category; the softer one ranks how sure it is (coverage at
-    # 99 % precision 0.847 vs 0.824 with one temperature, three fold seeds).
     "temperature": 0.02,
     "confidence_temperature": 0.05,
-    # image / dense text / lexical text: measured on grouped CV over six fold seeds
-    # (bench/bench_categorizer.py); the lexical channel is used when the index has one.
+    # image / dense text / lexical text: the first candidate of indexer.calibration.PARAM_GRID;
+    # the build (and each training part of the evaluation) selects the weights from that grid.
+    # The lexical channel is used when the index has one.
     "weights": {"image": 0.2, "text": 0.4, "lexical": 0.4},
     "threshold": None,
     "calibration": None,
@@ -77,7 +86,7 @@ class Prediction:
 class Categorizer:
     """k-NN vote; `params` default to the manifest's `categorizer` entry."""
 
-    def __init__(self, store: IndexStore, params: Mapping | None = None):
+    def __init__(self, store: IndexStore, params: Mapping[str, Any] | None = None) -> None:
         self.store = store
         merged = dict(DEFAULT_PARAMS)
         merged.update(store.manifest.get("categorizer", {}) or {})
@@ -87,8 +96,8 @@ class Categorizer:
         self.temperature = float(merged["temperature"])
         self.confidence_temperature = float(merged["confidence_temperature"])
         self.weights = dict(merged["weights"])
-        self.threshold = merged["threshold"]
-        self.calibration = merged["calibration"]
+        self.threshold: float | None = merged["threshold"]
+        self.calibration: dict[str, list[float]] | None = merged["calibration"]
         self.candidates = int(merged["candidates"])
         self._labels = store.labels()
         self.classes = store.categories()
@@ -101,30 +110,49 @@ class Categorizer:
         k: int,
         exclude: np.ndarray | None,
         allowed: RowFilter | None = None,
+        full: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
-        """Union of each modality's nearest allowed rows per query (the fused ranking is exact within it).
+        """Union of each channel's nearest allowed rows per query (the fused ranking is exact within it).
 
-        Filters run inside each channel's search (FAISS IDSelector, masked postings), so
-        the depth stays `candidates` whatever the filter excludes. `exclude` (n, N) is
-        turned into one filter per distinct mask row (cross-validation folds share one);
-        `allowed.skip` rows cost len(skip) extra depth. Cost: one channel search per
-        distinct filter, plus O(n·N/8) to group an `exclude` mask.
+        Two routes to the same rows. With a batch similarity matrix (`full`, as in cross-
+        validation) a channel's candidates are its top rows among those `exclude` allows, read
+        from the matrix: O(n_queries x n_channel). Otherwise filters run inside each channel's
+        search (FAISS IDSelector, masked postings), so the depth stays `candidates` whatever the
+        filter excludes: `exclude` (n, N) becomes one filter per distinct mask row (folds share
+        one, O(n·N/8) to group), and `allowed.skip` rows cost len(skip) extra depth.
         """
         n = next(iter(queries.values())).shape[0]
         depth = max(self.candidates, k)
-        groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
         found: list[list[np.ndarray]] = [[] for _ in range(n)]
-        for members, row_filter in groups:
-            extra = len(row_filter.skip) if row_filter is not None else 0
-            for modality, q in queries.items():
-                ok = members[present_rows(q[members])]
-                if len(ok) == 0:
-                    continue
-                positions = row_filter.channel(modality) if row_filter is not None else None
-                _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
-                for i, r in zip(ok, rows, strict=True):
-                    r = r[r >= 0]
-                    found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
+        from_matrix = {m for m in queries if full and m in full and allowed is None}
+        for modality in from_matrix:
+            assert full is not None
+            channel = self._channels[modality]
+            ok = np.flatnonzero(present_rows(queries[modality]))
+            if len(ok) == 0 or channel.ntotal == 0:
+                continue
+            sims = full[modality][ok]
+            if exclude is not None:
+                sims = np.where(exclude[ok][:, channel.rows], -np.inf, sims)
+            d = min(depth, sims.shape[1])
+            top = np.argpartition(-sims, d - 1, axis=1)[:, :d]
+            finite = np.isfinite(np.take_along_axis(sims, top, axis=1))
+            for i, t, f in zip(ok, top, finite, strict=True):
+                found[i].append(channel.rows[t[f]])
+        searched = {m: q for m, q in queries.items() if m not in from_matrix}
+        if searched:
+            groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
+            for members, row_filter in groups:
+                extra = len(row_filter.skip) if row_filter is not None else 0
+                for modality, q in searched.items():
+                    ok = members[present_rows(q[members])]
+                    if len(ok) == 0:
+                        continue
+                    positions = row_filter.channel(modality) if row_filter is not None else None
+                    _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
+                    for i, r in zip(ok, rows, strict=True):
+                        r = r[r >= 0]
+                        found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
         return [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
 
     def _all_similarities(self, queries: dict) -> dict[str, np.ndarray]:
@@ -142,15 +170,21 @@ class Categorizer:
         return out
 
     def _fused_similarity(
-        self, queries: dict[str, np.ndarray], i: int, rows: np.ndarray, full: dict[str, np.ndarray] | None = None
+        self,
+        queries: dict[str, np.ndarray],
+        i: int,
+        rows: np.ndarray,
+        full: dict[str, np.ndarray] | None = None,
+        present: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
-        """Weighted mean of per-modality cosine similarities, over the modalities both sides have."""
+        """Weighted mean of per-modality cosine similarities, over the modalities both sides have.
+        `present` (per channel, which query rows carry it) saves recomputing it per query."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
         used = []
         for modality, q in queries.items():
-            qi = q[i]
-            if not present_rows(qi.reshape(1, -1))[0]:
+            has_query = present[modality][i] if present else present_rows(q[i].reshape(1, -1))[0]
+            if not has_query:
                 continue
             used.append(modality)
             pos = self.store.positions(modality)[rows]
@@ -158,7 +192,7 @@ class Categorizer:
             if full and modality in full:
                 sims = full[modality][i, pos[has]]
             else:
-                sims = self._channels[modality].similarity(qi, pos[has])
+                sims = self._channels[modality].similarity(q[i], pos[has])
             w = float(self.weights.get(modality, 1.0))
             num[has] += w * sims
             den[has] += w
@@ -184,11 +218,12 @@ class Categorizer:
         """
         k = int(k or self.k)
         present = self._present(queries)
-        candidates = self._candidates(present, k, exclude, allowed)
         full = self._all_similarities(present)
+        candidates = self._candidates(present, k, exclude, allowed, full)
+        has = {m: present_rows(q) for m, q in present.items()}
         out = []
         for i, rows in enumerate(candidates):
-            fused, used = self._fused_similarity(present, i, rows, full)
+            fused, used = self._fused_similarity(present, i, rows, full, has)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]
             top = np.argsort(-fused, kind="stable")[:k]
@@ -219,7 +254,7 @@ class Categorizer:
             out.append([self._neighbor(int(r), float(f), modality) for r, f in zip(rows[top], fused[top], strict=True)])
         return out
 
-    def _present(self, queries: Mapping[str, object]) -> dict:
+    def _present(self, queries: Mapping[str, Any]) -> dict[str, Any]:
         present = {
             m: (q.tocsr() if sp.issparse(q) else np.asarray(q, dtype=np.float32).reshape(q.shape[0], -1))
             for m, q in queries.items()
@@ -234,7 +269,7 @@ class Categorizer:
             return Prediction(None, 0.0, 0.0, "review", {}, [], [], used)
         weights = np.exp((sims - sims.max()) / self.temperature)
         scores = self._shares(rows, weights)
-        category = max(scores, key=scores.get)
+        category = max(scores, key=lambda c: scores[c])
         raw = self._shares(rows, np.exp((sims - sims.max()) / self.confidence_temperature))[category]
         dense = [m for m in used if m != "lexical"]
         modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
@@ -281,7 +316,7 @@ class Categorizer:
                     tally[cp[level]] += float(w)
             if not tally:
                 break
-            path.append(max(tally, key=tally.get))
+            path.append(max(tally, key=lambda c: tally[c]))
         return path
 
     # ---- confidence and decision ---------------------------------------------------------
@@ -315,11 +350,13 @@ class Categorizer:
         return self.predict_vectors(queries, k=k, exclude=exclude, with_neighbors=False)
 
 
-def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = None) -> dict:
+def stored_queries(
+    store: IndexStore, rows: np.ndarray | Sequence[int], channels: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Queries made of indexed products' own stored vectors, per channel the index has:
     dense rows are NaN and lexical rows empty where a product lacks that channel."""
     rows = np.asarray(rows, dtype=np.int64)
-    queries = {}
+    queries: dict[str, Any] = {}
     for channel, index in store.channels().items():
         if channels is not None and channel not in channels:
             continue
@@ -334,7 +371,12 @@ def stored_queries(store: IndexStore, rows, channels: tuple[str, ...] | None = N
     return queries
 
 
-def query_channels(store: IndexStore, encoder, images: list | None = None, texts: list[str] | None = None) -> dict:
+def query_channels(
+    store: IndexStore,
+    encoder: Encoder,
+    images: Sequence[Image.Image | None] | None = None,
+    texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Every channel's query for raw inputs: the one way service and tools encode a query.
 
     `images` are RGB PIL images (None entries allowed), `texts` already joined title +
@@ -345,7 +387,7 @@ def query_channels(store: IndexStore, encoder, images: list | None = None, texts
     if images is not None and any(im is not None for im in images):
         out = np.full((n, encoder.dims["image"]), np.nan, np.float32)
         idx = [i for i, im in enumerate(images) if im is not None]
-        out[idx] = encoder.encode_images([images[i] for i in idx])
+        out[idx] = encoder.encode_images([im for im in images if im is not None])
         queries["image"] = out
     if texts is not None and any(texts):
         out = np.full((n, encoder.dims["text"]), np.nan, np.float32)

@@ -36,7 +36,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.extensions["service_state"] = state
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
-    app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
     metrics.install(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)

@@ -10,9 +10,10 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from typing import Any
 
-from flask import Flask, current_app, has_app_context, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, has_app_context, jsonify
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ _ABSOLUTE_PATH = re.compile(
 class ApiError(Exception):
     """An error with an HTTP status and a message the caller can act on."""
 
-    def __init__(self, status: int, detail: str, title: str | None = None, **extra):
+    def __init__(self, status: int, detail: str, title: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
@@ -56,7 +57,7 @@ def public_text(text: str) -> str:
     return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "", text)
 
 
-def public(value):
+def public(value: Any) -> Any:
     """A JSON-able value with `public_text` applied to every string in it."""
     if isinstance(value, str):
         return public_text(value)
@@ -67,7 +68,7 @@ def public(value):
     return value
 
 
-def problem(status: int, detail: str, title: str | None = None, **extra):
+def problem(status: int, detail: str, title: str | None = None, **extra: Any) -> Response:
     """A problem+json response (type, title, status, detail [, extra members]), paths removed."""
     body = {
         "type": PROBLEM_TYPE,
@@ -84,14 +85,14 @@ def problem(status: int, detail: str, title: str | None = None, **extra):
 
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
+    def _api_error(exc: ApiError) -> Response:
         response = problem(exc.status, exc.detail, exc.title, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status >= 500:  # werkzeug's descriptions of server errors say nothing a client can use
             log.error("HTTP %s: %s", status, exc.description)
@@ -103,12 +104,12 @@ def register(app: Flask) -> None:
         response = problem(status, detail, exc.name)
         if status == 408:  # the rest of the body may still be on its way: do not wait for it
             response.headers["Connection"] = "close"
-        if status == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):  # pragma: no cover - handled above
             return _http_error(exc)
         log.exception("unhandled error")

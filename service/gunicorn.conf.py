@@ -19,10 +19,17 @@ TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder),
 GUNICORN_MAX_REQUESTS (0 = never recycle), GUNICORN_CONTROL_SOCKET (unset = off), LOG_LEVEL (info).
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_THREADS", "1")
@@ -64,11 +71,11 @@ for _name in os.listdir(_multiproc_dir):
         os.unlink(os.path.join(_multiproc_dir, _name))
 
 
-def on_starting(server):
+def on_starting(server: Arbiter) -> None:
     logging.basicConfig(level=loglevel.upper())
 
 
-def when_ready(server):
+def when_ready(server: Arbiter) -> None:
     """After preload, before the first fork: move the loaded objects out of the cyclic GC's
     reach so collections in the workers do not write to (and so copy) the shared pages."""
     import gc
@@ -77,13 +84,13 @@ def when_ready(server):
     gc.freeze()
 
 
-def post_fork(server, worker):
+def post_fork(server: Arbiter, worker: Worker) -> None:
     from service.state import set_threads
 
     set_threads(int(os.environ.get("TORCH_THREADS", "1")))
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Worker) -> None:
     """One tiny forward pass per model, so the first real request is not the slow one."""
     from PIL import Image
 
@@ -96,12 +103,12 @@ def post_worker_init(worker):
     worker.log.info("worker %s warmed up on index version %s", worker.pid, live.version)
 
 
-def child_exit(server, worker):
+def child_exit(server: Arbiter, worker: Worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     if _multiproc_dir.startswith(tempfile.gettempdir()) and "service-metrics-" in _multiproc_dir:
         shutil.rmtree(_multiproc_dir, ignore_errors=True)

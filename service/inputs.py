@@ -15,7 +15,9 @@ import json
 import math
 import socket
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from flask import Request
 
@@ -23,6 +25,9 @@ from indexer.images import ImageError, ImageLimits, load_image
 
 from .config import Config
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -37,7 +42,7 @@ class QueryInput:
     fields: dict = field(default_factory=dict)
 
 
-def _str_field(data, name: str, limit: int) -> str:
+def _str_field(data: Mapping[str, Any], name: str, limit: int) -> str:
     value = data.get(name)
     if value is None:
         return ""
@@ -49,6 +54,7 @@ def _str_field(data, name: str, limit: int) -> str:
 
 
 def _reject_constant(name: str) -> float:
+    """json.loads' parse_constant: NaN / Infinity / -Infinity are refused, not parsed."""
     raise ApiError(400, f"JSON number {name} is not allowed: send a finite number")
 
 
@@ -61,7 +67,7 @@ def check_unicode(value: str, name: str) -> str:
     return value
 
 
-def check_json(value, max_depth: int) -> None:
+def check_json(value: Any, max_depth: int) -> None:
     """Walk a parsed JSON value once (O(nodes), no recursion): 400 if it nests deeper than
     `max_depth`, holds a non-finite number (1e400 parses as inf) or a lone surrogate."""
     stack = [(value, 1, "body")]
@@ -81,7 +87,7 @@ def check_json(value, max_depth: int) -> None:
             raise ApiError(400, f"field '{name}' must be a finite number")
 
 
-def parse_json_body(raw: bytes, max_depth: int):
+def parse_json_body(raw: bytes, max_depth: int) -> Any:
     """The JSON value of a request body; 400 for invalid JSON, NaN/Infinity, over-deep nesting."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
@@ -93,7 +99,7 @@ def parse_json_body(raw: bytes, max_depth: int):
     return data
 
 
-def parse_number(raw, name: str, minimum: float = 0.0) -> float | None:
+def parse_number(raw: Any, name: str, minimum: float = 0.0) -> float | None:
     """A finite number >= `minimum` from JSON or a form string; None when absent or empty."""
     if raw is None or raw == "":
         return None
@@ -110,7 +116,7 @@ def parse_number(raw, name: str, minimum: float = 0.0) -> float | None:
     return value
 
 
-def parse_k(raw, config: Config) -> int | None:
+def parse_k(raw: str | int | float | None, config: Config) -> int | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
@@ -179,7 +185,7 @@ def check_url(environ: dict, config: Config) -> None:
         )
 
 
-def decode_image(data: bytes, draft_size: int | None):
+def decode_image(data: bytes, draft_size: int | None) -> Image.Image:
     """RGB image from uploaded bytes, or 422 with indexer.images' reason."""
     try:
         return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
@@ -191,7 +197,9 @@ class _DeadlineStream:
     """wsgi.input that turns a body cut short by `BodyDeadline` into 408; cancels the
     deadline once the whole body has arrived."""
 
-    def __init__(self, stream, length: int, expired: threading.Event, done, seconds: float):
+    def __init__(
+        self, stream: Any, length: int, expired: threading.Event, done: Callable[[], None], seconds: float
+    ) -> None:
         self._stream = stream
         self._left = length
         self._expired = expired
@@ -206,7 +214,7 @@ class _DeadlineStream:
             raise _timeout(self._seconds)
         return data
 
-    def read(self, *args) -> bytes:
+    def read(self, *args: int) -> bytes:
         try:
             return self._after(self._stream.read(*args))
         except Exception:
@@ -214,12 +222,12 @@ class _DeadlineStream:
                 raise _timeout(self._seconds) from None
             raise
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: bytearray) -> int:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
-    def readline(self, *args) -> bytes:
+    def readline(self, *args: int) -> bytes:
         try:
             return self._after(self._stream.readline(*args))
         except Exception:
@@ -227,14 +235,14 @@ class _DeadlineStream:
                 raise _timeout(self._seconds) from None
             raise
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.readline, b"")
 
-    def __getattr__(self, name: str):  # anything else a server's stream offers
+    def __getattr__(self, name: str) -> Any:  # anything else a server's stream offers
         return getattr(self._stream, name)
 
 
-def _timeout(seconds: float):
+def _timeout(seconds: float) -> Exception:
     from werkzeug.exceptions import RequestTimeout
 
     return RequestTimeout(f"request body not received within {seconds:g} s (BODY_TIMEOUT)")
@@ -248,11 +256,11 @@ class BodyDeadline:
     the connection is closed. So a client trickling bytes (or sending nothing) holds a
     request thread for at most `body_timeout` seconds. One timer per request with a body."""
 
-    def __init__(self, app, body_timeout: float):
+    def __init__(self, app: Callable[..., Iterable[bytes]], body_timeout: float) -> None:
         self.app = app
         self.body_timeout = body_timeout
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         sock = environ.get("gunicorn.socket")
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -198,7 +198,7 @@ class ServiceState:
                         self._failed_at = time.monotonic()
                         self._refuse(version, exc)
                         log.warning("keeping index version %s", loaded.version)
-                loaded = self._loaded
+                loaded = self._loaded or loaded  # never None here: a reload only replaces it
         return loaded
 
 

@@ -15,12 +15,13 @@ an HTML page; this worker sends the same status as application/problem+json.
 from __future__ import annotations
 
 import json
+import socket
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 
-def write_problem(sock, status_int: int, reason: str, mesg: str) -> None:
+def write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's error page as RFC 9457 problem+json (same status, reason as title)."""
     body = json.dumps(
         {"type": "about:blank", "title": reason, "status": status_int, "detail": mesg or reason},

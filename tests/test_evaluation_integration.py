@@ -25,7 +25,14 @@ def real_report(real_index, real_data_dir, tmp_path_factory):
     build_report(
         index_dir,
         out,
-        ReportOptions(data_dir=str(real_data_dir), skip_tsne=True, skip_bovw=True, max_errors=20, progress=False),
+        ReportOptions(
+            data_dir=str(real_data_dir),
+            skip_tsne=True,
+            skip_bovw=True,
+            max_errors=20,
+            progress=False,
+            seeds=(0,),  # one fold seed keeps the suite short; the report itself runs three
+        ),
     )
     return index_dir, out, json.loads((out / "metrics.json").read_text())
 
@@ -54,12 +61,15 @@ def test_real_report_fields_and_ranges(real_report):
     assert m["classification"]["image"]["left_out"] == counts["products"] - counts["image"]
     assert m["classification"]["image"]["n"] == counts["image"]
     auto = m["auto_decision"]
-    if auto["threshold"] is not None:
-        assert auto["precision"] >= auto["target"]
-        assert 0.3 < auto["coverage"] <= 1.0
+    assert auto["nested"] is True and 0.0 <= auto["coverage"] <= 1.0
+    if auto["precision"] is not None:
+        assert auto["precision"] > 0.95  # thresholds chosen inside the folds for 0.99 land near it
+    # leak-free figures do not exceed our own random-split (twins on both sides) ones by much
+    assert m["random_split"]["fused"]["accuracy"] >= acc["fused"] - 0.02
     assert m["near_duplicates"]["groups_spanning_folds"] == 0
     assert m["near_duplicates"]["groups_with_several_products"] > 0  # templated products exist
-    assert m["errors"]["count"] == round((1 - acc["fused"]) * m["classification"]["fused"]["n"])
+    first_seed = m["classification"]["fused"]["accuracy_per_seed"][0]
+    assert m["errors"]["count"] == round((1 - first_seed) * m["classification"]["fused"]["n"])
 
 
 def test_byte_identical_images_share_a_group(real_index):

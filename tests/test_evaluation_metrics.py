@@ -204,23 +204,55 @@ def test_classification_metrics_by_hand():
     assert m["confusion"] == [[1, 1], [0, 1]]  # the None prediction counts as wrong, in no column
 
 
-def test_coverage_curve_and_auto_decision_by_hand():
+def test_coverage_curve_by_hand():
     confidence = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     correct = np.array([True, True, True, False, True, False])
     curve = crossval.coverage_curve(confidence, correct)
     assert curve["precision"].tolist() == pytest.approx([1, 1, 1, 0.75, 0.8, 4 / 6])
+    assert curve["coverage"].tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
+
+
+def test_nested_operating_point_applies_each_folds_own_threshold():
+    """Fold 0's fit chose 0.8, fold 1's 0.5: fold 0 accepts 0.9 (right), fold 1 accepts 0.8 (right)
+    and 0.6 (wrong); fold 1 precision 0.5 < target; the figures are those of the held-out folds."""
+    from indexer.calibration import Fitted, NestedRun
+
+    def fitted(conf, ok):
+        return Fitted(
+            view=None,
+            train=None,
+            modalities=("text",),
+            entry={},
+            inner_confidence=np.array(conf),
+            inner_correct=np.array(ok),
+        )
+
     folds = np.array([0, 1, 0, 1, 0, 1])
-    decision = crossval.auto_decision(confidence, correct, folds, target=0.99)
-    assert decision["threshold"] == pytest.approx(0.7)
-    assert decision["coverage"] == pytest.approx(0.5)
-    assert decision["precision"] == pytest.approx(1.0)
-    oof = decision["out_of_fold"]
-    # fold 0 gets the threshold chosen on fold 1 (0.8), and vice versa (0.5)
-    assert oof["thresholds"] == pytest.approx([0.8, 0.5])
-    # fold 0 accepts 0.9 (right); fold 1 accepts 0.8 (right) and 0.6 (wrong): the honest
-    # out-of-fold precision is below the in-sample one
-    assert oof["coverage"] == pytest.approx(3 / 6)
-    assert oof["precision"] == pytest.approx(2 / 3)
+    run = NestedRun(
+        predictions=[None] * 6, folds=folds, fits=[fitted([0.8, 0.7], [True, False]), fitted([0.5, 0.4], [True, False])]
+    )
+    result = crossval.ModalityResult(
+        name="fused",
+        rows=np.arange(6),
+        true=np.array(["a"] * 6),
+        predicted=np.array(["a"] * 6),
+        confidence=np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3]),
+        calibrated=np.zeros(6),
+        correct=np.array([True, True, True, False, True, False]),
+        level2_correct=np.ones(6, bool),
+        metrics={},
+    )
+    point = crossval.operating_point([result], [run], target=0.99)
+    assert [f["threshold"] for f in point["per_fold"]] == pytest.approx([0.8, 0.5])
+    assert point["coverage"] == pytest.approx(3 / 6)
+    assert point["precision"] == pytest.approx(2 / 3)
+    assert point["folds_below_target"] == 1
+    assert point["thresholds"]["min"] == pytest.approx(0.5) and point["thresholds"]["max"] == pytest.approx(0.8)
+    # a fold whose training part never reaches the target sends everything to review
+    run.fits[1] = fitted([0.5, 0.4], [False, False])
+    point = crossval.operating_point([result], [run], target=0.99)
+    assert point["folds_without_threshold"] == 1
+    assert point["coverage"] == pytest.approx(1 / 6) and point["precision"] == pytest.approx(1.0)
 
 
 def test_evaluation_stands_on_indexer_only():
@@ -237,23 +269,3 @@ def test_evaluation_stands_on_indexer_only():
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             assert not any(n == "service" or n.startswith("service.") for n in names), path.name
-
-
-def test_service_threshold_applied_to_cv_predictions():
-    from evaluation.report import service_threshold
-
-    result = crossval.ModalityResult(
-        name="fused",
-        rows=np.arange(4),
-        true=np.array(["a"] * 4),
-        predicted=np.array(["a", "a", "b", "a"]),
-        confidence=np.array([0.9, 0.8, 0.7, 0.3]),
-        calibrated=np.zeros(4),
-        correct=np.array([True, True, False, True]),
-        level2_correct=np.ones(4, bool),
-        metrics={},
-    )
-    assert service_threshold(None, result) is None
-    assert service_threshold(0.75, result) == pytest.approx({"threshold": 0.75, "coverage": 0.5, "precision": 1.0})
-    assert service_threshold(0.5, result)["precision"] == pytest.approx(2 / 3)
-    assert service_threshold(0.95, result) == {"threshold": 0.95, "coverage": 0.0, "precision": None}

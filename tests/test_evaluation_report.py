@@ -107,7 +107,7 @@ def synthetic(tmp_path_factory):
 
 
 def without_run_details(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("timings", "run")}
+    return {k: v for k, v in metrics.items() if k not in ("timings", "run", "conclusion")}
 
 
 def test_report_files_exist_and_html_is_self_contained(synthetic):
@@ -162,12 +162,23 @@ def test_metrics_structure_and_ranges(synthetic):
     for c in data["classification"].values():
         assert 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["macro_f1"] <= 1.0 and 0.0 <= c["level2_accuracy"] <= 1.0
         assert set(c["per_category"]) == set(CATEGORIES)
-        assert np.array(c["confusion"]).sum() <= c["n"]
+        assert np.array(c["confusion"]).sum() == c["pooled_predictions"] == c["n"] * len(data["cv"]["seeds"])
+        assert c["nested"] is True and len(c["accuracy_per_seed"]) == len(data["cv"]["seeds"])
+        assert c["accuracy"] == pytest.approx(np.mean(c["accuracy_per_seed"]))
+        assert c["accuracy_over_folds"]["min"] <= c["accuracy"] <= c["accuracy_over_folds"]["max"]
     assert data["classification"]["image"]["left_out"] == 1
     assert data["classification"]["fused"]["accuracy"] > 0.8
     auto = data["auto_decision"]
-    assert set(auto) >= {"threshold", "coverage", "precision", "out_of_fold"}
-    assert 0.0 <= auto["coverage"] <= 1.0
+    assert set(auto) >= {"threshold", "coverage", "precision", "trade_off", "thresholds", "per_fold", "deployment"}
+    assert 0.0 <= auto["coverage"] <= 1.0 and auto["nested"] is True
+    assert set(auto["trade_off"]) == {"0.98", "0.99", "0.995"}
+    # a stricter target never decides more products automatically
+    covers = [auto["trade_off"][t]["coverage"] for t in ("0.98", "0.99", "0.995")]
+    assert covers == sorted(covers, reverse=True)
+    assert len(auto["per_fold"]) == data["cv"]["folds"] * len(data["cv"]["seeds"])
+    assert data["random_split"]["fused"]["accuracy"] >= 0.0
+    assert data["run"]["serving"]["knn_ms_median"] > 0 and data["run"]["serving"]["index_bytes_per_product"] > 0
+    assert len(data["conclusion"]) >= 4 and data["conclusion"][0].startswith("Is it feasible?")
     assert data["near_duplicates"]["groups_spanning_folds"] == 0
     assert data["errors"]["count"] >= 2  # the two mislabeled products
     assert data["timings"]["total"] > 0 and "cross-validation" in data["timings"]
@@ -183,6 +194,7 @@ def test_misclassified_products_listed_with_thumbnails(synthetic):
     _, out, _ = synthetic
     html = (out / "report.html").read_text()
     errors_section = html.split("5. Error analysis")[1].split("6. Provenance")[0]
+    assert html.index("Conclusion") < html.index("1. Representations") < html.index("Appendix: internal targets")
     n = len(CATEGORIES) * PER_CATEGORY
     assert f"item {n - 1}" in errors_section or f"item {n - 2}" in errors_section
     assert "data:image/png;base64," in errors_section
