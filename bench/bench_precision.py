@@ -2,12 +2,13 @@
 
 The store keeps dense vectors as float16 (indexer.segments.VECTOR_DTYPE) for the exact fused
 re-rank; the FAISS index holds its own float32 copy for candidate search. This script runs
-the project's calibration protocol (indexer.calibration.calibrate: grouped CV over the whole
-index, the protocol on main when this was written) twice on the same index:
+the project's nested protocol (indexer.calibration.nested_predictions: grouped outer folds,
+parameters and threshold fitted inside the training folds, fused image + text, one fold seed)
+and the deployment fit (calibrate) twice on the same index:
 - "float16": the store as loaded (the vectors the service re-ranks with);
 - "float32": the same store with its vectors replaced by the build's float32 vectors, read
   back from the Flat FAISS index (which stores them as built).
-and prints accuracy, auto coverage, auto precision and threshold of each.
+and prints the nested accuracy, auto coverage and auto precision, and the deployment threshold.
 
 Run: .venv/bin/python bench/bench_precision.py [INDEX_DIR]   (default var/index)
 """
@@ -23,7 +24,16 @@ from pathlib import Path
 import numpy as np
 from common import ROOT
 
-from indexer.calibration import calibrate
+from indexer.calibration import (
+    ENTRY_KEYS,
+    FUSED,
+    SEED,
+    calibrate,
+    grouped_folds,
+    near_duplicate_groups,
+    nested_predictions,
+    usable_folds,
+)
 from indexer.store import IndexStore, ModalityIndex
 
 
@@ -58,15 +68,24 @@ def main() -> None:
             f"{name}: max |float16 - float32| {np.abs(stored - vecs).max():.2e}, "
             f"min dot product with the float32 vector {cos.min():.6f}"
         )
+    groups = near_duplicate_groups(store)
+    folds = grouped_folds(store.labels(), groups, usable_folds(store.labels(), groups), SEED)
+    labels = store.labels()
     for label, candidate in (("float32", float32_copy(store, f32)), ("float16", store)):
         t0 = time.perf_counter()
+        run = nested_predictions(candidate, folds, groups, {"fused": FUSED})["fused"]
+        done = [(i, p) for i, p in enumerate(run.predictions) if p is not None]
+        correct = np.array([p.category == labels[i] for i, p in done])
+        auto = np.array([p.decision == "auto" for _, p in done])
         entry = calibrate(candidate)
-        cv = entry["cv"]
+        threshold = entry.get("threshold")
+        chosen = {key: entry.get(key) for key in ENTRY_KEYS}
         print(
-            f"{label}: accuracy {cv['accuracy']:.4f}, auto coverage {cv['auto_coverage']:.4f}, "
-            f"auto precision {cv['auto_precision']:.4f}, threshold {entry['threshold']:.5f} "
-            f"({time.perf_counter() - t0:.1f} s)"
+            f"{label}: nested accuracy {correct.mean():.4f}, auto coverage {auto.mean():.4f}, "
+            f"auto precision {correct[auto].mean() if auto.any() else float('nan'):.4f} over {len(done)} products; "
+            f"deployment threshold {threshold} ({time.perf_counter() - t0:.1f} s)"
         )
+        print(f"{label}: deployment settings chosen {chosen}")
 
 
 if __name__ == "__main__":
