@@ -121,6 +121,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
     print(f"index {store.path} version {store.version} (format {m['format_version']})")
+    if store.deltas:
+        print(f"deltas: {len(store.deltas)} segments, {store.delta_rows()} products (`compact` merges them)")
     print(f"profile {m['profile']}: {m.get('model_id', m.get('model_ids'))}")
     print(
         f"products {m['counts']['products']}; "
@@ -184,6 +186,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge the live version's delta segments into a new base version (atomic publish)."""
+    import time
+
+    from .store import compact
+
+    before = IndexStore.load(args.index)
+    start = time.perf_counter()
+    store = compact(args.index)
+    if store.version == before.version:
+        print(f"index {store.path} version {store.version}: no deltas, nothing to compact")
+        return 0
+    print(
+        f"compacted {len(before.deltas)} delta segments ({before.delta_rows()} products) of version "
+        f"{before.version} into version {store.version}: {len(store.products)} products "
+        f"in {time.perf_counter() - start:.2f} s"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +264,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
     v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
     v.set_defaults(func=cmd_verify)
+    c = sub.add_parser("compact", help="merge the delta segments of adds into a new base version")
+    c.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    c.set_defaults(func=cmd_compact)
     return p
 
 

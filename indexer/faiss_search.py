@@ -104,7 +104,8 @@ def filtered_search(
     An approximate index (HNSW, IVF) scans up to EXACT_FILTER_ROWS allowed vectors exactly
     (O(|allowed|·d), a selective filter would starve its graph or lists); above that it
     searches with the selector at its own cost, and the queries it left short of k are
-    scanned exactly.
+    scanned exactly. A store with delta segments (an IndexShards) is scanned exactly,
+    O(|allowed|·d), until compaction folds its deltas into the base.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(queries)
@@ -112,7 +113,8 @@ def filtered_search(
     if len(allowed) == 0:
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
     flat = isinstance(faiss.downcast_index(channel.index), faiss.IndexFlat)
-    if len(allowed) <= EXACT_FILTER_ROWS and not flat:
+    segmented = isinstance(channel.index, faiss.IndexShards)  # base + deltas: selector ids are per shard
+    if segmented or (len(allowed) <= EXACT_FILTER_ROWS and not flat):
         sims, positions = exact_search(channel.vectors, queries, k, allowed.positions)
     else:
         try:

@@ -17,6 +17,7 @@ manifest", so a segmented store can verify each segment with them.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,9 +47,22 @@ def describe_files(folder: str | Path) -> dict[str, dict]:
     }
 
 
-def verify_files(folder: str | Path, manifest: Mapping, checksums: bool = False, label: str = "") -> int:
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def verify_files(
+    folder: str | Path, manifest: Mapping, checksums: bool = False, label: str = "", remember: bool = False
+) -> int:
     """Raise IndexDamaged naming the first file that is missing, resized or (with `checksums`)
     altered; return the bytes checked. Sizes only: O(files); with checksums: O(bytes).
+
+    With `remember`, a file whose checksum matched once in this process is not hashed again
+    while its inode, size, mtime and ctime are unchanged (any write changes ctime): the store
+    uses it so a reload or an add re-hashes only new segments, not the base.
 
     A manifest without a `files` record (written before checksums existed) is refused:
     nothing could be verified, so nothing should be built on it.
@@ -66,13 +80,19 @@ def verify_files(folder: str | Path, manifest: Mapping, checksums: bool = False,
     for name, record in sorted(files.items()):
         path = folder / name
         try:
-            size = path.stat().st_size
+            stat = path.stat()
+            size = stat.st_size
         except OSError:
             raise IndexDamaged(f"{where}: {name} is missing", file=path) from None
         if size != record.get("size"):
             raise IndexDamaged(f"{where}: {name} is {size} bytes, the manifest says {record.get('size')}", file=path)
         if checksums:
+            known = (_identity(stat), record.get(CHECKSUM))
+            if remember and _VERIFIED.get(str(path)) == known:
+                continue
             if file_digest(path) != record.get(CHECKSUM):
                 raise IndexDamaged(f"{where}: {name} does not match its checksum (altered bytes)", file=path)
+            if remember:
+                _VERIFIED[str(path)] = known
             checked += size
     return checked

@@ -1,15 +1,26 @@
 """The index on disk: one FAISS index per modality, product metadata, a manifest.
 
-Layout of an index directory::
+Layout of an index directory (format 2)::
 
     CURRENT                 name of the live version (replaced atomically)
-    versions/<n>/manifest.json, products.jsonl, <modality>.npy, <modality>.faiss
+    versions/<n>/manifest.json, products.jsonl, <modality>.npy (float16), <modality>.faiss, ...
+    versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.segments)
     cache.sqlite            embedding cache (see indexer.cache)
 
-A writer builds a complete new version beside the live one and only then swaps
-CURRENT with os.replace, so a build killed at any point leaves the previous index
-loadable. Writers take an exclusive lock, readers never wait; readers notice a new
-version by re-reading CURRENT (`IndexStore.is_stale`).
+A version is a base segment, written once by a build, an ingest or a compaction, plus the
+delta segments of the adds made since. A build or compaction writes a complete new version
+beside the live one and only then swaps CURRENT with os.replace; an add writes one delta and
+swaps the version's deltas/LIST the same way. A writer killed at any point leaves the previous
+index loadable. Writers take an exclusive lock, readers never wait; readers notice a new
+version or delta by re-reading CURRENT and LIST (`IndexStore.is_stale`).
+
+Loading memory-maps the dense vectors (float16) and, where the type allows (Flat, IVF, HNSW in
+this FAISS, read-only), the FAISS indexes, so the workers of a machine share them in the page cache. The
+loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
+deltas.
+
+Format 1 indexes (float32 vectors, no deltas) are refused with "rebuild it with `python -m
+indexer build`".
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,10 +47,15 @@ from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_s
 from .filters import CategoryIndex, PositionFilter
 from .integrity import describe_files, verify_files
 from .lexical import LexicalIndex
+from .segments import VECTOR_DTYPE, StackedVectors, as_float32, read_list, write_delta
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from .text import encoder_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Past this many rows in the deltas, an add compacts them into a new base (inline, under the
+# write lock). bench/bench_scale.py prints the single-add latency and the compaction time.
+DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
+_BASES_KEPT = 2
 DEFAULT_FACTORY = "Flat"
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -50,6 +68,7 @@ __all__ = [
     "IndexNotFound",
     "IndexStore",
     "IndexStoreError",
+    "compact",
 ]
 
 
@@ -57,9 +76,10 @@ __all__ = [
 class ModalityIndex:
     """Vectors of one modality; `rows[i]` is the product row of vector i."""
 
-    vectors: np.ndarray
+    vectors: np.ndarray | StackedVectors
     rows: np.ndarray
     index: faiss.Index
+    parts: tuple = ()  # the FAISS indexes an IndexShards searches: kept alive with it
 
     def search(
         self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
@@ -111,6 +131,8 @@ class IndexStore:
     products: list[Product]
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     lexical: LexicalIndex | None = None
+    deltas: tuple[str, ...] = ()
+    base: _Base | None = field(default=None, repr=False, compare=False)
     _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- reading -------------------------------------------------------------------------
@@ -143,45 +165,26 @@ class IndexStore:
             )
         if encoder is not None:
             check_compatible(manifest, encoder)
-        verify_files(vdir, manifest, checksums=checksums, label=label)
-        counts, dims = manifest.get("counts", {}), manifest.get("dims", {})
-        with _reading(vdir / "products.jsonl", label):
-            with open(vdir / "products.jsonl", encoding="utf-8") as fh:
-                products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
-            _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
-        modalities = {}
-        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides
-        for modality in manifest["modalities"]:
-            n, dim = counts.get(modality), dims.get(modality)
-            with _reading(vdir / f"{modality}.npy", label):
-                vectors = np.load(vdir / f"{modality}.npy", allow_pickle=False)
-                _expect(vectors.shape == (n, dim), f"shape {vectors.shape}, manifest says ({n}, {dim})")
-            with _reading(vdir / f"{modality}.rows.npy", label):
-                rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
-                _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
-                _expect(n == 0 or (rows.min() >= 0 and rows.max() < len(products)), "rows point outside products")
-            with _reading(vdir / f"{modality}.faiss", label):
-                index = faiss.read_index(str(vdir / f"{modality}.faiss"))
-                _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+        verify_files(vdir, manifest, checksums=checksums, label=label, remember=True)
+        base = _load_base(vdir, manifest, label)
+        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides, per load
+        for _, _, index in base.modalities.values():
             apply_search_params(index, settings)
-            modalities[modality] = ModalityIndex(vectors=vectors, rows=rows, index=index)
-        lexical = None
-        if manifest.get("lexical"):
-            with _reading(vdir / "lexical.npz", label):
-                lexical = LexicalIndex.load(vdir)
-                n = manifest["lexical"].get("count")
-                _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
-                _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
-        return cls(
-            path=path, version=version, manifest=manifest, products=products, modalities=modalities, lexical=lexical
-        )
+        deltas = read_list(vdir)
+        parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
+        return _combine(cls, path, version, manifest, base, deltas, parts)
 
     def is_stale(self) -> bool:
-        """True when another process has published a newer version."""
+        """True when another process has published a newer version or delta: two small file reads."""
         try:
-            return read_current(self.path) != self.version
+            current = read_current(self.path)
         except IndexNotFound:
             return False
+        return current != self.version or read_list(self.path / VERSIONS / current) != self.deltas
+
+    def delta_rows(self) -> int:
+        """Products held in the delta segments (not yet compacted into the base)."""
+        return len(self.products) - len(self.base.products) if self.base is not None else 0
 
     @property
     def profile(self) -> str:
@@ -197,9 +200,15 @@ class IndexStore:
         return {p.id: i for i, p in enumerate(self.products)}
 
     def row_of(self, product_id: str) -> int | None:
-        """Row of a product id (the map is built once per loaded version)."""
+        """Row of a product id: the base's map is built once per process and base (O(N) once),
+        the deltas' once per loaded store (O(delta rows))."""
         if "rows" not in self._lookups:
-            self._lookups["rows"] = self.product_rows()
+            if self.base is None:
+                self._lookups["rows"] = self.product_rows()
+            else:
+                nb = len(self.base.products)
+                delta = {p.id: nb + i for i, p in enumerate(self.products[nb:])}
+                self._lookups["rows"] = ChainMap(delta, self.base.ids())
         return self._lookups["rows"].get(product_id)
 
     def category_index(self) -> CategoryIndex:
@@ -233,9 +242,232 @@ class IndexStore:
         return encoder_text(product.name, product.description, strip=self.strip_boilerplate())
 
     def vectors_by_row(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors, rows) of a modality: what the evaluation reads instead of re-encoding."""
+        """(float32 vectors, rows) of a modality: what the evaluation reads instead of re-encoding.
+        O(N·d): a copy of the memory-mapped float16 vectors."""
         m = self.modalities[modality]
-        return m.vectors, m.rows
+        return as_float32(m.vectors), np.asarray(m.rows)
+
+
+@dataclass
+class _Base:
+    """A loaded base segment, shared by every store this process loads on it (`_BASES`)."""
+
+    products: list[Product]
+    modalities: dict[str, tuple[np.ndarray, np.ndarray, faiss.Index]]
+    lexical: LexicalIndex | None
+    _ids: dict[str, int] | None = None
+    _categories: set[str] | None = None
+
+    def categories(self) -> set[str]:
+        """The base's leaf categories, scanned once per process and base: O(N) once."""
+        if self._categories is None:
+            self._categories = {p.category for p in self.products if p.category}
+        return self._categories
+
+    def ids(self) -> dict[str, int]:
+        """Product id -> row, built once per process and base: O(N) once."""
+        if self._ids is None:
+            self._ids = {p.id: i for i, p in enumerate(self.products)}
+        return self._ids
+
+
+@dataclass
+class _Delta:
+    products: list[Product]
+    manifest: dict
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]]
+    lexical: tuple | None
+
+
+_BASES: OrderedDict[tuple, _Base] = OrderedDict()
+_DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
+_DELTAS_KEPT = 4096
+_BASES_LOCK = threading.Lock()
+
+
+def _identity(vdir: Path, manifest: Mapping) -> tuple:
+    """What makes a cached base valid: each file's inode, size, mtime and ctime. O(files)."""
+    stats = [os.stat(vdir / name) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
+    return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
+
+
+def _read_vectors(file: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Memory-mapped float16 vectors (pages shared by every process that maps the file)."""
+    vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+    _expect(vectors.shape == shape, f"shape {vectors.shape}, manifest says {shape}")
+    _expect(vectors.dtype == VECTOR_DTYPE, f"dtype {vectors.dtype}, expected {np.dtype(VECTOR_DTYPE)}")
+    return vectors
+
+
+def _read_faiss(file: Path) -> faiss.Index:
+    """The FAISS index, memory-mapped read-only where its type allows it (IO_FLAG_MMAP_IFC maps
+    Flat codes, IVF lists and HNSW graphs in this FAISS: nothing copied at load, pages shared
+    between workers), else read into memory. Writers never add to it: compaction reads its own
+    copy."""
+    for flags in (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(file), flags)
+        except RuntimeError:
+            continue
+    return faiss.read_index(str(file))
+
+
+def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
+    """The base segment of a version, from the process cache when its files are unchanged.
+
+    First load: O(N) to parse products (and the lexical matrix), O(1) for the mapped vectors
+    and FAISS indexes beyond the row checks; later loads: O(files)."""
+    key = _identity(vdir, manifest)
+    with _BASES_LOCK:
+        if key in _BASES:
+            _BASES.move_to_end(key)
+            return _BASES[key]
+    counts, dims = manifest.get("counts", {}), manifest.get("dims", {})
+    with _reading(vdir / "products.jsonl", label):
+        with open(vdir / "products.jsonl", encoding="utf-8") as fh:
+            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+        _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
+    modalities = {}
+    for modality in manifest["modalities"]:
+        n, dim = counts.get(modality), dims.get(modality)
+        with _reading(vdir / f"{modality}.npy", label):
+            vectors = _read_vectors(vdir / f"{modality}.npy", (n, dim))
+        with _reading(vdir / f"{modality}.rows.npy", label):
+            rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
+            _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
+            _expect(n == 0 or (rows.min() >= 0 and rows.max() < len(products)), "rows point outside products")
+        with _reading(vdir / f"{modality}.faiss", label):
+            index = _read_faiss(vdir / f"{modality}.faiss")
+            _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+        modalities[modality] = (vectors, rows, index)
+    lexical = None
+    if manifest.get("lexical"):
+        with _reading(vdir / "lexical.npz", label):
+            lexical = LexicalIndex.load(vdir)
+            n = manifest["lexical"].get("count")
+            _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
+            _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
+    base = _Base(products, modalities, lexical)
+    with _BASES_LOCK:
+        _BASES[key] = base
+        while len(_BASES) > _BASES_KEPT:
+            _BASES.popitem(last=False)
+    return base
+
+
+def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
+    """One delta segment, read whole: O(its rows); checksummed like a base. Kept per process
+    (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
+    the deltas this process has not seen."""
+    import scipy.sparse as sp
+
+    with _reading(ddir / "manifest.json", label):
+        manifest = json.loads((ddir / "manifest.json").read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("manifest is not a JSON object")
+    verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
+    key = _identity(ddir, manifest)
+    with _BASES_LOCK:
+        if key in _DELTAS:
+            return _DELTAS[key]
+    counts = manifest.get("counts", {})
+    with _reading(ddir / "products.jsonl", label):
+        with open(ddir / "products.jsonl", encoding="utf-8") as fh:
+            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+        _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
+    vectors = {}
+    for modality in manifest.get("modalities", []):
+        with _reading(ddir / f"{modality}.npy", label):
+            vecs = np.load(ddir / f"{modality}.npy", allow_pickle=False)
+            _expect(vecs.ndim == 2 and len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
+            _expect(vecs.dtype == VECTOR_DTYPE, f"dtype {vecs.dtype}")
+        with _reading(ddir / f"{modality}.rows.npy", label):
+            rows = np.load(ddir / f"{modality}.rows.npy", allow_pickle=False)
+            _expect(rows.shape == (len(vecs),), f"rows {rows.shape}, expected ({len(vecs)},)")
+        vectors[modality] = (vecs, rows)
+    lexical = None
+    if "lexical" in counts:
+        with _reading(ddir / "lexical.npz", label):
+            matrix = sp.load_npz(ddir / "lexical.npz").tocsr()
+            rows = np.load(ddir / "lexical.rows.npy", allow_pickle=False)
+            _expect(matrix.shape[0] == len(rows) == counts["lexical"], "lexical rows disagree with the manifest")
+        lexical = (matrix, rows)
+    delta = _Delta(products, manifest, vectors, lexical)
+    with _BASES_LOCK:
+        _DELTAS[key] = delta
+        while len(_DELTAS) > _DELTAS_KEPT:
+            _DELTAS.popitem(last=False)
+    return delta
+
+
+def _combine(
+    cls: type[IndexStore],
+    path: Path,
+    version: str,
+    manifest: dict,
+    base: _Base,
+    names: tuple[str, ...],
+    deltas: list[_Delta],
+) -> IndexStore:
+    """One store over a base and its deltas, without copying the base's vectors or indexes.
+
+    A modality with deltas is searched through a FAISS IndexShards (the base's index + one
+    exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
+    Cost: O(delta rows) plus O(N) pointer copies for the product list, and O(nnz) to stack
+    the lexical matrices when the deltas hold text."""
+    products = list(base.products)
+    for delta in deltas:
+        products.extend(delta.products)
+    modalities: dict[str, ModalityIndex] = {}
+    for modality in sorted(set(base.modalities) | {m for d in deltas for m in d.vectors}):
+        added = [d.vectors[modality] for d in deltas if modality in d.vectors]
+        bvecs, brows, bindex = base.modalities.get(modality, (None, None, None))
+        if not added:
+            modalities[modality] = ModalityIndex(vectors=bvecs, rows=brows, index=bindex)
+            continue
+        dvecs = [v for v, _ in added]
+        dim = dvecs[0].shape[1]
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(np.ascontiguousarray(np.concatenate(dvecs), dtype=np.float32))
+        shards = faiss.IndexShards(dim, False, True)
+        parts = (bindex, flat) if bindex is not None else (flat,)
+        for part in parts:
+            shards.add_shard(part)
+        vparts = ([bvecs] if bvecs is not None else []) + dvecs
+        rows = np.concatenate(([brows] if brows is not None else []) + [r for _, r in added])
+        _expect(rows.max(initial=-1) < len(products), f"{modality} delta rows point outside products")
+        modalities[modality] = ModalityIndex(vectors=StackedVectors(vparts), rows=rows, index=shards, parts=parts)
+    lexical = base.lexical
+    lex = [d.lexical for d in deltas if d.lexical is not None and d.lexical[0].shape[0]]
+    if lexical is not None and lex:
+        import scipy.sparse as sp
+
+        lexical = lexical.extend(sp.vstack([m for m, _ in lex]).tocsr(), np.concatenate([r for _, r in lex]))
+    manifest = dict(manifest)
+    counts = dict(manifest.get("counts", {}))
+    for delta in deltas:
+        for key, value in delta.manifest.get("counts", {}).items():
+            if key != "lexical":
+                counts[key] = counts.get(key, 0) + value
+    manifest["counts"] = counts
+    if deltas:
+        added_categories = {p.category for d in deltas for p in d.products if p.category}
+        manifest["categories"] = sorted(base.categories() | added_categories)
+        manifest["added_products"] = manifest.get("added_products", 0) + sum(len(d.products) for d in deltas)
+        manifest["modalities"] = sorted(modalities)
+        if manifest.get("lexical") and lexical is not None:
+            manifest["lexical"] = dict(manifest["lexical"], count=int(lexical.ntotal))
+        manifest["deltas"] = list(names)
+    return cls(
+        path=path,
+        version=version,
+        manifest=manifest,
+        products=products,
+        modalities=modalities,
+        lexical=lexical,
+        deltas=names,
+        base=base,
+    )
 
 
 class _Mismatch(ValueError):
@@ -376,7 +608,7 @@ def publish(
                 raise ValueError(f"unknown modality {modality!r}")
             vecs = l2_normalize(vecs)
             rows = np.asarray(rows, dtype=np.int64)
-            np.save(staging / f"{modality}.npy", vecs)
+            np.save(staging / f"{modality}.npy", vecs.astype(VECTOR_DTYPE))
             np.save(staging / f"{modality}.rows.npy", rows)
             index = (indexes or {}).get(modality)
             if index is None:
@@ -396,6 +628,7 @@ def publish(
         )
         manifest.update(
             format_version=FORMAT_VERSION,
+            vector_dtype=np.dtype(VECTOR_DTYPE).name,
             modalities=sorted(vectors),
             counts=counts,
             dims=dims,
@@ -438,6 +671,11 @@ def _prune(path: Path, keep: str) -> None:
     for old in versions[:-KEEP_VERSIONS]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
+    _remove_staging(path)
+
+
+def _remove_staging(path: Path) -> None:
+    """Staging folders of writers that died (the caller holds the write lock)."""
     for staging in (path / VERSIONS).glob(".staging-*"):
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -448,50 +686,87 @@ def append(
     new_vectors: Mapping[str, np.ndarray | None],
     before_publish: Callable[[IndexStore], None] | None = None,
 ) -> IndexStore:
-    """Add products to the live index without re-encoding the existing ones.
+    """Add products to the live index as one delta segment: O(batch) whatever N is.
 
     `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
-    Re-reads the live version under the write lock so concurrent adds never lose data, and
-    verifies its checksums first (O(bytes)): an add never publishes damage as a new version.
-    `before_publish(live)` runs under the lock once the add is known to win (no id clash),
-    e.g. to move a staged photo into place.
+    Re-reads the live version under the write lock so concurrent adds never lose data (the
+    base comes from this process's cache when its files are unchanged, so only the deltas
+    are read), and verifies checksums first (the base's once per process and file identity,
+    the deltas' every time): an add never builds on damage. `before_publish(live)` runs under
+    the lock once the add is known to win (no id clash), e.g. to move a staged photo into
+    place. Past DELTA_COMPACT_ROWS delta rows the add compacts (see `compact`), inline.
     """
     path = store.path
     with write_lock(path):
+        _remove_staging(path)
         live = verify_version(path)
-        known = {p.id for p in live.products}
-        clash = [p.id for p in new_products if p.id in known]
+        clash = [p.id for p in new_products if live.row_of(p.id) is not None]
         if clash:
             raise DuplicateProduct(clash)
         if before_publish is not None:
             before_publish(live)
-        base = len(live.products)
-        merged, indexes = {}, {}
-        for modality in sorted(set(live.modalities) | {m for m, v in new_vectors.items() if v is not None}):
-            old = live.modalities.get(modality)
-            vecs = [old.vectors] if old else []
-            rows = [old.rows] if old else []
-            added = new_vectors.get(modality)
-            if added is not None:
-                added = np.asarray(added, dtype=np.float32)
-                keep = ~np.isnan(added).any(axis=1)
-                added = l2_normalize(added[keep]) if keep.any() else added[keep]
-                vecs.append(added)
-                rows.append(base + np.flatnonzero(keep))
-                if old is not None:
-                    old.index.add(added)
-            if old is not None:
-                indexes[modality] = old.index
-            merged[modality] = (np.concatenate(vecs), np.concatenate(rows))
-        lexical = live.lexical
-        if lexical is not None:
+        start = len(live.products)
+        vectors = {}
+        for modality, added in new_vectors.items():
+            if added is None:
+                continue
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}")
+            added = np.asarray(added, dtype=np.float32)
+            keep = ~np.isnan(added).any(axis=1)
+            vectors[modality] = (l2_normalize(added[keep]) if keep.any() else added[keep], start + np.flatnonzero(keep))
+        lexical = None
+        if live.lexical is not None:
             texts = [live.product_text(p) for p in new_products]
             has_text = np.flatnonzero([bool(t) for t in texts])
-            lexical = lexical.extend(lexical.transform([texts[i] for i in has_text]), base + has_text)
-        manifest = {k: v for k, v in live.manifest.items()}
-        manifest["added_products"] = manifest.get("added_products", 0) + len(new_products)
-        manifest["categories"] = sorted({p.category for p in live.products + list(new_products) if p.category})
-        publish(
-            path, live.products + list(new_products), merged, manifest, live.manifest["index_factory"], indexes, lexical
+            lexical = (live.lexical.transform([texts[i] for i in has_text]), start + has_text)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_delta(
+            path / VERSIONS / live.version,
+            [p.to_record() for p in new_products],
+            vectors,
+            lexical,
+            {"format_version": FORMAT_VERSION, "vector_dtype": np.dtype(VECTOR_DTYPE).name, "written_at": stamp},
         )
-        return IndexStore.load(path)
+        out = IndexStore.load(path)
+        if out.delta_rows() >= DELTA_COMPACT_ROWS:
+            out = _compact_locked(out)
+        return out
+
+
+def compact(path: str | Path) -> IndexStore:
+    """Merge the live version's deltas into a new base and publish it atomically (a new version).
+
+    O(N): vectors are rewritten (float16) and checksummed, the FAISS index is the base's read
+    into memory plus the deltas' vectors (no retraining, no graph rebuild from scratch). A
+    compaction killed at any point leaves the live version (base + deltas) loadable."""
+    path = Path(path)
+    with write_lock(path):
+        live = verify_version(path)
+        return _compact_locked(live) if live.deltas else live
+
+
+def _compact_locked(live: IndexStore) -> IndexStore:
+    vdir = live.path / VERSIONS / live.version
+    base = live.base
+    vectors, indexes = {}, {}
+    for modality, channel in live.modalities.items():
+        stored = as_float32(channel.vectors)
+        vectors[modality] = (stored, np.asarray(channel.rows))
+        if base is not None and modality in base.modalities:
+            index = faiss.read_index(str(vdir / f"{modality}.faiss"))  # a private, writable copy
+            nb = len(base.modalities[modality][0])
+            index.add(np.ascontiguousarray(l2_normalize(stored[nb:])))
+            indexes[modality] = index
+    manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
+    manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
+    publish(
+        live.path,
+        list(live.products),
+        vectors,
+        manifest,
+        live.manifest["index_factory"],
+        indexes,
+        live.lexical,
+    )
+    return IndexStore.load(live.path)

@@ -92,6 +92,16 @@ def test_build_add_info_in_process(fake_profile, dataset, tmp_path, capsys):
     rc = main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"])
     assert rc == 0 and "nothing to add: all 3 products" in capsys.readouterr().out
     assert len(IndexStore.load(index).products) == 12
+    # the add went to a delta segment of version 1; compact folds it into version 2
+    rc = main(["info", str(index)])
+    assert rc == 0 and "deltas: 1 segments, 3 products" in capsys.readouterr().out
+    rc = main(["compact", str(index)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "compacted 1 delta segments (3 products) of version 000001 into version 000002" in out
+    store = IndexStore.load(index)
+    assert store.version == "000002" and store.deltas == () and len(store.products) == 12
+    rc = main(["compact", str(index)])
+    assert rc == 0 and "no deltas, nothing to compact" in capsys.readouterr().out
 
 
 def test_env_defaults(fake_profile, dataset, tmp_path, monkeypatch, capsys):

@@ -324,7 +324,7 @@ def test_build_with_clip_profile_and_load_checks_the_encoder(encoder, tiny, tmp_
     assert store.manifest["dims"] == encoder.dims
     vectors, rows = store.vectors_by_row("image")
     decoded = [load_image(store.products[r].image_path, draft_size=encoder.image_size) for r in rows]
-    np.testing.assert_allclose(vectors, encoder.encode_images(decoded), atol=1e-5)
+    np.testing.assert_allclose(vectors, encoder.encode_images(decoded), atol=1e-3)  # stored as float16
     # a text query through the CLIP text tower searches the image index
     sims, hits = store.modalities["image"].search(encoder.encode_image_queries(["a watch"]), k=3)
     assert hits.shape == (1, 3) and (hits >= 0).all()

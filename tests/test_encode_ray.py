@@ -44,8 +44,10 @@ def full_shards(tmp_path_factory, ray_local, real_data_dir):
     return out, summary
 
 
-def _by_id(store: IndexStore, modality: str) -> dict[str, np.ndarray]:
-    vectors, rows = store.vectors_by_row(modality)
+def _float32_by_id(store: IndexStore, modality: str) -> dict[str, np.ndarray]:
+    """The build's float32 vectors (the store keeps float16; its Flat FAISS index keeps them as built)."""
+    index = store.modalities[modality].index
+    vectors, rows = index.reconstruct_n(0, index.ntotal), np.asarray(store.modalities[modality].rows)
     return {store.products[r].id: v for r, v in zip(rows, vectors, strict=True)}
 
 
@@ -58,7 +60,7 @@ def test_encode_on_ray_gives_the_build_vectors(full_shards, real_index):
     assert spec.model_ids == built.manifest["model_ids"] and spec.extra["complete"] is True
     assert len(shard_files(out)) == 8 and spec.extra["shard_rows"] == DEFAULT_SHARD_ROWS
     for modality in ("image", "text"):
-        expected = _by_id(built, modality)
+        expected = _float32_by_id(built, modality)
         got = {}
         for path in shard_files(out):
             table = pq.read_table(path, columns=["id", f"{modality}_vector"])
