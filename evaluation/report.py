@@ -466,7 +466,11 @@ def serving_cost(store: IndexStore, sample: int = SERVING_SAMPLE) -> dict:
         t0 = time.perf_counter()
         categorizer.predict_vectors(one)
         times.append(time.perf_counter() - t0)
-    index_bytes = sum(m.vectors.nbytes for m in store.modalities.values())
+    index_bytes = 0
+    for m in store.modalities.values():
+        # StackedVectors (a store with delta segments) has no .nbytes; only compacted stores are reported
+        assert isinstance(m.vectors, np.ndarray)
+        index_bytes += m.vectors.nbytes
     if store.lexical is not None:
         matrix = store.lexical.matrix
         index_bytes += matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes

@@ -13,10 +13,11 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -177,7 +178,16 @@ def encode_products(
     )
 
 
-def _quiet_load(encoder: Encoder) -> None:
+class _Loadable(Protocol):
+    """An encoder that can load its models eagerly (encode_products checks `hasattr(encoder, "load")`)."""
+
+    def load(self) -> object: ...
+
+
+_T = TypeVar("_T")
+
+
+def _quiet_load(encoder: _Loadable) -> None:
     """Background load; a failure is raised again, in the caller, by its first encode."""
     with contextlib.suppress(Exception):  # re-raised by the encode call that needs the model
         encoder.load()
@@ -210,9 +220,11 @@ def _fill_from_cache(matrix: np.ndarray, keys: dict[int, str], cache: EmbeddingC
     return todo
 
 
-def _decoded_in_order(pool: ThreadPoolExecutor, rows: Sequence[int], prepare, ahead: int):
+def _decoded_in_order(
+    pool: ThreadPoolExecutor, rows: Sequence[int], prepare: Callable[[int], _T], ahead: int
+) -> Iterator[tuple[int, _T]]:
     """(row, result) in row order, with at most `ahead` decodes in flight."""
-    pending: deque = deque()
+    pending: deque[tuple[int, Future[_T]]] = deque()
     for row in rows:
         pending.append((row, pool.submit(prepare, row)))
         if len(pending) >= ahead:
@@ -223,25 +235,37 @@ def _decoded_in_order(pool: ThreadPoolExecutor, rows: Sequence[int], prepare, ah
         yield first, future.result()
 
 
-def _encode_images(products, rows, keys, encoder, out, report, bar, batch_size, workers) -> dict[str, np.ndarray]:
+def _encode_images(
+    products: Sequence[Product],
+    rows: Sequence[int],
+    keys: dict[int, str],
+    encoder: Encoder,
+    out: np.ndarray,
+    report: ValidationReport,
+    bar: tqdm[Any],
+    batch_size: int,
+    workers: int,
+) -> dict[str, np.ndarray]:
     """Decode (thread pool, ahead of the model) and encode the image rows; new cache items
     keyed by `keys[row]`, the image's content hash."""
     new_items: dict[str, np.ndarray] = {}
 
-    def prepare(row: int):
+    def prepare(row: int) -> np.ndarray | ImageError:
+        path = products[row].image_path
+        assert path is not None  # `rows` are products with a hashed (readable) image
         try:
-            return encoder.preprocess(load_image(products[row].image_path, draft_size=encoder.image_size))
+            return encoder.preprocess(load_image(path, draft_size=encoder.image_size))
         except ImageError as exc:
             return exc
 
-    def flush(batch):
+    def flush(batch: list[tuple[int, np.ndarray]]) -> None:
         vectors = encoder.encode_arrays([array for _, array in batch], batch_size=batch_size)
         for (row, _), vector in zip(batch, vectors, strict=True):
             out[row] = vector
             new_items[keys[row]] = vector
         bar.update(len(batch))
 
-    batch = []
+    batch: list[tuple[int, np.ndarray]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for row, result in _decoded_in_order(pool, rows, prepare, DECODE_AHEAD):
             if isinstance(result, Exception):
@@ -412,7 +436,13 @@ def _derived_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _calibrate_in_memory(out_dir, products, vectors, manifest, lexical) -> dict:
+def _calibrate_in_memory(
+    out_dir: str | Path,
+    products: Sequence[Product],
+    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    manifest: dict,
+    lexical: LexicalIndex | None,
+) -> dict:
     """Cross-validate the Categorizer on the vectors about to be published and return its
     manifest entry (parameters, auto/review threshold, calibration curve, CV figures)."""
     from .calibration import calibrate

@@ -29,6 +29,7 @@ import numpy as np
 from .filters import PositionFilter
 
 if TYPE_CHECKING:
+    from .segments import StackedVectors
     from .store import ModalityIndex
 
 DEFAULT_SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64}
@@ -82,7 +83,7 @@ def _selector_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.Se
 
 
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, positions: np.ndarray | None = None
+    vectors: np.ndarray | StackedVectors, queries: np.ndarray, k: int, positions: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, positions) of the k best among `positions` (None = all), exactly:
     O(n·|positions|·d) + O(|positions|) partition per query; ordered by (-similarity, position)."""

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from .integrity import describe_files
 
@@ -70,7 +71,7 @@ class StackedVectors:
             out[at] = self.parts[p][pos[at] - self.offsets[p]]
         return out[0] if scalar else out
 
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         whole = np.concatenate([np.asarray(p, dtype=np.float32) for p in self.parts])
         return whole if dtype is None else whole.astype(dtype)
 

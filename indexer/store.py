@@ -229,7 +229,7 @@ class IndexStore:
 
     def channels(self) -> dict:
         """Every searchable channel: the dense modalities, plus 'lexical' when present."""
-        out = dict(self.modalities)
+        out: dict[str, ModalityIndex | LexicalIndex] = dict(self.modalities)
         if self.lexical is not None:
             out["lexical"] = self.lexical
         return out
@@ -423,13 +423,16 @@ def _combine(
         added = [d.vectors[modality] for d in deltas if modality in d.vectors]
         bvecs, brows, bindex = base.modalities.get(modality, (None, None, None))
         if not added:
+            # no delta adds this modality, so it came from the base
+            assert bvecs is not None and brows is not None and bindex is not None
             modalities[modality] = ModalityIndex(vectors=bvecs, rows=brows, index=bindex)
             continue
         dvecs = [v for v, _ in added]
         dim = dvecs[0].shape[1]
         flat = faiss.IndexFlatIP(dim)
         flat.add(np.ascontiguousarray(np.concatenate(dvecs), dtype=np.float32))
-        shards = faiss.IndexShards(dim, False, True)
+        # the stub omits SWIG's third argument, successive_ids
+        shards = faiss.IndexShards(dim, False, True)  # type: ignore[call-arg]
         parts = (bindex, flat) if bindex is not None else (flat,)
         for part in parts:
             shards.add_shard(part)

@@ -8,14 +8,19 @@ import hmac
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
 
 from indexer.catalog import Product
+from indexer.knn import Neighbor
 from indexer.store import DuplicateProduct, IndexStore
 
 from . import metrics
+from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
 from .inputs import decode_image, parse_number, read_request
@@ -32,7 +37,7 @@ def state() -> ServiceState:
     return current_app.extensions["service_state"]
 
 
-def config():
+def config() -> Config:
     return current_app.config["SERVICE"]
 
 
@@ -48,7 +53,7 @@ def loaded() -> Loaded:
 def image_url(product: Product, store: IndexStore, size: int | None = None) -> str | None:
     if image_file(product, store, config().data_dir) is None:
         return None
-    args = {"size": size} if size else {}
+    args: dict[str, Any] = {"size": size} if size else {}
     return url_for("api.product_image", product_id=product.id, **args)
 
 
@@ -59,7 +64,7 @@ def find_row(store: IndexStore, product_id: str) -> int:
     return row
 
 
-def hits_public(live: Loaded, hits) -> list[dict]:
+def hits_public(live: Loaded, hits: Sequence[Neighbor]) -> list[dict]:
     out = []
     for hit in hits:
         product = live.store.products[hit.row]
@@ -71,7 +76,7 @@ def hits_public(live: Loaded, hits) -> list[dict]:
 
 # ---- predict ---------------------------------------------------------------------------
 @bp.post("/predict")
-def predict():
+def predict() -> Response:
     t0 = time.perf_counter()
     query = read_request(request, config())
     live = loaded()
@@ -97,7 +102,7 @@ def predict():
 
 # ---- search ----------------------------------------------------------------------------
 @bp.post("/search")
-def search_products():
+def search_products() -> Response:
     t0 = time.perf_counter()
     cfg = config()
     query = read_request(request, cfg)
@@ -124,14 +129,14 @@ def search_products():
 
 
 @bp.post("/zero-shot")
-def zero_shot_categories():
+def zero_shot_categories() -> Response:
     """A photo scored against categories named in the request (clip profile only)."""
     return jsonify(zero_shot(loaded(), read_request(request, config())))
 
 
 # ---- products --------------------------------------------------------------------------
 @bp.get("/products/<product_id>")
-def get_product(product_id: str):
+def get_product(product_id: str) -> Response:
     live = loaded()
     product = live.store.products[find_row(live.store, product_id)]
     body = product_public(product, image_url(product, live.store))
@@ -141,7 +146,7 @@ def get_product(product_id: str):
 
 
 @bp.get("/products/<product_id>/similar")
-def similar_products(product_id: str):
+def similar_products(product_id: str) -> Response:
     from .inputs import parse_k
 
     cfg = config()
@@ -163,7 +168,7 @@ def similar_products(product_id: str):
 
 
 @bp.get("/products/<product_id>/image")
-def product_image(product_id: str):
+def product_image(product_id: str) -> ResponseReturnValue:
     cfg = config()
     live = loaded()
     product = live.store.products[find_row(live.store, product_id)]
@@ -200,7 +205,7 @@ def _check_token() -> None:
         raise ApiError(401, "invalid token")
 
 
-def _category_path(fields) -> tuple[str, ...]:
+def _category_path(fields: dict) -> tuple[str, ...]:
     # a form sends a list as repeated fields; JSON as an array
     listed = fields.getlist("category_path") or None if hasattr(fields, "getlist") else fields.get("category_path")
     if listed is not None and not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
@@ -223,7 +228,7 @@ def _category_path(fields) -> tuple[str, ...]:
 
 
 @bp.post("/products")
-def add_product():
+def add_product() -> Response:
     from indexer.build import add_products
 
     _check_token()
@@ -299,7 +304,7 @@ def add_product():
 
 # ---- categories ------------------------------------------------------------------------
 @bp.get("/categories")
-def categories():
+def categories() -> Response:
     live = loaded()
     return jsonify(
         categories=live.store.category_index().counts(),

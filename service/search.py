@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from indexer.catalog import CATEGORY_SEPARATOR, Product
 from indexer.filters import RowFilter
@@ -61,7 +62,7 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
     timing = {"decode": 0.0, "encode_image": 0.0, "encode_text": 0.0}
     vectors: dict = {}
 
-    def encode_text():
+    def encode_text() -> tuple[dict[str, Any], float]:
         t0 = time.perf_counter()
         with _model_locks["text"]:
             channels = query_channels(store, encoder, texts=[text])  # dense text + lexical

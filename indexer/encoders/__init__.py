@@ -22,7 +22,7 @@ def list_profiles() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create_encoder(profile: str = DEFAULT_PROFILE, **options) -> Encoder:
+def create_encoder(profile: str = DEFAULT_PROFILE, **options: Any) -> Encoder:
     """Build the encoder of a named profile; options override its env/config defaults."""
     try:
         factory = _FACTORIES[profile]
@@ -44,13 +44,13 @@ def set_text_threads(n: int) -> None:
     _set(n)
 
 
-def _embedded(**options) -> Encoder:
+def _embedded(**options: Any) -> Encoder:
     from .embedded import EmbeddedEncoder
 
     return EmbeddedEncoder(**options)
 
 
-def _clip(**options) -> Encoder:
+def _clip(**options: Any) -> Encoder:
     from .clip import ClipEncoder
 
     return ClipEncoder(**options)

@@ -44,13 +44,21 @@ import json
 import os
 import pickle
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+_V = TypeVar("_V")
+_D = TypeVar("_D")
 
 # No model hub here: forbid downloads before huggingface_hub is first imported. The
 # loaders below also pass local paths only, so this holds even if it was imported earlier.
@@ -169,6 +177,7 @@ def resolve_clip_weights(model: str, pretrained: str, cache_dir: Path) -> ClipWe
         expected = []
         if hub:  # "org/repo/" means open_clip's default file name, "org/repo/file.bin" a given one
             repo_id, filename = os.path.split(hub)
+            names: tuple[str, ...]
             if not filename:
                 names = OPEN_CLIP_WEIGHT_FILES
             elif filename.endswith(".safetensors"):
@@ -248,7 +257,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _option(value, env: str, default):
+def _option(value: _V | None, env: str, default: _D) -> _V | str | _D:
     return value if value not in (None, "") else (os.environ.get(env) or default)
 
 
@@ -283,7 +292,7 @@ class ClipEncoder:
             raise EncoderUnavailable(
                 f"clip profile needs open_clip_torch ({exc}); pip install -r requirements.txt"
             ) from exc
-        config_path = _option(model_config, "CLIP_MODEL_CONFIG", None)
+        config_path: str | os.PathLike | None = _option(model_config, "CLIP_MODEL_CONFIG", None)
         config_model = register_model_config(config_path) if config_path else None
         model = _option(model, "CLIP_MODEL", config_model or DEFAULT_MODEL)
         if config_model and model != config_model:
@@ -297,6 +306,7 @@ class ClipEncoder:
         missing = [m for m in (clip_weights, text_weights) if isinstance(m, str)]
         if missing:
             raise EncoderUnavailable("clip profile unavailable: " + " | ".join(missing))
+        assert isinstance(clip_weights, ClipWeights) and isinstance(text_weights, TextWeights)  # neither is missing
 
         import torch
 
@@ -310,13 +320,15 @@ class ClipEncoder:
         size = self._clip.visual.image_size
         self.image_size = int(max(size) if isinstance(size, (tuple, list)) else size)
         self.model_ids = {"image": clip_weights.model_id, "text": text_weights.model_id}
+        text_dim = self._text_model.get_embedding_dimension()
+        assert text_dim is not None  # a sentence-transformers model always has an output dimension
         self.dims = {
             "image": int(open_clip.get_model_config(model)["embed_dim"]),
-            "text": int(self._text_model.get_embedding_dimension()),
+            "text": int(text_dim),
         }
 
     @staticmethod
-    def _load_clip(weights: ClipWeights):
+    def _load_clip(weights: ClipWeights) -> tuple[Any, Any, Any]:  # open_clip is untyped: model, transform, tokenizer
         import open_clip
 
         pre = weights.preprocess
@@ -339,7 +351,7 @@ class ClipEncoder:
         return model.eval(), preprocess, tokenizer
 
     @staticmethod
-    def _load_text_model(weights: TextWeights):
+    def _load_text_model(weights: TextWeights) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer
 
         try:
@@ -349,7 +361,7 @@ class ClipEncoder:
                 f"clip profile: sentence-transformers cannot load {weights.directory}: {exc}"
             ) from exc
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.precision == "bf16":
             return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()

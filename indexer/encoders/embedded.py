@@ -17,15 +17,19 @@ import json
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
 from .textmodels import JOIN_WEIGHT, MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,14 +87,16 @@ def weights_path(variant: ImageVariant) -> Path:
     return Path(getattr(module, variant.file_class).get_model_file_path())
 
 
-def load_efficientnet(variant: ImageVariant):
+def load_efficientnet(variant: ImageVariant) -> EfficientNet:
     """timm model with the packaged weights mapped by order; raises on any shape mismatch."""
     import timm
     import torch
+    from timm.models.efficientnet import EfficientNet
 
     path = weights_path(variant)
     source = torch.load(path, map_location="cpu", weights_only=True)
     model = timm.create_model(variant.timm_name, pretrained=False)
+    assert isinstance(model, EfficientNet)  # create_model is typed nn.Module; every variant is an EfficientNet
     target = model.state_dict()
     if len(source) != len(target):
         raise EncoderUnavailable(f"{path.name} holds {len(source)} tensors, {variant.timm_name} expects {len(target)}")
@@ -144,7 +150,8 @@ class EmbeddedEncoder:
         if text_model not in TEXT_MODELS:
             raise ValueError(f"unknown text model {text_model!r} (EMBEDDED_TEXT_MODEL); choose from {TEXT_MODELS}")
         self.text_model = text_model
-        max_words = int(max_words or os.environ.get("MULTILINGUAL_MAX_WORDS", MULTILINGUAL_MAX_WORDS))
+        env_words: str | int = os.environ.get("MULTILINGUAL_MAX_WORDS", MULTILINGUAL_MAX_WORDS)
+        max_words = int(max_words or env_words)
         if max_words < 1:
             raise ValueError(f"MULTILINGUAL_MAX_WORDS / max_words must be >= 1, got {max_words}")
         # recorded in the manifest, so the service and the report rebuild this very encoder (create_encoder_for)
@@ -219,7 +226,7 @@ class EmbeddedEncoder:
         assert models is not None
         return models[1]
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.precision == "bf16":
             return self._torch.autocast("cpu", dtype=self._torch.bfloat16)
         return contextlib.nullcontext()
