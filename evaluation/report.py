@@ -468,9 +468,7 @@ def serving_cost(store: IndexStore, sample: int = SERVING_SAMPLE) -> dict:
         times.append(time.perf_counter() - t0)
     index_bytes = 0
     for m in store.modalities.values():
-        # StackedVectors (a store with delta segments) has no .nbytes; only compacted stores are reported
-        assert isinstance(m.vectors, np.ndarray)
-        index_bytes += m.vectors.nbytes
+        index_bytes += m.vectors.nbytes  # base + delta segments alike
     if store.lexical is not None:
         matrix = store.lexical.matrix
         index_bytes += matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes

@@ -56,6 +56,11 @@ class StackedVectors:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the parts hold (on disk or mapped), as ndarray.nbytes says for one array."""
+        return int(sum(p.nbytes for p in self.parts))
+
     def __getitem__(self, positions: object) -> np.ndarray:
         if isinstance(positions, slice):
             positions = np.arange(*positions.indices(len(self)))

@@ -185,3 +185,14 @@ def test_add_killed_before_commit_leaves_the_index_loadable(tmp_path, monkeypatc
     store = add_one(reader, "next", 2)  # the next add cleans the uncommitted delta up
     assert store.deltas == ("000002",) and [p.id for p in store.products[10:]] == ["next0000"]
     assert sorted(p.name for p in deltas.iterdir() if p.is_dir()) == ["000002"]
+
+
+def test_stacked_vectors_report_the_bytes_of_their_parts():
+    from indexer.segments import StackedVectors
+
+    a, b = np.zeros((3, 4), np.float16), np.ones((2, 4), np.float16)
+    assert (
+        StackedVectors([a, b]).nbytes
+        == a.nbytes + b.nbytes
+        == np.asarray(StackedVectors([a, b])).astype(np.float16).nbytes
+    )
