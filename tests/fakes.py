@@ -246,3 +246,16 @@ def add_worker(path: str, data_folder: str, barrier, results) -> None:
     barrier.wait(timeout=60)
     store, _ = add_products(path, products, FakeEncoder())
     results.put(len(store.products))
+
+
+def damage(file: Path, how: str) -> None:
+    """Damage a file as the fault tests do: "truncated", "empty" or (else) 8 flipped bytes."""
+    data = bytearray(file.read_bytes())
+    if how == "truncated":
+        file.write_bytes(data[: max(1, min(1000, len(data) // 2))])
+    elif how == "empty":
+        file.write_bytes(b"")
+    else:  # flip bytes in the middle of the payload: same size, other content
+        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
+            data[i] ^= 0xFF
+        file.write_bytes(bytes(data))

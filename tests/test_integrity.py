@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fakes import FakeEncoder, make_dataset
+from fakes import FakeEncoder, damage, make_dataset
 
 from indexer.__main__ import main
 from indexer.build import CACHE_FILE, AddedProductsWouldBeDropped, add_products, build_index
@@ -39,18 +39,6 @@ FILES = [
     "lexical.rows.npy",
     "lexical.vocab.json",
 ]
-
-
-def damage(file: Path, how: str) -> None:
-    data = bytearray(file.read_bytes())
-    if how == "truncated":
-        file.write_bytes(data[: max(1, min(1000, len(data) // 2))])
-    elif how == "empty":
-        file.write_bytes(b"")
-    else:  # flip bytes in the middle of the payload: same size, other content
-        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
-            data[i] ^= 0xFF
-        file.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import damage
 from service_support import copy_index, jpeg_bytes, photo_products
 
 from indexer.store import CURRENT, VERSIONS, IndexStore, list_versions, read_current
@@ -41,18 +42,6 @@ FILE_KINDS = (
     "lexical.rows.npy",
     "lexical.vocab.json",
 )
-
-
-def damage(file: Path, how: str) -> None:
-    data = bytearray(file.read_bytes())
-    if how == "truncated":
-        file.write_bytes(data[:1000] if len(data) > 2000 else data[: len(data) // 2])
-    elif how == "empty":
-        file.write_bytes(b"")
-    else:
-        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
-            data[i] ^= 0xFF
-        file.write_bytes(bytes(data))
 
 
 def publish_damaged(index_dir: Path, name: str, how: str, base: str | None = None) -> str:
