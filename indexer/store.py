@@ -52,8 +52,8 @@ from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNo
 from .text import encoder_text
 
 FORMAT_VERSION = 2
-# Past this many rows in the deltas, an add compacts them into a new base (inline, under the
-# write lock). bench/bench_scale.py prints the single-add latency and the compaction time.
+# Past this many rows in the deltas, an add starts compacting them into a new base in a
+# background thread. bench/bench_scale.py prints the single-add latency and the compaction time.
 DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
 _BASES_KEPT = 2
 DEFAULT_FACTORY = "Flat"
@@ -597,9 +597,30 @@ def publish(
     holding those vectors (an add extends the live one instead of retraining). The
     caller holds `write_lock(path)`.
     """
+    staging = stage_version(path, products, vectors, manifest, factory, indexes, lexical)
+    return commit_version(Path(path), staging)
+
+
+def _staging_prefix() -> str:
+    """Staging folders carry their writer's pid, so a writer only removes those of dead processes."""
+    return f".staging-{os.getpid()}-"
+
+
+def stage_version(
+    path: str | Path,
+    products: list[Product],
+    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    manifest: dict,
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+    lexical: LexicalIndex | None = None,
+) -> Path:
+    """Write a complete version into a staging folder (fsync'd, checksummed) without making it
+    live: `commit_version` does that. Needs no lock (background compaction writes its base
+    while adds go on); the staging folder is removed if writing fails."""
     path = Path(path)
     (path / VERSIONS).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path / VERSIONS))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=path / VERSIONS))
     try:
         with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
             for product in products:
@@ -647,6 +668,16 @@ def publish(
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         with open(staging / "manifest.json", "rb") as fh:
             os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def commit_version(path: Path, staging: Path) -> str:
+    """Rename a staged version into place and swap CURRENT to it atomically; its name.
+    The caller holds `write_lock(path)`. O(1) beyond the fsyncs and pruning old versions."""
+    try:
         version = _next_version(path)
         os.rename(staging, path / VERSIONS / version)
         _fsync_dir(path / VERSIONS)
@@ -678,9 +709,28 @@ def _prune(path: Path, keep: str) -> None:
 
 
 def _remove_staging(path: Path) -> None:
-    """Staging folders of writers that died (the caller holds the write lock)."""
+    """Staging folders of writers that died (the caller holds the write lock). A folder whose
+    writer process is alive is kept: a background compaction writes its base unlocked."""
     for staging in (path / VERSIONS).glob(".staging-*"):
-        shutil.rmtree(staging, ignore_errors=True)
+        if not _writer_alive(staging.name):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a staging folder's name (`.staging-<pid>-...`) still runs."""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False  # a folder from before pids were recorded: its writer is long gone
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def append(
@@ -688,6 +738,7 @@ def append(
     new_products: list[Product],
     new_vectors: Mapping[str, np.ndarray | None],
     before_publish: Callable[[IndexStore], None] | None = None,
+    compact_past_threshold: bool = True,
 ) -> IndexStore:
     """Add products to the live index as one delta segment: O(batch) whatever N is.
 
@@ -697,7 +748,8 @@ def append(
     are read), and verifies checksums first (the base's once per process and file identity,
     the deltas' every time): an add never builds on damage. `before_publish(live)` runs under
     the lock once the add is known to win (no id clash), e.g. to move a staged photo into
-    place. Past DELTA_COMPACT_ROWS delta rows the add compacts (see `compact`), inline.
+    place. Past DELTA_COMPACT_ROWS delta rows the add starts a background compaction (see
+    `compact`) and returns at once: adds made meanwhile go on to deltas and are carried over.
     """
     path = store.path
     with write_lock(path):
@@ -732,24 +784,112 @@ def append(
             {"format_version": FORMAT_VERSION, "vector_dtype": np.dtype(VECTOR_DTYPE).name, "written_at": stamp},
         )
         out = IndexStore.load(path)
-        if out.delta_rows() >= DELTA_COMPACT_ROWS:
-            out = _compact_locked(out)
-        return out
+    if out.delta_rows() >= DELTA_COMPACT_ROWS and compact_past_threshold:
+        start_background_compaction(path)
+    return out
 
 
-def compact(path: str | Path) -> IndexStore:
+_COMPACTIONS: dict[str, threading.Thread] = {}
+
+
+def start_background_compaction(path: str | Path) -> threading.Thread | None:
+    """Compact `path` in a background thread of this process, unless one already runs here;
+    `compact` itself makes sure only one compaction runs across processes. Returns the thread
+    (None when one was already running). The thread is not a daemon: a process exiting waits
+    for its compaction, and a killed one leaves a staging folder the next writer removes."""
+    key = str(Path(path).resolve())
+    with _BASES_LOCK:
+        running = _COMPACTIONS.get(key)
+        if running is not None and running.is_alive():
+            return None
+        thread = threading.Thread(target=_compact_logged, args=(Path(path),), name=f"compact {key}")
+        _COMPACTIONS[key] = thread
+        thread.start()
+    return thread
+
+
+def _compact_logged(path: Path) -> None:
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        store = compact(path, wait=False)
+        log.info("background compaction of %s: live version %s", path, store.version)
+    except Exception:  # a failed compaction leaves the live version as it was: log it, adds go on
+        log.exception("background compaction of %s failed", path)
+
+
+@contextmanager
+def _compaction_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """Exclusive lock held for a whole compaction (not the write lock: adds go on meanwhile).
+    Yields False when another compaction holds it and `wait` is False."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".compact.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def compact(path: str | Path, wait: bool = True) -> IndexStore:
     """Merge the live version's deltas into a new base and publish it atomically (a new version).
 
-    O(N): vectors are rewritten (float16) and checksummed, the FAISS index is the base's read
-    into memory plus the deltas' vectors (no retraining, no graph rebuild from scratch). A
-    compaction killed at any point leaves the live version (base + deltas) loadable."""
+    O(N), but adds are not blocked while it runs: the new base is written into a staging folder
+    without the write lock (vectors rewritten and checksummed, the FAISS index is the base's read
+    into memory plus the deltas' vectors: no retraining, no graph rebuild from scratch). Only the
+    commit takes the write lock: deltas committed meanwhile are carried over into the new version
+    (hard links; their rows still point at the same products) and CURRENT is swapped. If a build
+    published another version meanwhile, the compaction is dropped (that version replaced the one
+    compacted). A compaction killed at any point leaves the live version (base + deltas)
+    loadable. One compaction at a time per index (`.compact.lock`); with `wait=False` a second
+    one returns the live store at once."""
     path = Path(path)
-    with write_lock(path):
-        live = verify_version(path)
-        return _compact_locked(live) if live.deltas else live
+    with _compaction_lock(path, wait) as mine:
+        if not mine:
+            return IndexStore.load(path)
+        with write_lock(path):
+            live = verify_version(path)
+        if not live.deltas:
+            return live
+        staging = _stage_compaction(live)
+        try:
+            with write_lock(path):
+                if read_current(path) != live.version:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return IndexStore.load(path)
+                committed = read_list(path / VERSIONS / live.version)
+                if committed[: len(live.deltas)] != live.deltas:
+                    raise IndexStoreError(f"deltas of version {live.version} changed under a compaction")
+                _carry_deltas(path / VERSIONS / live.version, staging, committed[len(live.deltas) :])
+                commit_version(path, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return IndexStore.load(path)
 
 
-def _compact_locked(live: IndexStore) -> IndexStore:
+def _carry_deltas(vdir: Path, staging: Path, names: tuple[str, ...]) -> None:
+    """Hard-link deltas committed during a compaction into the staged version, with their LIST.
+    O(files of those deltas). Deltas are immutable once committed, so sharing inodes is safe."""
+    if not names:
+        return
+    root = staging / "deltas"
+    root.mkdir()
+    for name in names:
+        shutil.copytree(vdir / "deltas" / name, root / name, copy_function=os.link)
+    (root / "LIST").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    with open(root / "LIST", "rb") as fh:
+        os.fsync(fh.fileno())
+    _fsync_dir(root)
+
+
+def _stage_compaction(live: IndexStore) -> Path:
+    """The live version's base + deltas written as one staged base (no lock held): O(N)."""
     vdir = live.path / VERSIONS / live.version
     base = live.base
     vectors, indexes = {}, {}
@@ -763,7 +903,7 @@ def _compact_locked(live: IndexStore) -> IndexStore:
             indexes[modality] = index
     manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
-    publish(
+    return stage_version(
         live.path,
         list(live.products),
         vectors,
@@ -772,4 +912,3 @@ def _compact_locked(live: IndexStore) -> IndexStore:
         indexes,
         live.lexical,
     )
-    return IndexStore.load(live.path)

@@ -144,8 +144,82 @@ def test_add_compacts_past_the_delta_threshold(tmp_path, monkeypatch):
     store = add_one(store, "a", 1)
     store = add_one(store, "b", 2)
     assert store.version == "000001" and len(store.deltas) == 2
-    store = add_one(store, "c", 3)
+    store = add_one(store, "c", 3)  # crosses the threshold: returns at once, compacts in the background
+    assert store.version == "000001" and len(store.products) == 13
+    store_module._COMPACTIONS[str(tmp_path.resolve())].join(timeout=60)
+    store = IndexStore.load(tmp_path)
     assert store.version == "000002" and store.deltas == () and len(store.products) == 13
+
+
+def test_adds_during_a_compaction_are_carried_into_the_new_version(tmp_path, monkeypatch):
+    publish_fake(tmp_path, n=10)
+    add_one(IndexStore.load(tmp_path), "a", 1)
+    real_stage = store_module._stage_compaction
+
+    def stage_then_add(live):
+        staging = real_stage(live)
+        add_one(IndexStore.load(tmp_path), "during", 2)  # the write lock is free while the base is written
+        return staging
+
+    monkeypatch.setattr(store_module, "_stage_compaction", stage_then_add)
+    compacted = compact(tmp_path)
+    assert compacted.version == "000002" and compacted.deltas == ("000002",)
+    assert [p.id for p in compacted.products][-2:] == ["a0000", "during0000"] and len(compacted.products) == 12
+    assert compacted.manifest["compacted_from"] == {"version": "000001", "deltas": ["000001"]}
+    assert len(compacted.base.products) == 11 and compacted.delta_rows() == 1
+    verified = store_module.verify_version(tmp_path)  # the carried delta keeps its checksums
+    row = verified.row_of("during0000")
+    query = {"text": verified.vectors_by_row("text")[0][verified.positions("text")[row]][None]}
+    assert Categorizer(verified).neighbors(query, k=1)[0][0].id == "during0000"
+    monkeypatch.setattr(store_module, "_stage_compaction", real_stage)
+    assert compact(tmp_path).deltas == () and len(IndexStore.load(tmp_path).products) == 12
+
+
+def test_a_build_during_a_compaction_wins(tmp_path, monkeypatch):
+    from fakes import FakeEncoder, fake_manifest
+
+    publish_fake(tmp_path, n=10)
+    add_one(IndexStore.load(tmp_path), "a", 1)
+    real_stage = store_module._stage_compaction
+
+    def stage_then_rebuild(live):
+        staging = real_stage(live)
+        with write_lock(tmp_path):
+            publish(
+                tmp_path,
+                make_products(5, "r"),
+                {"text": (random_vectors(5, 12, 9), np.arange(5))},
+                fake_manifest(FakeEncoder()),
+            )
+        return staging
+
+    monkeypatch.setattr(store_module, "_stage_compaction", stage_then_rebuild)
+    after = compact(tmp_path)
+    assert after.version == "000002" and len(after.products) == 5  # the rebuild, not the compaction
+    assert not list((tmp_path / VERSIONS).glob(".staging-*"))
+
+
+def test_one_compaction_at_a_time(tmp_path):
+    publish_fake(tmp_path, n=10)
+    add_one(IndexStore.load(tmp_path), "a", 1)
+    with store_module._compaction_lock(tmp_path, wait=True):
+        busy = compact(tmp_path, wait=False)
+    assert busy.version == "000001" and busy.deltas == ("000001",)
+
+
+def test_writers_keep_the_staging_folders_of_live_processes(tmp_path):
+    import subprocess
+    import sys
+
+    publish_fake(tmp_path, n=10)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / VERSIONS / f".staging-{int(finished.stdout)}-x"
+    mine = tmp_path / VERSIONS / f".staging-{os.getpid()}-y"
+    legacy = tmp_path / VERSIONS / ".staging-abc"
+    for folder in (dead, mine, legacy):
+        folder.mkdir()
+    add_one(IndexStore.load(tmp_path), "a", 1)
+    assert mine.is_dir() and not dead.exists() and not legacy.exists()
 
 
 def test_damaged_delta_is_refused_by_name(tmp_path):
