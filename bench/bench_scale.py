@@ -1,24 +1,26 @@
-"""The segmented store at catalogue scale, on a SYNTHETIC catalogue.
+"""The store at catalogue scale: a SYNTHETIC catalogue ingested through `python -m indexer ingest`.
 
-Synthetic products come from the real index (INDEX_DIR, default var/index) exactly as in
-bench/bench_search_scale.py: each mixes two real products of the same category (dense 0.6/0.4
-plus jitter, lexical rows mixed), so the data is more clustered than a real catalogue. Nothing
-is encoded. `python -m indexer ingest` is not on main yet, so the catalogue is written with
-`indexer.store.publish` (what build, ingest and compaction call).
+The catalogue is SYNTHETIC (bench/synthetic.py `write_mixed_shards`): each product mixes two
+real products of the same category of the real index (INDEX_DIR, default var/index): vectors
+0.6 / 0.4 plus jitter, words of both texts. Its neighbourhoods are more clustered than a real
+catalogue's and its vocabulary is the real index's, so fused recall is optimistic and lexical
+postings are longer than real ones. Nothing is encoded.
 
 Prints, per size:
-- publish time (Flat, float16 vectors, checksums) and disk size of the version;
-- load time (IndexStore.load + Categorizer, imports excluded), RSS and PSS
-  (/proc/<pid>/smaps_rollup) of one worker process after 20 predictions, and of two workers
-  on the same index, with each worker's figures after its imports alone for reference;
-- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), and
-  the same predictions on a float32 in-memory copy (format 1's way) with their agreement;
-- single add p50/p99 (one product, image + text + lexical, through indexer.store.append:
-  delta written, fsync'd, checksummed, committed, store reloaded), over --adds adds;
-- reload after an add in a process that has the base loaded (what a service worker does);
-- compaction time of those deltas into a new base.
+- shard generation time, then ingest time (a subprocess: `python -m indexer ingest`, its own
+  summary line with peak RSS), disk size of the live version;
+- load time (IndexStore.load + Categorizer, imports excluded) and, for the service, start to
+  ready; RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions, and of two
+  workers on the same index;
+- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10);
+- recall@10 per channel against exact search over the same stored vectors, and agreement of
+  the fused category with the one exact candidates give;
+- single-add p50/p99 (one product through indexer.store.append: delta written, fsync'd,
+  checksummed, committed, store reloaded) over --adds adds;
+- compaction time of those deltas into a new base (indexer.store.compact).
 
-Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000] [--adds 100]
+Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--adds 100]
+     [--factory auto] [--calibrate]
 """
 
 from __future__ import annotations
@@ -33,15 +35,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import faiss
 import numpy as np
-from bench_search_scale import synthetic
 from common import ROOT
+from synthetic import write_mixed_shards
 
 from indexer.catalog import Product
 from indexer.knn import Categorizer, stored_queries
-from indexer.segments import as_float32
-from indexer.store import IndexStore, ModalityIndex, append, compact, publish, write_lock
+from indexer.lexical import present_rows
+from indexer.store import IndexStore, ModalityIndex, append, compact
 
 WORKER = r"""
 import sys, time
@@ -60,6 +61,7 @@ for row in rng.integers(0, len(store.products), 20):
 print(f"{loaded:.3f}", flush=True)
 sys.stdin.readline()
 """
+EXACT_CHUNK = 65_536  # stored vectors scored at a time by the exact reference
 
 
 def load_average() -> str:
@@ -112,23 +114,77 @@ def disk_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
-    print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
-    mem = synthetic(real, n, dense=True)
-    index = root / f"scale-{n}"
-    manifest = dict(real.manifest)
-    manifest.pop("files", None)
-    manifest["categorizer"] = real.manifest.get("categorizer")
-    vectors = {m: (np.asarray(c.vectors), c.rows) for m, c in mem.modalities.items()}
+class ExactChannel(ModalityIndex):
+    """A dense channel searched exactly over its stored vectors, EXACT_CHUNK rows at a time:
+    the reference the approximate index is measured against. O(N·d) per batch of queries."""
+
+    def search(self, queries, k, allowed=None):  # noqa: ANN001, ANN201 - same signature as ModalityIndex
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_p = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, self.ntotal, EXACT_CHUNK):
+            chunk = np.asarray(self.vectors[start : start + EXACT_CHUNK], dtype=np.float32)
+            sims = queries @ chunk.T
+            if allowed is not None:
+                keep = allowed.mask()[start : start + len(chunk)]
+                sims[:, ~keep] = -np.inf
+            both_s = np.concatenate([best_s, sims], axis=1)
+            both_p = np.concatenate([best_p, np.broadcast_to(np.arange(start, start + len(chunk)), sims.shape)], axis=1)
+            top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+            best_s, best_p = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_p, top, 1)
+        return best_s, np.where(np.isfinite(best_s), self.rows[best_p], -1)
+
+
+def exact_view(store: IndexStore) -> IndexStore:
+    """The same store with every channel searched exactly (dense: ExactChannel, lexical: a dense
+    scan of its matrix), so the Categorizer's candidates are the true nearest ones."""
+    dense = {m: ExactChannel(c.vectors, np.asarray(c.rows), c.index) for m, c in store.modalities.items()}
+    lexical = store.lexical
+    if lexical is not None:
+        lexical = replace(lexical)
+        lexical.search = lambda q, k, allowed=None: store.lexical.search_dense(q, k)  # type: ignore[method-assign]
+    return replace(store, modalities=dense, lexical=lexical, _lookups={})
+
+
+def recall_at_10(store: IndexStore, exact: IndexStore, queries: dict) -> dict[str, float]:
+    """Per channel: share of the exact top 10 the approximate search returns in its top 10."""
+    out = {}
+    for channel, index in store.channels().items():
+        q = queries[channel]
+        have = np.flatnonzero(present_rows(q))
+        _, got = index.search(q[have], 10)
+        _, want = exact.channels()[channel].search(q[have], 10)
+        out[channel] = float(np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)]))
+    return out
+
+
+def ingest(shards: Path, index: Path, factory: str, calibrate: bool) -> None:
+    """`python -m indexer ingest` in a subprocess (its own memory); prints its summary lines."""
+    cmd = [sys.executable, "-m", "indexer", "ingest", "--embeddings", str(shards), "--out", str(index)]
+    cmd += ["--factory", factory] + ([] if calibrate else ["--no-calibrate"])
     t0 = time.perf_counter()
-    with write_lock(index):
-        version = publish(index, mem.products, vectors, manifest, "Flat", lexical=mem.lexical)
-    print(f"publish: {time.perf_counter() - t0:.1f} s; disk {disk_mb(index / 'versions' / version):.0f} MB")
-    del mem, vectors
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if done.returncode != 0:
+        sys.exit(f"ingest failed:\n{done.stdout}\n{done.stderr}")
+    print(f"ingest: {time.perf_counter() - t0:.1f} s wall (factory {factory})")
+    for line in done.stdout.splitlines():
+        print(f"  {line}")
+
+
+def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate: bool) -> None:
+    print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
+    shards, index = root / f"shards-{n}", root / f"index-{n}"
+    t0 = time.perf_counter()
+    write_mixed_shards(real, shards, n)
+    print(f"shards: {time.perf_counter() - t0:.1f} s, {disk_mb(shards):.0f} MB")
+    ingest(shards, index, factory, calibrate)
+    shutil.rmtree(shards, ignore_errors=True)
+    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     for count in (1, 2):
         figures = workers(index, count)
         print(
-            f"{count} worker(s): "
+            f"{count} worker(s) (load average {load_average()}): "
             + "; ".join(
                 f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB (imports alone: RSS {rss0:.0f}, PSS {pss0:.0f})"
                 for load, rss0, pss0, rss, pss in figures
@@ -140,34 +196,24 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
     rng = np.random.default_rng(0)
     rows = rng.integers(0, n, 200)
     queries = stored_queries(store, rows)
-    times, similar = [], []
+    times, similar, predicted = [], [], []
     for i in range(len(rows)):
         q = {c: v[i : i + 1] for c, v in queries.items()}
         t0 = time.perf_counter()
-        cat.predict_vectors(q, with_neighbors=False)
+        predicted.append(cat.predict_vectors(q, with_neighbors=False)[0].category)
         times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         cat.neighbors(q, k=10)
         similar.append(time.perf_counter() - t0)
-    print(f"predict from stored vectors ({len(rows)}): {percentiles(times)}")
+    print(f"predict from stored vectors ({len(rows)}, load average {load_average()}): {percentiles(times)}")
     print(f"similar search from stored vectors ({len(rows)}): {percentiles(similar)}")
-    # the same predictions on a float32 in-memory copy (the format-1 way), same queries, same run
-    vdir = index / "versions" / store.version
-    copy = replace(
-        store,
-        modalities={
-            m: ModalityIndex(as_float32(c.vectors), np.asarray(c.rows), faiss.read_index(str(vdir / f"{m}.faiss")))
-            for m, c in store.modalities.items()
-        },
-    )
-    cat32, times32, same = Categorizer(copy), [], 0
-    for i in range(len(rows)):
-        q = {c: v[i : i + 1] for c, v in queries.items()}
-        t0 = time.perf_counter()
-        got = cat32.predict_vectors(q, with_neighbors=False)
-        times32.append(time.perf_counter() - t0)
-        same += got[0].category == cat.predict_vectors(q, with_neighbors=False)[0].category
-    print(f"predict, float32 in memory, same queries: {percentiles(times32)}; same category {same}/{len(rows)}")
+    exact = exact_view(store)
+    recall = recall_at_10(store, exact, queries)
+    print("recall@10 against exact search: " + ", ".join(f"{c} {r:.3f}" for c, r in recall.items()))
+    exact_categories = [p.category for p in Categorizer(exact).predict_vectors(queries, with_neighbors=False)]
+    same = sum(a == b for a, b in zip(predicted, exact_categories, strict=True))
+    print(f"fused category, approximate vs exact candidates: same for {same}/{len(rows)} ({same / len(rows):.1%})")
+    del exact
     dims = {m: c.vectors.shape[1] for m, c in store.modalities.items()}
     template = store.products[0]
     add_times = []
@@ -175,23 +221,24 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
         product = Product(f"add{i:06d}", "steel water bottle", "a bottle", None, None, template.category_path, None)
         vecs = {m: rng.standard_normal((1, d)).astype(np.float32) for m, d in dims.items()}
         t0 = time.perf_counter()
-        store = append(store, [product], vecs)
+        store = append(store, [product], vecs, compact_past_threshold=False)
         add_times.append(time.perf_counter() - t0)
-    print(f"single add ({adds}, deltas 1..{adds}): {percentiles(add_times)}")
+    print(f"single add ({adds}, deltas 1..{adds}, load average {load_average()}): {percentiles(add_times)}")
     t0 = time.perf_counter()
     reloaded = IndexStore.load(index)
     print(f"reload with {len(reloaded.deltas)} deltas, base cached in this process: {time.perf_counter() - t0:.3f} s")
+    del reloaded, store, cat
     t0 = time.perf_counter()
     compacted = compact(index)
     print(f"compaction of {adds} deltas: {time.perf_counter() - t0:.1f} s -> version {compacted.version}")
-    kept = len(list((index / "versions").iterdir()))
-    print(f"disk after compaction: {disk_mb(index):.0f} MB (versions kept: {kept})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--adds", type=int, default=100)
+    parser.add_argument("--factory", default="Flat", help="FAISS factory passed to ingest")
+    parser.add_argument("--calibrate", action="store_true", help="calibrate the Categorizer at ingest")
     parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args()
@@ -200,7 +247,7 @@ def main() -> None:
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         for n in (int(s) for s in args.sizes.split(",")):
-            run(real, n, args.adds, root)
+            run(real, n, args.adds, root, args.factory, args.calibrate)
     finally:
         if args.work is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,7 +1,14 @@
-"""SYNTHETIC embedding shards for scale benchmarks (bench_ingest.py, later bench_scale.py).
+"""SYNTHETIC embedding shards for scale benchmarks (bench_ingest.py, bench_scale.py).
 
-Nothing here is real data: product names and descriptions are drawn from a small word
-list, vectors are Gaussian noise around one random centre per category, L2-normalised.
+Two generators, both SYNTHETIC:
+- `write_synthetic_shards`: names and descriptions drawn from a small word list, vectors
+  Gaussian noise around one random centre per category, L2-normalised (bench_ingest.py:
+  the reading and writing cost only; their neighbours have no structure).
+- `write_mixed_shards` (bench_scale.py): each product mixes two real products of the same
+  category of a real index: vectors 0.6 / 0.4 plus jitter (as bench_search_scale.py), the
+  first one's category path, words of both titles and descriptions. The neighbourhoods
+  are real-shaped but more clustered than a real catalogue, and the vocabulary is the real
+  index's (945 products), so lexical postings are longer than a real catalogue's would be.
 The shards are marked `"synthetic": true` in `embeddings.json` (and every id starts
 with "synthetic-"); they carry the embedded profile's model ids and dims only so that
 `python -m indexer ingest` accepts them. Their neighbours are far more regular than the
@@ -25,6 +32,7 @@ if str(ROOT) not in sys.path:
 from indexer.catalog import Product  # noqa: E402
 from indexer.encoders import create_encoder  # noqa: E402
 from indexer.shards import EmbeddingsSpec, products_table, write_shard, write_spec  # noqa: E402
+from indexer.store import IndexStore  # noqa: E402
 
 CATEGORIES = [
     ("Watches", "Wrist Watches"),
@@ -92,6 +100,79 @@ def write_synthetic_shards(
         products, cats = synthetic_products(start, stop, seed)
         vectors = {m: synthetic_vectors(cats, d, seed, start) for m, d in dims.items()}
         write_shard(folder / f"synthetic-{shard:06d}.parquet", products_table(products, vectors, dims, metadata=meta))
+    return spec
+
+
+def _mixed_text(a: str, b: str, rng: np.random.Generator, keep: float) -> str:
+    """`a` with a random share of its words kept, followed by some of `b`'s words."""
+    wa, wb = a.split(), b.split()
+    kept = [w for w in wa if rng.random() < keep] or wa[:1]
+    return " ".join(kept + [w for w in wb if rng.random() < 1 - keep])
+
+
+def write_mixed_shards(
+    real: IndexStore, folder: str | Path, n: int, shard_rows: int = 50_000, seed: int = 0, start_id: int = 0
+) -> EmbeddingsSpec:
+    """Write `n` SYNTHETIC products mixed from pairs of same-category products of `real` (see the
+    module docstring) as shards + embeddings.json. O(shard) memory, deterministic for a seed."""
+    labels = real.labels()
+    by_cat = {c: np.flatnonzero(labels == c) for c in np.unique(labels) if c}
+    cats = np.array(sorted(by_cat))
+    dims = {m: int(c.vectors.shape[1]) for m, c in real.modalities.items()}
+    spec = EmbeddingsSpec(
+        real.profile,
+        dict(real.manifest["model_ids"]),
+        dims,
+        {
+            "synthetic": True,
+            "generator": "bench/synthetic.py write_mixed_shards",
+            "source_index_version": real.version,
+            "seed": seed,
+            "products": n,
+            "complete": True,
+            "text_normalisation": real.manifest.get("text_normalisation"),
+        },
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_spec(folder, spec)
+    meta = {"model_ids": spec.model_ids, "dims": dims, "synthetic": True}
+    positions = {m: real.positions(m) for m in dims}
+    stored = {m: np.asarray(real.modalities[m].vectors, dtype=np.float32) for m in dims}
+    for shard, start in enumerate(range(0, n, shard_rows)):
+        stop = min(start + shard_rows, n)
+        rng = np.random.default_rng([seed, start])
+        chosen = cats[rng.integers(0, len(cats), stop - start)]
+        first, second = np.zeros(stop - start, np.int64), np.zeros(stop - start, np.int64)
+        for c in cats:
+            where = np.flatnonzero(chosen == c)
+            first[where] = rng.choice(by_cat[c], len(where))
+            second[where] = rng.choice(by_cat[c], len(where))
+        products = []
+        for offset, (a, b) in enumerate(zip(first, second, strict=True)):
+            pa_, pb = real.products[int(a)], real.products[int(b)]
+            products.append(
+                Product(
+                    id=f"synthetic-mixed-{start_id + start + offset:08d}",
+                    name=_mixed_text(pa_.name, pb.name, rng, 0.8),
+                    description=_mixed_text(pa_.description[:400], pb.description[:200], rng, 0.7),
+                    brand=pa_.brand,
+                    price=pa_.price,
+                    category_path=pa_.category_path,
+                    image=None,
+                )
+            )
+        vectors = {}
+        for m, dim in dims.items():
+            pos = positions[m]
+            ok = (pos[first] >= 0) & (pos[second] >= 0)
+            out = np.full((stop - start, dim), np.nan, np.float32)
+            a, b = stored[m][pos[first[ok]]], stored[m][pos[second[ok]]]
+            noise = 0.15 * rng.standard_normal(a.shape).astype(np.float32) / np.sqrt(dim)
+            mixed = 0.6 * a + 0.4 * b + noise
+            out[ok] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+            vectors[m] = out
+        write_shard(folder / f"mixed-{shard:06d}.parquet", products_table(products, vectors, dims, metadata=meta))
     return spec
 
 

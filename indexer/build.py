@@ -13,7 +13,7 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +32,10 @@ from .store import (
     FORMAT_VERSION,
     IndexStore,
     IndexStoreError,
-    ModalityIndex,
     append,
+    commit_staged,
     last_verified,
-    make_faiss_index,
-    publish,
-    write_lock,
+    stage_version,
 )
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
@@ -372,10 +370,9 @@ def build_index(
         texts = encoded.texts
         text_rows = np.flatnonzero([bool(t) for t in texts])
         lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
-        if calibrate_decision:
-            manifest["categorizer"] = _calibrate_in_memory(out_dir, products, vectors, manifest, lexical)
-    with write_lock(out_dir):
-        version = publish(out_dir, products, vectors, manifest, factory, lexical=lexical)
+    calibrate_here = calibrate_decision and "categorizer" not in manifest
+    staging = stage_version(out_dir, products, vectors, manifest, factory, lexical=lexical)
+    version = commit_staged(out_dir, staging, calibration_entry if calibrate_here else None)
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
@@ -436,20 +433,12 @@ def _derived_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _calibrate_in_memory(
-    out_dir: str | Path,
-    products: Sequence[Product],
-    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    manifest: dict,
-    lexical: LexicalIndex | None,
-) -> dict:
-    """Cross-validate the Categorizer on the vectors about to be published and return its
-    manifest entry (parameters, auto/review threshold, calibration curve, CV figures)."""
+def calibration_entry(staged: IndexStore) -> dict:
+    """The Categorizer's manifest entry (parameters, auto/review threshold, calibration curve,
+    CV figures), cross-validated on the staged version: exactly the vectors it will serve."""
     from .calibration import calibrate
 
-    modalities = {m: ModalityIndex(v, r, make_faiss_index(v)) for m, (v, r) in vectors.items() if len(v)}
-    store = IndexStore(Path(out_dir), "staging", {**manifest, "categorizer": {}}, list(products), modalities, lexical)
-    return calibrate(store)
+    return {"categorizer": calibrate(staged)}
 
 
 def add_products(

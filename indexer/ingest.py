@@ -12,14 +12,17 @@ Order of work, so that a refusal loses nothing and writes nothing:
    a bad row (bad id, duplicate id, unparseable category path, wrong vector length,
    non-finite or zero vector, bad price) is refused with a report entry, the good
    rows go in.
-3. `write_index` fits the lexical channel on name + description, calibrates the
-   Categorizer like `build` does, and publishes through the store.
+3. Accepted rows stream into a staged base segment (indexer.base_writer); the lexical
+   channel is fitted on a seeded sample of name + description (all of them up to
+   LEXICAL_FIT_ROWS), the Categorizer is calibrated on the staged version like `build`
+   does, and only then is the version made live.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -32,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .build import peak_rss_mb
+from .build import calibration_entry, peak_rss_mb
 from .catalog import CATEGORY_SEPARATOR, Product, ValidationReport, parse_category_tree
 from .encoders import create_encoder, model_id
 from .lexical import LexicalIndex
@@ -50,12 +53,10 @@ from .store import (
     DEFAULT_FACTORY,
     VERSIONS,
     IndexNotFound,
-    IndexStore,
-    ModalityIndex,
-    make_faiss_index,
-    publish,
+    commit_staged,
+    finish_base,
+    new_base_writer,
     read_current,
-    write_lock,
 )
 from .text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 
@@ -348,35 +349,78 @@ def _accept(
 
 
 # ---- writing ----------------------------------------------------------------------------------
-def write_index(
-    out_dir: Path,
-    products: list[Product],
-    vectors: dict[str, tuple[np.ndarray, np.ndarray]],
-    manifest: dict,
-    factory: str = DEFAULT_FACTORY,
-    calibrate_decision: bool = True,
-) -> str:
-    """Fit the lexical channel, calibrate the Categorizer and publish a new version; its name.
+LEXICAL_FIT_ROWS = 100_000  # texts the lexical vocabulary and idf are fitted on: a seeded uniform sample
+LEXICAL_SEED = 0
 
-    The one place ingest writes (the segmented store will replace the body). Memory cost
-    today is O(N), not O(batch): `store.publish` takes every vector in memory (float32,
-    6.6 KB per product with the embedded dims) plus its FAISS copy, the lexical channel
-    is fitted on all texts at once, and calibration builds N x N matrices (O(N^2): pass
-    `calibrate_decision=False` past ~10k products).
-    """
-    strip = bool(manifest.get("text_normalisation", {}).get("strip_boilerplate", DEFAULT_STRIP_BOILERPLATE))
-    texts = [encoder_text(p.name, p.description, strip=strip) for p in products]
-    text_rows = np.flatnonzero([bool(t) for t in texts])
-    lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
-    manifest = dict(manifest)
-    if calibrate_decision:
-        from .calibration import calibrate
 
-        modalities = {m: ModalityIndex(v, r, make_faiss_index(v)) for m, (v, r) in vectors.items() if len(v)}
-        staging = IndexStore(out_dir, "staging", {**manifest, "categorizer": {}}, products, modalities, lexical)
-        manifest["categorizer"] = calibrate(staging)
-    with write_lock(out_dir):
-        return publish(out_dir, products, vectors, manifest, factory, lexical=lexical)
+class TextSample:
+    """A seeded uniform sample (reservoir) of at most `size` texts from a stream: O(size) memory.
+    While no more than `size` texts have come, it holds all of them, in order."""
+
+    def __init__(self, size: int | None = None, seed: int = LEXICAL_SEED) -> None:
+        self.size, self.seen = LEXICAL_FIT_ROWS if size is None else size, 0
+        self.texts: list[str] = []
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def complete(self) -> bool:
+        return self.seen == len(self.texts)
+
+    def offer(self, texts: list[str]) -> None:
+        for text in texts:
+            if len(self.texts) < self.size:
+                self.texts.append(text)
+            else:
+                slot = int(self._rng.integers(0, self.seen + 1))
+                if slot < self.size:
+                    self.texts[slot] = text
+            self.seen += 1
+
+
+class TextSpool:
+    """The non-empty texts of the products written, in row order: a reservoir sample for the
+    vocabulary, and a spool file to transform every text afterwards without recomputing it
+    (the boilerplate stripping is the costly part). O(sample) memory, O(N) disk."""
+
+    def __init__(self, folder: Path, sample: TextSample | None = None) -> None:
+        self.sample = sample or TextSample()
+        self.path = folder / ".texts.jsonl"
+        self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by lexical()/close()
+        self.rows: list[np.ndarray] = []
+
+    def add(self, start: int, texts: list[str]) -> None:
+        """Texts of the products at rows start, start + 1, ...; empty ones are skipped."""
+        keep = [i for i, t in enumerate(texts) if t]
+        self.rows.append(start + np.asarray(keep, dtype=np.int64))
+        kept = [texts[i] for i in keep]
+        self.sample.offer(kept)
+        self._fh.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in kept)
+
+    def close(self) -> None:
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
+    def lexical(self, batch_rows: int) -> LexicalIndex | None:
+        """The lexical channel over every spooled text: vocabulary and idf fitted on the sample
+        (every text when there are at most LEXICAL_FIT_ROWS: then the fit's own rows are the
+        channel), the rest transformed batch by batch. Memory: the sample plus the matrix (O(nnz))."""
+        import scipy.sparse as sp
+
+        self._fh.close()
+        try:
+            rows = np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+            if len(rows) == 0:
+                return None
+            if self.sample.complete:
+                return LexicalIndex.fit(self.sample.texts, rows)
+            fitted = LexicalIndex.fit(self.sample.texts, np.arange(len(self.sample.texts)))
+            parts = []
+            with open(self.path, encoding="utf-8") as fh:
+                while batch := [json.loads(line) for _, line in zip(range(batch_rows), fh, strict=False)]:
+                    parts.append(fitted.transform(batch))
+            return LexicalIndex(fitted.vectorizer, sp.vstack(parts).tocsr().astype(np.float32), rows)
+        finally:
+            self.close()
 
 
 def ingest(
@@ -392,6 +436,12 @@ def ingest(
     `profile` is the index profile the vectors must come from; by default the live index's
     at `out_dir` (so shards of other models cannot replace what a service is serving), else
     the one `embeddings.json` names. Either way the registry's model ids and dims decide.
+
+    Memory is bounded by a batch, not by N, on the way in: each accepted batch goes straight
+    into a BaseWriter (products and vectors appended to a staging folder). Beyond a batch it
+    holds the ids seen (duplicates), a text sample for the lexical vocabulary, the FAISS index
+    being filled (its codes: choose a compressed factory for big catalogues), the lexical
+    matrix (O(nnz)) and what calibration needs. The staged version goes live only at the end.
     """
     start = time.perf_counter()
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)
@@ -411,55 +461,63 @@ def ingest(
     for path in files:
         check_file(path, spec)
 
+    normalisation = spec.extra.get("text_normalisation", {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE})
+    strip = bool(normalisation.get("strip_boilerplate", DEFAULT_STRIP_BOILERPLATE))
     report = ValidationReport()
-    products: list[Product] = []
-    chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in spec.dims}
-    rows_read = 0
-    for accepted in read_batches(files, spec, report, batch_rows):
-        for m, (vecs, positions) in accepted.vectors.items():
-            chunks[m].append((vecs, positions + len(products)))
-        rows_read += len(accepted.products)
-        products.extend(accepted.products)
-    refused = {k: v for k, v in report.counts().items() if k != "unreadable_image"}
-    rows_read += sum(refused.values())
-    if not products:
-        raise IngestRefused(f"no valid rows in {embeddings_dir} ({rows_read} read); nothing was written")
-    read_seconds = time.perf_counter() - start
-    vectors = {
-        m: (
-            np.concatenate([v for v, _ in parts]) if parts else np.zeros((0, dims[m]), np.float32),
-            np.concatenate([r for _, r in parts]) if parts else np.zeros(0, np.int64),
-        )
-        for m, parts in chunks.items()
-    }
-    manifest = {
-        "profile": profile,
-        "model_id": model_id(_Models(profile, model_ids)),
-        "model_ids": model_ids,
-        "precision": spec.extra.get("precision", "unknown"),
-        "text_normalisation": spec.extra.get("text_normalisation", {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE}),
-        "data_dir": str(spec.extra.get("data_dir") or embeddings_dir.resolve()),
-        "data_fingerprint": folder_fingerprint(files, spec),
-        "categories": sorted({p.category for p in products if p.category}),
-        "validation": report.to_dict(),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "ingest": {
-            "embeddings_dir": str(embeddings_dir.resolve()),
-            "files": len(files),
-            "rows_read": rows_read,
-            "rows_refused": int(sum(refused.values())),
-            "batch_rows": batch_rows,
-        },
-    }
-    version = write_index(out_dir, products, vectors, manifest, factory, calibrate_decision)
+    categories: set[str] = set()
+    existed = out_dir.exists()
+    writer = new_base_writer(out_dir, spec.dims, factory)
+    with writer:
+        spool = TextSpool(writer.staging)
+        try:
+            rows_read = 0
+            for accepted in read_batches(files, spec, report, batch_rows):
+                spool.add(writer.count, [encoder_text(p.name, p.description, strip=strip) for p in accepted.products])
+                writer.add(accepted.products, accepted.vectors)
+                categories.update(p.category for p in accepted.products if p.category)
+                rows_read += len(accepted.products)
+            refused = {k: v for k, v in report.counts().items() if k != "unreadable_image"}
+            rows_read += sum(refused.values())
+            if writer.count == 0:
+                if not existed:
+                    shutil.rmtree(out_dir, ignore_errors=True)  # the staging folder's parents, made for nothing
+                raise IngestRefused(f"no valid rows in {embeddings_dir} ({rows_read} read); nothing was written")
+            read_seconds = time.perf_counter() - start
+            lexical = spool.lexical(batch_rows)
+        finally:
+            spool.close()
+        manifest = {
+            "profile": profile,
+            "model_id": model_id(_Models(profile, model_ids)),
+            "model_ids": model_ids,
+            "precision": spec.extra.get("precision", "unknown"),
+            "text_normalisation": normalisation,
+            "data_dir": str(spec.extra.get("data_dir") or embeddings_dir.resolve()),
+            "data_fingerprint": folder_fingerprint(files, spec),
+            "categories": sorted(categories),
+            "validation": report.to_dict(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "ingest": {
+                "embeddings_dir": str(embeddings_dir.resolve()),
+                "files": len(files),
+                "rows_read": rows_read,
+                "rows_refused": int(sum(refused.values())),
+                "batch_rows": batch_rows,
+                "lexical_fit_rows": len(spool.sample.texts),
+                "lexical_fit_seed": LEXICAL_SEED,
+            },
+        }
+        staging = finish_base(writer, manifest, lexical)
+    version = commit_staged(out_dir, staging, calibration_entry if calibrate_decision else None)
+    counts = json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())["counts"]
     return IngestSummary(
         index_dir=str(out_dir),
         version=version,
         profile=profile,
         files=len(files),
         rows_read=rows_read,
-        products=len(products),
-        indexed={m: int(len(v[0])) for m, v in vectors.items()},
+        products=int(counts["products"]),
+        indexed={m: int(counts.get(m, 0)) for m in spec.dims},
         refused=refused,
         calibrated=calibrate_decision,
         seconds=time.perf_counter() - start,

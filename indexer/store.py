@@ -29,7 +29,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections import ChainMap, OrderedDict
@@ -41,11 +40,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .base_writer import ADD_BATCH, BaseWriter, batches, write_manifest
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
 from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_search, search_params
 from .filters import CategoryIndex, PositionFilter
-from .integrity import describe_files, verify_files
+from .integrity import verify_files
 from .lexical import LexicalIndex
 from .segments import VECTOR_DTYPE, StackedVectors, as_float32, read_list, write_delta
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
@@ -601,11 +601,6 @@ def publish(
     return commit_version(Path(path), staging)
 
 
-def _staging_prefix() -> str:
-    """Staging folders carry their writer's pid, so a writer only removes those of dead processes."""
-    return f".staging-{os.getpid()}-"
-
-
 def stage_version(
     path: str | Path,
     products: list[Product],
@@ -618,60 +613,47 @@ def stage_version(
     """Write a complete version into a staging folder (fsync'd, checksummed) without making it
     live: `commit_version` does that. Needs no lock (background compaction writes its base
     while adds go on); the staging folder is removed if writing fails."""
+    writer = new_base_writer(path, {m: np.shape(v)[1] for m, (v, _) in vectors.items()}, factory, indexes)
+    with writer:
+        writer.add(products, vectors)
+        return finish_base(writer, manifest, lexical)
+
+
+def new_base_writer(
+    path: str | Path,
+    dims: Mapping[str, int],
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+) -> BaseWriter:
+    """A writer of a new base segment staged under `path` (see indexer.base_writer)."""
+    return BaseWriter(Path(path) / VERSIONS, dims, factory, indexes)
+
+
+def finish_base(writer: BaseWriter, manifest: Mapping, lexical: LexicalIndex | None = None) -> Path:
+    """Finish a staged base with this store format's manifest fields; the staging folder."""
+    fields = dict(manifest, format_version=FORMAT_VERSION, search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS))
+    staging, _ = writer.finish(fields, lexical)
+    return staging
+
+
+def commit_staged(path: str | Path, staging: Path, amend: Callable[[IndexStore], Mapping] | None = None) -> str:
+    """Make a staged version live under the write lock; its name. `amend(staged store)` first
+    returns manifest entries computed on exactly the stored vectors that will be served (the
+    Categorizer's calibration), written into the staged manifest (which is outside its own
+    checksummed `files`). On any failure the staging folder is removed."""
     path = Path(path)
-    (path / VERSIONS).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=path / VERSIONS))
     try:
-        with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
-            for product in products:
-                fh.write(json.dumps(product.to_record(), ensure_ascii=False) + "\n")
-        counts = {"products": len(products)}
-        dims = {}
-        for modality, (vecs, rows) in vectors.items():
-            if modality not in MODALITIES:
-                raise ValueError(f"unknown modality {modality!r}")
-            vecs = l2_normalize(vecs)
-            rows = np.asarray(rows, dtype=np.int64)
-            np.save(staging / f"{modality}.npy", vecs.astype(VECTOR_DTYPE))
-            np.save(staging / f"{modality}.rows.npy", rows)
-            index = (indexes or {}).get(modality)
-            if index is None:
-                index = make_faiss_index(vecs, factory)
-            if index.ntotal != len(vecs):
-                raise IndexStoreError(f"{modality} index holds {index.ntotal} vectors, expected {len(vecs)}")
-            faiss.write_index(index, str(staging / f"{modality}.faiss"))
-            counts[modality] = int(len(vecs))
-            dims[modality] = int(vecs.shape[1])
-        if lexical is not None:
-            lexical.save(staging)
-        manifest = dict(manifest)
-        manifest["lexical"] = (
-            {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
-            if lexical is not None
-            else None
-        )
-        manifest.update(
-            format_version=FORMAT_VERSION,
-            vector_dtype=np.dtype(VECTOR_DTYPE).name,
-            modalities=sorted(vectors),
-            counts=counts,
-            dims=dims,
-            index_factory=factory,
-            search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS),
-            metric="inner_product",
-            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-        for item in staging.iterdir():
-            with open(item, "rb") as fh:
-                os.fsync(fh.fileno())
-        manifest["files"] = describe_files(staging)  # sizes + checksums of what was synced: O(bytes)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        with open(staging / "manifest.json", "rb") as fh:
-            os.fsync(fh.fileno())
+        if amend is not None:
+            staged = IndexStore.load(path, version=staging.name)
+            manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
+            manifest.update(amend(staged))
+            write_manifest(staging, manifest)
+            del staged
+        with write_lock(path):
+            return commit_version(path, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return staging
 
 
 def commit_version(path: Path, staging: Path) -> str:
@@ -889,26 +871,28 @@ def _carry_deltas(vdir: Path, staging: Path, names: tuple[str, ...]) -> None:
 
 
 def _stage_compaction(live: IndexStore) -> Path:
-    """The live version's base + deltas written as one staged base (no lock held): O(N)."""
+    """The live version's base + deltas written as one staged base (no lock held). O(N) disk
+    I/O with O(ADD_BATCH) vectors in memory beside the FAISS indexes: products and vectors are
+    streamed through a BaseWriter in the channels' own order, so each base FAISS index (read
+    into memory, a private copy) only takes the deltas' vectors: no retraining, no graph rebuilt."""
     vdir = live.path / VERSIONS / live.version
     base = live.base
-    vectors, indexes = {}, {}
+    indexes = {}
     for modality, channel in live.modalities.items():
-        stored = as_float32(channel.vectors)
-        vectors[modality] = (stored, np.asarray(channel.rows))
         if base is not None and modality in base.modalities:
-            index = faiss.read_index(str(vdir / f"{modality}.faiss"))  # a private, writable copy
-            nb = len(base.modalities[modality][0])
-            index.add(np.ascontiguousarray(l2_normalize(stored[nb:])))
+            index = faiss.read_index(str(vdir / f"{modality}.faiss"))
+            for part in batches(channel.ntotal - len(base.modalities[modality][0]), ADD_BATCH):
+                nb = len(base.modalities[modality][0])
+                index.add(l2_normalize(channel.vectors[nb + part.start : nb + part.stop]))
             indexes[modality] = index
+    dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
     manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
-    return stage_version(
-        live.path,
-        list(live.products),
-        vectors,
-        manifest,
-        live.manifest["index_factory"],
-        indexes,
-        live.lexical,
-    )
+    writer = new_base_writer(live.path, dims, live.manifest["index_factory"], indexes)
+    with writer:
+        for part in batches(len(live.products), ADD_BATCH):
+            writer.add_products(live.products[part])
+        for modality, channel in live.modalities.items():
+            for part in batches(channel.ntotal, ADD_BATCH):
+                writer.add_vectors(modality, channel.vectors[part], np.asarray(channel.rows[part]))
+        return finish_base(writer, manifest, live.lexical)

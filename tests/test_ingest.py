@@ -279,3 +279,43 @@ def test_cli_ingest_refusal_exits_2(fake_profile, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "text dims 99 are not 12" in err
     assert not (tmp_path / "index").exists()
+
+
+def test_lexical_vocabulary_from_a_seeded_sample_past_the_fit_size(fake_profile, tmp_path, monkeypatch):
+    import indexer.ingest as ingest_module
+
+    rows = [row(i) for i in range(30)]
+    rows[4]["name"], rows[4]["description"] = "", ""  # no text: no lexical row
+    rows[29]["name"] = "item 29 zanzibar"  # a word only the last product has
+    folder = write_rows(tmp_path / "emb", [rows])
+    ingest(folder, tmp_path / "full", batch_rows=7)
+    full = IndexStore.load(tmp_path / "full")
+    monkeypatch.setattr(ingest_module, "LEXICAL_FIT_ROWS", 10)
+    ingest(folder, tmp_path / "sampled", batch_rows=7)
+    sampled = IndexStore.load(tmp_path / "sampled")
+    assert sampled.manifest["ingest"]["lexical_fit_rows"] == 10 and full.manifest["ingest"]["lexical_fit_rows"] == 29
+    assert sampled.lexical.rows.tolist() == full.lexical.rows.tolist() == [r for r in range(30) if r != 4]
+    assert sampled.lexical.dim < full.lexical.dim  # the vocabulary of 10 texts, not 29
+    known = sampled.lexical.vectorizer.vocabulary_
+    # every row is the sampled vocabulary's transform of that product's text
+    expected = sampled.lexical.transform([sampled.product_text(sampled.products[r]) for r in sampled.lexical.rows])
+    assert abs(sampled.lexical.matrix - expected).max() < 1e-6
+    again = ingest_module.TextSample(10)
+    again.offer([f"t{i}" for i in range(29)])
+    first = ingest_module.TextSample(10)
+    first.offer([f"t{i}" for i in range(29)])
+    assert again.texts == first.texts and not first.complete  # seeded: the same sample every time
+    assert len(set(first.texts)) == 10 and any(int(t[1:]) >= 10 for t in first.texts)  # not just the first ten
+    assert "zanzibar" in full.lexical.vectorizer.vocabulary_
+    from indexer.lexical import LexicalIndex
+
+    assert LexicalIndex.fit(sampled_texts(sampled), np.arange(10)).vectorizer.vocabulary_ == known
+
+
+def sampled_texts(store: IndexStore) -> list[str]:
+    """The texts the vocabulary of `store` was fitted on, rebuilt from the seeded sample."""
+    import indexer.ingest as ingest_module
+
+    sample = ingest_module.TextSample(store.manifest["ingest"]["lexical_fit_rows"])
+    sample.offer([t for t in (store.product_text(p) for p in store.products) if t])
+    return sample.texts

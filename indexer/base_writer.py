@@ -1,0 +1,239 @@
+"""Writing a base segment batch by batch, so memory is bounded by a batch, not by the catalogue.
+
+Build, ingest and compaction all write a base through `BaseWriter` (`indexer.store.publish` is
+a writer fed once). Products and vectors are appended to files in a staging folder as they
+come; at `finish` the vectors become the memory-mapped float16 `.npy` files the store reads,
+and each FAISS index is either handed over, filled batch by batch as vectors arrive (indexes
+that need no training: Flat, HNSW), or trained on a seeded sample of at most TRAIN_ROWS stored
+vectors and then filled from the mapped file in ADD_BATCH slices (IVF, PQ). The staging folder
+is then fsync'd and checksummed; `indexer.store.commit_version` makes it live.
+
+Memory: O(batch) for products and vectors, plus the FAISS index itself (its codes: for a Flat
+index that is every vector in float32, hence trained compressed factories for big catalogues)
+and the training sample (TRAIN_ROWS x d float32). The lexical channel is handed in by the
+caller (its matrix is O(nnz)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+from .catalog import Product
+from .encoders.base import MODALITIES, l2_normalize
+from .integrity import describe_files
+from .segments import VECTOR_DTYPE
+from .store_errors import IndexStoreError
+
+if TYPE_CHECKING:
+    from .lexical import LexicalIndex
+
+TRAIN_ROWS = 65_536  # vectors a trained FAISS index (IVF, PQ) learns from: a seeded sample
+ADD_BATCH = 65_536  # stored vectors converted to float32 and added to FAISS at a time
+TRAIN_SEED = 0
+
+
+def staging_prefix() -> str:
+    """Staging folders carry their writer's pid, so a writer only removes those of dead processes."""
+    return f".staging-{os.getpid()}-"
+
+
+def new_faiss_index(dim: int, factory: str) -> faiss.Index:
+    """An empty FAISS index from the factory string, inner product (= cosine on unit vectors)."""
+    return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+class _VectorFile:
+    """One modality's vectors and rows appended as raw bytes while a base is written."""
+
+    def __init__(self, folder: Path, modality: str, dim: int, index: faiss.Index | None) -> None:
+        self.modality, self.dim, self.count = modality, dim, 0
+        self.raw = folder / f".{modality}.f16"
+        self.rows = folder / f".{modality}.rows"
+        self._raw = open(self.raw, "wb")  # noqa: SIM115 - closed by finish/abort
+        self._rows = open(self.rows, "wb")  # noqa: SIM115
+        self.index = index  # filled as vectors arrive (no training needed), or None
+
+    def append(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        self._raw.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+        self._rows.write(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+        if self.index is not None and len(vectors):
+            self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.count += len(vectors)
+
+    def close(self) -> None:
+        self._raw.close()
+        self._rows.close()
+
+    def materialise(self, folder: Path, products: int) -> np.ndarray:
+        """The `.npy` files the store maps, copied from the raw appends in ADD_BATCH slices;
+        refuses rows that point outside the `products` written."""
+        self.close()
+        stored = np.lib.format.open_memmap(
+            folder / f"{self.modality}.npy", mode="w+", dtype=VECTOR_DTYPE, shape=(self.count, self.dim)
+        )
+        raw = np.memmap(self.raw, dtype=VECTOR_DTYPE, mode="r", shape=(self.count, self.dim)) if self.count else None
+        for start in range(0, self.count, ADD_BATCH):
+            assert raw is not None
+            stored[start : start + ADD_BATCH] = raw[start : start + ADD_BATCH]
+        stored.flush()
+        del raw
+        rows = np.fromfile(self.rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= products):
+            raise IndexStoreError(f"{self.modality} rows point outside the {products} products written")
+        np.save(folder / f"{self.modality}.rows.npy", rows)
+        self.raw.unlink()
+        self.rows.unlink()
+        return np.load(folder / f"{self.modality}.npy", mmap_mode="r")
+
+
+class BaseWriter:
+    """Write one base segment into a staging folder: `add` batches, then `finish`.
+
+    Use as a context manager: an exception removes the staging folder. Each `add` is O(batch);
+    `finish` is O(N) disk I/O with O(ADD_BATCH + TRAIN_ROWS) vectors in memory, plus FAISS."""
+
+    def __init__(
+        self,
+        versions_dir: Path,
+        dims: Mapping[str, int],
+        factory: str,
+        indexes: Mapping[str, faiss.Index] | None = None,
+    ) -> None:
+        for modality in dims:
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}")
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=versions_dir))
+        self.factory = factory
+        self.count = 0
+        self._handed = dict(indexes or {})
+        self._products = open(self.staging / "products.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self._vectors: dict[str, _VectorFile] = {}
+        for modality, dim in dims.items():
+            index = None
+            if modality not in self._handed:
+                fresh = new_faiss_index(int(dim), factory)
+                index = fresh if fresh.is_trained else None
+            self._vectors[modality] = _VectorFile(self.staging, modality, int(dim), index)
+
+    def __enter__(self) -> BaseWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:
+            self.abort()
+
+    def add(self, products: Sequence[Product], vectors: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Append products and, per modality, (vectors, positions of their products in this batch).
+        Vectors are L2-normalised here. O(batch)."""
+        start = self.count
+        self.add_products(products)
+        for modality, (vecs, positions) in vectors.items():
+            positions = np.asarray(positions, dtype=np.int64)
+            if len(positions) and (positions.min() < 0 or positions.max() >= len(products)):
+                raise ValueError(f"{modality}: positions point outside the batch of {len(products)} products")
+            self.add_vectors(modality, vecs, start + positions)
+
+    def add_products(self, products: Sequence[Product]) -> None:
+        """Append products (their rows follow on from the products already added). O(batch)."""
+        for product in products:
+            self._products.write(json.dumps(product.to_record(), ensure_ascii=False) + "\n")
+        self.count += len(products)
+
+    def products_file(self) -> Path:
+        """The products written so far (flushed), for a caller that re-reads them in batches."""
+        self._products.flush()
+        return self.staging / "products.jsonl"
+
+    def add_vectors(self, modality: str, vectors: np.ndarray, rows: np.ndarray) -> None:
+        """Append one modality's vectors (L2-normalised here) for the products at global `rows`;
+        their positions in the modality follow the order of the calls. O(batch)."""
+        if modality not in self._vectors:
+            raise ValueError(f"modality {modality!r} was not declared to the writer")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(vectors):
+            raise ValueError(f"{modality}: {len(vectors)} vectors for {len(rows)} rows")
+        unit = l2_normalize(vectors) if len(vectors) else np.zeros((0, self._vectors[modality].dim), np.float32)
+        self._vectors[modality].append(unit, rows)
+
+    def finish(self, manifest: Mapping, lexical: LexicalIndex | None = None) -> tuple[Path, dict]:
+        """Write the vectors' `.npy` files, the FAISS indexes and the lexical channel, fsync and
+        checksum them, and write `manifest` (plus counts, dims, factory and files) as
+        manifest.json. Returns (staging folder, the manifest written)."""
+        self._products.close()
+        counts = {"products": self.count}
+        dims = {}
+        for modality, vf in self._vectors.items():
+            stored = vf.materialise(self.staging, self.count)
+            index = self._handed.get(modality) or vf.index or _trained_index(stored, self.factory)
+            if index.ntotal != len(stored):
+                raise IndexStoreError(f"{modality} index holds {index.ntotal} vectors, expected {len(stored)}")
+            faiss.write_index(index, str(self.staging / f"{modality}.faiss"))
+            counts[modality], dims[modality] = int(len(stored)), vf.dim
+            del stored
+        if lexical is not None:
+            lexical.save(self.staging)
+        out = dict(manifest)
+        out["lexical"] = (
+            {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
+            if lexical is not None
+            else None
+        )
+        out.update(
+            vector_dtype=np.dtype(VECTOR_DTYPE).name,
+            modalities=sorted(self._vectors),
+            counts=counts,
+            dims=dims,
+            index_factory=self.factory,
+            metric="inner_product",
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        for item in self.staging.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        out["files"] = describe_files(self.staging)  # sizes + checksums of what was synced: O(bytes)
+        write_manifest(self.staging, out)
+        return self.staging, out
+
+    def abort(self) -> None:
+        self._products.close()
+        for vf in self._vectors.values():
+            vf.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_manifest(folder: Path, manifest: Mapping) -> None:
+    """manifest.json written and fsync'd (it is not in its own `files` list)."""
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with open(folder / "manifest.json", "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _trained_index(stored: np.ndarray, factory: str, seed: int = TRAIN_SEED) -> faiss.Index:
+    """A FAISS index that needs training: trained on a seeded sample of at most TRAIN_ROWS stored
+    vectors, then filled from the mapped file ADD_BATCH rows at a time. O(N·d) reads."""
+    index = new_faiss_index(stored.shape[1], factory)
+    if len(stored) == 0:
+        raise IndexStoreError(f"FAISS index {factory!r} needs training vectors")
+    sample = np.sort(np.random.default_rng(seed).permutation(len(stored))[:TRAIN_ROWS])
+    index.train(np.ascontiguousarray(stored[sample], dtype=np.float32))
+    for start in range(0, len(stored), ADD_BATCH):
+        index.add(np.ascontiguousarray(stored[start : start + ADD_BATCH], dtype=np.float32))
+    return index
+
+
+def batches(count: int, size: int) -> Iterator[slice]:
+    """Slices of `size` over range(count)."""
+    for start in range(0, count, size):
+        yield slice(start, min(count, start + size))
