@@ -10,9 +10,11 @@ Prints, per size:
 - shard generation time, then ingest time (a subprocess: `python -m indexer ingest`, its own
   summary line with peak RSS), disk size of the live version;
 - load time (IndexStore.load + Categorizer, imports excluded) and, for the service, start to
-  ready; RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions, and of two
+  ready (a fresh interpreter: imports, index with checksums, encoder weights, Categorizer);
+  RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions, and of two
   workers on the same index;
-- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10);
+- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
+  thread (FAISS/OpenMP) as in a service worker;
 - recall@10 per channel against exact search over the same stored vectors, and agreement of
   the fused category with the one exact candidates give;
 - single-add p50/p99 (one product through indexer.store.append: delta written, fsync'd,
@@ -35,6 +37,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 from common import ROOT
 from synthetic import write_mixed_shards
@@ -60,6 +63,17 @@ for row in rng.integers(0, len(store.products), 20):
     cat.predict_rows(np.array([row]), modalities=("image", "text"))
 print(f"{loaded:.3f}", flush=True)
 sys.stdin.readline()
+"""
+READY = r"""
+import time
+t0 = time.perf_counter()
+from service.config import Config
+from service.state import ServiceState, set_threads
+set_threads(1)
+state = ServiceState(Config.from_env())
+assert state.load(), state.error
+live = state.current()
+print(f"{time.perf_counter() - t0:.2f} {live.store.manifest.get('profile')} {len(live.store.products)}", flush=True)
 """
 EXACT_CHUNK = 65_536  # stored vectors scored at a time by the exact reference
 
@@ -105,6 +119,17 @@ def workers(index: Path, count: int) -> list[tuple[float, float, float, float, f
             proc.wait(timeout=60)
 
 
+def service_ready(index: Path) -> str:
+    """Seconds from a fresh interpreter to a service state that answers: imports, index load with
+    checksums (the service default), encoder weights, Categorizer (service.state.ServiceState)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), INDEX_DIR=str(index), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", READY], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        return f"failed: {done.stderr.strip().splitlines()[-1:]}"
+    seconds, profile, products = done.stdout.split()
+    return f"{float(seconds):.1f} s (profile {profile}, {products} products, checksums verified)"
+
+
 def percentiles(times: list[float]) -> str:
     ms = 1000 * np.asarray(times)
     return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms"
@@ -143,7 +168,7 @@ def exact_view(store: IndexStore) -> IndexStore:
     if lexical is not None:
         lexical = replace(lexical)
         lexical.search = lambda q, k, allowed=None: store.lexical.search_dense(q, k)  # type: ignore[method-assign]
-    return replace(store, modalities=dense, lexical=lexical, _lookups={})
+    return replace(store, modalities=dense, lexical=lexical)
 
 
 def recall_at_10(store: IndexStore, exact: IndexStore, queries: dict) -> dict[str, float]:
@@ -181,6 +206,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     shutil.rmtree(shards, ignore_errors=True)
     live = index / "versions" / (index / "CURRENT").read_text().strip()
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
+    print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
         figures = workers(index, count)
         print(
@@ -242,6 +268,7 @@ def main() -> None:
     parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args()
+    faiss.omp_set_num_threads(1)  # one thread per query, as a service worker (and the WORKER processes) runs
     real = IndexStore.load(args.index)
     print(f"real index {args.index}: {len(real.products)} products; SYNTHETIC catalogues follow")
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
