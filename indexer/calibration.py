@@ -6,14 +6,19 @@ the declared `PARAM_GRID` by inner grouped cross-validation), the isotonic calib
 and the auto/review threshold (both from the inner out-of-fold predictions). `predict`
 then answers other rows with only training rows as neighbours.
 
-- Deployment (`calibrate`, called by the build and the service): `fit` on every row.
+- Deployment (`calibrate`, called by the build, ingest and the service): `fit` on every
+  row; its inner cross-validation predicts a stratified sample of CALIBRATION_SAMPLE
+  products (with their near-twins; every row when the catalogue is no larger), so a 1M
+  catalogue costs about what the sample costs.
 - Evaluation (`nested_predictions`, called by the report and the benches): outer grouped
   folds, `fit` on each training part, `predict` its held-out fold.
 
 Near-duplicates (templated mugs, phone cases, byte-identical images) would let a product
 vote for its own twin, so products are grouped (connected components of pairs above a
 cosine threshold in any channel the Categorizer votes with) and whole groups go to one
-fold. A k-NN model "trains" by masking rows out of the index: exact and fast.
+fold. The pairs come from each channel's own k-NN search (GRAPH_K deep, deeper where
+needed), not from N x N matrices: O(N·k) memory. A k-NN model "trains" by masking rows
+out of the index (a FoldExclusion, O(N) per fold): exact and fast.
 """
 
 from __future__ import annotations

@@ -361,8 +361,9 @@ def write_index(
     The one place ingest writes (the segmented store will replace the body). Memory cost
     today is O(N), not O(batch): `store.publish` takes every vector in memory (float32,
     6.6 KB per product with the embedded dims) plus its FAISS copy, the lexical channel
-    is fitted on all texts at once, and calibration builds N x N matrices (O(N^2): pass
-    `calibrate_decision=False` past ~10k products).
+    is fitted on all texts at once. Calibration predicts a stratified sample of
+    CALIBRATION_SAMPLE products (indexer.calibration), searching a Flat staging index here:
+    O(sample·N·d) time, no N x N matrix.
     """
     strip = bool(manifest.get("text_normalisation", {}).get("strip_boilerplate", DEFAULT_STRIP_BOILERPLATE))
     texts = [encoder_text(p.name, p.description, strip=strip) for p in products]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from indexer import calibration, knn
 from indexer.catalog import Product
@@ -67,9 +69,7 @@ def planted_store(n: int = 600, dim: int = 64, seed: int = 0, big_group: int = 4
     assert at < n - 50
     image[rng.choice(n, 25, replace=False)] = np.nan
     texts = [" ".join(w) for w in words]
-    products = [
-        Product(f"p{i}", texts[i], "", None, None, (str(labels[i]), "sub"), None) for i in range(n)
-    ]  # fmt: skip
+    products = [Product(f"p{i}", texts[i], "", None, None, (str(labels[i]), "sub"), None) for i in range(n)]
     modalities = {}
     for name, matrix in (("text", text), ("image", image)):
         present = ~np.isnan(matrix).any(axis=1)
@@ -113,9 +113,6 @@ def test_graph_pairs_and_groups_equal_the_exact_ones(k):
     assert_same_pairs(found, expected)
     groups = calibration.near_duplicate_groups(store, th, k=k)
     n = len(store.products)
-    from scipy.sparse.csgraph import connected_components
-    import scipy.sparse as sp
-
     src = np.concatenate([a for a, _ in expected.values()])
     dst = np.concatenate([b for _, b in expected.values()])
     _, reference = connected_components(sp.coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n)), directed=False)
@@ -128,9 +125,10 @@ def test_a_chain_is_one_group_though_its_ends_are_not_similar():
     text = store.modalities["text"]
     groups = calibration.near_duplicate_groups(store, {"text": 0.90})
     sims = calibration.channel_similarities(store, "text")[0]
+    n = len(store.products)
     chains = [
-        (a, a + 1, a + 2) for a in range(len(store.products) - 2) if sims[a, a + 2] < 0.9 <= min(sims[a, a + 1], sims[a + 1, a + 2])
-    ]  # fmt: skip
+        (a, a + 1, a + 2) for a in range(n - 2) if sims[a, a + 2] < 0.9 <= min(sims[a, a + 1], sims[a + 1, a + 2])
+    ]
     assert len(chains) == 10 and text.rows[0] == 0
     assert all(groups[a] == groups[b] == groups[c] for a, b, c in chains)
 
@@ -251,7 +249,7 @@ def large_store(n: int, dim: int = 48, seed: int = 0) -> IndexStore:
     rng = np.random.default_rng(seed)
     vecs = {m: unit_rows(rng.standard_normal((n, dim))) for m in ("image", "text")}
     for m in vecs:
-        vecs[m][1 : 200 : 2] = unit_rows(vecs[m][0:200:2] + 0.01 * rng.standard_normal((100, dim)))
+        vecs[m][1:200:2] = unit_rows(vecs[m][0:200:2] + 0.01 * rng.standard_normal((100, dim)))
     labels = rng.choice(["A", "B", "C"], n)
     labels[1:200:2] = labels[0:200:2]
     products = [Product(f"p{i}", "", "", None, None, (str(labels[i]),), None) for i in range(n)]
