@@ -78,7 +78,11 @@ LEXICAL_BATCH_BUDGET = 20_000_000  # lexical scores held per search call (a batc
 SEARCH_MARGIN = 0.01
 # Deployment calibration predicts at most this many sampled products (plus their near-twins),
 # stratified by category (`calibration_sample`); a catalogue this size or smaller uses every row.
-CALIBRATION_SAMPLE = 10_000
+# Its cost is sample x distinct grid candidates (4) x one prediction at N: at 10k products
+# calibrating every row took 447 s under load 17 (bench/bench_calibration_scale.py --sample
+# 10000), so 5,000 keeps a 1M ingest's calibration to minutes at a ~10 ms prediction; 5,000
+# out-of-fold predictions put ~3,000 above a 0.99-precision threshold (binomial s.e. ~0.002).
+CALIBRATION_SAMPLE = 5_000
 
 
 def channel_similarities(store: IndexStore, channel: str) -> tuple[np.ndarray, np.ndarray]:
