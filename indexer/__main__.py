@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", choices=list_profiles(), help="default: the live index's, else embeddings.json's")
     g.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
     g.add_argument("--batch-rows", type=int, default=2048, help="rows per streamed record batch")
-    g.add_argument("--no-calibrate", action="store_true", help="skip the O(N^2) CV calibration (large catalogues)")
+    g.add_argument("--no-calibrate", action="store_true", help="skip the CV calibration (decisions: review)")
     g.add_argument("--report", action="store_true", help="print every refused row")
     g.add_argument("--json", help="also write the summary as JSON to this file")
     g.set_defaults(func=cmd_ingest)

@@ -6,14 +6,19 @@ the declared `PARAM_GRID` by inner grouped cross-validation), the isotonic calib
 and the auto/review threshold (both from the inner out-of-fold predictions). `predict`
 then answers other rows with only training rows as neighbours.
 
-- Deployment (`calibrate`, called by the build and the service): `fit` on every row.
+- Deployment (`calibrate`, called by the build, ingest and the service): `fit` on every
+  row; its inner cross-validation predicts a stratified sample of CALIBRATION_SAMPLE
+  products (with their near-twins; every row when the catalogue is no larger), so a 1M
+  catalogue costs about what the sample costs.
 - Evaluation (`nested_predictions`, called by the report and the benches): outer grouped
   folds, `fit` on each training part, `predict` its held-out fold.
 
 Near-duplicates (templated mugs, phone cases, byte-identical images) would let a product
 vote for its own twin, so products are grouped (connected components of pairs above a
 cosine threshold in any channel the Categorizer votes with) and whole groups go to one
-fold. A k-NN model "trains" by masking rows out of the index: exact and fast.
+fold. The pairs come from each channel's own k-NN search (GRAPH_K deep, deeper where
+needed), not from N x N matrices: O(N·k) memory. A k-NN model "trains" by masking rows
+out of the index (a FoldExclusion, O(N) per fold): exact and fast.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import scipy.sparse as sp
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
+from . import knn
+from .exclusion import FoldExclusion
 from .knn import DEFAULT_PARAMS, Categorizer, Prediction
 from .lexical import LexicalIndex
-from .store import IndexStore
+from .store import IndexStore, ModalityIndex
 
 # Above these cosines nearest-neighbour pairs are (almost) all same-category near-twins
 # sharing a template or a photo: the report's nearest-neighbour histograms show each
@@ -56,39 +63,151 @@ ENTRY_KEYS = ("k", "candidates", "temperature", "confidence_temperature", "weigh
 
 
 # ---- near-duplicate groups -------------------------------------------------------------
+# The pairs come from a k-NN graph: each product's neighbours in each channel's own search
+# (the FAISS index, the lexical postings), GRAPH_K deep, and a product whose GRAPH_K-th
+# neighbour is still above the threshold is searched again twice as deep until it is not.
+# With an exact index (Flat, the lexical postings) that finds every pair above the
+# threshold, the very pairs of the N x N matrix; with HNSW/IVF, what their recall finds.
+# On the 945 real products at most 20 others pass a threshold (lexical; image 6, text 9),
+# so GRAPH_K = 32 needs no second search there (tests/test_calibration_scale.py).
+GRAPH_K = 32
+GRAPH_BATCH = 1024  # queries per search call: the graph holds O(GRAPH_BATCH·k) results at a time
+LEXICAL_BATCH_BUDGET = 20_000_000  # lexical scores held per search call (a batch x its postings' rows)
+# A FAISS index may hold other float32 values than the stored (float16) vectors: candidates
+# are kept from this far below a threshold, then decided on the stored vectors' cosine.
+SEARCH_MARGIN = 0.01
+# Deployment calibration predicts at most this many sampled products (plus their near-twins),
+# stratified by category (`calibration_sample`); a catalogue this size or smaller uses every row.
+# Its cost is sample x distinct grid candidates (4) x one prediction at N: at 10k products
+# calibrating every row took 447 s under load 17 (bench/bench_calibration_scale.py --sample
+# 10000), so 5,000 keeps a 1M ingest's calibration to minutes at a ~10 ms prediction; 5,000
+# out-of-fold predictions put ~3,000 above a 0.99-precision threshold (binomial s.e. ~0.002).
+CALIBRATION_SAMPLE = 5_000
+
+
 def channel_similarities(store: IndexStore, channel: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine matrix, product rows) of one channel over the products having it. O(N^2) memory."""
+    """(cosine matrix, product rows) of one channel over the products having it. O(N^2) memory:
+    the report's nearest-neighbour histograms and the tests' exact reference only."""
     index = store.channels()[channel]
     if channel == "lexical":
         return (index.matrix @ index.matrix.T).toarray(), index.rows
     return index.vectors @ index.vectors.T, index.rows
 
 
-def near_duplicate_pairs(store: IndexStore, thresholds: Mapping[str, float] | None = None) -> dict[str, tuple]:
-    """Per channel, the product-row pairs (a, b), a < b in channel order, at or above its threshold."""
+def _stored(channel: ModalityIndex | LexicalIndex, positions: np.ndarray) -> np.ndarray | sp.csr_matrix:
+    """The stored vectors (float32) or lexical rows at `positions`: O(len(positions)·d)."""
+    if isinstance(channel, LexicalIndex):
+        return channel.matrix[positions]
+    return np.asarray(channel.vectors[positions], dtype=np.float32)
+
+
+def _pair_cosines(channel: ModalityIndex, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of the stored vectors at positions a[i], b[i] (symmetric in a, b): O(len(a)·d)."""
+    if not len(a):
+        return np.zeros(0, np.float32)
+    return np.einsum("ij,ij->i", _stored(channel, a), _stored(channel, b))
+
+
+def channel_neighbours(
+    store: IndexStore, channel: str, rows: np.ndarray, threshold: float, k: int = GRAPH_K
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) of product rows, a in `rows`, b != a, whose cosine in `channel` is at least
+    `threshold`, from the channel's own search (see GRAPH_K). Dense channels decide on the
+    stored vectors' cosine (SEARCH_MARGIN); the lexical search's scores are the matrix product's.
+
+    Cost: one search of depth k per row of `rows` (more for a row with over k such neighbours),
+    O(batch·k) memory beyond the pairs found; no N x N matrix.
+    """
+    index = store.channels()[channel]
+    positions = store.positions(channel)
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = rows[positions[rows] >= 0]
+    lexical = isinstance(index, LexicalIndex)
+    margin = 0.0 if lexical else SEARCH_MARGIN
+    batch = int(np.clip(LEXICAL_BATCH_BUDGET // max(index.ntotal, 1), 16, GRAPH_BATCH)) if lexical else GRAPH_BATCH
+    out_a: list[np.ndarray] = []
+    out_b: list[np.ndarray] = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        queries = _stored(index, positions[chunk])
+        todo, depth = np.arange(len(chunk)), k
+        while len(todo):
+            depth = min(depth, index.ntotal)
+            sims, found = index.search(queries[todo], depth)
+            deeper = (sims[:, -1] >= threshold - margin) & (found[:, -1] >= 0) & (depth < index.ntotal)
+            keep = (sims >= threshold - margin) & (found >= 0) & ~deeper[:, None]
+            keep &= found != chunk[todo][:, None]
+            i, j = np.nonzero(keep)
+            out_a.append(chunk[todo[i]])
+            out_b.append(found[i, j])
+            todo, depth = todo[deeper], depth * 2
+    a = np.concatenate(out_a) if out_a else np.zeros(0, np.int64)
+    b = np.concatenate(out_b) if out_b else np.zeros(0, np.int64)
+    if lexical:
+        return a, b
+    ok = _pair_cosines(index, positions[a], positions[b]) >= threshold
+    return a[ok], b[ok]
+
+
+def near_duplicate_pairs(
+    store: IndexStore, thresholds: Mapping[str, float] | None = None, k: int = GRAPH_K
+) -> dict[str, tuple]:
+    """Per channel, the product-row pairs (a, b), a < b, sorted, at or above its threshold.
+
+    From the k-NN graph (`channel_neighbours` over every row): O(N·k) memory, one search per
+    product and channel."""
     pairs = {}
-    for channel, t in (thresholds or GROUP_THRESHOLDS).items():
+    for channel, t in (GROUP_THRESHOLDS if thresholds is None else thresholds).items():
         if channel not in store.channels():
             continue
-        sims, rows = channel_similarities(store, channel)
-        i, j = np.nonzero(np.triu(sims >= t, k=1))
-        pairs[channel] = (rows[i], rows[j])
+        a, b = channel_neighbours(store, channel, store.channels()[channel].rows, t, k)
+        code = np.unique(np.minimum(a, b) * len(store.products) + np.maximum(a, b))
+        pairs[channel] = (code // len(store.products), code % len(store.products))
     return pairs
 
 
-def near_duplicate_groups(store: IndexStore, thresholds: Mapping[str, float] | None = None) -> np.ndarray:
-    """Group id per product row: connected components of 'too similar to split' pairs."""
+def _components(n: int, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Connected-component label per node 0..n-1 of an undirected graph given as edge lists."""
     from scipy.sparse.csgraph import connected_components
 
-    n = len(store.products)
-    src: list[int] = []
-    dst: list[int] = []
-    for a, b in near_duplicate_pairs(store, thresholds).values():
-        src.extend(a)
-        dst.extend(b)
-    graph = sp.coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
+    src = np.concatenate([np.asarray(a, np.int64) for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    dst = np.concatenate([np.asarray(b, np.int64) for _, b in pairs]) if pairs else np.zeros(0, np.int64)
+    graph = sp.coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return np.asarray(labels)
+
+
+def near_duplicate_groups(
+    store: IndexStore, thresholds: Mapping[str, float] | None = None, k: int = GRAPH_K
+) -> np.ndarray:
+    """Group id per product row: connected components of 'too similar to split' pairs. O(N·k)."""
+    return _components(len(store.products), list(near_duplicate_pairs(store, thresholds, k).values()))
+
+
+def near_duplicate_closure(
+    store: IndexStore, seeds: np.ndarray, thresholds: Mapping[str, float] | None = None, k: int = GRAPH_K
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, group ids) of the whole near-duplicate groups of `seeds`: their twins, the twins'
+    twins, ... (breadth-first over the k-NN graph). The groups are those `near_duplicate_groups`
+    gives (numbered differently), at the cost of searching only the rows reached, not all N."""
+    thresholds = GROUP_THRESHOLDS if thresholds is None else thresholds
+    reached = np.zeros(len(store.products), dtype=bool)
+    frontier = np.unique(np.asarray(seeds, dtype=np.int64))
+    reached[frontier] = True
+    pairs = []
+    while len(frontier):
+        found = []
+        for channel, t in thresholds.items():
+            if channel in store.channels():
+                a, b = channel_neighbours(store, channel, frontier, t, k)
+                pairs.append((a, b))
+                found.append(b)
+        new = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        frontier = new[~reached[new]]
+        reached[frontier] = True
+    rows = np.flatnonzero(reached)
+    local = [(np.searchsorted(rows, a), np.searchsorted(rows, b)) for a, b in pairs]
+    return rows, _components(len(rows), local)
 
 
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int = N_FOLDS, seed: int = SEED) -> np.ndarray:
@@ -118,7 +237,7 @@ def cross_val_predictions(
     """NOT nested: out-of-fold predictions with the categorizer's fixed parameters and the
     index's lexical channel (fitted on every text). Kept for quick benches that say so."""
     rows = np.arange(len(folds))
-    exclude = folds[:, None] == folds[None, :]
+    exclude = FoldExclusion(query_fold=folds, row_fold=folds)  # O(N), not the (N, N) mask
     return categorizer.predict_rows(rows, exclude=exclude, k=k, modalities=modalities)
 
 
@@ -209,6 +328,33 @@ def _effective(candidate: Mapping, used: Sequence[str]) -> tuple:
     return (*frozen, tuple(round(max(w[c], 0.0) / total, 9) for c in used))
 
 
+def _all_flat(view: IndexStore) -> bool:
+    """True when every dense channel is one exact FAISS Flat index (no HNSW/IVF, no deltas)."""
+    import faiss
+
+    return all(isinstance(faiss.downcast_index(m.index), faiss.IndexFlat) for m in view.modalities.values())
+
+
+def _predict_rows(
+    categorizer: Categorizer, rows: np.ndarray, exclude: FoldExclusion, modalities: tuple[str, ...]
+) -> list[Prediction]:
+    """`predict_rows` with a FoldExclusion. Over exact Flat indexes, in chunks whose query x index
+    similarity matrices fit SIMILARITY_BUDGET: one BLAS product per chunk and channel instead of
+    a filtered FAISS scan per query (measured 41 ms per query and channel at 10k products under
+    load, bench/bench_calibration_scale.py); same neighbours, memory bounded by the budget.
+    Over HNSW/IVF the filtered search itself is cheap (and the matrix would be exhaustive)."""
+    size = max(len(categorizer.store.products), 1)
+    if not _all_flat(categorizer.store) or len(rows) * size <= knn.SIMILARITY_BUDGET:
+        return categorizer.predict_rows(rows, exclude=exclude, modalities=modalities)
+    step = max(2, knn.SIMILARITY_BUDGET // size)
+    out: list[Prediction] = []
+    for start in range(0, len(rows), step):
+        part = slice(start, start + step)
+        chunk = FoldExclusion(exclude.query_fold[part], exclude.row_fold, exclude.allowed)
+        out.extend(categorizer.predict_rows(rows[part], exclude=chunk, modalities=modalities))
+    return out
+
+
 def fit(
     store: IndexStore,
     train: np.ndarray,
@@ -218,18 +364,28 @@ def fit(
     target: float = TARGET_PRECISION,
     seed: int = SEED,
     view: IndexStore | None = None,
+    queries: np.ndarray | None = None,
 ) -> Fitted:
     """Fit the Categorizer on the labelled `train` rows only (see the module docstring).
 
-    Cost: one `predict_rows` over the training rows per distinct grid candidate, plus a
-    lexical refit (pass `view` to share one between modality sets of the same training part).
+    The inner cross-validation predicts the labelled training rows among `queries` (default:
+    all of them; `calibration_sample` gives a stratified sample of whole near-duplicate
+    groups), each with every training row outside its inner fold as a neighbour.
+    Cost: one `predict_rows` over those rows per distinct grid candidate, O(N) memory per
+    inner fold (a FoldExclusion, no (n, N) mask), plus a lexical refit (pass `view` to
+    share one between modality sets of the same training part).
     """
     if not grid:
         raise ValueError("the parameter grid is empty")
     train = np.asarray(train, dtype=bool)
     labels = store.labels()
     view = view if view is not None else training_view(store, train)
-    rows = np.flatnonzero(train & (labels != ""))
+    eligible = train & (labels != "")
+    if queries is not None:
+        asked = np.zeros(len(labels), dtype=bool)
+        asked[np.asarray(queries, dtype=np.int64)] = True
+        eligible &= asked
+    rows = np.flatnonzero(eligible)
     n_inner = usable_folds(labels[rows], groups[rows])
     if n_inner == 0:
         entry = {k: _settings(grid[0])[k] for k in ENTRY_KEYS}
@@ -247,7 +403,7 @@ def fit(
     inner = grouped_folds(labels[rows], groups[rows], n_folds=n_inner, seed=seed)
     fold_of = np.full(len(labels), -1)
     fold_of[rows] = inner
-    exclude = (fold_of[None, :] == inner[:, None]) | ~train[None, :]
+    exclude = FoldExclusion(query_fold=inner, row_fold=fold_of, allowed=None if train.all() else train)
     used = _used_channels(view, modalities)
     seen: dict[tuple, dict] = {}
     best = None
@@ -255,7 +411,7 @@ def fit(
     for candidate in grid:
         key = _effective(candidate, used)
         if key not in seen:
-            preds = Categorizer(view, _settings(candidate)).predict_rows(rows, exclude=exclude, modalities=modalities)
+            preds = _predict_rows(Categorizer(view, _settings(candidate)), rows, exclude, modalities)
             seen[key] = {
                 "confidence": np.array([p.raw_confidence for p in preds]),
                 "correct": np.array([p.category == lab for p, lab in zip(preds, labels[rows], strict=True)]),
@@ -297,7 +453,7 @@ def predict(fitted: Fitted, rows: np.ndarray, with_calibration: bool = True) -> 
     params.pop("cv", None)
     if not with_calibration:
         params["calibration"] = None
-    exclude = np.tile(~fitted.train, (len(rows), 1))
+    exclude = FoldExclusion(query_fold=np.zeros(len(rows), np.int64), allowed=fitted.train)
     return Categorizer(fitted.view, params).predict_rows(rows, exclude=exclude, modalities=fitted.modalities)
 
 
@@ -339,13 +495,82 @@ def nested_predictions(
     return runs
 
 
-def calibrate(store: IndexStore, target: float = TARGET_PRECISION, params: dict | None = None) -> dict:
+@dataclass
+class CalibrationSample:
+    """The rows deployment calibration predicts, their near-duplicate groups, and what to record."""
+
+    rows: np.ndarray  # product rows predicted by the inner cross-validation
+    groups: np.ndarray  # group id per product row (the sampled rows' groups are whole)
+    record: dict  # for the manifest: size, seed, how many rows were drawn and used
+
+
+def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Per stratum, its share of `total` (largest remainders, so they sum to `total`)."""
+    exact = sizes * total / sizes.sum()
+    quota = np.floor(exact).astype(np.int64)
+    rest = total - int(quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[:rest]] += 1
+    return np.minimum(quota, sizes)
+
+
+def calibration_sample(
+    store: IndexStore, size: int = CALIBRATION_SAMPLE, seed: int = SEED, thresholds: Mapping[str, float] | None = None
+) -> CalibrationSample:
+    """The rows deployment calibration predicts: every labelled row when there are at most
+    `size` (groups over the whole catalogue: the figures of a small catalogue do not change);
+    else `size` rows drawn per category in proportion (seeded), each with its whole
+    near-duplicate group (`near_duplicate_closure`), so twins never vote for each other.
+
+    Cost past `size`: O(N) for the labels, one graph search per sampled row and twin, and the
+    inner cross-validation then costs `size` predictions, not N.
+    """
+    if size < 1:
+        raise ValueError(f"the calibration sample size must be positive, got {size}")
+    labels = store.labels()
+    labelled = np.flatnonzero(labels != "")
+    record = {"size": int(size), "seed": int(seed), "labelled": int(len(labelled)), "stratified_by": "category"}
+    if len(labelled) <= size:
+        groups = near_duplicate_groups(store, thresholds)
+        return CalibrationSample(labelled, groups, {**record, "drawn": int(len(labelled)), "rows": int(len(labelled))})
+    classes, inverse = np.unique(labels[labelled], return_inverse=True)
+    quotas = _quotas(np.bincount(inverse, minlength=len(classes)), size)
+    rng = np.random.default_rng(seed)
+    drawn = np.concatenate([rng.choice(labelled[inverse == c], quotas[c], replace=False) for c in range(len(classes))])
+    members, local = near_duplicate_closure(store, drawn, thresholds)
+    groups = np.arange(len(labels), dtype=np.int64)  # rows outside the sample: groups of their own
+    groups[members] = len(labels) + local
+    rows = members[labels[members] != ""]
+    return CalibrationSample(rows, groups, {**record, "drawn": int(len(drawn)), "rows": int(len(rows))})
+
+
+def sample_size(environ: Mapping[str, str] | None = None) -> int:
+    """CALIBRATION_SAMPLE from the environment (a positive integer), else the default."""
+    import os
+
+    raw = (os.environ if environ is None else environ).get("CALIBRATION_SAMPLE", "").strip()
+    if not raw:
+        return CALIBRATION_SAMPLE
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"CALIBRATION_SAMPLE must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def calibrate(
+    store: IndexStore, target: float = TARGET_PRECISION, params: dict | None = None, size: int | None = None
+) -> dict:
     """Deployment: `fit` the fused Categorizer on every row and return its manifest entry.
 
-    Same procedure as each training part of the evaluation, on all data. `params` given:
-    those settings are frozen (a one-candidate grid) instead of selected from PARAM_GRID.
+    Same procedure as each training part of the evaluation, on all data, except that the
+    inner cross-validation predicts a stratified sample of `size` rows (default
+    `sample_size()`) with their near-twins, every product staying a neighbour: a catalogue
+    of at most `size` labelled products is fitted on every row, a larger one costs about
+    what the sample costs. The manifest's `cv.sample` says which. `params` given: those
+    settings are frozen (a one-candidate grid) instead of selected from PARAM_GRID.
     """
-    groups = near_duplicate_groups(store)
+    sample = calibration_sample(store, size if size is not None else sample_size(), SEED)
     grid = [{**DEFAULT_PARAMS, **params}] if params else PARAM_GRID
-    fitted = fit(store, np.ones(len(store.products), bool), groups, FUSED, grid, target, SEED)
-    return fitted.entry
+    every = np.ones(len(store.products), bool)
+    fitted = fit(store, every, sample.groups, FUSED, grid, target, SEED, queries=sample.rows)
+    entry = fitted.entry
+    entry["cv"] = {**entry["cv"], "sample": sample.record}
+    return entry

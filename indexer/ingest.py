@@ -441,7 +441,9 @@ def ingest(
     into a BaseWriter (products and vectors appended to a staging folder). Beyond a batch it
     holds the ids seen (duplicates), a text sample for the lexical vocabulary, the FAISS index
     being filled (its codes: choose a compressed factory for big catalogues), the lexical
-    matrix (O(nnz)) and what calibration needs. The staged version goes live only at the end.
+    matrix (O(nnz)) and what calibration needs: it predicts a stratified sample of
+    CALIBRATION_SAMPLE products (indexer.calibration) on the staged version, O(sample·search),
+    no N x N matrix. The staged version goes live only at the end.
     """
     start = time.perf_counter()
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)

@@ -17,7 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .encoders.base import encode_text_queries
-from .filters import RowFilter, exclusion_filters
+from .exclusion import Exclusion, exclusion_block, exclusion_groups
+from .filters import RowFilter
 from .lexical import DEFAULT_LEXICAL_SCALING, LexicalIndex, present_rows
 from .store import IndexStore
 
@@ -109,7 +110,7 @@ class Categorizer:
         self,
         queries: dict[str, np.ndarray],
         k: int,
-        exclude: np.ndarray | None,
+        exclude: Exclusion | None,
         allowed: RowFilter | None = None,
         full: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
@@ -119,8 +120,9 @@ class Categorizer:
         validation) a channel's candidates are its top rows among those `exclude` allows, read
         from the matrix: O(n_queries x n_channel). Otherwise filters run inside each channel's
         search (FAISS IDSelector, masked postings), so the depth stays `candidates` whatever the
-        filter excludes: `exclude` (n, N) becomes one filter per distinct mask row (folds share
-        one, O(n·N/8) to group), and `allowed.skip` rows cost len(skip) extra depth.
+        filter excludes: `exclude` becomes one filter per fold (a FoldExclusion: O(N) per fold;
+        a dense (n, N) mask: per distinct row, O(n·N/8) to group), and `allowed.skip` rows cost
+        len(skip) extra depth.
         """
         n = next(iter(queries.values())).shape[0]
         depth = max(self.candidates, k)
@@ -134,7 +136,7 @@ class Categorizer:
                 continue
             sims = full[modality][ok]
             if exclude is not None:
-                sims = np.where(exclude[ok][:, channel.rows], -np.inf, sims)
+                sims = np.where(exclusion_block(exclude, ok, channel.rows), -np.inf, sims)
             d = min(depth, sims.shape[1])
             top = np.argpartition(-sims, d - 1, axis=1)[:, :d]
             finite = np.isfinite(np.take_along_axis(sims, top, axis=1))
@@ -142,7 +144,7 @@ class Categorizer:
                 found[i].append(channel.rows[t[f]])
         searched = {m: q for m, q in queries.items() if m not in from_matrix}
         if searched:
-            groups = exclusion_filters(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
+            groups = exclusion_groups(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
             for members, row_filter in groups:
                 extra = len(row_filter.skip) if row_filter is not None else 0
                 for modality, q in searched.items():
@@ -208,7 +210,7 @@ class Categorizer:
         self,
         queries: Mapping[str, np.ndarray | None],
         k: int | None = None,
-        exclude: np.ndarray | None = None,
+        exclude: Exclusion | None = None,
         with_neighbors: bool = True,
         allowed: RowFilter | None = None,
     ) -> list[Prediction]:
@@ -217,8 +219,9 @@ class Categorizer:
         Neighbours are ranked by the weighted mean of image and text cosine similarity
         (similarity-level fusion: measured better than voting per modality then mixing
         the votes), then vote with weights exp((sim - best) / temperature).
-        `exclude` (n, n_products) bool masks index rows a query may not use: cross-
-        validation passes its held-out fold so no product votes for itself or its twins.
+        `exclude` masks index rows a query may not use, as an (n, n_products) bool array or
+        an O(n + N) FoldExclusion: cross-validation passes its held-out fold so no product
+        votes for itself or its twins.
         """
         k = int(k or self.k)
         present = self._present(queries)
@@ -238,7 +241,7 @@ class Categorizer:
         self,
         queries: Mapping[str, object],
         k: int | None = None,
-        exclude: np.ndarray | None = None,
+        exclude: Exclusion | None = None,
         allowed: RowFilter | None = None,
     ) -> list[list[Neighbor]]:
         """The k most similar products per query, ranked by the same fused similarity
@@ -339,7 +342,7 @@ class Categorizer:
     def predict_rows(
         self,
         rows: np.ndarray,
-        exclude: np.ndarray | None = None,
+        exclude: Exclusion | None = None,
         k: int | None = None,
         modalities: tuple[str, ...] = ("image", "text"),
     ) -> list[Prediction]:
