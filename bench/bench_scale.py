@@ -16,6 +16,7 @@ Prints, per size:
 - single add p50/p99 (one product, image + text + lexical, through indexer.store.append:
   delta written, fsync'd, checksummed, committed, store reloaded), over --adds adds;
 - reload after an add in a process that has the base loaded (what a service worker does);
+- row_of by id and the category counts of base + deltas (format 3, products read by key);
 - compaction time of those deltas into a new base.
 
 Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000] [--adds 100]
@@ -133,7 +134,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
                 f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB (imports alone: RSS {rss0:.0f}, PSS {pss0:.0f})"
                 for load, rss0, pss0, rss, pss in figures
             )
-            + f"; PSS total {sum(f[4] for f in figures):.0f} MB"
+            + f"; PSS total {sum(f[4] for f in figures):.0f} MB (load average {load_average()})"
         )
     store = IndexStore.load(index)
     cat = Categorizer(store)
@@ -177,10 +178,27 @@ def run(real: IndexStore, n: int, adds: int, root: Path) -> None:
         t0 = time.perf_counter()
         store = append(store, [product], vecs)
         add_times.append(time.perf_counter() - t0)
-    print(f"single add ({adds}, deltas 1..{adds}): {percentiles(add_times)}")
+    print(f"single add ({adds}, deltas 1..{adds}): {percentiles(add_times)} (load average {load_average()})")
     t0 = time.perf_counter()
     reloaded = IndexStore.load(index)
     print(f"reload with {len(reloaded.deltas)} deltas, base cached in this process: {time.perf_counter() - t0:.3f} s")
+    if hasattr(reloaded, "category_codes"):  # format 3: products read by key (absent before)
+        ids = [f"syn{r:07d}" for r in rng.integers(0, n, 200)] + [f"add{i:06d}" for i in range(min(adds, 50))]
+        lookups = []
+        for pid in ids:
+            t0 = time.perf_counter()
+            assert reloaded.row_of(pid) is not None
+            lookups.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        counts = reloaded.category_index().counts()
+        took = time.perf_counter() - t0
+        us = 1e6 * np.asarray(lookups)
+        print(
+            f"row_of by id ({len(ids)}, the first builds the deltas' dict): p50 {np.percentile(us, 50):.0f} us, "
+            f"p99 {np.percentile(us, 99):.0f} us, max {us.max():.0f} us"
+        )
+        deltas = len(reloaded.deltas)
+        print(f"category counts of base + {deltas} deltas: {1000 * took:.2f} ms ({len(counts)} top-level)")
     t0 = time.perf_counter()
     compacted = compact(index)
     print(f"compaction of {adds} deltas: {time.perf_counter() - t0:.1f} s -> version {compacted.version}")
