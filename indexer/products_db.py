@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import overload
+from typing import SupportsIndex, overload
 from urllib.parse import quote
 
 import numpy as np
@@ -203,16 +203,16 @@ class ProductTable(Sequence[Product]):
         return self.n
 
     @overload
-    def __getitem__(self, index: int) -> Product: ...
+    def __getitem__(self, index: SupportsIndex) -> Product: ...
     @overload
     def __getitem__(self, index: slice) -> list[Product]: ...
-    def __getitem__(self, index: int | slice) -> Product | list[Product]:
+    def __getitem__(self, index: SupportsIndex | slice) -> Product | list[Product]:
         if isinstance(index, slice):
             start, stop, step = index.indices(self.n)
             if step != 1:
                 return [self[i] for i in range(start, stop, step)]
             return self._range(start, stop)
-        row = int(index)
+        row = index.__index__()
         if row < 0:
             row += self.n
         if not 0 <= row < self.n:
@@ -273,7 +273,7 @@ class CategoryCodes:
         self.added = np.asarray(added, dtype=CODE_DTYPE)
         self.counts = dict(counts)
         self.nb = len(base)
-        self._top: np.ndarray | None = None
+        self._index: dict[Path_, int] | None = None
 
     @classmethod
     def from_products(cls, products: Iterable[Product]) -> CategoryCodes:
@@ -331,25 +331,42 @@ class CategoryCodes:
         added = np.flatnonzero(np.isin(self.added, codes)) + self.nb
         return np.concatenate([base, added]).astype(np.int64)
 
-    def extended(self, products: Sequence[Product], counts: Mapping[Path_, int] | None = None) -> CategoryCodes:
-        """These codes plus rows for `products` (appended after the current rows): O(len(products) + P).
-        `counts` are the products' prefix counts when a manifest already holds them."""
-        index = {p: c for c, p in enumerate(self.paths)}
+    def path_index(self) -> dict[Path_, int]:
+        """Path -> code, built once per CategoryCodes (a base's: once per process): O(P)."""
+        if self._index is None:
+            self._index = {p: c for c, p in enumerate(self.paths)}
+        return self._index
+
+    def extended(self, segments: Sequence[tuple[Sequence[Product], Mapping[Path_, int] | None]]) -> CategoryCodes:
+        """These codes plus rows for each segment's products, appended in order, in one pass:
+        O(rows added + P + prefixes the segments count). A segment's `counts` are its products'
+        prefix counts when its manifest holds them (else they are counted)."""
+        if not segments:
+            return self
+        index = dict(self.path_index())
         paths = list(self.paths)
-        codes = np.empty(len(products), CODE_DTYPE)
-        for i, product in enumerate(products):
-            path = tuple(product.category_path)
-            if not path:
-                codes[i] = -1
-                continue
-            if path not in index:
-                index[path] = len(paths)
-                paths.append(path)
-            codes[i] = index[path]
         merged = dict(self.counts)
-        for prefix, n in (counts if counts is not None else count_prefixes(p.category_path for p in products)).items():
-            merged[prefix] = merged.get(prefix, 0) + n
-        return CategoryCodes(paths, self.base, np.concatenate([self.added, codes]), merged)
+        added = [self.added]
+        for products, counts in segments:
+            codes = np.empty(len(products), CODE_DTYPE)
+            for i, product in enumerate(products):
+                path = tuple(product.category_path)
+                if not path:
+                    codes[i] = -1
+                    continue
+                code = index.get(path)
+                if code is None:
+                    code = index[path] = len(paths)
+                    paths.append(path)
+                codes[i] = code
+            added.append(codes)
+            if counts is None:
+                counts = count_prefixes(p.category_path for p in products)
+            for prefix, n in counts.items():
+                merged[prefix] = merged.get(prefix, 0) + n
+        out = CategoryCodes(paths, self.base, np.concatenate(added), merged)
+        out._index = index
+        return out
 
 
 class ProductRows(Sequence[Product]):
@@ -370,10 +387,10 @@ class ProductRows(Sequence[Product]):
         return self.nb + len(self.added)
 
     @overload
-    def __getitem__(self, index: int) -> Product: ...
+    def __getitem__(self, index: SupportsIndex) -> Product: ...
     @overload
     def __getitem__(self, index: slice) -> list[Product]: ...
-    def __getitem__(self, index: int | slice) -> Product | list[Product]:
+    def __getitem__(self, index: SupportsIndex | slice) -> Product | list[Product]:
         n = len(self)
         if isinstance(index, slice):
             start, stop, step = index.indices(n)
@@ -383,7 +400,7 @@ class ProductRows(Sequence[Product]):
                 return []
             head = list(self.base[start : min(stop, self.nb)]) if start < self.nb else []
             return head + self.added[max(start, self.nb) - self.nb : max(stop, self.nb) - self.nb]
-        row = int(index)
+        row = index.__index__()
         if row < 0:
             row += n
         if not 0 <= row < n:

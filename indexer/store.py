@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +144,7 @@ class IndexStore:
     path: Path
     version: str
     manifest: dict
-    products: Sequence[Product]  # a ProductRows over the base's SQLite table and the deltas (loaded stores)
+    products: ProductRows | list[Product]  # loaded stores: a ProductRows over the base's SQLite table + deltas
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     lexical: LexicalIndex | None = None
     deltas: tuple[str, ...] = ()
@@ -448,9 +448,7 @@ def _combine(
     and mapped codes are shared, not copied), O(deltas · prefixes) for the category counts,
     and O(nnz) to stack the lexical matrices when the deltas hold text."""
     added_products = [p for d in deltas for p in d.products]
-    codes = base.codes
-    for delta in deltas:
-        codes = codes.extended(delta.products, delta.counts)
+    codes = base.codes.extended([(d.products, d.counts) for d in deltas])
     products = ProductRows(base.products, added_products, codes)
     modalities: dict[str, ModalityIndex] = {}
     for modality in sorted(set(base.modalities) | {m for d in deltas for m in d.vectors}):
