@@ -4,9 +4,9 @@ A base segment used to hold `products.jsonl`, parsed into a Python list on every
 million products that is seconds of load time and hundreds of MB private to each worker.
 Here a base segment holds
 
-- `products.sqlite`: table `products(row INTEGER PRIMARY KEY, id TEXT UNIQUE, record TEXT)`,
-  one JSON record per product; a product is read by row (the rowid B-tree) or by id (the
-  unique index), O(log N) each, never parsed all at once;
+- `products.sqlite`: table `products(row INTEGER PRIMARY KEY, id TEXT UNIQUE, name, ...)`,
+  one column per `Product` field (the category path as a JSON list); a product is read by row
+  (the rowid B-tree) or by id (the unique index), O(log N) each, never parsed all at once;
 - `paths.npy`: int32 per row, the code of its category path in the manifest's
   `catalog.paths` list (-1 = unlabelled), memory-mapped so workers share its pages;
 - in the manifest, `catalog.counts`: products per category prefix, so the counts the API shows
@@ -41,6 +41,9 @@ READ_BATCH = 2000  # products per SELECT while iterating
 CACHE_SIZE = 4096  # products kept per table (LRU): a request reads k neighbours, mostly repeated
 
 Path_ = tuple[str, ...]
+# one column per Product field, in this order (a new Product field needs a new format version)
+COLUMNS = ("id", "name", "description", "brand", "price", "category_path", "image", "image_path")
+_SELECT = ", ".join(COLUMNS)
 
 
 def prefixes(path: Sequence[str]) -> Iterator[Path_]:
@@ -84,7 +87,10 @@ class ProductsWriter:
         self._db = sqlite3.connect(self.file)
         self._db.execute("PRAGMA journal_mode=OFF")  # a staging folder: a failed write is discarded whole
         self._db.execute("PRAGMA synchronous=OFF")  # the publisher fsyncs the finished file
-        self._db.execute("CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, record TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT, description TEXT,"
+            " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
+        )
         self._codes = open(self._raw_codes, "wb")  # noqa: SIM115 - closed by finish/abort
         self.paths: dict[Path_, int] = {}
         self.counts: dict[Path_, int] = {}
@@ -101,9 +107,21 @@ class ProductsWriter:
                 for prefix in prefixes(path):
                     self.counts[prefix] = self.counts.get(prefix, 0) + 1
             codes.append(code)
-            rows.append((self.n, product.id, json.dumps(product.to_record(), ensure_ascii=False)))
+            rows.append(
+                (
+                    self.n,
+                    product.id,
+                    product.name,
+                    product.description,
+                    product.brand,
+                    product.price,
+                    json.dumps(list(path), ensure_ascii=False) if path else None,
+                    product.image,
+                    str(product.image_path) if product.image_path else None,
+                )
+            )
             self.n += 1
-        self._db.executemany("INSERT INTO products VALUES (?, ?, ?)", rows)
+        self._db.executemany(f"INSERT INTO products VALUES (?{', ?' * len(COLUMNS)})", rows)
         self._codes.write(np.asarray(codes, dtype=CODE_DTYPE).tobytes())
 
     def add_all(self, products: Iterable[Product], batch: int = WRITE_BATCH) -> None:
@@ -192,9 +210,21 @@ class ProductTable(Sequence[Product]):
         if (last if last is not None else -1) != self.n - 1:
             raise self._damaged(f"last row {last}, the manifest says {self.n} products")
 
-    def _parse(self, row: int, record: str) -> Product:
+    def _parse(self, row: int, values: tuple) -> Product:
+        pid, name, description, brand, price, path, image, image_path = values
         try:
-            return Product.from_record(json.loads(record))
+            if not isinstance(pid, str) or not isinstance(name, str) or not isinstance(description, str):
+                raise TypeError("id, name and description must be text")
+            return Product(
+                pid,
+                name,
+                description,
+                brand,
+                price,
+                tuple(str(level) for level in json.loads(path)) if path else (),
+                image,
+                Path(image_path) if image_path else None,
+            )
         except (ValueError, TypeError) as exc:
             raise self._damaged(f"row {row}: {exc}") from exc
 
@@ -222,10 +252,10 @@ class ProductTable(Sequence[Product]):
             if hit is not None:
                 self._cache.move_to_end(row)
                 return hit
-        found = self._query("SELECT record FROM products WHERE row = ?", (row,))
+        found = self._query(f"SELECT {_SELECT} FROM products WHERE row = ?", (row,))
         if not found:
             raise self._damaged(f"row {row} is missing")
-        product = self._parse(row, found[0][0])
+        product = self._parse(row, found[0])
         with self._lock:
             self._cache[row] = product
             while len(self._cache) > self.cache_size:
@@ -235,10 +265,11 @@ class ProductTable(Sequence[Product]):
     def _range(self, start: int, stop: int) -> list[Product]:
         if stop <= start:
             return []
-        found = self._query("SELECT row, record FROM products WHERE row >= ? AND row < ? ORDER BY row", (start, stop))
+        sql = f"SELECT row, {_SELECT} FROM products WHERE row >= ? AND row < ? ORDER BY row"
+        found = self._query(sql, (start, stop))
         if len(found) != stop - start:
             raise self._damaged(f"rows {start}..{stop - 1}: {len(found)} found")
-        return [self._parse(row, record) for row, record in found]
+        return [self._parse(values[0], values[1:]) for values in found]
 
     def __iter__(self) -> Iterator[Product]:
         for start in range(0, self.n, READ_BATCH):

@@ -265,3 +265,19 @@ def test_table_is_read_from_threads_and_after_a_fork(tmp_path):
     child.join(timeout=60)
     assert child.exitcode == 0 and store.products.base._db is parent_connection  # the parent's is untouched
     assert store.products[2] == items[2]
+
+
+def test_columns_follow_the_product_fields_and_bad_values_are_refused(tmp_path):
+    assert tuple(Product.__dataclass_fields__) == products_db.COLUMNS  # a new field needs a new format
+    store = publish_products(tmp_path, products(6))
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(store.products.base.file.read_bytes())
+    with sqlite3.connect(copy) as db:
+        db.execute("UPDATE products SET category_path = '[not json' WHERE row = 2")
+        db.execute("UPDATE products SET name = NULL WHERE row = 4")
+    table = ProductTable(copy, 6)
+    assert table[1] == store.products[1]
+    with pytest.raises(IndexDamaged, match=r"copy\.sqlite.*row 2"):
+        table[2]
+    with pytest.raises(IndexDamaged, match="row 4: id, name and description must be text"):
+        table[4]
