@@ -92,8 +92,8 @@ class ProductsWriter:
             " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
         )
         self._codes = open(self._raw_codes, "wb")  # noqa: SIM115 - closed by finish/abort
-        self.paths: dict[Path_, int] = {}
-        self.counts: dict[Path_, int] = {}
+        self.paths: dict[Path_, tuple[int, str]] = {}  # path -> (code, its JSON text)
+        self._per_code: list[int] = []  # products per path code; prefix counts at finish: O(P)
         self.n = 0
 
     def add(self, products: Iterable[Product]) -> None:
@@ -101,11 +101,14 @@ class ProductsWriter:
         rows, codes = [], []
         for product in products:
             path = tuple(product.category_path)
-            code = -1
+            code, text = -1, None
             if path:
-                code = self.paths.setdefault(path, len(self.paths))
-                for prefix in prefixes(path):
-                    self.counts[prefix] = self.counts.get(prefix, 0) + 1
+                known = self.paths.get(path)
+                if known is None:
+                    known = self.paths[path] = (len(self.paths), json.dumps(list(path), ensure_ascii=False))
+                    self._per_code.append(0)
+                code, text = known
+                self._per_code[code] += 1
             codes.append(code)
             rows.append(
                 (
@@ -115,7 +118,7 @@ class ProductsWriter:
                     product.description,
                     product.brand,
                     product.price,
-                    json.dumps(list(path), ensure_ascii=False) if path else None,
+                    text,
                     product.image,
                     str(product.image_path) if product.image_path else None,
                 )
@@ -153,11 +156,12 @@ class ProductsWriter:
         out.flush()
         del out, raw
         self._raw_codes.unlink()
-        return {
-            "products": self.n,
-            "paths": [list(p) for p in sorted(self.paths, key=self.paths.__getitem__)],
-            "counts": counts_to_json(self.counts),
-        }
+        ordered = sorted(self.paths, key=lambda p: self.paths[p][0])
+        counts: dict[Path_, int] = {}
+        for path in ordered:
+            for prefix in prefixes(path):
+                counts[prefix] = counts.get(prefix, 0) + self._per_code[self.paths[path][0]]
+        return {"products": self.n, "paths": [list(p) for p in ordered], "counts": counts_to_json(counts)}
 
     def abort(self) -> None:
         self._db.close()
