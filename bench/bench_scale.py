@@ -19,6 +19,7 @@ Prints, per size:
   the fused category with the one exact candidates give;
 - single-add p50/p99 (one product through indexer.store.append: delta written, fsync'd,
   checksummed, committed, store reloaded) over --adds adds;
+- row_of by id and the category counts of base + deltas (products read by key);
 - compaction time of those deltas into a new base (indexer.store.compact).
 
 Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--adds 100]
@@ -215,7 +216,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
                 f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB (imports alone: RSS {rss0:.0f}, PSS {pss0:.0f})"
                 for load, rss0, pss0, rss, pss in figures
             )
-            + f"; PSS total {sum(f[4] for f in figures):.0f} MB"
+            + f"; PSS total {sum(f[4] for f in figures):.0f} MB (load average {load_average()})"
         )
     store = IndexStore.load(index)
     cat = Categorizer(store)
@@ -253,6 +254,22 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     t0 = time.perf_counter()
     reloaded = IndexStore.load(index)
     print(f"reload with {len(reloaded.deltas)} deltas, base cached in this process: {time.perf_counter() - t0:.3f} s")
+    ids = [f"synthetic-mixed-{r:08d}" for r in rng.integers(0, n, 200)] + [f"add{i:06d}" for i in range(min(adds, 50))]
+    lookups = []
+    for pid in ids:
+        t0 = time.perf_counter()
+        assert reloaded.row_of(pid) is not None
+        lookups.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    counts = reloaded.category_index().counts()
+    took = time.perf_counter() - t0
+    us = 1e6 * np.asarray(lookups)
+    print(
+        f"row_of by id ({len(ids)}, the first builds the deltas' dict): p50 {np.percentile(us, 50):.0f} us, "
+        f"p99 {np.percentile(us, 99):.0f} us, max {us.max():.0f} us"
+    )
+    deltas = len(reloaded.deltas)
+    print(f"category counts of base + {deltas} deltas: {1000 * took:.2f} ms ({len(counts)} top-level)")
     del reloaded, store, cat
     t0 = time.perf_counter()
     compacted = compact(index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +66,7 @@ def product_text(product: Product) -> str:
 
 
 def tfidf(
-    products: list[Product], min_df: int = TFIDF_MIN_DF, text_of: Callable[[Product], str] | None = None
+    products: Sequence[Product], min_df: int = TFIDF_MIN_DF, text_of: Callable[[Product], str] | None = None
 ) -> Representation:
     """TF-IDF (sublinear tf, L2 rows) of lemmatised, stop-word-free tokens; dense for PCA.
 
@@ -173,7 +173,7 @@ def bovw_counts(
 
 
 def bovw(
-    products: list[Product],
+    products: Sequence[Product],
     data_dir: str | Path | None = None,
     index_data_dir: str | None = None,
     cache_dir: Path | None = None,

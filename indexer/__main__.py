@@ -51,8 +51,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     store = IndexStore.load(args.index)
     catalog = load_catalog(args.data)
-    known = {p.id for p in store.products}
-    new = [p for p in catalog.products if p.id not in known]
+    new = [p for p in catalog.products if store.row_of(p.id) is None]  # by key: O(batch · log N), no scan
     skipped = len(catalog.products) - len(new)
     if not new:
         print(f"nothing to add: all {skipped} products of {args.data} are already indexed")

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ import numpy as np
 from .catalog import Product
 from .encoders.base import MODALITIES, l2_normalize
 from .integrity import describe_files
+from .products_db import WRITE_BATCH, ProductsWriter
 from .segments import VECTOR_DTYPE
 from .store_errors import IndexStoreError
 
@@ -118,7 +119,7 @@ class BaseWriter:
         self.factory = factory
         self.count = 0
         self._handed = dict(indexes or {})
-        self._products = open(self.staging / "products.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self._products = ProductsWriter(self.staging)
         self._vectors: dict[str, _VectorFile] = {}
         for modality, dim in dims.items():
             index = None
@@ -146,15 +147,21 @@ class BaseWriter:
             self.add_vectors(modality, vecs, start + positions)
 
     def add_products(self, products: Sequence[Product]) -> None:
-        """Append products (their rows follow on from the products already added). O(batch)."""
-        for product in products:
-            self._products.write(json.dumps(product.to_record(), ensure_ascii=False) + "\n")
+        """Append products (their rows follow on from the products already added): O(batch),
+        into the segment's SQLite table (indexer.products_db.ProductsWriter)."""
+        self._products.add(products)
         self.count += len(products)
 
-    def products_file(self) -> Path:
-        """The products written so far (flushed), for a caller that re-reads them in batches."""
-        self._products.flush()
-        return self.staging / "products.jsonl"
+    def add_all_products(self, products: Iterable[Product]) -> None:
+        """`add_products` over any iterable (a list, a loaded store's rows), WRITE_BATCH at a time."""
+        chunk: list[Product] = []
+        for product in products:
+            chunk.append(product)
+            if len(chunk) >= WRITE_BATCH:
+                self.add_products(chunk)
+                chunk = []
+        if chunk:
+            self.add_products(chunk)
 
     def add_vectors(self, modality: str, vectors: np.ndarray, rows: np.ndarray) -> None:
         """Append one modality's vectors (L2-normalised here) for the products at global `rows`;
@@ -171,8 +178,8 @@ class BaseWriter:
         """Write the vectors' `.npy` files, the FAISS indexes and the lexical channel, fsync and
         checksum them, and write `manifest` (plus counts, dims, factory and files) as
         manifest.json. Returns (staging folder, the manifest written)."""
-        self._products.close()
-        counts = {"products": self.count}
+        catalog = self._products.finish()
+        counts = {"products": int(catalog["products"])}
         dims = {}
         for modality, vf in self._vectors.items():
             stored = vf.materialise(self.staging, self.count)
@@ -197,6 +204,8 @@ class BaseWriter:
             dims=dims,
             index_factory=self.factory,
             metric="inner_product",
+            catalog=catalog,
+            categories=sorted(path[0] for path, _ in catalog["counts"] if len(path) == 1),
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         for item in self.staging.iterdir():
@@ -207,7 +216,7 @@ class BaseWriter:
         return self.staging, out
 
     def abort(self) -> None:
-        self._products.close()
+        self._products.abort()
         for vf in self._vectors.values():
             vf.close()
         shutil.rmtree(self.staging, ignore_errors=True)

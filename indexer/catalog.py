@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +44,9 @@ class Product:
 
     def to_record(self) -> dict:
         """JSON-safe dict, as stored in the index metadata."""
-        record = asdict(self)
+        # field by field: dataclasses.asdict deep-copies, 10x slower, and every product of a
+        # publish goes through here
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
         record["category_path"] = list(self.category_path)
         record["image_path"] = str(self.image_path) if self.image_path else None
         return record

@@ -2,9 +2,9 @@
 
 A category filter used to be a Python loop over every product per request, and the
 search then asked each channel for (depth + excluded rows) results and threw the
-excluded ones away. Here the allowed rows of every category prefix are grouped once
-per loaded index version (`CategoryIndex`, O(N) once), and a `RowFilter` hands each
-channel the allowed positions in its own numbering (`PositionFilter`): a FAISS
+excluded ones away. Here the allowed rows of a category prefix are found from the int32
+category codes (`CategoryIndex`: numpy, on first use of a prefix; counts from the manifests),
+and a `RowFilter` hands each channel the allowed positions in its own numbering (`PositionFilter`): a FAISS
 `IDSelectorBitmap`, a boolean mask for the lexical postings, or the positions for an
 exact scan of a small category. Those views are built on first use and cached on the
 filter, so a repeated category costs nothing to set up.
@@ -13,7 +13,7 @@ filter, so a repeated category costs nothing to set up.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import faiss
 
-    from .catalog import Product
+    from .products_db import CategoryCodes
     from .store import IndexStore
 
 CACHED_FILTERS = 64  # category filters kept per loaded version (each holds ≤ one bitmap + mask per channel)
@@ -122,26 +122,40 @@ def exclusion_filters(store: IndexStore, exclude: np.ndarray) -> list[tuple[np.n
 
 
 class CategoryIndex:
-    """Rows and counts of every category-path prefix, built in one pass over the products.
+    """Rows and counts of every category-path prefix, from the store's category codes.
 
-    Built once per loaded index version (O(N·depth) time and memory); a filter or the
-    category counts then cost a dict lookup per request instead of a scan.
+    Nothing is scanned when it is made (O(1) per loaded store, so an add does not pay for
+    it): `counts()` reads the prefix counts the segments' manifests keep (O(prefixes)), and
+    the rows of a prefix are found on first use with numpy over the int32 codes (O(N)
+    vectorised, no Python loop over products), then kept with its filter (LRU).
     """
 
-    def __init__(self, store: IndexStore, products: Sequence[Product]) -> None:
+    def __init__(self, store: IndexStore, codes: CategoryCodes) -> None:
         self.store = store
-        groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        for row, product in enumerate(products):
-            path = tuple(product.category_path)
-            for depth in range(1, len(path) + 1):
-                groups[path[:depth]].append(row)
-        self.rows = {prefix: np.asarray(rows, dtype=np.int64) for prefix, rows in groups.items()}
-        self.total = len(products)
+        self.codes = codes
+        self.total = len(codes)
         self._filters: OrderedDict[tuple[str, ...], RowFilter] = OrderedDict()
+        self._rows: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+
+    @property
+    def rows(self) -> Mapping[tuple[str, ...], np.ndarray]:
+        """Prefix -> sorted rows, as a read-only mapping whose values are computed on access."""
+        return _PrefixRows(self)
 
     def rows_of(self, path: Sequence[str]) -> np.ndarray | None:
-        """Sorted rows under the category prefix `path`, None when no product has it: O(1)."""
-        return self.rows.get(tuple(path))
+        """Sorted rows under the category prefix `path`, None when no product has it:
+        O(N) numpy on first use of a prefix, O(1) while it stays cached."""
+        key = tuple(path)
+        if key in self._rows:
+            self._rows.move_to_end(key)
+            return self._rows[key]
+        rows = self.codes.rows_under(key)
+        if rows is None:
+            return None
+        self._rows[key] = rows
+        if len(self._rows) > CACHED_FILTERS:
+            self._rows.popitem(last=False)
+        return rows
 
     def filter(self, path: Sequence[str]) -> RowFilter | None:
         """The cached RowFilter of a prefix (LRU of CACHED_FILTERS), None when unknown."""
@@ -149,7 +163,7 @@ class CategoryIndex:
         if key in self._filters:
             self._filters.move_to_end(key)
             return self._filters[key]
-        rows = self.rows.get(key)
+        rows = self.rows_of(key)
         if rows is None:
             return None
         self._filters[key] = RowFilter(self.store, rows)
@@ -158,12 +172,14 @@ class CategoryIndex:
         return self._filters[key]
 
     def counts(self) -> list[dict]:
-        """Top-level categories with counts and their second-level subcategories: O(#prefixes)."""
-        top = sorted((p[0], len(r)) for p, r in self.rows.items() if len(p) == 1)
+        """Top-level categories with counts and their second-level subcategories: O(#prefixes),
+        from the counts kept in the segments' manifests (no scan of the catalogue)."""
+        counts = {p: n for p, n in self.codes.counts.items() if n > 0}
+        top = sorted((p[0], n) for p, n in counts.items() if len(p) == 1)
         subs: dict[str, Counter] = defaultdict(Counter)
-        for prefix, rows in self.rows.items():
+        for prefix, n in counts.items():
             if len(prefix) == 2:
-                subs[prefix[0]][prefix[1]] = len(rows)
+                subs[prefix[0]][prefix[1]] = n
         return [
             {
                 "name": name,
@@ -172,3 +188,22 @@ class CategoryIndex:
             }
             for name, count in top
         ]
+
+
+class _PrefixRows(Mapping[tuple[str, ...], np.ndarray]):
+    """`CategoryIndex.rows`: the prefixes with products as keys (O(prefixes) to list), rows on access."""
+
+    def __init__(self, index: CategoryIndex) -> None:
+        self.index = index
+
+    def __getitem__(self, key: tuple[str, ...]) -> np.ndarray:
+        rows = self.index.rows_of(key)
+        if rows is None:
+            raise KeyError(key)
+        return rows
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        return iter([p for p, n in self.index.codes.counts.items() if n > 0])
+
+    def __len__(self) -> int:
+        return sum(1 for n in self.index.codes.counts.values() if n > 0)

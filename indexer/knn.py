@@ -101,8 +101,11 @@ class Categorizer:
         self.threshold: float | None = merged["threshold"]
         self.calibration: dict[str, list[float]] | None = merged["calibration"]
         self.candidates = int(merged["candidates"])
-        self._labels = store.labels()
+        # the vote reads category codes of its k neighbours, not a Python label per product:
+        # O(categories) here per loaded store, O(k) per query
+        self._codes = store.category_codes()
         self.classes = store.categories()
+        self._class_of_code = self._codes.top_of_code(self.classes)
         self._channels = store.channels()
 
     # ---- core vote -----------------------------------------------------------------------
@@ -300,11 +303,16 @@ class Categorizer:
         p = self.store.products[row]
         return Neighbor(row, p.id, p.name, p.category, list(p.category_path[:3]), score, modality)
 
+    def _labels_of(self, rows: np.ndarray) -> list[str]:
+        """Top-level category of each row ("" = unlabelled): O(len(rows))."""
+        classes = self._class_of_code[self._codes.take(rows)]
+        return [self.classes[c] if c >= 0 else "" for c in classes]
+
     def _shares(self, rows: np.ndarray, weights: np.ndarray) -> dict[str, float]:
         votes: dict[str, float] = defaultdict(float)
-        for w, r in zip(weights, rows, strict=True):
-            if self._labels[r]:
-                votes[self._labels[r]] += float(w)
+        for w, label in zip(weights, self._labels_of(rows), strict=True):
+            if label:
+                votes[label] += float(w)
         total = sum(votes.values()) or 1.0
         return {c: votes.get(c, 0.0) / total for c in self.classes}
 
@@ -312,8 +320,8 @@ class Categorizer:
         """Extend the top-level category level by level with the neighbours' weighted majority."""
         votes = [
             (w, self.store.products[r].category_path)
-            for w, r in zip(weights, rows, strict=True)
-            if self._labels[r] == category
+            for w, r, label in zip(weights, rows, self._labels_of(rows), strict=True)
+            if label == category
         ]
         path = [category]
         for level in range(1, depth):

@@ -3,7 +3,7 @@
 Layout of an index directory (format 2)::
 
     CURRENT                 name of the live version (replaced atomically)
-    versions/<n>/manifest.json, products.jsonl, <modality>.npy (float16), <modality>.faiss, ...
+    versions/<n>/manifest.json, products.sqlite, paths.npy, <modality>.npy (float16), <modality>.faiss, ...
     versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.segments)
     cache.sqlite            embedding cache (see indexer.cache)
 
@@ -19,8 +19,12 @@ this FAISS, read-only), the FAISS indexes, so the workers of a machine share the
 loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
 deltas.
 
-Format 1 indexes (float32 vectors, no deltas) are refused with "rebuild it with `python -m
-indexer build`".
+Product metadata of the base is read by key from SQLite and its category paths are int32 codes
+(indexer.products_db): nothing is parsed per product at load, and a reload after an add costs
+O(delta rows) for the products, whatever N is.
+
+Format 1 and 2 indexes (float32 vectors, no deltas; products.jsonl in the base) are refused
+with "rebuild it with `python -m indexer build`".
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import os
 import shutil
 import threading
 import time
-from collections import ChainMap, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +51,22 @@ from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_s
 from .filters import CategoryIndex, PositionFilter
 from .integrity import verify_files
 from .lexical import LexicalIndex
+from .products_db import (
+    CODE_DTYPE,
+    PATHS_FILE,
+    PRODUCTS_FILE,
+    CategoryCodes,
+    ProductRows,
+    ProductTable,
+    count_prefixes,
+    counts_from_json,
+    counts_to_json,
+)
 from .segments import VECTOR_DTYPE, StackedVectors, as_float32, read_list, write_delta
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from .text import encoder_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: base products in SQLite + category codes (2: products.jsonl)
 # Past this many rows in the deltas, an add starts compacting them into a new base in a
 # background thread. bench/bench_scale.py prints the single-add latency and the compaction time.
 DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
@@ -128,7 +143,7 @@ class IndexStore:
     path: Path
     version: str
     manifest: dict
-    products: list[Product]
+    products: ProductRows | list[Product]  # loaded stores: a ProductRows over the base's SQLite table + deltas
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     lexical: LexicalIndex | None = None
     deltas: tuple[str, ...] = ()
@@ -190,31 +205,43 @@ class IndexStore:
     def profile(self) -> str:
         return self.manifest["profile"]
 
+    def category_codes(self) -> CategoryCodes:
+        """Category code per product row: a loaded store's come with its products (the base's
+        memory-mapped, the deltas' O(delta rows)); a store made from a plain list scans it once."""
+        codes = getattr(self.products, "codes", None)
+        if isinstance(codes, CategoryCodes):
+            return codes
+        if "codes" not in self._lookups:
+            self._lookups["codes"] = CategoryCodes.from_products(self.products)
+        return self._lookups["codes"]
+
     def categories(self) -> list[str]:
-        return sorted({p.category for p in self.products if p.category})
+        """Top-level categories holding products, sorted: O(category prefixes), from the counts."""
+        return self.category_codes().categories()
 
     def labels(self) -> np.ndarray:
-        return np.array([p.category or "" for p in self.products], dtype=object)
+        """Top-level category per row ("" = unlabelled), an object array: O(N) numpy, for batch
+        callers (evaluation, calibration); the Categorizer votes from `category_codes()`."""
+        return self.category_codes().labels()
 
     def product_rows(self) -> dict[str, int]:
+        """Product id -> row for every product: O(N), reads the whole table (tests, tools)."""
         return {p.id: i for i, p in enumerate(self.products)}
 
     def row_of(self, product_id: str) -> int | None:
-        """Row of a product id: the base's map is built once per process and base (O(N) once),
-        the deltas' once per loaded store (O(delta rows))."""
+        """Row of a product id: the base's by its SQLite index (O(log N), no per-process map),
+        the deltas' from a dict built once per loaded store (O(delta rows))."""
+        if isinstance(self.products, ProductRows):
+            return self.products.row_of(product_id)
         if "rows" not in self._lookups:
-            if self.base is None:
-                self._lookups["rows"] = self.product_rows()
-            else:
-                nb = len(self.base.products)
-                delta = {p.id: nb + i for i, p in enumerate(self.products[nb:])}
-                self._lookups["rows"] = ChainMap(delta, self.base.ids())
+            self._lookups["rows"] = self.product_rows()
         return self._lookups["rows"].get(product_id)
 
     def category_index(self) -> CategoryIndex:
-        """Rows and counts per category prefix, built once per loaded version (O(N) once)."""
+        """Rows and counts per category prefix from the codes: built per loaded store in O(1);
+        each prefix's rows O(N) numpy on first use (cached)."""
         if "categories" not in self._lookups:
-            self._lookups["categories"] = CategoryIndex(self, self.products)
+            self._lookups["categories"] = CategoryIndex(self, self.category_codes())
         return self._lookups["categories"]
 
     def positions(self, channel: str) -> np.ndarray:
@@ -252,29 +279,17 @@ class IndexStore:
 class _Base:
     """A loaded base segment, shared by every store this process loads on it (`_BASES`)."""
 
-    products: list[Product]
+    products: ProductTable
     modalities: dict[str, tuple[np.ndarray, np.ndarray, faiss.Index]]
     lexical: LexicalIndex | None
-    _ids: dict[str, int] | None = None
-    _categories: set[str] | None = None
-
-    def categories(self) -> set[str]:
-        """The base's leaf categories, scanned once per process and base: O(N) once."""
-        if self._categories is None:
-            self._categories = {p.category for p in self.products if p.category}
-        return self._categories
-
-    def ids(self) -> dict[str, int]:
-        """Product id -> row, built once per process and base: O(N) once."""
-        if self._ids is None:
-            self._ids = {p.id: i for i, p in enumerate(self.products)}
-        return self._ids
+    codes: CategoryCodes  # the base's rows only (memory-mapped paths.npy), counts from its manifest
 
 
 @dataclass
 class _Delta:
     products: list[Product]
     manifest: dict
+    counts: dict[tuple[str, ...], int]  # products per category prefix (its manifest's, else counted)
     vectors: dict[str, tuple[np.ndarray, np.ndarray]]
     lexical: tuple | None
 
@@ -315,18 +330,30 @@ def _read_faiss(file: Path) -> faiss.Index:
 def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     """The base segment of a version, from the process cache when its files are unchanged.
 
-    First load: O(N) to parse products (and the lexical matrix), O(1) for the mapped vectors
-    and FAISS indexes beyond the row checks; later loads: O(files)."""
+    First load: O(log N) to open the products' SQLite table, O(1) for the mapped category codes,
+    vectors and FAISS indexes beyond the row checks (O(N) numpy range checks of the mapped
+    rows and codes), O(nnz) for the lexical matrix; later loads: O(files)."""
     key = _identity(vdir, manifest)
     with _BASES_LOCK:
         if key in _BASES:
             _BASES.move_to_end(key)
             return _BASES[key]
     counts, dims = manifest.get("counts", {}), manifest.get("dims", {})
-    with _reading(vdir / "products.jsonl", label):
-        with open(vdir / "products.jsonl", encoding="utf-8") as fh:
-            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
-        _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
+    catalog = manifest.get("catalog") or {}
+    with _reading(vdir / "manifest.json", label):
+        n_products = int(counts["products"])
+        paths = [tuple(str(level) for level in p) for p in catalog["paths"]]
+        prefix_counts = counts_from_json(catalog["counts"])
+        _expect(catalog.get("products") == n_products, f"catalog holds {catalog.get('products')}, counts {counts}")
+    products = ProductTable(vdir / PRODUCTS_FILE, n_products, label)
+    with _reading(vdir / PRODUCTS_FILE, label):
+        products.check()
+    with _reading(vdir / PATHS_FILE, label):
+        codes = np.load(vdir / PATHS_FILE, mmap_mode="r", allow_pickle=False)
+        _expect(codes.shape == (n_products,) and codes.dtype == CODE_DTYPE, f"codes {codes.shape} {codes.dtype}")
+        _expect(
+            n_products == 0 or (int(codes.min()) >= -1 and int(codes.max()) < len(paths)), "codes outside the paths"
+        )
     modalities = {}
     for modality in manifest["modalities"]:
         n, dim = counts.get(modality), dims.get(modality)
@@ -347,7 +374,7 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
             n = manifest["lexical"].get("count")
             _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
             _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
-    base = _Base(products, modalities, lexical)
+    base = _Base(products, modalities, lexical, CategoryCodes(paths, codes, np.zeros(0, CODE_DTYPE), prefix_counts))
     with _BASES_LOCK:
         _BASES[key] = base
         while len(_BASES) > _BASES_KEPT:
@@ -375,6 +402,9 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
         with open(ddir / "products.jsonl", encoding="utf-8") as fh:
             products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
         _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
+        stored = manifest.get("category_counts")
+        paths = (p.category_path for p in products)
+        prefix_counts = counts_from_json(stored) if stored is not None else count_prefixes(paths)
     vectors = {}
     for modality in manifest.get("modalities", []):
         with _reading(ddir / f"{modality}.npy", label):
@@ -392,7 +422,7 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
             rows = np.load(ddir / "lexical.rows.npy", allow_pickle=False)
             _expect(matrix.shape[0] == len(rows) == counts["lexical"], "lexical rows disagree with the manifest")
         lexical = (matrix, rows)
-    delta = _Delta(products, manifest, vectors, lexical)
+    delta = _Delta(products, manifest, prefix_counts, vectors, lexical)
     with _BASES_LOCK:
         _DELTAS[key] = delta
         while len(_DELTAS) > _DELTAS_KEPT:
@@ -413,11 +443,12 @@ def _combine(
 
     A modality with deltas is searched through a FAISS IndexShards (the base's index + one
     exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
-    Cost: O(delta rows) plus O(N) pointer copies for the product list, and O(nnz) to stack
-    the lexical matrices when the deltas hold text."""
-    products = list(base.products)
-    for delta in deltas:
-        products.extend(delta.products)
+    Cost: O(delta rows) for the products and their category codes (the base's SQLite table
+    and mapped codes are shared, not copied), O(deltas · prefixes) for the category counts,
+    and O(nnz) to stack the lexical matrices when the deltas hold text."""
+    added_products = [p for d in deltas for p in d.products]
+    codes = base.codes.extended([(d.products, d.counts) for d in deltas])
+    products = ProductRows(base.products, added_products, codes)
     modalities: dict[str, ModalityIndex] = {}
     for modality in sorted(set(base.modalities) | {m for d in deltas for m in d.vectors}):
         added = [d.vectors[modality] for d in deltas if modality in d.vectors]
@@ -454,8 +485,7 @@ def _combine(
                 counts[key] = counts.get(key, 0) + value
     manifest["counts"] = counts
     if deltas:
-        added_categories = {p.category for d in deltas for p in d.products if p.category}
-        manifest["categories"] = sorted(base.categories() | added_categories)
+        manifest["categories"] = codes.categories()
         manifest["added_products"] = manifest.get("added_products", 0) + sum(len(d.products) for d in deltas)
         manifest["modalities"] = sorted(modalities)
         if manifest.get("lexical") and lexical is not None:
@@ -584,7 +614,7 @@ def _next_version(path: Path) -> str:
 
 def publish(
     path: str | Path,
-    products: list[Product],
+    products: Iterable[Product],
     vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
     manifest: dict,
     factory: str = DEFAULT_FACTORY,
@@ -596,6 +626,11 @@ def publish(
     `vectors[modality] = (vectors, rows)`; `indexes` may hand over FAISS indexes already
     holding those vectors (an add extends the live one instead of retraining). The
     caller holds `write_lock(path)`.
+
+    `products` may be any iterable (a list, a loaded store's ProductRows, a generator): they
+    are streamed into the base's SQLite table in batches (`ProductsWriter`), so the products
+    cost O(batch) memory here; their category codes and prefix counts go to paths.npy and the
+    manifest's `catalog`. Duplicate ids are refused.
     """
     staging = stage_version(path, products, vectors, manifest, factory, indexes, lexical)
     return commit_version(Path(path), staging)
@@ -603,7 +638,7 @@ def publish(
 
 def stage_version(
     path: str | Path,
-    products: list[Product],
+    products: Iterable[Product],
     vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
     manifest: dict,
     factory: str = DEFAULT_FACTORY,
@@ -615,7 +650,9 @@ def stage_version(
     while adds go on); the staging folder is removed if writing fails."""
     writer = new_base_writer(path, {m: np.shape(v)[1] for m, (v, _) in vectors.items()}, factory, indexes)
     with writer:
-        writer.add(products, vectors)
+        writer.add_all_products(products)
+        for modality, (vecs, rows) in vectors.items():
+            writer.add_vectors(modality, vecs, rows)
         return finish_base(writer, manifest, lexical)
 
 
@@ -763,7 +800,12 @@ def append(
             [p.to_record() for p in new_products],
             vectors,
             lexical,
-            {"format_version": FORMAT_VERSION, "vector_dtype": np.dtype(VECTOR_DTYPE).name, "written_at": stamp},
+            {
+                "format_version": FORMAT_VERSION,
+                "vector_dtype": np.dtype(VECTOR_DTYPE).name,
+                "written_at": stamp,
+                "category_counts": counts_to_json(count_prefixes(p.category_path for p in new_products)),
+            },
         )
         out = IndexStore.load(path)
     if out.delta_rows() >= DELTA_COMPACT_ROWS and compact_past_threshold:

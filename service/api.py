@@ -64,6 +64,14 @@ def find_row(store: IndexStore, product_id: str) -> int:
     return row
 
 
+def names_upload(store: IndexStore, name: str) -> bool:
+    """True when a product of `store` names the uploaded photo `name`. Uploads are named
+    `<product id>.<ext>` (`stage_upload`), so this is one lookup by id: O(log N), no scan."""
+    row = store.row_of(Path(name).stem)
+    image = store.products[row].image if row is not None else None
+    return bool(image) and Path(image or "").name == name
+
+
 def hits_public(live: Loaded, hits: Sequence[Neighbor]) -> list[dict]:
     out = []
     for hit in hits:
@@ -276,7 +284,7 @@ def add_product() -> Response:
         """Under the write lock, once this add is known to win: the photo takes its name."""
         if staged is not None and final is not None:
             os.replace(staged, final)
-        clean_orphans(index_dir, {Path(p.image).name for p in winner.products if p.image} | {product.image or ""})
+        clean_orphans(index_dir, lambda name: name == product.image or names_upload(winner, name))
 
     try:
         store, report = add_products(

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,13 +89,17 @@ def stage_upload(index_dir: Path, product_id: str, data: bytes) -> tuple[Path, P
     return Path(staged).resolve(), final.resolve()
 
 
-def clean_orphans(index_dir: Path, referenced: set[str], staged_older_than: float = STAGING_MAX_AGE) -> list[Path]:
-    """Delete photos in INDEX_DIR/uploads that no product of the live version names, and
-    staging files older than `staged_older_than` seconds (adds killed before they won).
+def clean_orphans(
+    index_dir: Path, referenced: Callable[[str], bool], staged_older_than: float = STAGING_MAX_AGE
+) -> list[Path]:
+    """Delete photos in INDEX_DIR/uploads that no product of the live version names
+    (`referenced(file name)` is False), and staging files older than `staged_older_than`
+    seconds (adds killed before they won).
 
     The caller holds the index's write lock (photos are moved into place only under it, so
     an unreferenced photo belongs to no add in flight); younger staging files may belong
-    to adds still encoding. O(files in uploads/)."""
+    to adds still encoding. O(files in uploads/) calls of `referenced`, never a scan of the
+    catalogue."""
     folder = Path(index_dir) / UPLOADS
     if not folder.is_dir():
         return []
@@ -106,7 +111,7 @@ def clean_orphans(index_dir: Path, referenced: set[str], staged_older_than: floa
         if item.name.startswith(STAGING_PREFIX):
             orphan = now - item.stat().st_mtime > staged_older_than
         else:
-            orphan = item.name not in referenced
+            orphan = not referenced(item.name)
         if orphan:
             item.unlink(missing_ok=True)
             removed.append(item)

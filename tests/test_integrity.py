@@ -27,7 +27,8 @@ from indexer.store import (
 
 DAMAGES = ("truncated", "flipped", "empty")
 FILES = [
-    "products.jsonl",
+    "products.sqlite",
+    "paths.npy",
     "image.npy",
     "image.rows.npy",
     "image.faiss",
@@ -103,7 +104,7 @@ def test_damaged_manifest_is_refused(index, how):
 def test_verify_command_reports_ok(index, capsys):
     _, out = index
     assert main(["verify", str(out), "--all"]) == 0
-    assert "ok, 11 files" in capsys.readouterr().out
+    assert "ok, 12 files" in capsys.readouterr().out
 
 
 def test_add_on_a_damaged_version_is_refused_and_prunes_nothing(index, tmp_path):
@@ -124,7 +125,7 @@ def test_pruning_keeps_the_last_version_that_verified(index, tmp_path):
     """Three damaged versions on top of a good one, then a rebuild: the new version verifies,
     and it is kept; no good version is lost on the way."""
     dataset, out = index
-    for name in ("text.faiss", "image.npy", "products.jsonl"):
+    for name in ("text.faiss", "image.npy", "products.sqlite"):
         new_damaged_version(out, name, "truncated")
     build_index(dataset["folder"], out, encoder=FakeEncoder(), progress=False, calibrate_decision=False)
     live = read_current(out)

@@ -30,7 +30,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROBLEM = "application/problem+json"
 DAMAGES = ("truncated", "flipped", "empty")
 FILE_KINDS = (
-    "products.jsonl",
+    "products.sqlite",
+    "paths.npy",
     "text.npy",
     "text.rows.npy",
     "text.faiss",
