@@ -1,9 +1,10 @@
 """The index on disk: one FAISS index per modality, product metadata, a manifest.
 
-Layout of an index directory (format 2)::
+Layout of an index directory (format 3)::
 
     CURRENT                 name of the live version (replaced atomically)
-    versions/<n>/manifest.json, products.jsonl, <modality>.npy (float16), <modality>.faiss, ...
+    versions/<n>/manifest.json, products.jsonl, <modality>.npy (float16, or int8 + <modality>.scale.npy),
+                 <modality>.faiss, lexical.{data,indices,indptr}.npy, lexical.postings.*.npy, ...
     versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.segments)
     cache.sqlite            embedding cache (see indexer.cache)
 
@@ -14,13 +15,14 @@ swaps the version's deltas/LIST the same way. A writer killed at any point leave
 index loadable. Writers take an exclusive lock, readers never wait; readers notice a new
 version or delta by re-reading CURRENT and LIST (`IndexStore.is_stale`).
 
-Loading memory-maps the dense vectors (float16) and, where the type allows (Flat, IVF, HNSW in
-this FAISS, read-only), the FAISS indexes, so the workers of a machine share them in the page cache. The
+Loading memory-maps the dense vectors (float16 or int8), the lexical arrays and, where the type
+allows (Flat, IVF, HNSW in this FAISS, read-only), the FAISS indexes, so the workers of a machine
+share them in the page cache. The
 loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
 deltas.
 
-Format 1 indexes (float32 vectors, no deltas) are refused with "rebuild it with `python -m
-indexer build`".
+Older formats (1: float32 vectors, no deltas; 2: lexical.npz rebuilt into postings on load)
+are refused with "rebuild it with `python -m indexer build`".
 """
 
 from __future__ import annotations
@@ -43,20 +45,39 @@ import numpy as np
 
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
-from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_search, search_params
+from .faiss_search import (
+    AUTO,
+    apply_search_params,
+    build_faiss_index,
+    choose_factory,
+    filtered_search,
+    refine,
+    search_params,
+    search_settings_for,
+)
 from .filters import CategoryIndex, PositionFilter
 from .integrity import describe_files, verify_files
-from .lexical import LexicalIndex
-from .segments import VECTOR_DTYPE, StackedVectors, as_float32, read_list, write_delta
+from .lexical import DEFAULT_POSTINGS_CAP, LexicalIndex, postings_cap
+from .segments import (
+    VECTOR_DTYPE,
+    StackedVectors,
+    StoredVectors,
+    as_float32,
+    load_vectors,
+    read_list,
+    save_vectors,
+    vector_dtype_for,
+    write_delta,
+)
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from .text import encoder_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: memory-mapped lexical arrays + postings, int8 vectors, "faiss" choices
 # Past this many rows in the deltas, an add compacts them into a new base (inline, under the
 # write lock). bench/bench_scale.py prints the single-add latency and the compaction time.
 DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
 _BASES_KEPT = 2
-DEFAULT_FACTORY = "Flat"
+DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 KEEP_VERSIONS = 3
@@ -76,17 +97,19 @@ __all__ = [
 class ModalityIndex:
     """Vectors of one modality; `rows[i]` is the product row of vector i."""
 
-    vectors: np.ndarray | StackedVectors
+    vectors: StoredVectors | StackedVectors
     rows: np.ndarray
     index: faiss.Index
     parts: tuple = ()  # the FAISS indexes an IndexShards searches: kept alive with it
+    refine: int = 1  # > 1: ask the index for refine x k and keep the k best by stored vector
 
     def search(
         self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, product rows) of the k nearest vectors; rows are -1 past the end.
 
-        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)).
+        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)),
+        plus O(refine·k·d) per query to re-score the candidates with the stored vectors.
         With `allowed`, only those positions are returned (see `filtered_search`).
         """
         if allowed is not None:
@@ -95,7 +118,12 @@ class ModalityIndex:
         if self.index.ntotal == 0:
             n = len(queries)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-        sims, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.refine > 1:
+            _, candidates = self.index.search(queries, min(k * self.refine, self.index.ntotal))
+            sims, positions = refine(self.vectors, queries, candidates, k)
+        else:
+            sims, positions = self.index.search(queries, k)
         rows = np.where(positions >= 0, self.rows[np.clip(positions, 0, None)], -1)
         return sims, rows
 
@@ -109,16 +137,13 @@ class ModalityIndex:
 
 
 def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
-    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric."""
-    dim = vectors.shape[1]
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        if len(vectors) == 0:
-            raise IndexStoreError(f"FAISS index {factory!r} needs training vectors")
-        index.train(vectors)
-    if len(vectors):
-        index.add(vectors)
-    return index
+    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric ("auto" resolved
+    by size, see indexer.faiss_search.choose_factory)."""
+    factory = choose_factory(factory, len(vectors), int(vectors.shape[1]))
+    try:
+        return build_faiss_index(vectors, factory)[0]
+    except ValueError as exc:
+        raise IndexStoreError(str(exc)) from None
 
 
 @dataclass
@@ -172,7 +197,11 @@ class IndexStore:
             apply_search_params(index, settings)
         deltas = read_list(vdir)
         parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
-        return _combine(cls, path, version, manifest, base, deltas, parts)
+        store = _combine(cls, path, version, manifest, base, deltas, parts)
+        for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
+            exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
+            channel.refine = 1 if exact else settings["refine"]
+        return store
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version or delta: two small file reads."""
@@ -253,7 +282,7 @@ class _Base:
     """A loaded base segment, shared by every store this process loads on it (`_BASES`)."""
 
     products: list[Product]
-    modalities: dict[str, tuple[np.ndarray, np.ndarray, faiss.Index]]
+    modalities: dict[str, tuple[StoredVectors, np.ndarray, faiss.Index]]
     lexical: LexicalIndex | None
     _ids: dict[str, int] | None = None
     _categories: set[str] | None = None
@@ -275,7 +304,7 @@ class _Base:
 class _Delta:
     products: list[Product]
     manifest: dict
-    vectors: dict[str, tuple[np.ndarray, np.ndarray]]
+    vectors: dict[str, tuple[StoredVectors, np.ndarray]]
     lexical: tuple | None
 
 
@@ -291,11 +320,13 @@ def _identity(vdir: Path, manifest: Mapping) -> tuple:
     return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
 
 
-def _read_vectors(file: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Memory-mapped float16 vectors (pages shared by every process that maps the file)."""
-    vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
+    """Memory-mapped vectors in the manifest's precision (pages shared by every process that maps them)."""
+    try:
+        vectors = load_vectors(folder, modality, dtype)
+    except ValueError as exc:
+        raise _Mismatch(str(exc)) from exc
     _expect(vectors.shape == shape, f"shape {vectors.shape}, manifest says {shape}")
-    _expect(vectors.dtype == VECTOR_DTYPE, f"dtype {vectors.dtype}, expected {np.dtype(VECTOR_DTYPE)}")
     return vectors
 
 
@@ -331,7 +362,7 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     for modality in manifest["modalities"]:
         n, dim = counts.get(modality), dims.get(modality)
         with _reading(vdir / f"{modality}.npy", label):
-            vectors = _read_vectors(vdir / f"{modality}.npy", (n, dim))
+            vectors = _read_vectors(vdir, modality, manifest.get("vector_dtype", "float16"), (n, dim))
         with _reading(vdir / f"{modality}.rows.npy", label):
             rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
             _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
@@ -342,8 +373,8 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
         modalities[modality] = (vectors, rows, index)
     lexical = None
     if manifest.get("lexical"):
-        with _reading(vdir / "lexical.npz", label):
-            lexical = LexicalIndex.load(vdir)
+        with _reading(vdir / "lexical.data.npy", label):
+            lexical = LexicalIndex.load(vdir, postings_cap(manifest["lexical"].get("cap")))
             n = manifest["lexical"].get("count")
             _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
             _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
@@ -378,9 +409,11 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     vectors = {}
     for modality in manifest.get("modalities", []):
         with _reading(ddir / f"{modality}.npy", label):
-            vecs = np.load(ddir / f"{modality}.npy", allow_pickle=False)
-            _expect(vecs.ndim == 2 and len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
-            _expect(vecs.dtype == VECTOR_DTYPE, f"dtype {vecs.dtype}")
+            try:
+                vecs = load_vectors(ddir, modality, manifest.get("vector_dtype", "float16"), mmap=False)
+            except ValueError as exc:
+                raise _Mismatch(str(exc)) from exc
+            _expect(len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
         with _reading(ddir / f"{modality}.rows.npy", label):
             rows = np.load(ddir / f"{modality}.rows.npy", allow_pickle=False)
             _expect(rows.shape == (len(vecs),), f"rows {rows.shape}, expected ({len(vecs)},)")
@@ -414,7 +447,7 @@ def _combine(
     A modality with deltas is searched through a FAISS IndexShards (the base's index + one
     exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
     Cost: O(delta rows) plus O(N) pointer copies for the product list, and O(nnz) to stack
-    the lexical matrices when the deltas hold text."""
+    the lexical deltas (their own small matrix, searched beside the base's: O(delta nnz))."""
     products = list(base.products)
     for delta in deltas:
         products.extend(delta.products)
@@ -443,9 +476,7 @@ def _combine(
     lexical = base.lexical
     lex = [d.lexical for d in deltas if d.lexical is not None and d.lexical[0].shape[0]]
     if lexical is not None and lex:
-        import scipy.sparse as sp
-
-        lexical = lexical.extend(sp.vstack([m for m, _ in lex]).tocsr(), np.concatenate([r for _, r in lex]))
+        lexical = lexical.with_delta(lex)
     manifest = dict(manifest)
     counts = dict(manifest.get("counts", {}))
     for delta in deltas:
@@ -606,16 +637,23 @@ def publish(
                 fh.write(json.dumps(product.to_record(), ensure_ascii=False) + "\n")
         counts = {"products": len(products)}
         dims = {}
+        dtype = vector_dtype_for(len(products))
+        built = {m: dict(e) for m, e in (manifest.get("faiss") or {}).items() if m in (indexes or {})}
         for modality, (vecs, rows) in vectors.items():
             if modality not in MODALITIES:
                 raise ValueError(f"unknown modality {modality!r}")
             vecs = l2_normalize(vecs)
             rows = np.asarray(rows, dtype=np.int64)
-            np.save(staging / f"{modality}.npy", vecs.astype(VECTOR_DTYPE))
+            save_vectors(staging, modality, vecs, dtype)
             np.save(staging / f"{modality}.rows.npy", rows)
             index = (indexes or {}).get(modality)
             if index is None:
-                index = make_faiss_index(vecs, factory)
+                resolved = choose_factory(factory, len(vecs), int(vecs.shape[1]))
+                try:
+                    index, built[modality] = build_faiss_index(vecs, resolved)
+                except ValueError as exc:
+                    raise IndexStoreError(str(exc)) from None
+            built.setdefault(modality, {"factory": factory if factory != AUTO else "Flat"})
             if index.ntotal != len(vecs):
                 raise IndexStoreError(f"{modality} index holds {index.ntotal} vectors, expected {len(vecs)}")
             faiss.write_index(index, str(staging / f"{modality}.faiss"))
@@ -625,18 +663,25 @@ def publish(
             lexical.save(staging)
         manifest = dict(manifest)
         manifest["lexical"] = (
-            {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
+            {
+                "model_id": lexical.model_id,
+                "vocabulary": lexical.dim,
+                "count": int(lexical.ntotal),
+                "cap": postings_cap(DEFAULT_POSTINGS_CAP),
+            }
             if lexical is not None
             else None
         )
+        approximate = [e["factory"] for e in built.values() if e["factory"] != "Flat"]
         manifest.update(
             format_version=FORMAT_VERSION,
-            vector_dtype=np.dtype(VECTOR_DTYPE).name,
+            vector_dtype=dtype,
             modalities=sorted(vectors),
             counts=counts,
             dims=dims,
             index_factory=factory,
-            search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS),
+            faiss=built,
+            search=manifest.get("search") or search_settings_for(approximate[0] if approximate else "Flat"),
             metric="inner_product",
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
