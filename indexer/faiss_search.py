@@ -52,7 +52,7 @@ PQ_SUB_DIMS = 20  # about this many dimensions per PQ sub-quantiser (m divides d
 TRAIN_ROWS = 65_536  # vectors the IVF-PQ is trained on (a seeded sample; all of them below that)
 TRAIN_SEED = 0
 ADD_CHUNK = 50_000  # vectors converted to float32 and added at a time: O(chunk·d) memory
-LARGE_SEARCH_PARAMS = {"nprobe": 32, "efSearch": 64, "refine": 8}  # for the IVF-PQ bases: see bench
+LARGE_SEARCH_PARAMS = {"nprobe": 32, "efSearch": 64, "refine": 16}  # for the IVF-PQ bases: see bench
 EXACT_FILTER_ROWS = 4096  # on HNSW/IVF, allowed sets up to this size are scanned exactly (O(|allowed|·d))
 
 
