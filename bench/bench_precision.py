@@ -1,14 +1,17 @@
-"""Effect of float16 vector storage on the real catalogue's figures.
+"""Effect of compact vector storage (float16, int8 with a scale per row) on the real catalogue's figures.
 
-The store keeps dense vectors as float16 (indexer.segments.VECTOR_DTYPE) for the exact fused
-re-rank; the FAISS index holds its own float32 copy for candidate search. This script runs
-the project's nested protocol (indexer.calibration.nested_predictions: grouped outer folds,
-parameters and threshold fitted inside the training folds, fused image + text, one fold seed)
-and the deployment fit (calibrate) twice on the same index:
-- "float16": the store as loaded (the vectors the service re-ranks with);
-- "float32": the same store with its vectors replaced by the build's float32 vectors, read
-  back from the Flat FAISS index (which stores them as built).
-and prints the nested accuracy, auto coverage and auto precision, and the deployment threshold.
+The store keeps dense vectors compactly for the exact fused re-rank (indexer.segments: float16
+below COMPACT_ROWS products, int8 row-scaled from there, the manifest's `vector_dtype`). This
+script runs the project's nested protocol (indexer.calibration.nested_predictions: grouped outer
+folds, parameters and threshold fitted inside the training folds, fused image + text, one fold
+seed) and the deployment fit (calibrate) on the same index with three precisions:
+- "float32": the build's float32 vectors, read back from the Flat FAISS index (which stores
+  them as built);
+- "float16": the store as a small index loads it;
+- "int8": those float32 vectors quantised as a large base stores them (`quantize_int8`: no
+  parameter fitted on data, so nothing leaks across folds).
+and prints the nested accuracy, auto coverage and auto precision, the deployment threshold, and
+the share of nested predictions whose category equals float32's.
 
 Run: .venv/bin/python bench/bench_precision.py [INDEX_DIR]   (default var/index)
 """
@@ -34,10 +37,11 @@ from indexer.calibration import (
     nested_predictions,
     usable_folds,
 )
+from indexer.segments import RowScaledInt8, quantize_int8
 from indexer.store import IndexStore, ModalityIndex
 
 
-def float32_copy(store: IndexStore, vectors: dict[str, np.ndarray]) -> IndexStore:
+def float32_copy(store: IndexStore, vectors: dict) -> IndexStore:
     modalities = {
         name: ModalityIndex(vectors=vectors[name], rows=np.asarray(channel.rows), index=channel.index)
         for name, channel in store.modalities.items()
@@ -58,7 +62,8 @@ def main() -> None:
     store = IndexStore.load(index_dir)
     print(f"index {index_dir} version {store.version}: {len(store.products)} products (real data)")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if store.manifest["index_factory"] != "Flat" or store.deltas:
+    flat = all(e.get("factory") == "Flat" for e in (store.manifest.get("faiss") or {}).values())
+    if not flat or store.deltas:
         sys.exit("needs a compacted Flat index (its FAISS index holds the float32 vectors)")
     f32 = build_float32(store)
     for name, vecs in f32.items():
@@ -71,7 +76,13 @@ def main() -> None:
     groups = near_duplicate_groups(store)
     folds = grouped_folds(store.labels(), groups, usable_folds(store.labels(), groups), SEED)
     labels = store.labels()
-    for label, candidate in (("float32", float32_copy(store, f32)), ("float16", store)):
+    int8 = {name: RowScaledInt8(*quantize_int8(vecs)) for name, vecs in f32.items()}
+    for name, vecs in f32.items():
+        err = np.abs(np.asarray(int8[name]) - vecs).max()
+        print(f"{name}: max |int8 - float32| {err:.2e} (scale per row: max|x| / 127)")
+    reference = None
+    candidates = (("float32", float32_copy(store, f32)), ("float16", store), ("int8", float32_copy(store, int8)))
+    for label, candidate in candidates:
         t0 = time.perf_counter()
         run = nested_predictions(candidate, folds, groups, {"fused": FUSED})["fused"]
         done = [(i, p) for i, p in enumerate(run.predictions) if p is not None]
@@ -86,6 +97,10 @@ def main() -> None:
             f"deployment threshold {threshold} ({time.perf_counter() - t0:.1f} s)"
         )
         print(f"{label}: deployment settings chosen {chosen}")
+        categories = [p.category if p is not None else None for p in run.predictions]
+        reference = categories if reference is None else reference
+        same = np.mean([a == b for a, b in zip(categories, reference, strict=True)])
+        print(f"{label}: nested predictions with float32's category {same:.4f}")
 
 
 if __name__ == "__main__":

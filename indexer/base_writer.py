@@ -2,11 +2,15 @@
 
 Build, ingest and compaction all write a base through `BaseWriter` (`indexer.store.publish` is
 a writer fed once). Products and vectors are appended to files in a staging folder as they
-come; at `finish` the vectors become the memory-mapped float16 `.npy` files the store reads,
-and each FAISS index is either handed over, filled batch by batch as vectors arrive (indexes
+come, in the precision the expected size calls for (`segments.vector_dtype_for`: float16, or
+int8 with a scale per row for large bases); at `finish` they become the memory-mapped `.npy`
+files the store reads. The FAISS factory is resolved from the expected size too
+(`faiss_search.choose_factory`: Flat below LARGE_BASE_ROWS, IVF-PQ above), and each index is
+either handed over, filled batch by batch with the float32 unit vectors as they arrive (indexes
 that need no training: Flat, HNSW), or trained on a seeded sample of at most TRAIN_ROWS stored
-vectors and then filled from the mapped file in ADD_BATCH slices (IVF, PQ). The staging folder
-is then fsync'd and checksummed; `indexer.store.commit_version` makes it live.
+vectors and then filled from the mapped file in ADD_BATCH slices (IVF, PQ:
+`faiss_search.build_faiss_index`). The staging folder is then fsync'd and checksummed;
+`indexer.store.commit_version` makes it live.
 
 Memory: O(batch) for products and vectors, plus the FAISS index itself (its codes: for a Flat
 index that is every vector in float32, hence trained compressed factories for big catalogues)
@@ -29,19 +33,21 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from . import faiss_search
 from .catalog import Product
 from .encoders.base import MODALITIES, l2_normalize
+from .faiss_search import build_faiss_index, choose_factory, search_settings_for
 from .integrity import describe_files
+from .lexical import DEFAULT_POSTINGS_CAP, postings_cap
 from .products_db import WRITE_BATCH, ProductsWriter
-from .segments import VECTOR_DTYPE
+from .segments import VECTOR_DTYPE, StoredVectors, load_vectors, quantize_int8, vector_dtype_for
 from .store_errors import IndexStoreError
 
 if TYPE_CHECKING:
     from .lexical import LexicalIndex
 
-TRAIN_ROWS = 65_536  # vectors a trained FAISS index (IVF, PQ) learns from: a seeded sample
+TRAIN_ROWS = faiss_search.TRAIN_ROWS  # vectors a trained FAISS index (IVF, PQ) learns from: a seeded sample
 ADD_BATCH = 65_536  # stored vectors converted to float32 and added to FAISS at a time
-TRAIN_SEED = 0
 
 
 def staging_prefix() -> str:
@@ -49,53 +55,61 @@ def staging_prefix() -> str:
     return f".staging-{os.getpid()}-"
 
 
-def new_faiss_index(dim: int, factory: str) -> faiss.Index:
-    """An empty FAISS index from the factory string, inner product (= cosine on unit vectors)."""
-    return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-
-
 class _VectorFile:
-    """One modality's vectors and rows appended as raw bytes while a base is written."""
+    """One modality's vectors and rows appended as raw bytes, in the segment's precision, while a
+    base is written (int8: codes and per-row scales, `segments.quantize_int8`, row by row, so
+    nothing is fitted on the catalogue)."""
 
-    def __init__(self, folder: Path, modality: str, dim: int, index: faiss.Index | None) -> None:
-        self.modality, self.dim, self.count = modality, dim, 0
-        self.raw = folder / f".{modality}.f16"
+    def __init__(self, folder: Path, modality: str, dim: int, dtype: str, index: faiss.Index | None) -> None:
+        self.modality, self.dim, self.dtype, self.count = modality, dim, dtype, 0
+        self.raw = folder / f".{modality}.raw"
+        self.scales = folder / f".{modality}.scales"
         self.rows = folder / f".{modality}.rows"
         self._raw = open(self.raw, "wb")  # noqa: SIM115 - closed by finish/abort
+        self._scales = open(self.scales, "wb")  # noqa: SIM115
         self._rows = open(self.rows, "wb")  # noqa: SIM115
         self.index = index  # filled as vectors arrive (no training needed), or None
 
     def append(self, vectors: np.ndarray, rows: np.ndarray) -> None:
-        self._raw.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
+        if self.dtype == "int8":
+            codes, scale = quantize_int8(vectors)
+            self._raw.write(np.ascontiguousarray(codes).tobytes())
+            self._scales.write(np.ascontiguousarray(scale, dtype=np.float32).tobytes())
+        else:
+            self._raw.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
         self._rows.write(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
         if self.index is not None and len(vectors):
             self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.count += len(vectors)
 
     def close(self) -> None:
-        self._raw.close()
-        self._rows.close()
+        for fh in (self._raw, self._scales, self._rows):
+            fh.close()
 
-    def materialise(self, folder: Path, products: int) -> np.ndarray:
-        """The `.npy` files the store maps, copied from the raw appends in ADD_BATCH slices;
-        refuses rows that point outside the `products` written."""
+    def materialise(self, folder: Path, products: int) -> StoredVectors:
+        """The `.npy` files the store maps (`segments.load_vectors` reads them back), copied from
+        the raw appends in ADD_BATCH slices; refuses rows pointing outside the `products` written."""
         self.close()
+        code_dtype = np.int8 if self.dtype == "int8" else VECTOR_DTYPE
         stored = np.lib.format.open_memmap(
-            folder / f"{self.modality}.npy", mode="w+", dtype=VECTOR_DTYPE, shape=(self.count, self.dim)
+            folder / f"{self.modality}.npy", mode="w+", dtype=code_dtype, shape=(self.count, self.dim)
         )
-        raw = np.memmap(self.raw, dtype=VECTOR_DTYPE, mode="r", shape=(self.count, self.dim)) if self.count else None
-        for start in range(0, self.count, ADD_BATCH):
-            assert raw is not None
-            stored[start : start + ADD_BATCH] = raw[start : start + ADD_BATCH]
+        if self.count:
+            raw = np.memmap(self.raw, dtype=code_dtype, mode="r", shape=(self.count, self.dim))
+            for start in range(0, self.count, ADD_BATCH):
+                stored[start : start + ADD_BATCH] = raw[start : start + ADD_BATCH]
+            del raw
         stored.flush()
-        del raw
+        del stored
+        if self.dtype == "int8":
+            np.save(folder / f"{self.modality}.scale.npy", np.fromfile(self.scales, dtype=np.float32))
         rows = np.fromfile(self.rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= products):
             raise IndexStoreError(f"{self.modality} rows point outside the {products} products written")
         np.save(folder / f"{self.modality}.rows.npy", rows)
-        self.raw.unlink()
-        self.rows.unlink()
-        return np.load(folder / f"{self.modality}.npy", mmap_mode="r")
+        for tmp in (self.raw, self.scales, self.rows):
+            tmp.unlink()
+        return load_vectors(folder, self.modality, self.dtype)
 
 
 class BaseWriter:
@@ -110,7 +124,11 @@ class BaseWriter:
         dims: Mapping[str, int],
         factory: str,
         indexes: Mapping[str, faiss.Index] | None = None,
+        expected_rows: int = 0,
+        built: Mapping[str, Mapping] | None = None,
     ) -> None:
+        """`expected_rows` (products about to be written) picks the precision and resolves an
+        "auto" factory; `built` holds the manifest's `faiss` entries of the handed `indexes`."""
         for modality in dims:
             if modality not in MODALITIES:
                 raise ValueError(f"unknown modality {modality!r}")
@@ -118,15 +136,19 @@ class BaseWriter:
         self.staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=versions_dir))
         self.factory = factory
         self.count = 0
+        self.dtype = vector_dtype_for(expected_rows)
         self._handed = dict(indexes or {})
+        self._built = {m: dict(e) for m, e in (built or {}).items() if m in self._handed}
+        self._resolved: dict[str, str] = {}
         self._products = ProductsWriter(self.staging)
         self._vectors: dict[str, _VectorFile] = {}
         for modality, dim in dims.items():
             index = None
             if modality not in self._handed:
-                fresh = new_faiss_index(int(dim), factory)
+                resolved = self._resolved[modality] = choose_factory(factory, expected_rows, int(dim))
+                fresh = faiss.index_factory(int(dim), resolved, faiss.METRIC_INNER_PRODUCT)
                 index = fresh if fresh.is_trained else None
-            self._vectors[modality] = _VectorFile(self.staging, modality, int(dim), index)
+            self._vectors[modality] = _VectorFile(self.staging, modality, int(dim), self.dtype, index)
 
     def __enter__(self) -> BaseWriter:
         return self
@@ -181,9 +203,18 @@ class BaseWriter:
         catalog = self._products.finish()
         counts = {"products": int(catalog["products"])}
         dims = {}
+        built = dict(self._built)
         for modality, vf in self._vectors.items():
             stored = vf.materialise(self.staging, self.count)
-            index = self._handed.get(modality) or vf.index or _trained_index(stored, self.factory)
+            index = self._handed.get(modality) or vf.index
+            if index is None:
+                try:
+                    index, built[modality] = build_faiss_index(
+                        stored, self._resolved[modality], train_rows=TRAIN_ROWS, chunk=ADD_BATCH
+                    )
+                except ValueError as exc:
+                    raise IndexStoreError(str(exc)) from None
+            built.setdefault(modality, {"factory": self._resolved.get(modality, self.factory)})
             if index.ntotal != len(stored):
                 raise IndexStoreError(f"{modality} index holds {index.ntotal} vectors, expected {len(stored)}")
             faiss.write_index(index, str(self.staging / f"{modality}.faiss"))
@@ -193,12 +224,20 @@ class BaseWriter:
             lexical.save(self.staging)
         out = dict(manifest)
         out["lexical"] = (
-            {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
+            {
+                "model_id": lexical.model_id,
+                "vocabulary": lexical.dim,
+                "count": int(lexical.ntotal),
+                "cap": postings_cap(DEFAULT_POSTINGS_CAP),
+            }
             if lexical is not None
             else None
         )
+        approximate = [e["factory"] for e in built.values() if e["factory"] != "Flat"]
         out.update(
-            vector_dtype=np.dtype(VECTOR_DTYPE).name,
+            vector_dtype=self.dtype,
+            faiss=built,
+            search=manifest.get("search") or search_settings_for(approximate[0] if approximate else "Flat"),
             modalities=sorted(self._vectors),
             counts=counts,
             dims=dims,
@@ -227,19 +266,6 @@ def write_manifest(folder: Path, manifest: Mapping) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     with open(folder / "manifest.json", "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _trained_index(stored: np.ndarray, factory: str, seed: int = TRAIN_SEED) -> faiss.Index:
-    """A FAISS index that needs training: trained on a seeded sample of at most TRAIN_ROWS stored
-    vectors, then filled from the mapped file ADD_BATCH rows at a time. O(N·d) reads."""
-    index = new_faiss_index(stored.shape[1], factory)
-    if len(stored) == 0:
-        raise IndexStoreError(f"FAISS index {factory!r} needs training vectors")
-    sample = np.sort(np.random.default_rng(seed).permutation(len(stored))[:TRAIN_ROWS])
-    index.train(np.ascontiguousarray(stored[sample], dtype=np.float32))
-    for start in range(0, len(stored), ADD_BATCH):
-        index.add(np.ascontiguousarray(stored[start : start + ADD_BATCH], dtype=np.float32))
-    return index
 
 
 def batches(count: int, size: int) -> Iterator[slice]:

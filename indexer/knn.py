@@ -378,7 +378,7 @@ def stored_queries(
         pos = store.positions(channel)[rows]
         has = pos >= 0
         if channel == "lexical":
-            queries[channel] = (sp.diags(has.astype(np.float32)) @ index.matrix[np.maximum(pos, 0)]).tocsr()
+            queries[channel] = (sp.diags(has.astype(np.float32)) @ index.row_matrix(np.maximum(pos, 0))).tocsr()
         else:
             out = np.full((len(rows), index.vectors.shape[1]), np.nan, np.float32)
             out[has] = index.vectors[pos[has]]

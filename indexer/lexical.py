@@ -11,7 +11,20 @@ test texts are then transformed with a vocabulary and idf they did not shape.
 
 Search runs on the transposed matrix (term -> postings), so a query costs the postings
 of its terms, not the catalogue: 2.4 ms instead of 189 ms for the dense scan at 100k
-synthetic products (bench/bench_search_scale.py). BM25 as SQLite FTS5 ranks (same top
+synthetic products (bench/bench_search_scale.py).
+
+Segments: the base's TF-IDF rows and its postings are written at publish time as plain
+arrays (`lexical.{data,indices,indptr}.npy`, `lexical.postings.{...}.npy`) that load
+memory-mapped, so workers share their pages and a load costs O(1) beyond the vocabulary.
+The rows added since (delta segments) stay a separate small matrix searched exactly beside
+the base, and the two top-k lists are merged (`with_delta`): a reload after an add is
+O(delta), with no stacking of the base and no postings rebuild.
+
+Impact order: each term's postings are stored by decreasing weight. With `cap` (the
+manifest's `lexical_cap`, LEXICAL_POSTINGS_CAP overrides; 0 = exact) a term whose postings
+exceed `cap` contributes only its `cap` heaviest, so a query costs O(terms·cap) whatever
+the catalogue: an approximation whose recall@10 against exact search is printed by
+bench/bench_search_scale.py. With no term over the cap the search is exact. BM25 as SQLite FTS5 ranks (same top
 10 and scores as FTS5 itself) scored +0.0017 ± 0.0014 fused accuracy over 5 fold seeds
 with the vocabulary fitted on all products (bench/bench_lexical_scoring.py, grouped but
 not nested): inside the noise, so TF-IDF cosine stays.
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,14 +81,60 @@ def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
     )
 
 
+INDEX_ARRAYS = ("data", "indices", "indptr")
+POSTINGS_CAP_ENV = "LEXICAL_POSTINGS_CAP"
+DEFAULT_POSTINGS_CAP = 0  # written to the manifest at publish; chosen by bench/bench_search_scale.py
+
+
+def postings_cap(manifest_value: int | None = None) -> int:
+    """The postings cap in force: LEXICAL_POSTINGS_CAP, else the manifest's, else 0 (exact)."""
+    raw = os.environ.get(POSTINGS_CAP_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"{POSTINGS_CAP_ENV} must be a non-negative integer, got {raw!r}")
+        return value
+    return int(manifest_value or 0)
+
+
+def impact_ordered(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """The transposed matrix (term -> postings) with each term's postings by decreasing weight
+    (ties by position): O(nnz log nnz), once per base at publish time."""
+    postings = matrix.T.tocsr()
+    postings.sum_duplicates()
+    terms = np.repeat(np.arange(postings.shape[0]), np.diff(postings.indptr))
+    order = np.lexsort((postings.indices, -postings.data, terms))
+    return _csr(postings.data[order], postings.indices[order], postings.indptr, postings.shape)
+
+
+def _csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """A CSR matrix over the given arrays without copying them (memory maps stay mapped):
+    one index dtype for both index arrays, int32 while nnz allows it."""
+    idx = np.int32 if len(data) < np.iinfo(np.int32).max and max(shape) < np.iinfo(np.int32).max else np.int64
+    return sp.csr_matrix(
+        (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=idx), np.asarray(indptr, dtype=idx)),
+        shape=shape,
+        copy=False,
+    )
+
+
 @dataclass
 class LexicalIndex:
-    """TF-IDF rows of the products that have text; `rows[i]` is the product row of row i."""
+    """TF-IDF rows of the products that have text: a base segment (`base_matrix`, `base_rows`,
+    possibly memory-mapped) plus rows added since (`delta_matrix`, `delta_rows`), searched
+    separately and merged. `rows[i]` is the product row of channel position i (base first)."""
 
     vectorizer: TfidfVectorizer
-    matrix: sp.csr_matrix
-    rows: np.ndarray
-    _postings: sp.csr_matrix | None = field(default=None, init=False, repr=False, compare=False)
+    base_matrix: sp.csr_matrix
+    base_rows: np.ndarray
+    delta_matrix: sp.csr_matrix | None = None
+    delta_rows: np.ndarray | None = None
+    cap: int = 0  # postings per query term (0 = all: exact), see the module docstring
+    _postings: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, texts: Sequence[str], rows: np.ndarray, fit_mask: np.ndarray | None = None) -> LexicalIndex:
@@ -130,49 +190,133 @@ class LexicalIndex:
             rows.eliminate_zeros()
         return rows
 
-    def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> LexicalIndex:
-        """A new index with more products (vocabulary and IDF unchanged: no refit on add)."""
+    # ---- segments ------------------------------------------------------------------------
+    def with_delta(self, parts: Sequence[tuple[sp.csr_matrix, np.ndarray]]) -> LexicalIndex:
+        """This base with the delta rows `parts` [(matrix, product rows), ...] (in the base's
+        vocabulary; no refit on add): O(delta nnz), the base's arrays and postings are shared."""
+        matrices = [m for m, _ in parts]
+        rows = [np.asarray(r, dtype=np.int64) for _, r in parts]
+        if self.delta_matrix is not None and self.delta_rows is not None:
+            matrices.insert(0, self.delta_matrix)
+            rows.insert(0, self.delta_rows)
+        delta = sp.vstack(matrices).tocsr().astype(np.float32) if matrices else None
         return LexicalIndex(
             self.vectorizer,
-            sp.vstack([self.matrix, matrix]).tocsr(),
-            np.concatenate([self.rows, np.asarray(rows, dtype=np.int64)]),
+            self.base_matrix,
+            self.base_rows,
+            delta,
+            np.concatenate(rows) if rows else None,
+            self.cap,
+            self.postings,
         )
+
+    def extend(self, matrix: sp.csr_matrix, rows: np.ndarray) -> LexicalIndex:
+        """A new index with more products (vocabulary and IDF unchanged: no refit on add)."""
+        return self.with_delta([(matrix, rows)])
+
+    @property
+    def nbase(self) -> int:
+        return self.base_matrix.shape[0]
+
+    @property
+    def ntotal(self) -> int:
+        return self.nbase + (self.delta_matrix.shape[0] if self.delta_matrix is not None else 0)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Product row of every channel position, base then deltas (O(N) once per loaded store)."""
+        if self.delta_rows is None or not len(self.delta_rows):
+            return self.base_rows
+        if "rows" not in self._cache:
+            self._cache["rows"] = np.concatenate([self.base_rows, self.delta_rows])
+        return self._cache["rows"]
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """Every row as one matrix: the base's itself, or base + deltas stacked once per loaded
+        store (O(nnz)): for batch paths (evaluation, calibration), never the per-query search."""
+        if self.delta_matrix is None or not self.delta_matrix.shape[0]:
+            return self.base_matrix
+        if "matrix" not in self._cache:
+            self._cache["matrix"] = sp.vstack([self.base_matrix, self.delta_matrix]).tocsr()
+        return self._cache["matrix"]
+
+    def row_matrix(self, positions: np.ndarray) -> sp.csr_matrix:
+        """The rows at channel `positions`, gathered per segment: O(len(positions) · row length)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.delta_matrix is None or not (positions >= self.nbase).any():
+            return self.base_matrix[positions]
+        stacked = sp.vstack(
+            [
+                self.base_matrix[positions[positions < self.nbase]],
+                self.delta_matrix[positions[positions >= self.nbase] - self.nbase],
+            ]
+        ).tocsr()
+        order = np.concatenate([np.flatnonzero(positions < self.nbase), np.flatnonzero(positions >= self.nbase)])
+        return stacked[np.argsort(order, kind="stable")]
 
     # ---- the same search interface as a dense ModalityIndex ---------------------------------
     @property
-    def ntotal(self) -> int:
-        return self.matrix.shape[0]
-
-    @property
     def postings(self) -> sp.csr_matrix:
-        """Term -> (position, weight) lists: the transposed matrix, built once (O(nnz)) and cached."""
+        """The base's term -> (position, weight) lists in impact order: read from disk for a
+        published base, else built once (O(nnz log nnz)) and cached."""
         if self._postings is None:
-            self._postings = self.matrix.T.tocsr()
+            self._postings = impact_ordered(self.base_matrix)
         return self._postings
 
+    def _base_hits(self, query: sp.csr_matrix, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, scores) of base rows sharing a term with one query row; with `cap`, each
+        term's `cap` heaviest postings only. O(postings read)."""
+        postings = self.postings
+        terms = query.indices
+        starts, ends = postings.indptr[terms].astype(np.int64), postings.indptr[terms + 1].astype(np.int64)
+        if cap and (ends - starts > cap).any():
+            ends = np.minimum(ends, starts + cap)
+            lengths = ends - starts
+            take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+            sub = _csr(
+                postings.data[take],
+                postings.indices[take],
+                np.concatenate([[0], np.cumsum(lengths)]),
+                (len(terms), postings.shape[1]),
+            )
+            q = sp.csr_matrix((query.data, np.arange(len(terms)), [0, len(terms)]), shape=(1, len(terms)))
+            sims = (q @ sub).tocsr()
+        else:
+            sims = (query @ postings).tocsr()
+        return sims.indices.astype(np.int64), sims.data
+
     def search(
-        self, queries: sp.csr_matrix, k: int, allowed: PositionFilter | None = None
+        self, queries: sp.csr_matrix, k: int, allowed: PositionFilter | None = None, cap: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, product rows) of the k best positions per query, ties by position.
 
-        Cost O(P + k log k) per query, P = the postings of the query's terms (plus, for a
-        filter, one mask lookup per posting), not O(N): scores are accumulated only over
-        those positions by one sparse product with the postings (the very product, so the
-        very float32 sums, of a dense scan), then the top k are partitioned out. When fewer
-        than k positions share a word with the query, the rest are the lowest allowed
+        Cost O(P + k log k) per query, P = the postings of the query's terms (at most `cap`
+        per term when set; default the index's `cap`) plus the delta rows' scan (O(delta
+        nnz)), and one mask lookup per posting under a filter; not O(N). Scores are the very
+        sparse products of a dense scan; the base's and the deltas' best are merged. When
+        fewer than k positions share a word with the query, the rest are the lowest allowed
         positions with score 0, exactly as a dense scan sorted by (-score, position) gives.
         """
+        cap = self.cap if cap is None else cap
         k = max(1, min(k, self.ntotal if allowed is None else len(allowed)))
+        queries = queries.tocsr()
         n = queries.shape[0]
         out_scores = np.zeros((n, k), np.float32)
         out_rows = np.full((n, k), -1, np.int64)
         if self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return out_scores[:, :0], out_rows[:, :0]
-        sims = (queries.tocsr() @ self.postings).tocsr()
         mask = allowed.mask() if allowed is not None else None
+        delta = None
+        if self.delta_matrix is not None and self.delta_matrix.shape[0]:
+            delta = (queries @ self.delta_matrix.T).tocsr()
+        rows = self.rows
         for i in range(n):
-            lo, hi = sims.indptr[i], sims.indptr[i + 1]
-            pos, score = sims.indices[lo:hi].astype(np.int64), sims.data[lo:hi]
+            pos, score = self._base_hits(queries[i], cap) if self.nbase else (np.zeros(0, np.int64), np.zeros(0))
+            if delta is not None:
+                lo, hi = delta.indptr[i], delta.indptr[i + 1]
+                pos = np.concatenate([pos, self.nbase + delta.indices[lo:hi].astype(np.int64)])
+                score = np.concatenate([score, delta.data[lo:hi]]).astype(np.float32)
             if mask is not None:
                 keep = mask[pos]
                 pos, score = pos[keep], score[keep]
@@ -181,7 +325,7 @@ class LexicalIndex:
             if len(pos) < k:
                 pad = _first_missing(allowed.positions if allowed is not None else None, pos, k - len(pos))
                 pos, score = np.concatenate([pos, pad]), np.concatenate([score, np.zeros(len(pad), np.float32)])
-            out_scores[i, : len(pos)], out_rows[i, : len(pos)] = score, self.rows[pos]
+            out_scores[i, : len(pos)], out_rows[i, : len(pos)] = score, rows[pos]
         return out_scores, out_rows
 
     def search_dense(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,23 +338,52 @@ class LexicalIndex:
 
     def similarity(self, query: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
         """Cosine of one query to the rows at `positions`: O(len(positions) · row length)."""
-        return np.asarray((self.matrix[positions] @ query.T).todense()).ravel()
+        return np.asarray((self.row_matrix(positions) @ query.T).todense()).ravel()
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: Path) -> None:
+        """The base + deltas as one base segment: vocabulary, idf, the rows and the impact-
+        ordered postings as plain arrays (memory-mappable). O(nnz log nnz) for the postings."""
         vocab = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
         (folder / "lexical.vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
         np.save(folder / "lexical.idf.npy", self.vectorizer.idf_.astype(np.float64))
-        sp.save_npz(folder / "lexical.npz", self.matrix)
-        np.save(folder / "lexical.rows.npy", self.rows)
+        whole = self.matrix
+        merged = self if whole is self.base_matrix else LexicalIndex(self.vectorizer, whole, self.rows)
+        for prefix, matrix in (
+            ("lexical", _csr(whole.data, whole.indices, whole.indptr, whole.shape)),
+            ("lexical.postings", merged.postings),
+        ):
+            for name in INDEX_ARRAYS:
+                np.save(folder / f"{prefix}.{name}.npy", getattr(matrix, name))
+        np.save(folder / "lexical.rows.npy", np.asarray(self.rows, dtype=np.int64))
 
     @classmethod
-    def load(cls, folder: Path) -> LexicalIndex:
+    def load(cls, folder: Path, cap: int = 0) -> LexicalIndex:
+        """A published base, its arrays memory-mapped (O(vocabulary) to read, the rest mapped).
+        Only O(1) structural checks here: the contents are what the manifest's checksums cover."""
         vocab = json.loads((folder / "lexical.vocab.json").read_text())
         vectorizer = _vectorizer(vocab)
         vectorizer.fit([""] if not vocab else list(vocab)[:1])  # sets up internals; idf replaced below
         vectorizer.idf_ = np.load(folder / "lexical.idf.npy")
-        return cls(vectorizer, sp.load_npz(folder / "lexical.npz").tocsr(), np.load(folder / "lexical.rows.npy"))
+        arrays = {
+            (prefix, name): np.load(folder / f"{prefix}.{name}.npy", mmap_mode="r", allow_pickle=False)
+            for prefix in ("lexical", "lexical.postings")
+            for name in INDEX_ARRAYS
+        }
+        rows = np.load(folder / "lexical.rows.npy", mmap_mode="r", allow_pickle=False)
+        n, dim = len(rows), len(vocab)
+        for prefix, shape in (("lexical", (n, dim)), ("lexical.postings", (dim, n))):
+            data, indices, indptr = (arrays[prefix, name] for name in INDEX_ARRAYS)
+            if len(indptr) != shape[0] + 1 or len(data) != len(indices) or (len(indptr) and indptr[-1] != len(data)):
+                raise ValueError(f"{prefix} arrays disagree: {len(indptr) - 1} rows, {len(data)} values, shape {shape}")
+        matrix = _csr(arrays["lexical", "data"], arrays["lexical", "indices"], arrays["lexical", "indptr"], (n, dim))
+        postings = _csr(
+            arrays["lexical.postings", "data"],
+            arrays["lexical.postings", "indices"],
+            arrays["lexical.postings", "indptr"],
+            (dim, n),
+        )
+        return cls(vectorizer, matrix, rows, cap=cap, _postings=postings)
 
 
 def present_rows(query: np.ndarray | sp.spmatrix) -> np.ndarray:

@@ -13,9 +13,15 @@ never a half-written delta in it. Readers notice a new delta by re-reading LIST 
 file), as they notice a new version by re-reading CURRENT. Compaction (indexer.store.compact)
 merges the deltas into a new base, i.e. a new version.
 
-Dense vectors are stored as float16 and memory-mapped (np.load(mmap_mode="r")), so every
+Dense vectors are stored compactly and memory-mapped (np.load(mmap_mode="r")), so every
 worker of a machine shares one copy in the page cache; `StackedVectors` reads the base's
-mapped rows and the deltas' rows as one array without concatenating them.
+mapped rows and the deltas' rows as one array without concatenating them. Two precisions
+(the manifest's `vector_dtype`): "float16" (2 B per dimension) and "int8" (1 B per dimension
+plus one float32 scale per row, `RowScaledInt8`): data-independent, so nothing is fitted on
+the catalogue. `vector_dtype_for(n)` picks int8 from COMPACT_ROWS rows (where the disk target
+bites: 1M x 2176 dims is 4.35 GB in float16, 2.18 GB in int8) and float16 below;
+INDEX_VECTOR_DTYPE overrides. bench/bench_precision.py prints the effect of each on the real
+catalogue's nested figures, bench/bench_search_scale.py the fused agreement at 100k / 1M.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,7 +41,100 @@ from .integrity import describe_files
 
 DELTAS = "deltas"
 LIST = "LIST"
-VECTOR_DTYPE = np.float16
+VECTOR_DTYPE = np.float16  # the "float16" precision
+VECTOR_DTYPES = ("float16", "int8")
+# From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
+COMPACT_ROWS = int(os.environ.get("INDEX_COMPACT_ROWS", "50000"))
+INT8_MAX = 127.0
+
+
+def vector_dtype_for(rows: int, environ: Mapping[str, str] | None = None) -> str:
+    """The precision of a segment of `rows` vectors: INDEX_VECTOR_DTYPE, else int8 from COMPACT_ROWS."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("INDEX_VECTOR_DTYPE", "").strip() or ("int8" if rows >= COMPACT_ROWS else "float16")
+    if chosen not in VECTOR_DTYPES:
+        raise ValueError(f"INDEX_VECTOR_DTYPE must be one of {VECTOR_DTYPES}, got {chosen!r}")
+    return chosen
+
+
+def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float32 scale per row) with x ~= codes * scale, scale = max|x| / 127.
+
+    Each component is off by at most scale / 2, so the dot product with a unit query is off by
+    at most sqrt(d) * scale / 2 (and typically by ~ scale / sqrt(12) * ||q||). O(n·d)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    peak = np.abs(vectors).max(axis=1) if vectors.size else np.zeros(len(vectors), np.float32)
+    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(vectors / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return codes, scale
+
+
+class RowScaledInt8:
+    """int8 codes (n, d) and a float32 scale per row, read as float32 rows: codes[i] * scale[i].
+
+    Both arrays may be memory-mapped; indexing gathers and dequantises only the rows asked
+    for, O(len(positions)·d)."""
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray) -> None:
+        if codes.ndim != 2 or codes.dtype != np.int8 or scale.shape != (len(codes),):
+            raise ValueError(f"int8 codes {codes.shape} {codes.dtype} and scales {scale.shape} disagree")
+        self.codes, self.scale = codes, scale
+        self.shape = codes.shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.scale.nbytes)
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        codes = np.asarray(self.codes[positions], dtype=np.float32)
+        scale = np.asarray(self.scale[positions], dtype=np.float32)
+        return codes * scale[..., None] if codes.ndim == 2 else codes * scale
+
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    @property
+    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
+        return np.asarray(self).T
+
+
+StoredVectors = np.ndarray | RowScaledInt8
+
+
+def save_vectors(folder: Path, name: str, vectors: np.ndarray, dtype: str) -> None:
+    """`name`.npy in the precision `dtype` (+ `name`.scale.npy for int8). O(n·d)."""
+    if dtype == "int8":
+        codes, scale = quantize_int8(vectors)
+        np.save(folder / f"{name}.npy", codes)
+        np.save(folder / f"{name}.scale.npy", scale)
+    elif dtype == "float16":
+        np.save(folder / f"{name}.npy", np.asarray(vectors, dtype=VECTOR_DTYPE))
+    else:
+        raise ValueError(f"unknown vector dtype {dtype!r}; choose from {VECTOR_DTYPES}")
+
+
+def load_vectors(folder: Path, name: str, dtype: str, mmap: bool = True) -> StoredVectors:
+    """The stored vectors of `name`, memory-mapped; raises ValueError when the files disagree with `dtype`."""
+    mode: Literal["r"] | None = "r" if mmap else None
+    codes = np.load(folder / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+    if codes.ndim != 2:
+        raise ValueError(f"{name}.npy has shape {codes.shape}, expected 2 dimensions")
+    if dtype == "int8":
+        if codes.dtype != np.int8:
+            raise ValueError(f"dtype {codes.dtype}, the manifest says int8")
+        scale = np.load(folder / f"{name}.scale.npy", mmap_mode=mode, allow_pickle=False)
+        if scale.shape != (len(codes),) or scale.dtype != np.float32:
+            raise ValueError(f"{name}.scale.npy holds {scale.shape} {scale.dtype}, expected ({len(codes)},) float32")
+        return RowScaledInt8(codes, scale)
+    if dtype != "float16" or codes.dtype != VECTOR_DTYPE:
+        raise ValueError(f"dtype {codes.dtype}, the manifest says {dtype}")
+    return codes
 
 
 class StackedVectors:
@@ -44,7 +144,7 @@ class StackedVectors:
     memory-mapped. `np.asarray(stacked)` (or `.T`) materialises all of it: O(N·d), for batch
     paths only (cross-validation similarity matrices)."""
 
-    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+    def __init__(self, parts: Sequence[np.ndarray | RowScaledInt8]) -> None:
         if not parts:
             raise ValueError("StackedVectors needs at least one part")
         self.parts = list(parts)
@@ -85,7 +185,7 @@ class StackedVectors:
         return np.asarray(self).T
 
 
-def as_float32(vectors: np.ndarray | StackedVectors) -> np.ndarray:
+def as_float32(vectors: np.ndarray | StackedVectors | RowScaledInt8) -> np.ndarray:
     """A float32 in-memory copy of stored vectors (evaluation, compaction): O(N·d)."""
     return np.asarray(vectors, dtype=np.float32)
 

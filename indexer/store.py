@@ -1,9 +1,11 @@
 """The index on disk: one FAISS index per modality, product metadata, a manifest.
 
-Layout of an index directory (format 2)::
+Layout of an index directory (format 3)::
 
     CURRENT                 name of the live version (replaced atomically)
-    versions/<n>/manifest.json, products.sqlite, paths.npy, <modality>.npy (float16), <modality>.faiss, ...
+    versions/<n>/manifest.json, products.sqlite, paths.npy, <modality>.npy (float16, or int8 +
+                 <modality>.scale.npy), <modality>.faiss, lexical.{data,indices,indptr}.npy,
+                 lexical.postings.*.npy, ...
     versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.segments)
     cache.sqlite            embedding cache (see indexer.cache)
 
@@ -14,8 +16,9 @@ swaps the version's deltas/LIST the same way. A writer killed at any point leave
 index loadable. Writers take an exclusive lock, readers never wait; readers notice a new
 version or delta by re-reading CURRENT and LIST (`IndexStore.is_stale`).
 
-Loading memory-maps the dense vectors (float16) and, where the type allows (Flat, IVF, HNSW in
-this FAISS, read-only), the FAISS indexes, so the workers of a machine share them in the page cache. The
+Loading memory-maps the dense vectors (float16 or int8), the lexical arrays and, where the type
+allows (Flat, IVF, HNSW in this FAISS, read-only), the FAISS indexes, so the workers of a machine
+share them in the page cache. The
 loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
 deltas.
 
@@ -23,8 +26,9 @@ Product metadata of the base is read by key from SQLite and its category paths a
 (indexer.products_db): nothing is parsed per product at load, and a reload after an add costs
 O(delta rows) for the products, whatever N is.
 
-Format 1 and 2 indexes (float32 vectors, no deltas; products.jsonl in the base) are refused
-with "rebuild it with `python -m indexer build`".
+Older formats (1: float32 vectors, no deltas; 2: products.jsonl and lexical.npz in the base,
+rebuilt into lists and postings on load) are refused with "rebuild it with `python -m indexer
+build`".
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +51,18 @@ import numpy as np
 from .base_writer import ADD_BATCH, BaseWriter, batches, write_manifest
 from .catalog import Product
 from .encoders.base import MODALITIES, Encoder, l2_normalize, model_id
-from .faiss_search import DEFAULT_SEARCH_PARAMS, apply_search_params, filtered_search, search_params
+from .faiss_search import (
+    AUTO,
+    apply_search_params,
+    build_faiss_index,
+    choose_factory,
+    filtered_search,
+    refine,
+    search_params,
+)
 from .filters import CategoryIndex, PositionFilter
 from .integrity import verify_files
-from .lexical import LexicalIndex
+from .lexical import LexicalIndex, postings_cap
 from .products_db import (
     CODE_DTYPE,
     PATHS_FILE,
@@ -62,16 +74,24 @@ from .products_db import (
     counts_from_json,
     counts_to_json,
 )
-from .segments import VECTOR_DTYPE, StackedVectors, as_float32, read_list, write_delta
+from .segments import (
+    VECTOR_DTYPE,
+    StackedVectors,
+    StoredVectors,
+    as_float32,
+    load_vectors,
+    read_list,
+    write_delta,
+)
 from .store_errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from .text import encoder_text
 
-FORMAT_VERSION = 3  # 3: base products in SQLite + category codes (2: products.jsonl)
+FORMAT_VERSION = 3  # 3: products in SQLite + category codes, int8 or float16 vectors, mapped lexical arrays
 # Past this many rows in the deltas, an add starts compacting them into a new base in a
 # background thread. bench/bench_scale.py prints the single-add latency and the compaction time.
 DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
 _BASES_KEPT = 2
-DEFAULT_FACTORY = "Flat"
+DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 KEEP_VERSIONS = 3
@@ -91,17 +111,19 @@ __all__ = [
 class ModalityIndex:
     """Vectors of one modality; `rows[i]` is the product row of vector i."""
 
-    vectors: np.ndarray | StackedVectors
+    vectors: StoredVectors | StackedVectors
     rows: np.ndarray
     index: faiss.Index
     parts: tuple = ()  # the FAISS indexes an IndexShards searches: kept alive with it
+    refine: int = 1  # > 1: ask the index for refine x k and keep the k best by stored vector
 
     def search(
         self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, product rows) of the k nearest vectors; rows are -1 past the end.
 
-        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)).
+        Cost: the FAISS index's (Flat O(N·d), HNSW ~O(efSearch·log N·d), IVF O(nprobe·N/nlist·d)),
+        plus O(refine·k·d) per query to re-score the candidates with the stored vectors.
         With `allowed`, only those positions are returned (see `filtered_search`).
         """
         if allowed is not None:
@@ -110,7 +132,12 @@ class ModalityIndex:
         if self.index.ntotal == 0:
             n = len(queries)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-        sims, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.refine > 1:
+            _, candidates = self.index.search(queries, min(k * self.refine, self.index.ntotal))
+            sims, positions = refine(self.vectors, queries, candidates, k)
+        else:
+            sims, positions = self.index.search(queries, k)
         rows = np.where(positions >= 0, self.rows[np.clip(positions, 0, None)], -1)
         return sims, rows
 
@@ -124,16 +151,13 @@ class ModalityIndex:
 
 
 def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
-    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric."""
-    dim = vectors.shape[1]
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        if len(vectors) == 0:
-            raise IndexStoreError(f"FAISS index {factory!r} needs training vectors")
-        index.train(vectors)
-    if len(vectors):
-        index.add(vectors)
-    return index
+    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric ("auto" resolved
+    by size, see indexer.faiss_search.choose_factory)."""
+    factory = choose_factory(factory, len(vectors), int(vectors.shape[1]))
+    try:
+        return build_faiss_index(vectors, factory)[0]
+    except ValueError as exc:
+        raise IndexStoreError(str(exc)) from None
 
 
 @dataclass
@@ -187,7 +211,11 @@ class IndexStore:
             apply_search_params(index, settings)
         deltas = read_list(vdir)
         parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
-        return _combine(cls, path, version, manifest, base, deltas, parts)
+        store = _combine(cls, path, version, manifest, base, deltas, parts)
+        for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
+            exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
+            channel.refine = 1 if exact else settings["refine"]
+        return store
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version or delta: two small file reads."""
@@ -280,7 +308,7 @@ class _Base:
     """A loaded base segment, shared by every store this process loads on it (`_BASES`)."""
 
     products: ProductTable
-    modalities: dict[str, tuple[np.ndarray, np.ndarray, faiss.Index]]
+    modalities: dict[str, tuple[StoredVectors, np.ndarray, faiss.Index]]
     lexical: LexicalIndex | None
     codes: CategoryCodes  # the base's rows only (memory-mapped paths.npy), counts from its manifest
 
@@ -290,7 +318,7 @@ class _Delta:
     products: list[Product]
     manifest: dict
     counts: dict[tuple[str, ...], int]  # products per category prefix (its manifest's, else counted)
-    vectors: dict[str, tuple[np.ndarray, np.ndarray]]
+    vectors: dict[str, tuple[StoredVectors, np.ndarray]]
     lexical: tuple | None
 
 
@@ -306,11 +334,13 @@ def _identity(vdir: Path, manifest: Mapping) -> tuple:
     return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
 
 
-def _read_vectors(file: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Memory-mapped float16 vectors (pages shared by every process that maps the file)."""
-    vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
+    """Memory-mapped vectors in the manifest's precision (pages shared by every process that maps them)."""
+    try:
+        vectors = load_vectors(folder, modality, dtype)
+    except ValueError as exc:
+        raise _Mismatch(str(exc)) from exc
     _expect(vectors.shape == shape, f"shape {vectors.shape}, manifest says {shape}")
-    _expect(vectors.dtype == VECTOR_DTYPE, f"dtype {vectors.dtype}, expected {np.dtype(VECTOR_DTYPE)}")
     return vectors
 
 
@@ -358,7 +388,7 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     for modality in manifest["modalities"]:
         n, dim = counts.get(modality), dims.get(modality)
         with _reading(vdir / f"{modality}.npy", label):
-            vectors = _read_vectors(vdir / f"{modality}.npy", (n, dim))
+            vectors = _read_vectors(vdir, modality, manifest.get("vector_dtype", "float16"), (n, dim))
         with _reading(vdir / f"{modality}.rows.npy", label):
             rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
             _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
@@ -369,8 +399,8 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
         modalities[modality] = (vectors, rows, index)
     lexical = None
     if manifest.get("lexical"):
-        with _reading(vdir / "lexical.npz", label):
-            lexical = LexicalIndex.load(vdir)
+        with _reading(vdir / "lexical.data.npy", label):
+            lexical = LexicalIndex.load(vdir, postings_cap(manifest["lexical"].get("cap")))
             n = manifest["lexical"].get("count")
             _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
             _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
@@ -408,9 +438,11 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     vectors = {}
     for modality in manifest.get("modalities", []):
         with _reading(ddir / f"{modality}.npy", label):
-            vecs = np.load(ddir / f"{modality}.npy", allow_pickle=False)
-            _expect(vecs.ndim == 2 and len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
-            _expect(vecs.dtype == VECTOR_DTYPE, f"dtype {vecs.dtype}")
+            try:
+                vecs = load_vectors(ddir, modality, manifest.get("vector_dtype", "float16"), mmap=False)
+            except ValueError as exc:
+                raise _Mismatch(str(exc)) from exc
+            _expect(len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
         with _reading(ddir / f"{modality}.rows.npy", label):
             rows = np.load(ddir / f"{modality}.rows.npy", allow_pickle=False)
             _expect(rows.shape == (len(vecs),), f"rows {rows.shape}, expected ({len(vecs)},)")
@@ -445,7 +477,7 @@ def _combine(
     exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
     Cost: O(delta rows) for the products and their category codes (the base's SQLite table
     and mapped codes are shared, not copied), O(deltas · prefixes) for the category counts,
-    and O(nnz) to stack the lexical matrices when the deltas hold text."""
+    and O(delta nnz) for the lexical deltas (their own small matrix, searched beside the base's)."""
     added_products = [p for d in deltas for p in d.products]
     codes = base.codes.extended([(d.products, d.counts) for d in deltas])
     products = ProductRows(base.products, added_products, codes)
@@ -474,9 +506,7 @@ def _combine(
     lexical = base.lexical
     lex = [d.lexical for d in deltas if d.lexical is not None and d.lexical[0].shape[0]]
     if lexical is not None and lex:
-        import scipy.sparse as sp
-
-        lexical = lexical.extend(sp.vstack([m for m, _ in lex]).tocsr(), np.concatenate([r for _, r in lex]))
+        lexical = lexical.with_delta(lex)
     manifest = dict(manifest)
     counts = dict(manifest.get("counts", {}))
     for delta in deltas:
@@ -648,7 +678,9 @@ def stage_version(
     """Write a complete version into a staging folder (fsync'd, checksummed) without making it
     live: `commit_version` does that. Needs no lock (background compaction writes its base
     while adds go on); the staging folder is removed if writing fails."""
-    writer = new_base_writer(path, {m: np.shape(v)[1] for m, (v, _) in vectors.items()}, factory, indexes)
+    dims = {m: np.shape(v)[1] for m, (v, _) in vectors.items()}
+    expected = len(products) if isinstance(products, Sized) else max((len(v) for v, _ in vectors.values()), default=0)
+    writer = new_base_writer(path, dims, factory, indexes, expected, manifest.get("faiss"))
     with writer:
         writer.add_all_products(products)
         for modality, (vecs, rows) in vectors.items():
@@ -661,15 +693,17 @@ def new_base_writer(
     dims: Mapping[str, int],
     factory: str = DEFAULT_FACTORY,
     indexes: Mapping[str, faiss.Index] | None = None,
+    expected_rows: int = 0,
+    built: Mapping[str, Mapping] | None = None,
 ) -> BaseWriter:
-    """A writer of a new base segment staged under `path` (see indexer.base_writer)."""
-    return BaseWriter(Path(path) / VERSIONS, dims, factory, indexes)
+    """A writer of a new base segment staged under `path` (see indexer.base_writer):
+    `expected_rows` picks the vectors' precision and resolves an "auto" factory."""
+    return BaseWriter(Path(path) / VERSIONS, dims, factory, indexes, expected_rows, built)
 
 
 def finish_base(writer: BaseWriter, manifest: Mapping, lexical: LexicalIndex | None = None) -> Path:
     """Finish a staged base with this store format's manifest fields; the staging folder."""
-    fields = dict(manifest, format_version=FORMAT_VERSION, search=manifest.get("search") or dict(DEFAULT_SEARCH_PARAMS))
-    staging, _ = writer.finish(fields, lexical)
+    staging, _ = writer.finish(dict(manifest, format_version=FORMAT_VERSION), lexical)
     return staging
 
 
@@ -930,7 +964,9 @@ def _stage_compaction(live: IndexStore) -> Path:
     dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
     manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
-    writer = new_base_writer(live.path, dims, live.manifest["index_factory"], indexes)
+    writer = new_base_writer(
+        live.path, dims, live.manifest["index_factory"], indexes, len(live.products), live.manifest.get("faiss")
+    )
     with writer:
         for part in batches(len(live.products), ADD_BATCH):
             writer.add_products(live.products[part])

@@ -59,7 +59,7 @@ def test_manifest_of_a_build(dataset, tmp_path):
     assert manifest["categories"] == ["Baby Care", "Computers", "Watches"]
     assert manifest["validation"]["counts"] == {"missing_image": 1, "unreadable_image": 1}
     assert len(manifest["data_fingerprint"]) == 64
-    assert manifest["built_at"] and manifest["index_factory"] == "Flat"
+    assert manifest["built_at"] and manifest["faiss"]["text"]["factory"] == "Flat"
     assert manifest["text_normalisation"] == {"strip_boilerplate": True}
     assert summary.version == IndexStore.load(tmp_path / "index").version
 
@@ -328,7 +328,7 @@ def test_real_index_manifest_and_vectors(real_index, embedded_encoder):
     assert manifest["dims"] == {"image": 1280, "text": embedded_encoder.dims["text"]}
     assert manifest["counts"] == {"products": 945, "image": 942, "text": 945}
     assert manifest["model_ids"] == embedded_encoder.model_ids
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["index_factory"] == "Flat"
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["faiss"]["text"]["factory"] == "Flat"
     assert len(manifest["data_fingerprint"]) == 64 and manifest["built_at"]
     assert manifest["validation"]["counts"] == {"missing_image": 3}
     for modality, dim in (("image", 1280), ("text", embedded_encoder.dims["text"])):

@@ -35,7 +35,12 @@ FILES = [
     "text.npy",
     "text.rows.npy",
     "text.faiss",
-    "lexical.npz",
+    "lexical.data.npy",
+    "lexical.indices.npy",
+    "lexical.indptr.npy",
+    "lexical.postings.data.npy",
+    "lexical.postings.indices.npy",
+    "lexical.postings.indptr.npy",
     "lexical.idf.npy",
     "lexical.rows.npy",
     "lexical.vocab.json",
@@ -104,7 +109,7 @@ def test_damaged_manifest_is_refused(index, how):
 def test_verify_command_reports_ok(index, capsys):
     _, out = index
     assert main(["verify", str(out), "--all"]) == 0
-    assert "ok, 12 files" in capsys.readouterr().out
+    assert "ok, 17 files" in capsys.readouterr().out
 
 
 def test_add_on_a_damaged_version_is_refused_and_prunes_nothing(index, tmp_path):

@@ -4,6 +4,7 @@ from the manifest and the environment, category rows and counts kept per store v
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import faiss
@@ -71,13 +72,84 @@ def test_lexical_filtered_search_equals_masked_dense_scan(lexical, k):
     assert np.isin(rows, lexical.rows[positions]).all()
 
 
-def test_lexical_postings_are_the_transposed_matrix(lexical):
+def test_lexical_postings_are_the_transposed_matrix_in_impact_order(lexical):
     assert lexical.postings.shape == (lexical.dim, lexical.ntotal)
     assert (lexical.postings != lexical.matrix.T.tocsr()).nnz == 0
+    p = lexical.postings
+    for term in range(lexical.dim):
+        weights = p.data[p.indptr[term] : p.indptr[term + 1]]
+        assert (np.diff(weights) <= 0).all()  # heaviest first: a cap keeps a term's strongest postings
     grown = lexical.extend(lexical.transform(["mug watch"]), np.array([9999]))
-    assert grown.postings.shape == (lexical.dim, lexical.ntotal + 1)  # rebuilt, not the old one
+    assert grown.postings is lexical.postings  # an add shares the base's postings: no O(nnz) rebuild
+    assert grown.ntotal == lexical.ntotal + 1
     _, rows = grown.search(grown.transform(["mug watch"]), 1)
     assert rows[0, 0] in (9999, *lexical.rows)
+
+
+def memory_mapped(array: object) -> bool:
+    """True when `array` is a view of a file mapping (follows the .base chain)."""
+    while array is not None:
+        if isinstance(array, np.memmap | mmap.mmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+def split_base_and_deltas(whole: LexicalIndex, cuts: tuple[int, ...]) -> LexicalIndex:
+    """The same rows as a base of cuts[0] rows plus one delta per further cut."""
+    m, rows = whole.matrix, whole.rows
+    base = LexicalIndex(whole.vectorizer, m[: cuts[0]], rows[: cuts[0]])
+    bounds = [*cuts, m.shape[0]]
+    return base.with_delta([(m[a:b], rows[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)])
+
+
+@pytest.mark.parametrize("cuts", [(300,), (250,), (200, 260, 299), (0, 100)])
+@pytest.mark.parametrize("k", [1, 10, 50, 300])
+def test_lexical_base_plus_deltas_equals_one_matrix(lexical, cuts, k):
+    segmented = split_base_and_deltas(lexical, cuts)
+    queries = lexical_queries(lexical)
+    np.testing.assert_array_equal(segmented.rows, lexical.rows)
+    for got, want in zip(segmented.search(queries, k), lexical.search(queries, k), strict=True):
+        np.testing.assert_array_equal(got, want)
+    allowed = PositionFilter(np.sort(np.random.default_rng(5).choice(300, 80, replace=False)), 300)
+    for got, want in zip(segmented.search(queries, k, allowed), lexical.search(queries, k, allowed), strict=True):
+        np.testing.assert_array_equal(got, want)
+    positions = np.array([299, 3, 250, 0, 260])
+    np.testing.assert_array_equal(
+        segmented.similarity(queries[0], positions), lexical.similarity(queries[0], positions)
+    )
+    assert (segmented.row_matrix(positions) != lexical.matrix[positions]).nnz == 0
+
+
+def test_lexical_saved_base_is_memory_mapped_and_searches_the_same(lexical, tmp_path):
+    lexical.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    for array in (loaded.base_matrix.data, loaded.base_matrix.indices, loaded.postings.indices, loaded.postings.data):
+        assert memory_mapped(array)
+    queries = lexical_queries(lexical)
+    for got, want in zip(loaded.search(queries, 20), lexical.search(queries, 20), strict=True):
+        np.testing.assert_array_equal(got, want)
+    grown = lexical.extend(lexical.transform(["mug dohar"]), np.array([7777]))
+    grown.save(tmp_path / "merged" if (tmp_path / "merged").mkdir() is None else tmp_path)
+    merged = LexicalIndex.load(tmp_path / "merged")
+    assert merged.ntotal == lexical.ntotal + 1 and merged.delta_matrix is None
+    for got, want in zip(merged.search(queries, 20), grown.search(queries, 20), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_lexical_postings_cap_keeps_the_heaviest_postings(lexical):
+    queries = lexical_queries(lexical)
+    exact = lexical.search(queries, 10, cap=0)
+    lengths = np.diff(lexical.postings.indptr)
+    assert lengths.max() > 20  # common words exceed the cap below
+    np.testing.assert_array_equal(lexical.search(queries, 10, cap=int(lengths.max()))[1], exact[1])  # no cut: exact
+    capped_scores, _ = lexical.search(queries, 10, cap=5)
+    assert (capped_scores <= exact[0] + 1e-6).all()  # partial sums of the same postings never exceed the exact
+    one = lexical.transform(["mug"])
+    term = one.indices[0]
+    heaviest = lexical.postings.indices[lexical.postings.indptr[term] : lexical.postings.indptr[term] + 3]
+    _, rows = lexical.search(one, 3, cap=3)
+    assert sorted(rows[0]) == sorted(lexical.rows[heaviest])  # a one-word query: the cap is its top postings
 
 
 # ---- dense channels: filtered search --------------------------------------------------------
@@ -225,7 +297,8 @@ def test_search_params_are_stored_and_applied(tmp_path, monkeypatch):
 
 
 def test_search_params_from_the_manifest_and_bad_overrides():
-    assert search_params({"search": {"nprobe": 5, "efSearch": 40}}, {}) == {"nprobe": 5, "efSearch": 40}
+    assert search_params({"search": {"nprobe": 5, "efSearch": 40}}, {}) == {"nprobe": 5, "efSearch": 40, "refine": 1}
+    assert search_params({"search": {"refine": 4}}, {"FAISS_REFINE": "6"})["refine"] == 6
     assert search_params({}, {}) == DEFAULT_SEARCH_PARAMS  # an index built before the key existed
     assert search_params({"search": {"nprobe": 5}}, {"FAISS_NPROBE": " 9 "})["nprobe"] == 9
     for bad in ("abc", "0", "-3", "1.5"):

@@ -99,7 +99,7 @@ def test_manifest_fields(tmp_path):
     assert manifest["dims"] == {"image": 16, "text": 12}
     assert manifest["counts"] == {"products": 10, "image": 5, "text": 10}
     assert manifest["modalities"] == ["image", "text"]
-    assert manifest["index_factory"] == "Flat" and manifest["metric"] == "inner_product"
+    assert manifest["faiss"]["text"]["factory"] == "Flat" and manifest["metric"] == "inner_product"
     assert manifest["built_at"] and time.strptime(manifest["written_at"], "%Y-%m-%dT%H:%M:%SZ")
 
 
