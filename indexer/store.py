@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -125,6 +126,7 @@ def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> fai
 class IndexStore:
     """A loaded index version: products, per-modality vectors and FAISS indexes, manifest."""
 
+    backend: ClassVar[str] = "faiss"  # indexer.backends: another backend subclasses this interface
     path: Path
     version: str
     manifest: dict
@@ -149,7 +151,13 @@ class IndexStore:
         Always checks each file's size against the manifest and the loaded arrays against its
         counts (O(files) beyond reading them); `checksums=True` also hashes every file first
         (O(bytes), see indexer.integrity). Any damage raises IndexDamaged naming the file.
+        A Milvus location, or a folder routed to one, loads the Milvus store (indexer.backends).
         """
+        from .backends import open_routed, routed
+
+        location = routed(path)
+        if location is not None:
+            return open_routed(path, location, encoder)
         path = Path(path)
         version = version or read_current(path)
         vdir = path / VERSIONS / version
@@ -699,6 +707,10 @@ def append(
     the lock once the add is known to win (no id clash), e.g. to move a staged photo into
     place. Past DELTA_COMPACT_ROWS delta rows the add compacts (see `compact`), inline.
     """
+    if store.backend != "faiss":
+        from .backends import append_to_backend
+
+        return append_to_backend(store, new_products, new_vectors, before_publish)
     path = store.path
     with write_lock(path):
         _remove_staging(path)
