@@ -728,6 +728,9 @@ def append(
             if modality not in MODALITIES:
                 raise ValueError(f"unknown modality {modality!r}")
             added = np.asarray(added, dtype=np.float32)
+            expected = (len(new_products), live.manifest.get("dims", {}).get(modality, added.shape[-1]))
+            if added.shape != expected:  # a bad shape written into a delta would leave the index unloadable
+                raise ValueError(f"{modality} vectors have shape {added.shape}, expected {expected}")
             keep = ~np.isnan(added).any(axis=1)
             vectors[modality] = (l2_normalize(added[keep]) if keep.any() else added[keep], start + np.flatnonzero(keep))
         lexical = None
