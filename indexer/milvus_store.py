@@ -44,6 +44,7 @@ import tarfile
 import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ CHUNK_CHARS = 60_000  # a meta value is a VARCHAR of at most 65,535 characters
 RECORD_CHARS = 65_535
 FETCH_ROWS = 4_096  # entities per query when reading products or vectors
 INSERT_ROWS = 1_000  # entities per insert call
+CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
 INDEX_TYPES = ("FLAT", "HNSW")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
@@ -295,6 +297,11 @@ def copy_to_milvus(
             progress(int(rows[-1]) + 1, n)
     manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "deltas")}
     manifest["store"] = {"backend": "milvus", "index_type": index_type, "schema_version": SCHEMA_VERSION}
+    manifest["dims"] = dims
+    manifest["counts"] = {"products": n, **{m: c.ntotal for m, c in dense.items()}}
+    if store.lexical is not None and not manifest.get("lexical"):
+        lexical = store.lexical
+        manifest["lexical"] = {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
     if store.lexical is not None:
         put_blob(client, loc, "lexical", _lexical_bytes(store.lexical))
     put_blob(client, loc, "manifest", json.dumps(manifest, sort_keys=True).encode())
@@ -307,15 +314,52 @@ def copy_to_milvus(
 
 
 # ---- reading -------------------------------------------------------------------------------
+class RowVectors:
+    """Every dense field of recently read rows, shared by the channels of one loaded store: a
+    request reads its candidates' image and text vectors in one query instead of one per
+    channel, and the query's own vectors once. Rows are immutable once committed, so the LRU
+    (CACHED_ROWS rows, ~6.6 KB each with the embedded profile's dims) never serves stale data."""
+
+    def __init__(self, client: Any, loc: MilvusLocation, fields: Sequence[str]) -> None:
+        self.client, self.loc, self.fields = client, loc, list(fields)
+        self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, rows: np.ndarray) -> dict[int, dict[str, Any]]:
+        """{row: {field: vector}} for these rows: one query per FETCH_ROWS rows not cached."""
+        unique = [int(r) for r in np.unique(rows)]
+        with self._lock:
+            found = {r: self._rows[r] for r in unique if r in self._rows}
+            for r in found:
+                self._rows.move_to_end(r)
+        missing = [r for r in unique if r not in found]
+        fetched: dict[int, dict[str, Any]] = {}
+        for lo in range(0, len(missing), FETCH_ROWS):
+            for hit in self.client.query(
+                self.loc.collection, ids=missing[lo : lo + FETCH_ROWS], output_fields=self.fields
+            ):
+                fetched[int(hit["row"])] = {f: hit[f] for f in self.fields}
+        lost = [r for r in missing if r not in fetched]
+        if lost:
+            raise IndexDamaged(f"Milvus collection {self.loc.collection} lacks rows {lost[:5]}")
+        if fetched:
+            with self._lock:
+                self._rows.update(fetched)
+                while len(self._rows) > CACHED_ROWS:
+                    self._rows.popitem(last=False)
+        return {**found, **fetched}
+
+
 class MilvusVectors:
     """The stored vectors of one modality, read from Milvus by primary key (position p is
-    product row `rows[p]`). Indexing costs one query per FETCH_ROWS positions; a whole-matrix
-    use (`np.asarray`, `.T`, `@`) reads every vector once, O(N·d), and keeps them."""
+    product row `rows[p]`) through the store's RowVectors: O(len·d) per read. A whole-matrix
+    use (`np.asarray`, `.T`, `@`: the evaluation's batch similarities) reads every vector once
+    by row ranges, O(N·d), and keeps them."""
 
     dtype = np.dtype(np.float32)
 
-    def __init__(self, client: Any, loc: MilvusLocation, field: str, rows: np.ndarray, dim: int) -> None:
-        self.client, self.loc, self.field, self.rows, self.dim = client, loc, field, rows, dim
+    def __init__(self, source: RowVectors, field: str, rows: np.ndarray, dim: int) -> None:
+        self.source, self.field, self.rows, self.dim = source, field, rows, dim
         self._all: np.ndarray | None = None
 
     @property
@@ -328,18 +372,28 @@ class MilvusVectors:
     def fetch_rows(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of these product rows, in that order: O(len(rows)·d)."""
         rows = np.asarray(rows, dtype=np.int64)
+        found = self.source.get(rows)
         out = np.zeros((len(rows), self.dim), np.float32)
-        unique = np.unique(rows)
-        found: dict[int, Any] = {}
-        for lo in range(0, len(unique), FETCH_ROWS):
-            ids = unique[lo : lo + FETCH_ROWS].tolist()
-            for hit in self.client.query(self.loc.collection, ids=ids, output_fields=[self.field]):
-                found[int(hit["row"])] = hit[self.field]
-        missing = [int(r) for r in unique if int(r) not in found]
-        if missing:
-            raise IndexDamaged(f"Milvus collection {self.loc.collection} lacks rows {missing[:5]}")
         for i, r in enumerate(rows.tolist()):
-            out[i] = found[r]
+            out[i] = found[r][self.field]
+        return out
+
+    def _fetch_all(self) -> np.ndarray:
+        out = np.zeros((len(self.rows), self.dim), np.float32)
+        positions = np.full(int(self.rows.max(initial=-1)) + 1, -1, np.int64)
+        positions[self.rows] = np.arange(len(self.rows))
+        client, loc = self.source.client, self.source.loc
+        for lo in range(0, len(positions), FETCH_ROWS):
+            hi = min(lo + FETCH_ROWS, len(positions))
+            for hit in client.query(
+                loc.collection,
+                filter=f"has_{self.field} and row >= {lo} and row < {hi}",
+                output_fields=[self.field],
+                limit=hi - lo,
+            ):
+                p = positions[int(hit["row"])]
+                if p >= 0:
+                    out[p] = hit[self.field]
         return out
 
     def __getitem__(self, positions: Any) -> np.ndarray:
@@ -351,7 +405,7 @@ class MilvusVectors:
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         if self._all is None:
-            self._all = self.fetch_rows(self.rows)
+            self._all = self._fetch_all()
         return self._all if dtype is None else self._all.astype(dtype)
 
     @property
@@ -557,11 +611,12 @@ class MilvusIndexStore(IndexStore):
         if manifest.get("store", {}).get("index_type") == "HNSW":
             params["params"] = {"ef": ef}
         modalities: dict[str, Any] = {}
+        source = RowVectors(client, loc, sorted(snap.present))
         counts = {"products": n}
         for modality, parts in snap.present.items():
             present = np.concatenate(parts) if parts else np.zeros(0, bool)
             rows = np.flatnonzero(present).astype(np.int64)
-            vectors = MilvusVectors(client, loc, modality, rows, int(manifest["dims"][modality]))
+            vectors = MilvusVectors(source, modality, rows, int(manifest["dims"][modality]))
             modalities[modality] = MilvusChannel(client, loc, modality, rows, vectors, n, params)
             counts[modality] = len(rows)
         copied = int(snap.manifest.get("counts", {}).get("products", n))
