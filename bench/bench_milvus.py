@@ -15,7 +15,8 @@ Prints, per Milvus index type (FLAT, HNSW):
 - one add: `store.append` of one product (its latency), whether the next query finds it first,
   and that query's latency.
 The load average is printed beside every timing: this machine has 2 cores shared with other
-jobs, so the latencies are noisy upper bounds.
+jobs, so the latencies are noisy upper bounds. FAISS runs with one thread (--threads), as a
+service worker does; Milvus Lite runs inside this process, on the same FAISS library.
 
 Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 200] [--index-types FLAT,HNSW]
 """
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 from bench_search_scale import synthetic
 from common import ROOT
@@ -92,7 +94,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index-types", default="FLAT,HNSW")
     parser.add_argument("--db", help="Milvus Lite *.db path (default: a temporary folder, removed after)")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads (the service's default is 1)")
     args = parser.parse_args()
+    faiss.omp_set_num_threads(args.threads)  # Milvus Lite searches with this process's FAISS too
 
     real = IndexStore.load(args.index)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ index, and the real 945-product nested figures must be identical through either 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,49 @@ def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milv
         backends.route(local, None)
     assert isinstance(routed, MilvusIndexStore) and routed.path == local and len(routed.products) == N
     assert not isinstance(IndexStore.load(tmp_path / "faiss"), MilvusIndexStore)
+
+
+def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_path, monkeypatch):
+    """VECTOR_STORE = a Lite database: predict, filtered search and an add with a photo go to
+    Milvus; INDEX_DIR keeps only the local files (the uploaded photo, the embedding cache)."""
+    from fakes import make_dataset
+    from service_support import jpeg_bytes
+
+    from indexer.build import build_index
+    from service.app import create_app
+    from service.config import Config
+
+    encoder = FakeEncoder()
+    data = make_dataset(tmp_path / "data", per_category=3)
+    build_index(data["folder"], tmp_path / "faiss", encoder=encoder, progress=False)
+    db = tmp_path / "service.db"
+    copy_to_milvus(IndexStore.load(tmp_path / "faiss"), db)
+    monkeypatch.setenv("VECTOR_STORE", str(db))
+    config = Config.from_env(index_dir=str(tmp_path / "local"), api_token="t")
+    assert config.vector_store == str(db)
+    (tmp_path / "local").mkdir()
+    client = create_app(config, encoder=encoder).test_client()
+    try:
+        found = client.post("/api/v1/search", json={"title": "baby cotton romper", "category": "Watches", "k": 3})
+        assert found.status_code == 200, found.get_data(as_text=True)
+        assert [r["category"] for r in found.get_json()["results"]] == ["Watches"] * 3
+        predicted = client.post("/api/v1/predict", json={"title": "analog wrist watch strap dial"})
+        assert predicted.status_code == 200 and predicted.get_json()["category"] == "Watches"
+        added = client.post(
+            "/api/v1/products",
+            headers={"Authorization": "Bearer t"},
+            data={"title": "Garden hose", "category": "Garden >> Hoses", "image": (io.BytesIO(jpeg_bytes()), "h.jpg")},
+        )
+        assert added.status_code == 201, added.get_data(as_text=True)
+        product_id = added.get_json()["id"]
+        assert client.get(f"/api/v1/products/{product_id}/image").status_code == 200  # photo kept locally
+        garden = client.post("/api/v1/search", json={"title": "garden hose", "category": "Garden", "k": 5})
+        assert [r["id"] for r in garden.get_json()["results"]] == [product_id]
+    finally:
+        backends.route(tmp_path / "local", None)
+    milvus = MilvusIndexStore.open(db)
+    assert milvus.row_of(product_id) == len(milvus.products) - 1 == 9
+    assert len(IndexStore.load(tmp_path / "faiss").products) == 9  # the FAISS index was not touched
 
 
 # ---- the real index: identical nested figures through either store ----------------------------
