@@ -226,8 +226,10 @@ def _create_collection(
             params.add_index(modality, index_type="HNSW", metric_type="IP", params=dict(HNSW_BUILD))
         else:
             params.add_index(modality, index_type="FLAT", metric_type="IP")
-    kwargs = {"num_shards": shards} if shards else {}
-    client.create_collection(loc.collection, schema=schema, index_params=params, **kwargs)
+    kwargs: dict[str, Any] = {"num_shards": shards} if shards else {}
+    # Strong: a search waits for every insert before it, so an add is visible to the next query
+    # on a server too (the server's default, Bounded, may lag); Lite is always up to date.
+    client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong", **kwargs)
 
 
 def _entities(
