@@ -15,7 +15,7 @@ from indexer.catalog import Product
 from indexer.filters import RowFilter
 from indexer.knn import Categorizer, stored_queries
 from indexer.lexical import LexicalIndex
-from indexer.store import DuplicateProduct, IndexMismatch, IndexStore, append, publish, write_lock
+from indexer.store import DuplicateProduct, IndexMismatch, IndexStore, IndexStoreError, append, publish, write_lock
 from indexer.text import encoder_text
 
 pytest.importorskip("pymilvus")
@@ -224,21 +224,18 @@ def test_locations_parse_and_bad_ones_are_refused(tmp_path):
         backends.parse_vector_store("redis://x")
 
 
-def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milvus_db):
+def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milvus_db, monkeypatch):
     publish_small(tmp_path / "faiss", FakeEncoder())
     loc = MilvusLocation(str(milvus_db.resolve()), "routed")
     copy_to_milvus(IndexStore.load(tmp_path / "faiss"), loc, replace=True)
-    with pytest.raises(Exception, match="exists"):
+    with pytest.raises(IndexStoreError, match="exists"):
         copy_to_milvus(IndexStore.load(tmp_path / "faiss"), loc)
     local = tmp_path / "local"
-    backends.route(local, f"{loc.uri}")
+    monkeypatch.setenv("MILVUS_COLLECTION", "routed")
+    backends.route(local, loc.uri)
     try:
-        import os
-
-        os.environ["MILVUS_COLLECTION"] = "routed"
         routed = IndexStore.load(local)
     finally:
-        os.environ.pop("MILVUS_COLLECTION", None)
         backends.route(local, None)
     assert isinstance(routed, MilvusIndexStore) and routed.path == local and len(routed.products) == N
     assert not isinstance(IndexStore.load(tmp_path / "faiss"), MilvusIndexStore)
