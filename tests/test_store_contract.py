@@ -286,10 +286,10 @@ def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_pat
 
 # ---- the real index: identical nested figures through either store ----------------------------
 @pytest.mark.integration
-def test_real_nested_predictions_identical_through_milvus(real_index, tmp_path):
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path):
     from indexer import calibration
 
-    path, _ = real_index
+    path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
     faiss_store = IndexStore.load(path)
     loc = copy_to_milvus(faiss_store, MilvusLocation(str(tmp_path / "real.db"), "real"))
     milvus_store = MilvusIndexStore.open(loc)
