@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info | verify | encode | ingest`.
+"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -205,6 +205,26 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_to_milvus(args: argparse.Namespace) -> int:
+    from .milvus_store import MilvusIndexStore, copy_to_milvus
+
+    store = IndexStore.load(args.index)
+    loc = copy_to_milvus(
+        store,
+        args.location,
+        index_type=args.index_type,
+        replace=args.replace,
+        collection=args.collection,
+        progress=None if args.quiet else lambda done, total: print(f"{done}/{total} products", flush=True),
+    )
+    copied = MilvusIndexStore.open(loc)
+    print(
+        f"copied {store.path} version {store.version} into Milvus collection {loc.collection} at {loc.uri}: "
+        f"{len(copied.products)} products, " + ", ".join(f"{m} {c.ntotal}" for m, c in copied.modalities.items())
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -266,6 +286,14 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compact", help="merge the delta segments of adds into a new base version")
     c.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
     c.set_defaults(func=cmd_compact)
+    m = sub.add_parser("to-milvus", help="copy an index version into a Milvus collection (VECTOR_STORE)")
+    m.add_argument("index", help="index folder to copy (its live version)")
+    m.add_argument("location", help="Milvus Lite *.db path or milvus://host:19530[/collection]")
+    m.add_argument("--collection", help="collection name (default $MILVUS_COLLECTION, the URI path or 'products')")
+    m.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (IP metric)")
+    m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_to_milvus)
     return p
 
 

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -164,6 +165,7 @@ def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> fai
 class IndexStore:
     """A loaded index version: products, per-modality vectors and FAISS indexes, manifest."""
 
+    backend: ClassVar[str] = "faiss"  # indexer.backends: another backend subclasses this interface
     path: Path
     version: str
     manifest: dict
@@ -188,7 +190,13 @@ class IndexStore:
         Always checks each file's size against the manifest and the loaded arrays against its
         counts (O(files) beyond reading them); `checksums=True` also hashes every file first
         (O(bytes), see indexer.integrity). Any damage raises IndexDamaged naming the file.
+        A Milvus location, or a folder routed to one, loads the Milvus store (indexer.backends).
         """
+        from .backends import open_routed, routed
+
+        location = routed(path)
+        if location is not None:
+            return open_routed(path, location, encoder)
         path = Path(path)
         version = version or read_current(path)
         vdir = path / VERSIONS / version
@@ -804,6 +812,10 @@ def append(
     place. Past DELTA_COMPACT_ROWS delta rows the add starts a background compaction (see
     `compact`) and returns at once: adds made meanwhile go on to deltas and are carried over.
     """
+    if store.backend != "faiss":
+        from .backends import append_to_backend
+
+        return append_to_backend(store, new_products, new_vectors, before_publish)
     path = store.path
     with write_lock(path):
         _remove_staging(path)
@@ -821,6 +833,9 @@ def append(
             if modality not in MODALITIES:
                 raise ValueError(f"unknown modality {modality!r}")
             added = np.asarray(added, dtype=np.float32)
+            expected = (len(new_products), live.manifest.get("dims", {}).get(modality, added.shape[-1]))
+            if added.shape != expected:  # a bad shape written into a delta would leave the index unloadable
+                raise ValueError(f"{modality} vectors have shape {added.shape}, expected {expected}")
             keep = ~np.isnan(added).any(axis=1)
             vectors[modality] = (l2_normalize(added[keep]) if keep.any() else added[keep], start + np.flatnonzero(keep))
         lexical = None

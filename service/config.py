@@ -17,6 +17,15 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+def _vector_store(raw: str | None) -> str | None:
+    from indexer.backends import parse_vector_store
+
+    try:
+        return parse_vector_store(raw)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Config:
     """Every knob of the service; `Config.from_env()` is what gunicorn uses.
@@ -34,6 +43,9 @@ class Config:
                       cost is printed by bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
+    VECTOR_STORE      "faiss" (default: the index in INDEX_DIR), milvus://host:19530[/collection] (a Milvus
+                      server) or a Milvus Lite *.db path: the index is served from that collection, while
+                      INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.backends
     """
 
     index_dir: str = "var/index"
@@ -55,6 +67,7 @@ class Config:
     max_url_bytes: int = 4096
     max_json_depth: int = 32
     body_timeout: float = 30.0
+    vector_store: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -71,6 +84,7 @@ class Config:
             verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
             max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
             body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
+            vector_store=_vector_store(os.environ.get("VECTOR_STORE")),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -82,6 +82,10 @@ class ServiceState:
     def __init__(self, config: Config, encoder: Encoder | None = None):
         self.config = config
         self.index_dir = Path(config.index_dir)
+        if config.vector_store:  # IndexStore.load / append on index_dir now go to Milvus
+            from indexer.backends import route
+
+            route(self.index_dir, config.vector_store)
         self._encoder = encoder
         self._loaded: Loaded | None = None
         self._lock = threading.RLock()

@@ -1,0 +1,160 @@
+"""The Milvus Lite store at catalogue scale, on a SYNTHETIC catalogue, against the FAISS store.
+
+The catalogue is bench_search_scale.py's: N products mixed from pairs of same-category real
+products of INDEX_DIR (default var/index), dense vectors and lexical rows; nothing is encoded.
+It is held as an in-memory FAISS store (Flat), then copied into a Milvus Lite database with
+`indexer.milvus_store.copy_to_milvus` (the code behind `python -m indexer to-milvus`).
+
+Prints, per Milvus index type (FLAT, HNSW):
+- insert: the copy's time and products/s (entities with both vectors, the lexical channel and
+  the manifest), then the first open (products read back, no vectors);
+- predict from stored vectors: the queries are held-out SYNTHETIC products (same recipe, another
+  seed: their stored vectors and lexical rows, nothing encoded); one query at a time p50/p95
+  (target: Milvus p50 <= 30 ms), and in batches (one search per channel per batch);
+- agreement: share of the held-out queries where both stores predict the same category
+  (target >= 99 %);
+- one add: `store.append` of one product (its latency), whether the next query finds it first,
+  and that query's latency.
+The load average is printed beside every timing: this machine has 2 cores shared with other
+jobs, so the latencies are noisy upper bounds. FAISS runs with one thread (--threads), as a
+service worker does; Milvus Lite runs inside this process, on the same FAISS library.
+
+Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 200] [--index-types FLAT,HNSW]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from bench_search_scale import synthetic
+from common import ROOT
+
+from indexer.catalog import Product
+from indexer.knn import SIMILARITY_BUDGET, Categorizer, stored_queries
+from indexer.milvus_store import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop
+from indexer.store import IndexStore, append
+
+SEED = 0
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def percentiles(times: list[float]) -> str:
+    ms = 1000 * np.asarray(times)
+    return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms"
+
+
+def single_queries(store: IndexStore, queries: dict, count: int) -> list[float]:
+    """Latency of `count` one-query predictions, as the service runs them."""
+    categorizer = Categorizer(store)
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        categorizer.predict_vectors({m: q[i : i + 1] for m, q in queries.items()})
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def batch_categories(store: IndexStore, queries: dict, batch: int) -> tuple[list[str | None], float]:
+    """Predicted categories of every query, `batch` queries per call (one search per channel and
+    batch), and the wall time per query."""
+    categorizer = Categorizer(store)
+    n = next(iter(queries.values())).shape[0]
+    out: list[str | None] = []
+    t0 = time.perf_counter()
+    for lo in range(0, n, batch):
+        part = {m: q[lo : lo + batch] for m, q in queries.items()}
+        out += [p.category for p in categorizer.predict_vectors(part, with_neighbors=False)]
+    return out, (time.perf_counter() - t0) / n
+
+
+def one_add(store: IndexStore) -> None:
+    """Add one product with fresh random unit vectors (no other product is near them), time the
+    add, then the next query with those vectors: its nearest neighbour must be the new product."""
+    rng = np.random.default_rng(SEED + 1)
+    product = Product(f"bench-add-{time.time_ns()}", "bench add", "", None, None, ("Bench Added", "One"), None)
+    vectors = {}
+    for name, channel in store.modalities.items():
+        v = rng.standard_normal((1, np.shape(channel.vectors)[1])).astype(np.float32)
+        vectors[name] = v / np.linalg.norm(v)
+    t0 = time.perf_counter()
+    out = append(store, [product], vectors)
+    added = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prediction = Categorizer(out).predict_vectors(vectors)[0]
+    query = time.perf_counter() - t0
+    first = prediction.neighbors[0].id if prediction.neighbors else None
+    print(
+        f"  one add: {1000 * added:.1f} ms; next query {1000 * query:.1f} ms, its nearest neighbour is the added "
+        f"product: {first == product.id}; the old snapshot sees it is stale: {store.is_stale()} ({load_average()})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300, help="held-out query products (agreement)")
+    parser.add_argument("--latency-queries", type=int, default=20, help="of those, timed one at a time")
+    parser.add_argument("--batch", type=int, default=64, help="queries per batch call (raised past the matrix budget)")
+    parser.add_argument("--index-types", default="FLAT", help="FLAT and/or HNSW, comma-separated")
+    parser.add_argument("--db", help="Milvus Lite *.db path (default: a temporary folder, removed after)")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads (the service's default is 1)")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(args.threads)  # Milvus Lite searches with this process's FAISS too
+
+    real = IndexStore.load(args.index)
+    t0 = time.perf_counter()
+    faiss_store = synthetic(real, args.products, dense=True, seed=SEED)
+    held_out = synthetic(real, args.queries, dense=True, seed=SEED + 1)
+    queries = stored_queries(held_out, np.arange(args.queries))
+    print(
+        f"SYNTHETIC catalogue: {len(faiss_store.products)} products mixed from {len(real.products)} real ones "
+        f"({', '.join(f'{m} {c.ntotal}' for m, c in faiss_store.channels().items())}), plus {args.queries} "
+        f"held-out SYNTHETIC query products (their stored vectors and lexical rows), {time.perf_counter() - t0:.1f} s"
+    )
+    # batches past the Categorizer's matrix budget are searched (a smaller batch would read every vector)
+    smallest = max(args.batch, SIMILARITY_BUDGET // len(faiss_store.products) + 1)
+    batches = max(1, args.queries // smallest)
+    batch = -(-args.queries // batches)
+    want, faiss_per_query = batch_categories(faiss_store, queries, batch)
+    times = single_queries(faiss_store, queries, args.latency_queries)
+    print(
+        f"FAISS (Flat, in memory): one query {percentiles(times)} over {len(times)}; batches of {batch}: "
+        f"{1000 * faiss_per_query:.1f} ms per query ({load_average()})"
+    )
+
+    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as tmp:
+        db = args.db or str(Path(tmp) / "bench.db")
+        for index_type in [t.strip().upper() for t in args.index_types.split(",") if t.strip()]:
+            loc = MilvusLocation(str(Path(db).resolve()), f"bench_{index_type.lower()}")
+            print(f"Milvus Lite {index_type} ({loc.uri}, collection {loc.collection}):")
+            t0 = time.perf_counter()
+            copy_to_milvus(faiss_store, loc, index_type=index_type, replace=True)
+            copy = time.perf_counter() - t0
+            n = len(faiss_store.products)
+            print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
+            t0 = time.perf_counter()
+            store = MilvusIndexStore.open(loc)
+            print(f"  first open (products and flags read back): {time.perf_counter() - t0:.1f} s")
+            single_queries(store, queries, 1)  # warm-up: collection load, first search
+            times = single_queries(store, queries, args.latency_queries)
+            print(f"  one query: {percentiles(times)} over {len(times)} ({load_average()})")
+            got, per_query = batch_categories(store, queries, batch)
+            agree = np.mean([a == b for a, b in zip(want, got, strict=True)])
+            print(f"  batches of {batch}: {1000 * per_query:.1f} ms per query ({load_average()})")
+            print(f"  same category as FAISS: {agree:.2%} of {len(got)} queries")
+            one_add(store)
+            drop(loc)
+
+
+if __name__ == "__main__":
+    main()
