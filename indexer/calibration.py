@@ -329,10 +329,12 @@ def _effective(candidate: Mapping, used: Sequence[str]) -> tuple:
 
 
 def _all_flat(view: IndexStore) -> bool:
-    """True when every dense channel is one exact FAISS Flat index (no HNSW/IVF, no deltas)."""
+    """True when every dense channel is one exact FAISS Flat index (no HNSW/IVF, no deltas, not
+    another backend's channel)."""
     import faiss
 
-    return all(isinstance(faiss.downcast_index(m.index), faiss.IndexFlat) for m in view.modalities.values())
+    indexes = [getattr(m, "index", None) for m in view.modalities.values()]
+    return all(i is not None and isinstance(faiss.downcast_index(i), faiss.IndexFlat) for i in indexes)
 
 
 def _predict_rows(

@@ -667,7 +667,7 @@ class MilvusIndexStore(IndexStore):
 
     def category_index(self) -> CategoryIndex:
         if "categories" not in self._lookups:
-            self._lookups["categories"] = MilvusCategoryIndex(self, self.products)
+            self._lookups["categories"] = MilvusCategoryIndex(self, self.category_codes())
         return self._lookups["categories"]
 
     def insert(
