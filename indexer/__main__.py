@@ -225,6 +225,41 @@ def cmd_to_milvus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """A catalogue past one machine in one command: `encode` on Ray (resumable), `ingest` the shards
+    into the FAISS index at --out, and with --store copy that index into Milvus (`to-milvus`)."""
+    encode = argparse.Namespace(
+        data=args.data,
+        out=args.shards,
+        profile=args.profile,
+        ray_address=args.ray_address,
+        batch_size=args.batch_size,
+        shard_rows=args.shard_rows,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        limit=args.limit,
+        quiet=args.quiet,
+    )
+    if cmd_encode(encode):
+        return 1
+    ingest = argparse.Namespace(
+        embeddings=args.shards,
+        out=args.out,
+        profile=args.profile,
+        factory=args.factory,
+        batch_rows=args.batch_rows,
+        no_calibrate=False,
+        report=False,
+        json=None,
+    )
+    if cmd_ingest(ingest) or not args.store:
+        return 0 if not args.store else 1
+    milvus = argparse.Namespace(
+        index=args.out, location=args.store, collection=None, index_type=args.index_type, replace=True, quiet=args.quiet
+    )
+    return cmd_to_milvus(milvus)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indexer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -294,6 +329,25 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_to_milvus)
+    q = sub.add_parser("pipeline", help="encode on Ray, ingest into the FAISS index, optionally copy it into Milvus")
+    q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
+    q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")
+    q.add_argument(
+        "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
+    )
+    q.add_argument("--store", default=None, help="also copy the index into this Milvus location (*.db or milvus://)")
+    q.add_argument("--profile", default=_env("ENCODER_PROFILE", DEFAULT_PROFILE), choices=list_profiles())
+    q.add_argument("--ray-address", default=_env("RAY_ADDRESS"), help="Ray cluster (default $RAY_ADDRESS; none: local)")
+    q.add_argument("--workers", type=int, help="Ray actors (default: cluster CPUs / --cpus-per-worker)")
+    q.add_argument("--cpus-per-worker", type=int, help="CPUs (torch threads) per actor (default 2)")
+    q.add_argument("--batch-size", type=int, default=32, help="model batch size")
+    q.add_argument("--shard-rows", type=int, default=128, help="products per shard (keep it to resume)")
+    q.add_argument("--limit", type=int, help="only the first N products of the catalogue (trial runs)")
+    q.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
+    q.add_argument("--batch-rows", type=int, default=2048, help="rows per streamed record batch (ingest)")
+    q.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (IP metric)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_pipeline)
     return p
 
 

@@ -177,3 +177,34 @@ def test_add_with_unknown_profile_exits_2(fake_profile, dataset, tmp_path, capsy
 def test_unknown_profile_rejected_by_argparse():
     proc = run_cli("build", "--data", "x", "--profile", "nope")
     assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
+
+
+def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, tmp_path, monkeypatch, capsys):
+    """`pipeline` = encode (stubbed here: Ray is exercised by tests/test_encode_ray.py) + ingest + to-milvus."""
+    from test_ingest import row, write_rows
+
+    import indexer.encode as encode_module
+
+    calls = []
+
+    class Summary:
+        def lines(self):
+            return ["encoded 12 products (stub)"]
+
+    def fake_encode(data, out, **options):
+        calls.append((data, options["ray_address"], options["workers"]))
+        write_rows(Path(out), [[row(i) for i in range(12)]])
+        return Summary()
+
+    monkeypatch.setattr(encode_module, "encode_catalog", fake_encode)
+    shards, index, db = tmp_path / "shards", tmp_path / "index", tmp_path / "catalogue.db"
+    args = ["pipeline", "--data", str(dataset["folder"]), "--shards", str(shards), "--out", str(index)]
+    rc = main([*args, "--profile", FAKE_PROFILE, "--workers", "3", "--store", str(db)])
+    out = capsys.readouterr().out
+    assert rc == 0 and calls == [(str(dataset["folder"]), None, 3)]
+    assert "encoded 12 products (stub)" in out and "products: 12" in out and "into Milvus collection" in out
+    assert len(IndexStore.load(index).products) == 12
+    from indexer.milvus_store import MilvusIndexStore
+
+    copied = MilvusIndexStore.open(db)
+    assert [p.id for p in copied.products] == [p.id for p in IndexStore.load(index).products]
