@@ -468,7 +468,8 @@ def ingest(
     report = ValidationReport()
     categories: set[str] = set()
     existed = out_dir.exists()
-    writer = new_base_writer(out_dir, spec.dims, factory)
+    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # footers only: picks precision, factory
+    writer = new_base_writer(out_dir, spec.dims, factory, expected_rows=expected)
     with writer:
         spool = TextSpool(writer.staging)
         try:

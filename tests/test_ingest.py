@@ -319,3 +319,27 @@ def sampled_texts(store: IndexStore) -> list[str]:
     sample = ingest_module.TextSample(store.manifest["ingest"]["lexical_fit_rows"])
     sample.offer([t for t in (store.product_text(p) for p in store.products) if t])
     return sample.texts
+
+
+def test_a_large_ingest_picks_compact_vectors_and_a_trained_factory_from_the_footers(
+    fake_profile, tmp_path, monkeypatch
+):
+    from indexer import faiss_search, segments
+
+    monkeypatch.setattr(segments, "COMPACT_ROWS", 50)
+    monkeypatch.setattr(faiss_search, "LARGE_BASE_ROWS", 50)
+    rows = [row(i) for i in range(64)]
+    small = write_rows(tmp_path / "small", [rows[:40]])
+    large = write_rows(tmp_path / "large", [rows[:30], rows[30:]])
+    ingest(small, tmp_path / "a", batch_rows=8, calibrate_decision=False)
+    ingest(large, tmp_path / "b", batch_rows=8, calibrate_decision=False)
+    a, b = IndexStore.load(tmp_path / "a", checksums=True), IndexStore.load(tmp_path / "b", checksums=True)
+    assert a.manifest["vector_dtype"] == "float16" and a.manifest["faiss"]["text"]["factory"] == "Flat"
+    assert b.manifest["vector_dtype"] == "int8" and "PQ" in b.manifest["faiss"]["text"]["factory"]
+    assert b.manifest["faiss"]["text"]["train_rows"] == 64 and b.manifest["search"]["refine"] > 1
+    stored, stored_rows = b.vectors_by_row("text")
+    expected = np.array([r["text_vector"] for r in rows], np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(stored, expected[stored_rows], atol=0.01)  # int8 with a scale per row
+    _, found = b.modalities["text"].search(expected[:5], 1)  # refined by the stored vectors
+    assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
