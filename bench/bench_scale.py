@@ -29,6 +29,7 @@ Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--add
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -184,6 +185,16 @@ def recall_at_10(store: IndexStore, exact: IndexStore, queries: dict) -> dict[st
     return out
 
 
+def reusable(shards: Path, n: int) -> bool:
+    """Shards a previous run of this bench left complete in --work (same size): generation is skipped."""
+    try:
+        spec = json.loads((shards / "embeddings.json").read_text())
+    except (OSError, ValueError):
+        return False
+    extra = spec.get("extra", spec)
+    return bool(extra.get("complete")) and extra.get("products") == n and len(list(shards.glob("*.parquet"))) > 0
+
+
 def ingest(shards: Path, index: Path, factory: str, calibrate: bool) -> None:
     """`python -m indexer ingest` in a subprocess (its own memory); prints its summary lines."""
     cmd = [sys.executable, "-m", "indexer", "ingest", "--embeddings", str(shards), "--out", str(index)]
@@ -201,10 +212,12 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
     shards, index = root / f"shards-{n}", root / f"index-{n}"
     t0 = time.perf_counter()
-    write_mixed_shards(real, shards, n)
-    print(f"shards: {time.perf_counter() - t0:.1f} s, {disk_mb(shards):.0f} MB")
+    if reusable(shards, n):
+        print(f"shards: reusing the {n} SYNTHETIC products already in {shards}, {disk_mb(shards):.0f} MB")
+    else:
+        write_mixed_shards(real, shards, n)
+        print(f"shards: {time.perf_counter() - t0:.1f} s, {disk_mb(shards):.0f} MB")
     ingest(shards, index, factory, calibrate)
-    shutil.rmtree(shards, ignore_errors=True)
     live = index / "versions" / (index / "CURRENT").read_text().strip()
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")

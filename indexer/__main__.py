@@ -141,6 +141,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
     cat = m.get("categorizer") or {}
     cv = cat.get("cv") or {}
+    if cat.get("calibrated") is False:
+        print("categorizer: not calibrated (ingest --no-calibrate): every decision is 'review'")
     if cat.get("threshold") is not None:
         print(
             f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "

@@ -53,6 +53,7 @@ from .store import (
     DEFAULT_FACTORY,
     VERSIONS,
     IndexNotFound,
+    IndexStore,
     commit_staged,
     finish_base,
     new_base_writer,
@@ -511,7 +512,7 @@ def ingest(
             },
         }
         staging = finish_base(writer, manifest, lexical)
-    version = commit_staged(out_dir, staging, calibration_entry if calibrate_decision else None)
+    version = commit_staged(out_dir, staging, calibration_entry if calibrate_decision else _uncalibrated)
     counts = json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())["counts"]
     return IngestSummary(
         index_dir=str(out_dir),
@@ -528,6 +529,12 @@ def ingest(
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
     )
+
+
+def _uncalibrated(staged: IndexStore) -> dict:
+    """`--no-calibrate`: an explicit entry with no threshold, so every decision is "review" and a
+    service serves the index at once instead of calibrating it when it starts."""
+    return {"categorizer": {"calibrated": False, "threshold": None, "calibration": None}}
 
 
 @dataclass

@@ -69,7 +69,8 @@ def set_threads(n: int) -> None:
 
 
 def categorizer_for(store: IndexStore) -> Categorizer:
-    """The manifest's calibrated categorizer; calibrated here when the build did not store it."""
+    """The manifest's categorizer; calibrated here when the build stored none (an index ingested
+    with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review)."""
     if store.manifest.get("categorizer"):
         return Categorizer(store)
     from indexer.calibration import calibrate

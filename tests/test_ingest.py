@@ -343,3 +343,17 @@ def test_a_large_ingest_picks_compact_vectors_and_a_trained_factory_from_the_foo
     np.testing.assert_allclose(stored, expected[stored_rows], atol=0.01)  # int8 with a scale per row
     _, found = b.modalities["text"].search(expected[:5], 1)  # refined by the stored vectors
     assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_no_calibrate_is_served_as_is_with_every_decision_review(fake_profile, tmp_path, monkeypatch):
+    from service.state import categorizer_for
+
+    ingest(write_rows(tmp_path / "emb", [[row(i) for i in range(12)]]), tmp_path / "index", calibrate_decision=False)
+    store = IndexStore.load(tmp_path / "index")
+    assert store.manifest["categorizer"] == {"calibrated": False, "threshold": None, "calibration": None}
+    import indexer.calibration as calibration
+
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: pytest.fail("a service must not calibrate it"))
+    categorizer = categorizer_for(store)
+    prediction = categorizer.predict_rows(np.array([0]))[0]
+    assert prediction.decision == "review" and prediction.category == "Watches"
