@@ -91,6 +91,9 @@ FORMAT_VERSION = 3  # 3: products in SQLite + category codes, int8 or float16 ve
 # Past this many rows in the deltas, an add starts compacting them into a new base in a
 # background thread. bench/bench_scale.py prints the single-add latency and the compaction time.
 DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
+# ... or past this many delta segments: a reload costs O(deltas) (one small manifest each;
+# bench_scale at 1M: 18 ms with 100 deltas), so one-product adds must not pile up 20000 of them.
+DELTA_COMPACT_SEGMENTS = int(os.environ.get("INDEX_DELTA_COMPACT_SEGMENTS", "200"))
 _BASES_KEPT = 2
 DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
 CURRENT = "CURRENT"
@@ -809,7 +812,8 @@ def append(
     are read), and verifies checksums first (the base's once per process and file identity,
     the deltas' every time): an add never builds on damage. `before_publish(live)` runs under
     the lock once the add is known to win (no id clash), e.g. to move a staged photo into
-    place. Past DELTA_COMPACT_ROWS delta rows the add starts a background compaction (see
+    place. Past DELTA_COMPACT_ROWS delta rows or DELTA_COMPACT_SEGMENTS deltas the add starts a
+    background compaction (see
     `compact`) and returns at once: adds made meanwhile go on to deltas and are carried over.
     """
     if store.backend != "faiss":
@@ -857,7 +861,8 @@ def append(
             },
         )
         out = IndexStore.load(path)
-    if out.delta_rows() >= DELTA_COMPACT_ROWS and compact_past_threshold:
+    past = out.delta_rows() >= DELTA_COMPACT_ROWS or len(out.deltas) >= DELTA_COMPACT_SEGMENTS
+    if past and compact_past_threshold:
         start_background_compaction(path)
     return out
 

@@ -151,6 +151,17 @@ def test_add_compacts_past_the_delta_threshold(tmp_path, monkeypatch):
     assert store.version == "000002" and store.deltas == () and len(store.products) == 13
 
 
+def test_many_small_adds_compact_past_the_segment_threshold(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "DELTA_COMPACT_SEGMENTS", 2)
+    publish_fake(tmp_path, n=10)
+    store = add_one(IndexStore.load(tmp_path), "a", 1)
+    assert store_module._COMPACTIONS.get(str(tmp_path.resolve())) is None
+    add_one(store, "b", 2)  # the second delta: past the threshold, one row each
+    store_module._COMPACTIONS[str(tmp_path.resolve())].join(timeout=60)
+    store = IndexStore.load(tmp_path)
+    assert store.version == "000002" and store.deltas == () and len(store.products) == 12
+
+
 def test_adds_during_a_compaction_are_carried_into_the_new_version(tmp_path, monkeypatch):
     publish_fake(tmp_path, n=10)
     add_one(IndexStore.load(tmp_path), "a", 1)
