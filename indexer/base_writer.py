@@ -39,7 +39,7 @@ from .encoders.base import MODALITIES, l2_normalize
 from .faiss_search import build_faiss_index, choose_factory, search_settings_for
 from .integrity import describe_files
 from .lexical import DEFAULT_POSTINGS_CAP, postings_cap
-from .products_db import WRITE_BATCH, ProductsWriter
+from .products_db import ProductsWriter
 from .segments import VECTOR_DTYPE, StoredVectors, load_vectors, quantize_int8, vector_dtype_for
 from .store_errors import IndexStoreError
 
@@ -175,15 +175,10 @@ class BaseWriter:
         self.count += len(products)
 
     def add_all_products(self, products: Iterable[Product]) -> None:
-        """`add_products` over any iterable (a list, a loaded store's rows), WRITE_BATCH at a time."""
-        chunk: list[Product] = []
-        for product in products:
-            chunk.append(product)
-            if len(chunk) >= WRITE_BATCH:
-                self.add_products(chunk)
-                chunk = []
-        if chunk:
-            self.add_products(chunk)
+        """`add_products` over any iterable (a list, a loaded store's rows), in the table
+        writer's batches (ProductsWriter.add_all): O(batch) memory."""
+        self._products.add_all(products)
+        self.count = self._products.n
 
     def add_vectors(self, modality: str, vectors: np.ndarray, rows: np.ndarray) -> None:
         """Append one modality's vectors (L2-normalised here) for the products at global `rows`;
