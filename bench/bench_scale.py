@@ -14,7 +14,8 @@ Prints, per size:
   RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions, and of two
   workers on the same index;
 - predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
-  thread (FAISS/OpenMP) as in a service worker;
+  thread (FAISS/OpenMP) as in a service worker; the lexical top-50 reading every posting and
+  with the exact pruning (same rows?);
 - recall@10 per channel against exact search over the same stored vectors, and agreement of
   the fused category with the one exact candidates give;
 - single-add p50/p99 (one product through indexer.store.append: delta written, fsync'd,
@@ -41,12 +42,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import scipy.sparse as sp
 from common import ROOT
 from synthetic import write_mixed_shards
 
 from indexer.catalog import Product
 from indexer.knn import Categorizer, stored_queries
-from indexer.lexical import present_rows
+from indexer.lexical import LexicalIndex, present_rows
 from indexer.store import IndexStore, ModalityIndex, append, compact
 
 WORKER = r"""
@@ -185,6 +187,24 @@ def recall_at_10(store: IndexStore, exact: IndexStore, queries: dict) -> dict[st
     return out
 
 
+def lexical_both_ways(lexical: LexicalIndex, queries: sp.csr_matrix, k: int = 50) -> str:
+    """The lexical channel's top-k (the Categorizer's candidates) one query at a time, every
+    posting read vs the exact pruning (LexicalIndex._pruned_hits), and whether they agree."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    same = 0
+    for i in range(queries.shape[0]):
+        got = {}
+        for prune in (False, True):
+            t0 = time.perf_counter()
+            got[prune] = lexical.search(queries[i], k, prune=prune)
+            times[prune].append(time.perf_counter() - t0)
+        same += bool(np.array_equal(got[False][1], got[True][1]))
+    return (
+        f"lexical top-{k} ({queries.shape[0]} queries): every posting {percentiles(times[False])}; "
+        f"pruned {percentiles(times[True])}; same rows for {same}/{queries.shape[0]}"
+    )
+
+
 def reusable(shards: Path, n: int) -> bool:
     """Shards a previous run of this bench left complete in --work (same size): generation is skipped."""
     try:
@@ -247,6 +267,8 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         similar.append(time.perf_counter() - t0)
     print(f"predict from stored vectors ({len(rows)}, load average {load_average()}): {percentiles(times)}")
     print(f"similar search from stored vectors ({len(rows)}): {percentiles(similar)}")
+    if store.lexical is not None:
+        print(lexical_both_ways(store.lexical, queries["lexical"]))
     exact = exact_view(store)
     recall = recall_at_10(store, exact, queries)
     print("recall@10 against exact search: " + ", ".join(f"{c} {r:.3f}" for c, r in recall.items()))

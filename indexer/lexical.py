@@ -20,6 +20,14 @@ The rows added since (delta segments) stay a separate small matrix searched exac
 the base, and the two top-k lists are merged (`with_delta`): a reload after an add is
 O(delta), with no stacking of the base and no postings rebuild.
 
+Exact pruning: a query whose terms hold at least PRUNE_FROM_POSTINGS postings is answered
+with a MaxScore-style bound over the impact-ordered postings (`_pruned_hits`): the heads of
+the lists give a first k-th best score, the terms that together cannot lift a unit-norm row
+to it are read for no row, and only the rows that can still reach it are re-scored. The
+top k are the dense scan's rows (tests/test_search_path.py); the cost falls from every
+posting of every query term to the essential terms' postings plus the re-scored rows
+(bench/bench_scale.py prints the lexical search both ways at each size).
+
 Impact order: each term's postings are stored by decreasing weight. With `cap` (the
 manifest's `lexical_cap`, LEXICAL_POSTINGS_CAP overrides; 0 = exact) a term whose postings
 exceed `cap` contributes only its `cap` heaviest, so a query costs O(terms·cap) whatever
@@ -45,6 +53,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .filters import PositionFilter
+from .segments import map_random
 from .text import baseline_tokens
 
 NGRAMS = (1, 2)
@@ -84,6 +93,24 @@ def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
 INDEX_ARRAYS = ("data", "indices", "indptr")
 POSTINGS_CAP_ENV = "LEXICAL_POSTINGS_CAP"
 DEFAULT_POSTINGS_CAP = 0  # written to the manifest at publish; chosen by bench/bench_search_scale.py
+# Exact pruning (LexicalIndex._pruned_hits), timed by bench/bench_scale.py: below
+# PRUNE_FROM_POSTINGS postings for one query the plain product is cheaper than bounding; the
+# pool for the first theta is the POOL_FACTOR·k best partial scores of each term's HEAD_POSTINGS
+# heaviest; the plain product is used when the essential terms hold over ESSENTIAL_SHARE of the
+# query's postings or more than RESCORE_LIMIT rows would be re-scored (nothing saved then).
+# The non-essential terms may together reach at most REST_SHARE of theta: at theta itself a row
+# needs no essential score to pass and nearly every row is re-scored (70k of 71k on one query
+# of the 1M SYNTHETIC catalogue); at 0.75, the cost (essential postings + re-scored rows x
+# row length) came within 1.3x of the best split on 8 of 8 queries there (/ 5-10x the full read).
+# HEAD_POSTINGS / POOL_FACTOR: 256 / 8 gave lexical top-50 p50 14.0 ms (mean 15.5) on 60 queries
+# there, 256 / 2 15.6 (17.5), 1024 / 8 12.5 (15.6): a deeper head buys little.
+PRUNE_FROM_POSTINGS = 20_000
+HEAD_POSTINGS = 256
+POOL_FACTOR = 8
+REST_SHARE = 0.75
+ESSENTIAL_SHARE = 0.8
+RESCORE_LIMIT = 20_000
+BOUND_SLACK = 1e-5
 
 
 def postings_cap(manifest_value: int | None = None) -> int:
@@ -271,23 +298,102 @@ class LexicalIndex:
         terms = query.indices
         starts, ends = postings.indptr[terms].astype(np.int64), postings.indptr[terms + 1].astype(np.int64)
         if cap and (ends - starts > cap).any():
-            ends = np.minimum(ends, starts + cap)
-            lengths = ends - starts
-            take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-            sub = _csr(
-                postings.data[take],
-                postings.indices[take],
-                np.concatenate([[0], np.cumsum(lengths)]),
-                (len(terms), postings.shape[1]),
-            )
-            q = sp.csr_matrix((query.data, np.arange(len(terms)), [0, len(terms)]), shape=(1, len(terms)))
-            sims = (q @ sub).tocsr()
-        else:
-            sims = (query @ postings).tocsr()
+            return self._head_product(query, starts, np.minimum(ends, starts + cap))
+        sims = (query @ postings).tocsr()
         return sims.indices.astype(np.int64), sims.data
 
+    def _head_product(
+        self, query: sp.csr_matrix, starts: np.ndarray, ends: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, partial scores) over the postings starts[t]:ends[t] of each query term t
+        (in the order of `query.indices`): O(postings read)."""
+        postings = self.postings
+        lengths = ends - starts
+        take = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
+        sub = _csr(
+            postings.data[take],
+            postings.indices[take],
+            np.concatenate([[0], np.cumsum(lengths)]),
+            (len(starts), postings.shape[1]),
+        )
+        q = sp.csr_matrix((query.data, np.arange(len(starts)), [0, len(starts)]), shape=(1, len(starts)))
+        sims = (q @ sub).tocsr()
+        return sims.indices.astype(np.int64), sims.data
+
+    def _exact_scores(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The scores of a dense query vector at base `positions`: the gathered rows times the
+        vector (scipy's csr_matvec sums each row's products in the row's term order, the very
+        float32 sums of `search_dense`, since the query's zeros add nothing). O(rows · row length)."""
+        return np.asarray(self.base_matrix[positions] @ query, dtype=np.float32)
+
+    def _pruned_hits(
+        self, query: sp.csr_matrix, k: int, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions, exact scores) of base rows that include the k best allowed for one query,
+        or None when bounding would not save work (the caller then reads every posting).
+
+        Exact top-k with MaxScore-style pruning: (1) the heads (HEAD_POSTINGS heaviest) of
+        each term's impact-ordered postings give a candidate pool whose k-th best exact
+        score theta is a lower bound of the true k-th best; (2) the query terms are split so that
+        the "non-essential" ones together cannot lift a row to REST_SHARE·theta: their bound is the most
+        sum q_t·x_t can be under 0 <= x_t <= (the term's heaviest posting) and ||x|| <= 1
+        (rows are L2-normalised), `_norm_bound`; (3) only rows in the essential terms'
+        postings can reach theta, and of those only the ones whose essential partial score
+        plus that bound reaches theta are re-scored exactly. A row left out scores below theta, so
+        the top k are exact. Cost O(terms·HEAD + essential postings + re-scored rows ·
+        row length) instead of O(every posting of every query term).
+        """
+        postings = self.postings
+        terms = query.indices
+        starts = postings.indptr[terms].astype(np.int64)
+        lengths = postings.indptr[terms + 1].astype(np.int64) - starts
+        total = int(lengths.sum())
+        if total < PRUNE_FROM_POSTINGS:
+            return None
+        pos, partial = self._head_product(query, starts, starts + np.minimum(lengths, HEAD_POSTINGS))
+        if mask is not None:
+            keep = mask[pos]
+            pos, partial = pos[keep], partial[keep]
+        if len(pos) < k:
+            return None
+        dense = np.zeros(query.shape[1], np.float32)
+        dense[terms] = query.data
+        pool = pos[_top_k(pos, partial, POOL_FACTOR * k)]
+        theta = float(np.sort(self._exact_scores(dense, pool))[-k])
+        if theta <= 0:
+            return None
+        weights = query.data.astype(np.float64)
+        heaviest = np.where(lengths > 0, postings.data[np.minimum(starts, len(postings.data) - 1)], 0.0)
+        order = np.argsort(weights * heaviest, kind="stable")
+        lo, hi = 0, len(order)  # the largest prefix of `order` whose bound stays below REST_SHARE·theta
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _norm_bound(weights[order[:mid]], heaviest[order[:mid]]) < REST_SHARE * theta:
+                lo = mid
+            else:
+                hi = mid - 1
+        rest = _norm_bound(weights[order[:lo]], heaviest[order[:lo]])
+        essential = np.sort(order[lo:])
+        if lengths[essential].sum() > ESSENTIAL_SHARE * total:
+            return None
+        sub = sp.csr_matrix((query.data[essential], terms[essential], [0, len(essential)]), shape=query.shape)
+        sims = (sub @ postings).tocsr()
+        pos, partial = sims.indices.astype(np.int64), sims.data
+        keep = partial + rest >= theta
+        if mask is not None:
+            keep &= mask[pos]
+        pos = pos[keep]
+        if len(pos) > RESCORE_LIMIT:
+            return None
+        return pos, self._exact_scores(dense, pos)
+
     def search(
-        self, queries: sp.csr_matrix, k: int, allowed: PositionFilter | None = None, cap: int | None = None
+        self,
+        queries: sp.csr_matrix,
+        k: int,
+        allowed: PositionFilter | None = None,
+        cap: int | None = None,
+        prune: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, product rows) of the k best positions per query, ties by position.
 
@@ -312,7 +418,10 @@ class LexicalIndex:
             delta = (queries @ self.delta_matrix.T).tocsr()
         rows = self.rows
         for i in range(n):
-            pos, score = self._base_hits(queries[i], cap) if self.nbase else (np.zeros(0, np.int64), np.zeros(0))
+            pos, score = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            if self.nbase:
+                pruned = self._pruned_hits(queries[i], k, mask) if prune and not cap else None
+                pos, score = pruned if pruned is not None else self._base_hits(queries[i], cap)
             if delta is not None:
                 lo, hi = delta.indptr[i], delta.indptr[i + 1]
                 pos = np.concatenate([pos, self.nbase + delta.indices[lo:hi].astype(np.int64)])
@@ -365,12 +474,12 @@ class LexicalIndex:
         vectorizer = _vectorizer(vocab)
         vectorizer.fit([""] if not vocab else list(vocab)[:1])  # sets up internals; idf replaced below
         vectorizer.idf_ = np.load(folder / "lexical.idf.npy")
-        arrays = {
-            (prefix, name): np.load(folder / f"{prefix}.{name}.npy", mmap_mode="r", allow_pickle=False)
+        arrays = {  # rows are read scattered (re-scoring, similarity): no read-ahead; postings in runs
+            (prefix, name): (map_random if prefix == "lexical" else _map)(folder / f"{prefix}.{name}.npy")
             for prefix in ("lexical", "lexical.postings")
             for name in INDEX_ARRAYS
         }
-        rows = np.load(folder / "lexical.rows.npy", mmap_mode="r", allow_pickle=False)
+        rows = map_random(folder / "lexical.rows.npy")
         n, dim = len(rows), len(vocab)
         for prefix, shape in (("lexical", (n, dim)), ("lexical.postings", (dim, n))):
             data, indices, indptr = (arrays[prefix, name] for name in INDEX_ARRAYS)
@@ -386,6 +495,10 @@ class LexicalIndex:
         return cls(vectorizer, matrix, rows, cap=cap, _postings=postings)
 
 
+def _map(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def present_rows(query: np.ndarray | sp.spmatrix) -> np.ndarray:
     """Which query rows carry this channel: non-NaN dense rows, non-empty sparse rows."""
     if isinstance(query, np.ndarray):
@@ -393,6 +506,32 @@ def present_rows(query: np.ndarray | sp.spmatrix) -> np.ndarray:
     if sp.issparse(query):
         return np.asarray(sp.csr_matrix(query).getnnz(axis=1) > 0)
     return ~np.isnan(np.asarray(query)).any(axis=1)
+
+
+def _norm_bound(weights: np.ndarray, caps: np.ndarray) -> float:
+    """The most sum(weights·x) can be over 0 <= x <= caps with ||x||_2 <= 1: an upper bound of
+    the score a unit row gets from these terms when its weight on term t is at most caps[t].
+
+    Water-filling (the KKT point x_t = min(caps_t, lam·w_t)): terms are capped in the order of
+    caps/weights, lam fills the rest of the unit norm. O(m log m), m = len(weights). Padded up
+    by BOUND_SLACK so float32 rounding in the scores can never put a row above it."""
+    weights, caps = np.asarray(weights, np.float64), np.asarray(caps, np.float64)
+    if not len(weights):
+        return 0.0
+    plain = float(weights @ caps)
+    if float(caps @ caps) <= 1.0:
+        return plain * (1 + BOUND_SLACK) + BOUND_SLACK
+    order = np.argsort(caps / weights, kind="stable")
+    w, c = weights[order], caps[order]
+    capped_sq = np.concatenate([[0.0], np.cumsum(c * c)])[:-1]  # first j capped: sum of their caps^2
+    capped_dot = np.concatenate([[0.0], np.cumsum(w * c)])[:-1]
+    rest_sq = np.cumsum((w * w)[::-1])[::-1]  # sum over the uncapped (j, j+1, ...) of w^2
+    lam = np.sqrt(np.clip(1.0 - capped_sq, 0.0, None) / rest_sq)
+    ratio = c / w
+    valid = (lam <= ratio) & (np.concatenate([[0.0], ratio[:-1]]) <= lam)
+    best = float((capped_dot + lam * rest_sq)[np.argmax(valid)]) if valid.any() else plain
+    best = min(best, plain, float(np.sqrt(weights @ weights)))
+    return best * (1 + BOUND_SLACK) + BOUND_SLACK
 
 
 def _top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 from fakes import make_products, publish_fake, random_vectors
 
 from indexer import faiss_search
+from indexer import lexical as lexical_module
 from indexer.catalog import Product
 from indexer.encoders.base import l2_normalize
 from indexer.faiss_search import DEFAULT_SEARCH_PARAMS, exact_search, search_params
@@ -70,6 +71,79 @@ def test_lexical_filtered_search_equals_masked_dense_scan(lexical, k):
     np.testing.assert_array_equal(rows, lexical.rows[top])
     np.testing.assert_array_equal(scores, np.take_along_axis(dense, top, axis=1))
     assert np.isin(rows, lexical.rows[positions]).all()
+
+
+@pytest.fixture()
+def always_prune(monkeypatch):
+    """Pruning on for the small test index: every query bounded, heads of 2 postings (a poor
+    first theta, so the bound, not the head, decides what is left out)."""
+    monkeypatch.setattr(lexical_module, "PRUNE_FROM_POSTINGS", 0)
+    monkeypatch.setattr(lexical_module, "HEAD_POSTINGS", 2)
+    monkeypatch.setattr(lexical_module, "ESSENTIAL_SHARE", 1.0)
+    monkeypatch.setattr(lexical_module, "RESCORE_LIMIT", 10**9)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 50])
+def test_lexical_pruned_search_equals_dense_scan(lexical, always_prune, k):
+    """The bounded search returns the dense scan's rows; scores agree to float32 rounding (the
+    re-score sums a row's terms in the row's order, the scan in the query's)."""
+    queries = lexical_queries(lexical)
+    dense_scores, dense_rows = lexical.search_dense(queries, k)
+    scores, rows = lexical.search(queries, k)
+    np.testing.assert_array_equal(rows, dense_rows)
+    np.testing.assert_allclose(scores, dense_scores, rtol=0, atol=1e-6)
+    allowed = PositionFilter(np.sort(np.random.default_rng(4).choice(300, 90, replace=False)), 300)
+    segmented = split_base_and_deltas(lexical, (200, 260))
+    for index in (lexical, segmented):
+        got = index.search(queries, k, allowed)
+        want = index.search(queries, k, allowed, prune=False)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+
+
+def test_lexical_pruning_reads_fewer_rows_than_the_postings(lexical, always_prune):
+    """On queries of several words the bound leaves rows out (else pruning saves nothing), and
+    every row it leaves out scores below the k-th best."""
+    queries = lexical_queries(lexical)
+    pruned_any = False
+    for i in range(queries.shape[0]):
+        query = queries[i]
+        if query.nnz < 3:
+            continue
+        hits = lexical._base_hits(query, 0)[0]
+        found = lexical._pruned_hits(query, 5, None)
+        if found is None:
+            continue
+        kept = set(found[0].tolist())
+        pruned_any |= len(kept) < len(hits)
+        full = (query @ lexical.matrix.T).toarray().ravel()
+        kth = np.sort(full)[-5]
+        assert all(full[p] < kth for p in set(hits.tolist()) - kept)
+    assert pruned_any
+
+
+def test_norm_bound_is_the_maximum_over_the_box_and_the_ball():
+    """`_norm_bound` is an upper bound of w·x over 0 <= x <= caps, ||x|| <= 1, and a tight one:
+    it matches a numerical maximisation (SLSQP) on random cases."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        m = int(rng.integers(1, 8))
+        w, caps = rng.uniform(0.01, 1, m), rng.uniform(0.0, 0.9, m)
+        bound = lexical_module._norm_bound(w, caps)
+        x = rng.uniform(0, 1, (2000, m)) * caps
+        x /= np.maximum(1.0, np.linalg.norm(x, axis=1, keepdims=True))
+        assert (x @ w <= bound).all()
+        best = minimize(
+            lambda v, w=w: -(w @ v),
+            caps / 2,
+            bounds=[(0, c) for c in caps],
+            constraints=[{"type": "ineq", "fun": lambda v: 1 - v @ v}],
+            method="SLSQP",
+        )
+        assert bound == pytest.approx(-best.fun, abs=1e-4)
+    assert lexical_module._norm_bound(np.array([]), np.array([])) == 0.0
 
 
 def test_lexical_postings_are_the_transposed_matrix_in_impact_order(lexical):
