@@ -76,8 +76,8 @@ def test_vector_dtype_by_size_and_environment(monkeypatch):
 def test_auto_factory_is_flat_when_small_and_ivf_pq_when_large():
     assert choose_factory("auto", faiss_search.LARGE_BASE_ROWS - 1, 896) == "Flat"
     assert choose_factory("HNSW32", 10**6, 896) == "HNSW32"
-    assert choose_factory("auto", 10**6, 1280) == "IVF1024,PQ64x4fs"
-    assert choose_factory("auto", 10**6, 896) == "IVF1024,PQ56x4fs"  # 56 divides 896 and is nearest 896 / 20
+    assert choose_factory("auto", 10**6, 1280) == "IVF1024,PQ160x4fs"
+    assert choose_factory("auto", 10**6, 896) == "IVF1024,PQ112x4fs"  # 112 divides 896: 896 / 8
     factory = choose_factory("auto", 100_000, 896)
     m = int(factory.split("PQ")[1].split("x")[0])
     assert factory.startswith("IVF256,") and 896 % m == 0 and m % 2 == 0
