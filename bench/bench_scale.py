@@ -11,8 +11,8 @@ Prints, per size:
   summary line with peak RSS), disk size of the live version;
 - load time (IndexStore.load + Categorizer, imports excluded) and, for the service, start to
   ready (a fresh interpreter: imports, index with checksums, encoder weights, Categorizer);
-  RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions, and of two
-  workers on the same index;
+  RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions and after 1,000
+  more (mapped pages it touched add up), and of two workers on the same index;
 - predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
   thread (FAISS/OpenMP) as in a service worker; the lexical top-50 reading every posting and
   with the exact pruning (same rows?);
@@ -66,7 +66,12 @@ rng = np.random.default_rng(int(sys.argv[2]))
 for row in rng.integers(0, len(store.products), 20):
     cat.predict_rows(np.array([row]), modalities=("image", "text"))
 print(f"{loaded:.3f}", flush=True)
-sys.stdin.readline()
+line = sys.stdin.readline()
+if line.startswith("more"):
+    for row in rng.integers(0, len(store.products), int(line.split()[1])):
+        cat.predict_rows(np.array([row]), modalities=("image", "text"))
+    print("done", flush=True)
+    sys.stdin.readline()
 """
 READY = r"""
 import time
@@ -80,6 +85,7 @@ live = state.current()
 print(f"{time.perf_counter() - t0:.2f} {live.store.manifest.get('profile')} {len(live.store.products)}", flush=True)
 """
 EXACT_CHUNK = 65_536  # stored vectors scored at a time by the exact reference
+WARM_PREDICTIONS = 1000  # further predictions of the single worker: how its PSS grows with use
 
 
 def load_average() -> str:
@@ -96,9 +102,10 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["Rss"], fields["Pss"]
 
 
-def workers(index: Path, count: int) -> list[tuple[float, float, float, float, float]]:
+def workers(index: Path, count: int, more: int = 0) -> list[tuple[float, ...]]:
     """Start `count` worker processes on the index, one after the other; per worker (load s, RSS and
-    PSS MB after the imports, RSS and PSS MB once every worker has loaded and made 20 predictions)."""
+    PSS MB after the imports, RSS and PSS MB once every worker has loaded and made 20 predictions,
+    and with `more`, RSS and PSS MB after `more` further predictions each: pages touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     procs, out = [], []
     try:
@@ -116,7 +123,15 @@ def workers(index: Path, count: int) -> list[tuple[float, float, float, float, f
             proc.stdin.write("go\n")
             proc.stdin.flush()
             out[-1].insert(0, float(proc.stdout.readline()))
-        return [(load, rss0, pss0, *memory(p.pid)) for (load, rss0, pss0), p in zip(out, procs, strict=True)]
+        figures = [(*first, *memory(p.pid)) for first, p in zip(out, procs, strict=True)]
+        if more:
+            for proc in procs:
+                proc.stdin.write(f"more {more}\n")
+                proc.stdin.flush()
+            for proc in procs:
+                assert proc.stdout.readline().strip() == "done"
+            figures = [(*f, *memory(p.pid)) for f, p in zip(figures, procs, strict=True)]
+        return figures
     finally:
         for proc in procs:
             proc.stdin.close()
@@ -242,12 +257,14 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
-        figures = workers(index, count)
+        figures = workers(index, count, more=WARM_PREDICTIONS if count == 1 else 0)
         print(
             f"{count} worker(s) (load average {load_average()}): "
             + "; ".join(
-                f"load {load:.2f} s, RSS {rss:.0f} MB, PSS {pss:.0f} MB (imports alone: RSS {rss0:.0f}, PSS {pss0:.0f})"
-                for load, rss0, pss0, rss, pss in figures
+                f"load {f[0]:.2f} s, RSS {f[3]:.0f} MB, PSS {f[4]:.0f} MB after 20 predictions "
+                f"(imports alone: RSS {f[1]:.0f}, PSS {f[2]:.0f})"
+                + (f", RSS {f[5]:.0f} MB, PSS {f[6]:.0f} MB after {WARM_PREDICTIONS} more" if len(f) > 5 else "")
+                for f in figures
             )
             + f"; PSS total {sum(f[4] for f in figures):.0f} MB (load average {load_average()})"
         )
