@@ -56,15 +56,22 @@ class Loaded:
 
 
 def set_threads(n: int) -> None:
-    """Intra-op threads for torch and FAISS in this process (call again after fork)."""
+    """Intra-op threads for torch, FAISS and numpy's BLAS in this process (call again after fork).
+
+    BLAS too: the search re-scores candidates with a matrix-vector product, and OpenBLAS's own
+    threads (one per core by default) fight the other worker and the request threads for the
+    2 cores: predict p50 at 100k SYNTHETIC products went from 13.7 to 35.8 ms at load 3.4 with
+    them (bench/bench_scale.py sets the same limits)."""
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
 
     from indexer.encoders import set_text_threads
 
     n = max(1, int(n))
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")  # persists for the process (used as a call)
     set_text_threads(n)  # e5's OpenMP / USE's BLAS: workers x threads stays <= cores
 
 

@@ -10,6 +10,7 @@ import base64
 import io
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 from service_support import jpeg_bytes, photo_products
@@ -389,3 +390,25 @@ def test_parallel_and_sequential_encoding_agree(client, service_index, embedded_
     assert a["scores"] == b["scores"]
     assert [n["id"] for n in a["neighbors"]] == [n["id"] for n in b["neighbors"]]
     assert a["timing_ms"]["encode_text"] > 0 and b["timing_ms"]["encode_text"] > 0
+
+
+def test_set_threads_limits_blas_as_well_as_torch_and_faiss():
+    """A worker's numpy BLAS runs the re-scoring matrix products: its threads count against the
+    cores like torch's and FAISS's, so set_threads limits all three."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from service.state import set_threads
+
+    np.ones((4, 4)) @ np.ones(4)  # BLAS loaded
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    with threadpool_limits(limits=None):  # restores numpy's BLAS threads after the test
+        try:
+            set_threads(1)
+            blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+            assert blas and all(n == 1 for n in blas)
+            assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+        finally:
+            torch.set_num_threads(before[0])
+            faiss.omp_set_num_threads(before[1])
