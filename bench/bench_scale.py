@@ -24,7 +24,7 @@ Prints, per size:
 - compaction time of those deltas into a new base (indexer.store.compact).
 
 Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--adds 100]
-     [--factory auto] [--calibrate]
+     [--factory auto] [--calibrate] [--work DIR [--skip-ingest]]
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 from common import ROOT
@@ -50,12 +49,15 @@ from indexer.catalog import Product
 from indexer.knn import Categorizer, stored_queries
 from indexer.lexical import LexicalIndex, present_rows
 from indexer.store import IndexStore, ModalityIndex, append, compact
+from service.state import set_threads
 
 WORKER = r"""
 import sys, time
 import numpy as np
+from threadpoolctl import threadpool_limits
 from indexer.store import IndexStore
 from indexer.knn import Categorizer
+threadpool_limits(limits=1, user_api="blas")
 print("imported", flush=True)
 sys.stdin.readline()
 t0 = time.perf_counter()
@@ -243,7 +245,7 @@ def ingest(shards: Path, index: Path, factory: str, calibrate: bool) -> None:
         print(f"  {line}")
 
 
-def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate: bool) -> None:
+def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate: bool, skip_ingest: bool) -> None:
     print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
     shards, index = root / f"shards-{n}", root / f"index-{n}"
     t0 = time.perf_counter()
@@ -252,7 +254,10 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     else:
         write_mixed_shards(real, shards, n)
         print(f"shards: {time.perf_counter() - t0:.1f} s, {disk_mb(shards):.0f} MB")
-    ingest(shards, index, factory, calibrate)
+    if skip_ingest and (index / "CURRENT").exists():
+        print(f"ingest: skipped (--skip-ingest), measuring the live version of {index}")
+    else:
+        ingest(shards, index, factory, calibrate)
     live = index / "versions" / (index / "CURRENT").read_text().strip()
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
@@ -336,14 +341,15 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="calibrate the Categorizer at ingest")
     parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument("--skip-ingest", action="store_true", help="measure the index a previous run left in --work")
     args = parser.parse_args()
-    faiss.omp_set_num_threads(1)  # one thread per query, as a service worker (and the WORKER processes) runs
+    set_threads(1)  # torch, FAISS and BLAS: one thread per query, as a service worker (and WORKER) runs
     real = IndexStore.load(args.index)
     print(f"real index {args.index}: {len(real.products)} products; SYNTHETIC catalogues follow")
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         for n in (int(s) for s in args.sizes.split(",")):
-            run(real, n, args.adds, root, args.factory, args.calibrate)
+            run(real, n, args.adds, root, args.factory, args.calibrate, args.skip_ingest)
     finally:
         if args.work is None:
             shutil.rmtree(root, ignore_errors=True)
