@@ -35,7 +35,7 @@ class Config:
     API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
-    TORCH_THREADS     intra-op threads per worker (default 1: 2 workers x 1 thread = 2 cores)
+    TORCH_THREADS     torch / FAISS / BLAS threads per worker (default 1: 2 workers x 1 thread = 2 cores)
     PARALLEL_ENCODE   1 (default) encodes a query's text on a helper thread while the image
                       is encoded: about max(image, text) instead of the sum when a core is free
     ENCODER_PROFILE   only used when no index exists yet; otherwise the index's own profile
