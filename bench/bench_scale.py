@@ -11,8 +11,10 @@ Prints, per size:
   summary line with peak RSS), disk size of the live version;
 - load time (IndexStore.load + Categorizer, imports excluded) and, for the service, start to
   ready (a fresh interpreter: imports, index with checksums, encoder weights, Categorizer);
-  RSS and PSS (/proc/<pid>/smaps_rollup) of one worker after 20 predictions and after 1,000
-  more (mapped pages it touched add up), and of two workers on the same index;
+  RSS, PSS and private memory (/proc/<pid>/smaps_rollup) of a master that loads the index and
+  forks one worker, then two (as gunicorn's preload does), after 20 predictions per worker, and
+  of the single worker after 1,000 more (mapped pages it touched add up); the index's page
+  cache is dropped before each, as the service's checksum pass at start leaves it;
 - predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
   thread (FAISS/OpenMP) as in a service worker; the lexical top-50 reading every posting and
   with the exact pruning (same rows?);
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,29 +54,34 @@ from indexer.lexical import LexicalIndex, present_rows
 from indexer.store import IndexStore, ModalityIndex, append, compact
 from service.state import set_threads
 
-WORKER = r"""
-import sys, time
+WORKERS = r"""
+import gc, os, signal, sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
 from indexer.store import IndexStore
 from indexer.knn import Categorizer
 threadpool_limits(limits=1, user_api="blas")
-print("imported", flush=True)
-sys.stdin.readline()
 t0 = time.perf_counter()
 store = IndexStore.load(sys.argv[1])
 cat = Categorizer(store)
 loaded = time.perf_counter() - t0
-rng = np.random.default_rng(int(sys.argv[2]))
-for row in rng.integers(0, len(store.products), 20):
-    cat.predict_rows(np.array([row]), modalities=("image", "text"))
-print(f"{loaded:.3f}", flush=True)
-line = sys.stdin.readline()
-if line.startswith("more"):
-    for row in rng.integers(0, len(store.products), int(line.split()[1])):
-        cat.predict_rows(np.array([row]), modalities=("image", "text"))
-    print("done", flush=True)
-    sys.stdin.readline()
+gc.freeze()  # as service/gunicorn.conf.py does after preload: the GC then leaves shared pages alone
+count, more = int(sys.argv[2]), int(sys.argv[3])
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+for i in range(count):
+    if os.fork() == 0:
+        rng = np.random.default_rng(i)
+        for row in rng.integers(0, len(store.products), 20):
+            cat.predict_rows(np.array([row]), modalities=("image", "text"))
+        print(f"ready {os.getpid()} {loaded:.3f}", flush=True)
+        if more:
+            signal.sigwait({signal.SIGUSR1})
+            for row in rng.integers(0, len(store.products), more):
+                cat.predict_rows(np.array([row]), modalities=("image", "text"))
+            print(f"more {os.getpid()}", flush=True)
+        signal.pause()
+print(f"master {os.getpid()}", flush=True)
+signal.pause()
 """
 READY = r"""
 import time
@@ -104,40 +112,68 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["Rss"], fields["Pss"]
 
 
-def workers(index: Path, count: int, more: int = 0) -> list[tuple[float, ...]]:
-    """Start `count` worker processes on the index, one after the other; per worker (load s, RSS and
-    PSS MB after the imports, RSS and PSS MB once every worker has loaded and made 20 predictions,
-    and with `more`, RSS and PSS MB after `more` further predictions each: pages touched add up)."""
+def drop_page_cache(folder: Path) -> None:
+    """Drop the page cache of every file under `folder` (POSIX_FADV_DONTNEED), so that each memory
+    measurement starts from the state a service start leaves (its checksum pass drops them too)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def memory_uss(pid: int) -> float:
+    """Private (unshared) MB of a process: Private_Clean + Private_Dirty of smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            fields[parts[0][:-1]] = int(parts[1]) / 1024
+    return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def workers(index: Path, count: int, more: int = 0) -> dict:
+    """As gunicorn runs the service (preload, then fork): a master loads the index and the
+    Categorizer once, then forks `count` workers that make 20 predictions each. The page cache
+    of the index is dropped first, so every run starts alike. Returns the load time, the master's
+    (RSS, PSS, USS) MB and each worker's after 20 predictions, and with `more`, each worker's
+    after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    procs, out = [], []
+    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    drop_page_cache(live)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKERS, str(index), str(count), str(more)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        for i in range(count):
-            proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(index), str(i)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            procs.append(proc)
-            assert proc.stdout.readline().strip() == "imported"
-            out.append(list(memory(proc.pid)))
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            out[-1].insert(0, float(proc.stdout.readline()))
-        figures = [(*first, *memory(p.pid)) for first, p in zip(out, procs, strict=True)]
+        pids, master, loaded = [], None, 0.0
+        while len(pids) < count or master is None:
+            word, pid, *rest = proc.stdout.readline().split()
+            if word == "ready":
+                pids.append(int(pid))
+                loaded = float(rest[0])
+            else:
+                master = int(pid)
+        out = {
+            "load": loaded,
+            "master": (*memory(master), memory_uss(master)),
+            "workers": [(*memory(p), memory_uss(p)) for p in pids],
+        }
         if more:
-            for proc in procs:
-                proc.stdin.write(f"more {more}\n")
-                proc.stdin.flush()
-            for proc in procs:
-                assert proc.stdout.readline().strip() == "done"
-            figures = [(*f, *memory(p.pid)) for f, p in zip(figures, procs, strict=True)]
-        return figures
+            for pid in pids:
+                os.kill(pid, signal.SIGUSR1)
+            for _ in pids:
+                assert proc.stdout.readline().startswith("more")
+            out["more"] = [(*memory(p), memory_uss(p)) for p in pids]
+        return out
     finally:
-        for proc in procs:
-            proc.stdin.close()
-            proc.wait(timeout=60)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def service_ready(index: Path) -> str:
@@ -262,17 +298,14 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
-        figures = workers(index, count, more=WARM_PREDICTIONS if count == 1 else 0)
-        print(
-            f"{count} worker(s) (load average {load_average()}): "
-            + "; ".join(
-                f"load {f[0]:.2f} s, RSS {f[3]:.0f} MB, PSS {f[4]:.0f} MB after 20 predictions "
-                f"(imports alone: RSS {f[1]:.0f}, PSS {f[2]:.0f})"
-                + (f", RSS {f[5]:.0f} MB, PSS {f[6]:.0f} MB after {WARM_PREDICTIONS} more" if len(f) > 5 else "")
-                for f in figures
-            )
-            + f"; PSS total {sum(f[4] for f in figures):.0f} MB (load average {load_average()})"
-        )
+        got = workers(index, count, more=WARM_PREDICTIONS if count == 1 else 0)
+        mem = lambda m: f"RSS {m[0]:.0f}, PSS {m[1]:.0f}, private {m[2]:.0f} MB"  # noqa: E731
+        line = f"master + {count} forked worker(s), load {got['load']:.2f} s: master {mem(got['master'])}; "
+        line += "; ".join(f"worker {i + 1} after 20 predictions {mem(m)}" for i, m in enumerate(got["workers"]))
+        if "more" in got:
+            line += f"; after {WARM_PREDICTIONS} more {mem(got['more'][0])}"
+        total = got["master"][1] + sum(m[1] for m in got["workers"])
+        print(f"{line}; PSS total {total:.0f} MB (load average {load_average()})")
     store = IndexStore.load(index)
     cat = Categorizer(store)
     rng = np.random.default_rng(0)
