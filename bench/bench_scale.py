@@ -334,8 +334,10 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     dims = {m: c.vectors.shape[1] for m, c in store.modalities.items()}
     template = store.products[0]
     add_times = []
+    tag = len(store.products)  # ids new to this index, also when --skip-ingest measures it again
     for i in range(adds):
-        product = Product(f"add{i:06d}", "steel water bottle", "a bottle", None, None, template.category_path, None)
+        path = template.category_path
+        product = Product(f"add{tag}-{i:06d}", "steel water bottle", "a bottle", None, None, path, None)
         vecs = {m: rng.standard_normal((1, d)).astype(np.float32) for m, d in dims.items()}
         t0 = time.perf_counter()
         store = append(store, [product], vecs, compact_past_threshold=False)
@@ -344,7 +346,8 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     t0 = time.perf_counter()
     reloaded = IndexStore.load(index)
     print(f"reload with {len(reloaded.deltas)} deltas, base cached in this process: {time.perf_counter() - t0:.3f} s")
-    ids = [f"synthetic-mixed-{r:08d}" for r in rng.integers(0, n, 200)] + [f"add{i:06d}" for i in range(min(adds, 50))]
+    ids = [f"synthetic-mixed-{r:08d}" for r in rng.integers(0, n, 200)]
+    ids += [f"add{tag}-{i:06d}" for i in range(min(adds, 50))]
     lookups = []
     for pid in ids:
         t0 = time.perf_counter()
