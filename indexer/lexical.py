@@ -398,9 +398,11 @@ class LexicalIndex:
         """(scores, product rows) of the k best positions per query, ties by position.
 
         Cost O(P + k log k) per query, P = the postings of the query's terms (at most `cap`
-        per term when set; default the index's `cap`) plus the delta rows' scan (O(delta
-        nnz)), and one mask lookup per posting under a filter; not O(N). Scores are the very
-        sparse products of a dense scan; the base's and the deltas' best are merged. When
+        per term when set; default the index's `cap`; with `prune` and no cap, the essential
+        terms' postings plus the re-scored rows of `_pruned_hits`) plus the delta rows' scan
+        (O(delta nnz)), and one mask lookup per posting under a filter; not O(N). The rows are
+        a dense scan's; its scores bit for bit without pruning, to float32 rounding with it
+        (a row's terms summed in another order); the base's and the deltas' best are merged. When
         fewer than k positions share a word with the query, the rest are the lowest allowed
         positions with score 0, exactly as a dense scan sorted by (-score, position) gives.
         """
