@@ -33,18 +33,13 @@ HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 def file_digest(path: str | Path) -> str:
     """Hex BLAKE2b-256 digest of a file, read in 1 MB chunks: O(bytes) time, O(1) memory.
 
-    The pass then drops the file's unmapped pages from the page cache (POSIX_FADV_DONTNEED):
-    hashing a 3.5 GB index at service start would otherwise leave all of it cached in large
-    folios, and a worker mapping one row of such a folio maps all of it (kernel 6.x), so
-    20 predictions put 2.9 GB of vectors and lexical rows in one worker's PSS at 1M SYNTHETIC
-    products (bench/bench_scale.py). Queries then read only the pages they touch; pages mapped
-    by a running worker are not dropped."""
+    The pages read stay in the page cache: a service verifying its index at start then serves
+    from memory. (Dropping them, tried for the PSS figures, made the first predictions at 1M
+    SYNTHETIC products read from disk: p50 135 ms instead of 23 ms, bench/bench_scale.py.)"""
     digest = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     return digest.hexdigest()
 
 

@@ -121,11 +121,12 @@ def save_vectors(folder: Path, name: str, vectors: np.ndarray, dtype: str) -> No
 
 
 def map_random(path: Path) -> np.ndarray:
-    """`path` (.npy) memory-mapped read-only and advised MADV_RANDOM: the kernel then reads only
-    the pages a search touches. With the default read-ahead every touched row pulled in ~128 KiB
-    around it, so 20 predictions at 1M SYNTHETIC products made every stored vector and lexical
-    row resident in the worker (PSS 2.96 GB, 1.8 GB of it vectors; bench/bench_scale.py). For
-    arrays read by scattered rows, not for those read in long runs (postings). O(1)."""
+    """`path` (.npy) memory-mapped read-only and advised MADV_RANDOM: on a cold page cache the
+    kernel then reads only the pages a search touches, instead of ~128 KiB of read-ahead around
+    each scattered row (which made most of the stored vectors resident in a worker after a few
+    dozen predictions at 1M products). With the index already cached (the service's checksum
+    pass reads it all), pages are mapped from the cache either way. For arrays read by
+    scattered rows, not for those read in long runs (postings). O(1)."""
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     mapping = getattr(array, "_mmap", None)
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):

@@ -4,7 +4,6 @@ a rebuild keeps or refuses to drop added products; a corrupt embedding cache is 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -177,19 +176,3 @@ def test_corrupt_cache_is_moved_aside_and_the_add_goes_on(index, tmp_path, how, 
     moved = list(out.glob(CACHE_FILE + ".corrupt-*"))
     assert moved and "moved aside" in caplog.text
     assert store.manifest["added_products"] == 3 and IndexStore.load(out).manifest["added_products"] == 3
-
-
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is POSIX's")
-def test_checksum_pass_leaves_the_file_out_of_the_page_cache(tmp_path, monkeypatch):
-    """A checksum pass over a large index must not leave it all cached (a worker mapping one row
-    of a cached large folio maps all of it): the digest drops the file's pages once read."""
-    path = tmp_path / "image.npy"
-    path.write_bytes(bytes(range(256)) * 5000)
-    calls = []
-    real = os.posix_fadvise
-    monkeypatch.setattr(
-        os, "posix_fadvise", lambda fd, *args: calls.append((os.fstat(fd).st_ino, *args)) or real(fd, *args)
-    )
-    digest = file_digest(path)
-    assert calls == [(path.stat().st_ino, 0, 0, os.POSIX_FADV_DONTNEED)]
-    assert digest == file_digest(path)  # the bytes read are unchanged by the advice
