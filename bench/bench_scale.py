@@ -13,8 +13,8 @@ Prints, per size:
   ready (a fresh interpreter: imports, index with checksums, encoder weights, Categorizer);
   RSS, PSS and private memory (/proc/<pid>/smaps_rollup) of a master that loads the index and
   forks one worker, then two (as gunicorn's preload does), after 20 predictions per worker, and
-  of the single worker after 1,000 more (mapped pages it touched add up); the index's page
-  cache is dropped before each, as the service's checksum pass at start leaves it;
+  of the single worker after 1,000 more (mapped pages it touched add up); the index is read
+  once before each, as the service's checksum pass at start leaves it: all cached;
 - predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
   thread (FAISS/OpenMP) as in a service worker; the lexical top-50 reading every posting and
   with the exact pruning (same rows?);
@@ -112,16 +112,14 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["Rss"], fields["Pss"]
 
 
-def drop_page_cache(folder: Path) -> None:
-    """Drop the page cache of every file under `folder` (POSIX_FADV_DONTNEED), so that each memory
-    measurement starts from the state a service start leaves (its checksum pass drops them too)."""
+def cache_index(folder: Path) -> None:
+    """Read every file under `folder` once, as the service's checksum pass at start does, so each
+    memory measurement starts from the same page cache: the whole index cached."""
     for path in folder.rglob("*"):
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            with open(path, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
 
 
 def memory_uss(pid: int) -> float:
@@ -136,13 +134,13 @@ def memory_uss(pid: int) -> float:
 
 def workers(index: Path, count: int, more: int = 0) -> dict:
     """As gunicorn runs the service (preload, then fork): a master loads the index and the
-    Categorizer once, then forks `count` workers that make 20 predictions each. The page cache
-    of the index is dropped first, so every run starts alike. Returns the load time, the master's
+    Categorizer once, then forks `count` workers that make 20 predictions each. The index is
+    read once first (`cache_index`), so every run starts alike. Returns the load time, the master's
     (RSS, PSS, USS) MB and each worker's after 20 predictions, and with `more`, each worker's
     after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     live = index / "versions" / (index / "CURRENT").read_text().strip()
-    drop_page_cache(live)
+    cache_index(live)
     proc = subprocess.Popen(
         [sys.executable, "-c", WORKERS, str(index), str(count), str(more)],
         stdout=subprocess.PIPE,
