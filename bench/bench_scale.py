@@ -15,7 +15,8 @@ Prints, per size:
   forks one worker, then two (as gunicorn's preload does), after 20 predictions per worker, and
   of the single worker after 1,000 more (mapped pages it touched add up); the index is read
   once before each, as the service's checksum pass at start leaves it: all cached;
-- predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
+- predict p50/p95 of the first 50 predictions on a cold page cache, then (index cached)
+  predict and similar-search p50/p95 from stored vectors (image + text + lexical, k=10), one
   thread (FAISS/OpenMP) as in a service worker; the lexical top-50 reading every posting and
   with the exact pruning (same rows?);
 - recall@10 per channel against exact search over the same stored vectors, and agreement of
@@ -95,6 +96,7 @@ live = state.current()
 print(f"{time.perf_counter() - t0:.2f} {live.store.manifest.get('profile')} {len(live.store.products)}", flush=True)
 """
 EXACT_CHUNK = 65_536  # stored vectors scored at a time by the exact reference
+COLD_PREDICTIONS = 50  # predictions timed right after the index's page cache is dropped
 WARM_PREDICTIONS = 1000  # further predictions of the single worker: how its PSS grows with use
 
 
@@ -110,6 +112,17 @@ def memory(pid: int) -> tuple[float, float]:
         if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
             fields[parts[0][:-1]] = int(parts[1]) / 1024
     return fields["Rss"], fields["Pss"]
+
+
+def drop_page_cache(folder: Path) -> None:
+    """Drop the page cache of every file under `folder` (POSIX_FADV_DONTNEED): a cold start."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def cache_index(folder: Path) -> None:
@@ -304,8 +317,19 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
             line += f"; after {WARM_PREDICTIONS} more {mem(got['more'][0])}"
         total = got["master"][1] + sum(m[1] for m in got["workers"])
         print(f"{line}; PSS total {total:.0f} MB (load average {load_average()})")
+    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    drop_page_cache(live)
     store = IndexStore.load(index)
     cat = Categorizer(store)
+    cold = np.random.default_rng(1).integers(0, n, COLD_PREDICTIONS)
+    cold_queries = stored_queries(store, cold)
+    cold_times = []
+    for i in range(len(cold)):
+        t0 = time.perf_counter()
+        cat.predict_vectors({c: v[i : i + 1] for c, v in cold_queries.items()}, with_neighbors=False)
+        cold_times.append(time.perf_counter() - t0)
+    print(f"predict, first {len(cold)} on a cold page cache (checksums off, after a reboot): {percentiles(cold_times)}")
+    cache_index(live)  # as the service's checksum pass leaves it
     rng = np.random.default_rng(0)
     rows = rng.integers(0, n, 200)
     queries = stored_queries(store, rows)
