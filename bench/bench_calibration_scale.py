@@ -199,7 +199,8 @@ def calibrate_line(store: IndexStore, sample_size: int) -> str:
     finally:
         calibration.calibration_sample = draw  # type: ignore[assignment]
     cv, sample = entry["cv"], entry["cv"].get("sample", {})
-    drawn = {k: sample.get(k) for k in ("tried", "kept", "abandoned", "twins", "largest_group", "max_twins", "hops")}
+    keys = ("tried", "kept", "abandoned", "twins", "largest_group", "largest_group_seeds", "max_twins", "hops")
+    drawn = {k: sample.get(k) for k in keys}
     return (
         f"calibrate: {seconds:.1f} s (sample {spent.get('sample', 0.0):.1f} s), peak RSS {mem['peak']:,.0f} MB "
         f"(+{mem['peak'] - mem['before']:,.0f} MB) [{load_average()}]; seeds {drawn} of {sample.get('labelled')} "

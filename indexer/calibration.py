@@ -650,13 +650,16 @@ def calibration_sample(
     groups = np.arange(len(labels), dtype=np.int64)  # rows outside the sample: groups of their own
     groups[members] = len(labels) + local
     rows = np.sort(kept)
+    sizes = np.bincount(local, minlength=1)
+    seeds_in = np.bincount(local[np.searchsorted(members, kept)], minlength=len(sizes))
     record = {
         **record,
         "tried": int(len(kept) + len(abandoned)),
         "kept": int(len(kept)),
         "abandoned": int(len(abandoned)),
         "twins": int(len(members) - len(kept)),
-        "largest_group": int(np.bincount(local).max(initial=0)),
+        "largest_group": int(sizes.max()),  # seeds that share twins share a group (one fold)
+        "largest_group_seeds": int(seeds_in[np.argmax(sizes)]),
         "rows": int(len(rows)),
         "max_twins": MAX_TWINS,
         "attempts_per_quota": SEED_ATTEMPTS,

@@ -218,7 +218,9 @@ def test_sample_is_stratified_seeded_sized_and_groups_each_seed_with_its_twins()
     assert rec["size"] == 120 and rec["seed"] == 3 and rec["labelled"] == len(labels)
     assert rec["tried"] == rec["kept"] == rec["rows"] == 120 and rec["abandoned"] == 0
     assert rec["twins"] == len(held) - 120 > 0 and rec["hops"] == 1 and rec["max_twins"] == calibration.MAX_TWINS
-    assert rec["largest_group"] == np.bincount(comp[members]).max()
+    largest = np.argmax(np.bincount(comp[members]))
+    assert rec["largest_group"] == (comp[members] == largest).sum()
+    assert rec["largest_group_seeds"] == (comp[seeds] == largest).sum() >= 1
     # stratified: the seeds follow the category shares (within one row of the quota)
     for c in np.unique(labels):
         share = (labels == c).mean() * 120
