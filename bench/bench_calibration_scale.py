@@ -1,6 +1,6 @@
 """Deployment calibration and near-duplicate grouping vs catalogue size, on SYNTHETIC catalogues.
 
-Synthetic products are made from the real index (INDEX_DIR, default var/index; run
+Synthetic products are made from the real index (--real, default INDEX_DIR or var/index; run
 `make index` first): each one mixes three real products of one category (Dirichlet weights)
 plus Gaussian jitter in each dense channel, and sums their lexical TF-IDF rows with 30 % of
 the terms dropped; PLANTED_TWINS of them are near-copies of another synthetic product (dense
@@ -9,9 +9,10 @@ catalogue. Nothing is encoded, nothing here says anything about accuracy.
 
 Per size it prints (peak RSS sampled every 10 ms from /proc; load average beside each figure:
 the machine has 2 cores shared with other processes, so timings are noisy):
-- `calibrate(store)`: the build's deployment fit (stratified sample of CALIBRATION_SAMPLE rows
-  with their near-twins, inner grouped 5-fold CV over PARAM_GRID, isotonic fit, threshold);
-  its time, peak RSS above the loaded store, and the sample it used;
+- `calibrate(store)`: the build's deployment fit (stratified sample of CALIBRATION_SAMPLE seeds,
+  each held out with its direct near-twins, inner grouped 5-fold CV over PARAM_GRID, isotonic
+  fit, threshold); its time (and the sample's share), peak RSS above the loaded store, the
+  seeds tried / kept / abandoned, the twins held out, the threshold and its coverage;
 - `near_duplicate_groups(store)` over every product (what the evaluation uses), up to
   --groups-max: time, peak RSS, group sizes;
 - at sizes up to --exact-max, the replaced N x N grouping (time, peak) and whether both give
@@ -20,6 +21,10 @@ the machine has 2 cores shared with other processes, so timings are noisy):
 Dense channels use FAISS Flat up to --flat-max products, else --factory (HNSW32 by default),
 as a large index would be built. Run:
 .venv/bin/python bench/bench_calibration_scale.py [--sizes 10000,100000] [--sample 10000]
+
+`--index PATH` instead calibrates an existing index folder (e.g. a SYNTHETIC catalogue ingested
+by the lead at 100k or 1M) as the build would, printing the same `calibrate` line, nothing else:
+.venv/bin/python bench/bench_calibration_scale.py --index /work/scale/1m/index [--sample 5000]
 """
 
 from __future__ import annotations
@@ -176,9 +181,38 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return joint == len(np.unique(a)) == len(np.unique(b))
 
 
+def calibrate_line(store: IndexStore, sample_size: int) -> str:
+    """Run `calibrate` as the build does; one line: time (the sample's share), peak RSS, the
+    sample record, the chosen weights, threshold and its inner coverage, load average."""
+    spent: dict[str, float] = {}
+    draw = calibration.calibration_sample
+
+    def timed_sample(*args: Any, **kwargs: Any) -> calibration.CalibrationSample:
+        t0 = time.perf_counter()
+        out = draw(*args, **kwargs)
+        spent["sample"] = time.perf_counter() - t0
+        return out
+
+    calibration.calibration_sample = timed_sample  # type: ignore[assignment]  # calibrate calls it by name
+    try:
+        entry, seconds, mem = timed(lambda: calibration.calibrate(store, size=sample_size))
+    finally:
+        calibration.calibration_sample = draw  # type: ignore[assignment]
+    cv, sample = entry["cv"], entry["cv"].get("sample", {})
+    keys = ("tried", "kept", "abandoned", "twins", "largest_group", "largest_group_seeds", "max_twins", "hops")
+    drawn = {k: sample.get(k) for k in keys}
+    return (
+        f"calibrate: {seconds:.1f} s (sample {spent.get('sample', 0.0):.1f} s), peak RSS {mem['peak']:,.0f} MB "
+        f"(+{mem['peak'] - mem['before']:,.0f} MB) [{load_average()}]; seeds {drawn} of {sample.get('labelled')} "
+        f"labelled, predicted {sample.get('rows')}; weights {entry['weights']}, threshold {entry['threshold']}, "
+        f"inner accuracy {cv.get('accuracy')}, auto coverage {cv.get('auto_coverage')}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
+    parser.add_argument("--real", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
+    parser.add_argument("--index", default=None, help="calibrate this existing index instead of synthetic ones")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--sample", type=int, default=calibration.CALIBRATION_SAMPLE)
     parser.add_argument("--flat-max", type=int, default=20_000, help="dense channels use Flat up to this size")
@@ -186,8 +220,17 @@ def main() -> None:
     parser.add_argument("--groups-max", type=int, default=100_000, help="full grouping up to this size")
     parser.add_argument("--exact-max", type=int, default=10_000, help="old N x N grouping up to this size")
     args = parser.parse_args()
-    real = IndexStore.load(args.index)
-    print(f"SYNTHETIC catalogues from {args.index} ({len(real.products)} real products); sample {args.sample:,}")
+    if args.index:
+        t0 = time.perf_counter()
+        store = IndexStore.load(args.index)
+        print(
+            f"{args.index}: {len(store.products):,} products, channels {sorted(store.channels())}, loaded in "
+            f"{time.perf_counter() - t0:.1f} s, RSS {rss_mb():,.0f} MB [{load_average()}]; sample {args.sample:,}"
+        )
+        print(calibrate_line(store, args.sample), flush=True)
+        return
+    real = IndexStore.load(args.real)
+    print(f"SYNTHETIC catalogues from {args.real} ({len(real.products)} real products); sample {args.sample:,}")
     for n in (int(x) for x in args.sizes.split(",")):
         factory = "Flat" if n <= args.flat_max else args.factory
         t0 = time.perf_counter()
@@ -195,13 +238,7 @@ def main() -> None:
         print(
             f"\n== {n:,} products (dense: {factory}); built in {time.perf_counter() - t0:.1f} s, RSS {rss_mb():,.0f} MB"
         )
-        entry, seconds, mem = timed(lambda s=store: calibration.calibrate(s, size=args.sample))
-        sample = entry["cv"].get("sample", {})
-        print(
-            f"calibrate: {seconds:.1f} s, peak RSS {mem['peak']:,.0f} MB (+{mem['peak'] - mem['before']:,.0f} MB) "
-            f"[{load_average()}]; sample drawn {sample.get('drawn')}, predicted {sample.get('rows')} "
-            f"of {sample.get('labelled')}; weights {entry['weights']}, threshold {entry['threshold']}"
-        )
+        print(calibrate_line(store, args.sample), flush=True)
         if n <= args.groups_max:
             groups, seconds, mem = timed(lambda s=store: calibration.near_duplicate_groups(s))
             print(

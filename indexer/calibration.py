@@ -8,17 +8,20 @@ then answers other rows with only training rows as neighbours.
 
 - Deployment (`calibrate`, called by the build, ingest and the service): `fit` on every
   row; its inner cross-validation predicts a stratified sample of CALIBRATION_SAMPLE
-  products (with their near-twins; every row when the catalogue is no larger), so a 1M
-  catalogue costs about what the sample costs.
+  products (every row when the catalogue is no larger), each held in one inner fold with
+  its direct near-twins (one hop, at most MAX_TWINS per channel, else the product is
+  replaced), so a 1M catalogue costs about what the sample costs, however densely its
+  products duplicate each other.
 - Evaluation (`nested_predictions`, called by the report and the benches): outer grouped
   folds, `fit` on each training part, `predict` its held-out fold.
 
 Near-duplicates (templated mugs, phone cases, byte-identical images) would let a product
 vote for its own twin, so products are grouped (connected components of pairs above a
 cosine threshold in any channel the Categorizer votes with) and whole groups go to one
-fold. The pairs come from each channel's own k-NN search (GRAPH_K deep, deeper where
-needed), not from N x N matrices: O(N·k) memory. A k-NN model "trains" by masking rows
-out of the index (a FoldExclusion, O(N) per fold): exact and fast.
+fold (every row of a group, predicted or not: `group_folds`). The pairs come from each
+channel's own k-NN search (GRAPH_K deep, deeper where needed), not from N x N matrices:
+O(N·k) memory. A k-NN model "trains" by masking rows out of the index (a FoldExclusion,
+O(N) per fold): exact and fast.
 """
 
 from __future__ import annotations
@@ -76,13 +79,23 @@ LEXICAL_BATCH_BUDGET = 20_000_000  # lexical scores held per search call (a batc
 # A FAISS index may hold other float32 values than the stored (float16) vectors: candidates
 # are kept from this far below a threshold, then decided on the stored vectors' cosine.
 SEARCH_MARGIN = 0.01
-# Deployment calibration predicts at most this many sampled products (plus their near-twins),
-# stratified by category (`calibration_sample`); a catalogue this size or smaller uses every row.
+# Deployment calibration predicts at most this many sampled products (their near-twins held out
+# with them), stratified by category (`calibration_sample`); a catalogue this size or smaller uses every row.
 # Its cost is sample x distinct grid candidates (4) x one prediction at N: at 10k products
 # calibrating every row took 447 s under load 17 (bench/bench_calibration_scale.py --sample
 # 10000), so 5,000 keeps a 1M ingest's calibration to minutes at a ~10 ms prediction; 5,000
 # out-of-fold predictions put ~3,000 above a 0.99-precision threshold (binomial s.e. ~0.002).
 CALIBRATION_SAMPLE = 5_000
+# A sampled seed's near-twins are held out of its inner fold. Past MAX_TWINS twins in one
+# channel the seed is abandoned (replaced by another of its category): a family that large
+# (templated listings, a chained synthetic catalogue) cannot be held out of one fold without
+# emptying it, and following it would make the search cost grow with the duplicate density.
+# 256 is 8 x GRAPH_K (4 doublings) and >10x the largest family of the 945 real products (20,
+# lexical), so a real catalogue abandons few seeds; searches stay <= 258 deep.
+MAX_TWINS = 256
+# Rows tried per category before giving up on its quota (abandoned seeds are replaced): the
+# searches stay O(SEED_ATTEMPTS x size) however many seeds are abandoned.
+SEED_ATTEMPTS = 4
 
 
 def channel_similarities(store: IndexStore, channel: str) -> tuple[np.ndarray, np.ndarray]:
@@ -118,21 +131,46 @@ def channel_neighbours(
     Cost: one search of depth k per row of `rows` (more for a row with over k such neighbours),
     O(batch·k) memory beyond the pairs found; no N x N matrix.
     """
+    a, b, _ = capped_neighbours(store, channel, rows, threshold, k)
+    return a, b
+
+
+def capped_neighbours(
+    store: IndexStore,
+    channel: str,
+    rows: np.ndarray,
+    threshold: float,
+    k: int = GRAPH_K,
+    max_twins: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, over): the pairs of `channel_neighbours`, and with `max_twins` set, the rows of
+    `rows` that may have more than `max_twins` such neighbours (`over`, their pairs left out).
+
+    The depth doubling stops at max_twins + 2 (the row itself and one more than the cap): a
+    row whose search there still ends within SEARCH_MARGIN of the threshold, or that has more
+    than `max_twins` pairs, is `over`. That is conservative on dense channels (a neighbour just
+    below the threshold counts) and exact on the lexical one (no margin). Without `max_twins`
+    the depth grows until every pair is found, as `channel_neighbours` promises.
+
+    Cost: per row at most ceil(log2(limit/k)) + 1 searches of depth <= limit (max_twins + 2, else
+    the channel's size), O(batch·limit) memory beyond the pairs found.
+    """
     index = store.channels()[channel]
     positions = store.positions(channel)
     rows = np.asarray(rows, dtype=np.int64)
     rows = rows[positions[rows] >= 0]
     lexical = isinstance(index, LexicalIndex)
     margin = 0.0 if lexical else SEARCH_MARGIN
+    limit = index.ntotal if max_twins is None else min(max_twins + 2, index.ntotal)
     batch = int(np.clip(LEXICAL_BATCH_BUDGET // max(index.ntotal, 1), 16, GRAPH_BATCH)) if lexical else GRAPH_BATCH
     out_a: list[np.ndarray] = []
     out_b: list[np.ndarray] = []
+    over: list[np.ndarray] = []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         queries = _stored(index, positions[chunk])
-        todo, depth = np.arange(len(chunk)), k
+        todo, depth = np.arange(len(chunk)), min(k, limit)
         while len(todo):
-            depth = min(depth, index.ntotal)
             sims, found = index.search(queries[todo], depth)
             deeper = (sims[:, -1] >= threshold - margin) & (found[:, -1] >= 0) & (depth < index.ntotal)
             keep = (sims >= threshold - margin) & (found >= 0) & ~deeper[:, None]
@@ -140,13 +178,24 @@ def channel_neighbours(
             i, j = np.nonzero(keep)
             out_a.append(chunk[todo[i]])
             out_b.append(found[i, j])
-            todo, depth = todo[deeper], depth * 2
+            if depth >= limit:  # the cap: no deeper search, the row may have more twins than allowed
+                over.append(chunk[todo[deeper]])
+                break
+            todo, depth = todo[deeper], min(depth * 2, limit)
     a = np.concatenate(out_a) if out_a else np.zeros(0, np.int64)
     b = np.concatenate(out_b) if out_b else np.zeros(0, np.int64)
-    if lexical:
-        return a, b
-    ok = _pair_cosines(index, positions[a], positions[b]) >= threshold
-    return a[ok], b[ok]
+    if not lexical:
+        ok = _pair_cosines(index, positions[a], positions[b]) >= threshold
+        a, b = a[ok], b[ok]
+    too_many = np.zeros(0, np.int64)
+    if max_twins is not None and len(a):
+        found_rows, counts = np.unique(a, return_counts=True)
+        too_many = found_rows[counts > max_twins]
+    gone = np.unique(np.concatenate([*over, too_many])) if over or len(too_many) else np.zeros(0, np.int64)
+    if len(gone):
+        ok = ~np.isin(a, gone)
+        a, b = a[ok], b[ok]
+    return a, b, gone
 
 
 def near_duplicate_pairs(
@@ -184,32 +233,6 @@ def near_duplicate_groups(
     return _components(len(store.products), list(near_duplicate_pairs(store, thresholds, k).values()))
 
 
-def near_duplicate_closure(
-    store: IndexStore, seeds: np.ndarray, thresholds: Mapping[str, float] | None = None, k: int = GRAPH_K
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, group ids) of the whole near-duplicate groups of `seeds`: their twins, the twins'
-    twins, ... (breadth-first over the k-NN graph). The groups are those `near_duplicate_groups`
-    gives (numbered differently), at the cost of searching only the rows reached, not all N."""
-    thresholds = GROUP_THRESHOLDS if thresholds is None else thresholds
-    reached = np.zeros(len(store.products), dtype=bool)
-    frontier = np.unique(np.asarray(seeds, dtype=np.int64))
-    reached[frontier] = True
-    pairs = []
-    while len(frontier):
-        found = []
-        for channel, t in thresholds.items():
-            if channel in store.channels():
-                a, b = channel_neighbours(store, channel, frontier, t, k)
-                pairs.append((a, b))
-                found.append(b)
-        new = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-        frontier = new[~reached[new]]
-        reached[frontier] = True
-    rows = np.flatnonzero(reached)
-    local = [(np.searchsorted(rows, a), np.searchsorted(rows, b)) for a, b in pairs]
-    return rows, _components(len(rows), local)
-
-
 def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int = N_FOLDS, seed: int = SEED) -> np.ndarray:
     """Fold number per row; every group lies in one fold, categories stay balanced."""
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -217,6 +240,19 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int = N_FOLDS
     for f, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[test] = f
     return folds
+
+
+def group_folds(groups: np.ndarray, rows: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Fold per product row: the fold of its group's query `rows` (`folds[i]` is rows[i]'s),
+    -1 for a group without a query. A near-twin that is not itself predicted (deployment
+    predicts sampled seeds only) so lands in its seed's fold and never votes for it.
+    Group ids are non-negative integers; O(N + max group id) time and memory."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(groups) and groups.min() < 0:
+        raise ValueError("group ids must be non-negative")
+    fold_of_group = np.full(int(groups.max(initial=-1)) + 1, -1, dtype=np.int64)
+    fold_of_group[groups[rows]] = folds
+    return fold_of_group[groups]
 
 
 def usable_folds(labels: np.ndarray, groups: np.ndarray, wanted: int = N_FOLDS) -> int:
@@ -371,8 +407,10 @@ def fit(
     """Fit the Categorizer on the labelled `train` rows only (see the module docstring).
 
     The inner cross-validation predicts the labelled training rows among `queries` (default:
-    all of them; `calibration_sample` gives a stratified sample of whole near-duplicate
-    groups), each with every training row outside its inner fold as a neighbour.
+    all of them; `calibration_sample` gives a stratified sample of seeds, their near-twins
+    grouped with them), each with every training row outside its inner fold as a neighbour.
+    Folds are drawn over the queries' `groups` and given to every row of those groups, so a
+    twin that is not a query is held out with its query.
     Cost: one `predict_rows` over those rows per distinct grid candidate, O(N) memory per
     inner fold (a FoldExclusion, no (n, N) mask), plus a lexical refit (pass `view` to
     share one between modality sets of the same training part).
@@ -403,8 +441,7 @@ def fit(
             },
         )
     inner = grouped_folds(labels[rows], groups[rows], n_folds=n_inner, seed=seed)
-    fold_of = np.full(len(labels), -1)
-    fold_of[rows] = inner
+    fold_of = group_folds(groups, rows, inner)
     exclude = FoldExclusion(query_fold=inner, row_fold=fold_of, allowed=None if train.all() else train)
     used = _used_channels(view, modalities)
     seen: dict[tuple, dict] = {}
@@ -501,9 +538,10 @@ def nested_predictions(
 class CalibrationSample:
     """The rows deployment calibration predicts, their near-duplicate groups, and what to record."""
 
-    rows: np.ndarray  # product rows predicted by the inner cross-validation
-    groups: np.ndarray  # group id per product row (the sampled rows' groups are whole)
-    record: dict  # for the manifest: size, seed, how many rows were drawn and used
+    rows: np.ndarray  # product rows predicted by the inner cross-validation (the seeds kept)
+    groups: np.ndarray  # group id per product row: a seed and its twins share one, others their own
+    record: dict  # for the manifest: size, seed, seeds tried, kept and abandoned, twins held out
+    abandoned: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # seeds given up
 
 
 def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
@@ -515,16 +553,85 @@ def _quotas(sizes: np.ndarray, total: int) -> np.ndarray:
     return np.minimum(quota, sizes)
 
 
+def seed_twins(
+    store: IndexStore,
+    seeds: np.ndarray,
+    thresholds: Mapping[str, float] | None = None,
+    max_twins: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, over): the pairs seed a ~ twin b at or above a threshold in any channel (one hop:
+    the seeds' direct neighbours, not theirs), and the seeds that may have more than
+    `max_twins` (default MAX_TWINS) twins in some channel (`over`, their pairs left out).
+
+    Cost: per seed and channel at most ceil(log2((max_twins + 2)/GRAPH_K)) + 1 searches of
+    depth <= max_twins + 2 (`capped_neighbours`), whatever the near-duplicate density.
+    """
+    thresholds = GROUP_THRESHOLDS if thresholds is None else thresholds
+    max_twins = MAX_TWINS if max_twins is None else max_twins
+    pairs, over = [], []
+    for channel, t in thresholds.items():
+        if channel in store.channels():
+            a, b, gone = capped_neighbours(store, channel, seeds, t, GRAPH_K, max_twins)
+            pairs.append((a, b))
+            over.append(gone)
+    gone = np.unique(np.concatenate(over)) if over else np.zeros(0, np.int64)
+    a = np.concatenate([x for x, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    b = np.concatenate([y for _, y in pairs]) if pairs else np.zeros(0, np.int64)
+    ok = ~np.isin(a, gone)
+    return a[ok], b[ok], gone
+
+
+def _draw_seeds(
+    store: IndexStore, labelled: np.ndarray, size: int, seed: int, thresholds: Mapping[str, float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(kept seeds, abandoned seeds, twin pairs (a, b) of the kept): per category its quota of
+    `size` (in proportion), taken in a seeded permutation of its labelled rows; a seed with
+    more than MAX_TWINS twins in a channel is abandoned and the category's next row tried,
+    at most SEED_ATTEMPTS x its quota rows per category.
+
+    Cost: O(N) for the labels and permutations, at most SEED_ATTEMPTS·size `seed_twins`
+    searches, in rounds (each round tries every category's shortfall in one batch).
+    """
+    labels = store.labels()
+    classes, inverse = np.unique(labels[labelled], return_inverse=True)
+    quotas = _quotas(np.bincount(inverse, minlength=len(classes)), size)
+    rng = np.random.default_rng(seed)
+    order = [rng.permutation(labelled[inverse == c]) for c in range(len(classes))]
+    limits = np.array([min(len(o), SEED_ATTEMPTS * q) for o, q in zip(order, quotas, strict=True)], np.int64)
+    tried = np.zeros(len(classes), np.int64)
+    kept_n = np.zeros(len(classes), np.int64)
+    kept, abandoned, pairs_a, pairs_b = [], [], [], []
+    while True:
+        take = np.minimum(quotas - kept_n, limits - tried)
+        if take.sum() <= 0:
+            break
+        batch = [order[c][tried[c] : tried[c] + take[c]] for c in range(len(classes)) if take[c] > 0]
+        candidates = np.concatenate(batch)
+        tried += np.maximum(take, 0)
+        a, b, over = seed_twins(store, candidates, thresholds)
+        ok = ~np.isin(candidates, over)
+        kept.append(candidates[ok])
+        abandoned.append(candidates[~ok])
+        pairs_a.append(a)
+        pairs_b.append(b)
+        kept_n += np.bincount(np.searchsorted(classes, labels[candidates[ok]]), minlength=len(classes))
+    return tuple(np.concatenate(x) if x else np.zeros(0, np.int64) for x in (kept, abandoned, pairs_a, pairs_b))  # type: ignore[return-value]
+
+
 def calibration_sample(
     store: IndexStore, size: int = CALIBRATION_SAMPLE, seed: int = SEED, thresholds: Mapping[str, float] | None = None
 ) -> CalibrationSample:
     """The rows deployment calibration predicts: every labelled row when there are at most
     `size` (groups over the whole catalogue: the figures of a small catalogue do not change);
-    else `size` rows drawn per category in proportion (seeded), each with its whole
-    near-duplicate group (`near_duplicate_closure`), so twins never vote for each other.
+    else `size` seeds drawn per category in proportion (seeded, `_draw_seeds`). Each seed's
+    direct near-twins (one hop, `seed_twins`) are not predicted but share its group, hence
+    its inner fold, so they never vote for it; seeds that are twins of each other, or share a
+    twin, share a group. A seed with more than MAX_TWINS twins is abandoned for the next row
+    of its category: its family is too large to hold out of one fold.
 
-    Cost past `size`: O(N) for the labels, one graph search per sampled row and twin, and the
-    inner cross-validation then costs `size` predictions, not N.
+    Cost past `size`: O(N) for the labels, at most SEED_ATTEMPTS·size seeds searched (each at
+    most ~5 searches of depth <= MAX_TWINS + 2 per channel) whatever the near-duplicate
+    density, and the inner cross-validation then costs the kept seeds' predictions, not N.
     """
     if size < 1:
         raise ValueError(f"the calibration sample size must be positive, got {size}")
@@ -533,16 +640,32 @@ def calibration_sample(
     record = {"size": int(size), "seed": int(seed), "labelled": int(len(labelled)), "stratified_by": "category"}
     if len(labelled) <= size:
         groups = near_duplicate_groups(store, thresholds)
-        return CalibrationSample(labelled, groups, {**record, "drawn": int(len(labelled)), "rows": int(len(labelled))})
-    classes, inverse = np.unique(labels[labelled], return_inverse=True)
-    quotas = _quotas(np.bincount(inverse, minlength=len(classes)), size)
-    rng = np.random.default_rng(seed)
-    drawn = np.concatenate([rng.choice(labelled[inverse == c], quotas[c], replace=False) for c in range(len(classes))])
-    members, local = near_duplicate_closure(store, drawn, thresholds)
+        n = int(len(labelled))
+        return CalibrationSample(
+            labelled, groups, {**record, "tried": n, "kept": n, "abandoned": 0, "rows": n, "hops": "all"}
+        )
+    kept, abandoned, a, b = _draw_seeds(store, labelled, size, seed, thresholds)
+    members = np.unique(np.concatenate([kept, b]))
+    local = _components(len(members), [(np.searchsorted(members, a), np.searchsorted(members, b))])
     groups = np.arange(len(labels), dtype=np.int64)  # rows outside the sample: groups of their own
     groups[members] = len(labels) + local
-    rows = members[labels[members] != ""]
-    return CalibrationSample(rows, groups, {**record, "drawn": int(len(drawn)), "rows": int(len(rows))})
+    rows = np.sort(kept)
+    sizes = np.bincount(local, minlength=1)
+    seeds_in = np.bincount(local[np.searchsorted(members, kept)], minlength=len(sizes))
+    record = {
+        **record,
+        "tried": int(len(kept) + len(abandoned)),
+        "kept": int(len(kept)),
+        "abandoned": int(len(abandoned)),
+        "twins": int(len(members) - len(kept)),
+        "largest_group": int(sizes.max()),  # seeds that share twins share a group (one fold)
+        "largest_group_seeds": int(seeds_in[np.argmax(sizes)]),
+        "rows": int(len(rows)),
+        "max_twins": MAX_TWINS,
+        "attempts_per_quota": SEED_ATTEMPTS,
+        "hops": 1,
+    }
+    return CalibrationSample(rows, groups, record, np.sort(abandoned))
 
 
 def sample_size(environ: Mapping[str, str] | None = None) -> int:
@@ -563,10 +686,13 @@ def calibrate(
     """Deployment: `fit` the fused Categorizer on every row and return its manifest entry.
 
     Same procedure as each training part of the evaluation, on all data, except that the
-    inner cross-validation predicts a stratified sample of `size` rows (default
-    `sample_size()`) with their near-twins, every product staying a neighbour: a catalogue
-    of at most `size` labelled products is fitted on every row, a larger one costs about
-    what the sample costs. The manifest's `cv.sample` says which. `params` given: those
+    inner cross-validation predicts a stratified sample of `size` seeds (default
+    `sample_size()`), each held in its inner fold with its direct near-twins, every other
+    product staying a neighbour: a catalogue of at most `size` labelled products is fitted on
+    every row, a larger one costs O(SEED_ATTEMPTS·size) twin searches of depth <=
+    2·MAX_TWINS plus `size` predictions per distinct grid candidate, whatever the
+    near-duplicate density. The manifest's `cv.sample` says which, and how many seeds were
+    tried, kept and abandoned. `params` given: those
     settings are frozen (a one-candidate grid) instead of selected from PARAM_GRID.
     """
     sample = calibration_sample(store, size if size is not None else sample_size(), SEED)
