@@ -49,9 +49,9 @@ AUTO = "auto"
 LARGE_BASE_ROWS = int(os.environ.get("INDEX_LARGE_BASE_ROWS", "50000"))  # from here "auto" is IVF-PQ
 IVF_PQ = "IVF{nlist},PQ{m}x4fs"  # 4-bit fast-scan PQ: m/2 bytes per vector
 # About this many dimensions per PQ sub-quantiser (m divides d). 8, not 20: on 100k SYNTHETIC
-# products at nprobe 32 and 160 candidates re-scored, d/20 codes gave recall@10 0.940 image /
-# 0.811 text against exact search, d/8 ~0.99 / 0.96 (d/10: 0.983 / 0.962), for 80 + 56 bytes
-# a vector instead of 32 + 28 (bench/bench_pq_sweep.py prints the sweep).
+# products at nprobe 32 and 160 candidates re-scored, d/20 codes gave recall@10 0.904 image /
+# 0.857 text against exact search, d/10 0.985 / 0.973, d/8 0.992 / 0.973, for 80 + 56 bytes a
+# vector instead of 32 + 28 (bench/bench_pq_sweep.py prints the sweep; README "A million products").
 PQ_SUB_DIMS = 8
 TRAIN_ROWS = 65_536  # vectors the IVF-PQ is trained on (a seeded sample; all of them below that)
 TRAIN_SEED = 0
