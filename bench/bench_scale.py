@@ -104,14 +104,21 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def memory(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MB of a process, from /proc/<pid>/smaps_rollup."""
+def rollup(pid: int) -> dict[str, float]:
+    """/proc/<pid>/smaps_rollup as {field: MB}."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
             fields[parts[0][:-1]] = int(parts[1]) / 1024
-    return fields["Rss"], fields["Pss"]
+    return fields
+
+
+def memory(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, private) MB of a process; private = Private_Clean + Private_Dirty (a file page
+    only this process maps counts as private too)."""
+    f = rollup(pid)
+    return f["Rss"], f["Pss"], f["Private_Clean"] + f["Private_Dirty"]
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -133,16 +140,6 @@ def cache_index(folder: Path) -> None:
             with open(path, "rb") as fh:
                 while fh.read(1 << 24):
                     pass
-
-
-def memory_uss(pid: int) -> float:
-    """Private (unshared) MB of a process: Private_Clean + Private_Dirty of smaps_rollup."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-            fields[parts[0][:-1]] = int(parts[1]) / 1024
-    return fields["Private_Clean"] + fields["Private_Dirty"]
 
 
 def workers(index: Path, count: int, more: int = 0) -> dict:
@@ -172,15 +169,15 @@ def workers(index: Path, count: int, more: int = 0) -> dict:
                 master = int(pid)
         out = {
             "load": loaded,
-            "master": (*memory(master), memory_uss(master)),
-            "workers": [(*memory(p), memory_uss(p)) for p in pids],
+            "master": memory(master),
+            "workers": [memory(p) for p in pids],
         }
         if more:
             for pid in pids:
                 os.kill(pid, signal.SIGUSR1)
             for _ in pids:
                 assert proc.stdout.readline().startswith("more")
-            out["more"] = [(*memory(p), memory_uss(p)) for p in pids]
+            out["more"] = [memory(p) for p in pids]
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -322,8 +322,8 @@ class LexicalIndex:
 
     def _exact_scores(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The scores of a dense query vector at base `positions`: the gathered rows times the
-        vector (scipy's csr_matvec sums each row's products in the row's term order, the very
-        float32 sums of `search_dense`, since the query's zeros add nothing). O(rows · row length)."""
+        vector. Each row's products are summed in the row's term order, the dense scan sums them
+        in the query's, so the two agree to float32 rounding (tests). O(rows · row length)."""
         return np.asarray(self.base_matrix[positions] @ query, dtype=np.float32)
 
     def _pruned_hits(
