@@ -11,7 +11,7 @@ Prints, per size:
   summary line with peak RSS), disk size of the live version;
 - load time (IndexStore.load + Categorizer, imports excluded) and, for the service, start to
   ready (a fresh interpreter: imports, index with checksums, encoder weights, Categorizer);
-  RSS, PSS and private memory (/proc/<pid>/smaps_rollup) of a master that loads the index and
+  RSS and PSS, split into anonymous and file-mapped (/proc/<pid>/smaps_rollup), of a master that loads the index and
   forks one worker, then two (as gunicorn's preload does), after 20 predictions per worker, and
   of the single worker after 1,000 more (mapped pages it touched add up); the index is read
   once before each, as the service's checksum pass at start leaves it: all cached;
@@ -114,11 +114,12 @@ def rollup(pid: int) -> dict[str, float]:
     return fields
 
 
-def memory(pid: int) -> tuple[float, float, float]:
-    """(RSS, PSS, private) MB of a process; private = Private_Clean + Private_Dirty (a file page
-    only this process maps counts as private too)."""
+def memory(pid: int) -> tuple[float, float, float, float]:
+    """(RSS, PSS, PSS of anonymous memory, PSS of mapped files) MB of a process: the anonymous
+    part is the process's own heap (shared with the master until written), the file part its
+    share of the index pages it has mapped (page cache, shared by every worker mapping them)."""
     f = rollup(pid)
-    return f["Rss"], f["Pss"], f["Private_Clean"] + f["Private_Dirty"]
+    return f["Rss"], f["Pss"], f["Pss_Anon"], f["Pss_File"]
 
 
 def drop_page_cache(folder: Path) -> None:
@@ -146,7 +147,7 @@ def workers(index: Path, count: int, more: int = 0) -> dict:
     """As gunicorn runs the service (preload, then fork): a master loads the index and the
     Categorizer once, then forks `count` workers that make 20 predictions each. The index is
     read once first (`cache_index`), so every run starts alike. Returns the load time, the master's
-    (RSS, PSS, USS) MB and each worker's after 20 predictions, and with `more`, each worker's
+    `memory` and each worker's after 20 predictions, and with `more`, each worker's
     after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     live = index / "versions" / (index / "CURRENT").read_text().strip()
@@ -307,13 +308,14 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
         got = workers(index, count, more=WARM_PREDICTIONS if count == 1 else 0)
-        mem = lambda m: f"RSS {m[0]:.0f}, PSS {m[1]:.0f}, private {m[2]:.0f} MB"  # noqa: E731
+        mem = lambda m: f"RSS {m[0]:.0f}, PSS {m[1]:.0f} (anon {m[2]:.0f}, files {m[3]:.0f}) MB"  # noqa: E731
         line = f"master + {count} forked worker(s), load {got['load']:.2f} s: master {mem(got['master'])}; "
         line += "; ".join(f"worker {i + 1} after 20 predictions {mem(m)}" for i, m in enumerate(got["workers"]))
         if "more" in got:
             line += f"; after {WARM_PREDICTIONS} more {mem(got['more'][0])}"
-        total = got["master"][1] + sum(m[1] for m in got["workers"])
-        print(f"{line}; PSS total {total:.0f} MB (load average {load_average()})")
+        every = [got["master"], *got["workers"]]
+        total, anon = sum(m[1] for m in every), sum(m[2] for m in every)
+        print(f"{line}; PSS total {total:.0f} MB, of it anon {anon:.0f} MB (load average {load_average()})")
     live = index / "versions" / (index / "CURRENT").read_text().strip()
     drop_page_cache(live)
     store = IndexStore.load(index)
