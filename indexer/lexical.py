@@ -99,11 +99,10 @@ DEFAULT_POSTINGS_CAP = 0  # written to the manifest at publish; chosen by bench/
 # heaviest; the plain product is used when the essential terms hold over ESSENTIAL_SHARE of the
 # query's postings or more than RESCORE_LIMIT rows would be re-scored (nothing saved then).
 # The non-essential terms may together reach at most REST_SHARE of theta: at theta itself a row
-# needs no essential score to pass and nearly every row is re-scored (70k of 71k on one query
-# of the 1M SYNTHETIC catalogue); at 0.75, the cost (essential postings + re-scored rows x
-# row length) came within 1.3x of the best split on 8 of 8 queries there (/ 5-10x the full read).
-# HEAD_POSTINGS / POOL_FACTOR: 256 / 8 gave lexical top-50 p50 14.0 ms (mean 15.5) on 60 queries
-# there, 256 / 2 15.6 (17.5), 1024 / 8 12.5 (15.6): a deeper head buys little.
+# needs no essential score to pass and nearly every row sharing a word is re-scored; lower, more
+# terms are essential and more postings are read. 0.75, HEAD_POSTINGS 256 and POOL_FACTOR 8 were
+# picked by hand on the 1M SYNTHETIC catalogue of bench/bench_scale.py, which prints the resulting
+# lexical top-50 time both ways (every posting / pruned) at each size.
 PRUNE_FROM_POSTINGS = 20_000
 HEAD_POSTINGS = 256
 POOL_FACTOR = 8

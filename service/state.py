@@ -60,8 +60,8 @@ def set_threads(n: int) -> None:
 
     BLAS too: the search re-scores candidates with a matrix-vector product, and OpenBLAS's own
     threads (one per core by default) fight the other worker and the request threads for the
-    2 cores: predict p50 at 100k SYNTHETIC products went from 13.7 to 35.8 ms at load 3.4 with
-    them (bench/bench_scale.py sets the same limits)."""
+    2 cores; under load that multiplied the predict time (a profile at 100k SYNTHETIC products,
+    not a benchmark figure). bench/bench_scale.py runs with the same limits."""
     import faiss
     import torch
     from threadpoolctl import threadpool_limits
