@@ -22,9 +22,10 @@ Dense channels use FAISS Flat up to --flat-max products, else --factory (HNSW32 
 as a large index would be built. Run:
 .venv/bin/python bench/bench_calibration_scale.py [--sizes 10000,100000] [--sample 10000]
 
-`--index PATH` instead calibrates an existing index folder (e.g. a SYNTHETIC catalogue ingested
-by the lead at 100k or 1M) as the build would, printing the same `calibrate` line, nothing else:
-.venv/bin/python bench/bench_calibration_scale.py --index /work/scale/1m/index [--sample 5000]
+`--index PATH` instead calibrates an existing index folder (e.g. the SYNTHETIC 100k or 1M index
+that `bench/bench_scale.py --work DIR` leaves as DIR/index-1000000) as the build would, printing
+the same `calibrate` line, nothing else:
+.venv/bin/python bench/bench_calibration_scale.py --index DIR/index-1000000 [--sample 5000]
 """
 
 from __future__ import annotations

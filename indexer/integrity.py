@@ -99,7 +99,8 @@ def verify_files(
             if not (remember and _VERIFIED.get(str(path)) == known):
                 to_hash.append((name, path, known))
     # Files are hashed on HASH_THREADS threads (hashlib releases the GIL on large buffers): a 1M
-    # product index is 3.6 GB, and one core hashing it was most of the service's start.
+    # product index is 3.6 GB to hash before the service answers (bench/bench_scale.py prints
+    # start to ready).
     with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
         digests = list(pool.map(lambda item: file_digest(item[1]), to_hash))
     for (name, path, known), digest in zip(to_hash, digests, strict=True):
