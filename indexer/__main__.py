@@ -12,9 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from .catalog import CatalogError, ValidationReport, load_catalog
-from .encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
-from .store import DEFAULT_FACTORY, IndexStore, IndexStoreError
+from indexer.catalog.products import CatalogError, ValidationReport, load_catalog
+from indexer.encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
+from indexer.store import open_store
+from indexer.store.local.index import DEFAULT_FACTORY, IndexStoreError
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -22,7 +23,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_index
+    from indexer.pipeline.build import build_index
 
     if not args.data:
         raise CatalogError("no dataset: pass --data DIR or set DATA_DIR")
@@ -47,9 +48,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from .build import add_products
+    from indexer.pipeline.build import add_products
 
-    store = IndexStore.load(args.index)
+    store = open_store(args.index)
     catalog = load_catalog(args.data)
     new = [p for p in catalog.products if store.row_of(p.id) is None]  # by key: O(batch · log N), no scan
     skipped = len(catalog.products) - len(new)
@@ -69,7 +70,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .ingest import ingest
+    from indexer.pipeline.ingest import ingest
 
     summary = ingest(
         args.embeddings,
@@ -92,7 +93,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .encode import encode_catalog
+    from indexer.pipeline.encode import encode_catalog
 
     if not args.data:
         raise CatalogError("no dataset: pass --data DIR or set DATA_DIR")
@@ -114,7 +115,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    store = IndexStore.load(args.index)
+    store = open_store(args.index)
     m = store.manifest
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
@@ -164,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     checksums, and its arrays against the counts; exit 1 naming the damaged file."""
     import time
 
-    from .store import IndexDamaged, list_versions, read_current, verify_version
+    from indexer.store.local.index import IndexDamaged, list_versions, read_current, verify_version
 
     path = Path(args.index)
     live = read_current(path)
@@ -191,9 +192,9 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Merge the live version's delta segments into a new base version (atomic publish)."""
     import time
 
-    from .store import compact
+    from indexer.store.local.index import compact
 
-    before = IndexStore.load(args.index)
+    before = open_store(args.index)
     start = time.perf_counter()
     store = compact(args.index)
     if store.version == before.version:
@@ -208,10 +209,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_to_milvus(args: argparse.Namespace) -> int:
-    from .milvus_store import MilvusIndexStore, copy_to_milvus
+    from indexer.store.factory import copy_to_location
 
-    store = IndexStore.load(args.index)
-    loc = copy_to_milvus(
+    store = open_store(args.index)
+    copied, where = copy_to_location(
         store,
         args.location,
         index_type=args.index_type,
@@ -219,9 +220,8 @@ def cmd_to_milvus(args: argparse.Namespace) -> int:
         collection=args.collection,
         progress=None if args.quiet else lambda done, total: print(f"{done}/{total} products", flush=True),
     )
-    copied = MilvusIndexStore.open(loc)
     print(
-        f"copied {store.path} version {store.version} into Milvus collection {loc.collection} at {loc.uri}: "
+        f"copied {store.path} version {store.version} into Milvus {where}: "
         f"{len(copied.products)} products, " + ", ".join(f"{m} {c.ntotal}" for m, c in copied.modalities.items())
     )
     return 0

@@ -18,7 +18,7 @@ def _int(name: str, default: int) -> int:
 
 
 def _vector_store(raw: str | None) -> str | None:
-    from indexer.backends import parse_vector_store
+    from indexer.store import parse_vector_store
 
     try:
         return parse_vector_store(raw)
@@ -45,7 +45,7 @@ class Config:
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
     VECTOR_STORE      "faiss" (default: the index in INDEX_DIR), milvus://host:19530[/collection] (a Milvus
                       server) or a Milvus Lite *.db path: the index is served from that collection, while
-                      INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.backends
+                      INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.store.factory
     """
 
     index_dir: str = "var/index"

@@ -14,7 +14,7 @@ from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
 
 import indexer.encoders as encoders
 from indexer.__main__ import main
-from indexer.store import IndexStore
+from indexer.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,14 +91,14 @@ def test_build_add_info_in_process(fake_profile, dataset, tmp_path, capsys):
     # adding the same folder again adds nothing
     rc = main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"])
     assert rc == 0 and "nothing to add: all 3 products" in capsys.readouterr().out
-    assert len(IndexStore.load(index).products) == 12
+    assert len(open_store(index).products) == 12
     # the add went to a delta segment of version 1; compact folds it into version 2
     rc = main(["info", str(index)])
     assert rc == 0 and "deltas: 1 segments, 3 products" in capsys.readouterr().out
     rc = main(["compact", str(index)])
     out = capsys.readouterr().out
     assert rc == 0 and "compacted 1 delta segments (3 products) of version 000001 into version 000002" in out
-    store = IndexStore.load(index)
+    store = open_store(index)
     assert store.version == "000002" and store.deltas == () and len(store.products) == 12
     rc = main(["compact", str(index)])
     assert rc == 0 and "no deltas, nothing to compact" in capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_env_defaults(fake_profile, dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ENCODER_PROFILE", FAKE_PROFILE)
     monkeypatch.setenv("INDEX_FACTORY", "HNSW32")
     assert main(["build", "--quiet"]) == 0
-    assert IndexStore.load(index).manifest["index_factory"] == "HNSW32"
+    assert open_store(index).manifest["index_factory"] == "HNSW32"
     capsys.readouterr()
     assert main(["info"]) == 0
     assert f"index {index} version 000001" in capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_add_with_unknown_profile_exits_2(fake_profile, dataset, tmp_path, capsy
     # a fresh process has no "fake" profile registered: refused, not crashed
     proc = run_cli("add", "--index", str(index), "--data", str(extra["folder"]))
     assert proc.returncode == 2 and "unknown encoder profile 'fake'" in proc.stderr
-    assert len(IndexStore.load(index).products) == 9
+    assert len(open_store(index).products) == 9
 
 
 def test_unknown_profile_rejected_by_argparse():
@@ -183,7 +183,7 @@ def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, 
     """`pipeline` = encode (stubbed here: Ray is exercised by tests/test_encode_ray.py) + ingest + to-milvus."""
     from test_ingest import row, write_rows
 
-    import indexer.encode as encode_module
+    import indexer.pipeline.encode as encode_module
 
     calls = []
 
@@ -203,8 +203,8 @@ def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, 
     out = capsys.readouterr().out
     assert rc == 0 and calls == [(str(dataset["folder"]), None, 3)]
     assert "encoded 12 products (stub)" in out and "products: 12" in out and "into Milvus collection" in out
-    assert len(IndexStore.load(index).products) == 12
-    from indexer.milvus_store import MilvusIndexStore
+    assert len(open_store(index).products) == 12
+    from indexer.store.milvus import MilvusIndexStore
 
     copied = MilvusIndexStore.open(db)
-    assert [p.id for p in copied.products] == [p.id for p in IndexStore.load(index).products]
+    assert [p.id for p in copied.products] == [p.id for p in open_store(index).products]
