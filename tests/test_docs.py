@@ -17,7 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 150
 SHELL_LANGS = {"bash", "sh", "shell"}
-FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$", re.M | re.S)
+FENCE = re.compile(
+    r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)\s*$", re.M | re.S
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?(?P<target>[^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 PLACEHOLDER = re.compile(r"\[--|<[A-Za-z][\w.-]*>")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -65,7 +67,12 @@ def test_docs_have_shell_blocks() -> None:
 
 
 def test_shell_blocks_have_no_placeholders() -> None:
-    bad = [f"{label}: {line.strip()}" for label, body in shell_blocks() for line in body.splitlines() if PLACEHOLDER.search(line)]
+    bad = [
+        f"{label}: {line.strip()}"
+        for label, body in shell_blocks()
+        for line in body.splitlines()
+        if PLACEHOLDER.search(line)
+    ]
     assert not bad, "placeholders fail when pasted (put optional flags in prose):\n" + "\n".join(bad)
 
 
@@ -85,13 +92,15 @@ def test_relative_links_exist() -> None:
     assert not missing, "links to files that do not exist:\n" + "\n".join(missing)
 
 
-def test_checks_catch_what_they_claim(tmp_path: Path) -> None:
+def test_checks_catch_what_they_claim() -> None:
     """The patterns refuse the README's old mistakes and accept plain commands."""
     assert PLACEHOLDER.search("python -m indexer info var/index [--json]")
     assert PLACEHOLDER.search("curl -F image=@<photo> localhost:8000")
     assert not PLACEHOLDER.search('curl -F image=@photo.jpg -F title="Mug" localhost:8000/api/v1/predict')
-    assert not PLACEHOLDER.search("test -d var/index && [ -n \"$X\" ] || echo 2>/dev/null")
-    assert subprocess.run(["bash", "-n"], input="if true; then\n", capture_output=True, text=True, check=False).returncode
+    assert not PLACEHOLDER.search('test -d var/index && [ -n "$X" ] || echo 2>/dev/null')
+    assert subprocess.run(
+        ["bash", "-n"], input="if true; then\n", capture_output=True, text=True, check=False
+    ).returncode
     text = "```bash\nmake run\n```\n[a](missing.md) [b](https://x.org) [c](#top) `[d](inline.md)`\n"
     assert [m["body"] for m in FENCE.finditer(text)] == ["make run\n"]
     kept = [m["target"] for m in LINK.finditer(re.sub(r"`[^`\n]*`", "", text))]
