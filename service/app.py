@@ -12,9 +12,10 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, errors, metrics, web
+from . import api, errors, listing_api, metrics, web
 from .config import Config
 from .inputs import BodyDeadline, check_url
+from .listings import Listings
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,18 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     set_threads(config.torch_threads)
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
+    app.extensions["listings"] = Listings(state)
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
     metrics.install(app)
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(listing_api.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
         metrics.set_index_size(len(live.store.products))
+        app.extensions["listings"].recover()  # listings a killed process left half-filed
     elif load and state.fatal:
         # versions exist but none verifies: serving nothing beats serving damage (gunicorn's
         # master exits here, during preload, with this line)

@@ -32,7 +32,11 @@ class Config:
 
     INDEX_DIR         index folder (default var/index)
     DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
-    API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
+    API_TOKEN         bearer token for writes (POST /api/v1/products, /api/v1/listings); unset = writes refused (403)
+    REVIEW_TOKEN      bearer token for reviewers (GET/POST /api/v1/review...); unset = reviews refused (403);
+                      must differ from API_TOKEN (a writer cannot decide reviews)
+    BATCH_MAX_BYTES   largest body of POST /api/v1/predict/batch (default 200 MB; spooled to disk, not memory)
+    BATCH_SIZE        listings encoded together by the batch endpoint (default 64): memory is O(BATCH_SIZE)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
     TORCH_THREADS     torch / FAISS / BLAS threads per worker (default 1: 2 workers x 1 thread = 2 cores)
@@ -51,6 +55,9 @@ class Config:
     index_dir: str = "var/index"
     data_dir: str | None = None
     api_token: str | None = None
+    review_token: str | None = None
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_size: int = 64
     max_upload_bytes: int = 20 * 1024 * 1024
     default_k: int = 10
     max_k: int = 100
@@ -75,6 +82,9 @@ class Config:
             index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
             data_dir=os.environ.get("DATA_DIR") or None,
             api_token=os.environ.get("API_TOKEN") or None,
+            review_token=os.environ.get("REVIEW_TOKEN") or None,
+            batch_max_bytes=_int("BATCH_MAX_BYTES", cls.batch_max_bytes),
+            batch_size=_int("BATCH_SIZE", cls.batch_size),
             max_upload_bytes=_int("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             default_k=_int("DEFAULT_K", cls.default_k),
             max_k=_int("MAX_K", cls.max_k),
@@ -91,3 +101,9 @@ class Config:
         if unknown:
             raise TypeError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return replace(base, **overrides)
+
+    def __post_init__(self) -> None:
+        if self.review_token and self.review_token == self.api_token:
+            raise SystemExit("REVIEW_TOKEN must differ from API_TOKEN: reviewers and writers hold distinct tokens")
+        if self.batch_size < 1:
+            raise SystemExit(f"BATCH_SIZE must be at least 1, got {self.batch_size}")

@@ -5,14 +5,21 @@ Open a store with `open_store(location)`, add to it with `append`; everything el
 verification) is in `indexer.store.local`.
 """
 
+from indexer.store.audit import AuditLog
 from indexer.store.base import IndexStore, VectorChannel, check_compatible
 from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
 from indexer.store.factory import append, open_store, parse_vector_store, route
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
+from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ReviewQueue
 
 __all__ = [
+    "AuditLog",
+    "DecisionConflict",
+    "Listing",
+    "ListingNotFound",
+    "ReviewQueue",
     "DuplicateProduct",
     "IndexDamaged",
     "IndexMismatch",
