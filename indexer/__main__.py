@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus`.
+"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus | predict`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -208,6 +208,24 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Categorize a file of listings (CSV or JSON lines) offline: one result row per listing."""
+    from indexer.pipeline.predict import predict_file
+
+    summary = predict_file(
+        args.input,
+        args.out,
+        args.index,
+        images=args.images,
+        batch_size=args.batch_size,
+        k=args.k,
+        progress=not args.quiet,
+    )
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
 def cmd_to_milvus(args: argparse.Namespace) -> int:
     from indexer.store.factory import copy_to_location
 
@@ -331,6 +349,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_to_milvus)
+    r = sub.add_parser("predict", help="categorize a file of listings (CSV or JSON lines) into a results file")
+    r.add_argument("--input", required=True, help="listings: .csv (header: title, description, image, id) or .jsonl")
+    r.add_argument("--out", required=True, help="results: .csv, or .jsonl for one JSON object per listing")
+    r.add_argument("--images", help="folder holding the files the `image` column names")
+    r.add_argument("--index", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR)")
+    r.add_argument("--batch-size", type=int, default=64, help="listings encoded together (memory is O(batch))")
+    r.add_argument("--k", type=int, help="neighbours that vote (default: the index's categorizer)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_predict)
     q = sub.add_parser("pipeline", help="encode on Ray, ingest into the FAISS index, optionally copy it into Milvus")
     q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")

@@ -12,7 +12,7 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, errors, listing_api, metrics, review_page, web
+from . import api, batch, errors, listing_api, metrics, review_page, web
 from .config import Config
 from .inputs import BodyDeadline, check_url
 from .listings import Listings
@@ -43,6 +43,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(listing_api.bp)
+    app.register_blueprint(batch.bp)
     app.register_blueprint(review_page.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
