@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus | predict`.
+"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus | predict | calibrate`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -226,6 +226,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Refit the deployment calibration on the live catalogue (deltas included) and publish it."""
+    from indexer.pipeline.calibrate import recalibrate
+
+    for line in recalibrate(args.index, size=args.sample).lines():
+        print(line)
+    return 0
+
+
 def cmd_to_milvus(args: argparse.Namespace) -> int:
     from indexer.store.factory import copy_to_location
 
@@ -358,6 +367,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--k", type=int, help="neighbours that vote (default: the index's categorizer)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_predict)
+    k = sub.add_parser("calibrate", help="refit the auto/review calibration on the live catalogue and publish it")
+    k.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    k.add_argument("--sample", type=int, help="products predicted by the fit (default $CALIBRATION_SAMPLE or 5000)")
+    k.set_defaults(func=cmd_calibrate)
     q = sub.add_parser("pipeline", help="encode on Ray, ingest into the FAISS index, optionally copy it into Milvus")
     q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")
@@ -384,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
+    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -295,6 +295,7 @@ def add_product() -> Response:
             staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(len(store.products))
+    current_app.extensions["recalibrator"].changed()
     body = product_public(product, image_url(product, store))
     body["index_version"] = store.version
     body["issues"] = report.to_dict()["counts"]

@@ -16,6 +16,7 @@ from . import api, batch, errors, listing_api, metrics, review_page, web
 from .config import Config
 from .inputs import BodyDeadline, check_url
 from .listings import Listings
+from .recalibration import Recalibrator
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     set_threads(config.torch_threads)
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
-    app.extensions["listings"] = Listings(state)
+    listings = app.extensions["listings"] = Listings(state)
+    app.extensions["recalibrator"] = listings.recalibrator = Recalibrator(
+        state, lambda: listings.audit, config.recalibrate_after
+    )
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]

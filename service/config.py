@@ -37,6 +37,8 @@ class Config:
                       must differ from API_TOKEN (a writer cannot decide reviews)
     BATCH_MAX_BYTES   largest body of POST /api/v1/predict/batch (default 200 MB; spooled to disk, not memory)
     BATCH_SIZE        listings encoded together by the batch endpoint (default 64): memory is O(BATCH_SIZE)
+    RECALIBRATE_AFTER catalogue changes (audit-log entries: adds, filed listings, reviews, relabels, deletes)
+                      after which the service refits the calibration in the background (default 200; 0 = never)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
     TORCH_THREADS     torch / FAISS / BLAS threads per worker (default 1: 2 workers x 1 thread = 2 cores)
@@ -58,6 +60,7 @@ class Config:
     review_token: str | None = None
     batch_max_bytes: int = 200 * 1024 * 1024
     batch_size: int = 64
+    recalibrate_after: int = 200
     max_upload_bytes: int = 20 * 1024 * 1024
     default_k: int = 10
     max_k: int = 100
@@ -85,6 +88,7 @@ class Config:
             review_token=os.environ.get("REVIEW_TOKEN") or None,
             batch_max_bytes=_int("BATCH_MAX_BYTES", cls.batch_max_bytes),
             batch_size=_int("BATCH_SIZE", cls.batch_size),
+            recalibrate_after=_int("RECALIBRATE_AFTER", cls.recalibrate_after),
             max_upload_bytes=_int("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             default_k=_int("DEFAULT_K", cls.default_k),
             max_k=_int("MAX_K", cls.max_k),

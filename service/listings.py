@@ -28,6 +28,7 @@ from indexer.store.review import DECIDING, DONE, FILED, FILING, PENDING
 from .auth import REVIEWER, WRITER
 from .errors import ApiError
 from .media import clean_orphans, stage_upload
+from .recalibration import Recalibrator
 from .state import NotReady, ServiceState
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Listings:
         self._queue: ReviewQueue | None = None
         self._audit: AuditLog | None = None
         self._recovered_pid: int | None = None
+        self.recalibrator: Recalibrator | None = None  # told of every change (service.recalibration)
 
     @property
     def queue(self) -> ReviewQueue:
@@ -171,6 +173,8 @@ class Listings:
         finished = self.queue.finish(listing.id, result)
         self.queue.drop_photo(listing)
         self.state.adopt(store)
+        if self.recalibrator is not None:
+            self.recalibrator.changed()
         return finished
 
     @staticmethod

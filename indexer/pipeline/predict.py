@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from indexer.categorizer import Categorizer
 from indexer.categorizer.bulk import BATCH_SIZE, ImageResolver, Item, predict_listings, read_csv, read_json_lines
-from indexer.encoders import create_encoder_for
+from indexer.encoders import Encoder, create_encoder_for
 from indexer.store import check_compatible, open_store
 
 JSON_LINES = (".jsonl", ".ndjson", ".json")
@@ -110,9 +110,11 @@ def predict_file(
     batch_size: int = BATCH_SIZE,
     k: int | None = None,
     progress: bool = True,
+    encoder: Encoder | None = None,
 ) -> PredictSummary:
     """Categorize every listing of `input` with the index at `index`, one result each in `out`
-    (CSV, or JSON lines when `out` ends in .jsonl). O(batch) memory."""
+    (CSV, or JSON lines when `out` ends in .jsonl). O(batch) memory. `encoder` defaults to the
+    index's own (loaded here)."""
     out_path = Path(out)
     out_kind = _kind(out_path)
     _kind(Path(input))
@@ -120,7 +122,7 @@ def predict_file(
         raise ValueError(f"--input {input}: no such file")
     resolve = folder_resolver(images)
     store = open_store(index)
-    encoder = create_encoder_for(store.manifest)
+    encoder = encoder or create_encoder_for(store.manifest)
     check_compatible(store.manifest, encoder)
     categorizer = Categorizer(store)
     summary = PredictSummary(str(input), str(out))

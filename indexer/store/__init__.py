@@ -8,7 +8,7 @@ verification) is in `indexer.store.local`.
 from indexer.store.audit import AuditLog
 from indexer.store.base import IndexStore, VectorChannel, check_compatible
 from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
-from indexer.store.factory import append, open_store, parse_vector_store, route
+from indexer.store.factory import append, open_store, parse_vector_store, publish_manifest_entries, route
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
@@ -34,6 +34,7 @@ __all__ = [
     "last_verified",
     "open_store",
     "parse_vector_store",
+    "publish_manifest_entries",
     "read_current",
     "route",
 ]

@@ -68,6 +68,18 @@ class AuditLog:
             {"time": t, "action": a, "actor": who, "before": _load(b), "after": _load(af)} for t, a, who, b, af in rows
         ]
 
+    def count_since(self, since: str, actions: tuple[str, ...] = ACTIONS) -> int:
+        """Entries of `actions` recorded after `since` (ISO UTC, second resolution): O(entries)."""
+        marks = ", ".join("?" for _ in actions)
+        db = self._connect()
+        try:
+            row = db.execute(
+                f"SELECT count(*) FROM audit WHERE time > ? AND action IN ({marks})", (since, *actions)
+            ).fetchone()
+        finally:
+            db.close()
+        return int(row[0])
+
 
 def _dump(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
