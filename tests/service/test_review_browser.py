@@ -107,3 +107,35 @@ def test_a_reviewer_answers_from_the_keyboard(site, browser, tmp_path):
     page.wait_for_selector("#item", state="hidden")
     assert errors == []
     context.close()
+
+
+def test_a_seller_lists_a_product_and_reads_what_happens_next(site, browser, service_index):
+    from service_support import photo_products
+
+    from indexer.store import open_store
+
+    base_url, client = site
+    ((product, path),) = photo_products(open_store(service_index), 1, category="Watches")
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(base_url + "/")
+    page.set_input_files("#image", str(path))
+    page.fill("#title", product.name + " (relisted)")
+    page.click("#predict-button")
+    page.wait_for_selector("#listing-panel:not([hidden])", timeout=30_000)
+    page.fill("#listing-token", WRITER)
+    page.click("#list-button")
+    page.wait_for_function("document.querySelector('#listing-next').dataset.where", timeout=30_000)
+    # this index has no auto threshold: the listing waits for a reviewer, and the page says why
+    assert page.get_attribute("#listing-next", "data-where") == "review"
+    sentence = page.inner_text("#listing-next")
+    assert "Watches" in sentence and ("threshold" in sentence or "seuil" in sentence)  # the page's language
+    queued = client.get("/api/v1/review?limit=100", headers={"Authorization": f"Bearer {REVIEWER}"}).get_json()
+    assert product.name + " (relisted)" in [x["title"] for x in queued["listings"]]
+    page.fill("#listing-token", "wrong-token")
+    page.click("#list-button")
+    page.wait_for_selector("#listing-next.error")
+    assert errors == []
+    context.close()
