@@ -200,6 +200,8 @@ def _decision(body: Any) -> tuple[dict, bool]:
     if not isinstance(new_category, bool):
         raise ApiError(400, "new_category must be true or false")
     reject = body.get("reject")
+    if body.get("category") is not None and body.get("category_path") is not None:
+        raise ApiError(400, "send category or category_path, not both")
     has_category = body.get("category") is not None or body.get("category_path") is not None
     if reject is not None and reject is not True:
         raise ApiError(400, "reject must be true (or leave it out and send a category)")
@@ -211,7 +213,9 @@ def _decision(body: Any) -> tuple[dict, bool]:
     if listed is not None:
         if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
             raise ApiError(400, "category_path must be a list of strings")
-        path = [p.strip() for p in listed if p.strip()]
+        path = [p.strip() for p in listed]
+        if any(not p for p in path):
+            raise ApiError(400, "category_path holds a blank level")
     else:
         raw = body.get("category")
         if raw is not None and not isinstance(raw, str):

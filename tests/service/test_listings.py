@@ -207,6 +207,8 @@ def test_a_category_that_does_not_exist_yet_needs_new_category(client):
         ({"category": 3}, 400, "string"),
         ({"category_path": "Watches"}, 400, "list of strings"),
         ({"category": "Watches", "colour": "red"}, 400, "unknown field"),
+        ({"category": "Watches", "category_path": ["Watches"]}, 400, "not both"),
+        ({"category_path": ["Watches", " "]}, 400, "blank level"),
         ({"category": "Watches", "new_category": "yes"}, 400, "true or false"),
         ([1, 2], 400, "JSON object"),
     ],
