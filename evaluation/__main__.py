@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument(
         "--quick",
         action="store_true",
-        help="a fast look: one fold seed, 3 folds, no ORB baseline, no stability runs, short t-SNE "
+        help="a fast look: one fold seed; no t-SNE, stability runs, ORB baseline or random-split figures "
         "(the report says these are not the reported figures)",
     )
     rep.add_argument("--quiet", action="store_true", help='no "step k/N" progress lines on stderr')

@@ -419,7 +419,7 @@ def test_progress_lines_count_up_to_the_plan(synthetic, tmp_path, capsys):
     assert done[-1].startswith(f"step {n}/{n} figures done in") and "(elapsed" in done[-1]
     assert "quick run: not the reported figures" in captured.out
     data = json.loads((tmp_path / "q" / "metrics.json").read_text())
-    assert data["quick"] is True and len(data["cv"]["seeds"]) == 1 and data["cv"]["folds"] <= 3
+    assert data["quick"] is True and len(data["cv"]["seeds"]) == 1 and data["random_split"] is None
     assert "tsne_kmeans" not in data["clustering"]["fused"] and "bovw" not in data["clustering"]
     html = (tmp_path / "q" / "report.html").read_text()
     assert html.index("Quick run: not the reported figures") < html.index("<table id='headline'>")
@@ -451,6 +451,6 @@ def test_heartbeat_during_a_long_step():
 
 def test_quick_options_keep_the_seed_and_mark_the_run():
     quick = quick_options(ReportOptions(seed=7))
-    assert quick.quick and quick.seeds == (7,) and quick.folds == 3
-    assert quick.skip_tsne and quick.skip_bovw and not quick.stability_checks
+    assert quick.quick and quick.seeds == (7,) and quick.folds == ReportOptions().folds
+    assert quick.skip_tsne and quick.skip_bovw and not quick.stability_checks and not quick.random_split
     assert not ReportOptions().quick
