@@ -227,9 +227,9 @@ def test_one_index_dir_default_for_cli_service_and_evaluation(monkeypatch):
         assert parser().parse_args(["info"]).index == expected
         assert parser().parse_args(["build"]).out == expected
         assert Config.from_env().index_dir == expected
-        seen = {}
+        seen: dict[str, str] = {}
 
-        def fake_report(index, *args, **kwargs):
+        def fake_report(index, *args, seen=seen, **kwargs):
             seen["index"] = str(index)
             raise SystemExit(0)
 
