@@ -181,7 +181,7 @@ def test_unknown_profile_rejected_by_argparse():
 
 def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, tmp_path, monkeypatch, capsys):
     """`pipeline` = encode (stubbed here: Ray is exercised by tests/test_encode_ray.py) + ingest + to-milvus."""
-    from test_ingest import row, write_rows
+    from shard_rows import row, write_rows
 
     import indexer.pipeline.encode as encode_module
 
