@@ -21,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.calibration import EVAL_SEEDS, PARAM_GRID, TRADE_OFF_TARGETS
-from indexer.catalog import Product
-from indexer.images import ImageError, load_image, thumbnail
-from indexer.knn import Categorizer, stored_queries
-from indexer.store import IndexStore
+from indexer.catalog import ImageError, Product, load_image, thumbnail
+from indexer.categorizer import EVAL_SEEDS, PARAM_GRID, TRADE_OFF_TARGETS, Categorizer, stored_queries
+from indexer.store import IndexStore, open_store
 
 from . import baselines, clustering, crosslingual, crossval, figures, projection, representations
 
@@ -121,7 +119,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     out = Path(out_dir)
     timer = Timer(options.progress)
     with timer.step("load index"):
-        store = IndexStore.load(index_dir)
+        store = open_store(index_dir)
     classes = store.categories()
     if len(classes) < 2:
         raise ValueError(f"index {index_dir} holds {len(classes)} categories; a report needs at least 2")
@@ -287,7 +285,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             "temperature": Categorizer(store).temperature,
             "grid": [dict(c) for c in PARAM_GRID],
             "weights_chosen_per_fold": chosen,
-            "source": "weights selected inside every outer training part (indexer.calibration.fit)",
+            "source": "weights selected inside every outer training part (indexer.categorizer.protocol.fit)",
         },
         "cv": {
             "folds": int(len(np.unique(cv["folds"]))),
@@ -811,7 +809,7 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         "<h3>Automatic decision vs human review (nested)</h3>",
         f"<p>Products whose {e(a['representation'])} confidence (raw vote share) reaches the threshold are "
         "categorized automatically, the rest go to review. Evaluation: in every outer fold the threshold is "
-        "chosen (<code>indexer.calibration.choose_threshold</code>) on the inner out-of-fold predictions of the "
+        "chosen (<code>categorizer.protocol.choose_threshold</code>) on the inner out-of-fold predictions of the "
         "training part, then applied to the held-out fold. "
         f"At target precision {a['target']}: coverage <b>{_pm(a['coverage_over_seeds'])}</b>, precision "
         f"<b>{_f(a['precision'])}</b> (mean over seeds; per fold {_f(a['precision_over_folds']['min'])}–"
@@ -833,7 +831,7 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         "<p>Deployment (not evaluation): "
         + (
             f"the index manifest's threshold {_f(dep['threshold'])} and weights {e(json.dumps(dep['weights']))} "
-            "were fitted on all data by the same procedure (<code>indexer.calibration.calibrate</code>); "
+            "were fitted on all data by the same procedure (<code>indexer.categorizer.protocol.calibrate</code>); "
             f"its own out-of-fold coverage {_f(dep['in_sample_coverage'])} at precision "
             f"{_f(dep['in_sample_precision'])} chose that threshold, so it is not an estimate."
             if dep

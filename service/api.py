@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.catalog import Product
-from indexer.knn import Neighbor
+from indexer.categorizer import Neighbor
 from indexer.store import DuplicateProduct, IndexStore
 
 from . import metrics
@@ -215,7 +215,7 @@ def _check_token() -> None:
 
 @bp.post("/products")
 def add_product() -> Response:
-    from indexer.build import add_products
+    from indexer.pipeline import add_products
 
     _check_token()
     cfg = config()

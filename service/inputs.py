@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request
 
-from indexer.catalog import CATEGORY_SEPARATOR
-from indexer.images import ImageError, ImageLimits, load_image
+from indexer.catalog import CATEGORY_SEPARATOR, ImageError, ImageLimits, load_image
 
 from .config import Config
 from .errors import ApiError
@@ -237,7 +236,7 @@ def check_url(environ: dict, config: Config) -> None:
 
 
 def decode_image(data: bytes, draft_size: int | None) -> Image.Image:
-    """RGB image from uploaded bytes, or 422 with indexer.images' reason."""
+    """RGB image from uploaded bytes, or 422 with indexer.catalog.images' reason."""
     try:
         return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
     except ImageError as exc:
