@@ -106,6 +106,11 @@ def server(service_index, real_data_dir, tmp_path_factory):
             assert time.monotonic() < deadline, "gunicorn did not become ready:\n" + log_path.read_text()[-3000:]
             time.sleep(0.5)
         yield {"port": port, "proc": proc, "log": log_path, "index_dir": index_dir}
+        # SIGTERM stops it cleanly: checked here, once every test of the module has used the
+        # server (pytest-randomly shuffles the tests, so no test can count on running last)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, log_path.read_text()[-3000:]
+        assert "Shutting down" in log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -315,11 +320,3 @@ def test_a_port_in_use_is_one_clear_line_and_exit_status_1(tmp_path):
     assert seconds < 60  # no retry loop
     # `make run` asks the same before it builds the index
     assert check.returncode == 1 and f"port {port} is in use" in check.stderr, check.stderr
-
-
-def test_sigterm_stops_cleanly(server):
-    # last test of the module: the fixture's teardown would do the same, this checks it works
-    proc = server["proc"]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=40) == 0
-    assert "Shutting down" in server["log"].read_text()
