@@ -44,11 +44,12 @@ import scipy.sparse as sp
 from common import ROOT
 from sklearn.preprocessing import normalize
 
-from indexer import calibration
-from indexer.catalog import Product
+from indexer.catalog.products import Product
+from indexer.categorizer import protocol as calibration
 from indexer.encoders.base import l2_normalize
-from indexer.lexical import LexicalIndex
-from indexer.store import IndexStore, ModalityIndex, make_faiss_index
+from indexer.store import open_store  # noqa: E402
+from indexer.store.lexical import LexicalIndex
+from indexer.store.local.index import IndexStore, ModalityIndex, make_faiss_index
 
 SEED = 0
 PARENTS = 3
@@ -223,14 +224,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.index:
         t0 = time.perf_counter()
-        store = IndexStore.load(args.index)
+        store = open_store(args.index)
         print(
             f"{args.index}: {len(store.products):,} products, channels {sorted(store.channels())}, loaded in "
             f"{time.perf_counter() - t0:.1f} s, RSS {rss_mb():,.0f} MB [{load_average()}]; sample {args.sample:,}"
         )
         print(calibrate_line(store, args.sample), flush=True)
         return
-    real = IndexStore.load(args.real)
+    real = open_store(args.real)
     print(f"SYNTHETIC catalogues from {args.real} ({len(real.products)} real products); sample {args.sample:,}")
     for n in (int(x) for x in args.sizes.split(",")):
         factory = "Flat" if n <= args.flat_max else args.factory

@@ -4,7 +4,7 @@ Reads an existing index (INDEX_DIR, default var/index): no encoding. Each line r
 report's nested evaluation (evaluation.crossval.run: grouped outer folds, lexical refitted
 and threshold chosen inside every training part) with ONE frozen setting instead of the
 grid selection, so the lines compare settings on the same footing; the last line is the
-shipped protocol (weights selected from indexer.calibration.PARAM_GRID inside each fold),
+shipped protocol (weights selected from indexer.categorizer.protocol.PARAM_GRID inside each fold),
 i.e. the report's figures. Prints accuracy and the nested coverage / precision of
 automatic decisions at 99 % target precision.
 
@@ -20,8 +20,9 @@ import time
 from common import ROOT
 
 from evaluation import crossval
-from indexer.calibration import EVAL_SEEDS, PARAM_GRID
-from indexer.store import IndexStore
+from indexer.categorizer.protocol import EVAL_SEEDS, PARAM_GRID
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
 
 SETTINGS = [
     ("image", "image", {"weights": {"image": 1.0}}),
@@ -54,7 +55,7 @@ def line(store: IndexStore, label: str, name: str, grid) -> None:
 
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("INDEX_DIR", str(ROOT / "var" / "index"))
-    store = IndexStore.load(path)
+    store = open_store(path)
     print(
         f"index {path}: {len(store.products)} products; nested grouped 5-fold CV, fold seeds {list(EVAL_SEEDS)}; "
         f"load average {os.getloadavg()[0]:.1f}"

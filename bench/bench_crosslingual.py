@@ -21,7 +21,8 @@ from common import ROOT
 
 from evaluation import crosslingual, crossval
 from indexer.encoders import create_encoder_for
-from indexer.store import IndexStore
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
 
 
 def english_cv(store: IndexStore, seeds) -> dict[str, tuple[float, float]]:
@@ -45,9 +46,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}; fold seeds {list(seeds)}; cells: accuracy±sd (auto coverage)")
     for path in paths:
         t0 = time.perf_counter()
-        store = IndexStore.load(path)
+        store = open_store(path)
         encoder = create_encoder_for(store.manifest)
-        store = IndexStore.load(path, encoder=encoder)
+        store = open_store(path, encoder=encoder)
         english = english_cv(store, seeds)
         result = crosslingual.evaluate(store, encoder, seeds=seeds)
         name = store.manifest.get("encoder_options", {}).get("text_model", "minilm")

@@ -14,11 +14,11 @@ import time
 import numpy as np
 from common import cv_scores, data_dir, memory_store
 
-from indexer.build import encode_products, product_texts
-from indexer.calibration import grouped_folds, near_duplicate_groups
-from indexer.catalog import load_catalog
+from indexer.catalog.products import load_catalog
+from indexer.categorizer.protocol import grouped_folds, near_duplicate_groups
+from indexer.categorizer.vote import Categorizer
 from indexer.encoders import create_encoder
-from indexer.knn import Categorizer
+from indexer.pipeline.build import encode_products, product_texts
 
 
 def timed_encode(products, encoder):
@@ -34,7 +34,7 @@ def text_rate(encoder, texts):
 
 
 def image_rate(encoder, products):
-    from indexer.images import load_image
+    from indexer.catalog.images import load_image
 
     images = [load_image(p.image_path, draft_size=encoder.image_size) for p in products if p.image_path][:256]
     arrays = [encoder.preprocess(im) for im in images]

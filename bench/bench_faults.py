@@ -25,7 +25,8 @@ from service_support import copy_index  # noqa: E402
 from test_service_faults import AUTH, BAD_INPUTS, DAMAGES, FILE_KINDS, RAW_JSON, publish_damaged  # noqa: E402
 
 from indexer.encoders import create_encoder  # noqa: E402
-from indexer.store import IndexStore, read_current  # noqa: E402
+from indexer.store import open_store  # noqa: E402
+from indexer.store.local.index import read_current  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.config import Config  # noqa: E402
 
@@ -39,7 +40,7 @@ def main() -> int:
     print(f"load average at start: {os.getloadavg()}  cores: {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
         index_dir = copy_index(Path(args.index), Path(tmp) / "index")
-        encoder = create_encoder(IndexStore.load(index_dir).profile)
+        encoder = create_encoder(open_store(index_dir).profile)
         config = Config(index_dir=str(index_dir), api_token=AUTH["Authorization"].split()[1], retry_load_seconds=0.0)
         client = create_app(config, encoder=encoder).test_client()
 

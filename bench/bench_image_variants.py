@@ -17,9 +17,9 @@ import timm
 import torch
 from common import data_dir
 
-from indexer.catalog import load_catalog
+from indexer.catalog.images import load_image
+from indexer.catalog.products import load_catalog
 from indexer.encoders.embedded import IMAGE_VARIANTS, weights_path
-from indexer.images import load_image
 
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "half": ((0.5,) * 3, (0.5,) * 3)}
 SAMPLE = 350

@@ -27,9 +27,9 @@ from synthetic import ROOT, write_synthetic_shards
 
 READ_ONLY = """
 import resource, sys, time
-from indexer.catalog import ValidationReport
-from indexer.ingest import read_batches
-from indexer.shards import read_spec, shard_files
+from indexer.catalog.products import ValidationReport
+from indexer.pipeline.ingest import read_batches
+from indexer.catalog.shards import read_spec, shard_files
 folder, batch_rows = sys.argv[1], int(sys.argv[2])
 start = time.perf_counter()
 batches = read_batches(shard_files(folder), read_spec(folder), ValidationReport(), batch_rows)

@@ -11,7 +11,7 @@ a document x term weight matrix W and a binary query. This script
    fused with image and dense text at the shipped weights. BM25 is divided by the query's
    score against its own text, so it sits on a 0..1 scale like a cosine.
 
-Protocol: indexer/calibration.py's current functions (near-duplicate groups, grouped
+Protocol: indexer/categorizer/protocol.py's current functions (near-duplicate groups, grouped
 stratified folds, `choose_threshold`), 5 fold seeds. NOT YET NESTED: the vocabulary and
 the idf of both scorings were fitted on every product by the build, the folds only mask
 rows; the nested protocol (issue 7) will refit them inside the training folds.
@@ -29,11 +29,12 @@ import scipy.sparse as sp
 from common import ROOT
 from sklearn.feature_extraction.text import CountVectorizer
 
-from indexer.calibration import choose_threshold, grouped_folds, near_duplicate_groups
-from indexer.knn import Categorizer, stored_queries
-from indexer.lexical import NGRAMS, LexicalIndex
-from indexer.store import IndexStore
-from indexer.text import baseline_tokens
+from indexer.catalog.text import baseline_tokens
+from indexer.categorizer.protocol import choose_threshold, grouped_folds, near_duplicate_groups
+from indexer.categorizer.vote import Categorizer, stored_queries
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
+from indexer.store.lexical import NGRAMS, LexicalIndex
 
 K1, B = 1.2, 0.75
 SEEDS = range(5)
@@ -127,7 +128,7 @@ def cv(store: IndexStore, lexical_queries: sp.csr_matrix | None, channels: tuple
 
 def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("INDEX_DIR", str(ROOT / "var" / "index"))
-    store = IndexStore.load(path)
+    store = open_store(path)
     counts = term_counts(store)
     weights = bm25_weights(counts)
     check_against_fts5(counts, weights)

@@ -3,7 +3,7 @@
 The catalogue is bench_search_scale.py's: N products mixed from pairs of same-category real
 products of INDEX_DIR (default var/index), dense vectors and lexical rows; nothing is encoded.
 It is held as an in-memory FAISS store (Flat), then copied into a Milvus Lite database with
-`indexer.milvus_store.copy_to_milvus` (the code behind `python -m indexer to-milvus`).
+`indexer.store.milvus.copy_to_milvus` (the code behind `python -m indexer to-milvus`).
 
 Prints, per Milvus index type (FLAT, HNSW):
 - insert: the copy's time and products/s (entities with both vectors, the lexical channel and
@@ -35,10 +35,11 @@ import numpy as np
 from bench_search_scale import synthetic
 from common import ROOT
 
-from indexer.catalog import Product
-from indexer.knn import SIMILARITY_BUDGET, Categorizer, stored_queries
-from indexer.milvus_store import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop
-from indexer.store import IndexStore, append
+from indexer.catalog.products import Product
+from indexer.categorizer.vote import SIMILARITY_BUDGET, Categorizer, stored_queries
+from indexer.store import open_store  # noqa: E402
+from indexer.store.local.index import IndexStore, append
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop
 
 SEED = 0
 
@@ -111,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)  # Milvus Lite searches with this process's FAISS too
 
-    real = IndexStore.load(args.index)
+    real = open_store(args.index)
     t0 = time.perf_counter()
     faiss_store = synthetic(real, args.products, dense=True, seed=SEED)
     held_out = synthetic(real, args.queries, dense=True, seed=SEED + 1)

@@ -22,10 +22,10 @@ import faiss
 import numpy as np
 from common import ROOT  # noqa: F401 - puts the project on sys.path
 
-from indexer.faiss_search import apply_search_params, build_faiss_index, refine
-from indexer.knn import stored_queries
-from indexer.lexical import present_rows
-from indexer.store import IndexStore
+from indexer.categorizer.vote import stored_queries
+from indexer.store import open_store  # noqa: E402
+from indexer.store.lexical import present_rows
+from indexer.store.local.faiss_search import apply_search_params, build_faiss_index, refine
 
 EXACT_CHUNK = 65_536
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
-    store = IndexStore.load(args.index)
+    store = open_store(args.index)
     n = len(store.products)
     nlist = 2 ** max(4, round(np.log2(np.sqrt(n))))
     load = os.getloadavg()[0]

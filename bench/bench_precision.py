@@ -1,8 +1,8 @@
 """Effect of compact vector storage (float16, int8 with a scale per row) on the real catalogue's figures.
 
-The store keeps dense vectors compactly for the exact fused re-rank (indexer.segments: float16
+The store keeps dense vectors compactly for the exact fused re-rank (indexer.store.local.segments: float16
 below COMPACT_ROWS products, int8 row-scaled from there, the manifest's `vector_dtype`). This
-script runs the project's nested protocol (indexer.calibration.nested_predictions: grouped outer
+script runs the project's nested protocol (indexer.categorizer.protocol.nested_predictions: grouped outer
 folds, parameters and threshold fitted inside the training folds, fused image + text, one fold
 seed) and the deployment fit (calibrate) on the same index with three precisions:
 - "float32": the build's float32 vectors, read back from the Flat FAISS index (which stores
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT
 
-from indexer.calibration import (
+from indexer.categorizer.protocol import (
     ENTRY_KEYS,
     FUSED,
     SEED,
@@ -37,8 +37,10 @@ from indexer.calibration import (
     nested_predictions,
     usable_folds,
 )
-from indexer.segments import RowScaledInt8, quantize_int8
-from indexer.store import IndexStore, ModalityIndex
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
+from indexer.store.local.index import ModalityIndex
+from indexer.store.local.segments import RowScaledInt8, quantize_int8
 
 
 def float32_copy(store: IndexStore, vectors: dict) -> IndexStore:
@@ -59,7 +61,7 @@ def build_float32(store: IndexStore) -> dict[str, np.ndarray]:
 
 def main() -> None:
     index_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "var" / "index"
-    store = IndexStore.load(index_dir)
+    store = open_store(index_dir)
     print(f"index {index_dir} version {store.version}: {len(store.products)} products (real data)")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     flat = all(e.get("factory") == "Flat" for e in (store.manifest.get("faiss") or {}).values())

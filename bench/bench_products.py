@@ -7,7 +7,7 @@ one process, one after the other, so they see the same machine load (printed bes
 
 Prints, per size, for the format-2 way (products.jsonl parsed into a list, labels and the
 category index from a scan, the list copied on every reload after an add) and format 3
-(indexer.products_db):
+(indexer.store.local.products_db):
 - write time; load time and the memory the products hold in this process (tracemalloc);
 - per reload after an add: the combined product sequence and its labels / category counts;
 - what a request does: one product by row (cold LRU), row_of by id, the category counts.
@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 from common import ROOT
 
-from indexer.catalog import Product
-from indexer.filters import CategoryIndex
-from indexer.products_db import PRODUCTS_FILE, CategoryCodes, ProductRows, ProductsWriter, ProductTable
-from indexer.store import IndexStore
+from indexer.catalog.products import Product
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
+from indexer.store.categories import CategoryCodes
+from indexer.store.filters import CategoryIndex
+from indexer.store.local.products_db import PRODUCTS_FILE, ProductRows, ProductsWriter, ProductTable
 
 
 def load_average() -> str:
@@ -166,7 +168,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
     args = parser.parse_args()
-    real = IndexStore.load(args.index)
+    real = open_store(args.index)
     print(f"real index {args.index}: {len(real.products)} products, repeated with new ids")
     root = Path(tempfile.mkdtemp(prefix="bench-products-"))
     try:

@@ -1,10 +1,10 @@
 """Ray encode throughput (1 and 2 workers) against the in-process build, same data, same cores.
 
 On the first `--limit` products of DATA_DIR (embedded profile, batch 32):
-- in-process: `indexer.build.encode_products` (what `build` runs) in a fresh process,
+- in-process: `indexer.pipeline.build.encode_products` (what `build` runs) in a fresh process,
   2 decode threads, torch's default threads (2 here); wall = model load + encoding,
   steady = encoding alone;
-- Ray: `indexer.encode.encode_catalog` on a local Ray instance of 2 CPUs, 1 worker x 2
+- Ray: `indexer.pipeline.encode.encode_catalog` on a local Ray instance of 2 CPUs, 1 worker x 2
   CPUs, then 2 workers x 1 CPU; wall = from submitting the shards to the last shard
   written (actor start, model load, encoding, shard writes; Ray's own start excluded and
   printed apart), steady = products / (summed shard encode seconds / workers).
@@ -30,8 +30,8 @@ from common import ROOT, data_dir
 
 IN_PROCESS = """
 import json, sys, time
-from indexer.build import encode_products, peak_rss_mb
-from indexer.catalog import load_catalog
+from indexer.pipeline.build import encode_products, peak_rss_mb
+from indexer.catalog.products import load_catalog
 from indexer.encoders import create_encoder
 products = load_catalog(sys.argv[1]).products[: int(sys.argv[2])]
 start = time.perf_counter()
@@ -54,7 +54,7 @@ def in_process(limit: int) -> tuple[float, float, float]:
 
 
 def on_ray(limit: int, shard_rows: int, workers: int, cpus: int) -> tuple[float, float, float]:
-    from indexer.encode import encode_catalog
+    from indexer.pipeline.encode import encode_catalog
 
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         s = encode_catalog(
@@ -72,7 +72,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import ray
 
-    from indexer.encode import local_ray_init
+    from indexer.pipeline.encode import local_ray_init
 
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; DATA_DIR {data_dir()}")
     start = time.perf_counter()

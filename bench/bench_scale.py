@@ -21,10 +21,10 @@ Prints, per size:
   with the exact pruning (same rows?);
 - recall@10 per channel against exact search over the same stored vectors, and agreement of
   the fused category with the one exact candidates give;
-- single-add p50/p99 (one product through indexer.store.append: delta written, fsync'd,
+- single-add p50/p99 (one product through indexer.store.local.index.append: delta written, fsync'd,
   checksummed, committed, store reloaded) over --adds adds;
 - row_of by id and the category counts of base + deltas (products read by key);
-- compaction time of those deltas into a new base (indexer.store.compact).
+- compaction time of those deltas into a new base (indexer.store.local.index.compact).
 
 Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--adds 100]
      [--factory auto] [--calibrate] [--work DIR [--skip-ingest]]
@@ -49,21 +49,22 @@ import scipy.sparse as sp
 from common import ROOT
 from synthetic import write_mixed_shards
 
-from indexer.catalog import Product
-from indexer.knn import Categorizer, stored_queries
-from indexer.lexical import LexicalIndex, present_rows
-from indexer.store import IndexStore, ModalityIndex, append, compact
+from indexer.catalog.products import Product
+from indexer.categorizer.vote import Categorizer, stored_queries
+from indexer.store import open_store  # noqa: E402
+from indexer.store.lexical import LexicalIndex, present_rows
+from indexer.store.local.index import IndexStore, ModalityIndex, append, compact
 from service.state import set_threads
 
 WORKERS = r"""
 import gc, os, signal, sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
-from indexer.store import IndexStore
-from indexer.knn import Categorizer
+from indexer.store.base import IndexStore
+from indexer.categorizer.vote import Categorizer
 threadpool_limits(limits=1, user_api="blas")
 t0 = time.perf_counter()
-store = IndexStore.load(sys.argv[1])
+store = open_store(sys.argv[1])
 cat = Categorizer(store)
 loaded = time.perf_counter() - t0
 gc.freeze()  # as service/gunicorn.conf.py does after preload: the GC then leaves shared pages alone
@@ -318,7 +319,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         print(f"{line}; PSS total {total:.0f} MB, of it anon {anon:.0f} MB (load average {load_average()})")
     live = index / "versions" / (index / "CURRENT").read_text().strip()
     drop_page_cache(live)
-    store = IndexStore.load(index)
+    store = open_store(index)
     cat = Categorizer(store)
     cold = np.random.default_rng(1).integers(0, n, COLD_PREDICTIONS)
     cold_queries = stored_queries(store, cold)
@@ -365,7 +366,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         add_times.append(time.perf_counter() - t0)
     print(f"single add ({adds}, deltas 1..{adds}, load average {load_average()}): {percentiles(add_times)}")
     t0 = time.perf_counter()
-    reloaded = IndexStore.load(index)
+    reloaded = open_store(index)
     print(f"reload with {len(reloaded.deltas)} deltas, base cached in this process: {time.perf_counter() - t0:.3f} s")
     ids = [f"synthetic-mixed-{r:08d}" for r in rng.integers(0, n, 200)]
     ids += [f"add{tag}-{i:06d}" for i in range(min(adds, 50))]
@@ -401,7 +402,7 @@ def main() -> None:
     parser.add_argument("--skip-ingest", action="store_true", help="measure the index a previous run left in --work")
     args = parser.parse_args()
     set_threads(1)  # torch, FAISS and BLAS: one thread per query, as a service worker (and WORKER) runs
-    real = IndexStore.load(args.index)
+    real = open_store(args.index)
     print(f"real index {args.index}: {len(real.products)} products; SYNTHETIC catalogues follow")
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     try:

@@ -17,7 +17,7 @@ Prints, per size:
   the same `candidates` depth per channel as an unfiltered search (also shown at 4x);
 - at --recall-size: recall@10 against exact search of IVF (nprobe sweep) and HNSW32
   (efSearch sweep) on the text vectors, unfiltered and under the top-level filter: what
-  indexer/faiss_search.py DEFAULT_SEARCH_PARAMS was chosen from.
+  indexer/store/local/faiss_search.py DEFAULT_SEARCH_PARAMS was chosen from.
 
 Run: .venv/bin/python bench/bench_search_scale.py [--sizes 10000,100000] [--recall-size 100000]
 Sizes above --dense-max time only the lexical channel (a dense synthetic store of 1M x
@@ -37,13 +37,14 @@ import scipy.sparse as sp
 from common import ROOT
 from sklearn.preprocessing import normalize
 
-from indexer.catalog import Product
+from indexer.catalog.products import Product
+from indexer.categorizer.vote import Categorizer, stored_queries
 from indexer.encoders.base import l2_normalize
-from indexer.faiss_search import apply_search_params, exact_search
-from indexer.filters import PositionFilter
-from indexer.knn import Categorizer, stored_queries
-from indexer.lexical import LexicalIndex, present_rows
-from indexer.store import IndexStore, ModalityIndex, make_faiss_index
+from indexer.store import open_store  # noqa: E402
+from indexer.store.filters import PositionFilter
+from indexer.store.lexical import LexicalIndex, present_rows
+from indexer.store.local.faiss_search import apply_search_params, exact_search
+from indexer.store.local.index import IndexStore, ModalityIndex, make_faiss_index
 
 SEED = 0
 QUERIES = 40
@@ -202,7 +203,7 @@ def main() -> None:
     parser.add_argument("--recall-size", type=int, default=100_000)
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    real = IndexStore.load(args.index)
+    real = open_store(args.index)
     print(f"SYNTHETIC catalogue mixed from {len(real.products)} real products of {args.index}; 1 FAISS thread")
     rng = np.random.default_rng(SEED)
     for n in [int(s) for s in args.sizes.split(",")]:

@@ -44,12 +44,14 @@ import scipy.sparse as sp
 from common import ROOT
 from sklearn.preprocessing import normalize
 
-from indexer.catalog import Product
-from indexer.faiss_search import LARGE_SEARCH_PARAMS, apply_search_params, build_faiss_index, choose_factory
-from indexer.knn import Categorizer
-from indexer.lexical import LexicalIndex
-from indexer.segments import RowScaledInt8, quantize_int8
-from indexer.store import IndexStore, ModalityIndex
+from indexer.catalog.products import Product
+from indexer.categorizer.vote import Categorizer
+from indexer.store import open_store  # noqa: E402
+from indexer.store.base import IndexStore
+from indexer.store.lexical import LexicalIndex
+from indexer.store.local.faiss_search import LARGE_SEARCH_PARAMS, apply_search_params, build_faiss_index, choose_factory
+from indexer.store.local.index import ModalityIndex
+from indexer.store.local.segments import RowScaledInt8, quantize_int8
 
 SEED = 0
 LEXICAL_CAP = 3000  # the cap the predict line is timed with (beside the exact lexical search)
@@ -327,7 +329,7 @@ def main() -> None:
     parser.add_argument("--factories", default="", help="';'-separated extra candidates ({m}: the chosen PQ m)")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
-    real = IndexStore.load(args.index)
+    real = open_store(args.index)
     print(f"SYNTHETIC catalogue mixed from {len(real.products)} real products of {args.index}; 1 FAISS thread")
     mixer = Mixer(real)
     for n in [int(s) for s in args.sizes.split(",")]:

@@ -34,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexer.store import IndexNotFound, IndexStore, read_current  # noqa: E402
+from indexer.store import open_store  # noqa: E402
+from indexer.store.local.index import IndexNotFound, IndexStore, read_current  # noqa: E402
 
 
 def free_port() -> int:
@@ -124,7 +125,7 @@ def ensure_index(index: str | None, tmp: Path) -> Path:
     data_dir = os.environ.get("DATA_DIR")
     if not data_dir:
         raise SystemExit("no index at --index/$INDEX_DIR and no $DATA_DIR to build one from")
-    from indexer.build import build_index
+    from indexer.pipeline.build import build_index
 
     out = tmp / "index"
     print(f"building an index from {data_dir} into {out} ...", flush=True)
@@ -153,8 +154,8 @@ def queries(store: IndexStore, data_dir: str | None, n: int):
 def encoder_alone(manifest: dict, inputs, repeat: int) -> dict[str, list[float]]:
     """Encoder time in this process for the same inputs (one thread, like a worker), with
     the encoder the index names (its text model) and the seller-query role the service uses."""
+    from indexer.catalog.images import load_image
     from indexer.encoders import create_encoder_for, encode_text_queries
-    from indexer.images import load_image
     from service.state import set_threads
 
     set_threads(1)
@@ -187,7 +188,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp_name:
         tmp = Path(tmp_name)
         index_dir = ensure_index(args.index, tmp)
-        store = IndexStore.load(index_dir)
+        store = open_store(index_dir)
         data_dir = os.environ.get("DATA_DIR")
         inputs = queries(store, data_dir, 50)
         print(f"index {index_dir} version {store.version}: {len(store.products)} products, profile {store.profile}")

@@ -19,10 +19,10 @@ import numpy as np
 from common import data_dir
 
 from evaluation.crosslingual import load_queries
-from indexer.build import product_texts
-from indexer.catalog import load_catalog
+from indexer.catalog.products import load_catalog
 from indexer.encoders import create_encoder, set_text_threads
 from indexer.encoders.textmodels import TEXT_MODELS
+from indexer.pipeline.build import product_texts
 
 CATALOGUE_TEXTS = 200
 REPEATS = 3

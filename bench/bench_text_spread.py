@@ -14,12 +14,12 @@ import sys
 import numpy as np
 from common import ROOT
 
-from indexer.store import IndexStore
+from indexer.store import open_store  # noqa: E402
 
 
 def main() -> None:
     for path in sys.argv[1:] or [str(ROOT / "var" / "index")]:
-        store = IndexStore.load(path)
+        store = open_store(path)
         vectors, _ = store.vectors_by_row("text")
         sims = vectors @ vectors.T
         np.fill_diagonal(sims, np.nan)

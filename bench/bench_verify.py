@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from indexer.integrity import verify_files  # noqa: E402
-from indexer.store import VERSIONS, IndexStore, read_current  # noqa: E402
+from indexer.store import open_store  # noqa: E402
+from indexer.store.local.index import VERSIONS, read_current  # noqa: E402
+from indexer.store.local.integrity import verify_files  # noqa: E402
 
 
 def median_seconds(fn, repeat: int) -> float:
@@ -41,14 +42,14 @@ def main() -> int:
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}  cores: {os.cpu_count()}")
     path = Path(args.index)
-    store = IndexStore.load(path)
+    store = open_store(path)
     vdir = path / VERSIONS / read_current(path)
     files = store.manifest["files"]
     size = sum(f["size"] for f in files.values())
     print(f"index {path} version {store.version}: {len(store.products)} products, ", end="")
     print(f"{len(files)} files, {size / 1e6:.1f} MB")
-    sizes_only = median_seconds(lambda: IndexStore.load(path), args.repeat)
-    with_sums = median_seconds(lambda: IndexStore.load(path, checksums=True), args.repeat)
+    sizes_only = median_seconds(lambda: open_store(path), args.repeat)
+    with_sums = median_seconds(lambda: open_store(path, checksums=True), args.repeat)
     sums = median_seconds(lambda: verify_files(vdir, store.manifest, checksums=True), args.repeat)
     print(f"  load, sizes + counts checked:      {sizes_only * 1000:7.1f} ms")
     print(f"  load, sizes + counts + checksums:  {with_sums * 1000:7.1f} ms")

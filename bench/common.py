@@ -11,9 +11,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from indexer.calibration import choose_threshold, cross_val_predictions, grouped_folds, near_duplicate_groups  # noqa: E402
-from indexer.knn import Categorizer  # noqa: E402
-from indexer.store import IndexStore, ModalityIndex, make_faiss_index  # noqa: E402
+from indexer.categorizer.protocol import choose_threshold, cross_val_predictions, grouped_folds, near_duplicate_groups  # noqa: E402
+from indexer.categorizer.vote import Categorizer  # noqa: E402
+from indexer.store.local.index import IndexStore, ModalityIndex, make_faiss_index  # noqa: E402
 
 
 def data_dir() -> Path:

@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from indexer.catalog import Product  # noqa: E402
+from indexer.catalog.products import Product  # noqa: E402
+from indexer.catalog.shards import EmbeddingsSpec, products_table, write_shard, write_spec  # noqa: E402
 from indexer.encoders import create_encoder  # noqa: E402
-from indexer.shards import EmbeddingsSpec, products_table, write_shard, write_spec  # noqa: E402
-from indexer.store import IndexStore  # noqa: E402
+from indexer.store.local.index import IndexStore  # noqa: E402
 
 CATEGORIES = [
     ("Watches", "Wrist Watches"),

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from indexer.catalog import CSV_NAME, IMAGES_DIR
+from indexer.catalog.products import CSV_NAME, IMAGES_DIR
 
 DATASET_DIR = "Flipkart"
 DATASET_URL = (

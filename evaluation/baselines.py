@@ -1,8 +1,8 @@
 """Classical baselines computed here (the index holds only the neural vectors).
 
-* TF-IDF over `indexer.text.baseline_tokens` of the product's text (name + description,
-  through `indexer.text.encoder_text`, the same boilerplate stripping as the encoders).
-* ORB bag of visual words: images loaded only via `indexer.images.load_image` (JPEG
+* TF-IDF over `indexer.catalog.text.baseline_tokens` of the product's text (name + description,
+  through `indexer.catalog.text.encoder_text`, the same boilerplate stripping as the encoders).
+* ORB bag of visual words: images loaded only via `indexer.catalog.images.load_image` (JPEG
   draft decoding, bounded size), ~500 ORB keypoints each, a MiniBatchKMeans vocabulary
   with a fixed seed, TF-IDF weighting of the word counts. The per-image word counts
   are cached on disk keyed by the image bytes and the parameters, since decoding and
@@ -23,9 +23,7 @@ import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
-from indexer.catalog import IMAGES_DIR, Product
-from indexer.images import ImageError, load_image, thumbnail
-from indexer.text import baseline_tokens, encoder_text
+from indexer.catalog import IMAGES_DIR, ImageError, Product, baseline_tokens, encoder_text, load_image, thumbnail
 
 from .representations import Representation
 

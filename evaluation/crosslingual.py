@@ -3,7 +3,7 @@
 Each query of `tests/data/multilingual_queries.csv` rewrites one catalogue product. It is
 scored like a seller's request to the service (`query_channels` + the Categorizer), nested:
 for each outer grouped fold, the fused Categorizer is fitted on the other folds only (lexical
-vocabulary and idf, weights, calibration, auto threshold: `indexer.calibration.fit`, what the
+vocabulary and idf, weights, calibration, auto threshold: `indexer.categorizer.protocol.fit`, what the
 build does on all data) and answers the queries of that fold's products, with only training
 rows as neighbours, so neither the product nor any near-duplicate of it (groups never span
 folds) can vote. Beside each language, the same products are scored with their English title
@@ -23,22 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.calibration import (
+from indexer.categorizer import (
     EVAL_SEEDS,
     FUSED,
     N_FOLDS,
     TARGET_PRECISION,
+    Categorizer,
     Fitted,
+    Prediction,
     fit,
     grouped_folds,
     near_duplicate_groups,
+    query_channels,
+    query_text,
+    stored_queries,
     training_view,
     usable_folds,
 )
 from indexer.encoders import Encoder
-from indexer.knn import Categorizer, Prediction, query_channels, query_text, stored_queries
-from indexer.lexical import LEXICAL_SCALINGS
-from indexer.store import IndexStore
+from indexer.store import LEXICAL_SCALINGS, IndexStore
 
 QUERY_FILE = Path(__file__).resolve().parents[1] / "tests" / "data" / "multilingual_queries.csv"
 COLUMNS = ("product_id", "lang", "title", "description")
@@ -47,7 +50,7 @@ ENGLISH = ("en-title", "en-full")  # the English rows every language is compared
 LEXICAL_SETTINGS = ("off", *LEXICAL_SCALINGS)
 PROTOCOL = (
     "nested: per outer grouped fold, the fused Categorizer (lexical vocabulary + idf, weights, calibration, "
-    "threshold) fitted on the other folds only (indexer.calibration.fit); the product's fold answered by it"
+    "threshold) fitted on the other folds only (indexer.categorizer.protocol.fit); the product's fold answered by it"
 )
 
 
@@ -117,7 +120,7 @@ def fold_models(
 ) -> dict[int, FoldModel]:
     """Per outer fold, the model that answers its queries, nested: the fused Categorizer is
     `fit` on the other folds only (lexical vocabulary and idf, weights from the declared grid,
-    isotonic calibration, auto threshold; `indexer.calibration.fit`), exactly as the build fits
+    isotonic calibration, auto threshold; `indexer.categorizer.protocol.fit`), exactly as the build fits
     the service's on all data. Cost: one fit per fold, unless `fits` (the report's fused fits
     of these very folds, in fold order) are given: then only each fold's lexical refit."""
     out = {}

@@ -1,6 +1,6 @@
 """Nested, leak-free cross-validation of the service's own Categorizer, per modality set.
 
-The protocol lives in `indexer.calibration` (the build's deployment calibration calls the
+The protocol lives in `indexer.categorizer.protocol` (the build's deployment calibration calls the
 same `fit`): near-duplicates are grouped over every channel, whole groups go to one outer
 fold, and inside each outer fold the lexical vocabulary, the channel weights, the isotonic
 calibration and the auto/review threshold are fitted on the training part only
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics
 
-from indexer.calibration import (
+from indexer.categorizer import (
     EVAL_SEEDS,
     GROUP_THRESHOLDS,
     N_FOLDS,
@@ -131,7 +131,7 @@ def evaluate(store: IndexStore, run: NestedRun, name: str, modalities: tuple[str
     correct: np.ndarray = np.array([p == t for p, t in zip(predicted, true, strict=True)], dtype=bool)
     level2: np.ndarray = np.array(
         [
-            list(p.category_path[:2]) == list(store.products[r].category_path[:2])
+            list(p.category_path[:2]) == list(store.products[int(r)].category_path[:2])
             for p, r in zip(predictions, rows, strict=True)
         ],
         dtype=bool,

@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.calibration import EVAL_SEEDS, N_FOLDS, PARAM_GRID, TRADE_OFF_TARGETS
-from indexer.catalog import Product
-from indexer.images import ImageError, load_image, thumbnail
-from indexer.knn import Categorizer, stored_queries
-from indexer.store import IndexStore
+from indexer.catalog import ImageError, Product, load_image, thumbnail
+from indexer.categorizer import EVAL_SEEDS, N_FOLDS, PARAM_GRID, TRADE_OFF_TARGETS, Categorizer, stored_queries
+from indexer.store import IndexStore, open_store
 
 from . import baselines, clustering, crosslingual, crossval, figures, headline, projection, provenance, representations
 from .progress import Progress
@@ -125,7 +123,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     run_facts = provenance.snapshot()
     timer = Progress(enabled=options.progress)
     t0 = time.perf_counter()
-    store = IndexStore.load(index_dir)
+    store = open_store(index_dir)
     timer.set_plan(plan(list(store.modalities), options))
     timer.record("load index", time.perf_counter() - t0)
     classes = store.categories()
@@ -308,7 +306,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             "temperature": Categorizer(store).temperature,
             "grid": [dict(c) for c in PARAM_GRID],
             "weights_chosen_per_fold": chosen,
-            "source": "weights selected inside every outer training part (indexer.calibration.fit)",
+            "source": "weights selected inside every outer training part (indexer.categorizer.protocol.fit)",
         },
         "cv": {
             "folds": int(len(np.unique(cv["folds"][cv["folds"] >= 0]))),
@@ -465,7 +463,7 @@ def threshold_story(decision: dict) -> dict:
             "weights": dep.get("weights"),
             "in_sample_coverage": dep.get("in_sample_coverage"),
             "in_sample_precision": dep.get("in_sample_precision"),
-            "fitted": "on the whole catalogue by the same procedure (indexer.calibration.calibrate)",
+            "fitted": "on the whole catalogue by the same procedure (indexer.categorizer.protocol.calibrate)",
             "used_for": "served by the service (index manifest); its own coverage is in-sample, not an estimate",
         },
     }
@@ -954,8 +952,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         "<h3>Automatic decision vs human review (nested)</h3>",
         f"<p>Products whose {e(a['representation'])} confidence (raw vote share) reaches the threshold are "
         "categorized automatically, the rest go to review. This section uses the <b>evaluation threshold</b>: "
-        "in every outer fold it is chosen (<code>indexer.calibration.choose_threshold</code>) on the inner "
-        "out-of-fold predictions of the training part, then applied to the held-out fold. "
+        "in every outer fold it is chosen (<code>indexer.categorizer.protocol.choose_threshold</code>) on the "
+        "inner out-of-fold predictions of the training part, then applied to the held-out fold. "
         f"At target precision {a['target']}: coverage <b>{_pm(a['coverage_over_seeds'])}</b>, precision "
         f"<b>{_f(a['precision'])}</b> (mean over seeds; per fold {_f(a['precision_over_folds']['min'])}–"
         f"{_f(a['precision_over_folds']['max'])}). Stability of the evaluation threshold over folds: "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.knn import Categorizer
+from indexer.categorizer import Categorizer
 from indexer.store import IndexStore
 
 

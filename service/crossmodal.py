@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from indexer.categorizer import query_text
 from indexer.encoders import Encoder, l2_normalize
-from indexer.knn import query_text
 
 from .errors import ApiError
 from .inputs import QueryInput, decode_image

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from indexer.catalog import IMAGES_DIR, Product
-from indexer.images import ImageError, load_image, thumbnail
+from indexer.catalog import IMAGES_DIR, ImageError, Product, load_image, thumbnail
 from indexer.store import IndexStore
 
 log = logging.getLogger(__name__)

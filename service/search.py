@@ -1,6 +1,6 @@
 """Encode a query and search the index: shared by /predict, /search and /similar.
 
-Queries are encoded by indexer.knn.query_channels and ranked by Categorizer.neighbors,
+Queries are encoded by indexer.categorizer.vote.query_channels and ranked by Categorizer.neighbors,
 so search shows exactly the neighbourhood the category vote is based on.
 """
 
@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.catalog import CATEGORY_SEPARATOR, Product
-from indexer.filters import RowFilter
-from indexer.knn import Categorizer, Neighbor, query_channels, query_text, stored_queries
-from indexer.store import IndexStore
+from indexer.catalog import Product
+from indexer.categorizer import Categorizer, Neighbor, query_channels, query_text, stored_queries
+from indexer.store import IndexStore, RowFilter
 
 from .errors import ApiError
-from .inputs import QueryInput, decode_image
+from .inputs import QueryInput, decode_image, split_path
 from .state import Loaded
 
 
@@ -48,7 +47,7 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> Encoded:
-    """Every channel's (1, dim) query (image, text, lexical) via indexer.knn.query_channels;
+    """Every channel's (1, dim) query (image, text, lexical) via indexer.categorizer.vote.query_channels;
     400 when the query has neither an image nor text.
 
     With both an image and text, the text is encoded on a helper thread while this one
@@ -87,10 +86,6 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
         channels, timing["encode_text"] = encode_text()
         vectors.update(channels)
     return Encoded(vectors, timing)
-
-
-def split_path(category: str) -> list[str]:
-    return [part.strip() for part in category.split(CATEGORY_SEPARATOR) if part.strip()]
 
 
 def category_filter(store: IndexStore, category: str | None) -> RowFilter | None:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer.categorizer import Categorizer
 from indexer.encoders import Encoder, create_encoder, create_encoder_for
-from indexer.knn import Categorizer
 from indexer.store import (
     IndexDamaged,
     IndexMismatch,
@@ -30,6 +30,7 @@ from indexer.store import (
     IndexStore,
     check_compatible,
     last_verified,
+    open_store,
     read_current,
 )
 
@@ -80,7 +81,7 @@ def categorizer_for(store: IndexStore) -> Categorizer:
     with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review)."""
     if store.manifest.get("categorizer"):
         return Categorizer(store)
-    from indexer.calibration import calibrate
+    from indexer.categorizer import calibrate
 
     log.info("index %s version %s has no calibrated categorizer: calibrating now", store.path, store.version)
     return Categorizer(store, params=calibrate(store))
@@ -91,7 +92,7 @@ class ServiceState:
         self.config = config
         self.index_dir = Path(config.index_dir)
         if config.vector_store:  # IndexStore.load / append on index_dir now go to Milvus
-            from indexer.backends import route
+            from indexer.store import route
 
             route(self.index_dir, config.vector_store)
         self._encoder = encoder
@@ -114,7 +115,7 @@ class ServiceState:
 
     def _load_store(self, store: IndexStore | None = None) -> Loaded:
         """Load (or take) a verified version, then its encoder and categorizer."""
-        store = store or IndexStore.load(self.index_dir, checksums=self.config.verify_checksums)
+        store = store or open_store(self.index_dir, checksums=self.config.verify_checksums)
         fresh = self._encoder is None or self._encoder.profile != store.profile
         encoder = self._encoder_for(store.profile, store.manifest)
         try:

@@ -34,7 +34,7 @@ def embedded_encoder():
 @pytest.fixture(scope="session")
 def real_index(tmp_path_factory, real_data_dir, embedded_encoder):
     """The 945-product index, embedded profile, built once and shared (read-only!)."""
-    from indexer.build import build_index
+    from indexer.pipeline.build import build_index
 
     out = tmp_path_factory.mktemp("real-index")
     summary = build_index(real_data_dir, out, encoder=embedded_encoder, progress=False)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexer.catalog import CSV_NAME, IMAGES_DIR
+from indexer.catalog.products import CSV_NAME, IMAGES_DIR
 from indexer.encoders.base import l2_normalize
+from indexer.store import open_store
 
 FAKE_PROFILE = "fake"
 PREPROCESS_SIZE = 8
@@ -177,7 +178,7 @@ def make_dataset(
 # ---- store helpers ---------------------------------------------------------------------------
 def make_products(n: int, prefix: str = "s") -> list:
     """`n` Products without images, cycling through CATEGORIES."""
-    from indexer.catalog import Product
+    from indexer.catalog.products import Product
 
     return [
         Product(
@@ -209,7 +210,7 @@ def publish_fake(
     path: Path, n: int = 30, prefix: str = "s", factory: str = "Flat", seed: int = 0, encoder: FakeEncoder | None = None
 ) -> tuple[list, dict]:
     """Publish `n` products with random vectors (text for all, image for every other one)."""
-    from indexer.store import publish, write_lock
+    from indexer.store.local.index import publish, write_lock
 
     encoder = encoder or FakeEncoder()
     products = make_products(n, prefix)
@@ -225,9 +226,9 @@ def publish_fake(
 
 def append_worker(path: str, prefix: str, n: int, seed: int, barrier, results) -> None:
     """Run in another process: load the index, wait for the sibling, then append `n` products."""
-    from indexer.store import IndexStore, append
+    from indexer.store.local.index import append
 
-    store = IndexStore.load(path)
+    store = open_store(path)
     encoder = FakeEncoder()
     vectors = {
         "image": random_vectors(n, encoder.dims["image"], seed),
@@ -239,8 +240,8 @@ def append_worker(path: str, prefix: str, n: int, seed: int, barrier, results) -
 
 def add_worker(path: str, data_folder: str, barrier, results) -> None:
     """Run in another process: encode a dataset folder's products and add them to the index."""
-    from indexer.build import add_products
-    from indexer.catalog import load_catalog
+    from indexer.catalog.products import load_catalog
+    from indexer.pipeline.build import add_products
 
     products = load_catalog(data_folder).products
     barrier.wait(timeout=60)

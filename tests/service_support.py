@@ -8,7 +8,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from indexer.store import CURRENT, VERSIONS, read_current
+from indexer.store.local.index import CURRENT, VERSIONS, read_current
 
 
 def copy_index(src: Path, dst: Path) -> Path:

@@ -14,7 +14,7 @@ from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
 
 import indexer.encoders as encoders
 from indexer.__main__ import main
-from indexer.store import IndexStore
+from indexer.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,14 +91,14 @@ def test_build_add_info_in_process(fake_profile, dataset, tmp_path, capsys):
     # adding the same folder again adds nothing
     rc = main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"])
     assert rc == 0 and "nothing to add: all 3 products" in capsys.readouterr().out
-    assert len(IndexStore.load(index).products) == 12
+    assert len(open_store(index).products) == 12
     # the add went to a delta segment of version 1; compact folds it into version 2
     rc = main(["info", str(index)])
     assert rc == 0 and "deltas: 1 segments, 3 products" in capsys.readouterr().out
     rc = main(["compact", str(index)])
     out = capsys.readouterr().out
     assert rc == 0 and "compacted 1 delta segments (3 products) of version 000001 into version 000002" in out
-    store = IndexStore.load(index)
+    store = open_store(index)
     assert store.version == "000002" and store.deltas == () and len(store.products) == 12
     rc = main(["compact", str(index)])
     assert rc == 0 and "no deltas, nothing to compact" in capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_env_defaults(fake_profile, dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ENCODER_PROFILE", FAKE_PROFILE)
     monkeypatch.setenv("INDEX_FACTORY", "HNSW32")
     assert main(["build", "--quiet"]) == 0
-    assert IndexStore.load(index).manifest["index_factory"] == "HNSW32"
+    assert open_store(index).manifest["index_factory"] == "HNSW32"
     capsys.readouterr()
     assert main(["info"]) == 0
     assert f"index {index} version 000001" in capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_add_with_unknown_profile_exits_2(fake_profile, dataset, tmp_path, capsy
     # a fresh process has no "fake" profile registered: refused, not crashed
     proc = run_cli("add", "--index", str(index), "--data", str(extra["folder"]))
     assert proc.returncode == 2 and "unknown encoder profile 'fake'" in proc.stderr
-    assert len(IndexStore.load(index).products) == 9
+    assert len(open_store(index).products) == 9
 
 
 def test_unknown_profile_rejected_by_argparse():
@@ -181,9 +181,9 @@ def test_unknown_profile_rejected_by_argparse():
 
 def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, tmp_path, monkeypatch, capsys):
     """`pipeline` = encode (stubbed here: Ray is exercised by tests/test_encode_ray.py) + ingest + to-milvus."""
-    from test_ingest import row, write_rows
+    from shard_rows import row, write_rows
 
-    import indexer.encode as encode_module
+    import indexer.pipeline.encode as encode_module
 
     calls = []
 
@@ -203,8 +203,71 @@ def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, 
     out = capsys.readouterr().out
     assert rc == 0 and calls == [(str(dataset["folder"]), None, 3)]
     assert "encoded 12 products (stub)" in out and "products: 12" in out and "into Milvus collection" in out
-    assert len(IndexStore.load(index).products) == 12
-    from indexer.milvus_store import MilvusIndexStore
+    assert len(open_store(index).products) == 12
+    from indexer.store.milvus import MilvusIndexStore
 
     copied = MilvusIndexStore.open(db)
-    assert [p.id for p in copied.products] == [p.id for p in IndexStore.load(index).products]
+    assert [p.id for p in copied.products] == [p.id for p in open_store(index).products]
+
+
+def test_one_index_dir_default_for_cli_service_and_evaluation(monkeypatch):
+    """make, the CLI, the service and the evaluation read the same folder when INDEX_DIR is unset or set."""
+    from evaluation.__main__ import main as evaluation_main
+    from indexer.__main__ import parser
+    from indexer.settings import DEFAULT_INDEX_DIR
+    from service.config import Config
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert f"INDEX_DIR ?= {DEFAULT_INDEX_DIR}" in makefile
+    for value, expected in ((None, DEFAULT_INDEX_DIR), ("elsewhere/idx", "elsewhere/idx")):
+        if value is None:
+            monkeypatch.delenv("INDEX_DIR", raising=False)
+        else:
+            monkeypatch.setenv("INDEX_DIR", value)
+        assert parser().parse_args(["info"]).index == expected
+        assert parser().parse_args(["build"]).out == expected
+        assert Config.from_env().index_dir == expected
+        seen: dict[str, str] = {}
+
+        def fake_report(index, *args, seen=seen, **kwargs):
+            seen["index"] = str(index)
+            raise SystemExit(0)
+
+        monkeypatch.setattr("evaluation.__main__.build_report", fake_report)
+        with pytest.raises(SystemExit):
+            evaluation_main(["report", "--out", "/nonexistent-report-dir"])
+        assert seen["index"] == expected
+
+
+def test_floats_are_rounded_for_people():
+    from indexer.__main__ import _rounded
+
+    assert _rounded({"image": 0.30000001192092896, "text": [0.35000000149, 1], "k": 15}) == {
+        "image": 0.3,
+        "text": [0.35, 1],
+        "k": 15,
+    }
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`python -m indexer info --json | head -1`: the pipe closes before the CLI writes."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "INDEX_DIR")}
+    code = (
+        "import sys\n"
+        "from indexer import __main__ as cli\n"
+        "def fake(args):\n"
+        "    for _ in range(100000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "cli.cmd_info = fake  # parser() looks the command up when it is built\n"
+        "sys.exit(cli.main(['info', 'anywhere']))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

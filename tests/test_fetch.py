@@ -21,7 +21,7 @@ from PIL import Image
 
 from data import fetch as fetch_mod
 from data.fetch import FetchError, fetch
-from indexer.catalog import CSV_NAME, load_catalog
+from indexer.catalog.products import CSV_NAME, load_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .base import Encoder, EncoderUnavailable, encode_text_queries, l2_normalize, model_id
+from indexer.encoders.base import Encoder, EncoderUnavailable, encode_text_queries, l2_normalize, model_id
 
 DEFAULT_PROFILE = "embedded"
 
@@ -39,19 +39,19 @@ def create_encoder_for(manifest: Mapping[str, Any]) -> Encoder:
 
 def set_text_threads(n: int) -> None:
     """OpenMP/BLAS threads of the multilingual text towers (see textmodels.set_text_threads)."""
-    from .textmodels import set_text_threads as _set
+    from indexer.encoders.textmodels import set_text_threads as _set
 
     _set(n)
 
 
 def _embedded(**options: Any) -> Encoder:
-    from .embedded import EmbeddedEncoder
+    from indexer.encoders.embedded import EmbeddedEncoder
 
     return EmbeddedEncoder(**options)
 
 
 def _clip(**options: Any) -> Encoder:
-    from .clip import ClipEncoder
+    from indexer.encoders.clip import ClipEncoder
 
     return ClipEncoder(**options)
 

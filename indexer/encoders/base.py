@@ -9,8 +9,6 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from PIL import Image
 
-MODALITIES = ("image", "text")
-
 
 class EncoderUnavailable(RuntimeError):
     """A profile's weights or packages are missing; the message names what to provide."""

@@ -33,7 +33,7 @@ threads        (none)              torch intra-op threads
 
 `model_ids` name the architecture, the pretrained tag or checkpoint file name, and the
 first 12 hex digits of the weights file's sha256, so an index built with other weights
-(even under the same name) is refused by `IndexStore.load(path, encoder=...)`.
+(even under the same name) is refused by `indexer.store.open_store(path, encoder=...)`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
+from indexer.encoders.base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -25,8 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
-from .textmodels import JOIN_WEIGHT, MULTILINGUAL_MAX_WORDS, MULTILINGUAL_TOWERS, TEXT_MODELS, JoinedTower
+from indexer.encoders.base import EncoderUnavailable, batches, empty, l2_normalize, sentence_vectors
+from indexer.encoders.textmodels import (
+    JOIN_WEIGHT,
+    MULTILINGUAL_MAX_WORDS,
+    MULTILINGUAL_TOWERS,
+    TEXT_MODELS,
+    JoinedTower,
+)
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNet

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .base import EncoderUnavailable, batches, empty, l2_normalize
+from indexer.encoders.base import EncoderUnavailable, batches, empty, l2_normalize
 
 MULTILINGUAL_MAX_WORDS = 12  # default of the MULTILINGUAL_MAX_WORDS setting / max_words option
 JOIN_WEIGHT = 0.7  # share of the first tower (MiniLM) in a joined space; MULTILINGUAL_JOIN_WEIGHT

@@ -1,0 +1,110 @@
+"""Which store backend serves an index: FAISS on local disk (the default) or Milvus.
+
+The only module that names the backends: everything else opens a store with `open_store` and
+adds to it with `append`, and reads it through `indexer.store.base.IndexStore`.
+
+A location is a Milvus one when it is `milvus://host:port[/collection]`, `http(s)://...`
+or a `*.db` path (Milvus Lite). A process that serves an index folder from Milvus (the
+service, with VECTOR_STORE set) routes that folder to the Milvus location once: every
+`IndexStore.load(folder)` and `append` then go to Milvus, while the folder keeps what is
+local (uploaded photos, the embedding cache). Nothing else changes for the callers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.store.base import IndexStore
+from indexer.store.local import index as local
+from indexer.store.milvus import MilvusIndexStore, copy_to_milvus
+
+if TYPE_CHECKING:
+    from indexer.catalog.products import Product
+    from indexer.encoders.base import Encoder
+
+FAISS = "faiss"
+_ROUTES: dict[str, str] = {}
+
+
+def is_milvus_location(location: object) -> bool:
+    text = str(location).strip()
+    return text.startswith(("milvus://", "http://", "https://")) or text.endswith(".db")
+
+
+def parse_vector_store(value: str | None) -> str | None:
+    """VECTOR_STORE: unset, empty or "faiss" = the local FAISS store (None); else a Milvus
+    location, refused with a clear error when it is neither."""
+    text = (value or "").strip()
+    if text in ("", FAISS):
+        return None
+    if not is_milvus_location(text):
+        raise ValueError(
+            f"VECTOR_STORE={text!r}: use 'faiss' (default), milvus://host:19530[/collection] or a Milvus Lite *.db path"
+        )
+    return text
+
+
+def route(index_dir: str | Path, location: str | None) -> None:
+    """Serve `index_dir` from the Milvus `location` in this process (None: back to FAISS)."""
+    key = str(Path(index_dir).resolve())
+    if location is None:
+        _ROUTES.pop(key, None)
+    else:
+        _ROUTES[key] = location
+
+
+def routed(path: str | Path) -> str | None:
+    """The Milvus location that serves `path`, or None for a local FAISS index."""
+    if is_milvus_location(path):
+        return str(path)
+    if not _ROUTES:
+        return None
+    return _ROUTES.get(str(Path(path).resolve()))
+
+
+def open_store(
+    path: str | Path,
+    encoder: Encoder | None = None,
+    version: str | None = None,
+    checksums: bool = False,
+) -> IndexStore:
+    """Open the live version (or `version`) of the index at `path` on its backend.
+
+    A Milvus location, or a folder routed to one (`route`), opens the Milvus collection; any
+    other path is a local FAISS folder (`LocalIndexStore.load`: sizes always checked, every file
+    hashed with `checksums=True`). With `encoder`, an index built by other models is refused.
+    """
+    location = routed(path)
+    if location is not None:
+        if version is not None:
+            raise ValueError("a Milvus store has no versions to choose from")
+        folder = None if is_milvus_location(path) else Path(path)
+        return MilvusIndexStore.open(location, encoder, local=folder)
+    return local.LocalIndexStore.load(path, encoder=encoder, version=version, checksums=checksums)
+
+
+def append(
+    store: IndexStore,
+    new_products: list[Product],
+    new_vectors: Mapping[str, np.ndarray | None],
+    before_publish: Callable[[IndexStore], None] | None = None,
+) -> IndexStore:
+    """Add products to the live index of `store`'s backend: O(batch) on both backends
+    (a local delta segment, or a Milvus insert); returns the store reloaded with them."""
+    if isinstance(store, MilvusIndexStore):
+        return store.insert(new_products, new_vectors, before_publish)
+    if isinstance(store, local.LocalIndexStore):
+        return local.append(store, new_products, new_vectors, before_publish)
+    raise TypeError(f"no writer for a {store.backend} store")
+
+
+def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[IndexStore, str]:
+    """Copy a loaded index (any backend) into a new Milvus collection at `location` and open it:
+    O(N) rows streamed in batches (see `indexer.store.milvus.copy_to_milvus` for `options`).
+    Returns the copy and where it is ("collection NAME at URI")."""
+    loc = copy_to_milvus(store, location, **options)
+    return MilvusIndexStore.open(loc), f"collection {loc.collection} at {loc.uri}"

@@ -1,0 +1,830 @@
+"""The index on disk: one FAISS index per modality, product metadata, a manifest.
+
+Layout of an index directory (format 3)::
+
+    CURRENT                 name of the live version (replaced atomically)
+    versions/<n>/manifest.json, products.sqlite, paths.npy, <modality>.npy (float16, or int8 +
+                 <modality>.scale.npy), <modality>.faiss, lexical.{data,indices,indptr}.npy,
+                 lexical.postings.*.npy, ...
+    versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.store.local.segments)
+    cache.sqlite            embedding cache (see indexer.encoders.cache)
+
+A version is a base segment, written once by a build, an ingest or a compaction, plus the
+delta segments of the adds made since. A build or compaction writes a complete new version
+beside the live one and only then swaps CURRENT with os.replace; an add writes one delta and
+swaps the version's deltas/LIST the same way. A writer killed at any point leaves the previous
+index loadable. Writers take an exclusive lock, readers never wait; readers notice a new
+version or delta by re-reading CURRENT and LIST (`IndexStore.is_stale`).
+
+Loading memory-maps the dense vectors (float16 or int8), the lexical arrays and, where the type
+allows (Flat, IVF, HNSW in this FAISS, read-only), the FAISS indexes, so the workers of a machine
+share them in the page cache. The
+loaded base segment is kept per process (`_BASES`), so a reload after an add reads only the
+deltas.
+
+Product metadata of the base is read by key from SQLite and its category paths are int32 codes
+(indexer.store.local.products_db): nothing is parsed per product at load, and a reload after an add costs
+O(delta rows) for the products, whatever N is.
+
+Older formats (1: float32 vectors, no deltas; 2: products.jsonl and lexical.npz in the base,
+rebuilt into lists and postings on load) are refused with "rebuild it with `python -m indexer
+build`".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import faiss
+import numpy as np
+
+from indexer.catalog.products import MODALITIES, Product
+from indexer.encoders.base import Encoder, l2_normalize
+from indexer.store.base import IndexStore, check_compatible
+from indexer.store.categories import CODE_DTYPE, CategoryCodes, count_prefixes, counts_from_json, counts_to_json
+from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
+from indexer.store.lexical import LexicalIndex, postings_cap
+from indexer.store.local.faiss_search import (
+    AUTO,
+    ModalityIndex,
+    apply_search_params,
+    build_faiss_index,
+    choose_factory,
+    search_params,
+)
+from indexer.store.local.integrity import verify_files
+from indexer.store.local.products_db import PATHS_FILE, PRODUCTS_FILE, ProductRows, ProductTable
+from indexer.store.local.segments import (
+    VECTOR_DTYPE,
+    StackedVectors,
+    StoredVectors,
+    load_vectors,
+    read_list,
+    write_delta,
+)
+from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, write_manifest
+from indexer.store.locks import write_lock
+
+FORMAT_VERSION = 3  # 3: products in SQLite + category codes, int8 or float16 vectors, mapped lexical arrays
+# Past this many rows in the deltas, an add starts compacting them into a new base in a
+# background thread. bench/bench_scale.py prints the single-add latency and the compaction time.
+DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
+# ... or past this many delta segments: a reload costs O(deltas) (one small manifest each;
+# bench_scale at 1M: 18 ms with 100 deltas), so one-product adds must not pile up 20000 of them.
+DELTA_COMPACT_SEGMENTS = int(os.environ.get("INDEX_DELTA_COMPACT_SEGMENTS", "200"))
+_BASES_KEPT = 2
+DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+KEEP_VERSIONS = 3
+
+__all__ = [
+    "DuplicateProduct",
+    "IndexDamaged",
+    "IndexMismatch",
+    "IndexNotFound",
+    "IndexStore",
+    "LocalIndexStore",
+    "IndexStoreError",
+    "compact",
+]
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str = DEFAULT_FACTORY) -> faiss.Index:
+    """A FAISS index over L2-normalised vectors, inner product (= cosine) metric ("auto" resolved
+    by size, see indexer.store.local.faiss_search.choose_factory)."""
+    factory = choose_factory(factory, len(vectors), int(vectors.shape[1]))
+    try:
+        return build_faiss_index(vectors, factory)[0]
+    except ValueError as exc:
+        raise IndexStoreError(str(exc)) from None
+
+
+@dataclass
+class LocalIndexStore(IndexStore):
+    """A loaded version of a local index folder: FAISS indexes and stored vectors per modality,
+    products in SQLite, lexical arrays, all memory-mapped (see the module docstring)."""
+
+    backend: ClassVar[str] = "faiss"
+    modalities: dict[str, ModalityIndex] = field(default_factory=dict)
+    base: _Base | None = field(default=None, repr=False, compare=False)
+
+    # ---- reading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        version: str | None = None,
+        checksums: bool = False,
+    ) -> LocalIndexStore:
+        """Load the live version (or `version`); with `encoder`, refuse an index built by other models.
+
+        Always checks each file's size against the manifest and the loaded arrays against its
+        counts (O(files) beyond reading them); `checksums=True` also hashes every file first
+        (O(bytes), see indexer.store.local.integrity). Any damage raises IndexDamaged naming the file.
+        A local folder only: `indexer.store.open_store` chooses the backend for a location.
+        """
+        path = Path(path)
+        version = version or read_current(path)
+        vdir = path / VERSIONS / version
+        label = f"index version {version} ({VERSIONS}/{version})"
+        with _reading(vdir / "manifest.json", label):
+            manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a JSON object")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexMismatch(
+                f"index {path} has format version {manifest.get('format_version')}, "
+                f"this code reads version {FORMAT_VERSION}: rebuild it with `python -m indexer build`"
+            )
+        if encoder is not None:
+            check_compatible(manifest, encoder)
+        verify_files(vdir, manifest, checksums=checksums, label=label, remember=True)
+        base = _load_base(vdir, manifest, label)
+        settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides, per load
+        for _, _, index in base.modalities.values():
+            apply_search_params(index, settings)
+        deltas = read_list(vdir)
+        parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
+        store = _combine(cls, path, version, manifest, base, deltas, parts)
+        for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
+            exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
+            channel.refine = 1 if exact else settings["refine"]
+        return store
+
+    def is_stale(self) -> bool:
+        """True when another process has published a newer version or delta: two small file reads."""
+        try:
+            current = read_current(self.path)
+        except IndexNotFound:
+            return False
+        return current != self.version or read_list(self.path / VERSIONS / current) != self.deltas
+
+    def delta_rows(self) -> int:
+        """Products held in the delta segments (not yet compacted into the base)."""
+        return len(self.products) - len(self.base.products) if self.base is not None else 0
+
+
+@dataclass
+class _Base:
+    """A loaded base segment, shared by every store this process loads on it (`_BASES`)."""
+
+    products: ProductTable
+    modalities: dict[str, tuple[StoredVectors, np.ndarray, faiss.Index]]
+    lexical: LexicalIndex | None
+    codes: CategoryCodes  # the base's rows only (memory-mapped paths.npy), counts from its manifest
+
+
+@dataclass
+class _Delta:
+    products: list[Product]
+    manifest: dict
+    counts: dict[tuple[str, ...], int]  # products per category prefix (its manifest's, else counted)
+    vectors: dict[str, tuple[StoredVectors, np.ndarray]]
+    lexical: tuple | None
+
+
+_BASES: OrderedDict[tuple, _Base] = OrderedDict()
+_DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
+_DELTAS_KEPT = 4096
+_BASES_LOCK = threading.Lock()
+
+
+def _identity(vdir: Path, manifest: Mapping) -> tuple:
+    """What makes a cached base valid: each file's inode, size, mtime and ctime. O(files)."""
+    stats = [os.stat(vdir / name) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
+    return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
+
+
+def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
+    """Memory-mapped vectors in the manifest's precision (pages shared by every process that maps them)."""
+    try:
+        vectors = load_vectors(folder, modality, dtype)
+    except ValueError as exc:
+        raise _Mismatch(str(exc)) from exc
+    _expect(vectors.shape == shape, f"shape {vectors.shape}, manifest says {shape}")
+    return vectors
+
+
+def _read_faiss(file: Path) -> faiss.Index:
+    """The FAISS index, memory-mapped read-only where its type allows it (IO_FLAG_MMAP_IFC maps
+    Flat codes, IVF lists and HNSW graphs in this FAISS: nothing copied at load, pages shared
+    between workers), else read into memory. Writers never add to it: compaction reads its own
+    copy."""
+    for flags in (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(file), flags)
+        except RuntimeError:
+            continue
+    return faiss.read_index(str(file))
+
+
+def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
+    """The base segment of a version, from the process cache when its files are unchanged.
+
+    First load: O(log N) to open the products' SQLite table, O(1) for the mapped category codes,
+    vectors and FAISS indexes beyond the row checks (O(N) numpy range checks of the mapped
+    rows and codes), O(nnz) for the lexical matrix; later loads: O(files)."""
+    key = _identity(vdir, manifest)
+    with _BASES_LOCK:
+        if key in _BASES:
+            _BASES.move_to_end(key)
+            return _BASES[key]
+    counts, dims = manifest.get("counts", {}), manifest.get("dims", {})
+    catalog = manifest.get("catalog") or {}
+    with _reading(vdir / "manifest.json", label):
+        n_products = int(counts["products"])
+        paths = [tuple(str(level) for level in p) for p in catalog["paths"]]
+        prefix_counts = counts_from_json(catalog["counts"])
+        _expect(catalog.get("products") == n_products, f"catalog holds {catalog.get('products')}, counts {counts}")
+    products = ProductTable(vdir / PRODUCTS_FILE, n_products, label)
+    with _reading(vdir / PRODUCTS_FILE, label):
+        products.check()
+    with _reading(vdir / PATHS_FILE, label):
+        codes = np.load(vdir / PATHS_FILE, mmap_mode="r", allow_pickle=False)
+        _expect(codes.shape == (n_products,) and codes.dtype == CODE_DTYPE, f"codes {codes.shape} {codes.dtype}")
+        _expect(
+            n_products == 0 or (int(codes.min()) >= -1 and int(codes.max()) < len(paths)), "codes outside the paths"
+        )
+    modalities = {}
+    for modality in manifest["modalities"]:
+        n, dim = counts.get(modality), dims.get(modality)
+        with _reading(vdir / f"{modality}.npy", label):
+            vectors = _read_vectors(vdir, modality, manifest.get("vector_dtype", "float16"), (n, dim))
+        with _reading(vdir / f"{modality}.rows.npy", label):
+            rows = np.load(vdir / f"{modality}.rows.npy", allow_pickle=False)
+            _expect(rows.shape == (n,) and rows.dtype.kind in "iu", f"rows {rows.shape}, expected ({n},)")
+            _expect(n == 0 or (rows.min() >= 0 and rows.max() < len(products)), "rows point outside products")
+        with _reading(vdir / f"{modality}.faiss", label):
+            index = _read_faiss(vdir / f"{modality}.faiss")
+            _expect(index.ntotal == n and index.d == dim, f"holds {index.ntotal} x {index.d}, expected {n} x {dim}")
+        modalities[modality] = (vectors, rows, index)
+    lexical = None
+    if manifest.get("lexical"):
+        with _reading(vdir / "lexical.data.npy", label):
+            lexical = LexicalIndex.load(vdir, postings_cap(manifest["lexical"].get("cap")))
+            n = manifest["lexical"].get("count")
+            _expect(lexical.ntotal == n and len(lexical.rows) == n, f"lexical holds {lexical.ntotal}, expected {n}")
+            _expect(n == 0 or int(lexical.rows.max()) < len(products), "lexical rows point outside products")
+    base = _Base(products, modalities, lexical, CategoryCodes(paths, codes, np.zeros(0, CODE_DTYPE), prefix_counts))
+    with _BASES_LOCK:
+        _BASES[key] = base
+        while len(_BASES) > _BASES_KEPT:
+            _BASES.popitem(last=False)
+    return base
+
+
+def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
+    """One delta segment, read whole: O(its rows); checksummed like a base. Kept per process
+    (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
+    the deltas this process has not seen."""
+    import scipy.sparse as sp
+
+    with _reading(ddir / "manifest.json", label):
+        manifest = json.loads((ddir / "manifest.json").read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError("manifest is not a JSON object")
+    verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
+    key = _identity(ddir, manifest)
+    with _BASES_LOCK:
+        if key in _DELTAS:
+            return _DELTAS[key]
+    counts = manifest.get("counts", {})
+    with _reading(ddir / "products.jsonl", label):
+        with open(ddir / "products.jsonl", encoding="utf-8") as fh:
+            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+        _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
+        stored = manifest.get("category_counts")
+        paths = (p.category_path for p in products)
+        prefix_counts = counts_from_json(stored) if stored is not None else count_prefixes(paths)
+    vectors = {}
+    for modality in manifest.get("modalities", []):
+        with _reading(ddir / f"{modality}.npy", label):
+            try:
+                vecs = load_vectors(ddir, modality, manifest.get("vector_dtype", "float16"), mmap=False)
+            except ValueError as exc:
+                raise _Mismatch(str(exc)) from exc
+            _expect(len(vecs) == counts.get(modality), f"{modality} shape {vecs.shape}")
+        with _reading(ddir / f"{modality}.rows.npy", label):
+            rows = np.load(ddir / f"{modality}.rows.npy", allow_pickle=False)
+            _expect(rows.shape == (len(vecs),), f"rows {rows.shape}, expected ({len(vecs)},)")
+        vectors[modality] = (vecs, rows)
+    lexical = None
+    if "lexical" in counts:
+        with _reading(ddir / "lexical.npz", label):
+            matrix = sp.load_npz(ddir / "lexical.npz").tocsr()
+            rows = np.load(ddir / "lexical.rows.npy", allow_pickle=False)
+            _expect(matrix.shape[0] == len(rows) == counts["lexical"], "lexical rows disagree with the manifest")
+        lexical = (matrix, rows)
+    delta = _Delta(products, manifest, prefix_counts, vectors, lexical)
+    with _BASES_LOCK:
+        _DELTAS[key] = delta
+        while len(_DELTAS) > _DELTAS_KEPT:
+            _DELTAS.popitem(last=False)
+    return delta
+
+
+def _combine(
+    cls: type[LocalIndexStore],
+    path: Path,
+    version: str,
+    manifest: dict,
+    base: _Base,
+    names: tuple[str, ...],
+    deltas: list[_Delta],
+) -> LocalIndexStore:
+    """One store over a base and its deltas, without copying the base's vectors or indexes.
+
+    A modality with deltas is searched through a FAISS IndexShards (the base's index + one
+    exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
+    Cost: O(delta rows) for the products and their category codes (the base's SQLite table
+    and mapped codes are shared, not copied), O(deltas · prefixes) for the category counts,
+    and O(delta nnz) for the lexical deltas (their own small matrix, searched beside the base's)."""
+    added_products = [p for d in deltas for p in d.products]
+    codes = base.codes.extended([(d.products, d.counts) for d in deltas])
+    products = ProductRows(base.products, added_products, codes)
+    modalities: dict[str, ModalityIndex] = {}
+    for modality in sorted(set(base.modalities) | {m for d in deltas for m in d.vectors}):
+        added = [d.vectors[modality] for d in deltas if modality in d.vectors]
+        bvecs, brows, bindex = base.modalities.get(modality, (None, None, None))
+        if not added:
+            # no delta adds this modality, so it came from the base
+            assert bvecs is not None and brows is not None and bindex is not None
+            modalities[modality] = ModalityIndex(vectors=bvecs, rows=brows, index=bindex)
+            continue
+        dvecs = [v for v, _ in added]
+        dim = dvecs[0].shape[1]
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(np.ascontiguousarray(np.concatenate(dvecs), dtype=np.float32))
+        # the stub omits SWIG's third argument, successive_ids
+        shards = faiss.IndexShards(dim, False, True)  # type: ignore[call-arg]
+        parts = (bindex, flat) if bindex is not None else (flat,)
+        for part in parts:
+            shards.add_shard(part)
+        vparts = ([bvecs] if bvecs is not None else []) + dvecs
+        rows = np.concatenate(([brows] if brows is not None else []) + [r for _, r in added])
+        _expect(rows.max(initial=-1) < len(products), f"{modality} delta rows point outside products")
+        modalities[modality] = ModalityIndex(vectors=StackedVectors(vparts), rows=rows, index=shards, parts=parts)
+    lexical = base.lexical
+    lex = [d.lexical for d in deltas if d.lexical is not None and d.lexical[0].shape[0]]
+    if lexical is not None and lex:
+        lexical = lexical.with_delta(lex)
+    manifest = dict(manifest)
+    counts = dict(manifest.get("counts", {}))
+    for delta in deltas:
+        for key, value in delta.manifest.get("counts", {}).items():
+            if key != "lexical":
+                counts[key] = counts.get(key, 0) + value
+    manifest["counts"] = counts
+    if deltas:
+        manifest["categories"] = codes.categories()
+        manifest["added_products"] = manifest.get("added_products", 0) + sum(len(d.products) for d in deltas)
+        manifest["modalities"] = sorted(modalities)
+        if manifest.get("lexical") and lexical is not None:
+            manifest["lexical"] = dict(manifest["lexical"], count=int(lexical.ntotal))
+        manifest["deltas"] = list(names)
+    return cls(
+        path=path,
+        version=version,
+        manifest=manifest,
+        products=products,
+        modalities=modalities,
+        lexical=lexical,
+        deltas=names,
+        base=base,
+    )
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise _Mismatch(message)
+
+
+@contextmanager
+def _reading(file: Path, label: str) -> Iterator[None]:
+    """Turn whatever reading a damaged file raises (OSError, EOFError, ValueError, FAISS's
+    RuntimeError, BadZipFile, zlib.error, ...) into IndexDamaged naming the file."""
+    try:
+        yield
+    except IndexStoreError:
+        raise
+    except Exception as exc:  # a damaged file can fail in any reader's own way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexDamaged(f"{label}: {file.name} is damaged or unreadable ({reason[:200]})", file=file) from exc
+
+
+def verify_version(path: str | Path, version: str | None = None, checksums: bool = True) -> LocalIndexStore:
+    """Load a version with every check (sizes, counts and, by default, checksums): what
+    writers and `python -m indexer verify` call. O(bytes) with checksums."""
+    return LocalIndexStore.load(path, version=version, checksums=checksums)
+
+
+def list_versions(path: str | Path) -> list[str]:
+    """Complete version names, oldest first."""
+    versions = Path(path) / VERSIONS
+    if not versions.is_dir():
+        return []
+    return sorted(p.name for p in versions.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file())
+
+
+def last_verified(path: str | Path, checksums: bool = True) -> tuple[LocalIndexStore | None, list[IndexDamaged]]:
+    """The newest version that verifies (the live one first), and why newer ones were refused.
+
+    O(bytes of each version tried) with checksums. (None, [...]) when none verifies.
+    """
+    path = Path(path)
+    refused: list[IndexDamaged] = []
+    try:
+        current: str | None = read_current(path)
+    except IndexNotFound:
+        current = None
+    order = ([current] if current else []) + [v for v in reversed(list_versions(path)) if v != current]
+    for version in order:
+        try:
+            return LocalIndexStore.load(path, version=version, checksums=checksums), refused
+        except IndexDamaged as exc:
+            refused.append(exc)
+    return None, refused
+
+
+def read_current(path: Path) -> str:
+    pointer = Path(path) / CURRENT
+    try:
+        version = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise IndexNotFound(
+            f"no index at {path} (build one: python -m indexer build --data DATA_DIR --out {path})"
+        ) from None
+    if not (Path(path) / VERSIONS / version / "manifest.json").is_file():
+        raise IndexNotFound(f"index {path} points at version {version!r}, which is incomplete")
+    return version
+
+
+# ---- writing -------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _next_version(path: Path) -> str:
+    versions = path / VERSIONS
+    existing = [int(p.name) for p in versions.glob("[0-9]*") if p.name.isdigit()] if versions.is_dir() else []
+    return f"{max(existing, default=0) + 1:06d}"
+
+
+def publish(
+    path: str | Path,
+    products: Iterable[Product],
+    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    manifest: dict,
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+    lexical: LexicalIndex | None = None,
+) -> str:
+    """Write a new complete version and make it live atomically; returns its name.
+
+    `vectors[modality] = (vectors, rows)`; `indexes` may hand over FAISS indexes already
+    holding those vectors (an add extends the live one instead of retraining). The
+    caller holds `write_lock(path)`.
+
+    `products` may be any iterable (a list, a loaded store's ProductRows, a generator): they
+    are streamed into the base's SQLite table in batches (`ProductsWriter`), so the products
+    cost O(batch) memory here; their category codes and prefix counts go to paths.npy and the
+    manifest's `catalog`. Duplicate ids are refused.
+    """
+    staging = stage_version(path, products, vectors, manifest, factory, indexes, lexical)
+    return commit_version(Path(path), staging)
+
+
+def stage_version(
+    path: str | Path,
+    products: Iterable[Product],
+    vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    manifest: dict,
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+    lexical: LexicalIndex | None = None,
+) -> Path:
+    """Write a complete version into a staging folder (fsync'd, checksummed) without making it
+    live: `commit_version` does that. Needs no lock (background compaction writes its base
+    while adds go on); the staging folder is removed if writing fails."""
+    dims = {m: np.shape(v)[1] for m, (v, _) in vectors.items()}
+    expected = len(products) if isinstance(products, Sized) else max((len(v) for v, _ in vectors.values()), default=0)
+    writer = new_base_writer(path, dims, factory, indexes, expected, manifest.get("faiss"))
+    with writer:
+        writer.add_all_products(products)
+        for modality, (vecs, rows) in vectors.items():
+            writer.add_vectors(modality, vecs, rows)
+        return finish_base(writer, manifest, lexical)
+
+
+def new_base_writer(
+    path: str | Path,
+    dims: Mapping[str, int],
+    factory: str = DEFAULT_FACTORY,
+    indexes: Mapping[str, faiss.Index] | None = None,
+    expected_rows: int = 0,
+    built: Mapping[str, Mapping] | None = None,
+) -> BaseWriter:
+    """A writer of a new base segment staged under `path` (see indexer.store.local.writer):
+    `expected_rows` picks the vectors' precision and resolves an "auto" factory."""
+    return BaseWriter(Path(path) / VERSIONS, dims, factory, indexes, expected_rows, built)
+
+
+def finish_base(writer: BaseWriter, manifest: Mapping, lexical: LexicalIndex | None = None) -> Path:
+    """Finish a staged base with this store format's manifest fields; the staging folder."""
+    staging, _ = writer.finish(dict(manifest, format_version=FORMAT_VERSION), lexical)
+    return staging
+
+
+def commit_staged(path: str | Path, staging: Path, amend: Callable[[IndexStore], Mapping] | None = None) -> str:
+    """Make a staged version live under the write lock; its name. `amend(staged store)` first
+    returns manifest entries computed on exactly the stored vectors that will be served (the
+    Categorizer's calibration), written into the staged manifest (which is outside its own
+    checksummed `files`). On any failure the staging folder is removed."""
+    path = Path(path)
+    try:
+        if amend is not None:
+            staged = LocalIndexStore.load(path, version=staging.name)
+            manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
+            manifest.update(amend(staged))
+            write_manifest(staging, manifest)
+            del staged
+        with write_lock(path):
+            return commit_version(path, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def commit_version(path: Path, staging: Path) -> str:
+    """Rename a staged version into place and swap CURRENT to it atomically; its name.
+    The caller holds `write_lock(path)`. O(1) beyond the fsyncs and pruning old versions."""
+    try:
+        version = _next_version(path)
+        os.rename(staging, path / VERSIONS / version)
+        _fsync_dir(path / VERSIONS)
+        pointer_tmp = path / f".{CURRENT}.tmp"
+        pointer_tmp.write_text(version + "\n")
+        with open(pointer_tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(pointer_tmp, path / CURRENT)
+        _fsync_dir(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _prune(path, keep=version)
+    return version
+
+
+def _prune(path: Path, keep: str) -> None:
+    """Drop old versions (readers hold theirs in memory) and staging folders of writers
+    that died: the caller holds the write lock, so no live writer owns one.
+
+    `keep` is the version just published: its files were checksummed as written, and every
+    writer verified the version it built on, so it is the last version that verified and is
+    never deleted, whatever the version names."""
+    versions = sorted(p for p in (path / VERSIONS).iterdir() if p.name.isdigit())
+    for old in versions[:-KEEP_VERSIONS]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    _remove_staging(path)
+
+
+def _remove_staging(path: Path) -> None:
+    """Staging folders of writers that died (the caller holds the write lock). A folder whose
+    writer process is alive is kept: a background compaction writes its base unlocked."""
+    for staging in (path / VERSIONS).glob(".staging-*"):
+        if not _writer_alive(staging.name):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a staging folder's name (`.staging-<pid>-...`) still runs."""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False  # a folder from before pids were recorded: its writer is long gone
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def append(
+    store: LocalIndexStore,
+    new_products: list[Product],
+    new_vectors: Mapping[str, np.ndarray | None],
+    before_publish: Callable[[IndexStore], None] | None = None,
+    compact_past_threshold: bool = True,
+) -> LocalIndexStore:
+    """Add products to the live index as one delta segment: O(batch) whatever N is.
+
+    `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
+    Re-reads the live version under the write lock so concurrent adds never lose data (the
+    base comes from this process's cache when its files are unchanged, so only the deltas
+    are read), and verifies checksums first (the base's once per process and file identity,
+    the deltas' every time): an add never builds on damage. `before_publish(live)` runs under
+    the lock once the add is known to win (no id clash), e.g. to move a staged photo into
+    place. Past DELTA_COMPACT_ROWS delta rows or DELTA_COMPACT_SEGMENTS deltas the add starts a
+    background compaction (see
+    `compact`) and returns at once: adds made meanwhile go on to deltas and are carried over.
+    """
+    path = store.path
+    with write_lock(path):
+        _remove_staging(path)
+        live = verify_version(path)
+        clash = [p.id for p in new_products if live.row_of(p.id) is not None]
+        if clash:
+            raise DuplicateProduct(clash)
+        if before_publish is not None:
+            before_publish(live)
+        start = len(live.products)
+        vectors = {}
+        for modality, added in new_vectors.items():
+            if added is None:
+                continue
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}")
+            added = np.asarray(added, dtype=np.float32)
+            expected = (len(new_products), live.manifest.get("dims", {}).get(modality, added.shape[-1]))
+            if added.shape != expected:  # a bad shape written into a delta would leave the index unloadable
+                raise ValueError(f"{modality} vectors have shape {added.shape}, expected {expected}")
+            keep = ~np.isnan(added).any(axis=1)
+            vectors[modality] = (l2_normalize(added[keep]) if keep.any() else added[keep], start + np.flatnonzero(keep))
+        lexical = None
+        if live.lexical is not None:
+            texts = [live.product_text(p) for p in new_products]
+            has_text = np.flatnonzero([bool(t) for t in texts])
+            lexical = (live.lexical.transform([texts[i] for i in has_text]), start + has_text)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_delta(
+            path / VERSIONS / live.version,
+            [p.to_record() for p in new_products],
+            vectors,
+            lexical,
+            {
+                "format_version": FORMAT_VERSION,
+                "vector_dtype": np.dtype(VECTOR_DTYPE).name,
+                "written_at": stamp,
+                "category_counts": counts_to_json(count_prefixes(p.category_path for p in new_products)),
+            },
+        )
+        out = LocalIndexStore.load(path)
+    past = out.delta_rows() >= DELTA_COMPACT_ROWS or len(out.deltas) >= DELTA_COMPACT_SEGMENTS
+    if past and compact_past_threshold:
+        start_background_compaction(path)
+    return out
+
+
+_COMPACTIONS: dict[str, threading.Thread] = {}
+
+
+def start_background_compaction(path: str | Path) -> threading.Thread | None:
+    """Compact `path` in a background thread of this process, unless one already runs here;
+    `compact` itself makes sure only one compaction runs across processes. Returns the thread
+    (None when one was already running). The thread is not a daemon: a process exiting waits
+    for its compaction, and a killed one leaves a staging folder the next writer removes."""
+    key = str(Path(path).resolve())
+    with _BASES_LOCK:
+        running = _COMPACTIONS.get(key)
+        if running is not None and running.is_alive():
+            return None
+        thread = threading.Thread(target=_compact_logged, args=(Path(path),), name=f"compact {key}")
+        _COMPACTIONS[key] = thread
+        thread.start()
+    return thread
+
+
+def _compact_logged(path: Path) -> None:
+    import logging
+
+    log = logging.getLogger(__name__)
+    try:
+        store = compact(path, wait=False)
+        log.info("background compaction of %s: live version %s", path, store.version)
+    except Exception:  # a failed compaction leaves the live version as it was: log it, adds go on
+        log.exception("background compaction of %s failed", path)
+
+
+@contextmanager
+def _compaction_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """Exclusive lock held for a whole compaction (not the write lock: adds go on meanwhile).
+    Yields False when another compaction holds it and `wait` is False."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".compact.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def compact(path: str | Path, wait: bool = True) -> LocalIndexStore:
+    """Merge the live version's deltas into a new base and publish it atomically (a new version).
+
+    O(N), but adds are not blocked while it runs: the new base is written into a staging folder
+    without the write lock (vectors rewritten and checksummed, the FAISS index is the base's read
+    into memory plus the deltas' vectors: no retraining, no graph rebuild from scratch). Only the
+    commit takes the write lock: deltas committed meanwhile are carried over into the new version
+    (hard links; their rows still point at the same products) and CURRENT is swapped. If a build
+    published another version meanwhile, the compaction is dropped (that version replaced the one
+    compacted). A compaction killed at any point leaves the live version (base + deltas)
+    loadable. One compaction at a time per index (`.compact.lock`); with `wait=False` a second
+    one returns the live store at once."""
+    path = Path(path)
+    with _compaction_lock(path, wait) as mine:
+        if not mine:
+            return LocalIndexStore.load(path)
+        with write_lock(path):
+            live = verify_version(path)
+        if not live.deltas:
+            return live
+        staging = _stage_compaction(live)
+        try:
+            with write_lock(path):
+                if read_current(path) != live.version:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return LocalIndexStore.load(path)
+                committed = read_list(path / VERSIONS / live.version)
+                if committed[: len(live.deltas)] != live.deltas:
+                    raise IndexStoreError(f"deltas of version {live.version} changed under a compaction")
+                _carry_deltas(path / VERSIONS / live.version, staging, committed[len(live.deltas) :])
+                commit_version(path, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return LocalIndexStore.load(path)
+
+
+def _carry_deltas(vdir: Path, staging: Path, names: tuple[str, ...]) -> None:
+    """Hard-link deltas committed during a compaction into the staged version, with their LIST.
+    O(files of those deltas). Deltas are immutable once committed, so sharing inodes is safe."""
+    if not names:
+        return
+    root = staging / "deltas"
+    root.mkdir()
+    for name in names:
+        shutil.copytree(vdir / "deltas" / name, root / name, copy_function=os.link)
+    (root / "LIST").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    with open(root / "LIST", "rb") as fh:
+        os.fsync(fh.fileno())
+    _fsync_dir(root)
+
+
+def _stage_compaction(live: LocalIndexStore) -> Path:
+    """The live version's base + deltas written as one staged base (no lock held). O(N) disk
+    I/O with O(ADD_BATCH) vectors in memory beside the FAISS indexes: products and vectors are
+    streamed through a BaseWriter in the channels' own order, so each base FAISS index (read
+    into memory, a private copy) only takes the deltas' vectors: no retraining, no graph rebuilt."""
+    vdir = live.path / VERSIONS / live.version
+    base = live.base
+    indexes = {}
+    for modality, channel in live.modalities.items():
+        if base is not None and modality in base.modalities:
+            index = faiss.read_index(str(vdir / f"{modality}.faiss"))
+            for part in batches(channel.ntotal - len(base.modalities[modality][0]), ADD_BATCH):
+                nb = len(base.modalities[modality][0])
+                index.add(l2_normalize(channel.vectors[nb + part.start : nb + part.stop]))
+            indexes[modality] = index
+    dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
+    manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
+    manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
+    writer = new_base_writer(
+        live.path, dims, live.manifest["index_factory"], indexes, len(live.products), live.manifest.get("faiss")
+    )
+    with writer:
+        for part in batches(len(live.products), ADD_BATCH):
+            writer.add_products(live.products[part])
+        for modality, channel in live.modalities.items():
+            for part in batches(channel.ntotal, ADD_BATCH):
+                writer.add_vectors(modality, channel.vectors[part], np.asarray(channel.rows[part]))
+        return finish_base(writer, manifest, live.lexical)

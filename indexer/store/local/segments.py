@@ -1,0 +1,277 @@
+"""Segments of an index version: the base written once, small deltas that take the adds.
+
+Layout inside a version folder (the base's own files stay where they were)::
+
+    versions/<n>/manifest.json, products.jsonl, <m>.npy, ...   the base segment
+    versions/<n>/deltas/LIST                                   committed deltas, one name a line
+    versions/<n>/deltas/<seq>/manifest.json, products.jsonl, <m>.npy, <m>.rows.npy,
+                              lexical.npz, lexical.rows.npy      one delta (the products of one add)
+
+An add writes one delta folder (staged, fsync'd, checksummed with indexer.store.local.integrity, renamed)
+and then replaces LIST atomically: a killed add leaves either the old LIST or the new one,
+never a half-written delta in it. Readers notice a new delta by re-reading LIST (one small
+file), as they notice a new version by re-reading CURRENT. Compaction (indexer.store.local.index.compact)
+merges the deltas into a new base, i.e. a new version.
+
+Dense vectors are stored compactly and memory-mapped (np.load(mmap_mode="r")), so every
+worker of a machine shares one copy in the page cache; `StackedVectors` reads the base's
+mapped rows and the deltas' rows as one array without concatenating them. Two precisions
+(the manifest's `vector_dtype`): "float16" (2 B per dimension) and "int8" (1 B per dimension
+plus one float32 scale per row, `RowScaledInt8`): data-independent, so nothing is fitted on
+the catalogue. `vector_dtype_for(n)` picks int8 from COMPACT_ROWS rows (where the disk target
+bites: 1M x 2176 dims is 4.35 GB in float16, 2.18 GB in int8) and float16 below;
+INDEX_VECTOR_DTYPE overrides. bench/bench_precision.py prints the effect of each on the real
+catalogue's nested figures, bench/bench_search_scale.py the fused agreement at 100k / 1M.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.store.local.integrity import describe_files
+from indexer.store.mapped import map_random
+
+DELTAS = "deltas"
+LIST = "LIST"
+VECTOR_DTYPE = np.float16  # the "float16" precision
+VECTOR_DTYPES = ("float16", "int8")
+# From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
+COMPACT_ROWS = int(os.environ.get("INDEX_COMPACT_ROWS", "50000"))
+INT8_MAX = 127.0
+
+
+def vector_dtype_for(rows: int, environ: Mapping[str, str] | None = None) -> str:
+    """The precision of a segment of `rows` vectors: INDEX_VECTOR_DTYPE, else int8 from COMPACT_ROWS."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("INDEX_VECTOR_DTYPE", "").strip() or ("int8" if rows >= COMPACT_ROWS else "float16")
+    if chosen not in VECTOR_DTYPES:
+        raise ValueError(f"INDEX_VECTOR_DTYPE must be one of {VECTOR_DTYPES}, got {chosen!r}")
+    return chosen
+
+
+def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, float32 scale per row) with x ~= codes * scale, scale = max|x| / 127.
+
+    Each component is off by at most scale / 2, so the dot product with a unit query is off by
+    at most sqrt(d) * scale / 2 (and typically by ~ scale / sqrt(12) * ||q||). O(n·d)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    peak = np.abs(vectors).max(axis=1) if vectors.size else np.zeros(len(vectors), np.float32)
+    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(vectors / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return codes, scale
+
+
+class RowScaledInt8:
+    """int8 codes (n, d) and a float32 scale per row, read as float32 rows: codes[i] * scale[i].
+
+    Both arrays may be memory-mapped; indexing gathers and dequantises only the rows asked
+    for, O(len(positions)·d)."""
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray) -> None:
+        if codes.ndim != 2 or codes.dtype != np.int8 or scale.shape != (len(codes),):
+            raise ValueError(f"int8 codes {codes.shape} {codes.dtype} and scales {scale.shape} disagree")
+        self.codes, self.scale = codes, scale
+        self.shape = codes.shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.scale.nbytes)
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        codes = np.asarray(self.codes[positions], dtype=np.float32)
+        scale = np.asarray(self.scale[positions], dtype=np.float32)
+        return codes * scale[..., None] if codes.ndim == 2 else codes * scale
+
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    @property
+    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
+        return np.asarray(self).T
+
+
+StoredVectors = np.ndarray | RowScaledInt8
+
+
+def save_vectors(folder: Path, name: str, vectors: np.ndarray, dtype: str) -> None:
+    """`name`.npy in the precision `dtype` (+ `name`.scale.npy for int8). O(n·d)."""
+    if dtype == "int8":
+        codes, scale = quantize_int8(vectors)
+        np.save(folder / f"{name}.npy", codes)
+        np.save(folder / f"{name}.scale.npy", scale)
+    elif dtype == "float16":
+        np.save(folder / f"{name}.npy", np.asarray(vectors, dtype=VECTOR_DTYPE))
+    else:
+        raise ValueError(f"unknown vector dtype {dtype!r}; choose from {VECTOR_DTYPES}")
+
+
+def load_vectors(folder: Path, name: str, dtype: str, mmap: bool = True) -> StoredVectors:
+    """The stored vectors of `name`, memory-mapped; raises ValueError when the files disagree with `dtype`."""
+
+    def read(path: Path) -> np.ndarray:
+        return map_random(path) if mmap else np.load(path, allow_pickle=False)
+
+    codes = read(folder / f"{name}.npy")
+    if codes.ndim != 2:
+        raise ValueError(f"{name}.npy has shape {codes.shape}, expected 2 dimensions")
+    if dtype == "int8":
+        if codes.dtype != np.int8:
+            raise ValueError(f"dtype {codes.dtype}, the manifest says int8")
+        scale = read(folder / f"{name}.scale.npy")
+        if scale.shape != (len(codes),) or scale.dtype != np.float32:
+            raise ValueError(f"{name}.scale.npy holds {scale.shape} {scale.dtype}, expected ({len(codes)},) float32")
+        return RowScaledInt8(codes, scale)
+    if dtype != "float16" or codes.dtype != VECTOR_DTYPE:
+        raise ValueError(f"dtype {codes.dtype}, the manifest says {dtype}")
+    return codes
+
+
+class StackedVectors:
+    """Rows of several (n_i, d) arrays read as one (sum n_i, d) float32 array, without copying them.
+
+    Indexing with a position array gathers from each part: O(len(positions)·d); the parts stay
+    memory-mapped. `np.asarray(stacked)` (or `.T`) materialises all of it: O(N·d), for batch
+    paths only (cross-validation similarity matrices)."""
+
+    def __init__(self, parts: Sequence[np.ndarray | RowScaledInt8]) -> None:
+        if not parts:
+            raise ValueError("StackedVectors needs at least one part")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.offsets[-1]), int(self.parts[0].shape[1]))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the parts hold (on disk or mapped), as ndarray.nbytes says for one array."""
+        return int(sum(p.nbytes for p in self.parts))
+
+    def __getitem__(self, positions: object) -> np.ndarray:
+        if isinstance(positions, slice):
+            positions = np.arange(*positions.indices(len(self)))
+        scalar = np.isscalar(positions)
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        pos = np.where(pos < 0, pos + len(self), pos)
+        if len(pos) and (pos.min() < 0 or pos.max() >= len(self)):
+            raise IndexError("position out of range")
+        out = np.empty((len(pos), self.shape[1]), np.float32)
+        part = np.searchsorted(self.offsets, pos, side="right") - 1
+        for p in np.unique(part):
+            at = np.flatnonzero(part == p)
+            out[at] = self.parts[p][pos[at] - self.offsets[p]]
+        return out[0] if scalar else out
+
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
+        whole = np.concatenate([np.asarray(p, dtype=np.float32) for p in self.parts])
+        return whole if dtype is None else whole.astype(dtype)
+
+    @property
+    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
+        return np.asarray(self).T
+
+
+def as_float32(vectors: np.ndarray | StackedVectors | RowScaledInt8) -> np.ndarray:
+    """A float32 in-memory copy of stored vectors (evaluation, compaction): O(N·d)."""
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def read_list(version_dir: Path) -> tuple[str, ...]:
+    """Committed delta names of a version, in order: one small file read (O(deltas))."""
+    try:
+        text = (version_dir / DELTAS / LIST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_delta(
+    version_dir: Path,
+    products: list[dict],
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+    lexical: tuple | None,
+    manifest: dict,
+) -> str:
+    """Write one delta segment and commit it to LIST; returns its name. O(batch).
+
+    `products` are product records, `vectors[m] = (unit vectors, global product rows)`,
+    `lexical = (csr matrix, global rows)` in the base's vocabulary. The caller holds the
+    write lock. Files are fsync'd, then described (sizes + BLAKE2b) in the delta's manifest,
+    then the folder is renamed into place and LIST replaced atomically."""
+    import scipy.sparse as sp
+
+    root = version_dir / DELTAS
+    root.mkdir(exist_ok=True)
+    committed = read_list(version_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
+            for record in products:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        counts = {"products": len(products)}
+        for modality, (vecs, rows) in vectors.items():
+            np.save(staging / f"{modality}.npy", np.asarray(vecs, dtype=VECTOR_DTYPE))
+            np.save(staging / f"{modality}.rows.npy", np.asarray(rows, dtype=np.int64))
+            counts[modality] = len(vecs)
+        if lexical is not None:
+            sp.save_npz(staging / "lexical.npz", lexical[0].tocsr())
+            np.save(staging / "lexical.rows.npy", np.asarray(lexical[1], dtype=np.int64))
+            counts["lexical"] = lexical[0].shape[0]
+        for item in staging.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        manifest = dict(manifest, counts=counts, modalities=sorted(vectors), files=describe_files(staging))
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        with open(staging / "manifest.json", "rb") as fh:
+            os.fsync(fh.fileno())
+        existing = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+        name = f"{max(existing, default=0) + 1:06d}"
+        os.rename(staging, root / name)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    pointer = root / f".{LIST}.tmp"
+    pointer.write_text("".join(f"{n}\n" for n in (*committed, name)), encoding="utf-8")
+    with open(pointer, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(pointer, root / LIST)
+    _fsync(root)
+    prune_uncommitted(version_dir, (*committed, name))
+    return name
+
+
+def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> None:
+    """Remove staging folders and deltas a killed add left outside LIST (caller holds the lock)."""
+    root = version_dir / DELTAS
+    if not root.is_dir():
+        return
+    for item in root.iterdir():
+        if item.is_dir() and item.name not in committed:
+            shutil.rmtree(item, ignore_errors=True)

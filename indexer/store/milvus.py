@@ -1,0 +1,761 @@
+"""The Milvus backend of the store interface: one collection per index, Lite or server.
+
+`VECTOR_STORE=milvus://host:19530[/collection]` names a Milvus server (or cluster proxy);
+a local `*.db` path names a Milvus Lite database (the embedded Milvus, same client API).
+`MilvusIndexStore` is an `IndexStore` whose channels search Milvus, so the Categorizer,
+the service and the evaluation use it unchanged.
+
+Layout, for an index named `products` (the collection; `MILVUS_COLLECTION` or the URI path):
+
+    products        one entity per product: row (INT64 primary key = product row), id, name,
+                    category_path (ARRAY of levels: filters are `category_path[0] == "A" and
+                    category_path[1] == "B"`), record (the Product as JSON text), and per
+                    modality a FLOAT_VECTOR field plus a has_<modality> flag (a product that
+                    lacks a modality holds a zero vector that no search returns)
+    products__meta  small key/value collection: the manifest (profile, model ids, dims,
+                    calibrated categorizer), the lexical channel (vocabulary, idf, TF-IDF rows
+                    of the copied products), and `state` (rows committed, build id)
+
+An add upserts the new entities at rows `committed, committed + 1, ...`, then moves
+`state.rows`: searches carry `row < committed`, so rows written by an add that died before
+its commit are never returned, and the next add overwrites them. Another process notices
+an add by reading `state` (`is_stale`: one small query) and loads only the new rows.
+
+Text: the lexical channel stays the embedded TF-IDF index (indexer.store.lexical), stored in the
+meta collection and searched in process. This Milvus Lite (3.2.2) does run BM25 full-text
+search, but its term statistics are the whole collection's: the nested evaluation refits the
+vocabulary and idf inside each training part, and the figures must equal the FAISS store's.
+
+Vectors are read from Milvus by primary key when the Categorizer needs them (a query's
+candidates: O(candidates·d) per request); a whole-matrix use (the evaluation's batch
+similarities) fetches every vector once, O(N·d), and keeps it.
+
+Milvus Lite opens a database from one process at a time: a service on Lite runs one worker
+(WEB_CONCURRENCY=1); several workers or hosts need a Milvus server.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tarfile
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from indexer.catalog.products import MODALITIES, Product
+from indexer.catalog.text import encoder_text
+from indexer.encoders.base import Encoder, l2_normalize
+from indexer.store.base import IndexStore, check_compatible
+from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError
+from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
+from indexer.store.lexical import LexicalIndex
+from indexer.store.locks import write_lock
+
+DEFAULT_COLLECTION = "products"
+META_SUFFIX = "__meta"
+SCHEMA_VERSION = 1
+CHUNK_CHARS = 60_000  # a meta value is a VARCHAR of at most 65,535 characters
+RECORD_CHARS = 65_535
+FETCH_ROWS = 4_096  # entities per query when reading products or vectors
+INSERT_ROWS = 1_000  # entities per insert call
+CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
+INDEX_TYPES = ("FLAT", "HNSW")
+HNSW_BUILD = {"M": 32, "efConstruction": 200}
+DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
+
+
+# ---- where the index lives ---------------------------------------------------------------
+@dataclass(frozen=True)
+class MilvusLocation:
+    """A Milvus URI (server `http://host:port` or a Lite `*.db` path) and the collection name."""
+
+    uri: str
+    collection: str
+
+    @property
+    def meta(self) -> str:
+        return self.collection + META_SUFFIX
+
+    @property
+    def lite(self) -> bool:
+        return self.uri.endswith(".db")
+
+    @classmethod
+    def parse(cls, location: str | Path, collection: str | None = None) -> MilvusLocation:
+        """`milvus://host:19530[/name]`, `http(s)://host:port[/name]` or a `*.db` path."""
+        text = str(location).strip()
+        name = collection or os.environ.get("MILVUS_COLLECTION") or DEFAULT_COLLECTION
+        for scheme, replacement in (("milvus://", "http://"), ("http://", "http://"), ("https://", "https://")):
+            if text.startswith(scheme):
+                host, _, path = text[len(scheme) :].partition("/")
+                if not host:
+                    raise ValueError(f"no host in Milvus address {text!r}")
+                return cls(replacement + host, collection or path.strip("/") or name)
+        if text.endswith(".db"):
+            return cls(str(Path(text).resolve()), name)
+        raise ValueError(f"{text!r} is not a Milvus location: use milvus://host:19530[/collection] or a *.db path")
+
+
+_CLIENTS: dict[tuple[int, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(uri: str) -> Any:
+    """One MilvusClient per process and URI (a forked worker opens its own: gRPC channels do
+    not survive fork). MILVUS_TOKEN ("user:password" or an API key) authenticates to a server."""
+    from pymilvus import MilvusClient
+
+    key = (os.getpid(), uri)
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            token = os.environ.get("MILVUS_TOKEN", "")
+            _CLIENTS[key] = MilvusClient(uri, token=token) if token else MilvusClient(uri)
+        return _CLIENTS[key]
+
+
+def _literal(value: str) -> str:
+    """A Milvus filter-expression string literal (JSON escaping: quotes and backslashes)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def category_expression(path: Sequence[str]) -> str:
+    """The filter expression of a category prefix, level by level."""
+    return " and ".join(f"category_path[{i}] == {_literal(level)}" for i, level in enumerate(path))
+
+
+# ---- the meta collection: manifest, lexical channel, commit state ---------------------------
+def _create_meta(client: Any, loc: MilvusLocation) -> None:
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
+    schema.add_field("value", DataType.VARCHAR, max_length=RECORD_CHARS)
+    schema.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
+    params = client.prepare_index_params()
+    params.add_index("_v", index_type="FLAT", metric_type="IP")
+    client.create_collection(loc.meta, schema=schema, index_params=params)
+
+
+def _put_values(client: Any, loc: MilvusLocation, values: Mapping[str, str]) -> None:
+    client.upsert(loc.meta, [{"key": k, "value": v, "_v": [1.0, 0.0]} for k, v in values.items()])
+
+
+def _get_values(client: Any, loc: MilvusLocation, keys: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for lo in range(0, len(keys), 256):
+        for hit in client.query(loc.meta, ids=list(keys[lo : lo + 256]), output_fields=["value"]):
+            out[hit["key"]] = hit["value"]
+    return out
+
+
+def put_blob(client: Any, loc: MilvusLocation, name: str, data: bytes) -> None:
+    """Bytes as base64 chunks of the meta collection; the header (chunk count) goes last."""
+    text = base64.b64encode(data).decode("ascii")
+    chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+    for lo in range(0, len(chunks), 64):
+        _put_values(client, loc, {f"{name}/{i:06d}": chunks[i] for i in range(lo, min(lo + 64, len(chunks)))})
+    _put_values(client, loc, {name: json.dumps({"chunks": len(chunks), "bytes": len(data)})})
+
+
+def get_blob(client: Any, loc: MilvusLocation, name: str) -> bytes:
+    header = _get_values(client, loc, [name]).get(name)
+    if header is None:
+        raise IndexDamaged(f"Milvus collection {loc.meta} has no {name!r} entry")
+    info = json.loads(header)
+    keys = [f"{name}/{i:06d}" for i in range(int(info["chunks"]))]
+    values = _get_values(client, loc, keys)
+    if len(values) != len(keys):
+        raise IndexDamaged(f"Milvus collection {loc.meta}: {name!r} has {len(values)} of {len(keys)} chunks")
+    data = base64.b64decode("".join(values[k] for k in keys))
+    if len(data) != int(info["bytes"]):
+        raise IndexDamaged(f"Milvus collection {loc.meta}: {name!r} has {len(data)} bytes, expected {info['bytes']}")
+    return data
+
+
+def read_state(client: Any, loc: MilvusLocation) -> dict[str, Any]:
+    """{"rows": committed rows, "build": id of the copy}: one small query."""
+    raw = _get_values(client, loc, ["state"]).get("state")
+    if raw is None:
+        raise IndexNotFound(f"Milvus collection {loc.collection} at {loc.uri} has no committed state")
+    return dict(json.loads(raw))
+
+
+def _lexical_bytes(lexical: LexicalIndex) -> bytes:
+    """The lexical channel's own files (LexicalIndex.save) in one tar."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lexical.save(Path(tmp))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for file in sorted(Path(tmp).iterdir()):
+                tar.add(file, arcname=file.name)
+        return buffer.getvalue()
+
+
+def _lexical_from_bytes(data: bytes) -> LexicalIndex:
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(tmp, filter="data")
+        return LexicalIndex.load(Path(tmp))
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def _create_collection(
+    client: Any, loc: MilvusLocation, dims: Mapping[str, int], index_type: str, shards: int | None = None
+) -> None:
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("row", DataType.INT64, is_primary=True)
+    schema.add_field("id", DataType.VARCHAR, max_length=512)
+    schema.add_field("name", DataType.VARCHAR, max_length=RECORD_CHARS)
+    schema.add_field("category_path", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=1024)
+    schema.add_field("record", DataType.VARCHAR, max_length=RECORD_CHARS)
+    params = client.prepare_index_params()
+    for modality, dim in sorted(dims.items()):
+        schema.add_field(f"has_{modality}", DataType.BOOL)
+        schema.add_field(modality, DataType.FLOAT_VECTOR, dim=int(dim))
+        if index_type == "HNSW":
+            params.add_index(modality, index_type="HNSW", metric_type="IP", params=dict(HNSW_BUILD))
+        else:
+            params.add_index(modality, index_type="FLAT", metric_type="IP")
+    kwargs: dict[str, Any] = {"num_shards": shards} if shards else {}
+    # Strong: a search waits for every insert before it, so an add is visible to the next query
+    # on a server too (the server's default, Bounded, may lag); Lite is always up to date.
+    client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong", **kwargs)
+
+
+def _entities(
+    products: Sequence[Product], start: int, vectors: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Entities of products at rows start, start+1, ...; vectors[m][i] is product i's (zeros if absent)."""
+    out = []
+    for i, product in enumerate(products):
+        record = json.dumps(product.to_record(), ensure_ascii=False)
+        if len(record) > RECORD_CHARS:
+            raise ValueError(f"product {product.id}: record of {len(record)} characters exceeds {RECORD_CHARS}")
+        entity: dict[str, Any] = {
+            "row": start + i,
+            "id": product.id,
+            "name": (product.name or "")[:RECORD_CHARS],
+            "category_path": list(product.category_path),
+            "record": record,
+        }
+        for modality, vecs in vectors.items():
+            entity[f"has_{modality}"] = bool(present[modality][i])
+            entity[modality] = vecs[i].tolist()
+        out.append(entity)
+    return out
+
+
+def copy_to_milvus(
+    store: IndexStore,
+    location: str | Path | MilvusLocation,
+    index_type: str = "FLAT",
+    replace: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    collection: str | None = None,
+) -> MilvusLocation:
+    """Copy a loaded index (any backend) into a new Milvus collection: products, vectors as
+    stored (float16 values kept exactly in float32), lexical channel and manifest.
+
+    O(N·d) time, O(batch·d) memory beyond the source store. Refuses an existing collection
+    unless `replace` (which drops it first)."""
+    loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location, collection)
+    index_type = index_type.upper()
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"Milvus index type must be one of {INDEX_TYPES}, got {index_type!r}")
+    client = client_for(loc.uri)
+    for name in (loc.collection, loc.meta):
+        if client.has_collection(name):
+            if not replace:
+                raise IndexStoreError(f"Milvus collection {name} exists at {loc.uri} (pass --replace to overwrite)")
+            client.drop_collection(name)
+    _LOADED.pop((loc.uri, loc.collection), None)
+    dense = {m: c for m, c in store.modalities.items() if m in MODALITIES}
+    dims = {m: int(np.shape(c.vectors)[1]) for m, c in dense.items()}
+    _create_meta(client, loc)
+    _create_collection(client, loc, dims, index_type)
+    n = len(store.products)
+    for lo in range(0, n, INSERT_ROWS):
+        rows = np.arange(lo, min(lo + INSERT_ROWS, n))
+        vectors, present = {}, {}
+        for modality, channel in dense.items():
+            pos = store.positions(modality)[rows]
+            has = pos >= 0
+            out = np.zeros((len(rows), dims[modality]), np.float32)
+            if has.any():
+                out[has] = np.asarray(channel.vectors[pos[has]], dtype=np.float32)
+            vectors[modality], present[modality] = out, has
+        client.insert(loc.collection, _entities([store.products[int(r)] for r in rows], lo, vectors, present))
+        if progress is not None:
+            progress(int(rows[-1]) + 1, n)
+    manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "deltas")}
+    manifest["store"] = {"backend": "milvus", "index_type": index_type, "schema_version": SCHEMA_VERSION}
+    manifest["dims"] = dims
+    manifest["counts"] = {"products": n, **{m: c.ntotal for m, c in dense.items()}}
+    if store.lexical is not None and not manifest.get("lexical"):
+        lexical = store.lexical
+        manifest["lexical"] = {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
+    if store.lexical is not None:
+        put_blob(client, loc, "lexical", _lexical_bytes(store.lexical))
+    put_blob(client, loc, "manifest", json.dumps(manifest, sort_keys=True).encode())
+    lexical_rows = n if store.lexical is not None else 0
+    _put_values(
+        client, loc, {"state": json.dumps({"rows": n, "build": uuid.uuid4().hex, "lexical_rows": lexical_rows})}
+    )
+    client.flush(loc.collection)
+    return loc
+
+
+# ---- reading -------------------------------------------------------------------------------
+class RowVectors:
+    """Every dense field of recently read rows, shared by the channels of one loaded store: a
+    request reads its candidates' image and text vectors in one query instead of one per
+    channel, and the query's own vectors once. Rows are immutable once committed, so the LRU
+    (CACHED_ROWS rows, ~6.6 KB each with the embedded profile's dims) never serves stale data."""
+
+    def __init__(self, client: Any, loc: MilvusLocation, fields: Sequence[str]) -> None:
+        self.client, self.loc, self.fields = client, loc, list(fields)
+        self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, rows: np.ndarray) -> dict[int, dict[str, Any]]:
+        """{row: {field: vector}} for these rows: one query per FETCH_ROWS rows not cached."""
+        unique = [int(r) for r in np.unique(rows)]
+        with self._lock:
+            found = {r: self._rows[r] for r in unique if r in self._rows}
+            for r in found:
+                self._rows.move_to_end(r)
+        missing = [r for r in unique if r not in found]
+        fetched: dict[int, dict[str, Any]] = {}
+        for lo in range(0, len(missing), FETCH_ROWS):
+            for hit in self.client.query(
+                self.loc.collection, ids=missing[lo : lo + FETCH_ROWS], output_fields=self.fields
+            ):
+                fetched[int(hit["row"])] = {f: hit[f] for f in self.fields}
+        lost = [r for r in missing if r not in fetched]
+        if lost:
+            raise IndexDamaged(f"Milvus collection {self.loc.collection} lacks rows {lost[:5]}")
+        if fetched:
+            with self._lock:
+                self._rows.update(fetched)
+                while len(self._rows) > CACHED_ROWS:
+                    self._rows.popitem(last=False)
+        return {**found, **fetched}
+
+
+class MilvusVectors:
+    """The stored vectors of one modality, read from Milvus by primary key (position p is
+    product row `rows[p]`) through the store's RowVectors: O(len·d) per read. A whole-matrix
+    use (`np.asarray`, `.T`, `@`: the evaluation's batch similarities) reads every vector once
+    by row ranges, O(N·d), and keeps them."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, source: RowVectors, field: str, rows: np.ndarray, dim: int) -> None:
+        self.source, self.field, self.rows, self.dim = source, field, rows, dim
+        self._all: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), self.dim)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fetch_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of these product rows, in that order: O(len(rows)·d)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        found = self.source.get(rows)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        for i, r in enumerate(rows.tolist()):
+            out[i] = found[r][self.field]
+        return out
+
+    def _fetch_all(self) -> np.ndarray:
+        out = np.zeros((len(self.rows), self.dim), np.float32)
+        positions = np.full(int(self.rows.max(initial=-1)) + 1, -1, np.int64)
+        positions[self.rows] = np.arange(len(self.rows))
+        client, loc = self.source.client, self.source.loc
+        for lo in range(0, len(positions), FETCH_ROWS):
+            hi = min(lo + FETCH_ROWS, len(positions))
+            for hit in client.query(
+                loc.collection,
+                filter=f"has_{self.field} and row >= {lo} and row < {hi}",
+                output_fields=[self.field],
+                limit=hi - lo,
+            ):
+                p = positions[int(hit["row"])]
+                if p >= 0:
+                    out[p] = hit[self.field]
+        return out
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        if self._all is not None:
+            return self._all[positions]
+        if isinstance(positions, (int, np.integer)):
+            return self.fetch_rows(self.rows[[int(positions)]])[0]
+        return self.fetch_rows(self.rows[positions])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if self._all is None:
+            self._all = self._fetch_all()
+        return self._all if dtype is None else self._all.astype(dtype)
+
+    @property
+    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
+        return np.asarray(self).T
+
+    def __matmul__(self, other: Any) -> np.ndarray:
+        return np.asarray(self) @ other
+
+    def __rmatmul__(self, other: Any) -> np.ndarray:
+        return other @ np.asarray(self)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.dim * 4
+
+
+class ExpressionFilter(PositionFilter):
+    """Allowed positions that Milvus selects with a filter expression (a category prefix)."""
+
+    def __init__(self, positions: np.ndarray, ntotal: int, expression: str) -> None:
+        super().__init__(positions, ntotal)
+        self.expression = expression
+
+
+class CategoryRowFilter(RowFilter):
+    """A category's rows whose dense channels filter inside Milvus by expression."""
+
+    def __init__(self, store: RowSource, rows: np.ndarray, path: Sequence[str]) -> None:
+        super().__init__(store, rows)
+        self.expression = category_expression(path)
+
+    def channel(self, name: str) -> PositionFilter | None:
+        if name not in self._channels and isinstance(self.store.channels().get(name), MilvusChannel):
+            plain = super().channel(name)
+            assert plain is not None
+            self._channels[name] = ExpressionFilter(plain.positions, plain.ntotal, self.expression)
+        return super().channel(name)
+
+
+class MilvusCategoryIndex(CategoryIndex):
+    """The store's category index, whose filters become Milvus filter expressions."""
+
+    def filter(self, path: Sequence[str]) -> RowFilter | None:
+        key = tuple(path)
+        if key not in self._filters:
+            rows = self.rows.get(key)
+            if rows is None:
+                return None
+            self._filters[key] = CategoryRowFilter(self.store, rows, key)
+        return super().filter(path)
+
+
+@dataclass
+class MilvusChannel:
+    """One dense modality searched in Milvus; `rows[i]` is the product row of position i."""
+
+    client: Any
+    loc: MilvusLocation
+    modality: str
+    rows: np.ndarray
+    vectors: MilvusVectors
+    committed: int
+    search_params: dict
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.rows)
+
+    def _expression(self, allowed: PositionFilter | None) -> str:
+        base = f"has_{self.modality} and row < {self.committed}"
+        if allowed is None:
+            return base
+        if isinstance(allowed, ExpressionFilter):
+            return f"{base} and {allowed.expression}"
+        rows = self.rows[allowed.positions]
+        if 2 * len(rows) <= self.ntotal:
+            return f"{base} and row in {json.dumps(rows.tolist())}"
+        excluded = np.setdiff1d(self.rows, rows, assume_unique=True)
+        return f"{base} and row not in {json.dumps(excluded.tolist())}" if len(excluded) else base
+
+    def search(
+        self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, product rows) of the k nearest vectors (rows -1 past the end), by
+        Milvus's search with the filter expression: FLAT O(N·d), HNSW ~O(ef·log N·d) per query.
+        A position filter that is not a category becomes `row in [...]` (or `not in`, the
+        shorter list): O(|list|) to send and parse."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(queries)
+        available = self.ntotal if allowed is None else len(allowed)
+        if n == 0 or available == 0:
+            return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+        k = max(1, min(k, available, 16_384))
+        hits = self.client.search(
+            self.loc.collection,
+            data=queries.tolist(),
+            anns_field=self.modality,
+            limit=k,
+            filter=self._expression(allowed),
+            output_fields=["row"],
+            search_params=self.search_params,
+        )
+        sims = np.zeros((n, k), np.float32)
+        rows = np.full((n, k), -1, np.int64)
+        for i, found in enumerate(hits):
+            for j, hit in enumerate(found[:k]):
+                sims[i, j], rows[i, j] = hit["distance"], hit["row"]
+        return sims, rows
+
+    def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Cosine of one query to the vectors at `positions`: one fetch, O(len(positions)·d)."""
+        if len(positions) == 0:
+            return np.zeros(0, np.float32)
+        return np.asarray(self.vectors[np.asarray(positions)] @ query)
+
+
+@dataclass
+class _Snapshot:
+    """What a process has read of a collection: kept so a reload after an add reads only the new rows."""
+
+    build: str
+    manifest: dict
+    products: list[Product]
+    present: dict[str, list[np.ndarray]]
+    lexical: LexicalIndex | None
+    lexical_rows: int
+
+
+_LOADED: dict[tuple[str, str], _Snapshot] = {}
+
+
+def _fetch_products(
+    client: Any, loc: MilvusLocation, modalities: Sequence[str], lo: int, hi: int
+) -> tuple[list[Product], dict[str, np.ndarray]]:
+    """Products at rows [lo, hi) and their has_<modality> flags: O(hi - lo) entities."""
+    fields = ["record", *(f"has_{m}" for m in modalities)]
+    products: list[Product | None] = [None] * (hi - lo)
+    present = {m: np.zeros(hi - lo, bool) for m in modalities}
+    for start in range(lo, hi, FETCH_ROWS):
+        stop = min(start + FETCH_ROWS, hi)
+        for hit in client.query(
+            loc.collection, filter=f"row >= {start} and row < {stop}", output_fields=fields, limit=stop - start
+        ):
+            i = int(hit["row"]) - lo
+            products[i] = Product.from_record(json.loads(hit["record"]))
+            for m in modalities:
+                present[m][i] = bool(hit[f"has_{m}"])
+    missing = [lo + i for i, p in enumerate(products) if p is None]
+    if missing:
+        raise IndexDamaged(f"Milvus collection {loc.collection} lacks committed rows {missing[:5]}")
+    return [p for p in products if p is not None], present
+
+
+class MilvusIndexStore(IndexStore):
+    """An IndexStore backed by a Milvus collection (see the module docstring)."""
+
+    backend: ClassVar[str] = "milvus"
+    location: MilvusLocation
+    build: str
+
+    @classmethod
+    def open(
+        cls, location: str | Path | MilvusLocation, encoder: Encoder | None = None, local: Path | None = None
+    ) -> MilvusIndexStore:
+        """Load the committed rows; with `encoder`, refuse an index of other models (IndexMismatch).
+
+        First load in a process: O(N) entities read (records and flags, not vectors) plus the
+        lexical channel; a reload after adds reads only the rows added since (O(added)).
+        `local` is the index folder of uploaded photos and the embedding cache (the service's
+        INDEX_DIR); by default the Lite database's folder."""
+        loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
+        client = client_for(loc.uri)
+        if not client.has_collection(loc.collection) or not client.has_collection(loc.meta):
+            raise IndexNotFound(
+                f"no Milvus collection {loc.collection} at {loc.uri} "
+                f"(copy an index into it: python -m indexer to-milvus INDEX_DIR {loc.uri})"
+            )
+        client.load_collection(loc.meta)
+        state = read_state(client, loc)
+        key = (loc.uri, loc.collection)
+        snap = _LOADED.get(key)
+        if snap is None or snap.build != state["build"] or len(snap.products) > int(state["rows"]):
+            manifest = json.loads(get_blob(client, loc, "manifest"))
+            lexical = _lexical_from_bytes(get_blob(client, loc, "lexical")) if manifest.get("lexical") else None
+            snap = _Snapshot(state["build"], manifest, [], {m: [] for m in manifest["dims"]}, lexical, 0)
+            snap.lexical_rows = int(state.get("lexical_rows", 0))
+        if encoder is not None:
+            check_compatible(snap.manifest, encoder)
+        client.load_collection(loc.collection)
+        committed = int(state["rows"])
+        if len(snap.products) < committed:
+            snap = _extend(snap, client, loc, committed)
+        _LOADED[key] = snap
+        return cls._from_snapshot(snap, client, loc, local)
+
+    @classmethod
+    def _from_snapshot(cls, snap: _Snapshot, client: Any, loc: MilvusLocation, local: Path | None) -> MilvusIndexStore:
+        n = len(snap.products)
+        manifest = dict(snap.manifest)
+        ef = int(os.environ.get("MILVUS_EF") or manifest.get("store", {}).get("ef") or DEFAULT_EF)
+        params: dict[str, Any] = {"metric_type": "IP"}
+        if manifest.get("store", {}).get("index_type") == "HNSW":
+            params["params"] = {"ef": ef}
+        modalities: dict[str, Any] = {}
+        source = RowVectors(client, loc, sorted(snap.present))
+        counts = {"products": n}
+        for modality, parts in snap.present.items():
+            present = np.concatenate(parts) if parts else np.zeros(0, bool)
+            rows = np.flatnonzero(present).astype(np.int64)
+            vectors = MilvusVectors(source, modality, rows, int(manifest["dims"][modality]))
+            modalities[modality] = MilvusChannel(client, loc, modality, rows, vectors, n, params)
+            counts[modality] = len(rows)
+        copied = int(snap.manifest.get("counts", {}).get("products", n))
+        manifest["counts"] = counts
+        if n > copied:
+            manifest["added_products"] = int(manifest.get("added_products", 0)) + n - copied
+            manifest["categories"] = sorted({p.category for p in snap.products if p.category})
+        if snap.lexical is not None and manifest.get("lexical"):
+            manifest["lexical"] = dict(manifest["lexical"], count=int(snap.lexical.ntotal))
+        if local is None:
+            local = Path(loc.uri).parent if loc.lite else Path(".")
+        store = cls(
+            path=Path(local),
+            version=f"milvus-{snap.build[:8]}-{n}",
+            manifest=manifest,
+            products=snap.products,
+            modalities=modalities,
+            lexical=snap.lexical,
+        )
+        store.location, store.build = loc, snap.build
+        return store
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        version: str | None = None,
+        checksums: bool = False,
+    ) -> MilvusIndexStore:
+        """The IndexStore.load signature: `path` is a Milvus location; there are no versions to pick."""
+        if version is not None:
+            raise ValueError("a Milvus store has no versions to choose from")
+        return cls.open(path, encoder)
+
+    def is_stale(self) -> bool:
+        """True when any process committed an add (or a new copy): one small query."""
+        try:
+            state = read_state(self.modalities_client(), self.location)
+        except IndexNotFound:
+            return False
+        return state["build"] != self.build or int(state["rows"]) != len(self.products)
+
+    def modalities_client(self) -> Any:
+        return client_for(self.location.uri)
+
+    def category_index(self) -> CategoryIndex:
+        if "categories" not in self._lookups:
+            self._lookups["categories"] = MilvusCategoryIndex(self, self.category_codes())
+        return self._lookups["categories"]
+
+    def insert(
+        self,
+        new_products: list[Product],
+        new_vectors: Mapping[str, np.ndarray | None],
+        before_publish: Callable[[IndexStore], None] | None = None,
+    ) -> MilvusIndexStore:
+        """Add products as Milvus upserts at the next rows, then commit `state.rows`: O(batch).
+
+        Writers of one machine are serialised by a file lock (for Lite, beside the database;
+        for a server, in the temp folder): several hosts adding to one server collection at
+        once are not coordinated here (see README)."""
+        loc = self.location
+        client = client_for(loc.uri)
+        with write_lock(_lock_dir(loc)):
+            live = type(self).open(loc, local=self.path)
+            clash = [p.id for p in new_products if live.row_of(p.id) is not None]
+            if clash:
+                raise DuplicateProduct(clash)
+            if before_publish is not None:
+                before_publish(live)
+            start = len(live.products)
+            dims = {m: int(d) for m, d in live.manifest["dims"].items()}
+            vectors, present = {}, {}
+            for modality, dim in dims.items():
+                added = new_vectors.get(modality)
+                out = np.zeros((len(new_products), dim), np.float32)
+                has = np.zeros(len(new_products), bool)
+                if added is not None:
+                    added = np.asarray(added, dtype=np.float32)
+                    if added.shape != (len(new_products), dim):
+                        raise ValueError(f"{modality} vectors have shape {added.shape}, expected {out.shape}")
+                    has = ~np.isnan(added).any(axis=1)
+                    if has.any():
+                        out[has] = l2_normalize(added[has])
+                vectors[modality], present[modality] = out, has
+            unknown = set(new_vectors) - set(dims)
+            if unknown:
+                raise ValueError(f"unknown modality {sorted(unknown)!r}")
+            entities = _entities(new_products, start, vectors, present)
+            for lo in range(0, len(entities), INSERT_ROWS):
+                client.upsert(loc.collection, entities[lo : lo + INSERT_ROWS])
+            state = read_state(client, loc)
+            state["rows"] = start + len(new_products)
+            _put_values(client, loc, {"state": json.dumps(state)})
+            return type(self).open(loc, local=self.path)
+
+
+def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int) -> _Snapshot:
+    """The snapshot plus rows [len(products), committed): their lexical rows are transformed
+    with the stored vocabulary (no refit on add, as the FAISS store does)."""
+    lo = len(snap.products)
+    products, present = _fetch_products(client, loc, list(snap.present), lo, committed)
+    lexical = snap.lexical
+    if lexical is not None and committed > snap.lexical_rows:
+        start = max(lo, snap.lexical_rows)
+        fresh = products[start - lo :]
+        strip = bool(snap.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))
+        texts = [encoder_text(p.name, p.description, strip=strip) for p in fresh]
+        has_text = np.flatnonzero([bool(t) for t in texts])
+        if len(has_text):
+            lexical = lexical.extend(lexical.transform([texts[i] for i in has_text]), start + has_text)
+    return _Snapshot(
+        snap.build,
+        snap.manifest,
+        snap.products + products,
+        {m: [*parts, present[m]] for m, parts in snap.present.items()},
+        lexical,
+        max(snap.lexical_rows, committed) if lexical is not None else snap.lexical_rows,
+    )
+
+
+def _lock_dir(loc: MilvusLocation) -> Path:
+    if loc.lite:
+        return Path(loc.uri + ".writer")
+    import hashlib
+
+    digest = hashlib.sha256(f"{loc.uri}/{loc.collection}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"milvus-writer-{digest}"
+
+
+def drop(location: str | Path | MilvusLocation) -> None:
+    """Drop an index's collections (tests, benches)."""
+    loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
+    client = client_for(loc.uri)
+    for name in (loc.collection, loc.meta):
+        if client.has_collection(name):
+            client.drop_collection(name)
+    _LOADED.pop((loc.uri, loc.collection), None)

@@ -1,0 +1,269 @@
+"""The Categorizer and its fitting protocol on tiny in-memory stores where the answer is known.
+
+Each test pins one behaviour a broken Categorizer would lose (fold masking, the threshold,
+the calibration map, the channel weights, the lexical channel, lexical refitting inside
+the training part, grouping over every channel). `make mutate` runs these against mutants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.catalog.products import Product
+from indexer.categorizer import protocol as calibration
+from indexer.categorizer.vote import Categorizer
+from indexer.store.lexical import LexicalIndex
+from indexer.store.local.index import IndexStore, ModalityIndex, make_faiss_index
+
+DIM = 8
+
+
+def unit(v) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def basis(i: int, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    v[i] = 1.0
+    v += np.random.default_rng(seed).normal(0, noise, DIM).astype(np.float32) if noise else 0
+    return unit(v)
+
+
+def make_store(
+    labels: list[str],
+    channels: dict[str, np.ndarray],
+    texts: list[str] | None = None,
+) -> IndexStore:
+    """Products with the given labels; `channels[m]` one vector per product (NaN row = absent);
+    `texts` adds a lexical channel fitted on them (and is what `product_text` returns)."""
+    texts = texts or [f"item {i}" for i in range(len(labels))]
+    products = [
+        Product(id=f"p{i}", name=t, description="", brand=None, price=None, category_path=(c, f"{c} sub"), image=None)
+        for i, (c, t) in enumerate(zip(labels, texts, strict=True))
+    ]
+    modalities = {}
+    for m, matrix in channels.items():
+        matrix = np.asarray(matrix, np.float32)
+        present = ~np.isnan(matrix).any(axis=1)
+        vecs = np.ascontiguousarray(matrix[present])
+        modalities[m] = ModalityIndex(vecs, np.flatnonzero(present), make_faiss_index(vecs))
+    manifest = {"profile": "test", "modalities": sorted(channels), "text_normalisation": {"strip_boilerplate": False}}
+    store = IndexStore(Path("."), "mem", manifest, products, modalities)
+    return store
+
+
+def with_lexical(store: IndexStore, texts: list[str]) -> IndexStore:
+    rows = np.arange(len(texts))
+    lexical = LexicalIndex.fit(texts, rows)
+    return IndexStore(store.path, store.version, store.manifest, store.products, store.modalities, lexical)
+
+
+# ---- decision and calibration -----------------------------------------------------------
+def two_cluster_store() -> IndexStore:
+    labels = ["X"] * 4 + ["Y"] * 4
+    vecs = np.stack([basis(0, 0.05, i) for i in range(4)] + [basis(1, 0.05, 10 + i) for i in range(4)])
+    return make_store(labels, {"text": vecs})
+
+
+def test_threshold_moves_a_decision():
+    store = two_cluster_store()
+    assert Categorizer(store, {"threshold": 0.5}).decide(0.6) == "auto"
+    assert Categorizer(store, {"threshold": 0.5}).decide(0.4) == "review"
+    assert Categorizer(store, {"threshold": 0.7}).decide(0.6) == "review"
+    assert Categorizer(store, {"threshold": None}).decide(1.0) == "review"
+    query = {"text": basis(0, 0.01, 99)[None, :]}
+    sure = Categorizer(store, {"threshold": 0.5}).predict_vectors(query)[0]
+    assert sure.category == "X" and sure.raw_confidence > 0.5 and sure.decision == "auto"
+    strict = Categorizer(store, {"threshold": 1.01}).predict_vectors(query)[0]
+    assert strict.decision == "review"
+
+
+def test_calibration_maps_the_raw_share():
+    store = two_cluster_store()
+    cal = {"x": [0.0, 0.5, 1.0], "y": [0.0, 0.1, 0.3]}
+    categorizer = Categorizer(store, {"calibration": cal})
+    assert categorizer.calibrated(0.5) == pytest.approx(0.1)
+    assert categorizer.calibrated(0.75) == pytest.approx(0.2)
+    assert Categorizer(store, {"calibration": None}).calibrated(0.75) == pytest.approx(0.75)
+    p = categorizer.predict_vectors({"text": basis(0, 0.01, 99)[None, :]})[0]
+    assert p.confidence == pytest.approx(float(np.interp(p.raw_confidence, cal["x"], cal["y"])))
+    assert p.confidence < p.raw_confidence
+
+
+def test_fit_calibration_is_monotone_and_observed():
+    conf = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 1.0])
+    ok = np.array([False, False, True, True, True, True])
+    cal = calibration.fit_calibration(conf, ok, points=11)
+    assert cal["y"] == sorted(cal["y"])
+    assert cal["y"][0] == pytest.approx(0.0) and cal["y"][-1] == pytest.approx(1.0)
+
+
+def test_choose_threshold_by_hand():
+    conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    ok = np.array([True, True, True, False, True, False])
+    d = calibration.choose_threshold(conf, ok, 0.99)
+    assert d["threshold"] == pytest.approx(0.7) and d["coverage"] == pytest.approx(0.5)
+    assert calibration.choose_threshold(conf, ok, 0.75)["threshold"] == pytest.approx(0.5)
+    assert calibration.choose_threshold(conf, ~ok, 0.99)["threshold"] is None
+
+
+# ---- channel weights and the lexical channel -------------------------------------------
+def conflicting_channels_store() -> IndexStore:
+    """Product 0 (X) matches the query's image, product 1 (Y) the query's text."""
+    labels = ["X", "Y"]
+    image = np.stack(
+        [unit([0.95, np.sqrt(1 - 0.95**2), 0, 0, 0, 0, 0, 0]), unit([0.1, 0, np.sqrt(0.99), 0, 0, 0, 0, 0])]
+    )
+    text = np.stack(
+        [unit([0.3, 0, 0, np.sqrt(1 - 0.09), 0, 0, 0, 0]), unit([0.9, 0, 0, 0, np.sqrt(1 - 0.81), 0, 0, 0])]
+    )
+    return make_store(labels, {"image": image, "text": text})
+
+
+def test_weights_change_the_ranking():
+    store = conflicting_channels_store()
+    query = {"image": basis(0)[None, :], "text": basis(0)[None, :]}
+    # equal weights: X (0.95 + 0.3) / 2 beats Y (0.1 + 0.9) / 2
+    assert Categorizer(store, {"weights": {"image": 0.5, "text": 0.5}}).predict_vectors(query)[0].category == "X"
+    text_heavy = Categorizer(store, {"weights": {"image": 0.1, "text": 0.9}}).predict_vectors(query)[0]
+    assert text_heavy.category == "Y"
+    image_heavy = Categorizer(store, {"weights": {"image": 0.9, "text": 0.1}}).predict_vectors(query)[0]
+    assert image_heavy.category == "X"
+
+
+def test_predict_rows_uses_the_lexical_channel():
+    """Dense text says X, the words say Y: with the lexical channel weighted, predict_rows says Y."""
+    labels = ["X", "X", "Y", "Y", "Y"]
+    dense = np.stack([basis(0, 0.01, 1), basis(0, 0.01, 2), basis(1, 0.01, 3), basis(1, 0.01, 4), basis(0, 0.01, 5)])
+    texts = ["alpha beta", "alpha gamma", "dohar quilt", "dohar blanket", "dohar quilt blanket"]
+    store = with_lexical(make_store(labels, {"text": dense}, texts), texts)
+    params = {"weights": {"text": 0.1, "lexical": 0.9}, "k": 2}
+    exclude = np.eye(5, dtype=bool)
+    p = Categorizer(store, params).predict_rows(np.array([4]), exclude=exclude[[4]], modalities=("text",))[0]
+    assert "lexical" in p.modalities
+    assert p.category == "Y"
+    dense_only = Categorizer(store, {"weights": {"text": 1.0, "lexical": 0.0}, "k": 2})
+    assert dense_only.predict_rows(np.array([4]), exclude=exclude[[4]], modalities=("text",))[0].category == "X"
+
+
+# ---- fold masking -------------------------------------------------------------------------
+def twin_store() -> tuple[IndexStore, np.ndarray]:
+    """Twins 0 and 1 (X, identical vectors) sit next to the Y cluster; folds keep them together."""
+    y_centre = basis(1)
+    twin = unit(y_centre + 0.35 * basis(0))
+    rows = [twin, twin]  # 0, 1: X twins
+    rows += [unit(y_centre + 0.05 * basis(2 + i % 4, 0.0)) for i in range(6)]  # 2..7: Y
+    rows += [unit(basis(0) + 0.05 * basis(4 + i % 3)) for i in range(6)]  # 8..13: X
+    labels = ["X", "X"] + ["Y"] * 6 + ["X"] * 6
+    folds = np.array([0, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 0])
+    return make_store(labels, {"text": np.stack(rows)}), folds
+
+
+def test_cross_val_masks_the_whole_fold_not_only_the_product():
+    store, folds = twin_store()
+    preds = calibration.cross_val_predictions(Categorizer(store), folds, modalities=("text",))
+    assert preds[0].category == "Y"  # leave-one-out would let twin 1 vote: X
+    loo = Categorizer(store).predict_rows(np.array([0]), exclude=np.eye(14, dtype=bool)[[0]], modalities=("text",))
+    assert loo[0].category == "X"  # the premise: the twin decides when it is not masked
+
+
+def test_nested_prediction_uses_only_training_rows():
+    store, folds = twin_store()
+    groups = np.array([0, 0] + list(range(1, 13)))
+    runs = calibration.nested_predictions(store, folds, groups, {"text": ("text",)}, grid=calibration.PARAM_GRID[:1])
+    run = runs["text"]
+    assert run.predictions[0].category == "Y" and run.predictions[1].category == "Y"
+    assert len(run.fits) == 2 and all(p is not None for p in run.predictions)
+    for fitted, f in zip(run.fits, (0, 1), strict=True):
+        assert not fitted.train[folds == f].any() and fitted.train[folds != f].all()
+
+
+def test_predict_excludes_rows_outside_training():
+    store, folds = twin_store()
+    groups = np.array([0, 0] + list(range(1, 13)))
+    train = folds == 1
+    fitted = calibration.fit(store, train, groups, ("text",), grid=calibration.PARAM_GRID[:1])
+    preds = calibration.predict(fitted, np.flatnonzero(folds == 0))
+    assert preds[0].category == "Y"  # its twin is outside the training part
+    for p in preds:
+        assert p.raw_confidence <= 1.0
+
+
+def test_inner_cv_masks_the_inner_fold():
+    """Inside fit, the twins are in one inner fold: their inner predictions may not use each other."""
+    store, _ = twin_store()
+    groups = np.array([0, 0] + list(range(1, 13)))
+    fitted = calibration.fit(store, np.ones(14, bool), groups, ("text",), grid=calibration.PARAM_GRID[:1])
+    assert fitted.entry["cv"]["folds"] >= 2
+    assert not fitted.inner_correct[0] and not fitted.inner_correct[1]  # both predicted Y
+
+
+def test_fit_selects_weights_from_the_grid_by_inner_accuracy():
+    store = conflicting_store_for_selection()
+    groups = np.arange(len(store.products))
+    grid = (
+        {"weights": {"image": 1.0, "text": 0.0, "lexical": 0.0}},
+        {"weights": {"image": 0.0, "text": 1.0, "lexical": 0.0}},
+    )
+    fitted = calibration.fit(store, np.ones(len(store.products), bool), groups, ("image", "text"), grid=grid)
+    assert fitted.entry["weights"] == grid[1]["weights"]  # text separates the classes, image does not
+    accs = [s["inner_accuracy"] for s in fitted.entry["cv"]["selection"]]
+    assert accs[1] > accs[0]
+
+
+def conflicting_store_for_selection() -> IndexStore:
+    rng = np.random.default_rng(0)
+    n = 20
+    labels = ["X" if i % 2 else "Y" for i in range(n)]
+    image = np.stack([unit(rng.normal(size=DIM)) for _ in range(n)])  # noise
+    text = np.stack([basis(0 if i % 2 else 1, 0.1, i) for i in range(n)])
+    return make_store(labels, {"image": image, "text": text})
+
+
+# ---- lexical refit inside the training part -----------------------------------------------
+def test_training_view_fits_the_vocabulary_on_training_texts_only():
+    texts = ["red mug ceramic", "red mug coffee", "zebra print cushion", "blue cushion soft"]
+    labels = ["K", "K", "H", "H"]
+    store = with_lexical(make_store(labels, {"text": np.stack([basis(i) for i in range(4)])}, texts), texts)
+    train = np.array([True, True, False, True])
+    view = calibration.training_view(store, train)
+    vocab = view.lexical.vectorizer.vocabulary_
+    assert "zebra" not in vocab and "mug" in vocab and "zebra" in store.lexical.vectorizer.vocabulary_
+    assert view.lexical.matrix.shape[0] == 4  # every product transformed with the training vocabulary
+    assert calibration.training_view(store, np.ones(4, bool)) is store  # deployment: the build's own fit
+    # idf from training texts: "cushion" is in 1 of 3 training texts, not 2 of 4
+    idf = view.lexical.vectorizer.idf_[vocab["cushion"]]
+    assert idf == pytest.approx(np.log((1 + 3) / (1 + 1)) + 1)
+
+
+def test_lexical_fit_mask_is_checked():
+    with pytest.raises(ValueError, match="shape"):
+        LexicalIndex.fit(["a b", "c d"], np.arange(2), fit_mask=np.array([True]))
+    with pytest.raises(ValueError, match="no text"):
+        LexicalIndex.fit(["a b", "c d"], np.arange(2), fit_mask=np.array([False, False]))
+
+
+# ---- grouping over every channel ----------------------------------------------------------
+def test_lexical_near_duplicates_are_grouped():
+    texts = ["prithish ceramic mug red", "prithish ceramic mug red", "steel bottle", "wall clock"]
+    vecs = np.stack([basis(i) for i in range(4)])  # dense vectors all orthogonal
+    store = with_lexical(make_store(["K", "K", "K", "H"], {"text": vecs}, texts), texts)
+    groups = calibration.near_duplicate_groups(store)
+    assert groups[0] == groups[1] and groups[2] != groups[0]
+    dense_only = calibration.near_duplicate_groups(store, {"text": 0.9})
+    assert dense_only[0] != dense_only[1]
+
+
+def test_calibrate_is_the_fit_on_every_row():
+    store, _ = twin_store()
+    entry = calibration.calibrate(store)
+    assert set(entry) >= {"weights", "threshold", "calibration", "cv"}
+    assert entry["cv"]["selection"] and entry["weights"] in [g["weights"] for g in calibration.PARAM_GRID]
+    frozen = calibration.calibrate(store, params={"weights": {"text": 1.0}})
+    assert frozen["weights"] == {"text": 1.0}
+    tiny = make_store(["X"], {"text": basis(0)[None, :]})
+    assert calibration.calibrate(tiny)["threshold"] is None

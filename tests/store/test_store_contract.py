@@ -1,0 +1,320 @@
+"""One contract for every store backend (FAISS on local disk, Milvus Lite), in the manner of
+scikit-learn's common estimator checks: each test runs once per backend on the same small
+index, and the real 945-product nested figures must be identical through either store."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import FakeEncoder, fake_manifest, make_products, random_vectors
+
+from indexer.catalog.products import Product
+from indexer.catalog.text import encoder_text
+from indexer.categorizer.vote import Categorizer, stored_queries
+from indexer.store import DuplicateProduct, IndexMismatch, IndexStore, IndexStoreError, append, open_store
+from indexer.store.filters import RowFilter
+from indexer.store.lexical import LexicalIndex
+from indexer.store.local.index import publish
+from indexer.store.locks import write_lock
+
+pytest.importorskip("pymilvus")
+from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus  # noqa: E402
+
+BACKENDS = ("faiss", "milvus")
+N = 40
+
+
+def publish_small(path: Path, encoder: FakeEncoder) -> None:
+    """N products in 3 categories, text for all, images for every other one, a lexical channel."""
+    products = make_products(N)
+    rng = np.random.default_rng(3)
+    centres = {c: rng.standard_normal(encoder.dims["text"]) * 3 for c in ("Watches", "Baby Care", "Computers")}
+    text = np.stack([centres[p.category] for p in products]) + random_vectors(N, encoder.dims["text"], seed=1, scale=1)
+    image_rows = np.arange(0, N, 2)
+    vectors = {
+        "image": (random_vectors(len(image_rows), encoder.dims["image"], seed=2), image_rows),
+        "text": (text.astype(np.float32), np.arange(N)),
+    }
+    texts = [encoder_text(p.name, p.description) for p in products]
+    lexical = LexicalIndex.fit(texts, np.arange(N))
+    with write_lock(path):
+        publish(path, products, vectors, fake_manifest(encoder), lexical=lexical)
+
+
+@pytest.fixture(scope="module")
+def milvus_db(tmp_path_factory) -> Path:
+    """One Milvus Lite database per module (opening one costs about a second); a collection per test."""
+    return tmp_path_factory.mktemp("milvus") / "contract.db"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path, milvus_db) -> IndexStore:
+    encoder = FakeEncoder()
+    publish_small(tmp_path / "faiss", encoder)
+    faiss_store = open_store(tmp_path / "faiss")
+    if request.param == "faiss":
+        return faiss_store
+    loc = MilvusLocation(str(milvus_db.resolve()), f"t{abs(hash(request.node.name)) % 10**9}")
+    copy_to_milvus(faiss_store, loc, replace=True)
+    return MilvusIndexStore.open(loc)
+
+
+def reload(store: IndexStore) -> IndexStore:
+    if isinstance(store, MilvusIndexStore):
+        return MilvusIndexStore.open(store.location)
+    return open_store(store.path)
+
+
+def exact(store: IndexStore, modality: str, queries: np.ndarray, k: int, positions=None):
+    vectors = np.asarray(store.modalities[modality].vectors, np.float32)
+    pool = np.arange(len(vectors)) if positions is None else positions
+    sims = queries @ vectors[pool].T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, top, axis=1), store.modalities[modality].rows[pool[top]]
+
+
+# ---- reading -----------------------------------------------------------------------------
+def test_products_channels_and_manifest(store):
+    assert [p.id for p in store.products] == [p.id for p in make_products(N)]
+    assert store.categories() == ["Baby Care", "Computers", "Watches"]
+    assert set(store.channels()) == {"image", "text", "lexical"}
+    assert store.modalities["image"].ntotal == N // 2 and store.modalities["text"].ntotal == N
+    np.testing.assert_array_equal(store.modalities["image"].rows, np.arange(0, N, 2))
+    assert store.positions("image")[3] == -1 and store.positions("image")[4] == 2
+    assert store.row_of("s0007") == 7 and store.row_of("nope") is None
+    assert store.manifest["profile"] == "fake" and store.manifest["counts"]["products"] == N
+    assert store.category_index().counts()[0]["name"] == "Baby Care"
+    assert not store.is_stale()
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_search_returns_the_exact_neighbours(store, modality):
+    vectors = np.asarray(store.modalities[modality].vectors, np.float32)
+    sims, rows = store.modalities[modality].search(vectors[:5], 4)
+    want_sims, want_rows = exact(store, modality, vectors[:5], 4)
+    np.testing.assert_array_equal(rows[:, 0], store.modalities[modality].rows[:5])  # itself first
+    np.testing.assert_allclose(sims, want_sims, atol=1e-3)  # FAISS searches float32, stores float16
+    assert {tuple(r) for r in rows} == {tuple(r) for r in want_rows}
+    similarity = store.modalities[modality].similarity(vectors[0], np.arange(3))
+    np.testing.assert_allclose(similarity, vectors[:3] @ vectors[0], atol=1e-6)
+
+
+def test_search_past_the_end_and_empty_filter(store):
+    channel = store.modalities["image"]
+    query = np.asarray(channel.vectors[[0]], np.float32)
+    sims, rows = channel.search(query, 100)
+    assert rows.shape == (1, N // 2) and (rows >= 0).all()
+    empty = RowFilter(store, np.array([1, 3], np.int64)).channel("image")  # rows without an image
+    assert channel.search(query, 5, empty)[1].shape == (1, 0)
+
+
+def test_category_filter_runs_inside_the_search(store):
+    categorizer = Categorizer(store)
+    watches = store.category_index().filter(("Watches",))
+    assert store.category_index().filter(("Nope",)) is None
+    queries = stored_queries(store, [1, 2])  # Baby Care and Computers products
+    for neighbours in categorizer.neighbors(queries, k=5, allowed=watches):
+        assert len(neighbours) == 5 and all(n.category == "Watches" for n in neighbours)
+    deeper = store.category_index().filter(("Watches", "Sub"))
+    sims, rows = store.modalities["text"].search(queries["text"], 50, deeper.channel("text"))
+    assert sorted(rows[0][rows[0] >= 0]) == list(range(0, N, 3))
+
+
+@pytest.mark.parametrize("share", [0.2, 0.8])  # few allowed rows, and most rows allowed
+def test_row_filter_restricts_results(store, share):
+    allowed_rows = np.flatnonzero(np.random.default_rng(0).random(N) < share)
+    row_filter = RowFilter(store, allowed_rows)
+    queries = np.asarray(store.modalities["text"].vectors[np.arange(6)], np.float32)
+    sims, rows = store.modalities["text"].search(queries, 5, row_filter.channel("text"))
+    positions = store.positions("text")[allowed_rows]
+    want_sims, want_rows = exact(store, "text", queries, 5, positions)
+    assert set(rows.ravel()) <= set(allowed_rows)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-3)  # FAISS searches float32, stores float16
+
+
+def test_categorizer_sees_the_same_interface(store):
+    preds = Categorizer(store).predict_rows(np.arange(0, N, 5))
+    assert [p.category for p in preds] == [make_products(N)[r].category for r in range(0, N, 5)]
+    single = Categorizer(store).predict_vectors(stored_queries(store, [3]))[0]
+    assert single.category == "Watches" and single.neighbors[0].row == 3
+
+
+# ---- adding --------------------------------------------------------------------------------
+def added_products(n: int = 2) -> list[Product]:
+    return [
+        Product(
+            id=f"new{i}",
+            name=f"Garden hose {i}",
+            description="green garden hose usb adapter",
+            brand=None,
+            price=None,
+            category_path=("Garden", "Hoses"),
+            image=None,
+        )
+        for i in range(n)
+    ]
+
+
+def test_add_is_visible_to_the_next_query(store):
+    encoder = FakeEncoder()
+    new = added_products(2)
+    text = random_vectors(2, encoder.dims["text"], seed=9)
+    out = append(store, new, {"text": text, "image": np.full((2, encoder.dims["image"]), np.nan, np.float32)})
+    assert len(out.products) == N + 2 and out.row_of("new1") == N + 1
+    assert store.is_stale() and not out.is_stale()
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    _, rows = out.modalities["text"].search(unit, 1)
+    assert list(rows[:, 0]) == [N, N + 1]
+    assert out.modalities["image"].ntotal == N // 2  # no image: not in that channel
+    garden = out.category_index().filter(("Garden",))
+    _, rows = out.modalities["text"].search(unit[:1], 10, garden.channel("text"))
+    assert sorted(rows[0]) == [N, N + 1]
+    assert out.lexical is not None and out.lexical.ntotal == N + 2  # transformed, vocabulary unchanged
+    lexical_rows = out.lexical.matrix[out.positions("lexical")[[N, N + 1]]]
+    assert (abs(lexical_rows - out.lexical.transform([encoder_text(p.name, p.description) for p in new])).max()) == 0
+    again = reload(store)
+    assert [p.id for p in again.products[-2:]] == ["new0", "new1"] and "Garden" in again.categories()
+
+
+def test_duplicate_add_is_refused_and_changes_nothing(store):
+    dup = make_products(1)  # s0000 is indexed
+    with pytest.raises(DuplicateProduct):
+        append(store, dup, {"text": random_vectors(1, 12)})
+    assert len(reload(store).products) == N and not store.is_stale()
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [
+        {"text": np.ones((2, 5), np.float32)},  # wrong dimension
+        {"text": np.ones((3, 12), np.float32)},  # one row too many
+        {"sound": np.ones((2, 12), np.float32)},  # no such modality
+    ],
+)
+def test_bad_add_is_refused_and_changes_nothing(store, vectors):
+    with pytest.raises(ValueError):
+        append(store, added_products(2), vectors)
+    again = reload(store)
+    assert len(again.products) == N and again.modalities["text"].ntotal == N
+    assert Categorizer(again).predict_rows(np.array([0]))[0].category == "Watches"
+
+
+def test_other_encoder_is_refused(store):
+    with pytest.raises(IndexMismatch):
+        if isinstance(store, MilvusIndexStore):
+            MilvusIndexStore.open(store.location, encoder=FakeEncoder(version="v2"))
+        else:
+            open_store(store.path, encoder=FakeEncoder(version="v2"))
+    if isinstance(store, MilvusIndexStore):
+        MilvusIndexStore.open(store.location, encoder=FakeEncoder())  # the right one loads
+
+
+# ---- Milvus specifics: locations, routing, the copy ----------------------------------------
+def test_locations_parse_and_bad_ones_are_refused(tmp_path):
+    assert MilvusLocation.parse("milvus://db.local:19530/shop") == MilvusLocation("http://db.local:19530", "shop")
+    assert MilvusLocation.parse("milvus://db.local:19530").collection == "products"
+    assert MilvusLocation.parse(tmp_path / "x.db").uri == str(tmp_path / "x.db")
+    for bad in ("milvus://", "var/index"):
+        with pytest.raises(ValueError):
+            MilvusLocation.parse(bad)
+    assert backends.parse_vector_store("faiss") is None and backends.parse_vector_store("") is None
+    with pytest.raises(ValueError, match="VECTOR_STORE"):
+        backends.parse_vector_store("redis://x")
+
+
+def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milvus_db, monkeypatch):
+    publish_small(tmp_path / "faiss", FakeEncoder())
+    loc = MilvusLocation(str(milvus_db.resolve()), "routed")
+    copy_to_milvus(open_store(tmp_path / "faiss"), loc, replace=True)
+    with pytest.raises(IndexStoreError, match="exists"):
+        copy_to_milvus(open_store(tmp_path / "faiss"), loc)
+    local = tmp_path / "local"
+    monkeypatch.setenv("MILVUS_COLLECTION", "routed")
+    backends.route(local, loc.uri)
+    try:
+        routed = open_store(local)
+    finally:
+        backends.route(local, None)
+    assert isinstance(routed, MilvusIndexStore) and routed.path == local and len(routed.products) == N
+    assert not isinstance(open_store(tmp_path / "faiss"), MilvusIndexStore)
+
+
+def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_path, monkeypatch):
+    """VECTOR_STORE = a Lite database: predict, filtered search and an add with a photo go to
+    Milvus; INDEX_DIR keeps only the local files (the uploaded photo, the embedding cache)."""
+    from fakes import make_dataset
+    from service_support import jpeg_bytes
+
+    from indexer.pipeline.build import build_index
+    from service.app import create_app
+    from service.config import Config
+
+    encoder = FakeEncoder()
+    data = make_dataset(tmp_path / "data", per_category=3)
+    build_index(data["folder"], tmp_path / "faiss", encoder=encoder, progress=False)
+    db = tmp_path / "service.db"
+    copy_to_milvus(open_store(tmp_path / "faiss"), db)
+    monkeypatch.setenv("VECTOR_STORE", str(db))
+    config = Config.from_env(index_dir=str(tmp_path / "local"), api_token="t")
+    assert config.vector_store == str(db)
+    (tmp_path / "local").mkdir()
+    client = create_app(config, encoder=encoder).test_client()
+    try:
+        found = client.post("/api/v1/search", json={"title": "baby cotton romper", "category": "Watches", "k": 3})
+        assert found.status_code == 200, found.get_data(as_text=True)
+        assert [r["category"] for r in found.get_json()["results"]] == ["Watches"] * 3
+        predicted = client.post("/api/v1/predict", json={"title": "analog wrist watch strap dial"})
+        assert predicted.status_code == 200 and predicted.get_json()["category"] == "Watches"
+        added = client.post(
+            "/api/v1/products",
+            headers={"Authorization": "Bearer t"},
+            data={"title": "Garden hose", "category": "Garden >> Hoses", "image": (io.BytesIO(jpeg_bytes()), "h.jpg")},
+        )
+        assert added.status_code == 201, added.get_data(as_text=True)
+        product_id = added.get_json()["id"]
+        assert client.get(f"/api/v1/products/{product_id}/image").status_code == 200  # photo kept locally
+        garden = client.post("/api/v1/search", json={"title": "garden hose", "category": "Garden", "k": 5})
+        assert [r["id"] for r in garden.get_json()["results"]] == [product_id]
+    finally:
+        backends.route(tmp_path / "local", None)
+    milvus = MilvusIndexStore.open(db)
+    assert milvus.row_of(product_id) == len(milvus.products) - 1 == 9
+    assert len(open_store(tmp_path / "faiss").products) == 9  # the FAISS index was not touched
+
+
+# ---- the real index: identical nested figures through either store ----------------------------
+@pytest.mark.integration
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path):
+    from indexer.categorizer import protocol as calibration
+
+    path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
+    faiss_store = open_store(path)
+    loc = copy_to_milvus(faiss_store, MilvusLocation(str(tmp_path / "real.db"), "real"))
+    milvus_store = MilvusIndexStore.open(loc)
+    assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"]
+    groups = calibration.near_duplicate_groups(faiss_store)
+    np.testing.assert_array_equal(groups, calibration.near_duplicate_groups(milvus_store))
+    labels = faiss_store.labels()
+    folds = calibration.grouped_folds(labels, groups)
+    sets = {"fused": calibration.FUSED}
+    grid = calibration.PARAM_GRID[:2]
+    runs = {
+        name: calibration.nested_predictions(s, folds, groups, sets, grid)
+        for name, s in (("faiss", faiss_store), ("milvus", milvus_store))
+    }
+    a, b = runs["faiss"]["fused"], runs["milvus"]["fused"]
+    assert [p.category for p in a.predictions] == [p.category for p in b.predictions]
+    assert [p.confidence for p in a.predictions] == [p.confidence for p in b.predictions]
+    assert [f.entry for f in a.fits] == [f.entry for f in b.fits]
+    accuracy = np.mean([p.category == label for p, label in zip(a.predictions, labels, strict=True)])
+    assert accuracy > 0.8  # the figures compared are real ones, not a degenerate run
+    # and a single service-style query agrees too (Milvus search, fetched vectors)
+    cf, cm = Categorizer(faiss_store), Categorizer(milvus_store)
+    for row in (0, 100, 500):
+        pf = cf.predict_vectors(stored_queries(faiss_store, [row]))[0]
+        pm = cm.predict_vectors(stored_queries(milvus_store, [row]))[0]
+        assert pf.category == pm.category and [n.row for n in pf.neighbors] == [n.row for n in pm.neighbors]
