@@ -14,6 +14,7 @@ from typing import Any
 MET, MISSED, UNMEASURED = "met", "missed", "not measured"
 
 _FRENCH = ("crosslingual", "results", "coverage")  # the service's lexical rule
+RUN_TIME = "report run time, in process (s)"
 # (figure, where in metrics.json, target, direction). Embedded profile, 945 products; all nested.
 TARGETS: list[tuple[str, tuple[str, ...], float, str]] = [
     ("nested CV accuracy, fused", ("classification", "fused", "accuracy"), 0.95, ">="),
@@ -24,7 +25,7 @@ TARGETS: list[tuple[str, tuple[str, ...], float, str]] = [
     ("fused KMeans ARI (PCA space)", ("clustering", "fused", "ari"), 0.70, ">="),
     ("French title-only queries, accuracy", (*_FRENCH, "text", "fr", "accuracy"), 0.88, ">="),
     ("photo + French title, accuracy", (*_FRENCH, "text+photo", "fr", "accuracy"), 0.94, ">="),
-    ("report run time, in process (s)", ("timings", "total"), 300.0, "<="),
+    (RUN_TIME, ("timings", "total"), 300.0, "<="),
 ]
 
 
@@ -37,6 +38,7 @@ class Row:
     op: str  # ">=" or "<="
     value: float | None
     status: str  # MET, MISSED or UNMEASURED
+    note: str = ""  # circumstances a reader needs beside the value (the load during a timed run)
 
     @property
     def target_text(self) -> str:
@@ -110,7 +112,9 @@ def html_table(rows: Sequence[Row]) -> str:
 
     body = "".join(
         f"<tr><td>{html.escape(r.figure)}</td><td>{html.escape(r.target_text)}</td>"
-        f"<td>{html.escape(r.value_text())}</td>"
+        f"<td>{html.escape(r.value_text())}"
+        + (f" <span class='note'>({html.escape(r.note)})</span>" if r.note else "")
+        + "</td>"
         f"<td><span class='{'met' if r.status == MET else 'missed'}'>{html.escape(r.status)}</span></td></tr>"
         for r in rows
     )

@@ -339,7 +339,11 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     with timer.step("figures"):
         pngs = make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes)
     metrics["timings"] = {**timer.timings, "total": timer.total()}  # writing the files takes well under a second
-    metrics["headline"] = headline.as_json(headline.table(metrics))
+    load_at_end = provenance.load_average()
+    rows = headline.table(metrics)
+    timed = f"load average {run_facts['machine']['load_average_at_start'][0]:.1f} at start, {load_at_end[0]:.1f} at end"
+    rows = [replace(r, note=timed) if r.figure == headline.RUN_TIME else r for r in rows]
+    metrics["headline"] = headline.as_json(rows)
     metrics["conclusion"] = conclusion(metrics)
     metrics["provenance"] = {
         **run_facts,
@@ -348,7 +352,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         "model_ids": store.manifest.get("model_ids", {}),
         "index": metrics["index"],
         "data_dir": options.data_dir or index_data_dir,
-        "load_average_at_end": provenance.load_average(),
+        "load_average_at_end": load_at_end,
     }
     write_outputs(out, metrics, pngs, errors)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
@@ -732,7 +736,7 @@ def provenance_html(m: dict) -> str:
         [
             "<h2>Provenance</h2>",
             "<div class='provenance'>",
-            _table(["", ""], [[html.escape(k), html.escape(v)] for k, v in rows]),
+            _table(["what", "value"], [[html.escape(k), html.escape(v)] for k, v in rows]),
             "</div>",
             "<p class='note'>Step timings (seconds; wall clock, so they grow with the load average above):</p>",
             _table(["step", "seconds"], timings),

@@ -361,9 +361,12 @@ def test_first_screen_is_the_headline_table_then_the_conclusion(synthetic):
     table = _text(body[table_at : table_at + body[table_at:].index("</table>")])
     position = 0
     for r in headline.from_json(metrics["headline"]):
-        cell = f"{r.figure} {r.target_text} {r.value_text()} {r.status}"
+        note = f" ({r.note})" if r.note else ""
+        cell = f"{r.figure} {r.target_text} {r.value_text()}{note} {r.status}"
         assert cell in table[position:], cell
         position = table.index(cell, position)
+    run_time = next(r for r in headline.from_json(metrics["headline"]) if r.figure == headline.RUN_TIME)
+    assert run_time.note.startswith("load average ")  # a timed figure says how busy the machine was
     # the conclusion's first paragraph is the verdict
     first_paragraph = after_table.split("<p>", 1)[1].split("</p>", 1)[0]
     assert _text(first_paragraph) == _text(html_escape(metrics["conclusion"][0]))
