@@ -402,7 +402,7 @@ def conclusion(m: dict) -> list[str]:
         + (
             f"This is unstable: in {main['folds_without_threshold']} of {n_folds} folds the training part never "
             f"reached {m['auto_decision']['target']:.0%} (everything went to review) and "
-            f"{main['folds_below_target']} folds fell below it. "
+            f"{main['folds_below_target']} fold(s) fell below it. "
             if main["folds_without_threshold"] or main["folds_below_target"]
             else f"Every one of the {n_folds} folds found a threshold and reached the target. "
         )
@@ -756,8 +756,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
     if m.get("quick"):
         parts.append(
             "<p class='quick'><b>Quick run: not the reported figures</b> "
-            f"(one fold seed of {m['cv']['folds']} folds instead of {len(EVAL_SEEDS)}; no t-SNE maps, stability "
-            "runs, ORB baseline or random-split figures). Run <code>python -m evaluation report</code> "
+            f"({len(m['cv']['seeds'])} fold seed instead of {len(EVAL_SEEDS)}, {m['cv']['folds']} folds; no t-SNE "
+            "maps, stability runs, ORB baseline or random-split figures). Run <code>python -m evaluation report</code> "
             "without --quick for them.</p>"
         )
     parts += [

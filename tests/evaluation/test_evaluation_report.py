@@ -431,6 +431,7 @@ def test_progress_lines_count_up_to_the_plan(synthetic, tmp_path, capsys):
     assert "tsne_kmeans" not in data["clustering"]["fused"] and "bovw" not in data["clustering"]
     html = (tmp_path / "q" / "report.html").read_text()
     assert html.index("Quick run: not the reported figures") < html.index("<table id='headline'>")
+    assert "(1 fold seed instead of 3, " in html
 
 
 def test_quiet_prints_no_progress(synthetic, tmp_path, capsys):
