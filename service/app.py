@@ -12,7 +12,7 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, batch, errors, listing_api, metrics, review_page, web
+from . import api, batch, docs, errors, listing_api, metrics, review_page, web
 from .config import Config
 from .inputs import BodyDeadline, check_url
 from .listings import Listings
@@ -45,6 +45,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
     metrics.install(app)
     app.register_blueprint(web.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(listing_api.bp)
     app.register_blueprint(batch.bp)
