@@ -42,7 +42,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
-        metrics.set_index_size(len(live.store.products))
+        metrics.set_index_size(live.store.product_count())
     elif load and state.fatal:
         # versions exist but none verifies: serving nothing beats serving damage (gunicorn's
         # master exits here, during preload, with this line)
