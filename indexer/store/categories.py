@@ -191,8 +191,10 @@ class CategoryCodes:
         paths = list(self.paths)
         counts = dict(self.counts)
         now = dict(zip(self.changed_rows.tolist(), self.changed_codes.tolist(), strict=True))
+        fresh = np.unique(np.asarray([row for row, _ in changes if row not in now], dtype=np.int64))
+        before = dict(zip(fresh.tolist(), self.take(fresh).tolist(), strict=True))  # one gather, not one per change
         for row, path in changes:
-            old = now[row] if row in now else int(self.take(np.array([row]))[0])
+            old = now[row] if row in now else before[row]
             if old >= 0:
                 for prefix in prefixes(paths[old]):
                     counts[prefix] = counts.get(prefix, 0) - 1

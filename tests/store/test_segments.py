@@ -299,7 +299,7 @@ def test_a_delete_or_relabel_writes_one_small_delta_and_leaves_the_base_untouche
     store = relabel(store, {"s0005": ("Garden", "Hoses")})
     assert base_files(tmp_path) == before_files and store.deltas == ("000001", "000002")
     ddir = tmp_path / VERSIONS / "000001" / "deltas"
-    assert sorted(f.name for f in (ddir / "000001").iterdir()) == ["changes.jsonl", "manifest.json", "products.jsonl"]
+    assert sorted(f.name for f in (ddir / "000001").iterdir()) == ["changes.jsonl", "manifest.json"]
     assert len(store.products) == 20 and store.product_count() == 19 and list(store.deleted) == [4]
     assert store.manifest["deleted_products"] == 1 and store.manifest["relabeled_products"] == 1
     assert store.products[5].category_path == ("Garden", "Hoses")

@@ -254,14 +254,16 @@ def _add_events(products: Iterable[Product], info: Mapping) -> list[dict]:
 
 _BASES: OrderedDict[tuple, _Base] = OrderedDict()
 _DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
+_SEEN_DELTAS: OrderedDict[str, tuple[tuple, list[str], bool, _Delta]] = OrderedDict()  # folder -> (key, files, ...)
 _DELTAS_KEPT = 4096
 _BASES_LOCK = threading.Lock()
 
 
 def _identity(vdir: Path, manifest: Mapping) -> tuple:
     """What makes a cached base valid: each file's inode, size, mtime and ctime. O(files)."""
-    stats = [os.stat(vdir / name) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
-    return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
+    folder = os.path.abspath(vdir)  # not realpath: the inodes below tell files apart, and it costs a syscall a level
+    stats = [os.stat(os.path.join(folder, name)) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
+    return (folder, *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
 
 
 def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
@@ -342,25 +344,51 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     return base
 
 
+def _seen_delta(ddir: Path, checksums: bool) -> _Delta | None:
+    """The delta this process already loaded from `ddir`, if none of its files changed since
+    (inode, size, mtime, ctime of each, as `_identity`; sizes are what `verify_files` checks)
+    and it was checksummed then if `checksums` asks for it: a few stats, no file read, so a
+    reload costs O(deltas) stats (a writer reloads twice per add, delete or relabel)."""
+    folder = os.path.abspath(ddir)
+    with _BASES_LOCK:
+        seen = _SEEN_DELTAS.get(folder)
+    if seen is None or (checksums and not seen[2]):
+        return None
+    key, names, _, delta = seen
+    try:
+        stats = [os.stat(os.path.join(folder, name)) for name in names]
+    except OSError:
+        return None  # the full path names the missing file
+    now = (folder, *((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats))
+    return delta if now == key else None
+
+
 def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     """One delta segment, read whole: O(its rows); checksummed like a base. Kept per process
     (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
-    the deltas this process has not seen."""
+    the deltas this process has not seen (`_seen_delta`: a few stats each)."""
     import scipy.sparse as sp
 
+    seen = _seen_delta(ddir, checksums)
+    if seen is not None:
+        return seen
     with _reading(ddir / "manifest.json", label):
         manifest = json.loads((ddir / "manifest.json").read_text(encoding="utf-8"))
         if not isinstance(manifest, dict):
             raise ValueError("manifest is not a JSON object")
     verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
     key = _identity(ddir, manifest)
+    names = [*sorted(manifest.get("files", {})), "manifest.json"]
     with _BASES_LOCK:
         if key in _DELTAS:
+            _SEEN_DELTAS[key[0]] = (key, names, checksums, _DELTAS[key])
             return _DELTAS[key]
     counts = manifest.get("counts", {})
-    with _reading(ddir / "products.jsonl", label):
-        with open(ddir / "products.jsonl", encoding="utf-8") as fh:
+    products: list[Product] = []
+    if counts.get("products") or not counts.get("changes"):  # a change delta holds no products file
+        with _reading(ddir / "products.jsonl", label), open(ddir / "products.jsonl", encoding="utf-8") as fh:
             products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+    with _reading(ddir / "manifest.json", label):
         _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
         stored = manifest.get("category_counts")
         paths = (p.category_path for p in products)
@@ -399,8 +427,11 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     delta = _Delta(products, manifest, prefix_counts, vectors, lexical, changes)
     with _BASES_LOCK:
         _DELTAS[key] = delta
+        _SEEN_DELTAS[key[0]] = (key, names, checksums, delta)
         while len(_DELTAS) > _DELTAS_KEPT:
             _DELTAS.popitem(last=False)
+        while len(_SEEN_DELTAS) > _DELTAS_KEPT:
+            _SEEN_DELTAS.popitem(last=False)
     return delta
 
 

@@ -6,7 +6,7 @@ Layout inside a version folder (the base's own files stay where they were)::
     versions/<n>/deltas/LIST                                   committed deltas, one name a line
     versions/<n>/deltas/<seq>/manifest.json, products.jsonl, <m>.npy, <m>.rows.npy,
                               lexical.npz, lexical.rows.npy      one delta (the products of one add)
-                              changes.jsonl                      or the deletes / relabels of one change
+    versions/<n>/deltas/<seq>/manifest.json, changes.jsonl       or the deletes / relabels of one change
 
 An add writes one delta folder (staged, fsync'd, checksummed with indexer.store.local.integrity, renamed)
 and then replaces LIST atomically: a killed add leaves either the old LIST or the new one,
@@ -238,9 +238,8 @@ def write_delta(
     committed = read_list(version_dir)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
-            for record in products:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if products or not changes:  # a change delta has no products: one file (and fsync) less
+            write_jsonl(staging / "products.jsonl", products)
         counts = {"products": len(products)}
         if changes:
             write_jsonl(staging / CHANGES, changes)

@@ -1,0 +1,168 @@
+"""Delete and relabel latency at catalogue scale, on SYNTHETIC indexes (bench/synthetic.py).
+
+Issue 19's target: a delete or a relabel costs O(1) in the catalogue size, p50 <= 100 ms at
+10k and at 100k products, not growing with N. For each size:
+
+1. SYNTHETIC shards (`write_synthetic_shards`: embedded profile dims, 1280 image + 896 text,
+   7 categories) ingested by `python -m indexer ingest --no-calibrate` in a subprocess, the
+   default factory ("auto": Flat below 50k products, IVF-PQ from there);
+2. predict and similar-search p50 from stored vectors (one thread, as a service worker);
+3. --ops single-product deletes, then --ops single-product relabels (half of them to a
+   category the index does not have yet), each through `indexer.store.delete` / `relabel` as
+   the CLI and the API call them: write lock, live version re-read (its new deltas hashed),
+   change delta written and fsync'd, LIST swapped, audit event recorded (SQLite, synchronous
+   FULL), store reloaded. p50 / p95 / max, and the p50 of the first and last tenth (how the
+   cost grows with the deltas piling up before a compaction);
+4. one delete of 100 products in a single call;
+5. predict and similar-search again with the deleted rows skipped, and a check that no
+   deleted product is returned;
+6. the compaction the store starts past its delta thresholds (DELTA_COMPACT_SEGMENTS = 200
+   deltas by default: 2 x --ops = 200 crosses it), waited for and timed, or run by hand.
+
+The index is SYNTHETIC and so are its neighbourhoods: the figures are about store cost, not
+accuracy. The machine is shared: the load average is printed beside each figure.
+Run: .venv/bin/python bench/bench_delete_relabel.py [--sizes 10000,100000] [--ops 100] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from synthetic import ROOT, write_synthetic_shards
+
+from indexer.categorizer.vote import Categorizer, stored_queries
+from indexer.store import delete, open_store, relabel
+from indexer.store.local import index as local
+from service.state import set_threads
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def percentiles(times: list[float]) -> str:
+    ms = 1000 * np.asarray(times)
+    return f"p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.1f} ms"
+
+
+def growth(times: list[float]) -> str:
+    tenth = max(1, len(times) // 10)
+    first, last = 1000 * np.median(times[:tenth]), 1000 * np.median(times[-tenth:])
+    return f"first {tenth} p50 {first:.1f} ms, last {tenth} p50 {last:.1f} ms"
+
+
+def build(n: int, root: Path) -> Path:
+    shards, index = root / f"shards-{n}", root / f"index-{n}"
+    t0 = time.perf_counter()
+    write_synthetic_shards(shards, n)
+    cmd = [sys.executable, "-m", "indexer", "ingest", "--embeddings", str(shards), "--out", str(index)]
+    done = subprocess.run(
+        cmd + ["--no-calibrate"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
+    if done.returncode != 0:
+        sys.exit(f"ingest failed:\n{done.stdout}\n{done.stderr}")
+    shutil.rmtree(shards, ignore_errors=True)
+    factory = open_store(index).manifest["faiss"]["text"]["factory"]
+    print(f"index: {n} SYNTHETIC products ingested in {time.perf_counter() - t0:.1f} s (text factory {factory})")
+    return index
+
+
+def read_latency(store, rows: np.ndarray) -> tuple[list[float], list[float], set[str]]:
+    """Predict and similar-search times from stored vectors, and every id the searches returned."""
+    categorizer = Categorizer(store)
+    queries = stored_queries(store, rows)
+    predict, similar, seen = [], [], set()
+    for i in range(len(rows)):
+        q = {c: v[i : i + 1] for c, v in queries.items()}
+        t0 = time.perf_counter()
+        categorizer.predict_vectors(q, with_neighbors=False)
+        predict.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        hits = categorizer.neighbors(q, k=10)[0]
+        similar.append(time.perf_counter() - t0)
+        seen |= {h.id for h in hits}
+    return predict, similar, seen
+
+
+def run(n: int, ops: int, root: Path) -> None:
+    print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
+    index = build(n, root)
+    store = open_store(index)
+    rng = np.random.default_rng(0)
+    probe = rng.choice(n, 100, replace=False)
+    predict, similar, _ = read_latency(store, probe)
+    print(f"before: predict {percentiles(predict)}; similar {percentiles(similar)}")
+
+    victims = [int(r) for r in rng.choice(np.setdiff1d(np.arange(n), probe), 2 * ops + 100, replace=False)]
+    ids = [store.products[r].id for r in victims]
+    times = []
+    for pid in ids[:ops]:
+        t0 = time.perf_counter()
+        store = delete(store, [pid], actor="cli")
+        times.append(time.perf_counter() - t0)
+    print(f"delete, one product a call ({ops}, load average {load_average()}): {percentiles(times)}; {growth(times)}")
+
+    times = []
+    for i, pid in enumerate(ids[ops : 2 * ops]):
+        path = ("Garden", "Hoses", f"Bench {i % 5}") if i % 2 else ("Watches", "Wrist Watches", "Relabelled")
+        t0 = time.perf_counter()
+        store = relabel(store, {pid: path}, actor="cli")
+        times.append(time.perf_counter() - t0)
+    print(f"relabel, one product a call ({ops}, load average {load_average()}): {percentiles(times)}; {growth(times)}")
+    assert store.products[victims[ops + 1]].category_path[0] == "Garden" and "Garden" in store.categories()
+
+    t0 = time.perf_counter()
+    store = delete(store, ids[2 * ops :], actor="cli")
+    print(f"delete of 100 products in one call: {1000 * (time.perf_counter() - t0):.1f} ms")
+    print(f"deltas: {len(store.deltas)}, deleted rows {len(store.deleted)}, products {store.product_count()}")
+
+    predict, similar, seen = read_latency(store, probe)
+    gone = set(ids[:ops]) | set(ids[2 * ops :])
+    assert not seen & gone, "a deleted product was returned"
+    skipped = f"after ({len(store.deleted)} deleted rows skipped)"
+    print(f"{skipped}: predict {percentiles(predict)}; similar {percentiles(similar)}")
+
+    key = str(index.resolve())
+    running = local._COMPACTIONS.get(key)
+    t0 = time.perf_counter()
+    if running is not None:
+        running.join()
+        how = "started by the store past its thresholds, waited for"
+    else:
+        local.compact(index)
+        how = "run by hand"
+    compacted = open_store(index)
+    assert compacted.deltas == () and compacted.product_count() == n - ops - 100
+    print(
+        f"compaction ({how}): {time.perf_counter() - t0:.1f} s after the last change -> version "
+        f"{compacted.version}, {len(compacted.products)} rows (load average {load_average()})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--ops", type=int, default=100, help="deletes, then relabels, one product a call")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
+    args = parser.parse_args()
+    set_threads(1)  # one thread per request, as a service worker runs
+    root = Path(args.work or tempfile.mkdtemp(prefix="bench-delete-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            run(n, args.ops, root)
+    finally:
+        if args.work is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
