@@ -32,9 +32,10 @@ from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter
 from indexer.store.lexical import LexicalIndex
 
 # Up to this many deleted rows a search skips them by asking each channel for that many more
-# results (the RowFilter `skip` route); past it, it searches a filter of the live rows (built
-# once per loaded store, O(N)). The local backend compacts past the same count.
-SKIP_DELETED_ROWS = 1024
+# results (the RowFilter `skip` route: nothing to build); past it, it searches a filter of the
+# live rows (O(N) once per loaded store, then a bitmap FAISS tests in the scan). Deeper searches
+# cost more than the bitmap early: bench/bench_delete_relabel.py prints predict p50 both ways.
+SKIP_DELETED_ROWS = 32
 
 
 class VectorChannel(Protocol):

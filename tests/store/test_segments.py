@@ -478,3 +478,28 @@ def test_the_audit_log_is_append_only(tmp_path):
     db.close()
     assert [(e["action"], e["before"]) for e in log.history("p1")] == [("reject", {"listing": "l1"})]
     assert sqlite3.connect(tmp_path / "audit.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_a_filter_over_base_and_deltas_searches_the_base_through_its_index(tmp_path, factory):
+    """A segmented channel under a filter: the base part through its own index (a bitmap of the
+    allowed base positions), the deltas' allowed positions scanned exactly, the k best of both:
+    the same rows as an exact scan of every allowed vector."""
+    from indexer.store.local.faiss_search import exact_search
+
+    publish_fake(tmp_path, n=300, factory=factory)
+    store = open_store(tmp_path)
+    for i in range(3):
+        store = add_one(store, f"d{i}-", 20 + i)
+    text = store.modalities["text"]
+    assert isinstance(text.index, faiss.IndexShards)
+    rng = np.random.default_rng(1)
+    allowed = PositionFilter(np.sort(rng.choice(text.ntotal, 250, replace=False)), text.ntotal)
+    allowed = PositionFilter(np.union1d(allowed.positions, [300, 302]), text.ntotal)  # two delta rows in
+    queries = np.asarray(text.vectors[[0, 5, 300, 302]], np.float32)
+    sims, rows = filtered_search(text, queries, 10, allowed)
+    want_sims, want_positions = exact_search(text.vectors, queries, 10, allowed.positions)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-3)
+    assert (rows == text.rows[want_positions]).mean() >= (1.0 if factory == "Flat" else 0.9)
+    assert set(rows.ravel()) <= set(text.rows[allowed.positions])
+    assert allowed.below(300) is allowed.below(300) and allowed.below(300).ntotal == 300

@@ -252,7 +252,11 @@ def every_channel_hit(store: IndexStore, rows: list[int], k: int = N) -> set[str
     return hits
 
 
-def test_delete_hides_the_product_from_every_read(store):
+@pytest.mark.parametrize("skip", [32, 0])  # deleted rows searched around (skip) or filtered out (a bitmap)
+def test_delete_hides_the_product_from_every_read(store, skip, monkeypatch):
+    from indexer.store import base
+
+    monkeypatch.setattr(base, "SKIP_DELETED_ROWS", skip)
     victim = f"s{VICTIM:04d}"
     rows = [VICTIM, 9, 12]  # the victim itself, another Watches product, a product near it
     assert victim in every_channel_hit(store, rows)  # found everywhere before
@@ -456,6 +460,24 @@ def test_locations_parse_and_bad_ones_are_refused(tmp_path):
     assert backends.parse_vector_store("faiss") is None and backends.parse_vector_store("") is None
     with pytest.raises(ValueError, match="VECTOR_STORE"):
         backends.parse_vector_store("redis://x")
+
+
+def test_a_copy_into_milvus_keeps_deletes_and_relabels(tmp_path, milvus_db):
+    """A FAISS index with deletes and relabels in its deltas copied into Milvus: the copy
+    hides the same products and reads the same categories, row for row."""
+    publish_small(tmp_path / "faiss", FakeEncoder())
+    source = relabel(delete(open_store(tmp_path / "faiss"), ["s0003", "s0004"]), {"s0005": ("Garden",)})
+    loc = copy_to_milvus(source, MilvusLocation(str(milvus_db.resolve()), "changed"), replace=True)
+    copied = MilvusIndexStore.open(loc, local=tmp_path / "local")
+    assert len(copied.products) == N and list(copied.deleted) == [3, 4] and copied.product_count() == N - 2
+    assert copied.row_of("s0003") is None and copied.products[5].category_path == ("Garden",)
+    assert copied.category_index().counts() == source.category_index().counts()
+    queries = stored_queries(source, [6, 7])
+    assert every_channel_hit(copied, [6, 7]) == every_channel_hit(source, [6, 7])
+    assert not {"s0003", "s0004"} & every_channel_hit(copied, [6, 7])
+    assert [p.category for p in Categorizer(copied).predict_vectors(queries)] == [
+        p.category for p in Categorizer(source).predict_vectors(queries)
+    ]
 
 
 def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milvus_db, monkeypatch):

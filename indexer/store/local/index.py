@@ -57,7 +57,7 @@ import numpy as np
 from indexer.catalog.products import MODALITIES, Product, check_category_path
 from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store import audit
-from indexer.store.base import SKIP_DELETED_ROWS, IndexStore, check_compatible
+from indexer.store.base import IndexStore, check_compatible
 from indexer.store.categories import CODE_DTYPE, CategoryCodes, count_prefixes, counts_from_json, counts_to_json
 from indexer.store.errors import (
     DuplicateProduct,
@@ -100,9 +100,9 @@ DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
 # ... or past this many delta segments: a reload costs O(deltas) (one small manifest each;
 # bench_scale at 1M: 18 ms with 100 deltas), so one-product adds must not pile up 20000 of them.
 DELTA_COMPACT_SEGMENTS = int(os.environ.get("INDEX_DELTA_COMPACT_SEGMENTS", "200"))
-# ... or past this many deleted rows: up to SKIP_DELETED_ROWS a search skips them for the cost of
-# that much more depth, past it through an O(N) filter, so compaction starts well before that.
-DELTA_COMPACT_DELETES = int(os.environ.get("INDEX_DELTA_COMPACT_DELETES", str(SKIP_DELETED_ROWS // 2)))
+# ... or past this many deleted rows: searches filter them out (IndexStore.live_filter), and a
+# compaction drops them for good (their vectors still take memory and scan time until then).
+DELTA_COMPACT_DELETES = int(os.environ.get("INDEX_DELTA_COMPACT_DELETES", "1024"))
 _BASES_KEPT = 2
 DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
 CURRENT = "CURRENT"
