@@ -16,14 +16,14 @@ code is -1 (no count, no vote), and `live_filter` keeps them out of every search
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from indexer.catalog.products import Product
+from indexer.catalog.products import Product, check_category_path
 from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, model_id
 from indexer.store.categories import CategoryCodes
@@ -192,6 +192,24 @@ class IndexStore:
         O(N·d): a float32 copy of the stored vectors."""
         m = self.modalities[modality]
         return np.asarray(m.vectors, dtype=np.float32), np.asarray(m.rows)
+
+
+def checked_change(
+    deletes: Iterable[str], relabels: Mapping[str, Iterable[str]] | None
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """A delete / relabel request as every backend takes it: (ids to delete, each once, in order;
+    {id: checked path}). Refused before anything is read: nothing named, an id both deleted and
+    relabelled (ValueError), a malformed path or a plain string for one (CategoryPathError)."""
+    wanted = {
+        str(pid): check_category_path(p if isinstance(p, str) else list(p)) for pid, p in (relabels or {}).items()
+    }
+    doomed = list(dict.fromkeys(str(pid) for pid in deletes))
+    if not doomed and not wanted:
+        raise ValueError("name at least one product to delete or relabel")
+    both = sorted(set(doomed) & set(wanted))
+    if both:
+        raise ValueError(f"products both deleted and relabelled in one change: {', '.join(both[:5])}")
+    return doomed, wanted
 
 
 def check_compatible(manifest: Mapping, encoder: Encoder) -> None:

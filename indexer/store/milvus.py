@@ -64,12 +64,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from indexer.catalog.products import MODALITIES, Product, check_category_path
+from indexer.catalog.products import MODALITIES, Product
 from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
 from indexer.store.audit import event as audit_event
-from indexer.store.base import IndexStore, check_compatible
+from indexer.store.base import IndexStore, check_compatible, checked_change
 from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError, ProductNotFound
 from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
 from indexer.store.lexical import LexicalIndex
@@ -817,13 +817,7 @@ class MilvusIndexStore(IndexStore):
         a relabel may name a path no product has yet; one equal to the product's own changes
         nothing. Refused whole, nothing written: an unknown or deleted id (ProductNotFound), a
         malformed path (CategoryPathError), an id both deleted and relabelled (ValueError)."""
-        wanted = {str(pid): check_category_path(list(p)) for pid, p in (relabels or {}).items()}
-        doomed = list(dict.fromkeys(str(pid) for pid in deletes))
-        if not doomed and not wanted:
-            raise ValueError("name at least one product to delete or relabel")
-        both = sorted(set(doomed) & set(wanted))
-        if both:
-            raise ValueError(f"products both deleted and relabelled in one change: {', '.join(both[:5])}")
+        doomed, wanted = checked_change(deletes, relabels)
         loc = self.location
         client = client_for(loc.uri)
         at = utc_now()

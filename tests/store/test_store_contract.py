@@ -324,6 +324,7 @@ def test_relabel_to_the_same_path_changes_nothing(store):
         ("relabel", {"s0001": ()}),
         ("relabel", {"s0001": ("A >> B",)}),  # the separator inside a level
         ("relabel", {"s0001": tuple("abcdefghijk")}),  # 11 levels
+        ("relabel", {"s0001": "Garden"}),  # a string is not a list of levels (not 6 levels G, a, r...)
     ],
 )
 def test_bad_changes_are_refused_and_change_nothing(store, bad):

@@ -54,10 +54,10 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from indexer.catalog.products import MODALITIES, Product, check_category_path
+from indexer.catalog.products import MODALITIES, Product
 from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store import audit
-from indexer.store.base import IndexStore, check_compatible
+from indexer.store.base import IndexStore, check_compatible, checked_change
 from indexer.store.categories import CODE_DTYPE, CategoryCodes, count_prefixes, counts_from_json, counts_to_json
 from indexer.store.errors import (
     DuplicateProduct,
@@ -142,6 +142,7 @@ class LocalIndexStore(IndexStore):
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     base: _Base | None = field(default=None, repr=False, compare=False)
     changed: int = 0  # change records (deletes, relabels) in the deltas
+    segments: tuple = field(default=(), repr=False, compare=False)  # (base manifest, settings, deltas) read
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
@@ -181,11 +182,37 @@ class LocalIndexStore(IndexStore):
             apply_search_params(index, settings)
         deltas = read_list(vdir)
         parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
-        store = _combine(cls, path, version, manifest, base, deltas, parts)
+        return cls._assemble(path, version, manifest, base, deltas, parts, settings)
+
+    @classmethod
+    def _assemble(
+        cls,
+        path: Path,
+        version: str,
+        manifest: dict,
+        base: _Base,
+        names: tuple[str, ...],
+        parts: list[_Delta],
+        settings: Mapping[str, int],
+    ) -> LocalIndexStore:
+        store = _combine(cls, path, version, manifest, base, names, parts)
         for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
             exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
             channel.refine = 1 if exact else settings["refine"]
+        store.segments = (manifest, dict(settings), list(parts))
         return store
+
+    def with_delta(self, name: str) -> LocalIndexStore:
+        """This store plus the delta `name` its writer has just committed on top of it (the
+        caller still holds the write lock, so nothing else changed): only that delta is read,
+        the others are reused, O(that delta + `_combine`)."""
+        manifest, settings, parts = self.segments
+        label = f"index version {self.version} ({VERSIONS}/{self.version}), delta {name}"
+        delta = _load_delta(self.path / VERSIONS / self.version / "deltas" / name, label, checksums=False)
+        assert self.base is not None
+        return type(self)._assemble(
+            self.path, self.version, manifest, self.base, (*self.deltas, name), [*parts, delta], settings
+        )
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version or delta: two small file reads."""
@@ -380,6 +407,8 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     key = _identity(ddir, manifest)
     names = [*sorted(manifest.get("files", {})), "manifest.json"]
     with _BASES_LOCK:
+        before = _SEEN_DELTAS.get(key[0])
+        checksums = checksums or (before is not None and before[0] == key and before[2])  # once hashed, stays so
         if key in _DELTAS:
             _SEEN_DELTAS[key[0]] = (key, names, checksums, _DELTAS[key])
             return _DELTAS[key]
@@ -816,7 +845,7 @@ def append(
             has_text = np.flatnonzero([bool(t) for t in texts])
             lexical = (live.lexical.transform([texts[i] for i in has_text]), start + has_text)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_delta(
+        name = write_delta(
             path / VERSIONS / live.version,
             [p.to_record() for p in new_products],
             vectors,
@@ -830,7 +859,7 @@ def append(
             },
         )
         audit.AuditLog(path).record_events(events)
-        out = LocalIndexStore.load(path)
+        out = live.with_delta(name)
     if compact_past_threshold and out.past_compaction_threshold():
         start_background_compaction(path)
     return out
@@ -858,13 +887,7 @@ def change(
     Each product changed is an audit event by `actor`, recorded right after the commit. Past
     the delta thresholds a background compaction folds the changes into a new base (`compact`).
     """
-    wanted = {str(pid): check_category_path(list(p)) for pid, p in (relabels or {}).items()}
-    doomed = list(dict.fromkeys(str(pid) for pid in deletes))
-    if not doomed and not wanted:
-        raise ValueError("name at least one product to delete or relabel")
-    both = sorted(set(doomed) & set(wanted))
-    if both:
-        raise ValueError(f"products both deleted and relabelled in one change: {', '.join(both[:5])}")
+    doomed, wanted = checked_change(deletes, relabels)
     path = store.path
     at = audit.utc_now()
     with write_lock(path):
@@ -892,7 +915,7 @@ def change(
             records.append(dict(record, product=after.to_record()))
         if not records:
             return live
-        write_delta(
+        name = write_delta(
             path / VERSIONS / live.version,
             [],
             {},
@@ -901,7 +924,7 @@ def change(
             changes=records,
         )
         audit.AuditLog(path).record_events([r["event"] for r in records])
-        out = LocalIndexStore.load(path)
+        out = live.with_delta(name)
     if compact_past_threshold and out.past_compaction_threshold():
         start_background_compaction(path)
     return out
