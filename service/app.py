@@ -52,7 +52,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(review_page.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
-        metrics.set_index_size(len(live.store.products))
+        metrics.set_index_size(live.store.product_count())
         app.extensions["listings"].recover()  # listings a killed process left half-filed
     elif load and state.fatal:
         # versions exist but none verifies: serving nothing beats serving damage (gunicorn's

@@ -4,7 +4,8 @@
 predicted category, a `review` decision queues it (indexer.store.review) with what a reviewer
 needs. A reviewer's category makes it a labelled product through the path every add takes
 (indexer.pipeline.add_products), visible to the next query; a rejection drops it. Each change
-is written to the audit log (indexer.store.AuditLog) with the kind of token that made it.
+is in the audit trail (indexer.store.AuditLog) with the kind of token that made it: the store
+records the adds (`add_products(action=, actor=, notes=)`), this module the rejections.
 
 Crash safety (the queue's journal, see indexer.store.review): a row is recorded before its add,
 the add is idempotent by product id (DuplicateProduct on the same product = already applied),
@@ -145,21 +146,20 @@ class Listings:
             return finished
         if listing.status == FILING:
             path = list(listing.category_path)
-            action, actor, before = "auto-listing", WRITER, None
-            after = {"category_path": path, "decided_by": dict(listing.prediction, decision="auto")}
+            action, actor = "auto-listing", WRITER
+            note = {"decided_by": dict(listing.prediction, decision="auto")}
         else:
             path = list((listing.decision or {}).get("category_path", []))
-            action, actor, before = "review", listing.actor or REVIEWER, self._before(listing)
-            after = {"category_path": path}
-        try:
-            store = self._add(listing, path)
+            action, actor = "review", listing.actor or REVIEWER
+            note = {"listing": self._before(listing)}
+        try:  # the store records the add in the audit trail, exactly once (indexer.store.audit)
+            store = self._add(listing, path, action, actor, note)
         except AlreadyIndexed:
             if listing.status == DECIDING:
                 self.queue.reopen(listing.id)
             else:  # an auto listing whose id another add took: it is not filed, say so once
                 self.queue.finish(listing.id, {"id": listing.id, "where": "conflict"})
             raise
-        self._audit_once(listing.id, action, actor, before, after)
         result = {
             "id": listing.id,
             "status": FILED if listing.status == FILING else DONE,
@@ -185,7 +185,7 @@ class Listings:
             "reasons": [r.get("code") for r in listing.reasons],
         }
 
-    def _add(self, listing: Listing, path: list[str]) -> IndexStore:
+    def _add(self, listing: Listing, path: list[str], action: str, actor: str, note: dict) -> IndexStore:
         """The listing as a labelled product of the index, once: an add that finds its id already
         indexed with the same name and category was applied before (a process died after it)."""
         from indexer.pipeline import add_products
@@ -220,6 +220,9 @@ class Listings:
                 live.encoder,
                 before_publish=move_photo_into_place,
                 stored=[product],
+                action=action,
+                actor=actor,
+                notes={listing.id: note},
             )
         except DuplicateProduct:
             store = open_store(self.index_dir)
@@ -233,8 +236,9 @@ class Listings:
         return store
 
     def _audit_once(self, product_id: str, action: str, actor: str, before: dict | None, after: dict | None) -> None:
-        """Record `action` unless the log already holds it for this id (a listing id is listed,
-        filed and decided once): a process killed between the add and this record re-runs it."""
+        """Record `action` unless the log already holds it for this id (a listing is rejected once):
+        a process killed between the rejection and its row's update re-runs it. Adds are
+        recorded by the store itself."""
         if any(entry["action"] == action for entry in self.audit.history(product_id)):
             return
         self.audit.record(product_id, action, actor, before, after)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from indexer.categorizer import calibrate
 from indexer.store import IndexStore, open_store, publish_manifest_entries
+from indexer.store.audit import utc_now
 
 
 @dataclass
@@ -43,7 +44,7 @@ def recalibrate(index: str | Path, size: int | None = None, store: IndexStore | 
     store = store or open_store(index)
     before = (store.manifest.get("categorizer") or {}).get("threshold")
     start = time.perf_counter()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # changes after this are the next fit's
+    stamp = utc_now()  # the audit log's clock: changes recorded after this are the next fit's
     entry = calibrate(store, size=size)
     seen = f"version {store.version} + {len(store.deltas)} deltas"
     entry["refit"] = {

@@ -52,9 +52,18 @@ class PositionFilter:
     ntotal: int
     _mask: np.ndarray | None = field(default=None, init=False, repr=False)
     _selector: Any = field(default=None, init=False, repr=False)
+    _below: dict[int, PositionFilter] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def below(self, limit: int) -> PositionFilter:
+        """The allowed positions under `limit` as a filter of a channel of `limit` positions
+        (a segmented channel's base): O(log |positions|) once, then cached with its views."""
+        if limit not in self._below:
+            cut = int(np.searchsorted(self.positions, limit))
+            self._below[limit] = PositionFilter(self.positions[:cut], limit)
+        return self._below[limit]
 
     def mask(self) -> np.ndarray:
         """Bool per channel position: O(ntotal) once, then O(1) per lookup."""

@@ -21,6 +21,17 @@ An add upserts the new entities at rows `committed, committed + 1, ...`, then mo
 its commit are never returned, and the next add overwrites them. Another process notices
 an add by reading `state` (`is_stale`: one small query) and loads only the new rows.
 
+A delete or relabel (`change`) keeps the row: a deleted product's entity is upserted with no
+vector flags (`has_<m>` false, so no search returns it), no category path (no category
+filter matches it) and `"deleted": true` in its record; a relabelled one is upserted with its
+new path (its vectors read back and written unchanged). The change is first written to the
+meta collection as `change/<n>` (the rows, their new records, the audit events), then the
+entities are upserted, then `state.changes` moves to n: a writer killed after the first step
+leaves `change/<n>` past `state.changes`, and the next writer finishes it (the upserts are
+idempotent) before its own change. Other processes notice `state.changes` move and re-read
+only the rows the new entries name. The collection is created with Strong consistency, so
+the next search sees an upsert on a server too.
+
 Text: the lexical channel stays the embedded TF-IDF index (indexer.store.lexical), stored in the
 meta collection and searched in process. This Milvus Lite (3.2.2) does run BM25 full-text
 search, but its term statistics are the whole collection's: the nested evaluation refits the
@@ -37,6 +48,7 @@ Milvus Lite opens a database from one process at a time: a service on Lite runs 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -45,7 +57,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,8 +67,10 @@ import numpy as np
 from indexer.catalog.products import MODALITIES, Product
 from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, l2_normalize
-from indexer.store.base import IndexStore, check_compatible
-from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError
+from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
+from indexer.store.audit import event as audit_event
+from indexer.store.base import IndexStore, check_compatible, checked_change
+from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError, ProductNotFound
 from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
 from indexer.store.lexical import LexicalIndex
 from indexer.store.locks import write_lock
@@ -234,19 +248,27 @@ def _create_collection(
 
 
 def _entities(
-    products: Sequence[Product], start: int, vectors: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
+    products: Sequence[Product],
+    start: int,
+    vectors: Mapping[str, np.ndarray],
+    present: Mapping[str, np.ndarray],
+    deleted: np.ndarray | None = None,
+    rows: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Entities of products at rows start, start+1, ...; vectors[m][i] is product i's (zeros if absent)."""
+    """Entities of products at rows start, start+1, ... (or at `rows`); vectors[m][i] is product
+    i's (zeros if absent). A `deleted` product keeps its record, marked, and loses its path."""
     out = []
     for i, product in enumerate(products):
-        record = json.dumps(product.to_record(), ensure_ascii=False)
+        gone = bool(deleted is not None and deleted[i])
+        fields = dict(product.to_record(), deleted=True) if gone else product.to_record()
+        record = json.dumps(fields, ensure_ascii=False)
         if len(record) > RECORD_CHARS:
             raise ValueError(f"product {product.id}: record of {len(record)} characters exceeds {RECORD_CHARS}")
         entity: dict[str, Any] = {
-            "row": start + i,
+            "row": start + i if rows is None else int(rows[i]),
             "id": product.id,
             "name": (product.name or "")[:RECORD_CHARS],
-            "category_path": list(product.category_path),
+            "category_path": [] if gone else list(product.category_path),
             "record": record,
         }
         for modality, vecs in vectors.items():
@@ -295,7 +317,8 @@ def copy_to_milvus(
             if has.any():
                 out[has] = np.asarray(channel.vectors[pos[has]], dtype=np.float32)
             vectors[modality], present[modality] = out, has
-        client.insert(loc.collection, _entities([store.products[int(r)] for r in rows], lo, vectors, present))
+        gone = np.isin(rows, store.deleted)
+        client.insert(loc.collection, _entities([store.products[int(r)] for r in rows], lo, vectors, present, gone))
         if progress is not None:
             progress(int(rows[-1]) + 1, n)
     manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "deltas")}
@@ -528,7 +551,8 @@ class MilvusChannel:
 
 @dataclass
 class _Snapshot:
-    """What a process has read of a collection: kept so a reload after an add reads only the new rows."""
+    """What a process has read of a collection: kept so a reload after an add or a change reads
+    only the new or changed rows."""
 
     build: str
     manifest: dict
@@ -536,31 +560,46 @@ class _Snapshot:
     present: dict[str, list[np.ndarray]]
     lexical: LexicalIndex | None
     lexical_rows: int
+    deleted: frozenset[int] = frozenset()
+    changes: int = 0  # change entries read (`state.changes` when they were)
 
 
 _LOADED: dict[tuple[str, str], _Snapshot] = {}
 
 
+def _parse_record(raw: str) -> tuple[Product, bool]:
+    """A stored record as (product, deleted); a deleted product reads with no category path."""
+    record = json.loads(raw)
+    product = Product.from_record(record)
+    if record.get("deleted"):
+        return dataclasses.replace(product, category_path=()), True
+    return product, False
+
+
 def _fetch_products(
     client: Any, loc: MilvusLocation, modalities: Sequence[str], lo: int, hi: int
-) -> tuple[list[Product], dict[str, np.ndarray]]:
-    """Products at rows [lo, hi) and their has_<modality> flags: O(hi - lo) entities."""
+) -> tuple[list[Product], dict[str, np.ndarray], set[int]]:
+    """Products at rows [lo, hi), their has_<modality> flags and which rows are deleted:
+    O(hi - lo) entities."""
     fields = ["record", *(f"has_{m}" for m in modalities)]
     products: list[Product | None] = [None] * (hi - lo)
     present = {m: np.zeros(hi - lo, bool) for m in modalities}
+    deleted = set()
     for start in range(lo, hi, FETCH_ROWS):
         stop = min(start + FETCH_ROWS, hi)
         for hit in client.query(
             loc.collection, filter=f"row >= {start} and row < {stop}", output_fields=fields, limit=stop - start
         ):
             i = int(hit["row"]) - lo
-            products[i] = Product.from_record(json.loads(hit["record"]))
+            products[i], gone = _parse_record(hit["record"])
+            if gone:
+                deleted.add(lo + i)
             for m in modalities:
                 present[m][i] = bool(hit[f"has_{m}"])
     missing = [lo + i for i, p in enumerate(products) if p is None]
     if missing:
         raise IndexDamaged(f"Milvus collection {loc.collection} lacks committed rows {missing[:5]}")
-    return [p for p in products if p is not None], present
+    return [p for p in products if p is not None], present, deleted
 
 
 class MilvusIndexStore(IndexStore):
@@ -569,6 +608,7 @@ class MilvusIndexStore(IndexStore):
     backend: ClassVar[str] = "milvus"
     location: MilvusLocation
     build: str
+    changes_read: int = 0
 
     @classmethod
     def open(
@@ -577,9 +617,11 @@ class MilvusIndexStore(IndexStore):
         """Load the committed rows; with `encoder`, refuse an index of other models (IndexMismatch).
 
         First load in a process: O(N) entities read (records and flags, not vectors) plus the
-        lexical channel; a reload after adds reads only the rows added since (O(added)).
-        `local` is the index folder of uploaded photos and the embedding cache (the service's
-        INDEX_DIR); by default the Lite database's folder."""
+        lexical channel; a reload after adds reads only the rows added since (O(added)), after
+        deletes or relabels only the rows they name (O(changed), plus an O(N) copy of the
+        product list's pointers and flags so stores loaded before keep theirs).
+        `local` is the index folder of uploaded photos, the embedding cache and the audit trail
+        (the service's INDEX_DIR); by default the Lite database's folder."""
         loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
         client = client_for(loc.uri)
         if not client.has_collection(loc.collection) or not client.has_collection(loc.meta):
@@ -589,19 +631,28 @@ class MilvusIndexStore(IndexStore):
             )
         client.load_collection(loc.meta)
         state = read_state(client, loc)
+        changes = int(state.get("changes", 0))
         key = (loc.uri, loc.collection)
         snap = _LOADED.get(key)
-        if snap is None or snap.build != state["build"] or len(snap.products) > int(state["rows"]):
+        if (
+            snap is None
+            or snap.build != state["build"]
+            or len(snap.products) > int(state["rows"])
+            or snap.changes > changes
+        ):
             manifest = json.loads(get_blob(client, loc, "manifest"))
             lexical = _lexical_from_bytes(get_blob(client, loc, "lexical")) if manifest.get("lexical") else None
             snap = _Snapshot(state["build"], manifest, [], {m: [] for m in manifest["dims"]}, lexical, 0)
             snap.lexical_rows = int(state.get("lexical_rows", 0))
+            snap.changes = changes  # a first read sees every committed change in the records
         if encoder is not None:
             check_compatible(snap.manifest, encoder)
         client.load_collection(loc.collection)
         committed = int(state["rows"])
         if len(snap.products) < committed:
             snap = _extend(snap, client, loc, committed)
+        if snap.changes < changes:
+            snap = _reread_changed(snap, client, loc, changes)
         _LOADED[key] = snap
         return cls._from_snapshot(snap, client, loc, local)
 
@@ -626,20 +677,24 @@ class MilvusIndexStore(IndexStore):
         manifest["counts"] = counts
         if n > copied:
             manifest["added_products"] = int(manifest.get("added_products", 0)) + n - copied
+        if n > copied or snap.changes:
             manifest["categories"] = sorted({p.category for p in snap.products if p.category})
+        if snap.deleted:
+            manifest["deleted_products"] = len(snap.deleted)
         if snap.lexical is not None and manifest.get("lexical"):
             manifest["lexical"] = dict(manifest["lexical"], count=int(snap.lexical.ntotal))
         if local is None:
             local = Path(loc.uri).parent if loc.lite else Path(".")
         store = cls(
             path=Path(local),
-            version=f"milvus-{snap.build[:8]}-{n}",
+            version=f"milvus-{snap.build[:8]}-{n}-{snap.changes}",
             manifest=manifest,
             products=snap.products,
             modalities=modalities,
             lexical=snap.lexical,
+            deleted=np.asarray(sorted(snap.deleted), dtype=np.int64),
         )
-        store.location, store.build = loc, snap.build
+        store.location, store.build, store.changes_read = loc, snap.build, snap.changes
         return store
 
     @classmethod
@@ -656,12 +711,16 @@ class MilvusIndexStore(IndexStore):
         return cls.open(path, encoder)
 
     def is_stale(self) -> bool:
-        """True when any process committed an add (or a new copy): one small query."""
+        """True when any process committed an add, a change (or a new copy): one small query."""
         try:
             state = read_state(self.modalities_client(), self.location)
         except IndexNotFound:
             return False
-        return state["build"] != self.build or int(state["rows"]) != len(self.products)
+        return (
+            state["build"] != self.build
+            or int(state["rows"]) != len(self.products)
+            or int(state.get("changes", 0)) != self.changes_read
+        )
 
     def modalities_client(self) -> Any:
         return client_for(self.location.uri)
@@ -671,21 +730,47 @@ class MilvusIndexStore(IndexStore):
             self._lookups["categories"] = MilvusCategoryIndex(self, self.category_codes())
         return self._lookups["categories"]
 
+    # ---- writing --------------------------------------------------------------------------
+    def _live(self) -> MilvusIndexStore:
+        """The live store for a writer holding the lock: a change a killed writer left half
+        done is finished first, and the last write's audit events recorded if they were not."""
+        loc = self.location
+        client = client_for(loc.uri)
+        state = read_state(client, loc)
+        pending = _change_entry(client, loc, int(state.get("changes", 0)) + 1)
+        if pending is not None:
+            live = type(self).open(loc, local=self.path)
+            _apply_change(client, loc, live, pending)
+            _commit_change(client, loc, int(state.get("changes", 0)) + 1)
+            state = read_state(client, loc)
+        live = type(self).open(loc, local=self.path)
+        _journal_last(client, loc, state, live)
+        return live
+
     def insert(
         self,
         new_products: list[Product],
         new_vectors: Mapping[str, np.ndarray | None],
         before_publish: Callable[[IndexStore], None] | None = None,
+        action: str = "add",
+        actor: str = "cli",
+        notes: Mapping[str, Mapping] | None = None,
     ) -> MilvusIndexStore:
         """Add products as Milvus upserts at the next rows, then commit `state.rows`: O(batch).
+        Each product is an audit event (`action` by `actor`, `notes[id]` joining its `after`),
+        recorded right after the commit.
 
         Writers of one machine are serialised by a file lock (for Lite, beside the database;
         for a server, in the temp folder): several hosts adding to one server collection at
         once are not coordinated here (see README)."""
         loc = self.location
         client = client_for(loc.uri)
+        info: dict[str, Any] = {"event": new_event_id(), "time": utc_now(), "action": action, "actor": actor}
+        if notes:
+            info["notes"] = {str(k): dict(v) for k, v in notes.items()}
+        events = _add_events(new_products, info)  # checks the action and actor before anything is written
         with write_lock(_lock_dir(loc)):
-            live = type(self).open(loc, local=self.path)
+            live = self._live()
             clash = [p.id for p in new_products if live.row_of(p.id) is not None]
             if clash:
                 raise DuplicateProduct(clash)
@@ -710,19 +795,189 @@ class MilvusIndexStore(IndexStore):
             if unknown:
                 raise ValueError(f"unknown modality {sorted(unknown)!r}")
             entities = _entities(new_products, start, vectors, present)
+            put_blob(client, loc, f"add/{start}", json.dumps(info, ensure_ascii=False).encode())
             for lo in range(0, len(entities), INSERT_ROWS):
                 client.upsert(loc.collection, entities[lo : lo + INSERT_ROWS])
             state = read_state(client, loc)
             state["rows"] = start + len(new_products)
+            state["last"] = {"add": [start, start + len(new_products)]}
             _put_values(client, loc, {"state": json.dumps(state)})
+            AuditLog(self.path).record_events(events)
             return type(self).open(loc, local=self.path)
+
+    def change(
+        self,
+        deletes: Iterable[str] = (),
+        relabels: Mapping[str, Iterable[str]] | None = None,
+        actor: str = "cli",
+    ) -> MilvusIndexStore:
+        """Delete and/or relabel products: O(batch) upserts (see the module docstring for the
+        order that makes a killed writer's change finish, not vanish). A deleted product is in no
+        search, vote or category count from the next load on (its flags and path are cleared);
+        a relabel may name a path no product has yet; one equal to the product's own changes
+        nothing. Refused whole, nothing written: an unknown or deleted id (ProductNotFound), a
+        malformed path (CategoryPathError), an id both deleted and relabelled (ValueError)."""
+        doomed, wanted = checked_change(deletes, relabels)
+        loc = self.location
+        client = client_for(loc.uri)
+        at = utc_now()
+        with write_lock(_lock_dir(loc)):
+            live = self._live()
+            found = {pid: live.row_of(pid) for pid in [*doomed, *wanted]}
+            missing = [pid for pid, row in found.items() if row is None]
+            if missing:
+                raise ProductNotFound(missing)
+            rows = {pid: int(row) for pid, row in found.items() if row is not None}
+            entry: dict[str, Any] = {"deletes": [], "relabels": [], "records": {}, "events": []}
+            for pid in doomed:
+                row, before = rows[pid], live.products[rows[pid]].to_record()
+                entry["deletes"].append(row)
+                entry["records"][str(row)] = before
+                entry["events"].append(audit_event(pid, "delete", actor, before, None, at=at))
+            for pid, new_path in wanted.items():
+                row = rows[pid]
+                product = live.products[row]
+                if tuple(product.category_path) == new_path:
+                    continue
+                entry["relabels"].append(row)
+                entry["records"][str(row)] = dict(product.to_record(), category_path=list(new_path))
+                entry["events"].append(
+                    audit_event(
+                        pid,
+                        "relabel",
+                        actor,
+                        {"category_path": list(product.category_path)},
+                        {"category_path": list(new_path)},
+                        at=at,
+                    )
+                )
+            if not entry["events"]:
+                return live
+            seq = live.changes_read + 1
+            put_blob(client, loc, f"change/{seq}", json.dumps(entry, ensure_ascii=False).encode())
+            _apply_change(client, loc, live, entry)
+            _commit_change(client, loc, seq)
+            AuditLog(self.path).record_events(entry["events"])
+            return type(self).open(loc, local=self.path)
+
+
+def _add_events(products: Sequence[Product], info: Mapping[str, Any]) -> list[dict]:
+    """The audit events of an add (`info`: its event id, time, action, actor, notes per id)."""
+    notes = info.get("notes") or {}
+    return [
+        audit_event(
+            p.id,
+            info["action"],
+            info["actor"],
+            None,
+            dict(p.to_record(), **notes.get(p.id, {})),
+            event_id=f"{info['event']}/{i}",
+            at=info["time"],
+        )
+        for i, p in enumerate(products)
+    ]
+
+
+def _change_entry(client: Any, loc: MilvusLocation, seq: int) -> dict | None:
+    """The change entry `change/<seq>`, None when none was written (its header goes last)."""
+    name = f"change/{seq}"
+    if name not in _get_values(client, loc, [name]):
+        return None
+    return dict(json.loads(get_blob(client, loc, name)))
+
+
+def _apply_change(client: Any, loc: MilvusLocation, live: MilvusIndexStore, entry: Mapping[str, Any]) -> None:
+    """Upsert the entities of a change entry: deleted rows with zero vectors, no flags and no
+    path; relabelled rows with their vectors read back and their new path. Idempotent. O(batch·d)."""
+    dims = {m: int(d) for m, d in live.manifest["dims"].items()}
+    records = entry["records"]
+    deletes = [int(r) for r in entry["deletes"]]
+    relabels = [int(r) for r in entry["relabels"]]
+    entities = []
+    if deletes:
+        zeros = {m: np.zeros((len(deletes), d), np.float32) for m, d in dims.items()}
+        none = {m: np.zeros(len(deletes), bool) for m in dims}
+        products = [Product.from_record(records[str(r)]) for r in deletes]
+        entities += _entities(products, 0, zeros, none, np.ones(len(deletes), bool), rows=deletes)
+    if relabels:
+        fields = [*dims, *(f"has_{m}" for m in dims)]
+        found = {int(h["row"]): h for h in client.query(loc.collection, ids=relabels, output_fields=fields)}
+        lost = [r for r in relabels if r not in found]
+        if lost:
+            raise IndexDamaged(f"Milvus collection {loc.collection} lacks rows {lost[:5]}")
+        vectors = {m: np.asarray([found[r][m] for r in relabels], np.float32) for m in dims}
+        present = {m: np.asarray([bool(found[r][f"has_{m}"]) for r in relabels]) for m in dims}
+        products = [Product.from_record(records[str(r)]) for r in relabels]
+        entities += _entities(products, 0, vectors, present, rows=relabels)
+    for lo in range(0, len(entities), INSERT_ROWS):
+        client.upsert(loc.collection, entities[lo : lo + INSERT_ROWS])
+
+
+def _commit_change(client: Any, loc: MilvusLocation, seq: int) -> None:
+    state = read_state(client, loc)
+    state["changes"] = seq
+    state["last"] = {"change": seq}
+    _put_values(client, loc, {"state": json.dumps(state)})
+
+
+def _journal_last(client: Any, loc: MilvusLocation, state: Mapping[str, Any], live: MilvusIndexStore) -> None:
+    """Record the audit events of the last committed write if its writer died before it could:
+    one lookup when they are recorded (`indexer.store.audit.record_unrecorded`)."""
+    last = state.get("last") or {}
+    events: list[dict] = []
+    if "change" in last:
+        entry = _change_entry(client, loc, int(last["change"]))
+        events = list(entry["events"]) if entry else []
+    elif "add" in last:
+        start, stop = (int(x) for x in last["add"])
+        name = f"add/{start}"
+        if name in _get_values(client, loc, [name]):
+            info = json.loads(get_blob(client, loc, name))
+            events = _add_events(live.products[start:stop], info)
+    record_unrecorded(live.path, events)
+
+
+def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: int) -> _Snapshot:
+    """The snapshot with the rows of change entries (snap.changes, changes] read again:
+    O(entries + rows changed) from Milvus, O(N) pointer and flag copies in memory."""
+    rows: set[int] = set()
+    for seq in range(snap.changes + 1, changes + 1):
+        entry = _change_entry(client, loc, seq)
+        if entry is None:
+            raise IndexDamaged(f"Milvus collection {loc.meta} lacks the committed change/{seq}")
+        rows.update(int(r) for r in [*entry["deletes"], *entry["relabels"]])
+    modalities = list(snap.present)
+    fields = ["record", *(f"has_{m}" for m in modalities)]
+    found: dict[int, dict] = {}
+    ordered = sorted(r for r in rows if r < len(snap.products))
+    for lo in range(0, len(ordered), FETCH_ROWS):
+        for hit in client.query(loc.collection, ids=ordered[lo : lo + FETCH_ROWS], output_fields=fields):
+            found[int(hit["row"])] = hit
+    products = list(snap.products)
+    present = {m: np.concatenate(parts).copy() if parts else np.zeros(0, bool) for m, parts in snap.present.items()}
+    deleted = set(snap.deleted)
+    for row, hit in found.items():
+        products[row], gone = _parse_record(hit["record"])
+        (deleted.add if gone else deleted.discard)(row)
+        for m in modalities:
+            present[m][row] = bool(hit[f"has_{m}"])
+    return _Snapshot(
+        snap.build,
+        snap.manifest,
+        products,
+        {m: [flags] for m, flags in present.items()},
+        snap.lexical,
+        snap.lexical_rows,
+        frozenset(deleted),
+        changes,
+    )
 
 
 def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int) -> _Snapshot:
     """The snapshot plus rows [len(products), committed): their lexical rows are transformed
     with the stored vocabulary (no refit on add, as the FAISS store does)."""
     lo = len(snap.products)
-    products, present = _fetch_products(client, loc, list(snap.present), lo, committed)
+    products, present, deleted = _fetch_products(client, loc, list(snap.present), lo, committed)
     lexical = snap.lexical
     if lexical is not None and committed > snap.lexical_rows:
         start = max(lo, snap.lexical_rows)
@@ -739,6 +994,8 @@ def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int) -
         {m: [*parts, present[m]] for m, parts in snap.present.items()},
         lexical,
         max(snap.lexical_rows, committed) if lexical is not None else snap.lexical_rows,
+        snap.deleted | deleted,
+        snap.changes,
     )
 
 

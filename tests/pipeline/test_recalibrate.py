@@ -69,10 +69,12 @@ def test_the_service_refits_in_the_background_after_enough_changes(index, monkey
     from service.config import Config
 
     path, _ = index
+    recalibrate(path)  # the adds of the fixture are in the audit log: start from a fresh fit
     monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, lambda **options: FakeEncoder(**options))
     app = create_app(Config(index_dir=str(path), recalibrate_after=3, verify_checksums=False), encoder=FakeEncoder())
     recalibrator = app.extensions["recalibrator"]
     version = open_store(path).version
+    assert recalibrator.pending(open_store(path)) == 0
     audit = AuditLog(path)
     for i in range(2):
         audit.record(f"p{i}", "relabel", "cli", {"category_path": ["A"]}, {"category_path": ["B"]})

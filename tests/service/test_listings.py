@@ -274,7 +274,8 @@ def test_an_add_done_before_a_kill_is_not_applied_twice(client, app, index_dir):
     list_unsure(client, "crash-2", seed=22)
     listings = app.extensions["listings"]
     listing = listings.queue.record_decision("crash-2", {"category_path": ["Baby Care"]}, "review-token")
-    listings._add(listing, ["Baby Care"])  # killed here: in the index, row still deciding, nothing audited
+    # killed here: the product is indexed and in the audit trail, the row still says deciding
+    listings._add(listing, ["Baby Care"], "review", "review-token", {})
     n = len(open_store(index_dir).products)
     assert restarted(app).recover() == 1
     assert len(open_store(index_dir).products) == n
