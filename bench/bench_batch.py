@@ -4,7 +4,8 @@ Prints listings/s and the peak memory of a fresh process per run, for the catalo
 written as a seller's CSV: with photos (title, description, photo file), text only (title and
 description), titles only; then the same photo run on the listings repeated 4 times, to show the
 memory is bounded by a batch and not by the file. The 1-minute load average is printed beside each
-figure (other work on the machine slows it down).
+figure (other work on the machine slows it down), and "models alone/s": the encoders alone on the
+file's first 128 listings (no vote, no reading or writing), the bound the models set.
 
     python bench/bench_batch.py [--index DIR] [--data DIR] [--batch-size 64] [--threads 2] [--repeat 4]
 
@@ -21,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +57,26 @@ def write_listings(data_dir: Path, out: Path, columns: tuple[str, ...], repeat: 
     return n
 
 
+def model_alone(args: argparse.Namespace, encoder: object, n: int = 128) -> float:
+    """Listings/s of the encoders alone on the file's first `n` listings (photos decoded and
+    encoded, texts encoded, one batch each, no vote, no I/O of results): the bound the models set."""
+    from indexer.catalog.images import load_image
+    from indexer.categorizer import query_text
+    from indexer.encoders import encode_text_queries
+    from indexer.store import open_store
+
+    store = open_store(args.index)
+    with open(args.input, newline="", encoding="utf-8") as fh:
+        rows = [row for _, row in zip(range(n), csv.DictReader(fh), strict=False)]
+    start = time.perf_counter()
+    photos = [Path(args.images) / r["image"] for r in rows if args.images and r.get("image")]
+    if photos:
+        encoder.encode_arrays([encoder.preprocess(load_image(p, draft_size=encoder.image_size)) for p in photos])
+    texts = [query_text(store, r.get("title"), r.get("description")) for r in rows]
+    encode_text_queries(encoder, [t for t in texts if t])
+    return len(rows) / (time.perf_counter() - start)
+
+
 def one_run(args: argparse.Namespace) -> None:
     """In a fresh process: categorize the file, print one JSON line of figures."""
     from PIL import Image
@@ -68,6 +90,7 @@ def one_run(args: argparse.Namespace) -> None:
     encoder = create_encoder_for(open_store(args.index).manifest)
     encoder.encode_texts(["warm up"])  # model loading is not part of the throughput
     encoder.encode_images([Image.new("RGB", (encoder.image_size,) * 2, "white")])
+    model_rate = model_alone(args, encoder)
     load_before = os.getloadavg()[0]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = predict_file(
@@ -90,6 +113,7 @@ def one_run(args: argparse.Namespace) -> None:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "rss_before_mb": round(rss_before),
                 "load": round((load_before + os.getloadavg()[0]) / 2, 2),
+                "model_rate": round(model_rate, 1),
             }
         )
     )
@@ -115,7 +139,10 @@ def main() -> None:
         f"index {args.index}, listings from {data.name}, batch {args.batch_size}, {args.threads} threads, "
         f"{os.cpu_count()} cores"
     )
-    print(f"{'run':<28} {'listings':>8} {'s':>7} {'listings/s':>10} {'peak RSS MB':>11} {'load avg':>8}")
+    print(
+        f"{'run':<22} {'listings':>8} {'s':>7} {'listings/s':>10} {'models alone/s':>14} {'peak RSS MB':>11} "
+        f"{'load avg':>8}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         runs = [("photos", 1), ("text", 1), ("titles", 1), ("photos", args.repeat)]
         for mode, repeat in runs:
@@ -143,8 +170,8 @@ def main() -> None:
             figures = json.loads(done.stdout.strip().splitlines()[-1])
             name = f"{mode} x{repeat}" + (" (memory)" if repeat > 1 else "")
             print(
-                f"{name:<28} {figures['listings']:>8} {figures['seconds']:>7.1f} {figures['rate']:>10.1f} "
-                f"{figures['peak_rss_mb']:>11} {figures['load']:>8.2f}",
+                f"{name:<22} {figures['listings']:>8} {figures['seconds']:>7.1f} {figures['rate']:>10.1f} "
+                f"{figures['model_rate']:>14.1f} {figures['peak_rss_mb']:>11} {figures['load']:>8.2f}",
                 flush=True,
             )
 
