@@ -38,7 +38,7 @@ HEAVY = {
     "POST /api/v1/listings": 4,
     "POST /api/v1/predict/batch": 4,
 }
-BUDGET_SECONDS = 75  # 22 operations (the listings and review ones added about 10 s on 2 idle cores)
+BUDGET_SECONDS = 75  # 22 operations (7 listing, review and batch ones added to the 15 before)
 
 
 @pytest.fixture(scope="module")
