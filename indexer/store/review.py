@@ -132,6 +132,7 @@ class ReviewQueue:
                 "created TEXT NOT NULL, status TEXT NOT NULL, decision TEXT, actor TEXT, decided_at TEXT, result TEXT)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS listings_status ON listings (status, seq)")
+            db.execute("CREATE INDEX IF NOT EXISTS listings_photo ON listings (photo)")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
