@@ -12,13 +12,13 @@ from indexer.store.local.index import CURRENT, VERSIONS, read_current
 
 
 def copy_index(src: Path, dst: Path) -> Path:
-    """A writable copy of the live version of `src` (plus its embedding cache)."""
+    """A writable copy of the live version of `src` (plus its embedding cache and its sealed CURRENT)."""
     version = read_current(src)
     (dst / VERSIONS).mkdir(parents=True, exist_ok=True)
     shutil.copytree(src / VERSIONS / version, dst / VERSIONS / version)
     if (src / "cache.sqlite").is_file():
         shutil.copy2(src / "cache.sqlite", dst / "cache.sqlite")
-    (dst / CURRENT).write_text(version + "\n")
+    shutil.copy2(src / CURRENT, dst / CURRENT)
     return dst
 
 

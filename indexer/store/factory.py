@@ -20,6 +20,7 @@ import numpy as np
 
 from indexer.store.base import IndexStore
 from indexer.store.local import index as local
+from indexer.store.local import versions as local_versions
 from indexer.store.milvus import MilvusIndexStore, copy_to_milvus
 
 if TYPE_CHECKING:
@@ -100,6 +101,24 @@ def append(
     if isinstance(store, local.LocalIndexStore):
         return local.append(store, new_products, new_vectors, before_publish)
     raise TypeError(f"no writer for a {store.backend} store")
+
+
+def kept_products(path: str | Path) -> Callable[[str], bool]:
+    """Whether a product id is held by a version the index at `path` may still serve (the live one,
+    or a kept one a fall-back would serve): what must keep its uploaded photo. A Milvus-served
+    folder has one live collection and no kept versions."""
+    if routed(path) is not None:
+        store = open_store(path)
+        return lambda product_id: store.row_of(product_id) is not None
+    return local.kept_products(path)
+
+
+def clean_leftovers(path: str | Path) -> list[Path]:
+    """Remove what dead writers left in a local index folder (staging folders, temp pointers,
+    uncommitted deltas) when no writer holds its lock: what a service does when it starts."""
+    if is_milvus_location(path) or not Path(path).is_dir():
+        return []
+    return local_versions.clean_leftovers(path)
 
 
 def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[IndexStore, str]:

@@ -321,10 +321,12 @@ def test_failure_before_pointer_swap_keeps_previous_version(tmp_path, monkeypatc
         publish_fake(tmp_path, n=20, prefix="new")
     monkeypatch.undo()
     assert open_store(tmp_path).version == "000001"
-    # the complete but never-published version is skipped by the next writer
+    # the complete but never-published version is removed by the publish that failed: no reader
+    # takes it for a newer version (a roll-back of CURRENT), and the next writer publishes
+    assert live_versions(tmp_path) == ["000001"]
     publish_fake(tmp_path, n=3, prefix="next")
     store = open_store(tmp_path)
-    assert store.version == "000003" and [p.id for p in store.products] == ["next0000", "next0001", "next0002"]
+    assert store.version == "000002" and [p.id for p in store.products] == ["next0000", "next0001", "next0002"]
 
 
 def test_stale_reader_keeps_working_after_new_versions(tmp_path):

@@ -14,7 +14,7 @@ from fakes import FakeEncoder, fake_manifest, make_products, random_vectors
 from indexer.catalog.products import Product
 from indexer.catalog.text import encoder_text
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store
+from indexer.store import append, open_store
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LexicalIndex
 from indexer.store.local.index import (
@@ -22,7 +22,6 @@ from indexer.store.local.index import (
     IndexMismatch,
     IndexStore,
     IndexStoreError,
-    append,
     publish,
     write_lock,
 )

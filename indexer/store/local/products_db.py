@@ -51,6 +51,33 @@ COLUMNS = ("id", "name", "description", "brand", "price", "category_path", "imag
 _SELECT = ", ".join(COLUMNS)
 
 
+def index_roots(root: str | Path) -> tuple[str, ...]:
+    """The spellings of an index folder a stored path may start with (as given, symlinks resolved)."""
+    return tuple(dict.fromkeys((os.path.abspath(root), os.path.realpath(root))))
+
+
+def stored_image_path(path: str | Path | None, roots: tuple[str, ...]) -> str | None:
+    """A product's image path as a segment stores it: relative to the index folder (`roots`,
+    from `index_roots`) when the file is inside it (an uploaded photo), so a copied or moved
+    index serves its own photos; any other path absolute (a relative one would depend on the
+    writer's working folder). O(len(path)), no file-system call."""
+    if not path:
+        return None
+    absolute = os.path.abspath(path)
+    for base in roots:
+        if absolute.startswith(base + os.sep):
+            return Path(os.path.relpath(absolute, base)).as_posix()
+    return absolute
+
+
+def loaded_image_path(stored: str | None, root: Path) -> Path | None:
+    """The stored image path read back: a relative one is inside the index folder `root`."""
+    if not stored:
+        return None
+    path = Path(stored)
+    return path if path.is_absolute() else root / path
+
+
 class ProductsWriter:
     """Streams products into a segment folder: `add(batch)` any number of times, then `finish()`.
 
@@ -61,6 +88,7 @@ class ProductsWriter:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.roots = index_roots(self.folder.parent.parent)  # the index folder of versions/<staging>/
         self.file = self.folder / PRODUCTS_FILE
         self._raw_codes = self.folder / (PATHS_FILE + ".raw")
         self._db = sqlite3.connect(self.file)
@@ -99,7 +127,7 @@ class ProductsWriter:
                     product.price,
                     text,
                     product.image,
-                    str(product.image_path) if product.image_path else None,
+                    stored_image_path(product.image_path, self.roots),
                 )
             )
             self.n += 1
@@ -160,6 +188,7 @@ class ProductTable(Sequence[Product]):
 
     def __init__(self, file: str | Path, n: int, label: str = "", cache_size: int = CACHE_SIZE) -> None:
         self.file = Path(file)
+        self.root = self.file.parent.parent.parent  # the index folder of versions/<n>/products.sqlite
         self.n = int(n)
         self.label = label or str(self.file.parent)
         self.cache_size = cache_size
@@ -206,7 +235,7 @@ class ProductTable(Sequence[Product]):
                 price,
                 tuple(str(level) for level in json.loads(path)) if path else (),
                 image,
-                Path(image_path) if image_path else None,
+                loaded_image_path(image_path, self.root),
             )
         except (ValueError, TypeError) as exc:
             raise self._damaged(f"row {row}: {exc}") from exc

@@ -37,11 +37,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer.store.errors import IndexDamaged
 from indexer.store.local.integrity import describe_files
+from indexer.store.local.products_db import index_roots, stored_image_path
+from indexer.store.local.seals import DeltaList, SealBroken, format_list, parse_list, seal_manifest
 from indexer.store.mapped import map_random
 
 DELTAS = "deltas"
 LIST = "LIST"
+ADD = "add"  # the kind of delta an add writes (deltas written before kinds are adds)
 VECTOR_DTYPE = np.float16  # the "float16" precision
 VECTOR_DTYPES = ("float16", "int8")
 # From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
@@ -194,13 +198,39 @@ def as_float32(vectors: np.ndarray | StackedVectors | RowScaledInt8) -> np.ndarr
     return np.asarray(vectors, dtype=np.float32)
 
 
-def read_list(version_dir: Path) -> tuple[str, ...]:
-    """Committed delta names of a version, in order: one small file read (O(deltas))."""
+def read_delta_list(version_dir: Path) -> DeltaList:
+    """Committed deltas of a version with their manifests' seals: one small file read, its check
+    line verified (IndexDamaged naming deltas/LIST when it is damaged). O(deltas)."""
+    file = version_dir / DELTAS / LIST
     try:
-        text = (version_dir / DELTAS / LIST).read_text(encoding="utf-8")
+        raw: bytes | None = file.read_bytes()
     except FileNotFoundError:
-        return ()
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+        raw = None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise IndexDamaged(f"version {version_dir.name}: deltas/LIST cannot be read ({reason})", file=file) from None
+    try:
+        return parse_list(raw)
+    except SealBroken as exc:
+        raise IndexDamaged(f"version {version_dir.name}: {exc}", file=file) from None
+
+
+def read_list(version_dir: Path) -> tuple[str, ...]:
+    """Committed delta names of a version, in order (see `read_delta_list`)."""
+    return read_delta_list(version_dir).names
+
+
+def write_list(version_dir: Path, entries: Sequence[tuple[str, str | None]]) -> None:
+    """Replace deltas/LIST atomically with `entries` (name, manifest seal), sealed."""
+    root = version_dir / DELTAS
+    root.mkdir(exist_ok=True)
+    pointer = root / f".{LIST}.tmp"
+    with open(pointer, "wb") as fh:
+        fh.write(format_list(entries))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer, root / LIST)
+    _fsync(root)
 
 
 def _fsync(path: Path) -> None:
@@ -220,20 +250,23 @@ def write_delta(
 ) -> str:
     """Write one delta segment and commit it to LIST; returns its name. O(batch).
 
-    `products` are product records, `vectors[m] = (unit vectors, global product rows)`,
-    `lexical = (csr matrix, global rows)` in the base's vocabulary. The caller holds the
-    write lock. Files are fsync'd, then described (sizes + BLAKE2b) in the delta's manifest,
-    then the folder is renamed into place and LIST replaced atomically."""
+    `products` are product records (image paths inside the index folder are stored relative
+    to it), `vectors[m] = (unit vectors, global product rows)`, `lexical = (csr matrix, global
+    rows)` in the base's vocabulary. The caller holds the write lock (or owns the staged
+    version). Files are fsync'd, described (sizes + BLAKE2b) in the delta's sealed manifest,
+    the folder renamed into place and LIST (each delta's name and seal) replaced atomically."""
     import scipy.sparse as sp
 
     root = version_dir / DELTAS
     root.mkdir(exist_ok=True)
-    committed = read_list(version_dir)
+    committed = read_delta_list(version_dir)
+    roots = index_roots(version_dir.parent.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
         with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
             for record in products:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stored = dict(record, image_path=stored_image_path(record.get("image_path"), roots))
+                fh.write(json.dumps(stored, ensure_ascii=False) + "\n")
         counts = {"products": len(products)}
         for modality, (vecs, rows) in vectors.items():
             np.save(staging / f"{modality}.npy", np.asarray(vecs, dtype=VECTOR_DTYPE))
@@ -247,8 +280,11 @@ def write_delta(
             with open(item, "rb") as fh:
                 os.fsync(fh.fileno())
         manifest = dict(manifest, counts=counts, modalities=sorted(vectors), files=describe_files(staging))
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        with open(staging / "manifest.json", "rb") as fh:
+        manifest.setdefault("kind", ADD)
+        data, seal = seal_manifest(manifest)
+        with open(staging / "manifest.json", "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
         existing = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         name = f"{max(existing, default=0) + 1:06d}"
@@ -257,21 +293,22 @@ def write_delta(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    pointer = root / f".{LIST}.tmp"
-    pointer.write_text("".join(f"{n}\n" for n in (*committed, name)), encoding="utf-8")
-    with open(pointer, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer, root / LIST)
-    _fsync(root)
-    prune_uncommitted(version_dir, (*committed, name))
+    write_list(version_dir, [*zip(committed.names, committed.seals, strict=True), (name, seal)])
+    prune_uncommitted(version_dir, (*committed.names, name))
     return name
 
 
-def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> None:
+def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> list[Path]:
     """Remove staging folders and deltas a killed add left outside LIST (caller holds the lock)."""
     root = version_dir / DELTAS
+    removed: list[Path] = []
     if not root.is_dir():
-        return
+        return removed
     for item in root.iterdir():
         if item.is_dir() and item.name not in committed:
             shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+        elif item.name == f".{LIST}.tmp":
+            item.unlink(missing_ok=True)
+            removed.append(item)
+    return removed

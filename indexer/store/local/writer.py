@@ -153,6 +153,11 @@ class BaseWriter:
     def __enter__(self) -> BaseWriter:
         return self
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities declared to this writer."""
+        return tuple(self._vectors)
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if kind is not None:
             self.abort()
