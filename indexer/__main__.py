@@ -403,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full or read-only disk: say so, the index is left as it was
+        print(
+            f"error: {exc.strerror or exc} ({exc.filename or 'the index folder'}); nothing was published",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

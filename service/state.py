@@ -11,7 +11,8 @@ fresh start serves the newest version that verifies, and with none exits (see
 `create_app`) naming the damaged file. The same holds for `CURRENT` itself (a damaged or
 truncated pointer, or one rolled back to an older version: indexer.store.local.versions): a
 running process never moves to an older version, nor to its own version with fewer deltas. A
-refusal is retried only once `CURRENT` changes (a new publish, `python -m indexer repair`).
+refusal is retried only once the pointer changes (`indexer.store.live_fingerprint`: a new
+publish, an add, `python -m indexer repair`).
 Each (re)load checks checksums when `Config.verify_checksums` (INDEX_VERIFY_CHECKSUMS, default
 on): O(index bytes), measured by bench/bench_verify.py. A fresh start first removes what dead
 writers left in the index folder (staging folders of a compaction killed by a full disk...).
@@ -35,9 +36,9 @@ from indexer.store import (
     check_compatible,
     clean_leftovers,
     last_verified,
+    live_fingerprint,
     open_store,
     read_current,
-    read_current_bytes,
 )
 
 from . import metrics
@@ -109,7 +110,7 @@ class ServiceState:
         self._mismatched: str | None = None
         self.error: str | None = None
         self.refused: dict | None = None  # the newest version refused: {"version", "file", "reason"}
-        self._refused_pointer: bytes | None = None  # CURRENT's bytes when it was refused: retried once they change
+        self._refused_pointer: tuple | None = None  # the pointer when a version was refused: retried once it changes
         self.fatal = False  # damage, and no version that verifies: a fresh start must not serve
         self.reloads = 0
 
@@ -147,7 +148,7 @@ class ServiceState:
         if file is not None:
             shown = file.name if file.parent == self.index_dir else f"{file.parent.name}/{file.name}"
         self.refused = {"version": version, "file": shown, "reason": str(exc)}
-        self._refused_pointer = read_current_bytes(self.index_dir)
+        self._refused_pointer = live_fingerprint(self.index_dir)
         metrics.record_refusal(version or "CURRENT")
         log.error("index version %s refused: %s (file %s)", version, exc, file or "n/a")
 
@@ -172,7 +173,12 @@ class ServiceState:
                 if store is None:
                     self.error, self.fatal = str(exc), True
                     return False
-                self._loaded = self._load_store(store)
+                try:
+                    self._loaded = self._load_store(store)
+                except Exception as other:  # the fall-back's encoder or categorizer cannot load: say why
+                    self.error = str(other) or type(other).__name__
+                    log.exception("index version %s not loaded", store.version)
+                    return False
             except Exception as exc:  # an encoder or categorizer that cannot load: not ready, say why
                 self.error = str(exc) or type(exc).__name__
                 log.exception("index not loaded")
@@ -217,7 +223,7 @@ class ServiceState:
         stale = loaded.store.is_stale()
         if stale and time.monotonic() - self._failed_at >= self.config.retry_load_seconds:
             with self._lock:
-                pointer = read_current_bytes(self.index_dir)
+                pointer = live_fingerprint(self.index_dir)
                 refused = self.refused is not None and self._refused_pointer == pointer
                 if self._loaded is loaded and not refused:  # nobody reloaded while we waited for the lock
                     version = _current_or_none(self.index_dir)
@@ -235,7 +241,7 @@ class ServiceState:
                         self._refuse(version, exc)
                         log.warning("keeping index version %s", loaded.version)
                 loaded = self._loaded or loaded  # never None here: a reload only replaces it
-        elif not stale and self.refused is not None and read_current_bytes(self.index_dir) != self._refused_pointer:
+        elif not stale and self.refused is not None and live_fingerprint(self.index_dir) != self._refused_pointer:
             with self._lock:  # CURRENT was repaired to name what this process serves
                 self.refused = None
                 metrics.record_refusal(None)

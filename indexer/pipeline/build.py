@@ -356,11 +356,13 @@ def build_index(
         manifest["derived_key"] = _derived_key(manifest)
         if (
             live is not None
+            and not live.deltas
             and live.manifest.get("derived_key") == manifest["derived_key"]
             and (live.manifest.get("categorizer") or not calibrate_decision)
         ):
             # same data, models and settings: the lexical channel and the CV calibration
-            # would come out identical, so take them from the live version
+            # would come out identical, so take them from the live version (its base alone:
+            # a version with deltas holds lexical rows of products this build may not keep)
             lexical = live.lexical
             if calibrate_decision:
                 manifest["categorizer"] = live.manifest["categorizer"]

@@ -7,11 +7,19 @@ verification) is in `indexer.store.local`.
 
 from indexer.store.base import IndexStore, VectorChannel, check_compatible
 from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
-from indexer.store.factory import append, clean_leftovers, kept_products, open_store, parse_vector_store, route
+from indexer.store.factory import (
+    append,
+    clean_leftovers,
+    kept_products,
+    live_fingerprint,
+    open_store,
+    parse_vector_store,
+    route,
+)
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
-from indexer.store.local.versions import IndexRolledBack, read_current_bytes
+from indexer.store.local.versions import IndexRolledBack
 
 __all__ = [
     "DuplicateProduct",
@@ -28,10 +36,10 @@ __all__ = [
     "check_compatible",
     "clean_leftovers",
     "kept_products",
+    "live_fingerprint",
     "last_verified",
     "open_store",
     "parse_vector_store",
     "read_current",
-    "read_current_bytes",
     "route",
 ]

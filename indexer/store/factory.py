@@ -113,6 +113,14 @@ def kept_products(path: str | Path) -> Callable[[str], bool]:
     return local.kept_products(path)
 
 
+def live_fingerprint(path: str | Path) -> tuple:
+    """What changes whenever the live version of a local index does (its pointer, manifest or
+    delta list), damage included: a reader keeps a refusal until it changes. () for Milvus."""
+    if routed(path) is not None:
+        return ()
+    return local.live_fingerprint(path)
+
+
 def clean_leftovers(path: str | Path) -> list[Path]:
     """Remove what dead writers left in a local index folder (staging folders, temp pointers,
     uncommitted deltas) when no writer holds its lock: what a service does when it starts."""

@@ -96,6 +96,7 @@ from indexer.store.local.versions import (
     list_versions,
     live_pointer,
     read_current,
+    read_current_bytes,
     read_pointer,
     remove_staging,
     unsealed_allowed,
@@ -157,6 +158,7 @@ class LocalIndexStore(IndexStore):
     backend: ClassVar[str] = "faiss"
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     base: _Base | None = field(default=None, repr=False, compare=False)
+    manifest_stamp: tuple = field(default=(), repr=False, compare=False)  # its manifest file's identity at load
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
@@ -220,21 +222,28 @@ class LocalIndexStore(IndexStore):
                 file=vdir / "manifest.json",
             )
         store = _combine(cls, path, version, manifest, base, deltas, parts)
+        store.manifest_stamp = _stamp(vdir / "manifest.json")
         for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
             exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
             channel.refine = 1 if exact else settings["refine"]
         return store
 
     def is_stale(self) -> bool:
-        """True when another process has published a newer version or delta, or when `CURRENT` or
-        LIST turn out damaged (the caller's reload then refuses them): two small file reads."""
+        """True when another process has published a newer version or delta, when the version's
+        manifest changed on disk, or when `CURRENT` or LIST turn out damaged (the caller's reload
+        then refuses them): two small file reads and a stat."""
         try:
             current = read_current(self.path)
-            return current != self.version or read_list(self.path / VERSIONS / current) != self.deltas
+            if current != self.version or read_list(self.path / VERSIONS / current) != self.deltas:
+                return True
         except IndexNotFound:
             return False
         except IndexDamaged:
             return True
+        return (
+            bool(self.manifest_stamp)
+            and _stamp(self.path / VERSIONS / current / "manifest.json") != self.manifest_stamp
+        )
 
     def delta_rows(self) -> int:
         """Products held in the delta segments (not yet compacted into the base)."""
@@ -264,6 +273,27 @@ _BASES: OrderedDict[tuple, _Base] = OrderedDict()
 _DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
 _DELTAS_KEPT = 4096
 _BASES_LOCK = threading.Lock()
+
+
+def _stamp(file: Path) -> tuple:
+    """A file's identity (inode, size, mtime, ctime): any rewrite changes it. () when unreadable."""
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return ()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def live_fingerprint(path: str | Path) -> tuple:
+    """What a reader compares to know whether anything it refused has changed since: `CURRENT`'s
+    bytes and the identity of the manifest and delta LIST it names. O(1)."""
+    path = Path(path)
+    raw = read_current_bytes(path)
+    try:
+        vdir = path / VERSIONS / read_current(path)
+    except IndexStoreError:
+        return (raw,)
+    return (raw, _stamp(vdir / "manifest.json"), _stamp(vdir / "deltas" / "LIST"))
 
 
 def _identity(vdir: Path, manifest: Mapping) -> tuple:
@@ -351,19 +381,14 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
 
 
 def _open_manifest(file: Path, label: str) -> tuple[dict, dict | None]:
-    """A manifest read and its seal checked: (manifest, seal or None when unsealed). A manifest of
-    another format version is refused as such (IndexMismatch), whatever its seal says."""
+    """A manifest read and its seal checked: (manifest, seal or None when unsealed). A broken
+    seal is damage whatever the manifest says (a flipped byte may name another format); an intact
+    manifest of another format version is refused as such (IndexMismatch)."""
     with _reading(file, label):
         raw = file.read_bytes()
     try:
         manifest, seal = open_manifest(raw)
     except SealBroken as exc:
-        try:
-            other = json.loads(raw)
-        except ValueError:
-            other = None
-        if isinstance(other, dict) and other.get("format_version") not in (None, FORMAT_VERSION):
-            _refuse_format(file.parent, other)
         raise IndexDamaged(f"{label}: {file.name} is damaged or was edited: {exc}", file=file) from None
     if manifest.get("format_version") != FORMAT_VERSION:
         _refuse_format(file.parent, manifest)
@@ -999,7 +1024,8 @@ def _stage_compaction(live: LocalIndexStore) -> Path:
                 index.add(l2_normalize(channel.vectors[nb + part.start : nb + part.stop]))
             indexes[modality] = index
     dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
-    manifest = {k: v for k, v in live.manifest.items() if k != "deltas"}
+    # the build's derived key describes the base it built, not this one (it holds the deltas too)
+    manifest = {k: v for k, v in live.manifest.items() if k not in ("deltas", "derived_key")}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
     writer = new_base_writer(
         live.path, dims, live.manifest["index_factory"], indexes, len(live.products), live.manifest.get("faiss")

@@ -18,12 +18,14 @@ sequence and `CategoryCodes` their codes as one array, without copying the base.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import SupportsIndex, overload
 from urllib.parse import quote
@@ -49,6 +51,25 @@ CACHE_SIZE = 4096  # products kept per table (LRU): a request reads k neighbours
 # one column per Product field, in this order (a new Product field needs a new format version)
 COLUMNS = ("id", "name", "description", "brand", "price", "category_path", "image", "image_path")
 _SELECT = ", ".join(COLUMNS)
+
+
+def storage_error(exc: sqlite3.OperationalError) -> OSError | sqlite3.OperationalError:
+    """SQLite's "disk is full" / "read-only" as the OSError the rest of a write raises for the same
+    cause (ENOSPC / EROFS), so callers name the cause once; any other error unchanged."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return OSError(errno.ENOSPC, f"No space left on device (SQLite: {exc})")
+    if name.startswith("SQLITE_READONLY"):
+        return OSError(errno.EROFS, f"Read-only file system (SQLite: {exc})")
+    return exc
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise storage_error(exc) from exc
 
 
 def index_roots(root: str | Path) -> tuple[str, ...]:
@@ -92,12 +113,13 @@ class ProductsWriter:
         self.file = self.folder / PRODUCTS_FILE
         self._raw_codes = self.folder / (PATHS_FILE + ".raw")
         self._db = sqlite3.connect(self.file)
-        self._db.execute("PRAGMA journal_mode=OFF")  # a staging folder: a failed write is discarded whole
-        self._db.execute("PRAGMA synchronous=OFF")  # the publisher fsyncs the finished file
-        self._db.execute(
-            "CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT, description TEXT,"
-            " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
-        )
+        with _writing():
+            self._db.execute("PRAGMA journal_mode=OFF")  # a staging folder: a failed write is discarded whole
+            self._db.execute("PRAGMA synchronous=OFF")  # the publisher fsyncs the finished file
+            self._db.execute(
+                "CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT, description TEXT,"
+                " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
+            )
         self._codes = open(self._raw_codes, "wb")  # noqa: SIM115 - closed by finish/abort
         self.paths: dict[Path_, tuple[int, str]] = {}  # path -> (code, its JSON text)
         self._per_code: list[int] = []  # products per path code; prefix counts at finish: O(P)
@@ -131,7 +153,8 @@ class ProductsWriter:
                 )
             )
             self.n += 1
-        self._db.executemany(f"INSERT INTO products VALUES (?{', ?' * len(COLUMNS)})", rows)
+        with _writing():
+            self._db.executemany(f"INSERT INTO products VALUES (?{', ?' * len(COLUMNS)})", rows)
         self._codes.write(np.asarray(codes, dtype=CODE_DTYPE).tobytes())
 
     def add_all(self, products: Iterable[Product], batch: int = WRITE_BATCH) -> None:
@@ -149,11 +172,13 @@ class ProductsWriter:
         """Build the id index, close both files; returns the manifest's `catalog` entry.
         Duplicate ids are refused (IndexStoreError). O(N log N) for the index, O(N) for the codes."""
         try:
-            self._db.execute("CREATE UNIQUE INDEX products_id ON products(id)")
+            with _writing():
+                self._db.execute("CREATE UNIQUE INDEX products_id ON products(id)")
         except sqlite3.IntegrityError:
             self.abort()
             raise IndexStoreError("duplicate product ids: each product id may appear once in an index") from None
-        self._db.commit()
+        with _writing():
+            self._db.commit()
         self._db.close()
         self._codes.close()
         raw = np.memmap(self._raw_codes, dtype=CODE_DTYPE, mode="r") if self.n else np.zeros(0, CODE_DTYPE)
