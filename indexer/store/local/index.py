@@ -380,16 +380,28 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     return base
 
 
+_SEALED: dict[str, bytes] = {}  # manifest path -> the bytes whose seal verified last
+
+
 def _open_manifest(file: Path, label: str) -> tuple[dict, dict | None]:
     """A manifest read and its seal checked: (manifest, seal or None when unsealed). A broken
     seal is damage whatever the manifest says (a flipped byte may name another format); an intact
-    manifest of another format version is refused as such (IndexMismatch)."""
+    manifest of another format version is refused as such (IndexMismatch). Bytes equal to those
+    that verified last in this process are only parsed (a reload after an add: O(size) compare)."""
     with _reading(file, label):
         raw = file.read_bytes()
-    try:
-        manifest, seal = open_manifest(raw)
-    except SealBroken as exc:
-        raise IndexDamaged(f"{label}: {file.name} is damaged or was edited: {exc}", file=file) from None
+    if _SEALED.get(str(file)) == raw:
+        manifest = json.loads(raw)
+        seal = manifest.get("seal")
+    else:
+        try:
+            manifest, seal = open_manifest(raw)
+        except SealBroken as exc:
+            raise IndexDamaged(f"{label}: {file.name} is damaged or was edited: {exc}", file=file) from None
+        with _BASES_LOCK:
+            if len(_SEALED) > _DELTAS_KEPT:
+                _SEALED.clear()
+            _SEALED[str(file)] = raw
     if manifest.get("format_version") != FORMAT_VERSION:
         _refuse_format(file.parent, manifest)
     return manifest, seal
