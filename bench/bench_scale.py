@@ -51,7 +51,7 @@ from synthetic import write_mixed_shards
 
 from indexer.catalog.products import Product
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store  # noqa: E402
+from indexer.store import open_store, read_current  # noqa: E402
 from indexer.store.lexical import LexicalIndex, present_rows
 from indexer.store.local.index import IndexStore, ModalityIndex, append, compact
 from service.state import set_threads
@@ -151,7 +151,7 @@ def workers(index: Path, count: int, more: int = 0) -> dict:
     `memory` and each worker's after 20 predictions, and with `more`, each worker's
     after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     cache_index(live)
     proc = subprocess.Popen(
         [sys.executable, "-c", WORKERS, str(index), str(count), str(more)],
@@ -304,7 +304,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         print(f"ingest: skipped (--skip-ingest), measuring the live version of {index}")
     else:
         ingest(shards, index, factory, calibrate)
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
@@ -317,7 +317,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         every = [got["master"], *got["workers"]]
         total, anon = sum(m[1] for m in every), sum(m[2] for m in every)
         print(f"{line}; PSS total {total:.0f} MB, of it anon {anon:.0f} MB (load average {load_average()})")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     drop_page_cache(live)
     store = open_store(index)
     cat = Categorizer(store)
