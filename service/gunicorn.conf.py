@@ -72,7 +72,10 @@ for _name in os.listdir(_multiproc_dir):
 
 
 def on_starting(server: Arbiter) -> None:
+    from service import front
+
     logging.basicConfig(level=loglevel.upper())
+    front.take_public_address(server)  # FRONT=haproxy: gunicorn moves to a private socket
 
 
 def when_ready(server: Arbiter) -> None:
@@ -82,6 +85,9 @@ def when_ready(server: Arbiter) -> None:
 
     gc.collect()
     gc.freeze()
+    from service import front
+
+    front.start(server)  # HAProxy on the public address (docs/slow-clients.md)
 
 
 def post_fork(server: Arbiter, worker: Worker) -> None:
@@ -110,5 +116,8 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
 
 def on_exit(server: Arbiter) -> None:
+    from service import front
+
+    front.stop(server)
     if _multiproc_dir.startswith(tempfile.gettempdir()) and "service-metrics-" in _multiproc_dir:
         shutil.rmtree(_multiproc_dir, ignore_errors=True)
