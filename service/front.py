@@ -80,6 +80,17 @@ def _int_env(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def default_max_connections() -> int:
+    """4096, or what the open-file limit allows (HAProxy needs two descriptors a connection and
+    refuses to start when it cannot raise its limit that far: a user's limit is often 1024)."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 4096
+    return max(16, min(4096, (hard - 64) // 2))
+
+
 def front_env(public: str, upstream: str) -> dict[str, str]:
     """The variables service/haproxy.cfg reads, checked here so a typo fails before HAProxy starts."""
     buffer = _int_env("FRONT_BUFFER_BYTES", DEFAULT_BUFFER_BYTES, 2 * HEAD_ROOM_BYTES)
@@ -93,7 +104,7 @@ def front_env(public: str, upstream: str) -> dict[str, str]:
         ("HEADER_TIMEOUT", 10, 1),
         ("BODY_TIMEOUT", 30, 1),
         ("MAX_CONNECTIONS_PER_CLIENT", 32, 1),
-        ("FRONT_MAX_CONNECTIONS", 4096, 16),
+        ("FRONT_MAX_CONNECTIONS", default_max_connections(), 16),
         ("FRONT_LARGE_UPLOADS", 4, 1),
         ("GUNICORN_TIMEOUT", 60, 1),
     ):
