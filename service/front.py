@@ -125,8 +125,7 @@ def take_public_address(server: Arbiter) -> None:
             "haproxy is not installed: `make install` installs it (apt-get install haproxy), "
             "or set FRONT=none to serve from gunicorn alone (slow clients can then hold its threads)"
         )
-    check_free(binds[0])
-    _FRONT.public = binds[0]
+    _FRONT.public = binds[0]  # free: gunicorn.conf.py's on_starting checked it (service.serving)
     _FRONT.run_dir = tempfile.mkdtemp(prefix="service-front-")
     server.cfg.set("bind", [f"unix:{_FRONT.run_dir}/gunicorn.sock"])
 
@@ -142,6 +141,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def public_address() -> tuple[str, int] | None:
+    """(host, port) HAProxy serves, None when there is no front (FRONT=none)."""
+    if _FRONT.public is None or mode() == "none":
+        return None
+    host, _, port = _FRONT.public.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _probe_address(public: str) -> tuple[str, int]:
     host, _, port = public.rpartition(":")
     host = host.strip("[]")
@@ -150,23 +157,6 @@ def _probe_address(public: str) -> tuple[str, int]:
     elif host == "::":
         host = "::1"
     return host, int(port)
-
-
-def check_free(public: str) -> None:
-    """FrontError naming the address when something already listens there (HAProxy would
-    fail to bind it; checked first because a connect there would then reach the other program)."""
-    host, _, port = public.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, int(port)))
-        except OSError as exc:
-            raise FrontError(
-                f"cannot serve on {public}: {exc.strerror or exc} (another program, or another copy of "
-                f"the service, is listening there: stop it or choose another PORT)"
-            ) from None
 
 
 def _listening(public: str) -> bool:
