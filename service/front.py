@@ -4,7 +4,7 @@ Why: a gthread worker reads a request's head and body on a request thread, so 64
 trickling bytes held all 16 threads (/healthz timed out, /predict took 23 s). HAProxy holds
 those connections in its event loop, ends them with 408 at HEADER_TIMEOUT / BODY_TIMEOUT and
 caps connections per client address; gunicorn only sees requests that have fully arrived.
-The choice was measured against nginx and gunicorn alone: docs/slow-clients.md.
+The choice was measured against gunicorn alone, nginx, waitress and uvicorn: docs/slow-clients.md.
 
 How: `gunicorn -c service/gunicorn.conf.py ...` is still the one command (Procfile, `make run`).
 Its hooks call `take_public_address` (on_starting: gunicorn listens on a private unix socket
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 import shutil
 import signal
@@ -37,8 +36,6 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 # head room in the buffer for the request head and HAProxy's header rewrites (tune.maxrewrite)
 HEAD_ROOM_BYTES = 64 * 1024
 START_SECONDS = 10.0
-
-log = logging.getLogger("service.front")
 
 
 class FrontError(SystemExit):

@@ -13,6 +13,9 @@ each, so clients that trickle their bodies hold a thread, not a worker; BODY_TIM
 (service.config, default 30 s) bounds how long they hold it. Torch still runs one thread per
 worker: requests of one worker share its core, the encoders serialise per model.
 
+In front of the workers, HAProxy (service/front.py, started from on_starting / when_ready)
+holds slow connections and answers 408 / 429 (docs/slow-clients.md); FRONT=none turns it off.
+
 Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_THREADS (8), GUNICORN_WORKER_CLASS
 (default service.workers.ProblemThreadWorker; "sync" for the old model), GUNICORN_TIMEOUT (60),
 TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder),
@@ -134,6 +137,6 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 def on_exit(server: Arbiter) -> None:
     from service import front
 
-    front.stop(server)
     if _multiproc_dir.startswith(tempfile.gettempdir()) and "service-metrics-" in _multiproc_dir:
         shutil.rmtree(_multiproc_dir, ignore_errors=True)
+    front.stop(server)  # last: exits with status 1 if HAProxy had died
