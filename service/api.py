@@ -23,9 +23,9 @@ from . import metrics
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
-from .inputs import decode_image, parse_number, read_request
+from .inputs import MAX_CATEGORY_CHARS, decode_image, parse_number, read_category_path, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
-from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
+from .search import category_filter, encode_query, product_public, product_vectors, search
 from .state import Loaded, NotReady, ServiceState
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -214,28 +214,6 @@ def _check_token() -> None:
         raise ApiError(401, "invalid token")
 
 
-def _category_path(fields: dict) -> tuple[str, ...]:
-    # a form sends a list as repeated fields; JSON as an array
-    listed = fields.getlist("category_path") or None if hasattr(fields, "getlist") else fields.get("category_path")
-    if listed is not None and not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
-        raise ApiError(400, "category_path must be a list of strings")
-    if listed is not None and (len(listed) > 10 or any(len(p) > 200 for p in listed)):
-        raise ApiError(400, "category_path holds at most 10 parts of at most 200 characters")
-    path = [p.strip() for p in listed or [] if p.strip()]
-    if not path:  # category_path absent or blank: the 'A >> B >> C' string
-        raw = fields.get("category")
-        if raw is not None and not isinstance(raw, str):
-            raise ApiError(400, "category must be a string like 'A >> B >> C'")
-        if raw is not None and len(raw) > 200:
-            raise ApiError(400, f"category is {len(raw)} characters, over the 200-character limit")
-        path = split_path(raw or "")
-    if not path:
-        raise ApiError(
-            400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')"
-        )
-    return tuple(path)
-
-
 @bp.post("/products")
 def add_product() -> Response:
     from indexer.pipeline import add_products
@@ -246,7 +224,7 @@ def add_product() -> Response:
     fields = query.fields
     if not query.title:
         raise ApiError(400, "a product needs a title")
-    path = _category_path(fields)
+    path = read_category_path(fields)
     brand = fields.get("brand")
     if brand is not None and (not isinstance(brand, str) or len(brand) > 1000):
         raise ApiError(400, "brand must be a string of at most 1000 characters")
@@ -313,17 +291,24 @@ def add_product() -> Response:
 
 
 def _new_category(body: object) -> tuple[str, ...]:
-    """The new path of a PATCH: {"category": "A >> B >> C"} or {"category_path": ["A", "B"]}."""
+    """The new path of a PATCH, sent once: {"category": "A >> B >> C"} or {"category_path":
+    ["A", "B", "C"]} (both, or neither: 400, as for POST /products). Stricter than the add:
+    a blank level is refused, not dropped, since it changes a product already filed."""
     if not isinstance(body, dict):
         raise ApiError(400, 'send a JSON object: {"category": "A >> B >> C"}')
     unknown = sorted(set(body) - {"category", "category_path"})
     if unknown:
         raise ApiError(400, f"only the category can be changed; unknown fields: {', '.join(unknown[:5])}")
+    if "category" in body and "category_path" in body:
+        raise ApiError(400, "send the category once: either 'category' ('A >> B >> C') or 'category_path' (its levels)")
+    raw = body.get("category")
+    if isinstance(raw, str) and len(raw) > MAX_CATEGORY_CHARS:
+        raise ApiError(400, f"category is {len(raw)} characters, over the {MAX_CATEGORY_CHARS}-character limit")
     try:
         if "category_path" in body:
             return check_category_path(body["category_path"])
         if "category" in body:
-            return parse_category_path(body["category"])
+            return parse_category_path(raw)
     except CategoryPathError as exc:
         raise ApiError(400, f"malformed category: {exc}") from None
     raise ApiError(400, 'send the new category: {"category": "A >> B >> C"}')

@@ -12,9 +12,9 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, errors, metrics, web
+from . import api, docs, errors, metrics, web
 from .config import Config
-from .inputs import BodyDeadline, check_url
+from .inputs import BodyDeadline, check_url, decode_budget
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,13 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     set_threads(config.torch_threads)
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
+    app.extensions["decode_budget"] = decode_budget(config)
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
     metrics.install(app)
     app.register_blueprint(web.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from indexer.settings import DEFAULT_INDEX_DIR
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -30,7 +32,7 @@ def _vector_store(raw: str | None) -> str | None:
 class Config:
     """Every knob of the service; `Config.from_env()` is what gunicorn uses.
 
-    INDEX_DIR         index folder (default var/index)
+    INDEX_DIR         index folder (default var/index, indexer.settings.DEFAULT_INDEX_DIR)
     DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
     API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
@@ -43,12 +45,14 @@ class Config:
                       cost is printed by bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
+    DECODE_BUDGET_PIXELS  pixels one worker decodes at once (default 80 M: two images at the 40 MP limit);
+                      an upload that finds no room within DECODE_WAIT_SECONDS (default 2) gets 503 + Retry-After
     VECTOR_STORE      "faiss" (default: the index in INDEX_DIR), milvus://host:19530[/collection] (a Milvus
                       server) or a Milvus Lite *.db path: the index is served from that collection, while
                       INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.store.factory
     """
 
-    index_dir: str = "var/index"
+    index_dir: str = DEFAULT_INDEX_DIR
     data_dir: str | None = None
     api_token: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -67,6 +71,8 @@ class Config:
     max_url_bytes: int = 4096
     max_json_depth: int = 32
     body_timeout: float = 30.0
+    decode_budget_pixels: int = 80_000_000
+    decode_wait_seconds: float = 2.0
     vector_store: str | None = None
 
     @classmethod
@@ -84,6 +90,8 @@ class Config:
             verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
             max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
             body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
+            decode_budget_pixels=_int("DECODE_BUDGET_PIXELS", cls.decode_budget_pixels),
+            decode_wait_seconds=_int("DECODE_WAIT_SECONDS", int(cls.decode_wait_seconds)),
             vector_store=_vector_store(os.environ.get("VECTOR_STORE")),
         )
         known = {f.name for f in fields(cls)}
