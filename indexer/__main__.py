@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | to-milvus ...`.
+"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | predict | calibrate ...`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -302,6 +302,33 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Categorize a file of listings (CSV or JSON lines) offline: one result row per listing."""
+    from indexer.pipeline.predict import predict_file
+
+    summary = predict_file(
+        args.input,
+        args.out,
+        args.index,
+        images=args.images,
+        batch_size=args.batch_size,
+        k=args.k,
+        progress=not args.quiet,
+    )
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Refit the deployment calibration on the live catalogue (deltas included) and publish it."""
+    from indexer.pipeline.calibrate import recalibrate
+
+    for line in recalibrate(args.index, size=args.sample).lines():
+        print(line)
+    return 0
+
+
 def cmd_to_milvus(args: argparse.Namespace) -> int:
     from indexer.store.factory import copy_to_location
 
@@ -439,6 +466,19 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_to_milvus)
+    r = sub.add_parser("predict", help="categorize a file of listings (CSV or JSON lines) into a results file")
+    r.add_argument("--input", required=True, help="listings: .csv (header: title, description, image, id) or .jsonl")
+    r.add_argument("--out", required=True, help="results: .csv, or .jsonl for one JSON object per listing")
+    r.add_argument("--images", help="folder holding the files the `image` column names")
+    r.add_argument("--index", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR)")
+    r.add_argument("--batch-size", type=int, default=64, help="listings encoded together (memory is O(batch))")
+    r.add_argument("--k", type=int, help="neighbours that vote (default: the index's categorizer)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_predict)
+    k = sub.add_parser("calibrate", help="refit the auto/review calibration on the live catalogue and publish it")
+    k.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    k.add_argument("--sample", type=int, help="products predicted by the fit (default $CALIBRATION_SAMPLE or 5000)")
+    k.set_defaults(func=cmd_calibrate)
     q = sub.add_parser("pipeline", help="encode on Ray, ingest into the FAISS index, optionally copy it into Milvus")
     q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")
@@ -466,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     try:
         return args.func(args)
-    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
+    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -20,6 +19,7 @@ from indexer.categorizer import Neighbor
 from indexer.store import DuplicateProduct, IndexStore, ProductNotFound, delete, relabel
 
 from . import metrics
+from .auth import check_bearer
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
@@ -203,15 +203,7 @@ def product_image(product_id: str) -> ResponseReturnValue:
 
 
 def _check_token() -> None:
-    token = config().api_token
-    if not token:
-        raise ApiError(403, "writes are disabled: the server has no API_TOKEN configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "invalid token")
+    check_bearer(config().api_token, "API_TOKEN", "writes are")
 
 
 @bp.post("/products")
@@ -244,6 +236,8 @@ def add_product() -> Response:
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
+    if current_app.extensions["listings"].queue.get(product_id) is not None:
+        raise ApiError(409, f"id {product_id} belongs to a listing (GET /api/v1/review/{product_id})", "Conflict")
     index_dir = state().index_dir
     staged = final = None
     if query.image is not None:
@@ -281,6 +275,7 @@ def add_product() -> Response:
             staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(store.product_count())
+    current_app.extensions["recalibrator"].changed()
     body = product_public(product, image_url(product, store))
     body["index_version"] = store.version
     body["issues"] = report.to_dict()["counts"]

@@ -356,11 +356,13 @@ def build_index(
     manifest["derived_key"] = _derived_key(manifest)
     if (
         live is not None
+        and not live.deltas
         and live.manifest.get("derived_key") == manifest["derived_key"]
         and (live.manifest.get("categorizer") or not calibrate_decision)
     ):
         # same data, models and settings: the lexical channel and the CV calibration
-        # would come out identical, so take them from the live version
+        # would come out identical, so take them from the live version (not from one with
+        # deltas: its lexical channel and a refitted calibration also hold the added products)
         lexical = live.lexical
         if calibrate_decision:
             manifest["categorizer"] = live.manifest["categorizer"]

@@ -16,13 +16,26 @@ from indexer.store.errors import (
     IndexStoreError,
     ProductNotFound,
 )
-from indexer.store.factory import append, delete, open_store, parse_vector_store, relabel, route
+from indexer.store.factory import (
+    append,
+    delete,
+    open_store,
+    parse_vector_store,
+    publish_manifest_entries,
+    relabel,
+    route,
+)
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
+from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ReviewQueue
 
 __all__ = [
     "AuditLog",
+    "DecisionConflict",
+    "Listing",
+    "ListingNotFound",
+    "ReviewQueue",
     "DuplicateProduct",
     "IndexDamaged",
     "IndexMismatch",
@@ -39,6 +52,7 @@ __all__ = [
     "last_verified",
     "open_store",
     "parse_vector_store",
+    "publish_manifest_entries",
     "read_current",
     "relabel",
     "route",

@@ -142,6 +142,19 @@ def relabel(store: IndexStore, changes: Mapping[str, Iterable[str]], actor: str 
     raise TypeError(f"no writer for a {store.backend} store")
 
 
+def publish_manifest_entries(store: IndexStore, entries: Mapping[str, Any]) -> IndexStore:
+    """Publish the live index again with manifest `entries` replaced (the Categorizer's
+    calibration), computed on `store`: O(files) on the local backend (a new version of hard links,
+    deltas carried over). Milvus stores their manifest in the collection and are not rewritten here:
+    calibrate the FAISS index and copy it (`to-milvus`)."""
+    if isinstance(store, local.LocalIndexStore):
+        return local.republish(store.path, entries, based_on=store.version)
+    raise NotImplementedError(
+        f"publishing a new calibration to a {store.backend} store is not supported: calibrate the FAISS index "
+        "folder and copy it with `python -m indexer to-milvus`"
+    )
+
+
 def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[IndexStore, str]:
     """Copy a loaded index (any backend) into a new Milvus collection at `location` and open it:
     O(N) rows streamed in batches (see `indexer.store.milvus.copy_to_milvus` for `options`).

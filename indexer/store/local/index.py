@@ -42,6 +42,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -90,7 +91,7 @@ from indexer.store.local.segments import (
     read_list,
     write_delta,
 )
-from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, write_manifest
+from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, staging_prefix, write_manifest
 from indexer.store.locks import write_lock
 
 FORMAT_VERSION = 3  # 3: products in SQLite + category codes, int8 or float16 vectors, mapped lexical arrays
@@ -863,6 +864,42 @@ def append(
     if compact_past_threshold and out.past_compaction_threshold():
         start_background_compaction(path)
     return out
+
+
+class VersionReplaced(IndexStoreError):
+    """A build published another catalogue while a manifest change was being prepared for the old one."""
+
+
+def republish(path: str | Path, entries: Mapping, based_on: str) -> LocalIndexStore:
+    """Publish the live version again with manifest `entries` replaced (e.g. a new calibration):
+    a new version whose base files are hard links to the live one's and whose deltas (those
+    committed meanwhile included) are carried over. O(files), no data rewritten; atomic like
+    every publish, under the write lock.
+
+    `based_on` is the version the entries were computed on: when a build (not a compaction of
+    it) has replaced that version meanwhile, nothing is published (VersionReplaced)."""
+    path = Path(path)
+    with write_lock(path):
+        _remove_staging(path)
+        live = read_current(path)
+        vdir = path / VERSIONS / live
+        manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
+        if live != based_on and (manifest.get("compacted_from") or {}).get("version") != based_on:
+            raise VersionReplaced(f"version {based_on} was replaced by {live} (a new build): nothing published")
+        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=path / VERSIONS))
+        try:
+            for name in manifest.get("files", {}):
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                os.link(vdir / name, staging / name)
+            _carry_deltas(vdir, staging, read_list(vdir), np.zeros(0, np.int64))  # the base keeps its rows
+            manifest.update(entries)
+            write_manifest(staging, manifest)
+            _fsync_dir(staging)
+            commit_version(path, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return LocalIndexStore.load(path)
 
 
 def change(
