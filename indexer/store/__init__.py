@@ -6,7 +6,14 @@ verification) is in `indexer.store.local`.
 """
 
 from indexer.store.base import IndexStore, VectorChannel, check_compatible
-from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
+from indexer.store.errors import (
+    DuplicateProduct,
+    IndexDamaged,
+    IndexMismatch,
+    IndexNotFound,
+    IndexStoreError,
+    StoreUnavailable,
+)
 from indexer.store.factory import append, open_store, parse_vector_store, route
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
@@ -21,6 +28,7 @@ __all__ = [
     "IndexStoreError",
     "LEXICAL_SCALINGS",
     "RowFilter",
+    "StoreUnavailable",
     "VectorChannel",
     "append",
     "check_compatible",

@@ -34,3 +34,9 @@ class DuplicateProduct(IndexStoreError):
     def __init__(self, ids: list[str]):
         super().__init__(f"product ids already in the index: {', '.join(ids[:5])}")
         self.ids = ids
+
+
+class StoreUnavailable(IndexStoreError):
+    """The store's backend cannot be reached or cannot serve right now (a Milvus server that is
+    down, restarting or loading): nothing is wrong with the index; retry later (the service
+    answers 503)."""

@@ -1,6 +1,12 @@
-"""One contract for every store backend (FAISS on local disk, Milvus Lite), in the manner of
-scikit-learn's common estimator checks: each test runs once per backend on the same small
-index, and the real 945-product nested figures must be identical through either store."""
+"""One contract for every store backend (FAISS on local disk, Milvus Lite, a Milvus server), in
+the manner of scikit-learn's common estimator checks: each test runs once per backend on the
+same small index, and the real 945-product nested figures must be identical through either store.
+
+The Milvus server is the `milvus` package's standalone binary, started once per session by the
+`milvus_server` fixture (tests/conftest.py) when the first server case runs; each test copies the
+small index into a collection once per module (about 15 s on the server: each collection's
+creation waits for its load) for the tests that only read, and into a fresh one for each test
+marked `fresh_copy` (a write that succeeds), dropped afterwards."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from fakes import FakeEncoder, fake_manifest, make_products, random_vectors
 from indexer.catalog.products import Product
 from indexer.catalog.text import encoder_text
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store
+from indexer.store import append, open_store
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LexicalIndex
 from indexer.store.local.index import (
@@ -22,16 +28,15 @@ from indexer.store.local.index import (
     IndexMismatch,
     IndexStore,
     IndexStoreError,
-    append,
     publish,
     write_lock,
 )
 
 pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
-from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus  # noqa: E402
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop  # noqa: E402
 
-BACKENDS = ("faiss", "milvus")
+BACKENDS = ("faiss", "milvus-lite", "milvus-server")
 N = 40
 
 
@@ -58,16 +63,41 @@ def milvus_db(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("milvus") / "contract.db"
 
 
+def collection_name(request) -> str:
+    """A collection per test (letters, digits and _ only, as Milvus wants)."""
+    return f"t{abs(hash(request.node.name)) % 10**9}"
+
+
+@pytest.fixture(scope="module")
+def shared_copies(tmp_path_factory, milvus_db):
+    """backend -> the small index copied once for the module's read-only tests."""
+    copies: dict[str, MilvusLocation] = {}
+    yield copies
+    for loc in copies.values():
+        drop(loc)
+
+
 @pytest.fixture(params=BACKENDS)
-def store(request, tmp_path, milvus_db) -> IndexStore:
+def store(request, tmp_path, milvus_db, shared_copies):
     encoder = FakeEncoder()
     publish_small(tmp_path / "faiss", encoder)
     faiss_store = open_store(tmp_path / "faiss")
     if request.param == "faiss":
-        return faiss_store
-    loc = MilvusLocation(str(milvus_db.resolve()), f"t{abs(hash(request.node.name)) % 10**9}")
-    copy_to_milvus(faiss_store, loc, replace=True)
-    return MilvusIndexStore.open(loc)
+        yield faiss_store
+        return
+    fresh = request.node.get_closest_marker("fresh_copy") is not None
+    name = collection_name(request) if fresh else f"shared_{request.param.replace('-', '_')}"
+    if request.param == "milvus-lite":
+        loc = MilvusLocation(str(milvus_db.resolve()), name)
+    else:
+        loc = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, name)
+    if fresh or request.param not in shared_copies:
+        copy_to_milvus(faiss_store, loc, replace=True)
+        if not fresh:
+            shared_copies[request.param] = loc
+    yield MilvusIndexStore.open(loc)
+    if fresh:
+        drop(loc)
 
 
 def reload(store: IndexStore) -> IndexStore:
@@ -166,6 +196,7 @@ def added_products(n: int = 2) -> list[Product]:
     ]
 
 
+@pytest.mark.fresh_copy
 def test_add_is_visible_to_the_next_query(store):
     encoder = FakeEncoder()
     new = added_products(2)
