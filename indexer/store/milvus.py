@@ -509,6 +509,21 @@ class MilvusWriter:
         lexical_rows = self.count if self.manifest.get("lexical") else 0
         return {"rows": self.count, "build": uuid.uuid4().hex, "lexical_rows": lexical_rows, "ts": self.ts}
 
+    @property
+    def where(self) -> str:
+        return f"collection {self.loc.collection} at {self.loc.uri}"
+
+    def staged(self, state: Mapping[str, Any]) -> MilvusIndexStore:
+        """The collection as `state` (from `stage`/`amend`, not committed) describes it: what the
+        calibration of an ingest runs on, exactly the vectors that will be served."""
+        for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
+            self.client.flush(name)
+        return MilvusIndexStore.open(self.loc, state=state)
+
+    def abort(self) -> None:
+        """Drop what was written (nothing was committed)."""
+        drop(self.loc)
+
     def commit(self, state: Mapping[str, Any]) -> MilvusLocation:
         """Publish: flush the collections (sealed segments get their index built) and write the state."""
         for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
