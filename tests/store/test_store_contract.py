@@ -36,7 +36,7 @@ pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
 from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop  # noqa: E402
 
-BACKENDS = ("faiss", "milvus-lite", "milvus-server")
+BACKENDS = ("faiss", "milvus-lite", pytest.param("milvus-server", marks=pytest.mark.milvus_server))
 N = 40
 
 
