@@ -1,4 +1,4 @@
-"""The Milvus backend of the store interface: one collection per index, Lite or server.
+"""The Milvus backend of the store interface: one set of collections per index, Lite or server.
 
 `VECTOR_STORE=milvus://host:19530[/collection]` names a Milvus server (or cluster proxy);
 a local `*.db` path names a Milvus Lite database (the embedded Milvus, same client API).
@@ -16,18 +16,23 @@ schema version 2 (Milvus 2.3 servers allow one vector field per collection):
                      category_path[1] == "B"`) and the FLOAT_VECTOR (IP metric, FLAT or HNSW)
     products__meta   small key/value collection: the manifest (profile, model ids, dims,
                      calibrated categorizer) and the lexical channel (vocabulary, idf, TF-IDF
-                     rows of the copied products); its property `indexer.state` is the commit
+                     rows of the copied products) and the `state` row (the commit), mirrored
+                     in its property `indexer.state`
 
 An add upserts the new entities at rows `committed, committed + 1, ...`, then commits: it
-writes the state (rows committed, build id, and `ts`, the Milvus timestamp of its last write)
-as a property of the meta collection. Searches carry `row < committed`, so rows written by an
-add that died before its commit are never returned, and the next add overwrites them. Another
-process notices an add by reading the state (`is_stale`) and loads only the new rows.
+writes the state (rows committed, build id, and `ts`, the Milvus timestamp of its last write).
+Searches carry `row < committed`, so rows written by an add that died before its commit are
+never returned, and the next add overwrites them. Another process notices an add by reading
+the state (`is_stale`) and loads only the new rows.
 
 Consistency, per operation (a server's default, Bounded, may answer from data up to 5 s old;
 Strong makes every read wait for the server's next time tick, about 200 ms on Milvus 2.3):
-- the state is collection metadata (Milvus's etcd), so reading it is linearizable and cheap
-  (~1 ms): a commit acknowledged to one process is seen by the next `is_stale` of any other;
+- the commit writes the `state` row (a Milvus write, durable once acknowledged), then its
+  mirror, a property of the meta collection: collection metadata (Milvus's etcd), so reading it
+  is linearizable and cheap (~1 ms), and `is_stale` reads it before every request. Milvus
+  2.3.5 lost the last property write in a kill -9 (tests/store/test_milvus_server.py), so the
+  row is the truth: writers read it (Strong), and so does a process's first read and its first
+  read after the server was away, which repairs the mirror (`read_state`);
 - every read of rows (search, products, vectors) carries the state's `ts` as its guarantee
   timestamp (consistency level Customized): the server answers once it has applied every write
   that commit covers, which it usually has already, so a read waits only right after a commit
