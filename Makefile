@@ -8,7 +8,7 @@ INDEX_DIR ?= var/index
 PORT ?= 8000
 export DATA_DIR INDEX_DIR PORT
 
-.PHONY: run test lint docs install index bench report clean mutate
+.PHONY: run test lint docs install index port-free bench report clean mutate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(INDEX_DIR)/CURRENT: | install
 
 index: $(INDEX_DIR)/CURRENT
 
-run: index
+# A port in use is said in one line before the index is built (minutes on a fresh machine).
+port-free: install
+	$(PY) -m service.serving "$(PORT)"
+
+run: port-free index
 	$(PY) -m indexer info "$(INDEX_DIR)"
 	PATH="$(abspath $(VENV))/bin:$$PATH" && eval exec "$$(sed -n 's/^web: *//p' Procfile)"
 
