@@ -63,7 +63,7 @@ WORKERS = r"""
 import gc, os, signal, sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
-from indexer.store.base import IndexStore
+from indexer.store import open_store
 from indexer.categorizer.vote import Categorizer
 threadpool_limits(limits=1, user_api="blas")
 t0 = time.perf_counter()

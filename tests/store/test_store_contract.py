@@ -320,12 +320,18 @@ def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_pat
 
 # ---- the real index: identical nested figures through either store ----------------------------
 @pytest.mark.integration
-def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path):
+@pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path, request, where):
     from indexer.categorizer import protocol as calibration
 
     path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
     faiss_store = open_store(path)
-    loc = copy_to_milvus(faiss_store, MilvusLocation(str(tmp_path / "real.db"), "real"))
+    if where == "lite":
+        target = MilvusLocation(str(tmp_path / "real.db"), "real")
+    else:
+        target = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, "real")
+    loc = copy_to_milvus(faiss_store, target, replace=True)
+    request.addfinalizer(lambda: drop(loc))
     milvus_store = MilvusIndexStore.open(loc)
     assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"]
     groups = calibration.near_duplicate_groups(faiss_store)
