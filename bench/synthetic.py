@@ -121,7 +121,7 @@ def _mixed_text(a: str, b: str, rng: np.random.Generator, keep: float) -> str:
 
 VOCABULARIES = ("heaps", "real")
 ZIPF_EXPONENT = 1.8  # Zipf-Mandelbrot exponent s: vocabulary ~ tokens^(1/s) (Heaps' beta ~0.55)
-ZIPF_SHIFT = 20.0  # Zipf-Mandelbrot shift q: the most frequent word is ~4 % of the tokens, not half
+ZIPF_SHIFT = 100.0  # Zipf-Mandelbrot shift q: the most frequent word is 0.8 % of the tokens, in ~11 % of products
 DESCRIPTION_WORDS = 30
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
