@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info | verify | encode | ingest | to-milvus`.
+"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | to-milvus ...`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -12,10 +12,17 @@ import os
 import sys
 from pathlib import Path
 
-from indexer.catalog.products import CatalogError, ValidationReport, load_catalog
+from indexer.catalog.products import (
+    CatalogError,
+    Product,
+    ValidationReport,
+    format_category_path,
+    load_catalog,
+    parse_category_path,
+)
 from indexer.encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
 from indexer.settings import DEFAULT_INDEX_DIR, index_dir_default, quiet_third_party
-from indexer.store import IndexStoreError, open_store
+from indexer.store import IndexNotFound, IndexStoreError, open_store
 from indexer.store.local.index import DEFAULT_FACTORY
 
 
@@ -79,6 +86,71 @@ def cmd_add(args: argparse.Namespace) -> int:
     for line in catalog.report.lines():
         print("  " + line)
     return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete products by id (one delta of tombstones; refused whole if one id is unknown)."""
+    from indexer.store import delete
+
+    store = delete(open_store(args.index), args.ids, actor="cli")
+    print(
+        f"deleted {len(set(args.ids))} product(s) ({', '.join(dict.fromkeys(args.ids))}); index now holds "
+        f"{store.product_count()} products, version {store.version}"
+    )
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    """Give one product a new category path ("A >> B >> C"); a path new to the index is allowed."""
+    from indexer.store import relabel
+
+    path = parse_category_path(args.category)  # a malformed path is refused before the index is opened
+    store = open_store(args.index)
+    row = store.row_of(args.id)
+    before = format_category_path(store.products[row].category_path) if row is not None else None
+    known = path[0] in store.categories()
+    store = relabel(store, {args.id: path}, actor="cli")
+    if before == format_category_path(path):
+        print(f"{args.id} is already in {before}: nothing changed")
+    else:
+        new = "" if known else f" ({path[0]!r} is a new top-level category of the index)"
+        print(f"relabelled {args.id}: {before} -> {format_category_path(path)}{new}; version {store.version}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print a product's audit trail, oldest first (time, action, actor, what changed)."""
+    from indexer.store import AuditLog
+    from indexer.store.factory import is_milvus_location, routed
+
+    folder = open_store(args.index).path if is_milvus_location(args.index) or routed(args.index) else Path(args.index)
+    if not is_milvus_location(args.index) and not folder.is_dir():
+        raise IndexNotFound(f"no index at {folder} (build one: python -m indexer build --data DATA_DIR --out {folder})")
+    events = AuditLog(folder).history(args.id)
+    if args.json:
+        print(json.dumps(events, indent=2, ensure_ascii=False))
+        return 0
+    if not events:
+        print(f"no recorded change for product {args.id} in {folder}")
+        return 0
+    for event in events:
+        print(f"{event['time']}  {event['action']:<12} {event['actor']:<12} {_describe(event)}")
+    return 0
+
+
+def _describe(event: dict) -> str:
+    """One line saying what an audit event changed."""
+    before, after = event.get("before") or {}, event.get("after") or {}
+    path = lambda record: format_category_path(record.get("category_path") or []) or "(no category)"  # noqa: E731
+    if event["action"] == "relabel":
+        return f"{path(before)} -> {path(after)}"
+    if event["action"] == "delete":
+        return f"deleted {before.get('name', '')!r} ({path(before)})"
+    if event["action"] == "reject":
+        return "listing rejected" + (f": {json.dumps(before, ensure_ascii=False)[:120]}" if before else "")
+    extra = {k: v for k, v in after.items() if k not in Product.__dataclass_fields__}
+    note = f" {json.dumps(extra, ensure_ascii=False)[:160]}" if extra else ""
+    return f"{after.get('name', '')!r} in {path(after)}{note}"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -146,7 +218,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"index {store.path} version {store.version} (format {m['format_version']})")
     if store.deltas:
-        print(f"deltas: {len(store.deltas)} segments, {store.delta_rows()} products (`compact` merges them)")
+        changes = [
+            f"{m[key]} {label}"
+            for key, label in (("deleted_products", "deleted"), ("relabeled_products", "relabelled"))
+            if m.get(key)
+        ]
+        print(
+            f"deltas: {len(store.deltas)} segments, {store.delta_rows()} products"
+            + (f", {', '.join(changes)}" if changes else "")
+            + " (`compact` merges them)"
+        )
     print(f"profile {m['profile']}: {m.get('model_id', m.get('model_ids'))}")
     print(
         f"products {m['counts']['products']}; "
@@ -354,7 +435,21 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("index", nargs="?", default=index_dir_default())
     v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
     v.set_defaults(func=cmd_verify)
-    c = sub.add_parser("compact", help="merge the delta segments of adds into a new base version")
+    d = sub.add_parser("delete", help="delete products by id (recorded in the index's audit trail)")
+    d.add_argument("index", help="index folder (or Milvus location)")
+    d.add_argument("ids", nargs="+", metavar="ID", help="product ids; one unknown or deleted id refuses them all")
+    d.set_defaults(func=cmd_delete)
+    r = sub.add_parser("relabel", help="give a product a new category path (recorded in the audit trail)")
+    r.add_argument("index", help="index folder (or Milvus location)")
+    r.add_argument("id", help="product id")
+    r.add_argument("category", help="the new path, e.g. 'Watches >> Wrist Watches' (a new category is allowed)")
+    r.set_defaults(func=cmd_relabel)
+    h = sub.add_parser("history", help="print a product's audit trail: every add, relabel, delete, review")
+    h.add_argument("index", help="index folder (or Milvus location)")
+    h.add_argument("id", help="product id")
+    h.add_argument("--json", action="store_true", help="the events as JSON (before and after in full)")
+    h.set_defaults(func=cmd_history)
+    c = sub.add_parser("compact", help="merge the delta segments (adds, deletes, relabels) into a new base version")
     c.add_argument("index", nargs="?", default=index_dir_default())
     c.set_defaults(func=cmd_compact)
     m = sub.add_parser("to-milvus", help="copy an index version into a Milvus collection (VECTOR_STORE)")

@@ -91,6 +91,8 @@ def register(app: Flask) -> None:
         response = problem(exc.status, exc.detail, exc.title, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        if "retry_after" in exc.extra:  # 503: when to try again, for clients and proxies
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
         return response
 
     @app.errorhandler(StoreUnavailable)

@@ -54,3 +54,52 @@ def jpeg_bytes(size=(64, 48), color=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, color).save(out, "JPEG")
     return out.getvalue()
+
+
+def start_gunicorn(index_dir: Path, port: int, env: dict, log_path: Path, timeout: float = 240):
+    """gunicorn with service/gunicorn.conf.py on 127.0.0.1:port (through its front unless
+    env says FRONT=none), returned once /readyz answers 200."""
+    import http.client
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, INDEX_DIR=str(index_dir), PROMETHEUS_MULTIPROC_DIR=str(log_path.parent / "metrics"), **env)
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command + ["service.app:create_app()"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError("gunicorn exited:\n" + log_path.read_text()[-3000:])
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise AssertionError("gunicorn did not become ready:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def stop_process(proc, seconds: float = 40) -> int:
+    """SIGTERM, then SIGKILL after `seconds`; the exit code."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -1,10 +1,12 @@
 """The index: one interface (`base.IndexStore`), backends behind one factory.
 
-Open a store with `open_store(location)`, add to it with `append`; everything else reads the
+Open a store with `open_store(location)`, change it with `append`, `delete` and `relabel`
+(each recorded in the index folder's audit trail, `AuditLog`); everything else reads the
 `IndexStore` interface. The local FAISS backend's maintenance (versions, compaction,
 verification) is in `indexer.store.local`.
 """
 
+from indexer.store.audit import AuditLog
 from indexer.store.base import IndexStore, VectorChannel, check_compatible
 from indexer.store.errors import (
     DuplicateProduct,
@@ -12,14 +14,16 @@ from indexer.store.errors import (
     IndexMismatch,
     IndexNotFound,
     IndexStoreError,
+    ProductNotFound,
     StoreUnavailable,
 )
-from indexer.store.factory import append, open_store, parse_vector_store, route
+from indexer.store.factory import append, delete, open_store, parse_vector_store, relabel, route
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
 
 __all__ = [
+    "AuditLog",
     "DuplicateProduct",
     "IndexDamaged",
     "IndexMismatch",
@@ -27,14 +31,17 @@ __all__ = [
     "IndexStore",
     "IndexStoreError",
     "LEXICAL_SCALINGS",
+    "ProductNotFound",
     "RowFilter",
     "StoreUnavailable",
     "VectorChannel",
     "append",
     "check_compatible",
+    "delete",
     "last_verified",
     "open_store",
     "parse_vector_store",
     "read_current",
+    "relabel",
     "route",
 ]

@@ -25,6 +25,17 @@ Searches carry `row < committed`, so rows written by an add that died before its
 never returned, and the next add overwrites them. Another process notices an add by reading
 the state (`is_stale`) and loads only the new rows.
 
+A delete or relabel (`change`) keeps the row: a deleted product's entity is upserted with no
+vector flags, no category path (no category filter matches it) and `"deleted": true` in its
+record, and its vectors are deleted from the modality collections (so no search returns it); a
+relabelled one is upserted with its new path, in the products collection and in each modality
+collection (its vectors read back and written unchanged). The change is first written to the
+meta collection as `change/<n>` (the rows, their new records, the audit events), then the
+entities are written, then `state.changes` moves to n: a writer killed after the first step
+leaves `change/<n>` past `state.changes`, and the next writer finishes it (the writes are
+idempotent) before its own change. Other processes notice `state.changes` move and re-read
+only the rows the new entries name.
+
 Consistency, per operation (a server's default, Bounded, may answer from data up to 5 s old;
 Strong makes every read wait for the server's next time tick, about 200 ms on Milvus 2.3):
 - the commit writes the `state` row (a Milvus write, durable once acknowledged), then its
@@ -54,6 +65,7 @@ Milvus Lite opens a database from one process at a time: a service on Lite runs 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -62,7 +74,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,8 +84,17 @@ import numpy as np
 from indexer.catalog.products import MODALITIES, Product
 from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, l2_normalize
-from indexer.store.base import IndexStore, check_compatible
-from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError, StoreUnavailable
+from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
+from indexer.store.audit import event as audit_event
+from indexer.store.base import IndexStore, check_compatible, checked_change
+from indexer.store.errors import (
+    DuplicateProduct,
+    IndexDamaged,
+    IndexNotFound,
+    IndexStoreError,
+    ProductNotFound,
+    StoreUnavailable,
+)
 from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
 from indexer.store.lexical import LexicalIndex
 from indexer.store.locks import write_lock
@@ -207,6 +228,18 @@ class GuardedClient:
             if unavailable(exc):
                 self.suspect = True
                 raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (upsert): {exc}") from exc
+            raise
+        return int(getattr(result, "timestamp", 0) or 0)
+
+    def delete_ts(self, collection: str, ids: list[int]) -> int:
+        """Delete entities by primary key and return the write's timestamp (as `upsert_ts`)."""
+        connection = self._connected()._get_connection()
+        try:
+            result = connection.delete(collection, expression=f"row in {json.dumps(ids)}", timeout=self.timeout)
+        except Exception as exc:
+            if unavailable(exc):
+                self.suspect = True
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (delete): {exc}") from exc
             raise
         return int(getattr(result, "timestamp", 0) or 0)
 
@@ -392,39 +425,48 @@ def _write_rows(
     start: int,
     vectors: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
+    deleted: np.ndarray | None = None,
+    rows: Sequence[int] | None = None,
 ) -> int:
-    """Upsert products at rows start, start+1, ... and, per modality, the vectors of those that
-    have it (vectors[m][i] is product i's; present[m][i] says whether it has one). Returns the
-    timestamp of the last write. O(batch·d)."""
+    """Upsert products at rows start, start+1, ... (or at `rows`) and, per modality, the vectors
+    of those that have it (vectors[m][i] is product i's; present[m][i] says whether it has one).
+    A `deleted` product keeps its record, marked, loses its path and flags, and its vectors are
+    deleted from the modality collections. Returns the timestamp of the last write. O(batch·d)."""
     ts = 0
+    gone = np.zeros(len(products), bool) if deleted is None else np.asarray(deleted, bool)
+    at = [start + i for i in range(len(products))] if rows is None else [int(r) for r in rows]
     for lo in range(0, len(products), INSERT_ROWS):
         hi = min(lo + INSERT_ROWS, len(products))
-        rows = []
+        entities = []
         for i in range(lo, hi):
             product = products[i]
-            record = json.dumps(product.to_record(), ensure_ascii=False)
+            fields = dict(product.to_record(), deleted=True) if gone[i] else product.to_record()
+            record = json.dumps(fields, ensure_ascii=False)
             if len(record) > RECORD_CHARS:
                 raise ValueError(f"product {product.id}: record of {len(record)} characters exceeds {RECORD_CHARS}")
             entity: dict[str, Any] = {
-                "row": start + i,
+                "row": at[i],
                 "id": product.id,
                 "name": (product.name or "")[:RECORD_CHARS],
-                "category_path": list(product.category_path),
+                "category_path": [] if gone[i] else list(product.category_path),
                 "record": record,
                 "_v": [1.0, 0.0],
             }
             for modality in vectors:
-                entity[f"has_{modality}"] = bool(present[modality][i])
-            rows.append(entity)
+                entity[f"has_{modality}"] = bool(present[modality][i]) and not gone[i]
+            entities.append(entity)
         for modality, vecs in vectors.items():
             channel = [
-                {"row": start + i, "category_path": list(products[i].category_path), "vector": vecs[i].tolist()}
+                {"row": at[i], "category_path": list(products[i].category_path), "vector": vecs[i].tolist()}
                 for i in range(lo, hi)
-                if present[modality][i]
+                if present[modality][i] and not gone[i]
             ]
             if channel:
                 ts = max(ts, client.upsert_ts(loc.channel(modality), channel))
-        ts = max(ts, client.upsert_ts(loc.collection, rows))
+            doomed = [at[i] for i in range(lo, hi) if gone[i]]
+            if doomed:
+                ts = max(ts, client.delete_ts(loc.channel(modality), doomed))
+        ts = max(ts, client.upsert_ts(loc.collection, entities))
     return ts
 
 
@@ -464,11 +506,15 @@ class MilvusWriter:
         self.manifest: dict[str, Any] = {}
 
     def add(
-        self, products: Sequence[Product], vectors: Mapping[str, tuple[np.ndarray, np.ndarray]], normalize: bool = True
+        self,
+        products: Sequence[Product],
+        vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        normalize: bool = True,
+        deleted: np.ndarray | None = None,
     ) -> None:
         """Products at the next rows and, per modality, (vectors, positions of their products in
         this batch); vectors are L2-normalised here unless `normalize` is False (a copy keeps
-        the stored values exactly). O(batch)."""
+        the stored values exactly); `deleted` marks products copied as deleted. O(batch)."""
         unknown = set(vectors) - set(self.dims)
         if unknown:
             raise ValueError(f"unknown modality {sorted(unknown)!r}")
@@ -485,9 +531,11 @@ class MilvusWriter:
                     vecs = np.asarray(vecs, dtype=np.float32)
                     out[positions] = l2_normalize(vecs) if normalize else vecs
                 has[positions] = True
+            if deleted is not None:
+                has &= ~np.asarray(deleted, bool)
             full[modality], present[modality] = out, has
             self.counts[modality] += int(has.sum())
-        self.ts = max(self.ts, _write_rows(self.client, self.loc, products, self.count, full, present))
+        self.ts = max(self.ts, _write_rows(self.client, self.loc, products, self.count, full, present, deleted))
         self.count += len(products)
 
     def stage(self, manifest: Mapping, lexical: LexicalIndex | None) -> dict[str, Any]:
@@ -565,7 +613,8 @@ def copy_to_milvus(
             if len(has):
                 vecs = np.asarray(channel.vectors[pos[has]], dtype=np.float32)
             vectors[modality] = (vecs, has)
-        writer.add([store.products[int(r)] for r in rows], vectors, normalize=False)
+        gone = np.isin(rows, store.deleted)
+        writer.add([store.products[int(r)] for r in rows], vectors, normalize=False, deleted=gone)
         if progress is not None:
             progress(int(rows[-1]) + 1, n)
     return writer.commit(writer.stage(store.manifest, store.lexical))
@@ -789,7 +838,8 @@ class MilvusChannel:
 
 @dataclass
 class _Snapshot:
-    """What a process has read of a collection: kept so a reload after an add reads only the new rows."""
+    """What a process has read of a collection: kept so a reload after an add or a change reads
+    only the new or changed rows."""
 
     build: str
     manifest: dict
@@ -798,18 +848,31 @@ class _Snapshot:
     lexical: LexicalIndex | None
     lexical_rows: int
     ts: int = 0  # timestamp of the last commit read
+    deleted: frozenset[int] = frozenset()
+    changes: int = 0  # change entries read (`state.changes` when they were)
 
 
 _LOADED: dict[tuple[str, str], _Snapshot] = {}
 
 
+def _parse_record(raw: str) -> tuple[Product, bool]:
+    """A stored record as (product, deleted); a deleted product reads with no category path."""
+    record = json.loads(raw)
+    product = Product.from_record(record)
+    if record.get("deleted"):
+        return dataclasses.replace(product, category_path=()), True
+    return product, False
+
+
 def _fetch_products(
     client: Any, loc: MilvusLocation, modalities: Sequence[str], lo: int, hi: int, ts: int
-) -> tuple[list[Product], dict[str, np.ndarray]]:
-    """Products at rows [lo, hi) and their has_<modality> flags: O(hi - lo) entities."""
+) -> tuple[list[Product], dict[str, np.ndarray], set[int]]:
+    """Products at rows [lo, hi), their has_<modality> flags and which rows are deleted:
+    O(hi - lo) entities."""
     fields = ["record", *(f"has_{m}" for m in modalities)]
     products: list[Product | None] = [None] * (hi - lo)
     present = {m: np.zeros(hi - lo, bool) for m in modalities}
+    deleted = set()
     for start in range(lo, hi, FETCH_ROWS):
         stop = min(start + FETCH_ROWS, hi)
         for hit in client.query(
@@ -820,13 +883,15 @@ def _fetch_products(
             **read_options(ts),
         ):
             i = int(hit["row"]) - lo
-            products[i] = Product.from_record(json.loads(hit["record"]))
+            products[i], gone = _parse_record(hit["record"])
+            if gone:
+                deleted.add(lo + i)
             for m in modalities:
                 present[m][i] = bool(hit[f"has_{m}"])
     missing = [lo + i for i, p in enumerate(products) if p is None]
     if missing:
         raise IndexDamaged(f"Milvus collection {loc.collection} lacks committed rows {missing[:5]}")
-    return [p for p in products if p is not None], present
+    return [p for p in products if p is not None], present, deleted
 
 
 class MilvusIndexStore(IndexStore):
@@ -836,6 +901,7 @@ class MilvusIndexStore(IndexStore):
     location: MilvusLocation
     build: str
     state: dict[str, Any]  # the commit state it was loaded at
+    changes_read: int = 0
 
     @classmethod
     def open(
@@ -849,9 +915,11 @@ class MilvusIndexStore(IndexStore):
         """Load the committed rows; with `encoder`, refuse an index of other models (IndexMismatch).
 
         First load in a process: O(N) entities read (records and flags, not vectors) plus the
-        lexical channel; a reload after adds reads only the rows added since (O(added)).
-        `local` is the index folder of uploaded photos and the embedding cache (the service's
-        INDEX_DIR); by default the Lite database's folder. `state` opens a staged state that is
+        lexical channel; a reload after adds reads only the rows added since (O(added)), after
+        deletes or relabels only the rows they name (O(changed), plus an O(N) copy of the
+        product list's pointers and flags so stores loaded before keep theirs).
+        `local` is the index folder of uploaded photos, the embedding cache and the audit trail
+        (the service's INDEX_DIR); by default the Lite database's folder. `state` opens a staged state that is
         not committed yet (`MilvusWriter.stage`: the calibration of an ingest); `authoritative`
         reads the state's truth (`read_state`), as a writer must."""
         loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
@@ -864,9 +932,15 @@ class MilvusIndexStore(IndexStore):
         client.load_collection(loc.meta)
         state = dict(state) if state is not None else read_state(client, loc, authoritative)
         ts = int(state.get("ts", 0))
+        changes = int(state.get("changes", 0))
         key = (loc.uri, loc.collection)
         snap = _LOADED.get(key)
-        if snap is None or snap.build != state["build"] or len(snap.products) > int(state["rows"]):
+        if (
+            snap is None
+            or snap.build != state["build"]
+            or len(snap.products) > int(state["rows"])
+            or snap.changes > changes
+        ):
             manifest = json.loads(get_blob(client, loc, "manifest", ts))
             lexical = _lexical_from_bytes(get_blob(client, loc, "lexical", ts)) if manifest.get("lexical") else None
             version = manifest.get("store", {}).get("schema_version")
@@ -877,6 +951,7 @@ class MilvusIndexStore(IndexStore):
                 )
             snap = _Snapshot(state["build"], manifest, [], {m: [] for m in manifest["dims"]}, lexical, 0)
             snap.lexical_rows = int(state.get("lexical_rows", 0))
+            snap.changes = changes  # a first read sees every committed change in the records
         if encoder is not None:
             check_compatible(snap.manifest, encoder)
         for name in (loc.collection, *(loc.channel(m) for m in snap.manifest["dims"])):
@@ -884,10 +959,13 @@ class MilvusIndexStore(IndexStore):
         committed = int(state["rows"])
         if len(snap.products) < committed:
             snap = _extend(snap, client, loc, committed, ts)
+        if snap.changes < changes:
+            snap = _reread_changed(snap, client, loc, changes, ts)
         snap.ts = ts
         _LOADED[key] = snap
         store = cls._from_snapshot(snap, client, loc, local)
         store.state = state
+        store.changes_read = snap.changes
         return store
 
     @classmethod
@@ -911,18 +989,22 @@ class MilvusIndexStore(IndexStore):
         manifest["counts"] = counts
         if n > copied:
             manifest["added_products"] = int(manifest.get("added_products", 0)) + n - copied
+        if n > copied or snap.changes:
             manifest["categories"] = sorted({p.category for p in snap.products if p.category})
+        if snap.deleted:
+            manifest["deleted_products"] = len(snap.deleted)
         if snap.lexical is not None and manifest.get("lexical"):
             manifest["lexical"] = dict(manifest["lexical"], count=int(snap.lexical.ntotal))
         if local is None:
             local = Path(loc.uri).parent if loc.lite else Path(".")
         store = cls(
             path=Path(local),
-            version=f"milvus-{snap.build[:8]}-{n}",
+            version=f"milvus-{snap.build[:8]}-{n}-{snap.changes}",
             manifest=manifest,
             products=snap.products,
             modalities=modalities,
             lexical=snap.lexical,
+            deleted=np.asarray(sorted(snap.deleted), dtype=np.int64),
         )
         store.location, store.build = loc, snap.build
         return store
@@ -946,7 +1028,11 @@ class MilvusIndexStore(IndexStore):
             state = read_state(self.modalities_client(), self.location)
         except IndexNotFound:
             return False
-        return state["build"] != self.build or int(state["rows"]) != len(self.products)
+        return (
+            state["build"] != self.build
+            or int(state["rows"]) != len(self.products)
+            or int(state.get("changes", 0)) != self.changes_read
+        )
 
     def modalities_client(self) -> Any:
         return client_for(self.location.uri)
@@ -956,21 +1042,48 @@ class MilvusIndexStore(IndexStore):
             self._lookups["categories"] = MilvusCategoryIndex(self, self.category_codes())
         return self._lookups["categories"]
 
+    # ---- writing --------------------------------------------------------------------------
+    def _live(self) -> MilvusIndexStore:
+        """The live store for a writer holding the lock, from the state's truth (`read_state`):
+        a change a killed writer left half done is finished first, and the last write's audit
+        events recorded if they were not."""
+        loc = self.location
+        client = client_for(loc.uri)
+        state = read_state(client, loc, authoritative=True)
+        pending = _change_entry(client, loc, int(state.get("changes", 0)) + 1, int(state.get("ts", 0)))
+        if pending is not None:
+            live = type(self).open(loc, local=self.path, state=state)
+            ts = _apply_change(client, loc, live, pending)
+            _commit_change(client, loc, int(state.get("changes", 0)) + 1, ts)
+            state = read_state(client, loc, authoritative=True)
+        live = type(self).open(loc, local=self.path, state=state)
+        _journal_last(client, loc, state, live)
+        return live
+
     def insert(
         self,
         new_products: list[Product],
         new_vectors: Mapping[str, np.ndarray | None],
         before_publish: Callable[[IndexStore], None] | None = None,
+        action: str = "add",
+        actor: str = "cli",
+        notes: Mapping[str, Mapping] | None = None,
     ) -> MilvusIndexStore:
         """Add products as Milvus upserts at the next rows, then commit `state.rows`: O(batch).
+        Each product is an audit event (`action` by `actor`, `notes[id]` joining its `after`),
+        recorded right after the commit.
 
         Writers of one machine are serialised by a file lock (for Lite, beside the database;
         for a server, in the temp folder): several hosts adding to one server collection at
-        once are not coordinated here (see README)."""
+        once are not coordinated here (see docs/milvus.md)."""
         loc = self.location
         client = client_for(loc.uri)
+        info: dict[str, Any] = {"event": new_event_id(), "time": utc_now(), "action": action, "actor": actor}
+        if notes:
+            info["notes"] = {str(k): dict(v) for k, v in notes.items()}
+        events = _add_events(new_products, info)  # checks the action and actor before anything is written
         with write_lock(_lock_dir(loc)):
-            live = type(self).open(loc, local=self.path, authoritative=True)
+            live = self._live()
             clash = [p.id for p in new_products if live.row_of(p.id) is not None]
             if clash:
                 raise DuplicateProduct(clash)
@@ -994,19 +1107,194 @@ class MilvusIndexStore(IndexStore):
             unknown = set(new_vectors) - set(dims)
             if unknown:
                 raise ValueError(f"unknown modality {sorted(unknown)!r}")
-            ts = _write_rows(client, loc, new_products, start, vectors, present)
+            ts = put_blob(client, loc, f"add/{start}", json.dumps(info, ensure_ascii=False).encode())
+            ts = max(ts, _write_rows(client, loc, new_products, start, vectors, present))
             state = dict(live.state)
             state["rows"] = start + len(new_products)
             state["ts"] = max(int(state.get("ts", 0)), ts)
+            state["last"] = {"add": [start, start + len(new_products)]}
             write_state(client, loc, state)  # the commit: acknowledged once this returns
-            return type(self).open(loc, local=self.path)
+            AuditLog(self.path).record_events(events)
+            return type(self).open(loc, local=self.path, state=state)
+
+    def change(
+        self,
+        deletes: Iterable[str] = (),
+        relabels: Mapping[str, Iterable[str]] | None = None,
+        actor: str = "cli",
+    ) -> MilvusIndexStore:
+        """Delete and/or relabel products: O(batch) writes (see the module docstring for the
+        order that makes a killed writer's change finish, not vanish). A deleted product is in no
+        search, vote or category count from the next load on (its vectors, flags and path are
+        cleared); a relabel may name a path no product has yet; one equal to the product's own
+        changes nothing. Refused whole, nothing written: an unknown or deleted id
+        (ProductNotFound), a malformed path (CategoryPathError), an id both deleted and
+        relabelled (ValueError)."""
+        doomed, wanted = checked_change(deletes, relabels)
+        loc = self.location
+        client = client_for(loc.uri)
+        at = utc_now()
+        with write_lock(_lock_dir(loc)):
+            live = self._live()
+            found = {pid: live.row_of(pid) for pid in [*doomed, *wanted]}
+            missing = [pid for pid, row in found.items() if row is None]
+            if missing:
+                raise ProductNotFound(missing)
+            rows = {pid: int(row) for pid, row in found.items() if row is not None}
+            entry: dict[str, Any] = {"deletes": [], "relabels": [], "records": {}, "events": []}
+            for pid in doomed:
+                row, before = rows[pid], live.products[rows[pid]].to_record()
+                entry["deletes"].append(row)
+                entry["records"][str(row)] = before
+                entry["events"].append(audit_event(pid, "delete", actor, before, None, at=at))
+            for pid, new_path in wanted.items():
+                row = rows[pid]
+                product = live.products[row]
+                if tuple(product.category_path) == new_path:
+                    continue
+                entry["relabels"].append(row)
+                entry["records"][str(row)] = dict(product.to_record(), category_path=list(new_path))
+                entry["events"].append(
+                    audit_event(
+                        pid,
+                        "relabel",
+                        actor,
+                        {"category_path": list(product.category_path)},
+                        {"category_path": list(new_path)},
+                        at=at,
+                    )
+                )
+            if not entry["events"]:
+                return live
+            seq = live.changes_read + 1
+            ts = put_blob(client, loc, f"change/{seq}", json.dumps(entry, ensure_ascii=False).encode())
+            ts = max(ts, _apply_change(client, loc, live, entry))
+            state = _commit_change(client, loc, seq, ts)
+            AuditLog(self.path).record_events(entry["events"])
+            return type(self).open(loc, local=self.path, state=state)
+
+
+def _add_events(products: Sequence[Product], info: Mapping[str, Any]) -> list[dict]:
+    """The audit events of an add (`info`: its event id, time, action, actor, notes per id)."""
+    notes = info.get("notes") or {}
+    return [
+        audit_event(
+            p.id,
+            info["action"],
+            info["actor"],
+            None,
+            dict(p.to_record(), **notes.get(p.id, {})),
+            event_id=f"{info['event']}/{i}",
+            at=info["time"],
+        )
+        for i, p in enumerate(products)
+    ]
+
+
+def _change_entry(client: Any, loc: MilvusLocation, seq: int, ts: int) -> dict | None:
+    """The change entry `change/<seq>`, None when none was written (its header goes last).
+    Read Strong: an entry past the committed state carries no commit timestamp to wait for."""
+    name = f"change/{seq}"
+    hits = client.query(loc.meta, ids=[name], output_fields=["value"], consistency_level="Strong")
+    if not hits:
+        return None
+    return dict(json.loads(get_blob(client, loc, name, ts)))
+
+
+def _apply_change(client: Any, loc: MilvusLocation, live: MilvusIndexStore, entry: Mapping[str, Any]) -> int:
+    """Write a change entry: deleted rows' records marked, paths and flags cleared, vectors
+    deleted; relabelled rows with their new path, their vectors read back and written
+    unchanged. Idempotent. O(batch·d). Returns the timestamp of the last write."""
+    dims = {m: int(d) for m, d in live.manifest["dims"].items()}
+    records = entry["records"]
+    deletes = [int(r) for r in entry["deletes"]]
+    relabels = [int(r) for r in entry["relabels"]]
+    ts = 0
+    if deletes:
+        zeros = {m: np.zeros((len(deletes), d), np.float32) for m, d in dims.items()}
+        none = {m: np.zeros(len(deletes), bool) for m in dims}
+        products = [Product.from_record(records[str(r)]) for r in deletes]
+        ts = _write_rows(client, loc, products, 0, zeros, none, np.ones(len(deletes), bool), rows=deletes)
+    if relabels:
+        read = read_options(int(live.state.get("ts", 0)))
+        vectors, present = {}, {}
+        for m, d in dims.items():
+            hits = client.query(loc.channel(m), ids=relabels, output_fields=["vector"], **read)
+            found = {int(h["row"]): h["vector"] for h in hits}
+            present[m] = np.asarray([r in found for r in relabels], bool)
+            vectors[m] = np.asarray([found.get(r, np.zeros(d)) for r in relabels], np.float32).reshape(-1, d)
+        products = [Product.from_record(records[str(r)]) for r in relabels]
+        ts = max(ts, _write_rows(client, loc, products, 0, vectors, present, rows=relabels))
+    return ts
+
+
+def _commit_change(client: Any, loc: MilvusLocation, seq: int, ts: int) -> dict[str, Any]:
+    """Commit change `seq` (its writes up to timestamp `ts`); the state committed."""
+    state = read_state(client, loc, authoritative=True)
+    state["changes"] = seq
+    state["ts"] = max(int(state.get("ts", 0)), ts)
+    state["last"] = {"change": seq}
+    write_state(client, loc, state)
+    return state
+
+
+def _journal_last(client: Any, loc: MilvusLocation, state: Mapping[str, Any], live: MilvusIndexStore) -> None:
+    """Record the audit events of the last committed write if its writer died before it could:
+    one lookup when they are recorded (`indexer.store.audit.record_unrecorded`)."""
+    last = state.get("last") or {}
+    ts = int(state.get("ts", 0))
+    events: list[dict] = []
+    if "change" in last:
+        entry = _change_entry(client, loc, int(last["change"]), ts)
+        events = list(entry["events"]) if entry else []
+    elif "add" in last:
+        start, stop = (int(x) for x in last["add"])
+        name = f"add/{start}"
+        if name in _get_values(client, loc, [name], ts):
+            info = json.loads(get_blob(client, loc, name, ts))
+            events = _add_events(live.products[start:stop], info)
+    record_unrecorded(live.path, events)
+
+
+def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: int, ts: int) -> _Snapshot:
+    """The snapshot with the rows of change entries (snap.changes, changes] read again:
+    O(entries + rows changed) from Milvus, O(N) pointer and flag copies in memory."""
+    rows: set[int] = set()
+    for seq in range(snap.changes + 1, changes + 1):
+        entry = _change_entry(client, loc, seq, ts)
+        if entry is None:
+            raise IndexDamaged(f"Milvus collection {loc.meta} lacks the committed change/{seq}")
+        rows.update(int(r) for r in [*entry["deletes"], *entry["relabels"]])
+    modalities = list(snap.present)
+    fields = ["record", *(f"has_{m}" for m in modalities)]
+    found: dict[int, dict] = {}
+    ordered = sorted(r for r in rows if r < len(snap.products))
+    for lo in range(0, len(ordered), FETCH_ROWS):
+        hits = client.query(loc.collection, ids=ordered[lo : lo + FETCH_ROWS], output_fields=fields, **read_options(ts))
+        for hit in hits:
+            found[int(hit["row"])] = hit
+    products = list(snap.products)
+    present = {m: np.concatenate(parts).copy() if parts else np.zeros(0, bool) for m, parts in snap.present.items()}
+    deleted = set(snap.deleted)
+    for row, hit in found.items():
+        products[row], gone = _parse_record(hit["record"])
+        (deleted.add if gone else deleted.discard)(row)
+        for m in modalities:
+            present[m][row] = bool(hit[f"has_{m}"])
+    return dataclasses.replace(
+        snap,
+        products=products,
+        present={m: [flags] for m, flags in present.items()},
+        deleted=frozenset(deleted),
+        changes=changes,
+    )
 
 
 def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int, ts: int) -> _Snapshot:
     """The snapshot plus rows [len(products), committed): their lexical rows are transformed
     with the stored vocabulary (no refit on add, as the FAISS store does)."""
     lo = len(snap.products)
-    products, present = _fetch_products(client, loc, list(snap.present), lo, committed, ts)
+    products, present, deleted = _fetch_products(client, loc, list(snap.present), lo, committed, ts)
     lexical = snap.lexical
     if lexical is not None and committed > snap.lexical_rows:
         start = max(lo, snap.lexical_rows)
@@ -1024,6 +1312,8 @@ def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int, t
         lexical,
         max(snap.lexical_rows, committed) if lexical is not None else snap.lexical_rows,
         ts,
+        snap.deleted | deleted,
+        snap.changes,
     )
 
 
