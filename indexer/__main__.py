@@ -154,16 +154,28 @@ def _describe(event: dict) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from indexer.pipeline.ingest import ingest
+    from indexer.pipeline.ingest import ingest, ingest_to_location
 
-    summary = ingest(
-        args.embeddings,
-        args.out,
-        profile=args.profile,
-        factory=args.factory,
-        batch_rows=args.batch_rows,
-        calibrate_decision=not args.no_calibrate,
-    )
+    if getattr(args, "store", None):  # straight into Milvus: no FAISS index is built
+        summary = ingest_to_location(
+            args.embeddings,
+            args.store,
+            profile=args.profile,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+            replace=args.replace,
+            index_type=args.index_type,
+            collection=args.collection,
+        )
+    else:
+        summary = ingest(
+            args.embeddings,
+            args.out,
+            profile=args.profile,
+            factory=args.factory,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+        )
     for line in summary.lines():
         print(line)
     refused = ValidationReport(issues=summary.report["issues"]).lines()
@@ -432,6 +444,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-calibrate", action="store_true", help="skip the CV calibration (decisions: review)")
     g.add_argument("--report", action="store_true", help="print every refused row")
     g.add_argument("--json", help="also write the summary as JSON to this file")
+    g.add_argument(
+        "--store",
+        default=None,
+        help="ingest straight into this Milvus location (milvus://host:19530[/collection] or *.db) "
+        "instead of a FAISS index at --out",
+    )
+    g.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (--store)")
+    g.add_argument("--collection", help="Milvus collection name (--store; default: the URI path or 'products')")
+    g.add_argument("--replace", action="store_true", help="drop an existing Milvus collection first (--store)")
     g.set_defaults(func=cmd_ingest)
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("index", nargs="?", default=index_dir_default())

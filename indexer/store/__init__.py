@@ -15,6 +15,7 @@ from indexer.store.errors import (
     IndexNotFound,
     IndexStoreError,
     ProductNotFound,
+    StoreUnavailable,
 )
 from indexer.store.factory import (
     append,
@@ -45,6 +46,7 @@ __all__ = [
     "LEXICAL_SCALINGS",
     "ProductNotFound",
     "RowFilter",
+    "StoreUnavailable",
     "VectorChannel",
     "append",
     "check_compatible",

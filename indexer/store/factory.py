@@ -22,7 +22,7 @@ import numpy as np
 
 from indexer.store.base import IndexStore
 from indexer.store.local import index as local
-from indexer.store.milvus import MilvusIndexStore, copy_to_milvus
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, MilvusWriter, copy_to_milvus
 
 if TYPE_CHECKING:
     from indexer.catalog.products import Product
@@ -161,3 +161,18 @@ def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[
     Returns the copy and where it is ("collection NAME at URI")."""
     loc = copy_to_milvus(store, location, **options)
     return MilvusIndexStore.open(loc), f"collection {loc.collection} at {loc.uri}"
+
+
+def location_writer(
+    location: str,
+    dims: Mapping[str, int],
+    replace: bool = False,
+    index_type: str = "FLAT",
+    collection: str | None = None,
+) -> MilvusWriter:
+    """A streaming writer into a new Milvus collection at `location` (`ingest --store`): `add`
+    batches as a local base writer takes them, then `stage`, `staged` (calibrate on it),
+    `amend`, `commit`. Refuses an existing collection unless `replace`."""
+    if not is_milvus_location(location):
+        raise ValueError(f"{location!r} is not a vector store location: use milvus://host:19530[/collection] or *.db")
+    return MilvusWriter(MilvusLocation.parse(location, collection), dims, index_type, replace)
