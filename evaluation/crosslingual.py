@@ -89,11 +89,11 @@ def query_rows(store: IndexStore, queries: Sequence[SellerQuery]) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def query_folds(store: IndexStore, groups: np.ndarray, seed: int) -> np.ndarray:
-    """The outer grouped stratified folds of the nested evaluation (fewer than N_FOLDS when
+def query_folds(store: IndexStore, groups: np.ndarray, seed: int, n_folds: int = N_FOLDS) -> np.ndarray:
+    """The outer grouped stratified folds of the nested evaluation (fewer than `n_folds` when
     the groups or categories allow fewer; `usable_folds`)."""
     labels = store.labels()
-    n_folds = usable_folds(labels, groups, N_FOLDS)
+    n_folds = usable_folds(labels, groups, n_folds)
     if n_folds < 2:
         raise ValueError("too few products or categories for grouped folds")
     return grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
@@ -174,6 +174,7 @@ def evaluate(
     seeds: Sequence[int] = SEEDS,
     lexical_settings: Sequence[str] = LEXICAL_SETTINGS,
     fused_fits: Mapping[int, Sequence[Fitted]] | None = None,
+    n_folds: int = N_FOLDS,
 ) -> dict:
     """Accuracy and auto coverage by query language, text only and with the photo, pooled per
     fold seed then mean ± sd over seeds, for each lexical setting. A query is answered by the
@@ -189,7 +190,7 @@ def evaluate(
     everyone = np.arange(len(queries))
     pooled: dict = {}
     for seed in seeds:
-        folds = query_folds(store, groups, seed)
+        folds = query_folds(store, groups, seed, n_folds)
         fits = fused_fits.get(seed) if fused_fits else None
         for f, model in fold_models(store, folds, groups, seed, fits=fits).items():
             stored = stored_queries(model.view, rows, ("text", "lexical"))
@@ -259,6 +260,7 @@ def report_section(
     path: str | Path | None = QUERY_FILE,
     seeds: Sequence[int] = SEEDS,
     fused_fits: Mapping[int, Sequence[Fitted]] | None = None,
+    n_folds: int = N_FOLDS,
 ) -> dict:
     """The report's cross-lingual metrics, or {"skipped": why} when the index cannot answer
     (queries for other products, an encoder that cannot be built here)."""
@@ -275,7 +277,10 @@ def report_section(
         check_compatible(store.manifest, encoder)
     except (EncoderUnavailable, IndexMismatch, ValueError) as exc:
         return {"skipped": f"the index's encoder cannot be built here: {exc}"}
-    return {"queries": str(path), **evaluate(store, encoder, queries, seeds=seeds, fused_fits=fused_fits)}
+    return {
+        "queries": str(path),
+        **evaluate(store, encoder, queries, seeds=seeds, fused_fits=fused_fits, n_folds=n_folds),
+    }
 
 
 def html_section(entry: dict) -> str:
@@ -314,7 +319,8 @@ def html_section(entry: dict) -> str:
         "(hence its near-duplicate group) masked out of the index. <em>en-title</em> and <em>en-full</em> are the "
         "same products' English title alone and stored English title + description. Accuracy mean ± sd over fold "
         f"seeds {entry['seeds']}; auto = share decided automatically by the threshold of the fold's own fit. "
-        f"Text model: <code>{html.escape(str(entry['text_model']))}</code>. Protocol: {html.escape(entry['protocol'])}."
+        "Text model: the index's text tower (its id is under Provenance). "
+        f"Protocol: {html.escape(entry['protocol'])}."
         f"</p><p>Lexical channel: <em>off</em>, <em>fixed</em> weight, or weight × the share of the query's words "
         f"the (English) vocabulary knows (<em>coverage</em>, the service's rule); mean coverage {coverage}.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | info | verify | repair | compact | encode | ingest | to-milvus`.
+"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | repair | ...`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -12,10 +12,17 @@ import os
 import sys
 from pathlib import Path
 
-from indexer.catalog.products import CatalogError, ValidationReport, load_catalog
+from indexer.catalog.products import (
+    CatalogError,
+    Product,
+    ValidationReport,
+    format_category_path,
+    load_catalog,
+    parse_category_path,
+)
 from indexer.encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
 from indexer.settings import DEFAULT_INDEX_DIR, index_dir_default, quiet_third_party
-from indexer.store import IndexStoreError, open_store
+from indexer.store import IndexNotFound, IndexStoreError, open_store
 from indexer.store.local.index import DEFAULT_FACTORY
 
 
@@ -81,18 +88,95 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from indexer.pipeline.ingest import ingest
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete products by id (one delta of tombstones; refused whole if one id is unknown)."""
+    from indexer.store import delete
 
-    summary = ingest(
-        args.embeddings,
-        args.out,
-        profile=args.profile,
-        factory=args.factory,
-        batch_rows=args.batch_rows,
-        calibrate_decision=not args.no_calibrate,
-        added="keep" if args.keep_added else "drop" if args.drop_added else "refuse",
+    store = delete(open_store(args.index), args.ids, actor="cli")
+    print(
+        f"deleted {len(set(args.ids))} product(s) ({', '.join(dict.fromkeys(args.ids))}); index now holds "
+        f"{store.product_count()} products, version {store.version}"
     )
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    """Give one product a new category path ("A >> B >> C"); a path new to the index is allowed."""
+    from indexer.store import relabel
+
+    path = parse_category_path(args.category)  # a malformed path is refused before the index is opened
+    store = open_store(args.index)
+    row = store.row_of(args.id)
+    before = format_category_path(store.products[row].category_path) if row is not None else None
+    known = path[0] in store.categories()
+    store = relabel(store, {args.id: path}, actor="cli")
+    if before == format_category_path(path):
+        print(f"{args.id} is already in {before}: nothing changed")
+    else:
+        new = "" if known else f" ({path[0]!r} is a new top-level category of the index)"
+        print(f"relabelled {args.id}: {before} -> {format_category_path(path)}{new}; version {store.version}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print a product's audit trail, oldest first (time, action, actor, what changed)."""
+    from indexer.store import AuditLog
+    from indexer.store.factory import is_milvus_location, routed
+
+    folder = open_store(args.index).path if is_milvus_location(args.index) or routed(args.index) else Path(args.index)
+    if not is_milvus_location(args.index) and not folder.is_dir():
+        raise IndexNotFound(f"no index at {folder} (build one: python -m indexer build --data DATA_DIR --out {folder})")
+    events = AuditLog(folder).history(args.id)
+    if args.json:
+        print(json.dumps(events, indent=2, ensure_ascii=False))
+        return 0
+    if not events:
+        print(f"no recorded change for product {args.id} in {folder}")
+        return 0
+    for event in events:
+        print(f"{event['time']}  {event['action']:<12} {event['actor']:<12} {_describe(event)}")
+    return 0
+
+
+def _describe(event: dict) -> str:
+    """One line saying what an audit event changed."""
+    before, after = event.get("before") or {}, event.get("after") or {}
+    path = lambda record: format_category_path(record.get("category_path") or []) or "(no category)"  # noqa: E731
+    if event["action"] == "relabel":
+        return f"{path(before)} -> {path(after)}"
+    if event["action"] == "delete":
+        return f"deleted {before.get('name', '')!r} ({path(before)})"
+    if event["action"] == "reject":
+        return "listing rejected" + (f": {json.dumps(before, ensure_ascii=False)[:120]}" if before else "")
+    extra = {k: v for k, v in after.items() if k not in Product.__dataclass_fields__}
+    note = f" {json.dumps(extra, ensure_ascii=False)[:160]}" if extra else ""
+    return f"{after.get('name', '')!r} in {path(after)}{note}"
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from indexer.pipeline.ingest import ingest, ingest_to_location
+
+    if getattr(args, "store", None):  # straight into Milvus: no FAISS index is built
+        summary = ingest_to_location(
+            args.embeddings,
+            args.store,
+            profile=args.profile,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+            replace=args.replace,
+            index_type=args.index_type,
+            collection=args.collection,
+        )
+    else:
+        summary = ingest(
+            args.embeddings,
+            args.out,
+            profile=args.profile,
+            factory=args.factory,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+            added=_added(args),
+        )
     for line in summary.lines():
         print(line)
     refused = ValidationReport(issues=summary.report["issues"]).lines()
@@ -103,6 +187,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
+
+
+def _added(args: argparse.Namespace) -> str:
+    """What a rebuild does with products added since the last one (--keep-added / --drop-added)."""
+    return "keep" if getattr(args, "keep_added", False) else "drop" if getattr(args, "drop_added", False) else "refuse"
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -135,7 +224,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"index {store.path} version {store.version} (format {m['format_version']})")
     if store.deltas:
-        print(f"deltas: {len(store.deltas)} segments, {store.delta_rows()} products (`compact` merges them)")
+        changes = [
+            f"{m[key]} {label}"
+            for key, label in (("deleted_products", "deleted"), ("relabeled_products", "relabelled"))
+            if m.get(key)
+        ]
+        print(
+            f"deltas: {len(store.deltas)} segments, {store.delta_rows()} products"
+            + (f", {', '.join(changes)}" if changes else "")
+            + " (`compact` merges them)"
+        )
     print(f"profile {m['profile']}: {m.get('model_id', m.get('model_ids'))}")
     print(
         f"products {m['counts']['products']}; "
@@ -253,6 +351,33 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Categorize a file of listings (CSV or JSON lines) offline: one result row per listing."""
+    from indexer.pipeline.predict import predict_file
+
+    summary = predict_file(
+        args.input,
+        args.out,
+        args.index,
+        images=args.images,
+        batch_size=args.batch_size,
+        k=args.k,
+        progress=not args.quiet,
+    )
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Refit the deployment calibration on the live catalogue (deltas included) and publish it."""
+    from indexer.pipeline.calibrate import recalibrate
+
+    for line in recalibrate(args.index, size=args.sample).lines():
+        print(line)
+    return 0
+
+
 def cmd_to_milvus(args: argparse.Namespace) -> int:
     from indexer.store.factory import copy_to_location
 
@@ -358,6 +483,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-calibrate", action="store_true", help="skip the CV calibration (decisions: review)")
     g.add_argument("--report", action="store_true", help="print every refused row")
     g.add_argument("--json", help="also write the summary as JSON to this file")
+    g.add_argument(
+        "--store",
+        default=None,
+        help="ingest straight into this Milvus location (milvus://host:19530[/collection] or *.db) "
+        "instead of a FAISS index at --out",
+    )
+    g.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (--store)")
+    g.add_argument("--collection", help="Milvus collection name (--store; default: the URI path or 'products')")
+    g.add_argument("--replace", action="store_true", help="drop an existing Milvus collection first (--store)")
     kept = g.add_mutually_exclusive_group()
     kept.add_argument(
         "--keep-added", action="store_true", help="keep products added since the last build (their stored vectors)"
@@ -372,11 +506,25 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("index", nargs="?", default=index_dir_default())
     v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
     v.set_defaults(func=cmd_verify)
-    r = sub.add_parser("repair", help="point CURRENT at the newest version that verifies (shows the plan first)")
-    r.add_argument("index", nargs="?", default=index_dir_default())
-    r.add_argument("--yes", action="store_true", help="apply the plan (without it nothing is changed)")
-    r.set_defaults(func=cmd_repair)
-    c = sub.add_parser("compact", help="merge the delta segments of adds into a new base version")
+    fix = sub.add_parser("repair", help="point CURRENT at the newest version that verifies (shows the plan first)")
+    fix.add_argument("index", nargs="?", default=index_dir_default())
+    fix.add_argument("--yes", action="store_true", help="apply the plan (without it nothing is changed)")
+    fix.set_defaults(func=cmd_repair)
+    d = sub.add_parser("delete", help="delete products by id (recorded in the index's audit trail)")
+    d.add_argument("index", help="index folder (or Milvus location)")
+    d.add_argument("ids", nargs="+", metavar="ID", help="product ids; one unknown or deleted id refuses them all")
+    d.set_defaults(func=cmd_delete)
+    r = sub.add_parser("relabel", help="give a product a new category path (recorded in the audit trail)")
+    r.add_argument("index", help="index folder (or Milvus location)")
+    r.add_argument("id", help="product id")
+    r.add_argument("category", help="the new path, e.g. 'Watches >> Wrist Watches' (a new category is allowed)")
+    r.set_defaults(func=cmd_relabel)
+    h = sub.add_parser("history", help="print a product's audit trail: every add, relabel, delete, review")
+    h.add_argument("index", help="index folder (or Milvus location)")
+    h.add_argument("id", help="product id")
+    h.add_argument("--json", action="store_true", help="the events as JSON (before and after in full)")
+    h.set_defaults(func=cmd_history)
+    c = sub.add_parser("compact", help="merge the delta segments (adds, deletes, relabels) into a new base version")
     c.add_argument("index", nargs="?", default=index_dir_default())
     c.set_defaults(func=cmd_compact)
     m = sub.add_parser("to-milvus", help="copy an index version into a Milvus collection (VECTOR_STORE)")
@@ -387,6 +535,19 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_to_milvus)
+    r = sub.add_parser("predict", help="categorize a file of listings (CSV or JSON lines) into a results file")
+    r.add_argument("--input", required=True, help="listings: .csv (header: title, description, image, id) or .jsonl")
+    r.add_argument("--out", required=True, help="results: .csv, or .jsonl for one JSON object per listing")
+    r.add_argument("--images", help="folder holding the files the `image` column names")
+    r.add_argument("--index", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR)")
+    r.add_argument("--batch-size", type=int, default=64, help="listings encoded together (memory is O(batch))")
+    r.add_argument("--k", type=int, help="neighbours that vote (default: the index's categorizer)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_predict)
+    k = sub.add_parser("calibrate", help="refit the auto/review calibration on the live catalogue and publish it")
+    k.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    k.add_argument("--sample", type=int, help="products predicted by the fit (default $CALIBRATION_SAMPLE or 5000)")
+    k.set_defaults(func=cmd_calibrate)
     q = sub.add_parser("pipeline", help="encode on Ray, ingest into the FAISS index, optionally copy it into Milvus")
     q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")
@@ -414,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     try:
         return args.func(args)
-    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
+    except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

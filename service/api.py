@@ -1,11 +1,10 @@
-"""JSON API under /api/v1: predict, search, products, categories (see service/openapi.yaml)."""
+"""JSON API under /api/v1: predict, search, products (add, correct, delete), categories (see service/openapi.yaml)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -16,15 +15,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from indexer.catalog import Product
+from indexer.catalog import CategoryPathError, Product, check_category_path, parse_category_path
 from indexer.categorizer import Neighbor
-from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, kept_products
+from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, ProductNotFound, delete, kept_products, relabel
 
 from . import metrics
+from .auth import check_bearer
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError, storage_error
-from .inputs import decode_image, parse_number, read_category_path, read_request
+from .inputs import MAX_CATEGORY_CHARS, decode_image, parse_number, read_category_path, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
 from .search import category_filter, encode_query, product_public, product_vectors, search
 from .state import Loaded, NotReady, ServiceState
@@ -32,6 +32,7 @@ from .state import Loaded, NotReady, ServiceState
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 PRODUCT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+API_ACTOR = "api-token"  # who the audit trail says acted with the writers' API_TOKEN (never the token)
 
 
 def state() -> ServiceState:
@@ -47,7 +48,7 @@ def loaded() -> Loaded:
         live = state().current()
     except NotReady as exc:
         raise ApiError(503, f"index not loaded: {exc}", "Service Unavailable") from None
-    metrics.set_index_size(len(live.store.products))
+    metrics.set_index_size(live.store.product_count())
     return live
 
 
@@ -203,15 +204,7 @@ def product_image(product_id: str) -> ResponseReturnValue:
 
 
 def _check_token() -> None:
-    token = config().api_token
-    if not token:
-        raise ApiError(403, "writes are disabled: the server has no API_TOKEN configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "invalid token")
+    check_bearer(config().api_token, "API_TOKEN", "writes are")
 
 
 @bp.post("/products")
@@ -244,6 +237,8 @@ def add_product() -> Response:
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
+    if current_app.extensions["listings"].queue.get(product_id) is not None:
+        raise ApiError(409, f"id {product_id} belongs to a listing (GET /api/v1/review/{product_id})", "Conflict")
     index_dir = state().index_dir
     staged = final = None
     try:
@@ -282,6 +277,7 @@ def add_product() -> Response:
             live.encoder,
             before_publish=move_photo_into_place,
             stored=[product],
+            actor=API_ACTOR,
         )
     except DuplicateProduct as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
@@ -301,7 +297,8 @@ def add_product() -> Response:
             with contextlib.suppress(OSError):  # a read-only disk: the staged file could not be made anyway
                 staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
-    metrics.set_index_size(len(store.products))
+    metrics.set_index_size(store.product_count())
+    current_app.extensions["recalibrator"].changed()
     body = product_public(product, image_url(product, store))
     body["index_version"] = store.version
     body["issues"] = report.to_dict()["counts"]
@@ -311,12 +308,75 @@ def add_product() -> Response:
     return response
 
 
+def _new_category(body: object) -> tuple[str, ...]:
+    """The new path of a PATCH, sent once: {"category": "A >> B >> C"} or {"category_path":
+    ["A", "B", "C"]} (both, or neither: 400, as for POST /products). Stricter than the add:
+    a blank level is refused, not dropped, since it changes a product already filed."""
+    if not isinstance(body, dict):
+        raise ApiError(400, 'send a JSON object: {"category": "A >> B >> C"}')
+    unknown = sorted(set(body) - {"category", "category_path"})
+    if unknown:
+        raise ApiError(400, f"only the category can be changed; unknown fields: {', '.join(unknown[:5])}")
+    if "category" in body and "category_path" in body:
+        raise ApiError(400, "send the category once: either 'category' ('A >> B >> C') or 'category_path' (its levels)")
+    raw = body.get("category")
+    if isinstance(raw, str) and len(raw) > MAX_CATEGORY_CHARS:
+        raise ApiError(400, f"category is {len(raw)} characters, over the {MAX_CATEGORY_CHARS}-character limit")
+    try:
+        if "category_path" in body:
+            return check_category_path(body["category_path"])
+        if "category" in body:
+            return parse_category_path(raw)
+    except CategoryPathError as exc:
+        raise ApiError(400, f"malformed category: {exc}") from None
+    raise ApiError(400, 'send the new category: {"category": "A >> B >> C"}')
+
+
+@bp.patch("/products/<product_id>")
+def relabel_product(product_id: str) -> Response:
+    """Give a product a new category path (a path new to the index is allowed: it becomes a
+    category). The next vote uses it. Recorded in the audit trail as the writers' token."""
+    _check_token()
+    if not request.is_json:
+        raise ApiError(415, 'send application/json: {"category": "A >> B >> C"}')
+    body = request.get_json(silent=True)
+    live = loaded()
+    find_row(live.store, product_id)  # an unknown product is 404 whatever the body says
+    path = _new_category(body)
+    try:
+        store = relabel(live.store, {product_id: path}, actor=API_ACTOR)
+    except ProductNotFound:  # deleted by another request meanwhile
+        raise ApiError(404, f"no product with id {product_id!r}") from None
+    if store is not live.store:
+        state().adopt(store)
+    product = store.products[find_row(store, product_id)]
+    out = product_public(product, image_url(product, store))
+    out["index_version"] = store.version
+    return jsonify(out)
+
+
+@bp.delete("/products/<product_id>")
+def delete_product(product_id: str) -> Response:
+    """Delete a product: from the next request on it is in no search, vote, similar products or
+    category count, and its id answers 404. Recorded in the audit trail as the writers' token."""
+    _check_token()
+    live = loaded()
+    find_row(live.store, product_id)
+    try:
+        store = delete(live.store, [product_id], actor=API_ACTOR)
+    except ProductNotFound:  # deleted by another request meanwhile
+        raise ApiError(404, f"no product with id {product_id!r}") from None
+    state().adopt(store)
+    metrics.set_index_size(store.product_count())
+    return Response(status=204)
+
+
 # ---- categories ------------------------------------------------------------------------
 @bp.get("/categories")
 def categories() -> Response:
     live = loaded()
     return jsonify(
         categories=live.store.category_index().counts(),
-        total=len(live.store.products),
+        total=live.store.product_count(),
         index_version=live.version,
     )

@@ -34,7 +34,13 @@ class Config:
 
     INDEX_DIR         index folder (default var/index, indexer.settings.DEFAULT_INDEX_DIR)
     DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
-    API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
+    API_TOKEN         bearer token for writes (POST /api/v1/products, /api/v1/listings); unset = writes refused (403)
+    REVIEW_TOKEN      bearer token for reviewers (GET/POST /api/v1/review...); unset = reviews refused (403);
+                      must differ from API_TOKEN (a writer cannot decide reviews)
+    BATCH_MAX_BYTES   largest body of POST /api/v1/predict/batch (default 200 MB; spooled to disk, not memory)
+    BATCH_SIZE        listings encoded together by the batch endpoint (default 64): memory is O(BATCH_SIZE)
+    RECALIBRATE_AFTER catalogue changes (audit-log entries: adds, filed listings, reviews, relabels, deletes)
+                      after which the service refits the calibration in the background (default 200; 0 = never)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
     TORCH_THREADS     torch / FAISS / BLAS threads per worker (default 1: 2 workers x 1 thread = 2 cores)
@@ -45,6 +51,8 @@ class Config:
                       cost is printed by bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
+    DECODE_BUDGET_PIXELS  pixels one worker decodes at once (default 80 M: two images at the 40 MP limit);
+                      an upload that finds no room within DECODE_WAIT_SECONDS (default 2) gets 503 + Retry-After
     VECTOR_STORE      "faiss" (default: the index in INDEX_DIR), milvus://host:19530[/collection] (a Milvus
                       server) or a Milvus Lite *.db path: the index is served from that collection, while
                       INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.store.factory
@@ -53,6 +61,10 @@ class Config:
     index_dir: str = DEFAULT_INDEX_DIR
     data_dir: str | None = None
     api_token: str | None = None
+    review_token: str | None = None
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_size: int = 64
+    recalibrate_after: int = 200
     max_upload_bytes: int = 20 * 1024 * 1024
     default_k: int = 10
     max_k: int = 100
@@ -69,6 +81,8 @@ class Config:
     max_url_bytes: int = 4096
     max_json_depth: int = 32
     body_timeout: float = 30.0
+    decode_budget_pixels: int = 80_000_000
+    decode_wait_seconds: float = 2.0
     vector_store: str | None = None
 
     @classmethod
@@ -77,6 +91,10 @@ class Config:
             index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
             data_dir=os.environ.get("DATA_DIR") or None,
             api_token=os.environ.get("API_TOKEN") or None,
+            review_token=os.environ.get("REVIEW_TOKEN") or None,
+            batch_max_bytes=_int("BATCH_MAX_BYTES", cls.batch_max_bytes),
+            batch_size=_int("BATCH_SIZE", cls.batch_size),
+            recalibrate_after=_int("RECALIBRATE_AFTER", cls.recalibrate_after),
             max_upload_bytes=_int("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             default_k=_int("DEFAULT_K", cls.default_k),
             max_k=_int("MAX_K", cls.max_k),
@@ -86,6 +104,8 @@ class Config:
             verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
             max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
             body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
+            decode_budget_pixels=_int("DECODE_BUDGET_PIXELS", cls.decode_budget_pixels),
+            decode_wait_seconds=_int("DECODE_WAIT_SECONDS", int(cls.decode_wait_seconds)),
             vector_store=_vector_store(os.environ.get("VECTOR_STORE")),
         )
         known = {f.name for f in fields(cls)}
@@ -93,3 +113,9 @@ class Config:
         if unknown:
             raise TypeError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return replace(base, **overrides)
+
+    def __post_init__(self) -> None:
+        if self.review_token and self.review_token == self.api_token:
+            raise SystemExit("REVIEW_TOKEN must differ from API_TOKEN: reviewers and writers hold distinct tokens")
+        if self.batch_size < 1:
+            raise SystemExit(f"BATCH_SIZE must be at least 1, got {self.batch_size}")

@@ -17,6 +17,8 @@ from flask import Flask, Response, current_app, has_app_context, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
+from indexer.store import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "about:blank"
@@ -118,6 +120,18 @@ def register(app: Flask) -> None:
         response = problem(exc.status, exc.detail, exc.title, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        if "retry_after" in exc.extra:  # 503: when to try again, for clients and proxies
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
+        """The vector store's server is away (down, restarting, loading): 503, retry soon. The
+        same process serves again once it is back (the client reconnects by itself)."""
+        log.warning("vector store unavailable: %s", exc)
+        # the detail names no address: the server's location is an internal (logged above)
+        response = problem(503, "the vector store is unavailable; retry shortly", "Service Unavailable")
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(HTTPException)

@@ -189,7 +189,7 @@ class ServiceState:
                 "index %s version %s loaded: %d products",
                 self.index_dir,
                 self._loaded.version,
-                len(self._loaded.store.products),
+                self._loaded.store.product_count(),
             )
             return True
 

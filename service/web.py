@@ -76,7 +76,7 @@ def readyz() -> ResponseReturnValue:
     return jsonify(
         status="ready",
         index_version=live.version,
-        products=len(store.products),
+        products=store.product_count(),
         profile=store.profile,
         model_id=store.manifest.get("model_id"),
         threshold=live.categorizer.threshold,

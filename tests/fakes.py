@@ -278,3 +278,17 @@ def damage(file: Path, how: str) -> None:
         for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
             data[i] ^= 0xFF
         file.write_bytes(bytes(data))
+
+
+def delete_worker(path: str, product_id: str, barrier, results) -> None:
+    """Run in another process: load the index, wait for the sibling, then delete `product_id`;
+    puts "deleted" or the error's class name."""
+    from indexer.store import delete
+
+    store = open_store(path)
+    barrier.wait(timeout=60)
+    try:
+        delete(store, [product_id])
+        results.put("deleted")
+    except Exception as exc:  # the loser's refusal is the point of the test
+        results.put(type(exc).__name__)

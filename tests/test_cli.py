@@ -1,4 +1,4 @@
-"""`python -m indexer build | add | info`: in-process with a registered fake profile, and
+"""`python -m indexer build | add | info | delete | relabel | history`: in-process with a registered fake profile, and
 as a subprocess for the errors a newcomer meets first (exit 2, one clear line)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
 
 import indexer.encoders as encoders
 from indexer.__main__ import main
-from indexer.store import open_store
+from indexer.store import AuditLog, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,6 +208,71 @@ def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, 
 
     copied = MilvusIndexStore.open(db)
     assert [p.id for p in copied.products] == [p.id for p in open_store(index).products]
+
+
+def test_delete_relabel_history(fake_profile, tmp_path, capsys):
+    """`delete`, `relabel` and `history` on an index built and added to by the CLI: every change
+    is in the product's trail; bad input exits 2 with one line and changes nothing."""
+    data = make_dataset(tmp_path / "data", per_category=2)
+    index = tmp_path / "index"
+    assert (
+        main(["build", "--data", str(data["folder"]), "--out", str(index), "--profile", FAKE_PROFILE, "--quiet"]) == 0
+    )
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="q", offset=50)
+    assert main(["add", "--index", str(index), "--data", str(extra["folder"]), "--quiet"]) == 0
+    added, first, second = extra["rows"][0]["uniq_id"], data["rows"][0]["uniq_id"], data["rows"][1]["uniq_id"]
+    live = data["rows"][2]["uniq_id"]
+    capsys.readouterr()
+
+    assert main(["relabel", str(index), added, "Garden >> Hoses >> Green"]) == 0
+    out = capsys.readouterr().out
+    assert f"relabelled {added}: Watches >> Watches Sub >> Watches item 50 -> Garden >> Hoses >> Green" in out
+    assert "'Garden' is a new top-level category" in out
+    assert main(["relabel", str(index), added, " Garden>>Hoses >> Green "]) == 0
+    assert "already in Garden >> Hoses >> Green: nothing changed" in capsys.readouterr().out
+    assert main(["delete", str(index), first, second, first]) == 0
+    assert f"deleted 2 product(s) ({first}, {second}); index now holds 7 products" in capsys.readouterr().out
+    store = open_store(index)
+    assert store.row_of(first) is None and store.products[store.row_of(added)].category == "Garden"
+    assert main(["info", str(index)]) == 0
+    assert "deltas: 3 segments, 3 products, 2 deleted, 1 relabelled" in capsys.readouterr().out
+
+    assert main(["history", str(index), added]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1:3] for line in lines] == [["add", "cli"], ["relabel", "cli"]]
+    assert lines[1].endswith("Watches >> Watches Sub >> Watches item 50 -> Garden >> Hoses >> Green")
+    assert main(["history", str(index), first, "--json"]) == 0
+    (event,) = json.loads(capsys.readouterr().out)
+    assert event["action"] == "delete" and event["before"]["id"] == first and event["after"] is None
+    assert main(["history", str(index), "never-seen"]) == 0
+    assert "no recorded change for product never-seen" in capsys.readouterr().out
+
+    for args, message in (
+        (["delete", str(index), first], f"error: no product with id '{first}' in the index"),  # deleted already
+        (["delete", str(index), live, "nope"], "error: no product with id 'nope' in the index"),  # all or nothing
+        (["relabel", str(index), "nope", "A >> B"], "error: no product with id 'nope'"),
+        (["relabel", str(index), added, "A >>  >> B"], "error: a category path has an empty level"),
+        (["relabel", str(index), added, " >> "], "error: a category path has an empty level"),
+        (["delete", str(tmp_path / "none"), first], "error: no index at"),
+        (["history", str(tmp_path / "none"), first], "error: no index at"),
+    ):
+        assert main(args) == 2, args
+        assert capsys.readouterr().err.startswith(message), args
+    again = open_store(index)
+    assert again.version == store.version and again.deltas == store.deltas  # nothing written
+    assert again.row_of(live) is not None and AuditLog(index).history(live) == []
+
+
+def test_delete_unknown_id_subprocess_exits_2_with_one_line(fake_profile, dataset, tmp_path):
+    index = tmp_path / "index"
+    assert (
+        main(["build", "--data", str(dataset["folder"]), "--out", str(index), "--profile", FAKE_PROFILE, "--quiet"])
+        == 0
+    )
+    proc = run_cli("delete", str(index), "nope")  # no encoder needed to delete
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: no product with id 'nope' in the index"
+    proc = run_cli("relabel", str(index), dataset["rows"][0]["uniq_id"], "Garden >> Hoses")
+    assert proc.returncode == 0 and "relabelled" in proc.stdout, proc.stderr
 
 
 def test_one_index_dir_default_for_cli_service_and_evaluation(monkeypatch):

@@ -90,6 +90,52 @@ def format_category_path(path: tuple[str, ...] | list[str]) -> str:
     return f" {CATEGORY_SEPARATOR} ".join(path)
 
 
+MAX_CATEGORY_LEVELS = 10  # the API's limits on a category a user names (POST /products, PATCH, relabel)
+MAX_CATEGORY_CHARS = 200
+
+
+class CategoryPathError(ValueError):
+    """A category path a user gave is malformed (empty, an empty level, too deep or too long)."""
+
+
+def check_category_path(path: object) -> tuple[str, ...]:
+    """A category path a user names (a relabel, a reviewer's answer), checked strictly, unlike the
+    lenient CSV parser: 1..MAX_CATEGORY_LEVELS levels of 1..MAX_CATEGORY_CHARS characters, no
+    level empty, none holding the separator or a control character. Returns it as a tuple of
+    levels with surrounding spaces removed; raises CategoryPathError saying what is wrong."""
+    if isinstance(path, str) or not isinstance(path, (list, tuple)):
+        raise CategoryPathError("a category path is a list of levels, e.g. ['Watches', 'Wrist Watches']")
+    levels = []
+    for level in path:
+        if not isinstance(level, str):
+            raise CategoryPathError(f"category levels must be strings, got {type(level).__name__}")
+        text = re.sub(r"\s+", " ", level.strip())
+        if not text:
+            raise CategoryPathError("a category path has an empty level")
+        if CATEGORY_SEPARATOR in text or any(ord(c) < 32 for c in text):
+            raise CategoryPathError(f"category level {text[:40]!r} holds '{CATEGORY_SEPARATOR}' or a control character")
+        if len(text) > MAX_CATEGORY_CHARS:
+            raise CategoryPathError(f"category level of {len(text)} characters, over {MAX_CATEGORY_CHARS}")
+        levels.append(text)
+    if not levels:
+        raise CategoryPathError("the category path is empty; send e.g. 'Watches >> Wrist Watches'")
+    if len(levels) > MAX_CATEGORY_LEVELS:
+        raise CategoryPathError(f"the category path has {len(levels)} levels, at most {MAX_CATEGORY_LEVELS}")
+    return tuple(levels)
+
+
+def parse_category_path(text: object) -> tuple[str, ...]:
+    """'A >> B >> C' as a user types it (CLI, API) -> ("A", "B", "C"), strictly: "A >> >> C",
+    ">> A" or "" are refused with a CategoryPathError instead of being silently repaired."""
+    if not isinstance(text, str):
+        raise CategoryPathError("the category must be a string like 'A >> B >> C'")
+    if len(text) > MAX_CATEGORY_LEVELS * (MAX_CATEGORY_CHARS + 4):
+        raise CategoryPathError(f"the category is {len(text)} characters long")
+    if not text.strip():
+        raise CategoryPathError("the category is empty; send e.g. 'Watches >> Wrist Watches'")
+    return check_category_path(text.split(CATEGORY_SEPARATOR))
+
+
 @dataclass
 class ValidationReport:
     """Problems found while reading the catalog or decoding its images, by kind."""

@@ -125,7 +125,8 @@ class Categorizer:
         search (FAISS IDSelector, masked postings), so the depth stays `candidates` whatever the
         filter excludes: `exclude` becomes one filter per fold (a FoldExclusion: O(N) per fold;
         a dense (n, N) mask: per distinct row, O(n·N/8) to group), and `allowed.skip` rows cost
-        len(skip) extra depth.
+        len(skip) extra depth. Deleted products are kept out of both routes (`store.live_filter`,
+        and their columns of the matrix).
         """
         n = next(iter(queries.values())).shape[0]
         depth = max(self.candidates, k)
@@ -140,6 +141,9 @@ class Categorizer:
             sims = full[modality][ok]
             if exclude is not None:
                 sims = np.where(exclusion_block(exclude, ok, channel.rows), -np.inf, sims)
+            gone = self.store.deleted_positions(modality)
+            if len(gone):
+                sims[:, gone] = -np.inf  # `sims` is a copy: fancy indexing above
             d = min(depth, sims.shape[1])
             top = np.argpartition(-sims, d - 1, axis=1)[:, :d]
             finite = np.isfinite(np.take_along_axis(sims, top, axis=1))
@@ -148,7 +152,8 @@ class Categorizer:
         searched = {m: q for m, q in queries.items() if m not in from_matrix}
         if searched:
             groups = exclusion_groups(self.store, exclude) if exclude is not None else [(np.arange(n), allowed)]
-            for members, row_filter in groups:
+            for members, group_filter in groups:
+                row_filter = self.store.live_filter(group_filter)
                 extra = len(row_filter.skip) if row_filter is not None else 0
                 for modality, q in searched.items():
                     ok = members[present_rows(q[members])]

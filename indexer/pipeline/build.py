@@ -13,7 +13,7 @@ import resource
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,11 +422,12 @@ def live_store(out_dir: Path) -> IndexStore | None:
 
 
 def _added_products(live: IndexStore | None, catalogue: Sequence[Product]) -> list[Product]:
-    """Products of the live index that the catalogue does not hold (added by `add` or the API)."""
+    """Products of the live index that the catalogue does not hold (added by `add` or the API),
+    as they now read (relabels applied), deleted ones left out."""
     if live is None:
         return []
     known = {p.id for p in catalogue}
-    return [p for p in live.products if p.id not in known]
+    return [p for row, p in enumerate(live.products) if p.id not in known and not live.is_deleted(row)]
 
 
 def _derived_key(manifest: dict) -> str:
@@ -469,12 +470,16 @@ def add_products(
     progress: bool = False,
     before_publish: Callable[[IndexStore], None] | None = None,
     stored: Sequence[Product] | None = None,
+    action: str = "add",
+    actor: str = "cli",
+    notes: Mapping[str, Mapping] | None = None,
 ) -> tuple[IndexStore, ValidationReport]:
     """Encode `products` and append them to the live index (no rebuild, no re-encoding).
 
     `before_publish(live)` runs under the write lock only if the add wins (see store.append);
     `stored`, if given, are the records published in place of `products` (same order), e.g.
-    with a staged photo's final path."""
+    with a staged photo's final path. The store records each product in the index's audit
+    trail as `action` by `actor`, with `notes[id]` (see `indexer.store.factory.append`)."""
     index_dir = Path(index_dir)
     store = open_store(index_dir, encoder=encoder)
     cache = open_cache(index_dir / CACHE_FILE)
@@ -485,5 +490,7 @@ def add_products(
     records = list(stored) if stored is not None else list(products)
     if len(records) != len(products):
         raise ValueError("stored must hold one record per product")
-    store = append(store, records, encoded.vectors, before_publish=before_publish)
+    store = append(
+        store, records, encoded.vectors, before_publish=before_publish, action=action, actor=actor, notes=notes
+    )
     return store, encoded.report

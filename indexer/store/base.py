@@ -8,24 +8,34 @@ cannot break another through an import.
 
 A store built in memory from a plain product list (tests, `training_view`) is an `IndexStore`
 itself: every read below works on it.
+
+Deleted products keep their row until the backend compacts (rows are positions in every
+channel), listed in `deleted`: `row_of` answers None for them, `positions` -1, their category
+code is -1 (no count, no vote), and `live_filter` keeps them out of every search.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from indexer.catalog.products import Product
+from indexer.catalog.products import Product, check_category_path
 from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, model_id
 from indexer.store.categories import CategoryCodes
 from indexer.store.errors import IndexMismatch
-from indexer.store.filters import CategoryIndex, PositionFilter
+from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter
 from indexer.store.lexical import LexicalIndex
+
+# Up to this many deleted rows a search skips them by asking each channel for that many more
+# results (the RowFilter `skip` route: nothing to build); past it, it searches a filter of the
+# live rows (O(N) once per loaded store, then a bitmap FAISS tests in the scan). Deeper searches
+# cost more than the bitmap early: bench/bench_delete_relabel.py prints predict p50 both ways.
+SKIP_DELETED_ROWS = 32
 
 
 class VectorChannel(Protocol):
@@ -60,6 +70,7 @@ class IndexStore:
     modalities: Mapping[str, VectorChannel] = field(default_factory=dict)
     lexical: LexicalIndex | None = None
     deltas: tuple[str, ...] = ()
+    deleted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)  # sorted rows
     _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def is_stale(self) -> bool:
@@ -95,18 +106,55 @@ class IndexStore:
         return self.category_codes().labels()
 
     def product_rows(self) -> dict[str, int]:
-        """Product id -> row for every product: O(N), reads the whole table (tests, tools)."""
-        return {p.id: i for i, p in enumerate(self.products)}
+        """Product id -> row for every product not deleted: O(N), reads the whole table (tests, tools)."""
+        return {p.id: i for i, p in enumerate(self.products) if not self.is_deleted(i)}
 
     def row_of(self, product_id: str) -> int | None:
-        """Row of a product id: the backend's own lookup when its product sequence has one
-        (the local store's: O(log N) by SQLite index), else a dict built once (O(N))."""
+        """Row of a product id, None when absent or deleted: the backend's own lookup when its
+        product sequence has one (the local store's: O(log N) by SQLite index), else a dict
+        built once (O(N)); O(log M) more for M deleted rows."""
         lookup = getattr(self.products, "row_of", None)
         if callable(lookup):
-            return lookup(product_id)
+            row = lookup(product_id)
+            return None if row is None or self.is_deleted(row) else row
         if "rows" not in self._lookups:
             self._lookups["rows"] = self.product_rows()
         return self._lookups["rows"].get(product_id)
+
+    def is_deleted(self, row: int) -> bool:
+        """Whether the product at `row` was deleted (its row stays until compaction): O(log M)."""
+        at = int(np.searchsorted(self.deleted, row))
+        return at < len(self.deleted) and int(self.deleted[at]) == row
+
+    def product_count(self) -> int:
+        """Products in the index, deleted ones not counted: O(1)."""
+        return len(self.products) - len(self.deleted)
+
+    def live_filter(self, allowed: RowFilter | None = None) -> RowFilter | None:
+        """`allowed` (None = every row) without the deleted rows, for a search: what the
+        Categorizer passes every channel, so a deleted product is never a neighbour, a vote or
+        a search result. A filter listing its rows already drops them (`positions` is -1 there);
+        otherwise up to SKIP_DELETED_ROWS deleted rows are skipped (len(deleted) more depth), and
+        past that a filter of the live rows (O(N) once per loaded store) takes their place."""
+        if not len(self.deleted) or (allowed is not None and allowed.rows is not None):
+            return allowed
+        if len(self.deleted) <= SKIP_DELETED_ROWS:
+            return (allowed or RowFilter(self, None)).without(self.deleted)
+        if "live" not in self._lookups:
+            keep = np.ones(len(self.products), dtype=bool)
+            keep[self.deleted] = False
+            self._lookups["live"] = RowFilter(self, np.flatnonzero(keep), sorted_unique=True)
+        live: RowFilter = self._lookups["live"]
+        return live.without(allowed.skip) if allowed is not None and len(allowed.skip) else live
+
+    def deleted_positions(self, channel: str) -> np.ndarray:
+        """Positions in `channel` that hold deleted products' vectors (sorted): O(N) once per
+        loaded store, for batch paths that read whole similarity matrices."""
+        key = ("deleted", channel)
+        if key not in self._lookups:
+            rows = np.asarray(self.channels()[channel].rows)
+            self._lookups[key] = np.flatnonzero(np.isin(rows, self.deleted)) if len(self.deleted) else rows[:0]
+        return self._lookups[key]
 
     def category_index(self) -> CategoryIndex:
         """Rows and counts per category prefix from the codes: built per loaded store in O(1);
@@ -116,12 +164,14 @@ class IndexStore:
         return self._lookups["categories"]
 
     def positions(self, channel: str) -> np.ndarray:
-        """Product row -> position in the channel's vectors, -1 where the product lacks it: O(N) once."""
+        """Product row -> position in the channel's vectors, -1 where the product lacks it or
+        was deleted: O(N) once."""
         key = ("positions", channel)
         if key not in self._lookups:
             positions = np.full(len(self.products), -1, np.int64)
             rows = self.channels()[channel].rows
             positions[rows] = np.arange(len(rows))
+            positions[self.deleted] = -1  # a deleted product has no vector to search or compare
             self._lookups[key] = positions
         return self._lookups[key]
 
@@ -144,6 +194,24 @@ class IndexStore:
         O(N·d): a float32 copy of the stored vectors."""
         m = self.modalities[modality]
         return np.asarray(m.vectors, dtype=np.float32), np.asarray(m.rows)
+
+
+def checked_change(
+    deletes: Iterable[str], relabels: Mapping[str, Iterable[str]] | None
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """A delete / relabel request as every backend takes it: (ids to delete, each once, in order;
+    {id: checked path}). Refused before anything is read: nothing named, an id both deleted and
+    relabelled (ValueError), a malformed path or a plain string for one (CategoryPathError)."""
+    wanted = {
+        str(pid): check_category_path(p if isinstance(p, str) else list(p)) for pid, p in (relabels or {}).items()
+    }
+    doomed = list(dict.fromkeys(str(pid) for pid in deletes))
+    if not doomed and not wanted:
+        raise ValueError("name at least one product to delete or relabel")
+    both = sorted(set(doomed) & set(wanted))
+    if both:
+        raise ValueError(f"products both deleted and relabelled in one change: {', '.join(both[:5])}")
+    return doomed, wanted
 
 
 def check_compatible(manifest: Mapping, encoder: Encoder) -> None:

@@ -48,13 +48,21 @@ class CategoryCodes:
     """Category path codes of base + delta rows, read as one array without concatenating.
 
     `paths[c]` is the path of code c (the base's list, then paths first seen in deltas);
-    `counts` holds products per prefix, merged from the segments' manifests. `take(rows)`:
-    O(len(rows)); `rows_under(prefix)`: O(P) to find the codes, O(N) numpy (no Python loop
-    over products) for the rows; `labels()`: O(N) numpy, for batch callers.
+    `counts` holds products per prefix, merged from the segments' manifests. Rows relabelled or
+    deleted since the base (`with_changes`) keep their new code (-1 once deleted) in two small
+    sorted arrays (`changed_rows`, `changed_codes`) read over the base's mapped codes, so a
+    change never copies the N codes. `take(rows)`: O(len(rows) · log M) for M changed rows;
+    `rows_under(prefix)`: O(P) to find the codes, O(N + M) numpy (no Python loop over products)
+    for the rows; `labels()`: O(N) numpy, for batch callers.
     """
 
     def __init__(
-        self, paths: Sequence[Path_], base: np.ndarray, added: np.ndarray, counts: Mapping[Path_, int]
+        self,
+        paths: Sequence[Path_],
+        base: np.ndarray,
+        added: np.ndarray,
+        counts: Mapping[Path_, int],
+        changed: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.paths = list(paths)
         self.base = base
@@ -62,6 +70,9 @@ class CategoryCodes:
         self.counts = dict(counts)
         self.nb = len(base)
         self._index: dict[Path_, int] | None = None
+        rows, codes = changed if changed is not None else (np.zeros(0, np.int64), np.zeros(0, CODE_DTYPE))
+        self.changed_rows = np.asarray(rows, dtype=np.int64)  # sorted
+        self.changed_codes = np.asarray(codes, dtype=CODE_DTYPE)
 
     @classmethod
     def from_products(cls, products: Iterable[Product]) -> CategoryCodes:
@@ -85,6 +96,10 @@ class CategoryCodes:
         in_base = rows < self.nb
         out[in_base] = self.base[rows[in_base]]
         out[~in_base] = self.added[rows[~in_base] - self.nb]
+        if len(self.changed_rows) and len(rows):
+            at = np.minimum(np.searchsorted(self.changed_rows, rows), len(self.changed_rows) - 1)
+            hit = self.changed_rows[at] == rows
+            out[hit] = self.changed_codes[at[hit]]
         return out
 
     def top_names(self) -> list[str]:
@@ -104,7 +119,11 @@ class CategoryCodes:
     def labels(self) -> np.ndarray:
         """Top-level category per row ("" when unlabelled), object array: O(N) numpy."""
         names = np.asarray([*self.top_names(), ""], dtype=object)  # code -1 reads the last one
-        return np.concatenate([names[np.asarray(self.base)], names[self.added]]) if len(self) else names[:0]
+        if not len(self):
+            return names[:0]
+        out = np.concatenate([names[np.asarray(self.base)], names[self.added]])
+        out[self.changed_rows] = names[self.changed_codes]
+        return out
 
     def codes_under(self, prefix: Sequence[str]) -> np.ndarray:
         prefix = tuple(prefix)
@@ -117,7 +136,12 @@ class CategoryCodes:
         codes = self.codes_under(prefix)
         base = np.flatnonzero(np.isin(self.base, codes))
         added = np.flatnonzero(np.isin(self.added, codes)) + self.nb
-        return np.concatenate([base, added]).astype(np.int64)
+        rows = np.concatenate([base, added]).astype(np.int64)
+        if len(self.changed_rows):  # changed rows count by their new code only
+            rows = rows[~np.isin(rows, self.changed_rows)]
+            now = self.changed_rows[np.isin(self.changed_codes, codes)]
+            rows = np.union1d(rows, now).astype(np.int64)
+        return rows
 
     def path_index(self) -> dict[Path_, int]:
         """Path -> code, built once per CategoryCodes (a base's: once per process): O(P)."""
@@ -152,6 +176,41 @@ class CategoryCodes:
                 counts = count_prefixes(p.category_path for p in products)
             for prefix, n in counts.items():
                 merged[prefix] = merged.get(prefix, 0) + n
-        out = CategoryCodes(paths, self.base, np.concatenate(added), merged)
+        out = CategoryCodes(paths, self.base, np.concatenate(added), merged, (self.changed_rows, self.changed_codes))
+        out._index = index
+        return out
+
+    def with_changes(self, changes: Sequence[tuple[int, Sequence[str] | None]]) -> CategoryCodes:
+        """These codes after `changes`, in order: (row, new path) relabels the row (a path not seen
+        yet gets a new code), (row, None) deletes it (code -1). Counts move from the row's old
+        path to its new one. O(M log M + changes · depth + P) for M rows changed in all: nothing
+        of size N is copied."""
+        if not changes:
+            return self
+        index = dict(self.path_index())
+        paths = list(self.paths)
+        counts = dict(self.counts)
+        now = dict(zip(self.changed_rows.tolist(), self.changed_codes.tolist(), strict=True))
+        fresh = np.unique(np.asarray([row for row, _ in changes if row not in now], dtype=np.int64))
+        before = dict(zip(fresh.tolist(), self.take(fresh).tolist(), strict=True))  # one gather, not one per change
+        for row, path in changes:
+            old = now[row] if row in now else before[row]
+            if old >= 0:
+                for prefix in prefixes(paths[old]):
+                    counts[prefix] = counts.get(prefix, 0) - 1
+                    if counts[prefix] <= 0:
+                        del counts[prefix]
+            code = -1
+            if path:
+                key = tuple(path)
+                code = index.setdefault(key, len(paths))
+                if code == len(paths):
+                    paths.append(key)
+                for prefix in prefixes(key):
+                    counts[prefix] = counts.get(prefix, 0) + 1
+            now[row] = code
+        rows = np.asarray(sorted(now), dtype=np.int64)
+        codes = np.asarray([now[r] for r in rows.tolist()], dtype=CODE_DTYPE)
+        out = CategoryCodes(paths, self.base, self.added, counts, (rows, codes))
         out._index = index
         return out

@@ -34,3 +34,21 @@ class DuplicateProduct(IndexStoreError):
     def __init__(self, ids: list[str]):
         super().__init__(f"product ids already in the index: {', '.join(ids[:5])}")
         self.ids = ids
+
+
+class ProductNotFound(IndexStoreError, KeyError):
+    """A delete or relabel names product ids the index does not hold (never added, or already
+    deleted): the change is refused whole and changes nothing. `ids` are the missing ones."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(f"no product with id {', '.join(repr(i) for i in ids[:5])} in the index")
+        self.ids = ids
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class StoreUnavailable(IndexStoreError):
+    """The store's backend cannot be reached or cannot serve right now (a Milvus server that is
+    down, restarting or loading): nothing is wrong with the index; retry later (the service
+    answers 503)."""

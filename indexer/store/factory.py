@@ -1,7 +1,9 @@
 """Which store backend serves an index: FAISS on local disk (the default) or Milvus.
 
-The only module that names the backends: everything else opens a store with `open_store` and
-adds to it with `append`, and reads it through `indexer.store.base.IndexStore`.
+The only module that names the backends: everything else opens a store with `open_store`,
+changes it with `append`, `delete` and `relabel`, and reads it through
+`indexer.store.base.IndexStore`. Every change is recorded in the index folder's audit trail
+(`indexer.store.audit`) by the backend, under its write lock, with the `actor` given here.
 
 A location is a Milvus one when it is `milvus://host:port[/collection]`, `http(s)://...`
 or a `*.db` path (Milvus Lite). A process that serves an index folder from Milvus (the
@@ -12,7 +14,7 @@ local (uploaded photos, the embedding cache). Nothing else changes for the calle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ import numpy as np
 from indexer.store.base import IndexStore
 from indexer.store.local import index as local
 from indexer.store.local import versions as local_versions
-from indexer.store.milvus import MilvusIndexStore, copy_to_milvus
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, MilvusWriter, copy_to_milvus
 
 if TYPE_CHECKING:
     from indexer.catalog.products import Product
@@ -93,13 +95,20 @@ def append(
     new_products: list[Product],
     new_vectors: Mapping[str, np.ndarray | None],
     before_publish: Callable[[IndexStore], None] | None = None,
+    action: str = "add",
+    actor: str = "cli",
+    notes: Mapping[str, Mapping] | None = None,
 ) -> IndexStore:
     """Add products to the live index of `store`'s backend: O(batch) on both backends
-    (a local delta segment, or a Milvus insert); returns the store reloaded with them."""
+    (a local delta segment, or a Milvus insert); returns the store reloaded with them.
+
+    Each product is an audit event: `action` ("add", "auto-listing" or "review") by `actor`
+    ("cli", "api-token", "review-token"), `notes[id]` joining its `after` (e.g. the model and
+    threshold that decided an automatic listing). Callers do not record adds themselves."""
     if isinstance(store, MilvusIndexStore):
-        return store.insert(new_products, new_vectors, before_publish)
+        return store.insert(new_products, new_vectors, before_publish, action=action, actor=actor, notes=notes)
     if isinstance(store, local.LocalIndexStore):
-        return local.append(store, new_products, new_vectors, before_publish)
+        return local.append(store, new_products, new_vectors, before_publish, action=action, actor=actor, notes=notes)
     raise TypeError(f"no writer for a {store.backend} store")
 
 
@@ -129,9 +138,68 @@ def clean_leftovers(path: str | Path) -> list[Path]:
     return local_versions.clean_leftovers(path)
 
 
+def delete(store: IndexStore, product_ids: Iterable[str], actor: str = "cli") -> IndexStore:
+    """Delete products from the live index of `store`'s backend; returns the store reloaded.
+
+    O(batch) in the catalogue size on both backends (a local delta of tombstones, Milvus
+    upserts of the rows marked deleted): from the next load on, a deleted product is in no
+    search, vote, similar products or category count, and `row_of(id)` is None. An id the
+    index does not hold, or already deleted, refuses the whole call (ProductNotFound, a
+    KeyError), nothing changed. Each product deleted is an audit event by `actor`."""
+    ids = list(product_ids)
+    if isinstance(store, MilvusIndexStore):
+        return store.change(deletes=ids, actor=actor)
+    if isinstance(store, local.LocalIndexStore):
+        return local.change(store, deletes=ids, actor=actor)
+    raise TypeError(f"no writer for a {store.backend} store")
+
+
+def relabel(store: IndexStore, changes: Mapping[str, Iterable[str]], actor: str = "cli") -> IndexStore:
+    """Give products new category paths ({id: ("A", "B", "C")}) in the live index of `store`'s
+    backend; returns the store reloaded. O(batch) in the catalogue size on both backends; the
+    next vote reads the new categories. A path no product has yet is allowed: it becomes a new
+    category of the index (the reviewer or the merchant knows better than the index). A path
+    equal to the product's own changes nothing. Refused whole, nothing changed: an unknown or
+    deleted id (ProductNotFound), a malformed path (CategoryPathError, a ValueError). Each
+    product relabelled is an audit event by `actor` (before and after: the category paths)."""
+    if isinstance(store, MilvusIndexStore):
+        return store.change(relabels=changes, actor=actor)
+    if isinstance(store, local.LocalIndexStore):
+        return local.change(store, relabels=changes, actor=actor)
+    raise TypeError(f"no writer for a {store.backend} store")
+
+
+def publish_manifest_entries(store: IndexStore, entries: Mapping[str, Any]) -> IndexStore:
+    """Publish the live index again with manifest `entries` replaced (the Categorizer's
+    calibration), computed on `store`: O(files) on the local backend (a new version of hard links,
+    deltas carried over). Milvus stores their manifest in the collection and are not rewritten here:
+    calibrate the FAISS index and copy it (`to-milvus`)."""
+    if isinstance(store, local.LocalIndexStore):
+        return local.republish(store.path, entries, based_on=store.version)
+    raise NotImplementedError(
+        f"publishing a new calibration to a {store.backend} store is not supported: calibrate the FAISS index "
+        "folder and copy it with `python -m indexer to-milvus`"
+    )
+
+
 def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[IndexStore, str]:
     """Copy a loaded index (any backend) into a new Milvus collection at `location` and open it:
     O(N) rows streamed in batches (see `indexer.store.milvus.copy_to_milvus` for `options`).
     Returns the copy and where it is ("collection NAME at URI")."""
     loc = copy_to_milvus(store, location, **options)
     return MilvusIndexStore.open(loc), f"collection {loc.collection} at {loc.uri}"
+
+
+def location_writer(
+    location: str,
+    dims: Mapping[str, int],
+    replace: bool = False,
+    index_type: str = "FLAT",
+    collection: str | None = None,
+) -> MilvusWriter:
+    """A streaming writer into a new Milvus collection at `location` (`ingest --store`): `add`
+    batches as a local base writer takes them, then `stage`, `staged` (calibrate on it),
+    `amend`, `commit`. Refuses an existing collection unless `replace`."""
+    if not is_milvus_location(location):
+        raise ValueError(f"{location!r} is not a vector store location: use milvus://host:19530[/collection] or *.db")
+    return MilvusWriter(MilvusLocation.parse(location, collection), dims, index_type, replace)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from evaluation import headline
 from evaluation.__main__ import main
-from evaluation.report import ReportOptions, build_report
+from evaluation.progress import Progress
+from evaluation.report import ReportOptions, build_report, conclusion, quick_options, render_html, threshold_story
 from indexer.catalog.products import Product
 from indexer.categorizer.protocol import near_duplicate_groups
 from indexer.store import open_store
@@ -108,7 +110,11 @@ def synthetic(tmp_path_factory):
 
 
 def without_run_details(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("timings", "run", "conclusion")}
+    """What must not change between runs: all but timings, cache hits, provenance, and the
+    run-time row of the headline table (the conclusion quotes them)."""
+    out = {k: v for k, v in metrics.items() if k not in ("timings", "run", "conclusion", "provenance", "headline")}
+    out["headline"] = [r for r in metrics["headline"] if r["figure"] != "report run time, in process (s)"]
+    return out
 
 
 def test_report_files_exist_and_html_is_self_contained(synthetic):
@@ -194,8 +200,8 @@ def test_identical_images_grouped_in_the_synthetic_index(synthetic):
 def test_misclassified_products_listed_with_thumbnails(synthetic):
     _, out, _ = synthetic
     html = (out / "report.html").read_text()
-    errors_section = html.split("5. Error analysis")[1].split("6. Provenance")[0]
-    assert html.index("Conclusion") < html.index("1. Representations") < html.index("Appendix: internal targets")
+    errors_section = html.split("5. Error analysis")[1].split("<h2>Provenance")[0]
+    assert html.index("Conclusion") < html.index("1. Representations") < html.index("<h2>Provenance")
     n = len(CATEGORIES) * PER_CATEGORY
     assert f"item {n - 1}" in errors_section or f"item {n - 2}" in errors_section
     assert "data:image/png;base64," in errors_section
@@ -230,10 +236,14 @@ def test_cli_missing_index_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_cli_without_index_flag(monkeypatch):
+def test_cli_without_index_flag(monkeypatch, tmp_path, capsys):
+    """No --index and no INDEX_DIR: the default var/index is used; where there is none, a clear
+    error (run from an empty folder, so a developer's own var/index is not reported on)."""
     monkeypatch.delenv("INDEX_DIR", raising=False)
-    with pytest.raises(SystemExit):
-        main(["report"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--out", str(tmp_path / "out")]) == 2
+    assert "no index at var/index" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_single_category_index_refused(tmp_path):
@@ -270,3 +280,215 @@ def test_report_on_an_index_with_a_lexical_channel(tmp_path):
     assert metrics["classification"]["fused"]["modalities"] == ["image", "text", "lexical"]
     assert metrics["classification"]["image"]["modalities"] == ["image"]
     assert 0.0 <= metrics["classification"]["fused"]["accuracy"] <= 1.0
+
+
+# ---- the first screen: headline table, then the conclusion read off it ----------------------
+def _text(fragment: str) -> str:
+    """Visible text of an HTML fragment (tags and <style> dropped)."""
+    import re
+
+    fragment = re.sub(r"<style>.*?</style>", "", fragment, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", fragment).split())
+
+
+def _row(figure: str, value: float | None, target: float = 0.9, op: str = ">=") -> headline.Row:
+    return headline.Row(figure, target, op, value, headline.status_of(value, target, op))
+
+
+def test_verdict_is_read_off_the_table():
+    all_met = [_row("accuracy", 0.95), _row("run time", 100.0, 300.0, "<=")]
+    some_missed = [_row("accuracy", 0.95), _row("coverage", 0.28), _row("run time", 301.0, 300.0, "<=")]
+    none_met = [_row("accuracy", 0.5), _row("coverage", 0.28)]
+    assert headline.verdict(all_met).startswith("Is it feasible? Yes: 2 of 2")
+    partly = headline.verdict(some_missed)
+    assert partly.startswith("Is it feasible? Partly: 1 of 3 headline targets met")
+    assert "coverage 0.280 (target ≥ 0.9)" in partly and "run time 301.0 (target ≤ 300)" in partly
+    assert "Yes" not in partly
+    assert headline.verdict(none_met).startswith("Is it feasible? No: 0 of 2")
+    unmeasured = headline.verdict([_row("accuracy", 0.95), _row("French queries", None)])
+    assert unmeasured.startswith("Is it feasible? Partly") and "not measured in this run: French queries" in unmeasured
+    with pytest.raises(ValueError, match="empty"):
+        headline.verdict([])
+    with pytest.raises(ValueError, match="unknown comparison"):
+        headline.status_of(0.5, 0.9, ">")
+
+
+def test_table_statuses_follow_the_values():
+    metrics = {"classification": {"fused": {"accuracy": 0.96}, "text": {"accuracy": 0.5}}, "timings": {"total": 400.0}}
+    rows = {r.figure: r for r in headline.table(metrics)}
+    assert rows["nested CV accuracy, fused"].status == headline.MET
+    assert rows["nested CV accuracy, text"].status == headline.MISSED
+    assert rows["report run time, in process (s)"].status == headline.MISSED  # 400 s > 300 s
+    assert (
+        rows["nested CV accuracy, image"].status == headline.UNMEASURED
+        and rows["nested CV accuracy, image"].value is None
+    )
+
+
+def test_conclusion_agrees_with_the_table_it_is_given(synthetic):
+    """Feed the report's own metrics a table with misses: the conclusion must say so, whatever
+    the accuracy figures say; and "Yes" only for a table with no miss."""
+    _, _, metrics = synthetic
+    misses = [
+        _row("nested CV accuracy, fused", 0.946, 0.95),
+        _row("automatic decisions: coverage (nested)", 0.278, 0.85),
+        _row("nested CV accuracy, text", 0.97, 0.93),
+    ]
+    said = conclusion({**metrics, "headline": headline.as_json(misses)})[0]
+    assert said.startswith("Is it feasible? Partly: 1 of 3 headline targets met")
+    assert "nested CV accuracy, fused 0.946" in said and "automatic decisions: coverage (nested) 0.278" in said
+    all_met = [_row("nested CV accuracy, fused", 0.99, 0.95)]
+    assert conclusion({**metrics, "headline": headline.as_json(all_met)})[0].startswith("Is it feasible? Yes")
+    # and the report's own table and conclusion agree
+    rows = headline.from_json(metrics["headline"])
+    assert metrics["conclusion"][0] == headline.verdict(rows)
+    assert [r.figure for r in rows] == [t[0] for t in headline.TARGETS]
+    for r in rows:
+        assert r.status == headline.status_of(r.value, r.target, r.op)
+
+
+def test_first_screen_is_the_headline_table_then_the_conclusion(synthetic):
+    _, out, metrics = synthetic
+    html = (out / "report.html").read_text()
+    body = html.split("<body>", 1)[1]
+    table_at = body.index("<table")
+    assert body[table_at:].startswith("<table id='headline'>"), "the first table is not the headline table"
+    before = _text(body[:table_at])
+    assert before == "Automatic product categorization: feasibility report Headline figures", before
+    after_table = body[table_at:].split("</table>", 1)[1]
+    assert after_table.lstrip().startswith("<h2>Conclusion</h2>")
+    # the table shows every headline row with its status, in order
+    table = _text(body[table_at : table_at + body[table_at:].index("</table>")])
+    position = 0
+    for r in headline.from_json(metrics["headline"]):
+        note = f" ({r.note})" if r.note else ""
+        cell = f"{r.figure} {r.target_text} {r.value_text()}{note} {r.status}"
+        assert cell in table[position:], cell
+        position = table.index(cell, position)
+    run_time = next(r for r in headline.from_json(metrics["headline"]) if r.figure == headline.RUN_TIME)
+    assert run_time.note.startswith("load average ")  # a timed figure says how busy the machine was
+    # the conclusion's first paragraph is the verdict
+    first_paragraph = after_table.split("<p>", 1)[1].split("</p>", 1)[0]
+    assert _text(first_paragraph) == _text(html_escape(metrics["conclusion"][0]))
+    assert "Quick run" not in html
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_long_model_ids_only_in_provenance_at_the_end(tmp_path):
+    index = make_index(tmp_path)
+    long_id = "org/" + "very-long-model-name-" * 14  # a 300-character id, like a joined profile's
+    store = open_store(index)
+    vectors = {m: store.vectors_by_row(m) for m in store.modalities}
+    with write_lock(index):
+        publish(index, store.products, vectors, {**store.manifest, "model_id": long_id})
+    options = ReportOptions(**{**QUICK, "skip_tsne": True, "skip_bovw": True})
+    metrics = build_report(index, tmp_path / "out", options)
+    html = (tmp_path / "out" / "report.html").read_text()
+    provenance_at = html.index("<h2>Provenance</h2>")
+    assert html.rfind("<h2>") == provenance_at, "Provenance is not the last section"
+    assert long_id not in html[:provenance_at] and "random/image" not in html[:provenance_at]
+    tail = html[provenance_at:]
+    assert long_id in tail and "random/image" in tail and "git commit" in tail and "load average" in tail
+    p = metrics["provenance"]
+    assert p["model_id"] == long_id and p["date"] and p["git_commit"]
+    assert len(p["machine"]["load_average_at_start"]) == 3 and len(p["load_average_at_end"]) == 3
+
+
+def test_one_threshold_story_each_labelled(synthetic):
+    _, _, metrics = synthetic
+    m = json.loads(json.dumps(metrics))
+    m["thresholds"]["deployment"].update(value=0.8771, in_sample_coverage=0.857, in_sample_precision=0.99)
+    html = render_html(m, {}, [])
+    assert html.count("Thresholds: evaluation vs deployment") == 1
+    assert html.count("0.877") == 1  # the deployment threshold is said once, in its labelled row
+    story = _text(html.split("Thresholds: evaluation vs deployment")[1].split("</table>")[0])
+    assert "evaluation (nested)" in story and "deployment 0.877" in story and "served by the service" in story
+    ev = m["thresholds"]["evaluation"]
+    if ev["mean"] is not None:
+        assert f"{ev['mean']:.3f}" in story
+    # the story is derived from the auto-decision figures, not set by hand
+    assert threshold_story(metrics["auto_decision"])["evaluation"]["mean"] == metrics["auto_decision"]["threshold"]
+
+
+def test_progress_lines_count_up_to_the_plan(synthetic, tmp_path, capsys):
+    index, _, _ = synthetic
+    code = main(["report", "--index", str(index), "--out", str(tmp_path / "q"), "--quick"])
+    assert code == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    done = [line for line in lines if " done in " in line]
+    n = int(done[0].split()[1].split("/")[1])
+    assert [int(line.split()[1].split("/")[0]) for line in done] == list(range(1, n + 1))
+    assert done[-1].startswith(f"step {n}/{n} figures done in") and "(elapsed" in done[-1]
+    assert "quick run: not the reported figures" in captured.out
+    data = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    assert data["quick"] is True and len(data["cv"]["seeds"]) == 1 and data["random_split"] is None
+    assert "tsne_kmeans" not in data["clustering"]["fused"] and "bovw" not in data["clustering"]
+    html = (tmp_path / "q" / "report.html").read_text()
+    assert html.index("Quick run: not the reported figures") < html.index("<table id='headline'>")
+    assert "(1 fold seed instead of 3, " in html
+
+
+def test_quiet_prints_no_progress(synthetic, tmp_path, capsys):
+    index, _, _ = synthetic
+    assert main(["report", "--index", str(index), "--out", str(tmp_path / "q"), "--quick", "--quiet"]) == 0
+    assert "step " not in capsys.readouterr().err
+
+
+def test_heartbeat_during_a_long_step():
+    import io
+    import time
+
+    stream = io.StringIO()
+    progress = Progress(["one", "two"], stream=stream, heartbeat=0.05)
+    with progress.step("one"):
+        progress.note("fold seed 1 of 3")
+        time.sleep(0.3)
+    with progress.step("two"):
+        pass
+    lines = stream.getvalue().splitlines()
+    beats = [line for line in lines if "in this step" in line]
+    assert len(beats) >= 2 and all(b.startswith("step 1/2 one ... fold seed 1 of 3,") for b in beats)
+    assert lines[-1].startswith("step 2/2 two done in")
+    assert set(progress.timings) == {"one", "two"} and progress.timings["one"] >= 0.3
+
+
+def test_quick_options_keep_the_seed_and_mark_the_run():
+    quick = quick_options(ReportOptions(seed=7))
+    assert quick.quick and quick.seeds == (7,) and quick.folds == ReportOptions().folds
+    assert quick.skip_tsne and quick.skip_bovw and not quick.stability_checks and not quick.random_split
+    assert not ReportOptions().quick
+
+
+def test_heartbeat_child_prints_while_told_a_step_runs():
+    """The child process beats on its own clock (a GIL-holding C call in the report cannot stop it)."""
+    import subprocess
+    import sys
+    import time
+
+    from evaluation import progress
+
+    start = time.time()
+    child = subprocess.Popen(
+        [sys.executable, "-I", progress.__file__, "0.1", str(start)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    child.stdin.write(json.dumps({"label": "step 3/9 t-sne image", "start": time.time(), "note": "fold seed 1"}) + "\n")
+    child.stdin.flush()
+    time.sleep(0.5)
+    child.stdin.write(json.dumps({"label": "", "start": 0.0, "note": ""}) + "\n")  # the step ended
+    child.stdin.flush()
+    time.sleep(0.4)
+    _, err = child.communicate(timeout=10)  # closing stdin ends the child
+    assert child.returncode == 0
+    beats = err.splitlines()
+    assert len(beats) >= 2, err
+    assert all(b.startswith("step 3/9 t-sne image ... fold seed 1,") and "in this step (elapsed" in b for b in beats)

@@ -165,6 +165,18 @@ def test_a_large_base_records_its_choices_and_searches_through_them(tmp_path, mo
     grown = append(store, make_products(2, "new"), {"image": None, "text": new})
     _, rows = grown.modalities["text"].search(new, 1)
     assert rows[:, 0].tolist() == [600, 601]  # delta rows searched beside the IVF-PQ base
+    # deleted products leave the IVF-PQ base at compaction: emptied and refilled, not retrained
+    from indexer.store import delete
+    from indexer.store.local.index import compact
+
+    delete(grown, [f"s{i:04d}" for i in range(10)])
+    compacted = compact(tmp_path)
+    text = compacted.modalities["text"]
+    assert text.ntotal == text.index.ntotal == 592 and compacted.manifest["faiss"] == m["faiss"]
+    _, rows = text.search(queries[10:20], 10)
+    assert rows[:, 0].tolist() == list(range(10))  # rows 10..19 are now 0..9, each finds itself
+    _, rows = text.search(new, 1)
+    assert rows[:, 0].tolist() == [590, 591]
 
 
 @pytest.mark.parametrize("how", ["truncated", "flipped"])

@@ -284,3 +284,224 @@ def test_stacked_vectors_report_the_bytes_of_their_parts():
         == a.nbytes + b.nbytes
         == np.asarray(StackedVectors([a, b])).astype(np.float16).nbytes
     )
+
+
+# ---- deletes and relabels: tombstone deltas, compaction ------------------------------------
+def nearest_ids(store: IndexStore, vectors: np.ndarray, modality: str = "text", k: int = 3) -> list[list[str]]:
+    found = Categorizer(store).neighbors({modality: vectors}, k=k)
+    return [[n.id for n in hits] for hits in found]
+
+
+def test_a_delete_or_relabel_writes_one_small_delta_and_leaves_the_base_untouched(tmp_path):
+    from indexer.store import delete, relabel
+
+    publish_fake(tmp_path, n=20)
+    before_files = base_files(tmp_path)
+    store = delete(open_store(tmp_path), ["s0004", "s0004"])  # a repeated id counts once
+    store = relabel(store, {"s0005": ("Garden", "Hoses")})
+    assert base_files(tmp_path) == before_files and store.deltas == ("000001", "000002")
+    ddir = tmp_path / VERSIONS / "000001" / "deltas"
+    assert sorted(f.name for f in (ddir / "000001").iterdir()) == ["changes.jsonl", "manifest.json"]
+    assert len(store.products) == 20 and store.product_count() == 19 and list(store.deleted) == [4]
+    assert store.manifest["deleted_products"] == 1 and store.manifest["relabeled_products"] == 1
+    assert store.products[5].category_path == ("Garden", "Hoses")
+    assert [p.category for p in store.products[4:7]] == ["Baby Care", "Garden", "Watches"]  # a slice reads relabels
+    assert [p.id for p in store.products if p.category == "Garden"] == ["s0005"]  # so does iteration
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF2,Flat"])
+def test_compaction_drops_deleted_products_and_bakes_relabels_in(tmp_path, factory):
+    from indexer.store import delete, relabel
+
+    publish_fake(tmp_path, n=40, factory=factory)
+    store = open_store(tmp_path)
+    store = add_one(store, "late", 7)  # row 40, in a delta
+    texts = {r: store.vectors_by_row("text")[0][store.positions("text")[r]] for r in (3, 10, 40)}
+    store = delete(store, ["s0004", "s0011", "s0020"])  # rows 4 (with an image), 11, 20 (image)
+    store = relabel(store, {"s0010": ("Garden",), "late0000": ("Garden", "Late")})
+    compacted = compact(tmp_path)
+    assert compacted.version == "000002" and compacted.deltas == () and len(compacted.deleted) == 0
+    assert compacted.manifest["compacted_from"]["dropped_products"] == 3
+    ids = [p.id for p in compacted.products]
+    assert len(ids) == 38 and not {"s0004", "s0011", "s0020"} & set(ids)
+    assert compacted.row_of("s0003") == 3 and compacted.row_of("s0010") == 9 and compacted.row_of("late0000") == 37
+    assert compacted.products[9].category_path == ("Garden",) and compacted.labels()[37] == "Garden"
+    assert {c["name"]: c["count"] for c in compacted.category_index().counts()}["Garden"] == 2
+    for modality, expected in (("text", 38), ("image", 19)):  # 21 images (20 + none for the late one) - 2 deleted
+        channel = compacted.modalities[modality]
+        assert channel.ntotal == channel.index.ntotal == expected
+        kind = {"Flat": "IndexFlatIP", "HNSW32": "IndexHNSWFlat", "IVF2,Flat": "IndexIVFFlat"}[factory]
+        assert type(faiss.downcast_index(channel.index)).__name__ == kind  # the same kind, not retrained
+        assert int(np.max(channel.rows)) < 38 and len(np.unique(channel.rows)) == expected
+    if factory.startswith("IVF"):
+        faiss.extract_index_ivf(compacted.modalities["text"].index).nprobe = 2  # every list: exact
+    for row, new_row in ((3, 3), (10, 9), (40, 37)):  # each product's stored vector still finds itself
+        found, rows = compacted.modalities["text"].search(texts[row][None], 1)
+        assert rows[0, 0] == new_row, (row, rows)
+    assert compacted.lexical is None or int(compacted.lexical.rows.max()) < 38
+    assert store_module.verify_version(tmp_path).version == "000002"  # checksums of the new base hold
+
+
+def test_lexical_rows_of_deleted_products_are_dropped_by_compaction(tmp_path):
+    from indexer.store import delete
+
+    publish_with_lexical(tmp_path, 9)
+    store = delete(open_store(tmp_path), ["s0002"])
+    query = store.lexical.transform(["Computers item 2"])
+    assert "s0002" not in {n.id for n in Categorizer(store).neighbors({"lexical": query}, k=9)[0]}
+    compacted = compact(tmp_path)
+    assert compacted.lexical.ntotal == 8 and list(compacted.lexical.rows) == list(range(8))
+    hits = Categorizer(compacted).neighbors({"lexical": query}, k=3)[0]
+    assert [h.id for h in hits][:2] == ["s0005", "s0008"]  # the other Computers products, renumbered rows
+
+
+def test_changes_during_a_compaction_are_carried_with_their_rows_renumbered(tmp_path, monkeypatch):
+    from indexer.store import delete, relabel
+
+    publish_fake(tmp_path, n=10)
+    delete(open_store(tmp_path), ["s0002"])  # compacted: rows after 2 move down by one
+    real_stage = store_module._stage_compaction
+    text = random_vectors(1, 12, 55)
+
+    def stage_then_change(live):
+        staging = real_stage(live)
+        during = append(open_store(tmp_path), make_products(1, "during"), {"text": text})  # row 10 -> 9
+        during = relabel(during, {"s0007": ("Garden",), "during0000": ("Garden", "New")})  # rows 7 -> 6, 10 -> 9
+        delete(during, ["s0005"])  # row 5 -> 4
+        return staging
+
+    monkeypatch.setattr(store_module, "_stage_compaction", stage_then_change)
+    compacted = compact(tmp_path)
+    assert compacted.deltas == ("000002", "000003", "000004") and len(compacted.products) == 10
+    verified = store_module.verify_version(tmp_path)  # the rewritten deltas carry fresh checksums
+    for store in (compacted, verified):
+        assert store.row_of("s0002") is None and store.row_of("s0005") is None and list(store.deleted) == [4]
+        assert store.row_of("s0007") == 6 and store.products[6].category_path == ("Garden",)
+        assert store.row_of("during0000") == 9 and store.products[9].category_path == ("Garden", "New")
+        assert nearest_ids(store, l2_normalize(text), k=1) == [["during0000"]]
+    monkeypatch.setattr(store_module, "_stage_compaction", real_stage)
+    final = compact(tmp_path)
+    assert [p.id for p in final.products] == [
+        "s0000",
+        "s0001",
+        "s0003",
+        "s0004",
+        "s0006",
+        "s0007",
+        "s0008",
+        "s0009",
+        "during0000",
+    ]
+    assert final.products[5].category_path == ("Garden",) and nearest_ids(final, l2_normalize(text), k=1) == [
+        ["during0000"]
+    ]
+
+
+def test_deletes_past_the_threshold_start_a_compaction(tmp_path, monkeypatch):
+    from indexer.store import delete
+
+    monkeypatch.setattr(store_module, "DELTA_COMPACT_DELETES", 3)
+    publish_fake(tmp_path, n=10)
+    store = delete(open_store(tmp_path), ["s0001", "s0002"])
+    assert store_module._COMPACTIONS.get(str(tmp_path.resolve())) is None
+    delete(store, ["s0003"])
+    store_module._COMPACTIONS[str(tmp_path.resolve())].join(timeout=60)
+    store = open_store(tmp_path)
+    assert store.version == "000002" and store.deltas == () and len(store.products) == 7
+
+
+def test_many_deleted_rows_are_searched_through_a_live_row_filter(tmp_path, monkeypatch):
+    """Past SKIP_DELETED_ROWS deleted rows a search filters the live rows instead of searching
+    deeper: the same neighbours, no deleted one."""
+    from indexer.store import base, delete
+
+    publish_fake(tmp_path, n=30)
+    store = delete(open_store(tmp_path), [f"s{i:04d}" for i in range(0, 30, 2)])
+    queries = store.vectors_by_row("text")[0][store.positions("text")[[1, 3, 5]]]
+    skipped = nearest_ids(store, queries, k=5)
+    monkeypatch.setattr(base, "SKIP_DELETED_ROWS", 2)
+    again = open_store(tmp_path)
+    assert again.live_filter(None).rows is not None and len(again.live_filter(None).rows) == 15
+    assert nearest_ids(again, queries, k=5) == skipped
+    assert all(int(i[1:]) % 2 == 1 for hits in skipped for i in hits) and all(len(h) == 5 for h in skipped)
+
+
+def test_the_audit_trail_survives_builds_and_compactions(tmp_path):
+    """audit.sqlite sits beside versions/: a rebuild and a compaction (new versions, old ones
+    pruned) leave it as it was."""
+    from indexer.store import AuditLog, delete
+
+    publish_fake(tmp_path, n=10)
+    delete(open_store(tmp_path), ["s0003"], actor="api-token")
+    review = tmp_path / "review.sqlite"
+    review.write_bytes(b"queue")  # the review queue's file lives beside it
+    for _ in range(4):  # enough versions for the first ones to be pruned
+        publish_fake(tmp_path, n=6, prefix="r")
+        add_one(open_store(tmp_path), "x", 1)
+        compact(tmp_path)
+    assert [e["action"] for e in AuditLog(tmp_path).history("s0003")] == ["delete"]
+    assert review.read_bytes() == b"queue"
+    assert "000001" not in os.listdir(tmp_path / VERSIONS)
+
+
+def test_a_killed_writers_audit_events_are_recorded_by_compaction(tmp_path, monkeypatch):
+    from indexer.store import AuditLog, audit, delete
+
+    publish_fake(tmp_path, n=10)
+
+    def killed(self, events):
+        raise KeyboardInterrupt  # the process stops between the commit and the audit
+
+    with monkeypatch.context() as patch:
+        patch.setattr(audit.AuditLog, "record_events", killed)
+        with pytest.raises(KeyboardInterrupt):
+            delete(open_store(tmp_path), ["s0003"])
+    assert open_store(tmp_path).row_of("s0003") is None and AuditLog(tmp_path).history("s0003") == []
+    compact(tmp_path)
+    compact(tmp_path)  # nothing to compact: still one event
+    assert [e["action"] for e in AuditLog(tmp_path).history("s0003")] == ["delete"]
+
+
+def test_the_audit_log_is_append_only(tmp_path):
+    import sqlite3
+
+    from indexer.store import AuditLog
+
+    log = AuditLog(tmp_path)
+    log.record("p1", "reject", "review-token", {"listing": "l1"}, None)
+    with pytest.raises(ValueError, match="audit action"):
+        log.record("p1", "erase", "cli", None, None)
+    with pytest.raises(ValueError, match="actor"):
+        log.record("p1", "delete", "", None, None)
+    db = sqlite3.connect(tmp_path / "audit.sqlite")
+    for sql in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute(sql)
+    db.close()
+    assert [(e["action"], e["before"]) for e in log.history("p1")] == [("reject", {"listing": "l1"})]
+    assert sqlite3.connect(tmp_path / "audit.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_a_filter_over_base_and_deltas_searches_the_base_through_its_index(tmp_path, factory):
+    """A segmented channel under a filter: the base part through its own index (a bitmap of the
+    allowed base positions), the deltas' allowed positions scanned exactly, the k best of both:
+    the same rows as an exact scan of every allowed vector."""
+    from indexer.store.local.faiss_search import exact_search
+
+    publish_fake(tmp_path, n=300, factory=factory)
+    store = open_store(tmp_path)
+    for i in range(3):
+        store = add_one(store, f"d{i}-", 20 + i)
+    text = store.modalities["text"]
+    assert isinstance(text.index, faiss.IndexShards)
+    rng = np.random.default_rng(1)
+    allowed = PositionFilter(np.sort(rng.choice(text.ntotal, 250, replace=False)), text.ntotal)
+    allowed = PositionFilter(np.union1d(allowed.positions, [300, 302]), text.ntotal)  # two delta rows in
+    queries = np.asarray(text.vectors[[0, 5, 300, 302]], np.float32)
+    sims, rows = filtered_search(text, queries, 10, allowed)
+    want_sims, want_positions = exact_search(text.vectors, queries, 10, allowed.positions)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-3)
+    assert (rows == text.rows[want_positions]).mean() >= (1.0 if factory == "Flat" else 0.9)
+    assert set(rows.ravel()) <= set(text.rows[allowed.positions])
+    assert allowed.below(300) is allowed.below(300) and allowed.below(300).ntotal == 300

@@ -342,3 +342,26 @@ def test_stale_reader_keeps_working_after_new_versions(tmp_path):
     _, rows = reader.modalities["text"].search(reader.modalities["text"].vectors[:1], k=1)
     assert rows[0, 0] == 0  # in memory, unaffected
     assert len(open_store(tmp_path).products) == 8
+
+
+def test_the_same_delete_from_two_processes_is_applied_once(tmp_path):
+    """Two workers delete one product at the same moment: the write lock lets one win; the other
+    re-reads the live version under the lock and is refused (ProductNotFound); one audit event."""
+    from fakes import delete_worker
+
+    from indexer.store import AuditLog
+
+    publish_fake(tmp_path, n=8)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=delete_worker, args=(str(tmp_path), "s0003", barrier, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert outcomes == ["ProductNotFound", "deleted"]
+    store = open_store(tmp_path)
+    assert store.row_of("s0003") is None and store.deltas == ("000001",) and store.product_count() == 7
+    assert [e["action"] for e in AuditLog(tmp_path).history("s0003")] == ["delete"]

@@ -1,10 +1,17 @@
-"""One contract for every store backend (FAISS on local disk, Milvus Lite), in the manner of
-scikit-learn's common estimator checks: each test runs once per backend on the same small
-index, and the real 945-product nested figures must be identical through either store."""
+"""One contract for every store backend (FAISS on local disk, Milvus Lite, a Milvus server), in
+the manner of scikit-learn's common estimator checks: each test runs once per backend on the
+same small index, and the real 945-product nested figures must be identical through either store.
+
+The Milvus server is the `milvus` package's standalone binary, started once per session by the
+`milvus_server` fixture (tests/conftest.py) when the first server case runs; each test copies the
+small index into a collection once per module (about 15 s on the server: each collection's
+creation waits for its load) for the tests that only read, and into a fresh one for each test
+marked `fresh_copy` (a write that succeeds), dropped afterwards."""
 
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +21,16 @@ from fakes import FakeEncoder, fake_manifest, make_products, random_vectors
 from indexer.catalog.products import Product
 from indexer.catalog.text import encoder_text
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import DuplicateProduct, IndexMismatch, IndexStore, IndexStoreError, append, open_store
+from indexer.store import (
+    DuplicateProduct,
+    IndexMismatch,
+    IndexStore,
+    IndexStoreError,
+    append,
+    delete,
+    open_store,
+    relabel,
+)
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LexicalIndex
 from indexer.store.local.index import publish
@@ -22,9 +38,9 @@ from indexer.store.locks import write_lock
 
 pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
-from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus  # noqa: E402
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop  # noqa: E402
 
-BACKENDS = ("faiss", "milvus")
+BACKENDS = ("faiss", "milvus-lite", pytest.param("milvus-server", marks=pytest.mark.milvus_server))
 N = 40
 
 
@@ -51,21 +67,46 @@ def milvus_db(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("milvus") / "contract.db"
 
 
+def collection_name(request) -> str:
+    """A collection per test (letters, digits and _ only, as Milvus wants)."""
+    return f"t{abs(hash(request.node.name)) % 10**9}"
+
+
+@pytest.fixture(scope="module")
+def shared_copies(tmp_path_factory, milvus_db):
+    """backend -> the small index copied once for the module's read-only tests."""
+    copies: dict[str, MilvusLocation] = {}
+    yield copies
+    for loc in copies.values():
+        drop(loc)
+
+
 @pytest.fixture(params=BACKENDS)
-def store(request, tmp_path, milvus_db) -> IndexStore:
+def store(request, tmp_path, milvus_db, shared_copies):
     encoder = FakeEncoder()
     publish_small(tmp_path / "faiss", encoder)
     faiss_store = open_store(tmp_path / "faiss")
     if request.param == "faiss":
-        return faiss_store
-    loc = MilvusLocation(str(milvus_db.resolve()), f"t{abs(hash(request.node.name)) % 10**9}")
-    copy_to_milvus(faiss_store, loc, replace=True)
-    return MilvusIndexStore.open(loc)
+        yield faiss_store
+        return
+    fresh = request.node.get_closest_marker("fresh_copy") is not None
+    name = collection_name(request) if fresh else f"shared_{request.param.replace('-', '_')}"
+    if request.param == "milvus-lite":
+        loc = MilvusLocation(str(milvus_db.resolve()), name)
+    else:
+        loc = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, name)
+    if fresh or request.param not in shared_copies:
+        copy_to_milvus(faiss_store, loc, replace=True)
+        if not fresh:
+            shared_copies[request.param] = loc
+    yield MilvusIndexStore.open(loc, local=tmp_path / "local")  # the test's own folder: its audit trail
+    if fresh:
+        drop(loc)
 
 
 def reload(store: IndexStore) -> IndexStore:
     if isinstance(store, MilvusIndexStore):
-        return MilvusIndexStore.open(store.location)
+        return MilvusIndexStore.open(store.location, local=store.path)
     return open_store(store.path)
 
 
@@ -159,6 +200,7 @@ def added_products(n: int = 2) -> list[Product]:
     ]
 
 
+@pytest.mark.fresh_copy
 def test_add_is_visible_to_the_next_query(store):
     encoder = FakeEncoder()
     new = added_products(2)
@@ -213,6 +255,240 @@ def test_other_encoder_is_refused(store):
         MilvusIndexStore.open(store.location, encoder=FakeEncoder())  # the right one loads
 
 
+# ---- deleting and relabelling ---------------------------------------------------------------
+VICTIM = 6  # s0006: Watches, with an image and text
+
+
+def fresh(store: IndexStore) -> IndexStore:
+    """The store as a process that never loaded it reads it (no cached snapshot or segments)."""
+    if isinstance(store, MilvusIndexStore):
+        from indexer.store import milvus
+
+        milvus._LOADED.pop((store.location.uri, store.location.collection), None)
+    return reload(store)
+
+
+def every_channel_hit(store: IndexStore, rows: list[int], k: int = N) -> set[str]:
+    """Ids returned for stored queries of `rows`: fused, per channel alone, as one batch (the
+    batch similarity-matrix route) and one query at a time (the search route), and the vote's
+    neighbours."""
+    categorizer = Categorizer(store)
+    queries = stored_queries(store, rows)
+    hits: set[str] = set()
+    for channel in (None, "image", "text", "lexical"):
+        chosen = queries if channel is None else {channel: queries[channel]}
+        for neighbours in categorizer.neighbors(chosen, k=k):
+            hits |= {n.id for n in neighbours}
+        for i in range(len(rows)):
+            one = {c: q[i : i + 1] for c, q in chosen.items()}
+            hits |= {n.id for n in categorizer.neighbors(one, k=k)[0]}
+    for prediction in categorizer.predict_vectors(queries, k=k):
+        hits |= {n.id for n in prediction.neighbors}
+    return hits
+
+
+@pytest.mark.fresh_copy
+@pytest.mark.parametrize("skip", [32, 0])  # deleted rows searched around (skip) or filtered out (a bitmap)
+def test_delete_hides_the_product_from_every_read(store, skip, monkeypatch):
+    from indexer.store import base
+
+    monkeypatch.setattr(base, "SKIP_DELETED_ROWS", skip)
+    victim = f"s{VICTIM:04d}"
+    rows = [VICTIM, 9, 12]  # the victim itself, another Watches product, a product near it
+    assert victim in every_channel_hit(store, rows)  # found everywhere before
+    assert store.category_index().counts()[2] == {
+        "name": "Watches",
+        "count": 14,
+        "subcategories": [{"name": "Sub", "count": 14}],
+    }
+    own_text = {"text": stored_queries(store, [VICTIM])["text"]}  # the victim is its own nearest
+    out = delete(store, [victim])
+    assert store.is_stale() and not out.is_stale()
+    for seen in (out, reload(store), fresh(store)):
+        shallow = Categorizer(seen, {"candidates": 5}).neighbors(own_text, k=5)[0]
+        assert len(shallow) == 5 and victim not in {n.id for n in shallow}  # searched 1 deeper, not 1 short
+        assert seen.row_of(victim) is None and seen.row_of("s0007") == 7
+        assert seen.product_count() == N - 1 and seen.positions("image")[VICTIM] == -1
+        assert seen.category_index().counts()[2] == {
+            "name": "Watches",
+            "count": 13,
+            "subcategories": [{"name": "Sub", "count": 13}],
+        }
+        assert seen.labels()[VICTIM] == "" and VICTIM not in seen.category_index().filter(("Watches",)).rows
+        assert victim not in every_channel_hit(seen, [9, 12])
+        watches = seen.category_index().filter(("Watches",))
+        found = Categorizer(seen).neighbors(stored_queries(seen, [9]), k=N, allowed=watches)[0]
+        assert len(found) == 13 and victim not in {n.id for n in found}
+
+
+@pytest.mark.fresh_copy
+def test_relabel_moves_the_products_and_their_vote_at_once(store):
+    """Every Watches product renamed into a category the index does not have yet: the next vote,
+    the counts, the category filters (in Milvus: its filter expressions) all follow."""
+    watches = list(range(0, N, 3))
+    query = stored_queries(store, [9])
+    assert Categorizer(store).predict_vectors(query)[0].category == "Watches"
+    new_path = ("Timepieces", "Wrist", "Analog")
+    out = relabel(store, {f"s{row:04d}": new_path for row in watches})
+    for seen in (out, reload(store), fresh(store)):
+        assert seen.products[9].category_path == new_path and seen.products[10].category_path == ("Baby Care", "Sub")
+        assert seen.row_of("s0009") == 9 and seen.product_count() == N
+        assert seen.categories() == ["Baby Care", "Computers", "Timepieces"] and seen.labels()[9] == "Timepieces"
+        prediction = Categorizer(seen).predict_vectors(query)[0]
+        assert prediction.category == "Timepieces" and prediction.category_path == list(new_path)
+        assert {n.category for n in prediction.neighbors} == {"Timepieces"}
+        counts = {c["name"]: c["count"] for c in seen.category_index().counts()}
+        assert counts == {"Baby Care": 13, "Computers": 13, "Timepieces": 14}
+        assert seen.category_index().filter(("Watches",)) is None
+        wrist = seen.category_index().filter(("Timepieces", "Wrist"))
+        assert list(wrist.rows) == watches
+        _, rows = seen.modalities["text"].search(query["text"], N, wrist.channel("text"))
+        assert sorted(rows[0][rows[0] >= 0]) == watches  # a Milvus category filter runs in Milvus
+
+
+def test_relabel_to_the_same_path_changes_nothing(store):
+    out = relabel(store, {"s0001": ("Baby Care", "Sub")})
+    assert not store.is_stale() and out.products[1].category_path == ("Baby Care", "Sub")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("delete", ["nope"]),
+        ("delete", ["s0001", "nope"]),  # one unknown id refuses the whole call
+        ("relabel", {"nope": ("A", "B")}),
+        ("relabel", {"s0001": ("A", "")}),  # an empty level
+        ("relabel", {"s0001": ()}),
+        ("relabel", {"s0001": ("A >> B",)}),  # the separator inside a level
+        ("relabel", {"s0001": tuple("abcdefghijk")}),  # 11 levels
+        ("relabel", {"s0001": "Garden"}),  # a string is not a list of levels (not 6 levels G, a, r...)
+    ],
+)
+def test_bad_changes_are_refused_and_change_nothing(store, bad):
+    from indexer.catalog import CategoryPathError
+    from indexer.store import ProductNotFound
+
+    kind, what = bad
+    expected = CategoryPathError if kind == "relabel" and "nope" not in what else ProductNotFound
+    with pytest.raises(expected) as info:
+        delete(store, what) if kind == "delete" else relabel(store, what)
+    if expected is ProductNotFound:
+        assert info.value.ids == ["nope"] and "'nope'" in str(info.value) and isinstance(info.value, KeyError)
+    again = reload(store)
+    assert not store.is_stale() and again.product_count() == N and again.row_of("s0001") == 1
+    assert again.products[1].category_path == ("Baby Care", "Sub")
+    from indexer.store import AuditLog
+
+    assert AuditLog(store.path).history("s0001") == []
+
+
+@pytest.mark.fresh_copy
+def test_a_product_deleted_twice_or_relabelled_after_is_not_found_and_can_come_back(store):
+    from indexer.store import ProductNotFound
+
+    out = delete(store, ["s0001"])
+    for again in (lambda s: delete(s, ["s0001"]), lambda s: relabel(s, {"s0001": ("A",)})):
+        with pytest.raises(ProductNotFound):
+            again(out)
+    assert not out.is_stale()
+    back = make_products(2)[1]  # the same id added again: a new row
+    out = append(out, [back], {"text": random_vectors(1, 12, seed=4)})
+    assert out.row_of("s0001") == N and out.product_count() == N
+    out = delete(out, ["s0001"])
+    assert out.row_of("s0001") is None and out.product_count() == N - 1
+
+
+@pytest.mark.fresh_copy
+def test_changes_are_recorded_in_the_audit_trail(store):
+    from indexer.store import AuditLog
+
+    out = append(store, added_products(1), {"text": random_vectors(1, 12, seed=5)}, actor="api-token")
+    out = relabel(out, {"new0": ("Garden", "Tools")}, actor="review-token")
+    delete(out, ["new0"], actor="api-token")
+    history = AuditLog(store.path).history("new0")
+    assert [(e["action"], e["actor"]) for e in history] == [
+        ("add", "api-token"),
+        ("relabel", "review-token"),
+        ("delete", "api-token"),
+    ]
+    assert history[0]["before"] is None and history[0]["after"]["category_path"] == ["Garden", "Hoses"]
+    assert history[1]["before"] == {"category_path": ["Garden", "Hoses"]}
+    assert history[1]["after"] == {"category_path": ["Garden", "Tools"]}
+    assert history[2]["before"]["id"] == "new0" and history[2]["after"] is None
+    assert all(e["time"].endswith("Z") for e in history) and history == sorted(history, key=lambda e: e["time"])
+
+
+KILLED_CHANGE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from indexer.store import delete, open_store
+    from indexer.store import audit, milvus
+    from indexer.store.local import segments
+
+    backend, source, db, point = sys.argv[1:]
+
+    def stop(*args, **kwargs):
+        print("stopped", flush=True)
+        time.sleep(120)  # killed here
+
+    if point == "before-commit":
+        segments.commit_list = stop  # the delta is written and renamed, LIST not replaced
+        milvus._commit_change = stop  # the entry is written and the rows upserted, state not moved
+    else:
+        audit.AuditLog.record_events = stop  # committed, not yet in the audit trail
+    store = open_store(source)
+    if backend == "milvus":
+        loc = milvus.copy_to_milvus(store, milvus.MilvusLocation(db, "killed"))
+        store = milvus.MilvusIndexStore.open(loc)
+    delete(store, ["s0006"])
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["before-commit", "before-audit"])
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])  # Lite: a writer killed in its own process
+def test_a_change_killed_at_any_point_is_applied_once_or_not_at_all(tmp_path, backend, point):
+    """kill -9 while a delete is half done: the index loads; after the next writer, the product
+    is either deleted with one audit event or untouched with none, whatever the backend."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from indexer.store import AuditLog
+
+    root, tests = Path(__file__).resolve().parents[2], Path(__file__).resolve().parents[1]
+    publish_small(tmp_path / "faiss", FakeEncoder())
+    db = tmp_path / "killed.db"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(tests)]))
+    args = [sys.executable, "-c", KILLED_CHANGE, backend, str(tmp_path / "faiss"), str(db), point]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert proc.stdout.readline().strip() == "stopped"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    store = (
+        MilvusIndexStore.open(MilvusLocation(str(db), "killed"))
+        if backend == "milvus"
+        else open_store(tmp_path / "faiss")
+    )
+    assert store.product_count() in (N, N - 1) and store.row_of("s0007") == 7  # loadable
+    out = delete(store, ["s0009"])  # the next writer
+    gone = out.row_of("s0006") is None
+    events = [e["action"] for e in AuditLog(out.path).history("s0006")]
+    assert events == (["delete"] if gone else [])
+    assert AuditLog(out.path).history("s0009")[0]["action"] == "delete"
+    assert ("s0006" in every_channel_hit(out, [9, 12])) is not gone
+    if point == "before-audit":
+        assert gone  # committed before the kill: the next writer recorded its event
+    elif backend == "faiss":
+        assert not gone  # LIST never named the delta: it never happened
+    else:
+        assert gone  # Milvus: the written change/<n> entry is finished by the next writer
+
+
 # ---- Milvus specifics: locations, routing, the copy ----------------------------------------
 def test_locations_parse_and_bad_ones_are_refused(tmp_path):
     assert MilvusLocation.parse("milvus://db.local:19530/shop") == MilvusLocation("http://db.local:19530", "shop")
@@ -224,6 +500,24 @@ def test_locations_parse_and_bad_ones_are_refused(tmp_path):
     assert backends.parse_vector_store("faiss") is None and backends.parse_vector_store("") is None
     with pytest.raises(ValueError, match="VECTOR_STORE"):
         backends.parse_vector_store("redis://x")
+
+
+def test_a_copy_into_milvus_keeps_deletes_and_relabels(tmp_path, milvus_db):
+    """A FAISS index with deletes and relabels in its deltas copied into Milvus: the copy
+    hides the same products and reads the same categories, row for row."""
+    publish_small(tmp_path / "faiss", FakeEncoder())
+    source = relabel(delete(open_store(tmp_path / "faiss"), ["s0003", "s0004"]), {"s0005": ("Garden",)})
+    loc = copy_to_milvus(source, MilvusLocation(str(milvus_db.resolve()), "changed"), replace=True)
+    copied = MilvusIndexStore.open(loc, local=tmp_path / "local")
+    assert len(copied.products) == N and list(copied.deleted) == [3, 4] and copied.product_count() == N - 2
+    assert copied.row_of("s0003") is None and copied.products[5].category_path == ("Garden",)
+    assert copied.category_index().counts() == source.category_index().counts()
+    queries = stored_queries(source, [6, 7])
+    assert every_channel_hit(copied, [6, 7]) == every_channel_hit(source, [6, 7])
+    assert not {"s0003", "s0004"} & every_channel_hit(copied, [6, 7])
+    assert [p.category for p in Categorizer(copied).predict_vectors(queries)] == [
+        p.category for p in Categorizer(source).predict_vectors(queries)
+    ]
 
 
 def test_routed_folder_loads_milvus_and_copy_refuses_to_overwrite(tmp_path, milvus_db, monkeypatch):
@@ -288,12 +582,18 @@ def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_pat
 
 # ---- the real index: identical nested figures through either store ----------------------------
 @pytest.mark.integration
-def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path):
+@pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path, request, where):
     from indexer.categorizer import protocol as calibration
 
     path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
     faiss_store = open_store(path)
-    loc = copy_to_milvus(faiss_store, MilvusLocation(str(tmp_path / "real.db"), "real"))
+    if where == "lite":
+        target = MilvusLocation(str(tmp_path / "real.db"), "real")
+    else:
+        target = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, "real")
+    loc = copy_to_milvus(faiss_store, target, replace=True)
+    request.addfinalizer(lambda: drop(loc))
     milvus_store = MilvusIndexStore.open(loc)
     assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"]
     groups = calibration.near_duplicate_groups(faiss_store)

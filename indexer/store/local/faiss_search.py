@@ -25,7 +25,8 @@ Filters: a category filter runs inside the search through a FAISS IDSelector (on
 allowed ids are scored and returned), so the search no longer asks for depth + excluded
 rows. On HNSW or IVF, small allowed sets are scanned exactly instead, and a search that
 returns fewer than k allowed rows (a selective filter starves the graph or lists) falls back to the
-exact scan, so a filter returns k rows whenever k exist.
+exact scan, so a filter returns k rows whenever k exist. A base with delta segments is searched
+the same way (through a filter of its own positions) beside an exact scan of the deltas.
 """
 
 from __future__ import annotations
@@ -197,33 +198,59 @@ def filtered_search(
     An approximate index (HNSW, IVF) scans up to EXACT_FILTER_ROWS allowed vectors exactly
     (O(|allowed|·d), a selective filter would starve its graph or lists); above that it
     searches with the selector at its own cost, and the queries it left short of k are
-    scanned exactly. A store with delta segments (an IndexShards) is scanned exactly,
-    O(|allowed|·d), until compaction folds its deltas into the base.
+    scanned exactly. A store with delta segments (an IndexShards) searches its base the same
+    way over the allowed base positions and scans the deltas' allowed positions exactly
+    (O(|allowed in deltas|·d)), then keeps the k best of both.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(queries)
     k = max(1, min(k, len(allowed)))
     if len(allowed) == 0:
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-    flat = isinstance(faiss.downcast_index(channel.index), faiss.IndexFlat)
-    segmented = isinstance(channel.index, faiss.IndexShards)  # base + deltas: selector ids are per shard
-    if segmented or (len(allowed) <= EXACT_FILTER_ROWS and not flat):
-        sims, positions = exact_search(channel.vectors, queries, k, allowed.positions)
+    if isinstance(channel.index, faiss.IndexShards):  # base + deltas: selector ids are per shard
+        nb = channel.parts[0].ntotal if len(channel.parts) > 1 else 0
+        found = []
+        base = allowed.below(nb)
+        if len(base):
+            found.append(_filtered_positions(channel.parts[0], channel.vectors, channel.refine, queries, k, base))
+        added = allowed.positions[allowed.positions >= nb]
+        if len(added):
+            found.append(exact_search(channel.vectors, queries, k, added))
+        sims, positions = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
+        order = np.lexsort((np.where(positions < 0, np.iinfo(np.int64).max, positions), -sims), axis=-1)[:, :k]
+        sims, positions = np.take_along_axis(sims, order, axis=1), np.take_along_axis(positions, order, axis=1)
     else:
-        depth = min(k * max(1, channel.refine), len(allowed))
-        try:
-            sims, positions = channel.index.search(
-                queries, depth, params=_selector_params(channel.index, allowed.selector())
-            )
-        except RuntimeError:  # a wrapper index that takes no selector: scan exactly
-            sims, positions = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
-        if channel.refine > 1:
-            sims, positions = refine(channel.vectors, queries, positions, k)
-        short = np.flatnonzero((positions < 0).any(axis=1))
-        if len(short):
-            sims[short], positions[short] = exact_search(channel.vectors, queries[short], k, allowed.positions)
+        sims, positions = _filtered_positions(channel.index, channel.vectors, channel.refine, queries, k, allowed)
     rows = np.where(positions >= 0, channel.rows[np.clip(positions, 0, None)], -1)
     return sims, rows
+
+
+def _filtered_positions(
+    index: faiss.Index,
+    vectors: np.ndarray | StackedVectors | RowScaledInt8,
+    refine_by: int,
+    queries: np.ndarray,
+    k: int,
+    allowed: PositionFilter,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, positions) of one FAISS index's k best allowed positions (see
+    `filtered_search`); positions -1 and similarity -inf past the end."""
+    n = len(queries)
+    k = max(1, min(k, len(allowed)))
+    flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+    if len(allowed) <= EXACT_FILTER_ROWS and not flat:
+        return exact_search(vectors, queries, k, allowed.positions)
+    depth = min(k * max(1, refine_by), len(allowed))
+    try:
+        sims, positions = index.search(queries, depth, params=_selector_params(index, allowed.selector()))
+    except RuntimeError:  # a wrapper index that takes no selector: scan exactly
+        sims, positions = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
+    if refine_by > 1:
+        sims, positions = refine(vectors, queries, positions, k)
+    short = np.flatnonzero((positions < 0).any(axis=1))
+    if len(short):
+        sims[short], positions[short] = exact_search(vectors, queries[short], k, allowed.positions)
+    return sims, positions
 
 
 @dataclass

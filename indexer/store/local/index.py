@@ -6,11 +6,16 @@ Layout of an index directory (format 3)::
     versions/<n>/manifest.json, products.sqlite, paths.npy, <modality>.npy (float16, or int8 +
                  <modality>.scale.npy), <modality>.faiss, lexical.{data,indices,indptr}.npy,
                  lexical.postings.*.npy, ...
-    versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds (indexer.store.local.segments)
+    versions/<n>/deltas/LIST, deltas/<seq>/...   small segments holding the adds, deletes and
+                                                 relabels (indexer.store.local.segments)
     cache.sqlite            embedding cache (see indexer.encoders.cache)
+    audit.sqlite            the audit trail of every change (indexer.store.audit)
 
 A version is a base segment, written once by a build, an ingest or a compaction, plus the
-delta segments of the adds made since. A build or compaction writes a complete new version
+delta segments of the adds, deletes and relabels made since (`append`, `change`): a delete
+tombstones rows and a relabel gives a row a new category path, both applied over the base
+when a version loads, and compaction writes them into the new base (deleted rows dropped,
+the rows after them renumbered; relabels baked in). A build or compaction writes a complete new version
 beside the live one and only then swaps CURRENT with os.replace; an add writes one delta and
 swaps the version's deltas/LIST the same way. A writer killed at any point leaves the previous
 index loadable. Writers take an exclusive lock, readers never wait; readers notice a new
@@ -38,6 +43,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -45,16 +51,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Siz
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
 
 from indexer.catalog.products import MODALITIES, Product
 from indexer.encoders.base import Encoder, l2_normalize
-from indexer.store.base import IndexStore, check_compatible
+from indexer.store import audit
+from indexer.store.base import IndexStore, check_compatible, checked_change
 from indexer.store.categories import CODE_DTYPE, CategoryCodes, count_prefixes, counts_from_json, counts_to_json
-from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexMismatch, IndexNotFound, IndexStoreError
+from indexer.store.errors import (
+    DuplicateProduct,
+    IndexDamaged,
+    IndexMismatch,
+    IndexNotFound,
+    IndexStoreError,
+    ProductNotFound,
+)
 from indexer.store.lexical import LexicalIndex, postings_cap
 from indexer.store.local.faiss_search import (
     AUTO,
@@ -65,12 +79,12 @@ from indexer.store.local.faiss_search import (
     search_params,
 )
 from indexer.store.local.handover import (
+    BaseWriterBusy,
     CarryRefused,
     Change,
     Snapshot,
     Target,
     base_lock,
-    link_deltas,
     replay,
 )
 from indexer.store.local.integrity import verify_files
@@ -78,13 +92,17 @@ from indexer.store.local.products_db import PATHS_FILE, PRODUCTS_FILE, ProductRo
 from indexer.store.local.seals import Pointer, SealBroken, open_manifest
 from indexer.store.local.segments import (
     ADD,
+    CHANGES,
     VECTOR_DTYPE,
     StackedVectors,
     StoredVectors,
+    copy_delta,
     load_vectors,
     read_delta_list,
+    read_jsonl,
     read_list,
     write_delta,
+    write_list,
 )
 from indexer.store.local.versions import (
     CURRENT,
@@ -92,6 +110,7 @@ from indexer.store.local.versions import (
     VERSIONS,
     IndexRolledBack,
     commit_version,
+    fsync_dir,
     interrupted_publish,
     list_versions,
     live_pointer,
@@ -102,7 +121,7 @@ from indexer.store.local.versions import (
     unsealed_allowed,
     write_current,
 )
-from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, write_manifest
+from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, staging_prefix, write_manifest
 from indexer.store.locks import write_lock
 
 FORMAT_VERSION = 3  # 3: products in SQLite + category codes, int8 or float16 vectors, mapped lexical arrays
@@ -112,6 +131,9 @@ DELTA_COMPACT_ROWS = int(os.environ.get("INDEX_DELTA_COMPACT_ROWS", "20000"))
 # ... or past this many delta segments: a reload costs O(deltas) (one small manifest each;
 # bench_scale at 1M: 18 ms with 100 deltas), so one-product adds must not pile up 20000 of them.
 DELTA_COMPACT_SEGMENTS = int(os.environ.get("INDEX_DELTA_COMPACT_SEGMENTS", "200"))
+# ... or past this many deleted rows: searches filter them out (IndexStore.live_filter), and a
+# compaction drops them for good (their vectors still take memory and scan time until then).
+DELTA_COMPACT_DELETES = int(os.environ.get("INDEX_DELTA_COMPACT_DELETES", "1024"))
 _BASES_KEPT = 2
 DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
 
@@ -131,6 +153,8 @@ __all__ = [
     "IndexStore",
     "LocalIndexStore",
     "IndexStoreError",
+    "ProductNotFound",
+    "change",
     "compact",
     "commit_version",
     "list_versions",
@@ -159,6 +183,8 @@ class LocalIndexStore(IndexStore):
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     base: _Base | None = field(default=None, repr=False, compare=False)
     manifest_stamp: tuple = field(default=(), repr=False, compare=False)  # its manifest file's identity at load
+    changed: int = 0  # change records (deletes, relabels) in the deltas
+    segments: tuple = field(default=(), repr=False, compare=False)  # (base manifest, settings, deltas) read
 
     # ---- reading -------------------------------------------------------------------------
     @classmethod
@@ -221,12 +247,38 @@ class LocalIndexStore(IndexStore):
                 "another version)",
                 file=vdir / "manifest.json",
             )
-        store = _combine(cls, path, version, manifest, base, deltas, parts)
-        store.manifest_stamp = _stamp(vdir / "manifest.json")
+        return cls._assemble(path, version, manifest, base, deltas, parts, settings)
+
+    @classmethod
+    def _assemble(
+        cls,
+        path: Path,
+        version: str,
+        manifest: dict,
+        base: _Base,
+        names: tuple[str, ...],
+        parts: list[_Delta],
+        settings: Mapping[str, int],
+    ) -> LocalIndexStore:
+        store = _combine(cls, path, version, manifest, base, names, parts)
+        store.manifest_stamp = _stamp(path / VERSIONS / version / "manifest.json")
         for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
             exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
             channel.refine = 1 if exact else settings["refine"]
+        store.segments = (manifest, dict(settings), list(parts))
         return store
+
+    def with_delta(self, name: str) -> LocalIndexStore:
+        """This store plus the delta `name` its writer has just committed on top of it (the
+        caller still holds the write lock, so nothing else changed): only that delta is read,
+        the others are reused, O(that delta + `_combine`)."""
+        manifest, settings, parts = self.segments
+        label = f"index version {self.version} ({VERSIONS}/{self.version}), delta {name}"
+        delta = _load_delta(self.path / VERSIONS / self.version / "deltas" / name, label, checksums=False)
+        assert self.base is not None
+        return type(self)._assemble(
+            self.path, self.version, manifest, self.base, (*self.deltas, name), [*parts, delta], settings
+        )
 
     def is_stale(self) -> bool:
         """True when another process has published a newer version or delta, when the version's
@@ -249,6 +301,14 @@ class LocalIndexStore(IndexStore):
         """Products held in the delta segments (not yet compacted into the base)."""
         return len(self.products) - len(self.base.products) if self.base is not None else 0
 
+    def past_compaction_threshold(self) -> bool:
+        """Whether the deltas hold enough (rows, changes, segments or deleted rows) to compact."""
+        return (
+            self.delta_rows() + self.changed >= DELTA_COMPACT_ROWS
+            or len(self.deltas) >= DELTA_COMPACT_SEGMENTS
+            or len(self.deleted) >= DELTA_COMPACT_DELETES
+        )
+
 
 @dataclass
 class _Base:
@@ -267,10 +327,36 @@ class _Delta:
     counts: dict[tuple[str, ...], int]  # products per category prefix (its manifest's, else counted)
     vectors: dict[str, tuple[StoredVectors, np.ndarray]]
     lexical: tuple | None
+    changes: list[dict] = field(default_factory=list)  # a delete / relabel delta's records
+
+    def events(self) -> list[dict]:
+        """The audit events this delta committed (`indexer.store.audit`), in order."""
+        if self.changes:
+            return [c["event"] for c in self.changes]
+        info = self.manifest.get("audit")
+        return _add_events(self.products, info) if info else []  # none: a delta from before the trail
+
+
+def _add_events(products: Iterable[Product], info: Mapping) -> list[dict]:
+    """The audit events of an add (`info`: its event id, time, action, actor, notes per id)."""
+    notes = info.get("notes") or {}
+    return [
+        audit.event(
+            p.id,
+            info["action"],
+            info["actor"],
+            None,
+            dict(p.to_record(), **notes.get(p.id, {})),
+            event_id=f"{info['event']}/{i}",
+            at=info["time"],
+        )
+        for i, p in enumerate(products)
+    ]
 
 
 _BASES: OrderedDict[tuple, _Base] = OrderedDict()
 _DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
+_SEEN_DELTAS: OrderedDict[str, tuple[tuple, list[str], bool, _Delta]] = OrderedDict()  # folder -> (key, files, ...)
 _DELTAS_KEPT = 4096
 _BASES_LOCK = threading.Lock()
 
@@ -298,8 +384,9 @@ def live_fingerprint(path: str | Path) -> tuple:
 
 def _identity(vdir: Path, manifest: Mapping) -> tuple:
     """What makes a cached base valid: each file's inode, size, mtime and ctime. O(files)."""
-    stats = [os.stat(vdir / name) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
-    return (str(vdir.resolve()), *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
+    folder = os.path.abspath(vdir)  # not realpath: the inodes below tell files apart, and it costs a syscall a level
+    stats = [os.stat(os.path.join(folder, name)) for name in sorted(manifest.get("files", {})) + ["manifest.json"]]
+    return (folder, *((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for s in stats))
 
 
 def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
@@ -431,28 +518,63 @@ def _check_pointer(path: Path, pointer: Pointer, seal: Mapping | None, label: st
         )
 
 
-def _load_delta(ddir: Path, label: str, checksums: bool, expect: str | None = None, sealed: bool = False) -> _Delta:
-    """One delta segment, read whole: O(its rows); its manifest's seal checked against LIST's
-    record (`expect`; `sealed`: the version is sealed, so the delta must be), its files
-    checksummed like a base's. Kept per process (`_DELTAS`, keyed like the bases by its files'
-    identity), so an add or a reload reads only the deltas this process has not seen."""
-    import scipy.sparse as sp
+def _seen_delta(ddir: Path, checksums: bool) -> _Delta | None:
+    """The delta this process already loaded from `ddir`, if none of its files changed since
+    (inode, size, mtime, ctime of each, as `_identity`; sizes are what `verify_files` checks)
+    and it was checksummed then if `checksums` asks for it: a few stats, no file read, so a
+    reload costs O(deltas) stats (a writer reloads twice per add, delete or relabel)."""
+    folder = os.path.abspath(ddir)
+    with _BASES_LOCK:
+        seen = _SEEN_DELTAS.get(folder)
+    if seen is None or (checksums and not seen[2]):
+        return None
+    key, names, _, delta = seen
+    try:
+        stats = [os.stat(os.path.join(folder, name)) for name in names]
+    except OSError:
+        return None  # the full path names the missing file
+    now = (folder, *((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for st in stats))
+    return delta if now == key else None
 
-    manifest, seal = _open_manifest(ddir / "manifest.json", label)
+
+def _check_delta_seal(seal: Mapping | None, expect: str | None, sealed: bool, ddir: Path, label: str) -> None:
+    """A delta's manifest is the one its version's LIST records (`expect`; `sealed`: the version
+    is sealed, so the delta must be)."""
     if (expect is not None or sealed) and (seal is None or seal.get("digest") != expect):
         raise IndexDamaged(
             f"{label}: manifest.json is not the one deltas/LIST records (replaced or edited)",
             file=ddir / "manifest.json",
         )
+
+
+def _load_delta(ddir: Path, label: str, checksums: bool, expect: str | None = None, sealed: bool = False) -> _Delta:
+    """One delta segment, read whole: O(its rows); its manifest's seal checked against LIST's
+    record (`_check_delta_seal`), its files checksummed like a base's. Kept per process
+    (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
+    the deltas this process has not seen (`_seen_delta`: a few stats each)."""
+    import scipy.sparse as sp
+
+    seen = _seen_delta(ddir, checksums)
+    if seen is not None:
+        _check_delta_seal(seen.manifest.get("seal"), expect, sealed, ddir, label)
+        return seen
+    manifest, seal = _open_manifest(ddir / "manifest.json", label)
+    _check_delta_seal(seal, expect, sealed, ddir, label)
     verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
     key = _identity(ddir, manifest)
+    names = [*sorted(manifest.get("files", {})), "manifest.json"]
     with _BASES_LOCK:
+        before = _SEEN_DELTAS.get(key[0])
+        checksums = checksums or (before is not None and before[0] == key and before[2])  # once hashed, stays so
         if key in _DELTAS:
+            _SEEN_DELTAS[key[0]] = (key, names, checksums, _DELTAS[key])
             return _DELTAS[key]
     counts = manifest.get("counts", {})
-    with _reading(ddir / "products.jsonl", label):
-        with open(ddir / "products.jsonl", encoding="utf-8") as fh:
+    products: list[Product] = []
+    if counts.get("products") or not counts.get("changes"):  # a change delta holds no products file
+        with _reading(ddir / "products.jsonl", label), open(ddir / "products.jsonl", encoding="utf-8") as fh:
             products = [_delta_product(json.loads(line), ddir) for line in fh if line.strip()]
+    with _reading(ddir / "manifest.json", label):
         _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
         stored = manifest.get("category_counts")
         paths = (p.category_path for p in products)
@@ -476,11 +598,26 @@ def _load_delta(ddir: Path, label: str, checksums: bool, expect: str | None = No
             rows = np.load(ddir / "lexical.rows.npy", allow_pickle=False)
             _expect(matrix.shape[0] == len(rows) == counts["lexical"], "lexical rows disagree with the manifest")
         lexical = (matrix, rows)
-    delta = _Delta(products, manifest, prefix_counts, vectors, lexical)
+    changes: list[dict] = []
+    if counts.get("changes"):
+        with _reading(ddir / CHANGES, label):
+            changes = read_jsonl(ddir / CHANGES)
+            _expect(len(changes) == counts["changes"], f"{len(changes)} changes, manifest says {counts}")
+            for record in changes:
+                _expect(
+                    record.get("op") in ("delete", "relabel") and isinstance(record.get("row"), int),
+                    f"a change record without op and row: {str(record)[:80]}",
+                )
+                if record["op"] == "relabel":
+                    record["product"] = _delta_product(record["product"], ddir)
+    delta = _Delta(products, manifest, prefix_counts, vectors, lexical, changes)
     with _BASES_LOCK:
         _DELTAS[key] = delta
+        _SEEN_DELTAS[key[0]] = (key, names, checksums, delta)
         while len(_DELTAS) > _DELTAS_KEPT:
             _DELTAS.popitem(last=False)
+        while len(_SEEN_DELTAS) > _DELTAS_KEPT:
+            _SEEN_DELTAS.popitem(last=False)
     return delta
 
 
@@ -507,10 +644,27 @@ def _combine(
     exact Flat index over the deltas' rows, ids in order) and read through StackedVectors.
     Cost: O(delta rows) for the products and their category codes (the base's SQLite table
     and mapped codes are shared, not copied), O(deltas · prefixes) for the category counts,
-    and O(delta nnz) for the lexical deltas (their own small matrix, searched beside the base's)."""
+    and O(delta nnz) for the lexical deltas (their own small matrix, searched beside the base's),
+    plus O(M log M) for the M rows deleted or relabelled (`CategoryCodes.with_changes`)."""
     added_products = [p for d in deltas for p in d.products]
     codes = base.codes.extended([(d.products, d.counts) for d in deltas])
-    products = ProductRows(base.products, added_products, codes)
+    total = len(base.products) + len(added_products)
+    relabeled: dict[int, Product] = {}
+    gone: set[int] = set()
+    changes: list[tuple[int, tuple[str, ...] | None]] = []
+    for delta in deltas:
+        for record in delta.changes:
+            row = record["row"]
+            _expect(0 <= row < total and row not in gone, f"a change names row {row}, deleted or outside products")
+            if record["op"] == "delete":
+                gone.add(row)
+                relabeled.pop(row, None)
+                changes.append((row, None))
+            else:
+                relabeled[row] = record["product"]
+                changes.append((row, tuple(record["product"].category_path)))
+    codes = codes.with_changes(changes)
+    products = ProductRows(base.products, added_products, codes, relabeled)
     modalities: dict[str, ModalityIndex] = {}
     for modality in sorted(set(base.modalities) | {m for d in deltas for m in d.vectors}):
         added = [d.vectors[modality] for d in deltas if modality in d.vectors]
@@ -551,6 +705,10 @@ def _combine(
         if manifest.get("lexical") and lexical is not None:
             manifest["lexical"] = dict(manifest["lexical"], count=int(lexical.ntotal))
         manifest["deltas"] = list(names)
+        if gone:
+            manifest["deleted_products"] = len(gone)
+        if relabeled:
+            manifest["relabeled_products"] = len(relabeled)
     return cls(
         path=path,
         version=version,
@@ -559,7 +717,9 @@ def _combine(
         modalities=modalities,
         lexical=lexical,
         deltas=names,
+        deleted=np.asarray(sorted(gone), dtype=np.int64),
         base=base,
+        changed=len(changes),
     )
 
 
@@ -752,13 +912,15 @@ def publish_base(
     amend: Callable[[IndexStore], Mapping] | None = None,
     reencode: Callable[[list[Product]], Mapping[str, np.ndarray]] | None = None,
     continues: bool = False,
+    dropped: np.ndarray | None = None,
 ) -> str | None:
     """Make a staged base live under the hand-over rule (indexer.store.local.handover); its name.
 
     The caller holds `base_lock(path)` and read `snapshot`. `amend(staged store)` first returns
     manifest entries computed on exactly the vectors that will be served (the calibration).
     The deltas committed to the snapshot's version since are carried into the new version:
-    hard-linked when the staged base `continues` the snapshot's rows (a compaction), else
+    hard-linked when the staged base `continues` the snapshot's rows (a compaction: renumbered
+    past the deleted rows it `dropped`), else
     replayed on it (most of them before the write lock is taken, the rest under it; `reencode`
     makes vectors for adds of other models). A live version that no longer verifies is replaced
     (nothing can have been added to it). A compaction whose version was replaced meanwhile is
@@ -800,9 +962,8 @@ def publish_base(
                     raise IndexStoreError(f"deltas of version {live.version} changed under this {writer}")
                 rest = live.deltas[len(done) :]
                 if continues:
-                    listed = read_delta_list(path / VERSIONS / live.version)
-                    seals = dict(zip(listed.names, listed.seals, strict=True))
-                    link_deltas(path / VERSIONS / live.version, staging, rest, seals)
+                    gone = dropped if dropped is not None else np.zeros(0, np.int64)
+                    _carry_deltas(path / VERSIONS / live.version, staging, rest, gone)
                     carried += rest
                 else:
                     carried += _carry(staging, live, rest, writer, reencode)
@@ -858,7 +1019,8 @@ def _carry(
     }
     target = Target(
         rows=len(staged.products),
-        has_id=lambda pid: staged.row_of(pid) is not None,
+        base_row=staged.row_of,
+        base_product=lambda row: staged.products[row],
         same_models=same,
         reencode=reencode,
         writer=writer,
@@ -875,26 +1037,34 @@ def _carry(
         start += len(deltas[name].products)
     for name in names:
         delta = deltas[name]
-        change = Change(source.version, name, delta.manifest, delta.products, delta.vectors, starts[name])
+        change = Change(
+            source.version, name, delta.manifest, delta.products, delta.vectors, starts[name], delta.changes
+        )
         replayed = replay(change, target)
+        if change.changes and not replayed.changes:
+            continue  # changes of products the new version does not hold: nothing left to carry
         lexical = None
-        if staged.lexical is not None:
+        if staged.lexical is not None and replayed.products:
             texts = [staged.product_text(p) for p in replayed.products]
             has_text = np.flatnonzero([bool(t) for t in texts])
             lexical = (staged.lexical.transform([texts[i] for i in has_text]), target.rows + has_text)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "vector_dtype": np.dtype(VECTOR_DTYPE).name,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "category_counts": counts_to_json(count_prefixes(p.category_path for p in replayed.products)),
+            "kind": change.kind,
+            "carried_from": {"version": source.version, "delta": name},
+        }
+        if delta.manifest.get("audit"):
+            manifest["audit"] = delta.manifest["audit"]  # the same events: recorded once (by their ids)
         write_delta(
             staging,
             [p.to_record() for p in replayed.products],
             replayed.vectors,
             lexical,
-            {
-                "format_version": FORMAT_VERSION,
-                "vector_dtype": np.dtype(VECTOR_DTYPE).name,
-                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "category_counts": counts_to_json(count_prefixes(p.category_path for p in replayed.products)),
-                "kind": change.kind,
-                "carried_from": {"version": source.version, "delta": name},
-            },
+            manifest,
+            changes=replayed.changes or None,
         )
         target.rows += len(replayed.products)
     return list(names)
@@ -906,8 +1076,15 @@ def append(
     new_vectors: Mapping[str, np.ndarray | None],
     before_publish: Callable[[IndexStore], None] | None = None,
     compact_past_threshold: bool = True,
+    action: str = "add",
+    actor: str = "cli",
+    notes: Mapping[str, Mapping] | None = None,
 ) -> LocalIndexStore:
     """Add products to the live index as one delta segment: O(batch) whatever N is.
+
+    Each product added is an audit event (`action` by `actor`; `notes[id]`, e.g. the decision
+    of an automatic listing, joins its `after`), kept in the delta and recorded in the index's
+    audit trail right after the commit (see `indexer.store.audit`).
 
     `new_vectors[modality]` has one row per new product (NaN rows = modality absent).
     Re-reads the live version under the write lock so concurrent adds never lose data (the
@@ -920,8 +1097,13 @@ def append(
     `compact`) and returns at once: adds made meanwhile go on to deltas and are carried over.
     """
     path = store.path
+    info: dict[str, Any] = {"event": audit.new_event_id(), "time": audit.utc_now(), "action": action, "actor": actor}
+    if notes:
+        info["notes"] = {str(k): dict(v) for k, v in notes.items()}
+    events = _add_events(new_products, info)  # checks the action and actor before anything is written
     with write_lock(path):
         live = writable_live(path)
+        _journal_last(live)
         clash = [p.id for p in new_products if live.row_of(p.id) is not None]
         if clash:
             raise DuplicateProduct(clash)
@@ -946,7 +1128,7 @@ def append(
             has_text = np.flatnonzero([bool(t) for t in texts])
             lexical = (live.lexical.transform([texts[i] for i in has_text]), start + has_text)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_delta(
+        name = write_delta(
             path / VERSIONS / live.version,
             [p.to_record() for p in new_products],
             vectors,
@@ -957,13 +1139,136 @@ def append(
                 "written_at": stamp,
                 "category_counts": counts_to_json(count_prefixes(p.category_path for p in new_products)),
                 "kind": ADD,
+                "audit": info,
             },
         )
-        out = LocalIndexStore.load(path, writer=True)
-    past = out.delta_rows() >= DELTA_COMPACT_ROWS or len(out.deltas) >= DELTA_COMPACT_SEGMENTS
-    if past and compact_past_threshold:
+        audit.AuditLog(path).record_events(events)
+        out = live.with_delta(name)
+    if compact_past_threshold and out.past_compaction_threshold():
         start_background_compaction(path)
     return out
+
+
+class VersionReplaced(IndexStoreError):
+    """A build published another catalogue while a manifest change was being prepared for the old one."""
+
+
+def republish(path: str | Path, entries: Mapping, based_on: str) -> LocalIndexStore:
+    """Publish the live version again with manifest `entries` replaced (e.g. a new calibration):
+    a new version whose base files are hard links to the live one's and whose deltas (those
+    committed meanwhile included) are carried over. O(files), no data rewritten; atomic like
+    every publish, under the write lock.
+
+    `based_on` is the version the entries were computed on: when a build (not a compaction of
+    it) has replaced that version meanwhile, nothing is published (VersionReplaced)."""
+    path = Path(path)
+    with base_lock(path, wait=False) as mine:
+        if not mine:  # a build, an ingest or a compaction is writing a new version: its hand-over rules
+            raise BaseWriterBusy(
+                f"a build, ingest or compaction is writing a new version of {path}: nothing published; "
+                "calibrate again once it is done"
+            )
+        with write_lock(path):
+            live = writable_live(path)
+            vdir = path / VERSIONS / live.version
+            manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
+            if live.version != based_on and (manifest.get("compacted_from") or {}).get("version") != based_on:
+                raise VersionReplaced(
+                    f"version {based_on} was replaced by {live.version} (a new build): nothing published"
+                )
+            staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=path / VERSIONS))
+            try:
+                for name in manifest.get("files", {}):
+                    (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(vdir / name, staging / name)
+                _carry_deltas(vdir, staging, live.deltas, np.zeros(0, np.int64))  # the base keeps its rows
+                manifest.update(entries)
+                manifest.pop("seal", None)  # sealed afresh by the publish
+                write_manifest(staging, manifest)
+                fsync_dir(staging)
+                commit_version(path, staging, read_pointer(path))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    return LocalIndexStore.load(path)
+
+
+def change(
+    store: LocalIndexStore,
+    deletes: Iterable[str] = (),
+    relabels: Mapping[str, Iterable[str]] | None = None,
+    actor: str = "cli",
+    compact_past_threshold: bool = True,
+) -> LocalIndexStore:
+    """Delete products and/or give products new category paths, as one delta segment.
+
+    Cost: O(batch) to check the ids (`row_of`, O(log N) each) and write the delta's change
+    records, plus the reload of the deltas (O(delta rows + M log M) for M rows changed since the
+    base, `_combine`): nothing of size N is read, copied or rewritten. A deleted product never
+    reaches a search, a vote or a category count from the next load on; a relabelled one votes
+    with its new path. A relabel may name a path no product has yet (it becomes a category of
+    the index); a relabel to the product's current path changes nothing.
+
+    Refused whole, nothing written: an id the index does not hold or already deleted
+    (ProductNotFound), a malformed path (CategoryPathError), an id both deleted and relabelled
+    (ValueError). Kill-safe like an add: the delta is staged and committed by replacing LIST.
+    Each product changed is an audit event by `actor`, recorded right after the commit. Past
+    the delta thresholds a background compaction folds the changes into a new base (`compact`).
+    """
+    doomed, wanted = checked_change(deletes, relabels)
+    path = store.path
+    at = audit.utc_now()
+    with write_lock(path):
+        live = writable_live(path)
+        _journal_last(live)
+        found = {pid: live.row_of(pid) for pid in [*doomed, *wanted]}
+        missing = [pid for pid, row in found.items() if row is None]
+        if missing:
+            raise ProductNotFound(missing)
+        rows = {pid: int(row) for pid, row in found.items() if row is not None}
+        records: list[dict[str, Any]] = []
+        for pid in doomed:
+            before = live.products[rows[pid]].to_record()
+            event = audit.event(pid, "delete", actor, before, None, at=at)
+            records.append({"op": "delete", "row": rows[pid], "id": pid, "event": event})
+        for pid, new_path in wanted.items():
+            product = live.products[rows[pid]]
+            if tuple(product.category_path) == new_path:
+                continue
+            after = Product.from_record(dict(product.to_record(), category_path=list(new_path)))
+            was, now = {"category_path": list(product.category_path)}, {"category_path": list(new_path)}
+            event = audit.event(pid, "relabel", actor, was, now, at=at)
+            record = {"op": "relabel", "row": rows[pid], "id": pid, "path": list(new_path), "event": event}
+            records.append(dict(record, product=after.to_record()))
+        if not records:
+            return live
+        name = write_delta(
+            path / VERSIONS / live.version,
+            [],
+            {},
+            None,
+            {"format_version": FORMAT_VERSION, "written_at": at, "category_counts": []},
+            changes=records,
+        )
+        audit.AuditLog(path).record_events([r["event"] for r in records])
+        out = live.with_delta(name)
+    if compact_past_threshold and out.past_compaction_threshold():
+        start_background_compaction(path)
+    return out
+
+
+def _journal_last(live: LocalIndexStore) -> None:
+    """Record the audit events of the live version's last delta if its writer died before it
+    could (caller holds the write lock): one lookup when they are recorded (`record_unrecorded`)."""
+    if live.deltas:
+        _journal(live, live.deltas[-1:])
+
+
+def _journal(live: LocalIndexStore, names: Iterable[str]) -> None:
+    vdir = live.path / VERSIONS / live.version / "deltas"
+    for name in names:
+        delta = _load_delta(vdir / name, f"index version {live.version}, delta {name}", checksums=False)
+        audit.record_unrecorded(live.path, delta.events())
 
 
 _COMPACTIONS: dict[str, threading.Thread] = {}
@@ -1003,49 +1308,124 @@ def compact(path: str | Path, wait: bool = True) -> LocalIndexStore:
     without the write lock (vectors rewritten and checksummed, the FAISS index is the base's read
     into memory plus the deltas' vectors: no retraining, no graph rebuild from scratch). The
     publish follows the hand-over rule (`publish_base`): deltas committed meanwhile are carried
-    into the new version (hard links; their rows still point at the same products). One writer of
-    a new base at a time per index (`base_lock`: a build or ingest waits for a compaction and
-    the other way round); with `wait=False` a compaction finding one running returns the live
-    store at once. Killed at any point, it leaves the live version (base + deltas) loadable."""
+    into the new version (hard links; their rows still point at the same products, or are
+    renumbered when deleted rows were dropped below them). One writer of a new base at a time per
+    index (`base_lock`: a build or ingest waits for a compaction and the other way round); with
+    `wait=False` a compaction finding one running returns the live store at once. Killed at any
+    point, it leaves the live version (base + deltas) loadable.
+
+    Deletes and relabels are applied: deleted products are dropped from the new base (its rows
+    are renumbered, so deltas carried over are copied with their rows renumbered instead of
+    linked), relabels are written into its products and category codes. Before it compacts,
+    the deltas' audit events are recorded if a killed writer left them unrecorded."""
     path = Path(path)
     with base_lock(path, wait) as mine:
         if not mine:
             return LocalIndexStore.load(path)
         with write_lock(path):
             live = writable_live(path)
+            _journal(live, live.deltas)
         if not live.deltas:
             return live
         staging = _stage_compaction(live)
-        publish_base(path, staging, Snapshot.of(live), "compaction", continues=True)
+        publish_base(path, staging, Snapshot.of(live), "compaction", continues=True, dropped=live.deleted)
         return LocalIndexStore.load(path)
+
+
+def _carry_deltas(vdir: Path, staging: Path, names: Sequence[str], dropped: np.ndarray) -> None:
+    """Carry deltas of `vdir` into a staged version whose base continues its rows (a compaction,
+    a republish), with a sealed LIST. Deltas are immutable once committed, so they are
+    hard-linked: O(files of those deltas). When the compaction dropped deleted rows (`dropped`,
+    old numbering), the rows after them moved down, so the carried deltas' rows files and change
+    records are rewritten renumbered (O(their rows)) and their manifests sealed afresh; their
+    other files are still linked."""
+    if not names:
+        return
+    root = staging / "deltas"
+    root.mkdir(exist_ok=True)
+    remap = None if not len(dropped) else (lambda rows: renumber(rows, dropped))
+    seals = [copy_delta(vdir / "deltas" / name, root / name, remap) for name in names]
+    write_list(staging, list(zip(names, seals, strict=True)))
+
+
+def renumber(rows: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+    """Rows of the old numbering in the new one, once the sorted rows `dropped` are removed:
+    each row moves down by the dropped rows below it. O(len(rows) · log len(dropped))."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows - np.searchsorted(dropped, rows)
 
 
 def _stage_compaction(live: LocalIndexStore) -> Path:
     """The live version's base + deltas written as one staged base (no lock held). O(N) disk
     I/O with O(ADD_BATCH) vectors in memory beside the FAISS indexes: products and vectors are
     streamed through a BaseWriter in the channels' own order, so each base FAISS index (read
-    into memory, a private copy) only takes the deltas' vectors: no retraining, no graph rebuilt."""
+    into memory, a private copy) only takes the deltas' vectors: no retraining, no graph rebuilt.
+
+    Deleted products are left out and the rows after them renumbered (`renumber`); a Flat index
+    drops their vectors (`remove_ids` renumbers its ids the same way), an approximate one (IVF,
+    HNSW) is emptied, keeping its training, and refilled from the stored vectors kept.
+    Relabelled products are written as they now read (`live.products` applies the relabels)."""
     vdir = live.path / VERSIONS / live.version
     base = live.base
+    dropped = live.deleted
+    kept = {m: _kept_positions(live, m) for m in live.channels()}
     indexes = {}
     for modality, channel in live.modalities.items():
         if base is not None and modality in base.modalities:
             index = faiss.read_index(str(vdir / f"{modality}.faiss"))
-            for part in batches(channel.ntotal - len(base.modalities[modality][0]), ADD_BATCH):
-                nb = len(base.modalities[modality][0])
-                index.add(l2_normalize(channel.vectors[nb + part.start : nb + part.stop]))
+            nb = len(base.modalities[modality][0])
+            keep = kept[modality]
+            if keep is None:
+                refill = np.arange(nb, channel.ntotal)
+            elif isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+                gone = np.setdiff1d(np.arange(nb), keep)
+                index.remove_ids(faiss.IDSelectorBatch(gone))
+                refill = keep[keep >= nb]
+            else:
+                index.reset()  # an IVF keeps its quantiser and codebooks, so nothing is retrained
+                refill = keep
+            for part in batches(len(refill), ADD_BATCH):
+                index.add(l2_normalize(channel.vectors[refill[part]]))
             indexes[modality] = index
     dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
     # the build's derived key describes the base it built, not this one (it holds the deltas too)
-    manifest = {k: v for k, v in live.manifest.items() if k not in ("deltas", "derived_key")}
+    skipped = ("deltas", "derived_key", "deleted_products", "relabeled_products")
+    manifest = {k: v for k, v in live.manifest.items() if k not in skipped}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
+    if len(dropped):
+        manifest["compacted_from"]["dropped_products"] = int(len(dropped))
     writer = new_base_writer(
-        live.path, dims, live.manifest["index_factory"], indexes, len(live.products), live.manifest.get("faiss")
+        live.path, dims, live.manifest["index_factory"], indexes, live.product_count(), live.manifest.get("faiss")
     )
     with writer:
         for part in batches(len(live.products), ADD_BATCH):
-            writer.add_products(live.products[part])
+            products = live.products[part]
+            if len(dropped):
+                lo, hi = np.searchsorted(dropped, [part.start, part.stop])
+                skip = set((dropped[lo:hi] - part.start).tolist())
+                products = [p for i, p in enumerate(products) if i not in skip]
+            writer.add_products(products)
         for modality, channel in live.modalities.items():
-            for part in batches(channel.ntotal, ADD_BATCH):
-                writer.add_vectors(modality, channel.vectors[part], np.asarray(channel.rows[part]))
-        return finish_base(writer, manifest, live.lexical)
+            keep = kept[modality]
+            if keep is None:
+                for part in batches(channel.ntotal, ADD_BATCH):
+                    writer.add_vectors(modality, channel.vectors[part], np.asarray(channel.rows[part]))
+                continue
+            for part in batches(len(keep), ADD_BATCH):
+                positions = keep[part]
+                rows = renumber(np.asarray(channel.rows)[positions], dropped)
+                writer.add_vectors(modality, channel.vectors[positions], rows)
+        lexical = live.lexical
+        keep = kept.get("lexical")
+        if lexical is not None and keep is not None:
+            rows = renumber(np.asarray(lexical.rows)[keep], dropped)
+            lexical = LexicalIndex(lexical.vectorizer, lexical.matrix[keep], rows, cap=lexical.cap)
+        return finish_base(writer, manifest, lexical)
+
+
+def _kept_positions(live: LocalIndexStore, channel: str) -> np.ndarray | None:
+    """Positions of `channel` whose products are not deleted (sorted), None when all are."""
+    gone = live.deleted_positions(channel) if len(live.deleted) else np.zeros(0, np.int64)
+    if not len(gone):
+        return None
+    return np.setdiff1d(np.arange(live.channels()[channel].ntotal), gone)

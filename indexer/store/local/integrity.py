@@ -48,11 +48,25 @@ def describe_files(folder: str | Path) -> dict[str, dict]:
     hashed on HASH_THREADS threads."""
     folder = Path(folder)
     items = [item for item in sorted(folder.iterdir()) if item.is_file() and item.name != MANIFEST]
-    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:  # see verify_files
-        digests = list(pool.map(file_digest, items))
+    digests = _digests(items, sum(item.stat().st_size for item in items))
     return {
         item.name: {"size": item.stat().st_size, CHECKSUM: digest} for item, digest in zip(items, digests, strict=True)
     }
+
+
+# Below this many bytes files are hashed on the calling thread: a delta of one product is a few
+# KB, and starting threads would cost more than hashing it.
+THREADED_HASH_BYTES = 1 << 22
+
+
+def _digests(paths: list[Path], total_bytes: int) -> list[str]:
+    """The digests of `paths`. Large sets are hashed on HASH_THREADS threads (hashlib releases
+    the GIL on large buffers): a 1M product index is 3.6 GB to hash before the service answers
+    (bench/bench_scale.py prints start to ready)."""
+    if len(paths) < 2 or total_bytes < THREADED_HASH_BYTES:
+        return [file_digest(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        return list(pool.map(file_digest, paths))
 
 
 _VERIFIED: dict[str, tuple] = {}
@@ -98,11 +112,7 @@ def verify_files(
             known = (_identity(stat), record.get(CHECKSUM))
             if not (remember and _VERIFIED.get(str(path)) == known):
                 to_hash.append((name, path, known))
-    # Files are hashed on HASH_THREADS threads (hashlib releases the GIL on large buffers): a 1M
-    # product index is 3.6 GB to hash before the service answers (bench/bench_scale.py prints
-    # start to ready).
-    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        digests = list(pool.map(lambda item: file_digest(item[1]), to_hash))
+    digests = _digests([path for _, path, _ in to_hash], sum(known[0][1] for _, _, known in to_hash))
     for (name, path, known), digest in zip(to_hash, digests, strict=True):
         if digest != known[1]:
             raise IndexDamaged(f"{where}: {name} does not match its checksum (altered bytes)", file=path)

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import SupportsIndex, overload
@@ -326,16 +326,27 @@ class ProductTable(Sequence[Product]):
 
 class ProductRows(Sequence[Product]):
     """Base products (a ProductTable, or any sequence) followed by the deltas' products, as one
-    read-only sequence; the base is never copied. `codes` are the rows' category codes.
+    read-only sequence; the base is never copied. `codes` are the rows' category codes;
+    `relabeled` maps the rows relabelled since the base to their product as it now reads.
 
-    Indexing: the base's cost or O(1); slicing: O(slice); `row_of`: the base's lookup, then a
-    dict of the delta rows built on first use (O(delta rows))."""
+    Indexing: the base's cost or O(1); slicing: O(slice + log M) for M relabelled rows;
+    `row_of`: the newest delta row of that id (a dict of the delta rows built on first use,
+    O(delta rows)), else the base's lookup. A deleted row still reads here: the store
+    (`IndexStore.row_of`, `deleted`) hides it."""
 
-    def __init__(self, base: Sequence[Product], added: Sequence[Product], codes: CategoryCodes) -> None:
+    def __init__(
+        self,
+        base: Sequence[Product],
+        added: Sequence[Product],
+        codes: CategoryCodes,
+        relabeled: Mapping[int, Product] | None = None,
+    ) -> None:
         self.base = base
         self.added = list(added)
         self.codes = codes
         self.nb = len(base)
+        self.relabeled = dict(relabeled or {})
+        self._relabeled_rows = np.asarray(sorted(self.relabeled), dtype=np.int64)
         self._added_ids: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -354,17 +365,29 @@ class ProductRows(Sequence[Product]):
             if stop <= start:
                 return []
             head = list(self.base[start : min(stop, self.nb)]) if start < self.nb else []
-            return head + self.added[max(start, self.nb) - self.nb : max(stop, self.nb) - self.nb]
+            out = head + self.added[max(start, self.nb) - self.nb : max(stop, self.nb) - self.nb]
+            lo, hi = np.searchsorted(self._relabeled_rows, [start, stop])
+            for row in self._relabeled_rows[lo:hi].tolist():
+                out[row - start] = self.relabeled[row]
+            return out
         row = index.__index__()
         if row < 0:
             row += n
         if not 0 <= row < n:
             raise IndexError(f"product row {index} out of range (0..{n - 1})")
+        if row in self.relabeled:
+            return self.relabeled[row]
         return self.base[row] if row < self.nb else self.added[row - self.nb]
 
     def __iter__(self) -> Iterator[Product]:
-        yield from self.base
-        yield from self.added
+        if not self.relabeled:
+            yield from self.base
+            yield from self.added
+            return
+        for row, product in enumerate(self.base):
+            yield self.relabeled.get(row, product)
+        for row, product in enumerate(self.added, start=self.nb):
+            yield self.relabeled.get(row, product)
 
     def __eq__(self, other: object) -> bool:
         """Same products in the same order (O(N): tests and small stores)."""

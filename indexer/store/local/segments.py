@@ -6,12 +6,16 @@ Layout inside a version folder (the base's own files stay where they were)::
     versions/<n>/deltas/LIST                                   committed deltas, one name a line
     versions/<n>/deltas/<seq>/manifest.json, products.jsonl, <m>.npy, <m>.rows.npy,
                               lexical.npz, lexical.rows.npy      one delta (the products of one add)
+    versions/<n>/deltas/<seq>/manifest.json, changes.jsonl       or the deletes / relabels of one change
 
 An add writes one delta folder (staged, fsync'd, checksummed with indexer.store.local.integrity, renamed)
 and then replaces LIST atomically: a killed add leaves either the old LIST or the new one,
-never a half-written delta in it. Readers notice a new delta by re-reading LIST (one small
-file), as they notice a new version by re-reading CURRENT. Compaction (indexer.store.local.index.compact)
-merges the deltas into a new base, i.e. a new version.
+never a half-written delta in it. A delete or relabel is a delta too, with no products and a
+`changes.jsonl`: one record per product changed (`{"op": "delete" | "relabel", "row", "id",
+"path"}` plus its audit event), applied over the rows before it when the version is loaded.
+Readers notice a new delta by re-reading LIST (one small file), as they notice a new version
+by re-reading CURRENT. Compaction (indexer.store.local.index.compact) merges the deltas into a
+new base, i.e. a new version.
 
 Dense vectors are stored compactly and memory-mapped (np.load(mmap_mode="r")), so every
 worker of a machine shares one copy in the page cache; `StackedVectors` reads the base's
@@ -30,7 +34,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,8 @@ from indexer.store.mapped import map_random
 DELTAS = "deltas"
 LIST = "LIST"
 ADD = "add"  # the kind of delta an add writes (deltas written before kinds are adds)
+CHANGE = "change"  # the kind of a delete / relabel delta (CHANGES records, no products)
+CHANGES = "changes.jsonl"  # a delete / relabel delta's change records
 VECTOR_DTYPE = np.float16  # the "float16" precision
 VECTOR_DTYPES = ("float16", "int8")
 # From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
@@ -247,14 +253,16 @@ def write_delta(
     vectors: dict[str, tuple[np.ndarray, np.ndarray]],
     lexical: tuple | None,
     manifest: dict,
+    changes: list[dict] | None = None,
 ) -> str:
     """Write one delta segment and commit it to LIST; returns its name. O(batch).
 
     `products` are product records (image paths inside the index folder are stored relative
     to it), `vectors[m] = (unit vectors, global product rows)`, `lexical = (csr matrix, global
-    rows)` in the base's vocabulary. The caller holds the write lock (or owns the staged
-    version). Files are fsync'd, described (sizes + BLAKE2b) in the delta's sealed manifest,
-    the folder renamed into place and LIST (each delta's name and seal) replaced atomically."""
+    rows)` in the base's vocabulary, `changes` the change records of a delete or relabel
+    (CHANGES). The caller holds the write lock (or owns the staged version). Files are fsync'd,
+    described (sizes + BLAKE2b) in the delta's sealed manifest (its `kind`: ADD or CHANGE), the
+    folder renamed into place and LIST (each delta's name and seal) replaced atomically."""
     import scipy.sparse as sp
 
     root = version_dir / DELTAS
@@ -263,11 +271,15 @@ def write_delta(
     roots = index_roots(version_dir.parent.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        with open(staging / "products.jsonl", "w", encoding="utf-8") as fh:
-            for record in products:
-                stored = dict(record, image_path=stored_image_path(record.get("image_path"), roots))
-                fh.write(json.dumps(stored, ensure_ascii=False) + "\n")
+        if products or not changes:  # a change delta has no products: one file (and fsync) less
+            write_jsonl(
+                staging / "products.jsonl",
+                [dict(r, image_path=stored_image_path(r.get("image_path"), roots)) for r in products],
+            )
         counts = {"products": len(products)}
+        if changes:
+            write_jsonl(staging / CHANGES, changes)
+            counts["changes"] = len(changes)
         for modality, (vecs, rows) in vectors.items():
             np.save(staging / f"{modality}.npy", np.asarray(vecs, dtype=VECTOR_DTYPE))
             np.save(staging / f"{modality}.rows.npy", np.asarray(rows, dtype=np.int64))
@@ -280,7 +292,7 @@ def write_delta(
             with open(item, "rb") as fh:
                 os.fsync(fh.fileno())
         manifest = dict(manifest, counts=counts, modalities=sorted(vectors), files=describe_files(staging))
-        manifest.setdefault("kind", ADD)
+        manifest.setdefault("kind", CHANGE if changes else ADD)
         data, seal = seal_manifest(manifest)
         with open(staging / "manifest.json", "wb") as fh:
             fh.write(data)
@@ -296,6 +308,58 @@ def write_delta(
     write_list(version_dir, [*zip(committed.names, committed.seals, strict=True), (name, seal)])
     prune_uncommitted(version_dir, (*committed.names, name))
     return name
+
+
+def write_jsonl(file: Path, records: Sequence[Mapping]) -> None:
+    with open(file, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(file: Path) -> list[dict]:
+    with open(file, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def delta_seal(folder: Path) -> str | None:
+    """The seal digest a delta's manifest carries (None: written before seals)."""
+    seal = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("seal")
+    return seal.get("digest") if isinstance(seal, dict) else None
+
+
+def copy_delta(source: Path, target: Path, remap: Callable[[np.ndarray], np.ndarray] | None) -> str | None:
+    """Copy a committed delta folder to `target` (a new folder) with its rows renumbered by
+    `remap` (old global rows -> new), for a compaction that dropped deleted rows below it;
+    returns the seal of the copy's manifest (for its LIST). Files whose rows do not change are
+    hard-linked (deltas are immutable once committed); the rows files and change records are
+    rewritten, fsync'd and re-described in a manifest sealed afresh. O(files + the delta's
+    rows). With `remap=None` every file is linked as it is."""
+    if remap is None:
+        shutil.copytree(source, target, copy_function=os.link)
+        return delta_seal(target)
+    target.mkdir()
+    manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    for item in source.iterdir():
+        if item.name == "manifest.json":
+            continue
+        if item.name.endswith(".rows.npy"):
+            np.save(target / item.name, remap(np.load(item, allow_pickle=False)).astype(np.int64))
+        elif item.name == CHANGES:
+            records = read_jsonl(item)
+            rows = remap(np.asarray([r["row"] for r in records], dtype=np.int64))
+            write_jsonl(target / CHANGES, [dict(r, row=int(row)) for r, row in zip(records, rows, strict=True)])
+        else:
+            os.link(item, target / item.name)
+            continue
+        _fsync(target / item.name)
+    manifest["files"] = describe_files(target)
+    data, seal = seal_manifest(manifest)
+    with open(target / "manifest.json", "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync(target)
+    return seal
 
 
 def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> list[Path]:

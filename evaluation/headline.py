@@ -1,0 +1,124 @@
+"""The report's first screen: the headline figures against their targets, and the verdict.
+
+The verdict is computed from the table and from nothing else, so the two cannot disagree:
+"yes" only when every target is met, "no" when none is, "partly" otherwise, and every
+missed or unmeasured figure is named in the sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MET, MISSED, UNMEASURED = "met", "missed", "not measured"
+
+_FRENCH = ("crosslingual", "results", "coverage")  # the service's lexical rule
+RUN_TIME = "report run time, in process (s)"
+# (figure, where in metrics.json, target, direction). Embedded profile, 945 products; all nested.
+TARGETS: list[tuple[str, tuple[str, ...], float, str]] = [
+    ("nested CV accuracy, fused", ("classification", "fused", "accuracy"), 0.95, ">="),
+    ("nested CV accuracy, text", ("classification", "text", "accuracy"), 0.93, ">="),
+    ("nested CV accuracy, image", ("classification", "image", "accuracy"), 0.80, ">="),
+    ("automatic decisions: precision (nested)", ("auto_decision", "precision"), 0.99, ">="),
+    ("automatic decisions: coverage (nested)", ("auto_decision", "coverage"), 0.85, ">="),
+    ("fused KMeans ARI (PCA space)", ("clustering", "fused", "ari"), 0.70, ">="),
+    ("French title-only queries, accuracy", (*_FRENCH, "text", "fr", "accuracy"), 0.88, ">="),
+    ("photo + French title, accuracy", (*_FRENCH, "text+photo", "fr", "accuracy"), 0.94, ">="),
+    (RUN_TIME, ("timings", "total"), 300.0, "<="),
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the headline table."""
+
+    figure: str
+    target: float
+    op: str  # ">=" or "<="
+    value: float | None
+    status: str  # MET, MISSED or UNMEASURED
+    note: str = ""  # circumstances a reader needs beside the value (the load during a timed run)
+
+    @property
+    def target_text(self) -> str:
+        return f"{'≥' if self.op == '>=' else '≤'} {self.target:g}"
+
+    def value_text(self) -> str:
+        if self.value is None:
+            return "–"
+        return f"{self.value:.1f}" if abs(self.target) >= 10 else f"{self.value:.3f}"
+
+
+def status_of(value: float | None, target: float, op: str) -> str:
+    if op not in (">=", "<="):
+        raise ValueError(f"unknown comparison {op!r} (use '>=' or '<=')")
+    if value is None:
+        return UNMEASURED
+    ok = value >= target if op == ">=" else value <= target
+    return MET if ok else MISSED
+
+
+def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def table(metrics: dict, targets: Sequence[tuple[str, tuple[str, ...], float, str]] = TARGETS) -> list[Row]:
+    """The headline figures of this run, each against its target."""
+    rows = []
+    for figure, path, target, op in targets:
+        raw = _get(metrics, path)
+        value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+        rows.append(Row(figure, target, op, value, status_of(value, target, op)))
+    return rows
+
+
+def verdict(rows: Sequence[Row]) -> str:
+    """The answer to "is it feasible?", read off the table only."""
+    if not rows:
+        raise ValueError("an empty headline table answers nothing")
+    met = [r for r in rows if r.status == MET]
+    missed = [r for r in rows if r.status == MISSED]
+    unmeasured = [r for r in rows if r.status == UNMEASURED]
+    if len(met) == len(rows):
+        answer = "Yes"
+    elif not met:
+        answer = "No"
+    else:
+        answer = "Partly"
+    sentence = f"Is it feasible? {answer}: {len(met)} of {len(rows)} headline targets met"
+    if missed:
+        sentence += "; missed: " + "; ".join(f"{r.figure} {r.value_text()} (target {r.target_text})" for r in missed)
+    if unmeasured:
+        sentence += "; not measured in this run: " + "; ".join(r.figure for r in unmeasured)
+    return sentence + "."
+
+
+def as_json(rows: Sequence[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def from_json(entries: Sequence[dict]) -> list[Row]:
+    return [Row(**e) for e in entries]
+
+
+def html_table(rows: Sequence[Row]) -> str:
+    """The table as HTML, with an id a test (and a reader's stylesheet) can find."""
+    import html
+
+    body = "".join(
+        f"<tr><td>{html.escape(r.figure)}</td><td>{html.escape(r.target_text)}</td>"
+        f"<td>{html.escape(r.value_text())}"
+        + (f" <span class='note'>({html.escape(r.note)})</span>" if r.note else "")
+        + "</td>"
+        f"<td><span class='{'met' if r.status == MET else 'missed'}'>{html.escape(r.status)}</span></td></tr>"
+        for r in rows
+    )
+    return (
+        "<table id='headline'><thead><tr><th>figure</th><th>target</th><th>value</th><th>met / missed</th>"
+        f"</tr></thead><tbody>{body}</tbody></table>"
+    )
