@@ -1,6 +1,7 @@
 """The decision: the k-NN vote (`vote`), exclusions, and the fitting protocol (nested and deployment
 calibration, thresholds) in `protocol`."""
 
+from indexer.categorizer.bulk import predict_listings, read_csv, read_json_lines
 from indexer.categorizer.protocol import (
     EVAL_SEEDS,
     FUSED,
@@ -45,8 +46,11 @@ __all__ = [
     "near_duplicate_groups",
     "near_duplicate_pairs",
     "nested_predictions",
+    "predict_listings",
     "query_channels",
     "query_text",
+    "read_csv",
+    "read_json_lines",
     "stored_queries",
     "top_choices",
     "training_view",
