@@ -54,7 +54,7 @@ from synthetic import DESCRIPTION_WORDS, VOCABULARIES, ZIPF_EXPONENT, ZIPF_SHIFT
 
 from indexer.catalog.products import Product
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store  # noqa: E402
+from indexer.store import open_store, read_current  # noqa: E402
 from indexer.store.lexical import LexicalIndex, present_rows
 from indexer.store.local.index import IndexStore, ModalityIndex, append, compact
 from service.state import set_threads
@@ -154,7 +154,7 @@ def workers(index: Path, count: int, more: int = 0) -> dict:
     `memory` and each worker's after 20 predictions, and with `more`, each worker's
     after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     cache_index(live)
     proc = subprocess.Popen(
         [sys.executable, "-c", WORKERS, str(index), str(count), str(more)],
@@ -328,7 +328,7 @@ def run(
         print(f"ingest: skipped (--skip-ingest), measuring the live version of {index}")
     else:
         ingest(shards, index, factory, calibrate)
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
@@ -341,7 +341,7 @@ def run(
         every = [got["master"], *got["workers"]]
         total, anon = sum(m[1] for m in every), sum(m[2] for m in every)
         print(f"{line}; PSS total {total:.0f} MB, of it anon {anon:.0f} MB (load average {load_average()})")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     drop_page_cache(live)
     store = open_store(index)
     cat = Categorizer(store)

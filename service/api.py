@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import hmac
 import os
 import re
 import time
@@ -17,12 +17,13 @@ from flask.typing import ResponseReturnValue
 
 from indexer.catalog import CategoryPathError, Product, check_category_path, parse_category_path
 from indexer.categorizer import Neighbor
-from indexer.store import DuplicateProduct, IndexStore, ProductNotFound, delete, relabel
+from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, ProductNotFound, delete, kept_products, relabel
 
 from . import metrics
+from .auth import check_bearer
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
-from .errors import ApiError
+from .errors import ApiError, storage_error
 from .inputs import MAX_CATEGORY_CHARS, decode_image, parse_number, read_category_path, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
 from .search import category_filter, encode_query, product_public, product_vectors, search
@@ -203,15 +204,7 @@ def product_image(product_id: str) -> ResponseReturnValue:
 
 
 def _check_token() -> None:
-    token = config().api_token
-    if not token:
-        raise ApiError(403, "writes are disabled: the server has no API_TOKEN configured")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise ApiError(401, "send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ApiError(401, "invalid token")
+    check_bearer(config().api_token, "API_TOKEN", "writes are")
 
 
 @bp.post("/products")
@@ -244,28 +237,40 @@ def add_product() -> Response:
         raise ApiError(400, "id must be 1-64 letters, digits, '-' or '_'")
     if live.store.row_of(product_id) is not None:
         raise ApiError(409, f"product {product_id} is already in the index", "Conflict")
+    if current_app.extensions["listings"].queue.get(product_id) is not None:
+        raise ApiError(409, f"id {product_id} belongs to a listing (GET /api/v1/review/{product_id})", "Conflict")
     index_dir = state().index_dir
     staged = final = None
-    if query.image is not None:
-        staged, final = stage_upload(index_dir, product_id, query.image)
-    product = Product(
-        id=product_id,
-        name=query.title,
-        description=query.description,
-        brand=(brand or "").strip() or None,
-        price=price,
-        category_path=path,
-        image=final.name if final else None,
-        image_path=final,
-    )
-
-    def move_photo_into_place(winner: IndexStore) -> None:
-        """Under the write lock, once this add is known to win: the photo takes its name."""
-        if staged is not None and final is not None:
-            os.replace(staged, final)
-        clean_orphans(index_dir, lambda name: name == product.image or names_upload(winner, name))
-
     try:
+        if query.image is not None:
+            staged, final = stage_upload(index_dir, product_id, query.image)
+        product = Product(
+            id=product_id,
+            name=query.title,
+            description=query.description,
+            brand=(brand or "").strip() or None,
+            price=price,
+            category_path=path,
+            image=final.name if final else None,
+            image_path=final,
+        )
+
+        def move_photo_into_place(winner: IndexStore) -> None:
+            """Under the write lock, once this add is known to win: the photo takes its name, and
+            photos no kept version names any more are removed."""
+            if staged is not None and final is not None:
+                os.replace(staged, final)
+            held: list = []
+
+            def referenced(name: str) -> bool:
+                if name == product.image or names_upload(winner, name):
+                    return True
+                if not held:  # read the kept versions only when the live one does not name a photo
+                    held.append(kept_products(index_dir))
+                return bool(held[0](Path(name).stem))
+
+            clean_orphans(index_dir, referenced)
+
         store, report = add_products(
             index_dir,
             [dataclasses.replace(product, image_path=staged)] if staged else [product],
@@ -276,11 +281,24 @@ def add_product() -> Response:
         )
     except DuplicateProduct as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
+    except IndexDamaged as exc:  # no writer builds on damage; reads go on from the version served
+        raise ApiError(
+            503,
+            f"the index cannot take adds: {exc}; reads keep working from the version served",
+            "Service Unavailable",
+        ) from None
+    except OSError as exc:
+        problem = storage_error(exc, "the product was not added; nothing stored before was lost")
+        if problem is None:
+            raise
+        raise problem from exc
     finally:
         if staged is not None:
-            staged.unlink(missing_ok=True)  # still there only if this add lost or failed
+            with contextlib.suppress(OSError):  # a read-only disk: the staged file could not be made anyway
+                staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(store.product_count())
+    current_app.extensions["recalibrator"].changed()
     body = product_public(product, image_url(product, store))
     body["index_version"] = store.version
     body["issues"] = report.to_dict()["counts"]

@@ -12,9 +12,11 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, docs, errors, metrics, web
+from . import api, batch, docs, errors, listing_api, metrics, review_page, web
 from .config import Config
 from .inputs import BodyDeadline, check_url, decode_budget
+from .listings import Listings
+from .recalibration import Recalibrator
 from .state import ServiceState, set_threads
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
     app.extensions["decode_budget"] = decode_budget(config)
+    listings = app.extensions["listings"] = Listings(state)
+    app.extensions["recalibrator"] = listings.recalibrator = Recalibrator(
+        state, lambda: listings.audit, config.recalibrate_after
+    )
     errors.register(app)
     app.before_request(lambda: check_url(request.environ, config))
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
@@ -42,9 +48,13 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(web.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(listing_api.bp)
+    app.register_blueprint(batch.bp)
+    app.register_blueprint(review_page.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
         metrics.set_index_size(live.store.product_count())
+        app.extensions["listings"].recover()  # listings a killed process left half-filed
     elif load and state.fatal:
         # versions exist but none verifies: serving nothing beats serving damage (gunicorn's
         # master exits here, during preload, with this line)

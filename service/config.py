@@ -34,7 +34,13 @@ class Config:
 
     INDEX_DIR         index folder (default var/index, indexer.settings.DEFAULT_INDEX_DIR)
     DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
-    API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
+    API_TOKEN         bearer token for writes (POST /api/v1/products, /api/v1/listings); unset = writes refused (403)
+    REVIEW_TOKEN      bearer token for reviewers (GET/POST /api/v1/review...); unset = reviews refused (403);
+                      must differ from API_TOKEN (a writer cannot decide reviews)
+    BATCH_MAX_BYTES   largest body of POST /api/v1/predict/batch (default 200 MB; spooled to disk, not memory)
+    BATCH_SIZE        listings encoded together by the batch endpoint (default 64): memory is O(BATCH_SIZE)
+    RECALIBRATE_AFTER catalogue changes (audit-log entries: adds, filed listings, reviews, relabels, deletes)
+                      after which the service refits the calibration in the background (default 200; 0 = never)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
     DEFAULT_K / MAX_K neighbours used by /predict and /search (default 10, at most 100)
     TORCH_THREADS     torch / FAISS / BLAS threads per worker (default 1: 2 workers x 1 thread = 2 cores)
@@ -55,6 +61,10 @@ class Config:
     index_dir: str = DEFAULT_INDEX_DIR
     data_dir: str | None = None
     api_token: str | None = None
+    review_token: str | None = None
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_size: int = 64
+    recalibrate_after: int = 200
     max_upload_bytes: int = 20 * 1024 * 1024
     default_k: int = 10
     max_k: int = 100
@@ -81,6 +91,10 @@ class Config:
             index_dir=os.environ.get("INDEX_DIR") or cls.index_dir,
             data_dir=os.environ.get("DATA_DIR") or None,
             api_token=os.environ.get("API_TOKEN") or None,
+            review_token=os.environ.get("REVIEW_TOKEN") or None,
+            batch_max_bytes=_int("BATCH_MAX_BYTES", cls.batch_max_bytes),
+            batch_size=_int("BATCH_SIZE", cls.batch_size),
+            recalibrate_after=_int("RECALIBRATE_AFTER", cls.recalibrate_after),
             max_upload_bytes=_int("MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             default_k=_int("DEFAULT_K", cls.default_k),
             max_k=_int("MAX_K", cls.max_k),
@@ -99,3 +113,9 @@ class Config:
         if unknown:
             raise TypeError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return replace(base, **overrides)
+
+    def __post_init__(self) -> None:
+        if self.review_token and self.review_token == self.api_token:
+            raise SystemExit("REVIEW_TOKEN must differ from API_TOKEN: reviewers and writers hold distinct tokens")
+        if self.batch_size < 1:
+            raise SystemExit(f"BATCH_SIZE must be at least 1, got {self.batch_size}")

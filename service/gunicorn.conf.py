@@ -119,10 +119,13 @@ def post_worker_init(worker: Worker) -> None:
     """One tiny forward pass per model, so the first real request is not the slow one."""
     from PIL import Image
 
-    state = worker.wsgi.extensions.get("service_state") if hasattr(worker.wsgi, "extensions") else None
+    extensions = getattr(worker.wsgi, "extensions", {})
+    state = extensions.get("service_state")
     live = state.peek() if state else None
     if live is None:
         return
+    if "listings" in extensions:  # finish review decisions a killed worker recorded but did not apply
+        extensions["listings"].recover()
     live.encoder.encode_texts(["warm up"])
     live.encoder.encode_images([Image.new("RGB", (live.encoder.image_size,) * 2, "white")])
     worker.log.info("worker %s warmed up on index version %s", worker.pid, live.version)

@@ -38,6 +38,35 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None
 _model_locks = {"image": threading.Lock(), "text": threading.Lock()}
 
 
+class LockedEncoder:
+    """An encoder whose forward passes take this process's model locks (see `_model_locks`), so
+    a batch request and single queries can share one encoder across request threads."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+
+    def __getattr__(self, name: str) -> Any:  # profile, dims, model_ids, image_size, preprocess, ...
+        return getattr(self._encoder, name)
+
+    def encode_arrays(self, arrays: Any, batch_size: int = 32) -> Any:
+        with _model_locks["image"]:
+            return self._encoder.encode_arrays(arrays, batch_size)
+
+    def encode_images(self, images: Any, batch_size: int = 32) -> Any:
+        with _model_locks["image"]:
+            return self._encoder.encode_images(images, batch_size)
+
+    def encode_texts(self, texts: Any, batch_size: int = 64) -> Any:
+        with _model_locks["text"]:
+            return self._encoder.encode_texts(texts, batch_size)
+
+    def encode_text_queries(self, texts: Any) -> Any:
+        from indexer.encoders import encode_text_queries
+
+        with _model_locks["text"]:
+            return encode_text_queries(self._encoder, texts)
+
+
 def _executor() -> ThreadPoolExecutor:
     """One helper thread per process, created after fork (threads do not survive a fork)."""
     global _pool

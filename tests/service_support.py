@@ -12,14 +12,34 @@ from indexer.store.local.index import CURRENT, VERSIONS, read_current
 
 
 def copy_index(src: Path, dst: Path) -> Path:
-    """A writable copy of the live version of `src` (plus its embedding cache)."""
+    """A writable copy of the live version of `src` (plus its embedding cache and its sealed CURRENT)."""
     version = read_current(src)
     (dst / VERSIONS).mkdir(parents=True, exist_ok=True)
     shutil.copytree(src / VERSIONS / version, dst / VERSIONS / version)
     if (src / "cache.sqlite").is_file():
         shutil.copy2(src / "cache.sqlite", dst / "cache.sqlite")
-    (dst / CURRENT).write_text(version + "\n")
+    shutil.copy2(src / CURRENT, dst / CURRENT)
     return dst
+
+
+def edit_manifest(index_dir: Path, change) -> Path:
+    """Change the live version's manifest in place (`change(manifest)` edits the dict), sealed again
+    and CURRENT pointed at it, as a writer that publishes it would: a test's stand-in for an index
+    published with other settings (an edit that skips this is refused as damage)."""
+    import json
+
+    from indexer.store.local.seals import seal_manifest
+    from indexer.store.local.versions import write_current
+
+    version = read_current(index_dir)
+    file = index_dir / VERSIONS / version / "manifest.json"
+    manifest = json.loads(file.read_text())
+    seal = manifest.pop("seal", {})
+    change(manifest)
+    data, _ = seal_manifest(manifest, version=seal.get("version", version), previous=seal.get("previous"))
+    file.write_bytes(data)
+    write_current(index_dir, version)
+    return index_dir
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from indexer.categorizer.protocol import (
     training_view,
     usable_folds,
 )
+from indexer.categorizer.reasons import explain, top_choices
 from indexer.categorizer.vote import Categorizer, Neighbor, Prediction, query_channels, query_text, stored_queries
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "TRADE_OFF_TARGETS",
     "calibrate",
     "channel_similarities",
+    "explain",
     "fit",
     "grouped_folds",
     "near_duplicate_groups",
@@ -46,6 +48,7 @@ __all__ = [
     "query_channels",
     "query_text",
     "stored_queries",
+    "top_choices",
     "training_view",
     "usable_folds",
 ]

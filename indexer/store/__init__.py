@@ -17,17 +17,35 @@ from indexer.store.errors import (
     ProductNotFound,
     StoreUnavailable,
 )
-from indexer.store.factory import append, delete, open_store, parse_vector_store, relabel, route
+from indexer.store.factory import (
+    append,
+    clean_leftovers,
+    delete,
+    kept_products,
+    live_fingerprint,
+    open_store,
+    parse_vector_store,
+    publish_manifest_entries,
+    relabel,
+    route,
+)
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
+from indexer.store.local.versions import IndexRolledBack
+from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ReviewQueue
 
 __all__ = [
     "AuditLog",
+    "DecisionConflict",
+    "Listing",
+    "ListingNotFound",
+    "ReviewQueue",
     "DuplicateProduct",
     "IndexDamaged",
     "IndexMismatch",
     "IndexNotFound",
+    "IndexRolledBack",
     "IndexStore",
     "IndexStoreError",
     "LEXICAL_SCALINGS",
@@ -37,10 +55,14 @@ __all__ = [
     "VectorChannel",
     "append",
     "check_compatible",
+    "clean_leftovers",
     "delete",
+    "kept_products",
+    "live_fingerprint",
     "last_verified",
     "open_store",
     "parse_vector_store",
+    "publish_manifest_entries",
     "read_current",
     "relabel",
     "route",

@@ -202,6 +202,18 @@ class AuditLog:
             for at, action, actor, before, after in found
         ]
 
+    def count_since(self, since: str, actions: Sequence[str] = ACTIONS) -> int:
+        """Events of `actions` recorded after the time `since` (ISO UTC): what the service's background
+        recalibration counts. O(R) for R rows logged (a scan: the log is small beside the index)."""
+        if not self.file.exists():
+            return 0
+        marks = ", ".join("?" for _ in actions)
+        with _connection(self.file) as db:
+            row = db.execute(
+                f"SELECT count(*) FROM audit WHERE time > ? AND action IN ({marks})", (since, *actions)
+            ).fetchone()
+        return int(row[0])
+
 
 def record_unrecorded(index_dir: str | Path, events: Sequence[Mapping[str, Any]]) -> int:
     """Record a committed segment's events unless they already are: one lookup of the last

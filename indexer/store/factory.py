@@ -22,6 +22,7 @@ import numpy as np
 
 from indexer.store.base import IndexStore
 from indexer.store.local import index as local
+from indexer.store.local import versions as local_versions
 from indexer.store.milvus import MilvusIndexStore, MilvusLocation, MilvusWriter, copy_to_milvus
 
 if TYPE_CHECKING:
@@ -111,6 +112,32 @@ def append(
     raise TypeError(f"no writer for a {store.backend} store")
 
 
+def kept_products(path: str | Path) -> Callable[[str], bool]:
+    """Whether a product id is held by a version the index at `path` may still serve (the live one,
+    or a kept one a fall-back would serve): what must keep its uploaded photo. A Milvus-served
+    folder has one live collection and no kept versions."""
+    if routed(path) is not None:
+        store = open_store(path)
+        return lambda product_id: store.row_of(product_id) is not None
+    return local.kept_products(path)
+
+
+def live_fingerprint(path: str | Path) -> tuple:
+    """What changes whenever the live version of a local index does (its pointer, manifest or
+    delta list), damage included: a reader keeps a refusal until it changes. () for Milvus."""
+    if routed(path) is not None:
+        return ()
+    return local.live_fingerprint(path)
+
+
+def clean_leftovers(path: str | Path) -> list[Path]:
+    """Remove what dead writers left in a local index folder (staging folders, temp pointers,
+    uncommitted deltas) when no writer holds its lock: what a service does when it starts."""
+    if is_milvus_location(path) or not Path(path).is_dir():
+        return []
+    return local_versions.clean_leftovers(path)
+
+
 def delete(store: IndexStore, product_ids: Iterable[str], actor: str = "cli") -> IndexStore:
     """Delete products from the live index of `store`'s backend; returns the store reloaded.
 
@@ -140,6 +167,19 @@ def relabel(store: IndexStore, changes: Mapping[str, Iterable[str]], actor: str 
     if isinstance(store, local.LocalIndexStore):
         return local.change(store, relabels=changes, actor=actor)
     raise TypeError(f"no writer for a {store.backend} store")
+
+
+def publish_manifest_entries(store: IndexStore, entries: Mapping[str, Any]) -> IndexStore:
+    """Publish the live index again with manifest `entries` replaced (the Categorizer's
+    calibration), computed on `store`: O(files) on the local backend (a new version of hard links,
+    deltas carried over). Milvus stores their manifest in the collection and are not rewritten here:
+    calibrate the FAISS index and copy it (`to-milvus`)."""
+    if isinstance(store, local.LocalIndexStore):
+        return local.republish(store.path, entries, based_on=store.version)
+    raise NotImplementedError(
+        f"publishing a new calibration to a {store.backend} store is not supported: calibrate the FAISS index "
+        "folder and copy it with `python -m indexer to-milvus`"
+    )
 
 
 def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[IndexStore, str]:

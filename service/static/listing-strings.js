@@ -1,0 +1,135 @@
+// Every word of the reviewer page (/review) and of the seller page's listing panel, in one
+// dictionary per language. French is the default; the page's <html lang> chooses.
+// Reasons come from the API as {code, text, params}: each code has its sentence here.
+"use strict";
+
+const LISTING_STRINGS = {
+  fr: {
+    review_title: "Revue des annonces",
+    review_sub: "· Revue des annonces",
+    token_label: "Jeton de relecteur",
+    token_hint: "Le jeton REVIEW_TOKEN du serveur ; gardé dans cet onglet seulement.",
+    token_button: "Se connecter",
+    token_forget: "Oublier le jeton",
+    token_missing: "Saisissez le jeton de relecteur pour voir la file.",
+    filter_label: "Catégorie proposée",
+    filter_all: "Toutes",
+    waiting_count: "{n} annonce(s) en attente",
+    position: "Annonce {i} sur {n} affichées",
+    empty: "Aucune annonce en attente. Revenez plus tard.",
+    loading: "Chargement…",
+    no_photo: "pas de photo",
+    suggested: "Catégorie proposée",
+    confidence: "Confiance {pct}",
+    reasons_title: "Pourquoi une revue",
+    choices_title: "Choisir une catégorie",
+    choice_button: "{key} · {path} ({pct})",
+    other_label: "Autre catégorie (A >> B >> C)",
+    other_button: "Classer ici",
+    reject_button: "r · Rejeter",
+    previous_button: "← Précédente",
+    next_button: "Suivante →",
+    keys_hint: "Clavier : 1, 2, 3 choisissent une catégorie, r rejette, ← → changent d'annonce.",
+    neighbours_title: "Produits les plus proches du catalogue",
+    similarity: "similarité {score}",
+    filed: "« {title} » est classée dans {path}.",
+    rejected: "« {title} » est rejetée : elle n'entre pas dans le catalogue.",
+    error: "Échec : {detail}",
+    error_token: "Jeton refusé : vérifiez le jeton de relecteur.",
+    // seller page: what happens after a listing
+    list_title: "Mettre en vente",
+    list_hint: "Publie l'annonce : classée tout de suite si la catégorie est sûre, sinon relue par une personne.",
+    list_token_label: "Jeton vendeur (API_TOKEN)",
+    list_button: "Mettre en vente",
+    list_sending: "Envoi de l'annonce…",
+    list_needs_text: "Donnez au moins un titre à l'annonce.",
+    next_filed: "Votre annonce est en ligne, classée dans {path}.",
+    next_review: "Votre annonce attend un relecteur avant d'être classée. La catégorie proposée est {path}.",
+    next_why: "Pourquoi : {reasons}",
+    next_decided: "Un relecteur l'a déjà traitée.",
+    // reasons (API code -> sentence)
+    reason_confident: "la part des votes ({share}) atteint le seuil automatique ({threshold})",
+    reason_low_confidence: "la part des votes ({share}) est sous le seuil automatique ({threshold})",
+    reason_split_vote: "les produits similaires se partagent entre {category} ({share}) et {runner_up} ({runner_up_share})",
+    reason_no_photo: "sans photo, la suggestion repose sur le texte seul",
+    reason_no_text: "sans titre ni description, la suggestion repose sur la photo seule",
+    reason_uncalibrated: "ce catalogue n'a pas de seuil automatique calibré : toute annonce est relue",
+    reason_no_neighbours: "aucun produit similaire dans le catalogue",
+  },
+  en: {
+    review_title: "Listing review",
+    review_sub: "· Listing review",
+    token_label: "Reviewer token",
+    token_hint: "The server's REVIEW_TOKEN; kept in this tab only.",
+    token_button: "Sign in",
+    token_forget: "Forget the token",
+    token_missing: "Enter the reviewer token to see the queue.",
+    filter_label: "Suggested category",
+    filter_all: "All",
+    waiting_count: "{n} listing(s) waiting",
+    position: "Listing {i} of {n} shown",
+    empty: "No listing is waiting. Come back later.",
+    loading: "Loading…",
+    no_photo: "no photo",
+    suggested: "Suggested category",
+    confidence: "Confidence {pct}",
+    reasons_title: "Why it needs a review",
+    choices_title: "Pick a category",
+    choice_button: "{key} · {path} ({pct})",
+    other_label: "Another category (A >> B >> C)",
+    other_button: "File here",
+    reject_button: "r · Reject",
+    previous_button: "← Previous",
+    next_button: "Next →",
+    keys_hint: "Keyboard: 1, 2, 3 pick a category, r rejects, ← → move between listings.",
+    neighbours_title: "Most similar products of the catalogue",
+    similarity: "similarity {score}",
+    filed: "“{title}” is filed in {path}.",
+    rejected: "“{title}” is rejected: it does not enter the catalogue.",
+    error: "Failed: {detail}",
+    error_token: "Token refused: check the reviewer token.",
+    list_title: "List this product",
+    list_hint: "Publishes the listing: filed at once when the category is certain, else checked by a person.",
+    list_token_label: "Seller token (API_TOKEN)",
+    list_button: "List this product",
+    list_sending: "Sending the listing…",
+    list_needs_text: "Give the listing at least a title.",
+    next_filed: "Your listing is online, filed in {path}.",
+    next_review: "Your listing waits for a reviewer before it is filed. The suggested category is {path}.",
+    next_why: "Why: {reasons}",
+    next_decided: "A reviewer has already handled it.",
+    reason_confident: "the vote share ({share}) reaches the auto threshold ({threshold})",
+    reason_low_confidence: "the vote share ({share}) is below the auto threshold ({threshold})",
+    reason_split_vote: "similar products are split between {category} ({share}) and {runner_up} ({runner_up_share})",
+    reason_no_photo: "no photo: the suggestion rests on the text alone",
+    reason_no_text: "no title or description: the suggestion rests on the photo alone",
+    reason_uncalibrated: "this catalogue has no calibrated auto threshold: every listing is reviewed",
+    reason_no_neighbours: "no similar product in the catalogue",
+  },
+};
+
+function listingLang() {
+  const lang = (document.documentElement.lang || "fr").slice(0, 2);
+  return LISTING_STRINGS[lang] ? lang : "fr";
+}
+
+function lt(key, params = {}) {
+  const text = LISTING_STRINGS[listingLang()][key];
+  if (text === undefined) throw new Error(`missing string ${key}`);
+  return Object.entries(params).reduce((s, [name, value]) => s.replaceAll(`{${name}}`, String(value)), text);
+}
+
+function listingPercent(x) {
+  return new Intl.NumberFormat(listingLang(), { style: "percent", maximumFractionDigits: 0 }).format(x);
+}
+
+// One reason of the API in the page's language (shares as percentages); its English text if the code is new.
+function reasonSentence(reason) {
+  const key = `reason_${reason.code}`;
+  if (LISTING_STRINGS[listingLang()][key] === undefined) return reason.text;
+  const params = {};
+  for (const [name, value] of Object.entries(reason.params || {})) {
+    params[name] = typeof value === "number" ? listingPercent(value) : value;
+  }
+  return lt(key, params);
+}
