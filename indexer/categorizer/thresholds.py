@@ -6,7 +6,8 @@ Here each candidate threshold t of a grid fixed in advance (GRID: 1.000, 0.995, 
 raw vote share) is a hypothesis H_t: "the error rate among the listings accepted at t exceeds
 1 - target". Given the n_t accepted calibration listings, their errors are Binomial(n_t, err_t),
 so p_t = P(Binomial(n_t, 1 - target) <= errors_t) is a valid p-value for H_t. The grid is tested
-from the strictest threshold down and stops at the first p_t > delta (fixed-sequence testing
+from the strictest threshold down (skipping thresholds that accept too few listings for any test
+to reject, `smallest_testable`) and stops at the first p_t > delta (fixed-sequence testing
 controls the family-wise error at delta without a Bonferroni penalty, Angelopoulos et al. 2021,
 "Learn then Test"). The threshold returned is the last rejected one.
 
@@ -63,11 +64,12 @@ def finite_sample_threshold(
     calibration listings, or too many confident mistakes)."""
     n = int(len(confidence))
     accepted, errors, p = precision_p_values(confidence, correct, target, grid)
-    rejected = np.cumprod(p <= delta).astype(bool)  # stop at the first threshold not shown safe
+    tested = np.flatnonzero(accepted >= smallest_testable(target, delta))
+    rejected = np.cumprod(p[tested] <= delta).astype(bool)  # stop at the first threshold not shown safe
     out = {"target": float(target), "delta": float(delta), "n": n, "method": "learn-then-test, fixed sequence"}
-    if not (rejected & (accepted > 0)).any():  # nothing shown safe, or only thresholds accepting nothing
+    if not rejected.any():
         return {**out, "threshold": None, "coverage": 0.0, "precision": None, "accepted": 0, "errors": 0}
-    i = int(np.flatnonzero(rejected)[-1])
+    i = int(tested[np.flatnonzero(rejected)[-1]])
     return {
         **out,
         "threshold": float(grid[i]),
@@ -77,6 +79,15 @@ def finite_sample_threshold(
         "errors": int(errors[i]),
         "error_upper_bound": upper_bound(int(errors[i]), int(accepted[i]), delta),
     }
+
+
+def smallest_testable(target: float, delta: float) -> int:
+    """The fewest accepted listings that can show `target` at all (all right: target^n <= delta);
+    230 for 0.99 at delta 0.1. Thresholds accepting fewer are skipped, not tested: a test that
+    cannot reject would end the fixed sequence before it reaches a threshold with evidence. Which
+    thresholds are skipped depends on the confidences only, never on which listings are right, so
+    given the confidences the sequence is still fixed in advance."""
+    return int(np.ceil(np.log(delta) / np.log(target)))
 
 
 def disagreement_rule(
