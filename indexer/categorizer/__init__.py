@@ -1,5 +1,6 @@
-"""The decision: the k-NN vote (`vote`), exclusions, and the fitting protocol (nested and deployment
-calibration, thresholds) in `protocol`."""
+"""The decision: the k-NN vote (`vote`), exclusions, query kinds (`kinds`), simulated listings
+(`listings`), finite-sample thresholds and the disagreement rule (`thresholds`), the confidence
+combiner (`combiner`), and the fitting protocol (nested and deployment calibration) in `protocol`."""
 
 from indexer.categorizer.protocol import (
     EVAL_SEEDS,
@@ -21,9 +22,22 @@ from indexer.categorizer.protocol import (
     training_view,
     usable_folds,
 )
+from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe
+from indexer.categorizer.listings import SORTS, ListingMaterial, listing_material
+from indexer.categorizer.thresholds import DELTA, finite_sample_threshold, upper_bound
 from indexer.categorizer.vote import Categorizer, Neighbor, Prediction, query_channels, query_text, stored_queries
 
 __all__ = [
+    "DELTA",
+    "KINDS",
+    "PLAIN",
+    "SORTS",
+    "ListingMaterial",
+    "QueryKind",
+    "describe",
+    "finite_sample_threshold",
+    "listing_material",
+    "upper_bound",
     "Categorizer",
     "EVAL_SEEDS",
     "FUSED",

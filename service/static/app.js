@@ -86,9 +86,11 @@ function renderPrediction(p) {
   badge.className = `badge ${auto ? "auto" : "review"}`;
   $("result-meter").value = p.confidence;
   $("result-confidence").textContent = pct(p.confidence);
-  $("result-explain").textContent = auto
+  const kind = p.kind && p.kind.description ? ` Listing read as: ${p.kind.description}.` : "";
+  const reasons = (p.reasons || []).map((r) => r.charAt(0).toUpperCase() + r.slice(1)).join(". ");
+  $("result-explain").textContent = (auto
     ? "Confident enough to file automatically."
-    : "Not confident enough: a reviewer will check this category.";
+    : `A reviewer will check this category. ${reasons || "Not confident enough"}.`) + kind;
   const scores = $("result-scores");
   scores.replaceChildren();
   for (const [name, value] of Object.entries(p.scores)) {
