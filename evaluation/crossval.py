@@ -22,6 +22,7 @@ from indexer.categorizer import (
     PARAM_GRID,
     TARGET_PRECISION,
     TRADE_OFF_TARGETS,
+    ListingMaterial,
     NestedRun,
     channel_similarities,
     grouped_folds,
@@ -264,8 +265,10 @@ def run(
     names: Sequence[str] = tuple(MODALITY_SETS),
     grid: Sequence[dict] = PARAM_GRID,
     target: float = TARGET_PRECISION,
+    material: ListingMaterial | None = None,
 ) -> dict:
-    """Nested evaluation over several outer fold seeds.
+    """Nested evaluation over several outer fold seeds. `material` (encoded titles, other
+    languages) adds those sorts to the simulated listings of the fused set (evaluation/kinds.py).
 
     `grouped=False` gives random (stratified, ungrouped) folds: near-twins may sit on both
     sides, as in the published random-split figures; everything else stays nested.
@@ -281,7 +284,7 @@ def run(
     folds_by_seed, runs_by_seed, results_by_seed = [], [], []
     for seed in seeds:
         folds = grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
-        runs = nested_predictions(store, folds, groups, sets, grid, target, seed)
+        runs = nested_predictions(store, folds, groups, sets, grid, target, seed, material=material, kinds=grouped)
         folds_by_seed.append(folds)
         runs_by_seed.append(runs)
         results_by_seed.append({n: evaluate(store, runs[n], n, sets[n]) for n in sets})

@@ -25,7 +25,7 @@ from indexer.catalog import ImageError, Product, load_image, thumbnail
 from indexer.categorizer import EVAL_SEEDS, PARAM_GRID, TRADE_OFF_TARGETS, Categorizer, stored_queries
 from indexer.store import IndexStore, open_store
 
-from . import baselines, clustering, crosslingual, crossval, figures, projection, representations
+from . import baselines, clustering, crosslingual, crossval, figures, kinds, projection, representations
 
 SEED = 0
 TARGET_PRECISION = 0.99
@@ -184,8 +184,10 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
                 base=(fused_entry["ari"], fused_entry["tsne_kmeans"]["ari"]),
             )
 
+    with timer.step("listing material"):
+        material = kinds.report_material(store, options.crosslingual_queries, out / "cache")
     with timer.step("cross-validation"):
-        cv = crossval.run(store, seeds=options.seeds, target=options.target_precision)
+        cv = crossval.run(store, seeds=options.seeds, target=options.target_precision, material=material)
         results = cv["results"]
         duplicates = crossval.duplicate_summary(store, cv["groups"], cv["thresholds"])
         duplicates["groups_spanning_folds"] = max(
@@ -233,6 +235,8 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         decision["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
         decision["nested"] = True
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
+    with timer.step("kinds of listing"):
+        kinds_table = kinds.kinds_table(cv, options.target_precision) if "fused" in cv["sets"] else None
     with timer.step("error analysis"):
         errors = error_table(store, decided, options)
     with timer.step("serving cost"):
@@ -310,6 +314,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         "anchors": ANCHORS,
         "run": {"serving": serving},
         "crosslingual": cross_lingual,
+        "kinds": kinds_table,
     }
     if "bovw" in reps:
         metrics["run"]["bovw_cache_hit"] = bool(reps["bovw"].extra.get("cached"))
@@ -317,6 +322,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     with timer.step("figures"):
         pngs = make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes)
     metrics["timings"] = {**timer.timings, "total": timer.total()}  # writing the files takes well under a second
+    metrics["run"]["serving"]["peak_rss_mb"] = peak_rss_mb()  # after every step, the cross-lingual one included
     metrics["conclusion"] = conclusion(metrics)
     write_outputs(out, metrics, pngs, errors)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False))
@@ -448,6 +454,13 @@ def deployment_entry(store: IndexStore) -> dict | None:
         "in_sample_precision": cv.get("auto_precision"),
         "note": "chosen on all data (deployment); its coverage/precision are in-sample, not an evaluation",
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 
 def serving_cost(store: IndexStore, sample: int = SERVING_SAMPLE) -> dict:
@@ -859,6 +872,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         _table(["image", "product", "true category", "predicted", "confidence (calibrated)", "raw vote share"], rows)
     )
 
+    if m.get("kinds"):
+        parts.append(kinds.html_section(m["kinds"]))
     if "crosslingual" in m:
         parts.append(crosslingual.html_section(m["crosslingual"]))
 

@@ -2,6 +2,8 @@
 (`listings`), finite-sample thresholds and the disagreement rule (`thresholds`), the confidence
 combiner (`combiner`), and the fitting protocol (nested and deployment calibration) in `protocol`."""
 
+from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe
+from indexer.categorizer.listings import SORTS, ListingMaterial, listing_material
 from indexer.categorizer.protocol import (
     EVAL_SEEDS,
     FUSED,
@@ -14,6 +16,7 @@ from indexer.categorizer.protocol import (
     NestedRun,
     calibrate,
     channel_similarities,
+    choose_threshold,
     fit,
     grouped_folds,
     near_duplicate_groups,
@@ -22,8 +25,6 @@ from indexer.categorizer.protocol import (
     training_view,
     usable_folds,
 )
-from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe
-from indexer.categorizer.listings import SORTS, ListingMaterial, listing_material
 from indexer.categorizer.thresholds import DELTA, finite_sample_threshold, upper_bound
 from indexer.categorizer.vote import Categorizer, Neighbor, Prediction, query_channels, query_text, stored_queries
 
@@ -52,6 +53,7 @@ __all__ = [
     "TRADE_OFF_TARGETS",
     "calibrate",
     "channel_similarities",
+    "choose_threshold",
     "fit",
     "grouped_folds",
     "near_duplicate_groups",

@@ -52,6 +52,8 @@ from indexer.store.base import IndexStore, VectorChannel
 from indexer.store.lexical import LexicalIndex
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from indexer.encoders import Encoder
 
 # Above these cosines nearest-neighbour pairs are (almost) all same-category near-twins
@@ -455,6 +457,7 @@ def fit(
     queries: np.ndarray | None = None,
     material: ListingMaterial | None = None,
     delta: float = DELTA,
+    kinds: bool = True,
 ) -> Fitted:
     """Fit the Categorizer on the labelled `train` rows only (see the module docstring).
 
@@ -510,7 +513,7 @@ def fit(
         distinct.setdefault(_effective(candidate, used), candidate)
     confidence = {key: np.zeros(len(rows)) for key in distinct}
     correct = {key: np.zeros(len(rows), bool) for key in distinct}
-    with_kinds = set(FUSED) <= set(modalities) and set(FUSED) <= set(store.channels())
+    with_kinds = kinds and set(FUSED) <= set(modalities) and set(FUSED) <= set(store.channels())
     cache: dict[int, IndexStore] | None = {} if with_kinds and len(labels) <= VIEW_CACHE_PRODUCTS else None
     for i, allowed, inner_view in _inner_views(store, train, fold_of, n_inner, cache):
         members = np.flatnonzero(inner == i)
@@ -702,13 +705,15 @@ def nested_predictions(
     target: float = TARGET_PRECISION,
     seed: int = SEED,
     material: ListingMaterial | None = None,
+    kinds: bool = True,
 ) -> dict[str, NestedRun]:
     """Evaluation: for each outer fold, `fit` on the other folds and `predict` it, per modality set.
     For a set with photo and text, the held-out fold's products are also listed as every sort of
     listing (`listings.SORTS`, those `material` allows) and answered by the fold's fit.
 
     Rows with fold -1 are never predicted nor used. Cost per fold: one lexical refit plus the
-    fits' inner predictions (see `fit`), plus one prediction per held-out listing.
+    fits' inner predictions (see `fit`), plus one prediction per held-out listing (`kinds=False`:
+    no listings, one threshold).
     """
     n = len(store.products)
     runs = {name: NestedRun([None] * n, [], folds) for name in modality_sets}
@@ -718,7 +723,9 @@ def nested_predictions(
         test = np.flatnonzero(folds == f)
         view = training_view(store, train)
         for name, modalities in modality_sets.items():
-            fitted = fit(store, train, groups, modalities, grid, target, seed, view=view, material=material)
+            fitted = fit(
+                store, train, groups, modalities, grid, target, seed, view=view, material=material, kinds=kinds
+            )
             for r, p in zip(test, predict(fitted, test), strict=True):
                 runs[name].predictions[r] = p
             if fitted.inner_listings:
@@ -895,6 +902,7 @@ def calibrate(
     params: dict | None = None,
     size: int | None = None,
     encoder: Encoder | None = None,
+    cache: str | Path | None = None,
 ) -> dict:
     """Deployment: `fit` the fused Categorizer on every row and return its manifest entry.
 
@@ -913,7 +921,9 @@ def calibrate(
     sample = calibration_sample(store, size if size is not None else sample_size(), SEED)
     grid = [{**DEFAULT_PARAMS, **params}] if params else PARAM_GRID
     every = np.ones(len(store.products), bool)
-    material = listing_material(store, encoder, sample.rows) if set(FUSED) <= set(store.channels()) else None
+    material = (
+        listing_material(store, encoder, sample.rows, cache=cache) if set(FUSED) <= set(store.channels()) else None
+    )
     fitted = fit(store, every, sample.groups, FUSED, grid, target, SEED, queries=sample.rows, material=material)
     entry = fitted.entry
     entry["cv"] = {**entry["cv"], "sample": sample.record}

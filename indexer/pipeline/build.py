@@ -7,6 +7,7 @@ are decoded (in a thread pool, overlapping the model's forward passes) and encod
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import resource
@@ -370,7 +371,10 @@ def build_index(
         lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
     calibrate_here = calibrate_decision and "categorizer" not in manifest
     staging = stage_version(out_dir, products, vectors, manifest, factory, lexical=lexical)
-    version = commit_staged(out_dir, staging, calibration_entry if calibrate_here else None)
+    entry = functools.partial(
+        calibration_entry, encoder=encoder, cache=out_dir / CACHE_FILE if use_cache else None
+    )  # the encoder turns the sampled products' names into title-only listings (query kinds)
+    version = commit_staged(out_dir, staging, entry if calibrate_here else None)
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
@@ -431,12 +435,14 @@ def _derived_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def calibration_entry(staged: IndexStore) -> dict:
-    """The Categorizer's manifest entry (parameters, auto/review threshold, calibration curve,
-    CV figures), cross-validated on the staged version: exactly the vectors it will serve."""
+def calibration_entry(staged: IndexStore, encoder: Encoder | None = None, cache: Path | None = None) -> dict:
+    """The Categorizer's manifest entry (parameters, per-kind thresholds, disagreement rule,
+    combiner, calibration curve, CV figures), cross-validated on the staged version: exactly the
+    vectors it will serve. With `encoder`, title-only listings are simulated from the sampled
+    products' names (encoded once, kept in `cache`); without, those kinds go to review."""
     from indexer.categorizer.protocol import calibrate
 
-    return {"categorizer": calibrate(staged)}
+    return {"categorizer": calibrate(staged, encoder=encoder, cache=cache)}
 
 
 def add_products(

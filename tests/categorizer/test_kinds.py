@@ -147,7 +147,9 @@ def test_listings_of_every_stored_sort_and_fit_gives_each_kind_an_entry():
     labels = store.labels()
     assert built is not None and (labels[built.partners] != labels[built.rows]).all()
     assert set(built.queries) == {"image", "text"}
-    fitted = calibration.fit(store, np.ones(10, bool), np.arange(10), calibration.FUSED, grid=calibration.PARAM_GRID[:1])
+    fitted = calibration.fit(
+        store, np.ones(10, bool), np.arange(10), calibration.FUSED, grid=calibration.PARAM_GRID[:1]
+    )
     assert set(fitted.entry["kinds"]) == set(kinds.KINDS)
     assert fitted.entry["kinds"][kinds.TITLE]["n"] == 0 and fitted.entry["kinds"][kinds.TITLE]["threshold"] is None
     assert fitted.entry["disagreement"]["n_mismatched"] == 10
