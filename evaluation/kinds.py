@@ -13,8 +13,10 @@ measured rather than assumed:
 - "deployed": combiner score + finite-sample (Learn-then-Test) threshold per kind + the
   disagreement rule: what the service does;
 - "raw share, finite-sample": the same without the combiner (thresholds on the raw vote share);
-- "raw share, empirical": the former rule (lowest threshold whose inner precision reaches the
-  target, `choose_threshold`), per kind, with the disagreement rule.
+- "combiner, empirical": the combiner score with the former empirical cut (lowest threshold whose
+  inner cross-fitted precision reaches the target, `choose_threshold`), per kind, with the
+  disagreement rule: what the combiner earns without the finite-sample margin;
+- "raw share, empirical": the former rule on the raw vote share, per kind, with the disagreement rule.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.categorizer import DELTA, KINDS, PLAIN, SORTS, ListingMaterial, choose_threshold, listing_material
+from indexer.categorizer import DELTA, KINDS, PLAIN, SORTS, ListingMaterial, combiner_score, listing_material
 from indexer.store import IndexStore
 
 # The rows of the table: the listings a seller sends (issue 18), by how they were simulated.
@@ -40,7 +42,7 @@ SORT_LABELS = {
     "photo+foreign": "photo + other-language title",
     "mismatched": "one product's photo with another category's title",
 }
-RULES = ("deployed", "raw share, finite-sample", "raw share, empirical")
+RULES = ("deployed", "raw share, finite-sample", "combiner, empirical", "raw share, empirical")
 TARGET_SORTS = ("photo+text", "title", "photo", "foreign", "photo+foreign")  # auto precision >= target each
 
 
@@ -71,35 +73,21 @@ def _gate(found: dict, cut: float | None) -> np.ndarray:
     return ~(np.nan_to_num(found["disagreement"], nan=-1.0) >= cut)
 
 
-def _empirical_thresholds(fitted, target: float) -> dict[str, float | None]:
-    """The former rule per kind, on the fit's inner listings (raw share, after the disagreement rule)."""
-    cut = fitted.entry.get("disagreement", {}).get("threshold")
-    out: dict[str, float | None] = {}
-    for kind in KINDS:
-        conf, ok = [], []
-        for sort, found in fitted.inner_listings.items():
-            if sort == "mismatched":
-                continue
-            here = (found["kind"] == kind) & _gate(found, cut)
-            conf.append(found["confidence"][here])
-            ok.append(found["correct"][here])
-        c = np.concatenate(conf) if conf else np.zeros(0)
-        o = np.concatenate(ok) if ok else np.zeros(0, bool)
-        out[kind] = choose_threshold(c, o, target)["threshold"] if len(c) else None
-    return out
-
-
-def _decisions(found: dict, fitted, rule: str, target: float) -> np.ndarray:
-    """Auto (True) per held-out listing under `rule`, with the fold's own fit."""
+def _decisions(found: dict, fitted, rule: str) -> np.ndarray:
+    """Auto (True) per held-out listing under `rule`, with the fold's own fit (its thresholds were
+    all chosen on its inner listings, `protocol.fit_kinds`)."""
     if rule == "deployed":
         return found["auto"]
     entry = fitted.entry
-    passes = _gate(found, entry.get("disagreement", {}).get("threshold"))
-    if rule == "raw share, finite-sample":
-        thresholds = {k: (v or {}).get("threshold") for k, v in (entry["cv"].get("raw_share_kinds") or {}).items()}
-    else:
-        thresholds = _empirical_thresholds(fitted, target)
+    passes = _gate(found, (entry.get("disagreement") or {}).get("threshold"))
+    chosen = entry["cv"].get("raw_share_kinds") or {}
+    key = {"raw share, finite-sample": "threshold", "raw share, empirical": "empirical"}.get(rule, "combiner_empirical")
+    thresholds = {k: (v or {}).get(key) for k, v in chosen.items()}
     t = np.array([thresholds.get(k) if thresholds.get(k) is not None else np.inf for k in found["kind"]])
+    if rule == "combiner, empirical":
+        if not entry.get("combiner") or not len(t):
+            return np.zeros(len(t), bool)
+        return passes & (combiner_score(entry["combiner"], found["features"]) >= t)
     return passes & (found["confidence"] >= t)
 
 
@@ -138,7 +126,7 @@ def kinds_table(cv: dict, target: float, name: str = "fused") -> dict:
                 for k, fitted in zip(fold_ids, run.fits, strict=True):
                     here = found["fold"] == k
                     part = {key: v[here] for key, v in found.items()}
-                    auto = _decisions(part, fitted, rule, target)
+                    auto = _decisions(part, fitted, rule)
                     auto_all[here] = auto
                     folds_out.append(
                         {

@@ -2,6 +2,7 @@
 (`listings`), finite-sample thresholds and the disagreement rule (`thresholds`), the confidence
 combiner (`combiner`), and the fitting protocol (nested and deployment calibration) in `protocol`."""
 
+from indexer.categorizer.combiner import score as combiner_score
 from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe
 from indexer.categorizer.listings import SORTS, ListingMaterial, listing_material
 from indexer.categorizer.protocol import (
@@ -54,6 +55,7 @@ __all__ = [
     "calibrate",
     "channel_similarities",
     "choose_threshold",
+    "combiner_score",
     "fit",
     "grouped_folds",
     "near_duplicate_groups",

@@ -9,11 +9,10 @@ query is given a kind and every kind its own threshold (`protocol.fit`). A kind 
 - words: how many words the title and description hold; a title of at most SHORT_TITLE_WORDS
   words is a "short title" (the first words of a name: a seller's terse listing);
 - language: detected by py3langid (langid.py's model, a PyPI package: no download) among
-  LANGUAGES, plus the share of the words the index's lexical vocabulary knows. A text is
-  "other language" when the detector names a language other than English with probability at
-  least LANGUAGE_CONFIDENCE; short or brand-heavy titles often get a low probability, and
-  those stay English (the catalogue's language), so an English title is not sent to the
-  other-language threshold on a guess.
+  LANGUAGES, plus the share of the words the index's lexical vocabulary knows (reported, not
+  used to route). A text is "other language" when the detector names a language other than
+  English with probability at least LANGUAGE_CONFIDENCE; short or brand-heavy titles often get a
+  low probability, and those stay English (the catalogue's language).
 
 Cost: O(characters) per query for the detector (about 0.05 ms for a title); the model is
 loaded once per process (a few seconds, `warm_up`).
@@ -30,9 +29,12 @@ from typing import Any
 # read as, e.g., Afrikaans or Luxembourgish.
 LANGUAGES = ("en", "fr", "es", "de", "it", "pt", "nl")
 # The detector's probability (normalised over LANGUAGES) needed to call a text not English.
-# Frozen before the nested evaluation: on the 945 catalogue titles + descriptions and the 168
-# hand-written French / Spanish queries it is printed by bench/bench_kinds.py (how many of each
-# it reads as English); it reads no category.
+# Chosen before the nested evaluation, reading no category: of 0.0 / 0.3 / 0.5 / 0.7 / 0.9, 0.5
+# read 13 of the 945 catalogue titles as another language and 147 of the 168 hand-written French /
+# Spanish titles as theirs (0.9: 0 and 91). The hand-written titles are also the other-language
+# kinds' calibration listings, so this is a choice made on them (bench/bench_kinds.py prints how
+# the rule reads both). A foreign title read as English is calibrated and scored with the English
+# titles, so a misreading costs precision there, and the evaluation measures it.
 LANGUAGE_CONFIDENCE = 0.5
 SHORT_TITLE_WORDS = 3
 CATALOGUE_LANGUAGE = "en"

@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 # channel's evidence, and `duplicate_summary` counts the cross-category pairs above them.
 # The lexical TF-IDF used for grouping is the index's (fitted on every text): grouping
 # reads no label, and a twin is a twin whichever fold it lands in.
+# History (frozen, issue 18): these values were read off the labelled histograms of the same 945
+# products the report evaluates, so they are a choice made on the evaluated data. Looser
+# thresholds group more and gave fused accuracy 0.940-0.943 instead of ~0.947; they are frozen
+# here and not re-chosen, and bench/bench_sensitivity.py prints the auto coverage under a looser
+# set beside these, so the dependence is reported as a range rather than hidden.
 GROUP_THRESHOLDS = {"image": 0.95, "text": 0.90, "lexical": 0.90}
 TARGET_PRECISION = 0.99
 TRADE_OFF_TARGETS = (0.98, 0.99, 0.995)
@@ -671,6 +676,13 @@ def fit_kinds(inner: Mapping[str, Mapping[str, np.ndarray]], target: float, delt
         }
         plain = finite_sample_threshold(pooled["confidence"][here], pooled["correct"][here], target, delta)
         raw[kind] = {key: plain.get(key) for key in ("threshold", "n", "coverage")}
+        # the former rule, per kind, on the raw share and on the cross-fitted combiner score
+        raw[kind]["empirical"] = choose_threshold(pooled["confidence"][here], pooled["correct"][here], target)[
+            "threshold"
+        ]
+        raw[kind]["combiner_empirical"] = (
+            choose_threshold(crossed[scored], pooled["correct"][scored], target)["threshold"] if scored.any() else None
+        )
     return {"kinds": kinds, "disagreement": rule, "combiner": combiner, "raw_share_kinds": raw}
 
 
