@@ -8,7 +8,7 @@ INDEX_DIR ?= var/index
 PORT ?= 8000
 export DATA_DIR INDEX_DIR PORT
 
-.PHONY: run test lint install index bench report clean mutate
+.PHONY: run test lint docs install index port-free bench report clean mutate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(INDEX_DIR)/CURRENT: | install
 
 index: $(INDEX_DIR)/CURRENT
 
-run: index
+# A port in use is said in one line before the index is built (minutes on a fresh machine).
+port-free: install
+	$(PY) -m service.serving "$(PORT)"
+
+run: port-free index
 	$(PY) -m indexer info "$(INDEX_DIR)"
 	PATH="$(abspath $(VENV))/bin:$$PATH" && eval exec "$$(sed -n 's/^web: *//p' Procfile)"
 
@@ -35,6 +39,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link, anchor or a page
+# left out of nav (not --quiet: it hides the warnings that --strict counts).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: index
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
@@ -48,4 +57,4 @@ mutate: install
 	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf var reports .pytest_cache mutants
+	rm -rf var reports .pytest_cache mutants site

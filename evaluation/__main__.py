@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from indexer.settings import DEFAULT_INDEX_DIR, index_dir_default, quiet_third_party
 from indexer.store import IndexStoreError
 
 from .crosslingual import QUERY_FILE
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="write report.html, metrics.json and figures/")
-    rep.add_argument("--index", default=os.environ.get("INDEX_DIR"), help="index directory (default $INDEX_DIR)")
+    rep.add_argument(
+        "--index", default=index_dir_default(), help=f"index directory (default $INDEX_DIR or {DEFAULT_INDEX_DIR})"
+    )
     rep.add_argument(
         "--out",
         default=os.environ.get("REPORT_DIR", "report"),
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--seed", type=int, default=0, help="seed of KMeans, t-SNE, PCA, folds (default 0)")
     rep.add_argument("--quiet", action="store_true", help="no step timings on stdout")
     args = parser.parse_args(argv)
-
+    quiet_third_party()
     if not args.index:
         parser.error("no index: pass --index DIR or set INDEX_DIR")
     options = ReportOptions(

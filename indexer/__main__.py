@@ -14,12 +14,24 @@ from pathlib import Path
 
 from indexer.catalog.products import CatalogError, ValidationReport, load_catalog
 from indexer.encoders import DEFAULT_PROFILE, EncoderUnavailable, create_encoder, list_profiles
-from indexer.store import open_store
-from indexer.store.local.index import DEFAULT_FACTORY, IndexStoreError
+from indexer.settings import DEFAULT_INDEX_DIR, index_dir_default, quiet_third_party
+from indexer.store import IndexStoreError, open_store
+from indexer.store.local.index import DEFAULT_FACTORY
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
+
+
+def _rounded(value: object, digits: int = 3) -> object:
+    """Floats (also inside dicts and lists) rounded for people: 0.30000001 -> 0.3."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -146,7 +158,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("categorizer: not calibrated (ingest --no-calibrate): every decision is 'review'")
     if cat.get("threshold") is not None:
         print(
-            f"categorizer: k={cat['k']}, weights {cat['weights']}; auto when confidence >= {cat['threshold']:.3f} "
+            f"categorizer: k={cat['k']}, weights {_rounded(cat['weights'])}; "
+            f"auto when confidence >= {cat['threshold']:.3f} "
             f"(deployment fit on all products, not an estimate: the out-of-fold predictions it was chosen on "
             f"give accuracy {cv.get('accuracy', 0):.3f}, auto precision {cv.get('auto_precision', 0):.3f} at "
             f"coverage {cv.get('auto_coverage', 0):.3f}; nested estimates: python -m evaluation report)"
@@ -268,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="encode a dataset folder into a new index version")
     b.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     b.add_argument(
-        "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
+        "--out", default=index_dir_default(), help=f"index folder (default $INDEX_DIR or {DEFAULT_INDEX_DIR})"
     )
     b.add_argument("--profile", default=_env("ENCODER_PROFILE", DEFAULT_PROFILE), choices=list_profiles())
     b.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
@@ -284,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
     kept.add_argument("--drop-added", action="store_true", help="drop products added since the build")
     b.set_defaults(func=cmd_build)
     a = sub.add_parser("add", help="append the new products of a dataset folder to an index")
-    a.add_argument("--index", default=_env("INDEX_DIR", "var/index"))
+    a.add_argument("--index", default=index_dir_default())
     a.add_argument("--data", required=True, help="dataset folder in the published layout (CSV + Images/)")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=cmd_add)
@@ -303,7 +316,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("ingest", help="publish an index from precomputed embedding shards (Parquet)")
     g.add_argument("--embeddings", required=True, help="folder of *.parquet shards and embeddings.json")
     g.add_argument(
-        "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
+        "--out", default=index_dir_default(), help=f"index folder (default $INDEX_DIR or {DEFAULT_INDEX_DIR})"
     )
     g.add_argument("--profile", choices=list_profiles(), help="default: the live index's, else embeddings.json's")
     g.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
@@ -313,15 +326,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", help="also write the summary as JSON to this file")
     g.set_defaults(func=cmd_ingest)
     i = sub.add_parser("info", help="describe an index")
-    i.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    i.add_argument("index", nargs="?", default=index_dir_default())
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_info)
     v = sub.add_parser("verify", help="check an index's files against their recorded sizes and checksums")
-    v.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    v.add_argument("index", nargs="?", default=index_dir_default())
     v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
     v.set_defaults(func=cmd_verify)
     c = sub.add_parser("compact", help="merge the delta segments of adds into a new base version")
-    c.add_argument("index", nargs="?", default=_env("INDEX_DIR", "var/index"))
+    c.add_argument("index", nargs="?", default=index_dir_default())
     c.set_defaults(func=cmd_compact)
     m = sub.add_parser("to-milvus", help="copy an index version into a Milvus collection (VECTOR_STORE)")
     m.add_argument("index", help="index folder to copy (its live version)")
@@ -335,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--data", default=_env("DATA_DIR"), help="dataset folder (default $DATA_DIR)")
     q.add_argument("--shards", required=True, help="shard folder written by encode (rerun to resume)")
     q.add_argument(
-        "--out", default=_env("INDEX_DIR", "var/index"), help="index folder (default $INDEX_DIR or var/index)"
+        "--out", default=index_dir_default(), help=f"index folder (default $INDEX_DIR or {DEFAULT_INDEX_DIR})"
     )
     q.add_argument("--store", default=None, help="also copy the index into this Milvus location (*.db or milvus://)")
     q.add_argument("--profile", default=_env("ENCODER_PROFILE", DEFAULT_PROFILE), choices=list_profiles())
@@ -355,11 +368,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_third_party()
     try:
         return args.func(args)
     except (CatalogError, IndexStoreError, EncoderUnavailable, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader stopped early (`indexer info --json | head`): not an error of ours; point
+        # stdout at /dev/null so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

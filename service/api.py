@@ -23,9 +23,9 @@ from . import metrics
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
 from .errors import ApiError
-from .inputs import decode_image, parse_number, read_request
+from .inputs import decode_image, parse_number, read_category_path, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
-from .search import category_filter, encode_query, product_public, product_vectors, search, split_path
+from .search import category_filter, encode_query, product_public, product_vectors, search
 from .state import Loaded, NotReady, ServiceState
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -223,28 +223,6 @@ def _check_token() -> None:
         raise ApiError(401, "invalid token")
 
 
-def _category_path(fields: dict) -> tuple[str, ...]:
-    # a form sends a list as repeated fields; JSON as an array
-    listed = fields.getlist("category_path") or None if hasattr(fields, "getlist") else fields.get("category_path")
-    if listed is not None and not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
-        raise ApiError(400, "category_path must be a list of strings")
-    if listed is not None and (len(listed) > 10 or any(len(p) > 200 for p in listed)):
-        raise ApiError(400, "category_path holds at most 10 parts of at most 200 characters")
-    path = [p.strip() for p in listed or [] if p.strip()]
-    if not path:  # category_path absent or blank: the 'A >> B >> C' string
-        raw = fields.get("category")
-        if raw is not None and not isinstance(raw, str):
-            raise ApiError(400, "category must be a string like 'A >> B >> C'")
-        if raw is not None and len(raw) > 200:
-            raise ApiError(400, f"category is {len(raw)} characters, over the 200-character limit")
-        path = split_path(raw or "")
-    if not path:
-        raise ApiError(
-            400, "a labeled product needs a category path (field 'category', e.g. 'Watches >> Wrist Watches')"
-        )
-    return tuple(path)
-
-
 @bp.post("/products")
 def add_product() -> Response:
     from indexer.pipeline import add_products
@@ -255,7 +233,7 @@ def add_product() -> Response:
     fields = query.fields
     if not query.title:
         raise ApiError(400, "a product needs a title")
-    path = _category_path(fields)
+    path = read_category_path(fields)
     brand = fields.get("brand")
     if brand is not None and (not isinstance(brand, str) or len(brand) > 1000):
         raise ApiError(400, "brand must be a string of at most 1000 characters")

@@ -12,7 +12,7 @@ from flask import Flask, request
 
 from indexer.encoders import Encoder
 
-from . import api, errors, metrics, web
+from . import api, docs, errors, metrics, web
 from .config import Config
 from .inputs import BodyDeadline, check_url
 from .state import ServiceState, set_threads
@@ -39,6 +39,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.wsgi_app = BodyDeadline(app.wsgi_app, config.body_timeout)  # type: ignore[method-assign]
     metrics.install(app)
     app.register_blueprint(web.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:

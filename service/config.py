@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from indexer.settings import DEFAULT_INDEX_DIR
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -30,7 +32,7 @@ def _vector_store(raw: str | None) -> str | None:
 class Config:
     """Every knob of the service; `Config.from_env()` is what gunicorn uses.
 
-    INDEX_DIR         index folder (default var/index)
+    INDEX_DIR         index folder (default var/index, indexer.settings.DEFAULT_INDEX_DIR)
     DATA_DIR          dataset folder, to find catalogue photos when an index stores relative paths
     API_TOKEN         bearer token for writes (POST /api/v1/products); unset = writes refused (403)
     MAX_UPLOAD_BYTES  largest request body (default 20 MB) -> 413 above it
@@ -48,7 +50,7 @@ class Config:
                       INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.store.factory
     """
 
-    index_dir: str = "var/index"
+    index_dir: str = DEFAULT_INDEX_DIR
     data_dir: str | None = None
     api_token: str | None = None
     max_upload_bytes: int = 20 * 1024 * 1024

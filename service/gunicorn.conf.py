@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -72,14 +73,29 @@ for _name in os.listdir(_multiproc_dir):
 
 
 def on_starting(server: Arbiter) -> None:
+    """Before gunicorn binds: a port in use is one clear line and exit status 1, not five
+    "Connection in use" retries. (With preload_app this runs once the index is loaded;
+    `make run` checks the port before building the index.)"""
+    from service.serving import busy_message
+
     logging.basicConfig(level=loglevel.upper())
+    message = busy_message(server.cfg.address)
+    if message:
+        server.log.error(message)
+        on_exit(server)
+        sys.exit(1)
 
 
 def when_ready(server: Arbiter) -> None:
-    """After preload, before the first fork: move the loaded objects out of the cyclic GC's
-    reach so collections in the workers do not write to (and so copy) the shared pages."""
+    """After preload, before the first fork: say once where to open the service, then move
+    the loaded objects out of the cyclic GC's reach so collections in the workers do not
+    write to (and so copy) the shared pages."""
     import gc
 
+    from service.serving import urls
+
+    for url in urls([listener.sock.getsockname() for listener in server.LISTENERS]):
+        server.log.info("seller page: %s  API page: %sdocs", url, url)
     gc.collect()
     gc.freeze()
 

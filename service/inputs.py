@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import json
 import math
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Request
 
-from indexer.catalog import ImageError, ImageLimits, load_image
+from indexer.catalog import CATEGORY_SEPARATOR, ImageError, ImageLimits, load_image
 
 from .config import Config
 from .errors import ApiError
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+MAX_PATH_LEVELS = 10
+MAX_CATEGORY_CHARS = 200
+_NAMES_SOMETHING = re.compile(r"[^\s>]")  # the spec's pattern for `category`
 
 
 @dataclass
@@ -174,6 +178,52 @@ def read_request(request: Request, config: Config) -> QueryInput:
         category=(category or "").strip() or None,
         fields=fields,
     )
+
+
+def split_path(category: str) -> list[str]:
+    """The levels of an 'A >> B >> C' category string (blank levels dropped)."""
+    return [part.strip() for part in category.split(CATEGORY_SEPARATOR) if part.strip()]
+
+
+def read_category_path(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    """The category of a labeled product, from exactly one of two fields (400 otherwise):
+
+    * `category`: the path as one string, 'A >> B >> C' (JSON or form);
+    * `category_path`: its levels, a JSON array or repeated form fields; every level holds
+      a non-space character (an empty list or a blank level is refused, not skipped).
+
+    Both at once is refused rather than one silently winning; service/openapi.yaml says
+    the same (ProductFields: oneOf)."""
+    getlist = getattr(fields, "getlist", None)
+    has_path = bool(getlist("category_path")) if getlist else "category_path" in fields
+    has_category = "category" in fields
+    if has_path and has_category:
+        raise ApiError(400, "send the category once: either 'category' ('A >> B >> C') or 'category_path' (its levels)")
+    if has_path:
+        listed = getlist("category_path") if getlist else fields["category_path"]
+        if not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)):
+            raise ApiError(400, "category_path must be a list of strings (its levels, top first)")
+        if not 1 <= len(listed) <= MAX_PATH_LEVELS or any(len(p) > MAX_CATEGORY_CHARS for p in listed):
+            raise ApiError(
+                400, f"category_path holds 1 to {MAX_PATH_LEVELS} levels of at most {MAX_CATEGORY_CHARS} characters"
+            )
+        blank = [i + 1 for i, p in enumerate(listed) if not p.strip()]
+        if blank:
+            raise ApiError(400, f"category_path level {blank[0]} is blank: every level needs a name")
+        return tuple(p.strip() for p in listed)
+    raw = fields.get("category")
+    if raw is not None and not isinstance(raw, str):
+        raise ApiError(400, "category must be a string like 'A >> B >> C'")
+    if raw is not None and len(raw) > MAX_CATEGORY_CHARS:
+        raise ApiError(400, f"category is {len(raw)} characters, over the {MAX_CATEGORY_CHARS}-character limit")
+    path = split_path(raw or "")
+    if not any(_NAMES_SOMETHING.search(level) for level in path):
+        raise ApiError(
+            400,
+            "a labeled product needs a category: 'category' ('Watches >> Wrist Watches') "
+            "or 'category_path' (its levels)",
+        )
+    return tuple(path)
 
 
 def check_url(environ: dict, config: Config) -> None:

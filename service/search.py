@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.catalog import CATEGORY_SEPARATOR, Product
+from indexer.catalog import Product
 from indexer.categorizer import Categorizer, Neighbor, query_channels, query_text, stored_queries
 from indexer.store import IndexStore, RowFilter
 
 from .errors import ApiError
-from .inputs import QueryInput, decode_image
+from .inputs import QueryInput, decode_image, split_path
 from .state import Loaded
 
 
@@ -86,10 +86,6 @@ def encode_query(loaded: Loaded, query: QueryInput, parallel: bool = True) -> En
         channels, timing["encode_text"] = encode_text()
         vectors.update(channels)
     return Encoded(vectors, timing)
-
-
-def split_path(category: str) -> list[str]:
-    return [part.strip() for part in category.split(CATEGORY_SEPARATOR) if part.strip()]
 
 
 def category_filter(store: IndexStore, category: str | None) -> RowFilter | None:

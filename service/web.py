@@ -6,9 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, make_response, render_template, request
 from flask.typing import ResponseReturnValue
 
+from . import i18n
 from .errors import problem, public
 
 bp = Blueprint("web", __name__)
@@ -21,10 +22,31 @@ def openapi_spec() -> dict:
     return yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
 
 
+def render_localized(template: str, **context: object) -> ResponseReturnValue:
+    """`template` in the request's language (French unless `?lang=en` or the cookie says
+    otherwise), with `t(key, **params)` for its words; an asked-for language is remembered."""
+    lang, asked = i18n.choose(request)
+
+    def t(key: str, **params: object) -> str:
+        return i18n.translate(lang, key, **params)
+
+    response = make_response(render_template(template, lang=lang, languages=i18n.LANGUAGES, t=t, **context))
+    response.vary.add("Cookie")  # the same URL answers in the language the cookie names
+    return i18n.remember(response, lang) if asked else response
+
+
 @bp.get("/")
 def index() -> ResponseReturnValue:
     cfg = current_app.config["SERVICE"]
-    return render_template("index.html", max_upload_mb=cfg.max_upload_bytes / 2**20)
+    lang, _ = i18n.choose(request)
+    max_upload_mb = i18n.megabytes(cfg.max_upload_bytes, lang)
+    page = {
+        "lang": lang,
+        "strings": i18n.strings(lang),
+        "maxUploadBytes": cfg.max_upload_bytes,
+        "maxUploadMb": max_upload_mb,
+    }
+    return render_localized("index.html", max_upload_mb=max_upload_mb, page=page)
 
 
 @bp.get("/openapi.json")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +42,7 @@ from indexer.catalog.shards import (
 )
 from indexer.catalog.text import DEFAULT_STRIP_BOILERPLATE
 from indexer.encoders import DEFAULT_PROFILE, create_encoder
+from indexer.settings import ray_logging_level, verbose
 
 DEFAULT_SHARD_ROWS = 128
 DEFAULT_CPUS_PER_WORKER = 2
@@ -176,7 +176,8 @@ def local_ray_init(num_cpus: int | None = None) -> None:
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
-        logging_level=logging.WARNING,
+        logging_level=ray_logging_level(),
+        log_to_driver=verbose(),
         runtime_env={"py_modules": [str(PACKAGE_DIR)]},
     )
 
@@ -195,7 +196,7 @@ def _connect(address: str | None) -> _RaySession:
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, runtime_env={"py_modules": [str(PACKAGE_DIR)]})
+            ray.init(address=address, logging_level=ray_logging_level(), runtime_env={"py_modules": [str(PACKAGE_DIR)]})
         else:
             local_ray_init()
     except (ConnectionError, RuntimeError, ValueError) as exc:

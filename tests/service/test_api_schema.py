@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -35,11 +36,16 @@ BUDGET_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
-def api_schema(service_index, embedded_encoder, real_data_dir, tmp_path_factory):
+def app(service_index, embedded_encoder, real_data_dir, tmp_path_factory):
     index_dir = copy_index(service_index, tmp_path_factory.mktemp("schema") / "index")
     config = Config(index_dir=str(index_dir), data_dir=str(real_data_dir), api_token=TOKEN, max_upload_bytes=2_000_000)
     app = create_app(config, encoder=embedded_encoder)
     embedded_encoder.encode_texts(["warm up"])  # load the models here, not in the first timed case
+    return app
+
+
+@pytest.fixture(scope="module")
+def api_schema(app):
     # 422 is a valid answer to schema-valid data: bytes the schema allows as `format: binary`
     # or `format: byte` need not decode as an image, and no schema can say they must
     accepted = ["2XX", "3XX", "401", "403", "404", "409", "422", "429"]
@@ -101,7 +107,7 @@ def test_server_and_spec_agree(api_schema):
     start = time.monotonic()
     failures: list[str] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 12  # every path + method of service/openapi.yaml
+    assert len(operations) == 13  # every path + method of service/openapi.yaml
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             t0 = time.monotonic()
@@ -132,3 +138,41 @@ def test_spec_is_openapi_3_0():
         elif isinstance(node, list):
             stack.extend(node)
     assert seen > 20
+
+
+# (JSON body of POST /api/v1/products beside title, schema-valid?) -- the category is sent once
+CATEGORY_CASES = [
+    ({"category": "Kitchen & Dining >> Coffee Mugs"}, True),
+    ({"category_path": ["Kitchen & Dining", "Coffee Mugs"]}, True),
+    ({"category": "Kitchen & Dining", "category_path": ["Kitchen & Dining", "Coffee Mugs"]}, False),
+    ({"category": "Kitchen & Dining", "category_path": []}, False),
+    ({"category_path": []}, False),
+    ({"category_path": ["Kitchen & Dining", "  "]}, False),
+    ({"category": " >> "}, False),
+    ({}, False),
+]
+
+
+def test_category_rule_of_spec_and_server_agree(app):
+    """`category` or `category_path`, exactly one: each body is valid against the spec
+    exactly when the server accepts it (201), else the server answers 400."""
+    from service.web import openapi_spec
+
+    spec = openapi_spec()
+    body_schema = spec["paths"]["/api/v1/products"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft4Validator({**body_schema, "components": spec["components"]})
+    client = app.test_client()
+    for i, (fields, valid) in enumerate(CATEGORY_CASES):
+        body = {"id": f"category-rule-{i}", "title": "Blue ceramic coffee mug", **fields}
+        assert validator.is_valid(body) is valid, fields
+        response = client.post("/api/v1/products", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == (201 if valid else 400), (fields, response.get_json())
+        assert valid or response.mimetype == "application/problem+json"
+    added = client.get("/api/v1/products/category-rule-1").get_json()
+    assert added["category_path"] == ["Kitchen & Dining", "Coffee Mugs"]
+    both = client.post(
+        "/api/v1/products",
+        data={"title": "Mug", "category": "Kitchen & Dining", "category_path": ["Kitchen & Dining", "Mugs"]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert both.status_code == 400 and "either 'category'" in both.get_json()["detail"]

@@ -106,6 +106,11 @@ def server(service_index, real_data_dir, tmp_path_factory):
             assert time.monotonic() < deadline, "gunicorn did not become ready:\n" + log_path.read_text()[-3000:]
             time.sleep(0.5)
         yield {"port": port, "proc": proc, "log": log_path, "index_dir": index_dir}
+        # SIGTERM stops it cleanly: checked here, once every test of the module has used the
+        # server (pytest-randomly shuffles the tests, so no test can count on running last)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, log_path.read_text()[-3000:]
+        assert "Shutting down" in log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -272,9 +277,46 @@ def test_fresh_start_on_a_damaged_index_exits_naming_the_file(service_index, tmp
     assert "no index version verifies" in proc.stderr + proc.stdout and "text.faiss" in proc.stderr + proc.stdout
 
 
-def test_sigterm_stops_cleanly(server):
-    # last test of the module: the fixture's teardown would do the same, this checks it works
-    proc = server["proc"]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=40) == 0
-    assert "Shutting down" in server["log"].read_text()
+def test_start_says_once_where_to_open_the_service(server):
+    port = server["port"]
+    log = server["log"].read_text()
+    line = f"seller page: http://127.0.0.1:{port}/  API page: http://127.0.0.1:{port}/docs"
+    assert log.count(line) == 1, log[-3000:]
+    assert request(port, "GET", "/docs")[0] == 200
+
+
+def start_gunicorn(tmp_path, port: int) -> tuple[subprocess.CompletedProcess, float]:
+    """gunicorn with service/gunicorn.conf.py on 127.0.0.1:port and no index (it starts without one)."""
+    env = dict(
+        os.environ,
+        INDEX_DIR=str(tmp_path / "no-index"),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+        PORT=str(port),
+    )
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "-b", f"127.0.0.1:{port}"]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        command + ["service.app:create_app()"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    return proc, time.monotonic() - t0
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_status_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc, seconds = start_gunicorn(tmp_path, port)
+        check = subprocess.run(
+            [sys.executable, "-m", "service.serving", str(port)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert out.count(f"port {port} on 127.0.0.1 is in use") == 1, out
+    suggested = re.search(r"set PORT to a free port, e\.g\. PORT=(\d+) make run", out)
+    assert suggested and int(suggested.group(1)) != port, out
+    assert "Connection in use" not in out and "Retrying" not in out and "Traceback" not in out, out
+    assert seconds < 60  # no retry loop
+    # `make run` asks the same before it builds the index
+    assert check.returncode == 1 and f"port {port} is in use" in check.stderr, check.stderr

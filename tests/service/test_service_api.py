@@ -63,7 +63,7 @@ def assert_problem(response, status: int, detail_part: str | None = None):
 def test_every_route_is_documented_in_openapi(app):
     paths = openapi_spec()["paths"]
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint.rsplit(".", 1)[-1] == "static":  # files: the app's, and Swagger UI's for /docs
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         assert path in paths, f"{rule.rule} missing from service/openapi.yaml"

@@ -14,18 +14,11 @@ from fakes import FakeEncoder, fake_manifest, make_products, random_vectors
 from indexer.catalog.products import Product
 from indexer.catalog.text import encoder_text
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store
+from indexer.store import DuplicateProduct, IndexMismatch, IndexStore, IndexStoreError, append, open_store
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LexicalIndex
-from indexer.store.local.index import (
-    DuplicateProduct,
-    IndexMismatch,
-    IndexStore,
-    IndexStoreError,
-    append,
-    publish,
-    write_lock,
-)
+from indexer.store.local.index import publish
+from indexer.store.locks import write_lock
 
 pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
