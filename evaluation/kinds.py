@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.categorizer import DELTA, KINDS, PLAIN, SORTS, ListingMaterial, combiner_score, listing_material
+from indexer.categorizer import DELTA, KINDS, PLAIN, SORTS, Fitted, ListingMaterial, combiner_score, listing_material
 from indexer.store import IndexStore
 
 # The rows of the table: the listings a seller sends (issue 18), by how they were simulated.
@@ -73,7 +73,7 @@ def _gate(found: dict, cut: float | None) -> np.ndarray:
     return ~(np.nan_to_num(found["disagreement"], nan=-1.0) >= cut)
 
 
-def _decisions(found: dict, fitted, rule: str) -> np.ndarray:
+def _decisions(found: dict, fitted: Fitted, rule: str) -> np.ndarray:
     """Auto (True) per held-out listing under `rule`, with the fold's own fit (its thresholds were
     all chosen on its inner listings, `protocol.fit_kinds`)."""
     if rule == "deployed":
@@ -114,8 +114,9 @@ def kinds_table(cv: dict, target: float, name: str = "fused") -> dict:
     for sort in sorts:
         entry: dict = {"label": SORT_LABELS.get(sort, sort), "rules": {}}
         for rule in RULES:
-            seeds, folds_out = [], []
-            accuracy = []
+            seeds: list[dict] = []
+            folds_out: list[dict] = []
+            accuracy: list[float] = []
             routed: dict[str, int] = {}
             for run in runs:
                 found = run.listings.get(sort)
@@ -187,7 +188,7 @@ def _fit_summary(runs: list) -> dict:
             "calibration_listings": _spread([float(n) for n in ns]),
         }
     cuts = [(f.entry.get("disagreement") or {}).get("threshold") for f in fits]
-    rule = next((f.entry.get("threshold_rule") for f in fits if f.entry.get("threshold_rule")), {})
+    rule: dict = next((f.entry.get("threshold_rule") for f in fits if f.entry.get("threshold_rule")), {})
     return {"folds": len(fits), "kinds": kinds, "disagreement_cut": _spread(cuts), "threshold_rule": rule}
 
 
@@ -269,15 +270,15 @@ def html_section(table: dict) -> str:
         f"<td>{_fmt(v['thresholds'])}</td><td>{_fmt(v['calibration_listings'])}</td></tr>"
         for k, v in fits["kinds"].items()
     )
-    rule = fits.get("threshold_rule") or {}
+    stated = fits.get("threshold_rule") or {}
     return (
         "<h2>Decisions per kind of listing</h2>"
         f"<p>Nested over {table['seeds']} fold seeds: in every outer fold the combiner, the disagreement rule and "
         "one threshold per query kind were fitted on listings simulated from the training products only, then the "
         "held-out products were listed the same ways. Hand-written other-language queries calibrate only when their "
         "product is in training and are reported only when it is held out. "
-        f"Guarantee of the deployed rule ({e(str(rule.get('method', '')))}): {e(str(rule.get('guarantee', '')))}. "
-        "Three rules are scored on the same listings to show what each step earns.</p>"
+        f"Guarantee of the deployed rule ({e(str(stated.get('method', '')))}): {e(str(stated.get('guarantee', '')))}. "
+        "Four rules are scored on the same listings to show what each step earns.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         + "".join(f"<p>{e(s)}</p>" for s in conclusion(table))
         + "<p class='note'>Per kind, what the folds' fits chose: folds that found a threshold the finite-sample "

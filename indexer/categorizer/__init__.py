@@ -3,7 +3,7 @@
 combiner (`combiner`), and the fitting protocol (nested and deployment calibration) in `protocol`."""
 
 from indexer.categorizer.combiner import score as combiner_score
-from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe
+from indexer.categorizer.kinds import KINDS, PLAIN, QueryKind, describe, warm_up
 from indexer.categorizer.listings import SORTS, ListingMaterial, listing_material
 from indexer.categorizer.protocol import (
     EVAL_SEEDS,
@@ -40,6 +40,7 @@ __all__ = [
     "finite_sample_threshold",
     "listing_material",
     "upper_bound",
+    "warm_up",
     "Categorizer",
     "EVAL_SEEDS",
     "FUSED",

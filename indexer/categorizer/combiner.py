@@ -13,14 +13,13 @@ with numpy (a dot product: microseconds).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from indexer.categorizer.kinds import KINDS
 
-if TYPE_CHECKING:
-    from indexer.categorizer.vote import Prediction
+Prediction = Any  # a vote.Prediction (vote imports this module: no import back)
 
 FEATURES = (
     "logit vote share",

@@ -127,10 +127,12 @@ def listing_material(
     per foreign query (cached in `cache`, an embedding cache file, when given)."""
     labels = store.labels()
     rows = np.flatnonzero(labels != "") if rows is None else np.asarray(rows, np.int64)
-    stored_kinds = {int(r): describe(store.products[r].name, store.products[r].description, photo=True) for r in rows}
+    stored_kinds = {
+        int(r): describe(store.products[int(r)].name, store.products[int(r)].description, photo=True) for r in rows
+    }
     if encoder is None:
         return ListingMaterial(stored_kinds=stored_kinds)
-    names = [store.products[r].name for r in rows]
+    names = [store.products[int(r)].name for r in rows]
     title = _written(store, encoder, rows, names, cache)
     short = _written(store, encoder, rows, [first_words(n) for n in names], cache)
     out = ListingMaterial(title=title, short=short, stored_kinds=stored_kinds)

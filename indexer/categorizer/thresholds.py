@@ -30,7 +30,9 @@ GRID = np.unique(np.round(np.concatenate([1.0 - np.logspace(-4, -2, 21), np.lins
 MISMATCH_TARGET = 0.95  # share of mismatched listings the disagreement rule must send to review
 
 
-def precision_p_values(confidence: np.ndarray, correct: np.ndarray, target: float, grid: np.ndarray = GRID):
+def precision_p_values(
+    confidence: np.ndarray, correct: np.ndarray, target: float, grid: np.ndarray = GRID
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(accepted, errors, p-value) per grid threshold, for H_t: error rate among accepted > 1 - target."""
     confidence = np.asarray(confidence, np.float64)
     wrong = ~np.asarray(correct, bool)

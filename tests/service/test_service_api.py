@@ -140,7 +140,9 @@ def test_predict_names_the_kind_and_gives_reasons(client, store, watch):
     vote apart, and a review decision comes with plain reasons."""
     product, data = watch
     photo = base64.b64encode(data).decode()
-    body = client.post("/api/v1/predict", json={"image_base64": photo, "title": "Steel coffee mug with handle"}).get_json()
+    body = client.post(
+        "/api/v1/predict", json={"image_base64": photo, "title": "Steel coffee mug with handle"}
+    ).get_json()
     assert body["kind"]["name"] == "photo+title" and body["kind"]["channels"] == ["photo", "title"]
     assert body["kind"]["language"] == "en" and body["kind"]["words"] == 5
     assert set(body["channel_votes"]) == {"photo", "text"} and 0.0 <= body["disagreement"] <= 1.0
