@@ -55,7 +55,7 @@ def operating(runs: list, rule: str) -> tuple[float, float | None, int]:
         for k, fitted in zip(np.unique(run.folds[run.folds >= 0]), run.fits, strict=True):
             conf, ok = fitted.inner_confidence, fitted.inner_correct
             if rule == "empirical":
-                t = fitted.empirical_threshold_for(TARGET)
+                t = fitted.threshold_for(TARGET)
             elif rule == "inside ties":
                 t = cut_inside_ties(conf, ok, TARGET)
             else:

@@ -79,7 +79,9 @@ def fit_combiner(features: np.ndarray, correct: np.ndarray) -> dict | None:
 
 
 def score(combiner: dict, features: np.ndarray) -> np.ndarray:
-    """P(right) for rows of `features` (n, d): O(n·d)."""
+    """P(right) for rows of `features` (n, d): O(n·d); an ensemble (`models`) averages its members."""
+    if "models" in combiner:
+        return np.mean([score(model, features) for model in combiner["models"]], axis=0)
     z = (np.atleast_2d(features) - np.asarray(combiner["mean"])) / np.asarray(combiner["scale"])
     return 1.0 / (1.0 + np.exp(-(z @ np.asarray(combiner["coef"]) + combiner["intercept"])))
 
@@ -88,16 +90,22 @@ def combined_score(combiner: dict, prediction: Prediction, kind: str) -> float:
     return float(score(combiner, feature_row(prediction, kind))[0])
 
 
-def cross_fitted_scores(features: np.ndarray, correct: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Each row's score from a combiner fitted without its fold (cross-fitting), so thresholds
-    chosen on these scores are not chosen on the rows the combiner learnt from. A fold whose
-    complement cannot be fitted gets NaN (its rows are treated as unscorable)."""
+def cross_fitted(features: np.ndarray, correct: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """(scores, ensemble): each row's score from a combiner fitted without its fold (cross-fitting),
+    so thresholds chosen on these scores are not chosen on the rows the combiner learnt from; and
+    the ensemble of those per-fold combiners, which is what scores new listings (its members are
+    the very models whose scores chose the thresholds, not a refit on everything, whose scores
+    would be scaled otherwise). A fold whose complement cannot be fitted gets NaN scores."""
     out = np.full(len(correct), np.nan)
+    models = []
     for f in np.unique(folds):
         model = fit_combiner(features[folds != f], correct[folds != f])
         if model is not None:
             out[folds == f] = score(model, features[folds == f])
-    return out
+            models.append(model)
+    if not models:
+        return out, None
+    return out, {"models": models, "features": models[0]["features"], "C": C, "ensemble": "mean of cross-fitted"}
 
 
 def feature_matrix(predictions: Sequence[Prediction], kinds: Sequence[str]) -> np.ndarray:

@@ -36,7 +36,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
 from indexer.categorizer import vote
-from indexer.categorizer.combiner import cross_fitted_scores, feature_matrix, fit_combiner
+from indexer.categorizer.combiner import cross_fitted, feature_matrix
 from indexer.categorizer.exclusion import FoldExclusion
 from indexer.categorizer.kinds import KINDS, PHOTO_TEXT
 from indexer.categorizer.listings import (
@@ -370,17 +370,18 @@ class Fitted:
     delta: float = DELTA
 
     def threshold_for(self, target: float) -> float | None:
-        """The finite-sample threshold this fit would choose for another precision target (same
-        inner predictions of its own modalities, `thresholds.finite_sample_threshold`)."""
-        if not len(self.inner_confidence):
-            return None
-        return finite_sample_threshold(self.inner_confidence, self.inner_correct, target, self.delta)["threshold"]
-
-    def empirical_threshold_for(self, target: float) -> float | None:
-        """The former rule: the lowest threshold whose inner precision reaches `target` (no margin)."""
+        """The former (empirical) rule for another precision target on the same inner predictions of
+        its own modalities: the lowest threshold whose inner precision reaches `target`, no margin.
+        The report's trade-off table uses it; the deployed decision is per kind (`entry["kinds"]`)."""
         if not len(self.inner_confidence):
             return None
         return choose_threshold(self.inner_confidence, self.inner_correct, target)["threshold"]
+
+    def finite_sample_threshold_for(self, target: float) -> float | None:
+        """The finite-sample rule (`thresholds.finite_sample_threshold`) for `target`, same predictions."""
+        if not len(self.inner_confidence):
+            return None
+        return finite_sample_threshold(self.inner_confidence, self.inner_correct, target, self.delta)["threshold"]
 
 
 def _settings(candidate: Mapping) -> dict:
@@ -641,9 +642,9 @@ def _append(into: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
 def fit_kinds(inner: Mapping[str, Mapping[str, np.ndarray]], target: float, delta: float) -> dict:
     """The disagreement rule, the combiner and one threshold per kind, from inner-fold listings
     (see `fit`). The kinds' thresholds are chosen on cross-fitted combiner scores (each inner
-    fold scored by a combiner fitted on the others); the stored combiner is then fitted on every
-    inner listing. `cv.raw_share_kinds` keeps the thresholds on the raw vote share, to measure
-    what the combiner earns."""
+    fold scored by a combiner fitted on the others); the stored combiner is the ensemble of those
+    per-fold combiners (`combiner.cross_fitted`). `cv.raw_share_kinds` keeps the thresholds of the
+    other rules (raw share; the empirical cut), to measure what each step earns."""
     genuine = [inner[s]["disagreement"] for s in GENUINE_WITH_PHOTO if s in inner]
     genuine_d = np.concatenate(genuine) if genuine else np.zeros(0)
     mismatched = inner.get(MISMATCHED, {}).get("disagreement", np.zeros(0))
@@ -661,8 +662,7 @@ def fit_kinds(inner: Mapping[str, Mapping[str, np.ndarray]], target: float, delt
         if cut is not None
         else np.ones(len(pooled["kind"]), bool)
     )
-    crossed = cross_fitted_scores(pooled["features"], pooled["correct"], pooled["fold"])
-    combiner = fit_combiner(pooled["features"], pooled["correct"])
+    crossed, combiner = cross_fitted(pooled["features"], pooled["correct"], pooled["fold"])
     kinds, raw = {}, {}
     for kind in KINDS:
         here = (pooled["kind"] == kind) & passes

@@ -168,7 +168,10 @@ def test_combiner_scores_are_probabilities_and_learn_the_signal():
     assert model is not None
     s = combiner.score(model, features)
     assert ((s >= 0) & (s <= 1)).all() and s[correct].mean() > s[~correct].mean() + 0.3
-    crossed = combiner.cross_fitted_scores(features, correct, np.arange(400) % 4)
+    crossed, ensemble = combiner.cross_fitted(features, correct, np.arange(400) % 4)
     assert np.isfinite(crossed).all() and not np.allclose(crossed, s)
+    assert ensemble is not None and len(ensemble["models"]) == 4
+    members = np.mean([combiner.score(m, features) for m in ensemble["models"]], axis=0)
+    assert combiner.score(ensemble, features) == pytest.approx(members)
     assert combiner.fit_combiner(features, np.ones(400, bool)) is None
     _ = unit  # shared helper import kept for other tests
