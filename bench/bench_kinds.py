@@ -36,15 +36,49 @@ def language_rule(store) -> None:
         print(f"  {lang} titles read as {lang}: {foreign[(lang, lang)]} / {n}; as English: {foreign[(lang, 'en')]}")
 
 
+def predict_cost(store, n: int = 200) -> None:
+    """CPU milliseconds per query (single thread, so other load does not count): the kind
+    (language detection + vocabulary coverage) and the vote with the channel votes and the
+    per-kind decision. bench/bench_service.py measures the whole request."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from indexer.categorizer import Categorizer, describe, stored_queries, warm_up
+
+    warm_up()
+    categorizer = Categorizer(store)
+    rows = np.linspace(0, len(store.products) - 1, n).astype(int)
+    queries = stored_queries(store, rows)
+    kind_ms, vote_ms = [], []
+    with threadpool_limits(1):
+        for i, r in enumerate(rows):
+            product = store.products[int(r)]
+            t0 = time.process_time()
+            coverage = float(store.lexical.coverage([product.name])[0]) if store.lexical is not None else None
+            kind = describe(product.name, product.description, True, coverage)
+            t1 = time.process_time()
+            categorizer.predict_vectors({c: q[i : i + 1] for c, q in queries.items()}, kinds=[kind])
+            kind_ms.append(t1 - t0)
+            vote_ms.append(time.process_time() - t1)
+    print(
+        f"CPU per query ({n} stored products, 1 thread): kind {1000 * np.median(kind_ms):.2f} ms p50, "
+        f"vote + decision {1000 * np.median(vote_ms):.2f} ms p50"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cache", default="var/report-cache", help="embedding cache folder for the listings")
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--latency-only", action="store_true", help="the language rule and the CPU cost only")
     args = parser.parse_args()
     store = open_store(args.index)
     language_rule(store)
+    predict_cost(store)
+    if args.latency_only:
+        return
     t0 = time.perf_counter()
     material = kinds.report_material(store, QUERY_FILE, Path(args.cache))
     print(f"listing material {time.perf_counter() - t0:.0f} s: sorts {', '.join(material.sorts())}")
