@@ -17,6 +17,7 @@ k-NN vote per query, seed and setting.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from indexer.categorizer import (
     Categorizer,
     Fitted,
     Prediction,
+    describe,
     fit,
     grouped_folds,
     near_duplicate_groups,
@@ -161,12 +163,24 @@ def query_texts(store: IndexStore, queries: Sequence[SellerQuery], rows: np.ndar
     return texts
 
 
-def _outcomes(preds: list[Prediction], truth: np.ndarray, threshold: float | None) -> list[tuple[bool, bool]]:
-    """(correct, decided automatically) per prediction."""
-    return [
-        (p.category == t, threshold is not None and p.raw_confidence >= threshold)
-        for p, t in zip(preds, truth, strict=True)
-    ]
+def _outcomes(preds: list[Prediction], truth: np.ndarray) -> list[tuple[bool, bool]]:
+    """(correct, decided automatically) per prediction: the decision of the fold's fit for the
+    query's kind (its per-kind threshold and disagreement rule), as the service decides."""
+    return [(p.category == t, p.decision == "auto") for p, t in zip(preds, truth, strict=True)]
+
+
+def _kinds(store: IndexStore, queries: Sequence[SellerQuery], rows: np.ndarray, lang: str, idx: np.ndarray) -> list:
+    """The kind of each query of `lang` (its title and description; the English rows' own)."""
+    out = []
+    for i in idx:
+        if lang == "en-title":
+            out.append(describe(store.products[rows[i]].name, "", photo=False))
+        elif lang == "en-full":
+            product = store.products[rows[i]]
+            out.append(describe(product.name, product.description, photo=False))
+        else:
+            out.append(describe(queries[i].title, queries[i].description, photo=False))
+    return out
 
 
 def _scores(outcomes: list[tuple[bool, bool]]) -> dict:
@@ -201,6 +215,10 @@ def evaluate(
     dense = {name: query_channels(store, encoder, texts=batch)["text"] for name, (_, batch) in texts.items()}
     everyone = np.arange(len(queries))
     part_of = np.where(selection_part(store, queries, groups), "selection", "reporting")
+    kinds_of = {
+        lang: np.array(_kinds(store, queries, rows, lang, idx), dtype=object)
+        for lang, (idx, _) in {**texts, "en-full": (everyone, None)}.items()
+    }
     pooled: dict = {}
     for seed in seeds:
         folds = query_folds(store, groups, seed)
@@ -224,8 +242,14 @@ def evaluate(
                         query = dict(channels)
                         if with_photo and photos is not None:
                             query["image"] = photos[chosen]
-                        preds = model.categorizer.predict_vectors(query, exclude=exclude, with_neighbors=False)
-                        outcomes = _outcomes(preds, truth[chosen], model.threshold)
+                        kinds = [
+                            dataclasses.replace(k, photo=with_photo and photos is not None)
+                            for k in kinds_of[lang][here]
+                        ]
+                        preds = model.categorizer.predict_vectors(
+                            query, exclude=exclude, with_neighbors=False, kinds=kinds
+                        )
+                        outcomes = _outcomes(preds, truth[chosen])
                         for part, outcome in zip(part_of[chosen], outcomes, strict=True):
                             key = (part, setting, "text+photo" if with_photo else "text", lang, seed)
                             pooled.setdefault(key, []).append(outcome)
