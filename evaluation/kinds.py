@@ -63,7 +63,8 @@ def report_material(store: IndexStore, queries_path: str | Path | None, cache_di
 
         foreign = [(q.product_id, q.title, q.description) for q in load_queries(queries_path)]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    return listing_material(store, encoder, foreign=foreign, cache=cache_dir / "listings.sqlite")
+    own = [Path(store.path) / "cache.sqlite"]  # the build's calibration encoded the names there
+    return listing_material(store, encoder, foreign=foreign, cache=cache_dir / "listings.sqlite", read_from=own)
 
 
 def _gate(found: dict, cut: float | None) -> np.ndarray:

@@ -79,18 +79,31 @@ def first_words(text: str, limit: int = SHORT_TITLE_WORDS) -> str:
     return " ".join(text.split()[:limit])
 
 
-def _encode_cached(encoder: Encoder, texts: Sequence[str], cache_path: str | Path | None) -> np.ndarray:
-    """Query-role text vectors, from an embedding cache file when given (keyed by text and model)."""
+def _encode_cached(
+    encoder: Encoder, texts: Sequence[str], cache_path: str | Path | None, read_from: Sequence[Path] = ()
+) -> np.ndarray:
+    """Query-role text vectors, from an embedding cache file when given (keyed by text and model);
+    `read_from`: other cache files looked up first, never written (the index's own cache, where
+    the build's calibration left the names it encoded)."""
     from indexer.encoders.base import encode_text_queries
     from indexer.encoders.cache import content_key, open_cache
 
     model = f"{encoder.model_ids.get('text')}:query"
     if cache_path is None:
         return np.asarray(encode_text_queries(encoder, list(texts)), np.float32)
+    keys = [content_key(t) for t in texts]
+    found: dict[str, np.ndarray] = {}
+    for other in read_from:
+        if Path(other).is_file():
+            extra = open_cache(other)
+            try:
+                found.update(extra.get_many(model, [k for k in keys if k not in found]))
+            finally:
+                extra.close()
     cache = open_cache(cache_path)
     try:
-        keys = [content_key(t) for t in texts]
-        hits = cache.get_many(model, keys)
+        hits = cache.get_many(model, [k for k in keys if k not in found])
+        hits.update(found)
         todo = sorted({t for t, k in zip(texts, keys, strict=True) if k not in hits})
         if todo:
             fresh = encode_text_queries(encoder, todo)
@@ -101,14 +114,16 @@ def _encode_cached(encoder: Encoder, texts: Sequence[str], cache_path: str | Pat
         cache.close()
 
 
-def _written(store: IndexStore, encoder: Encoder, rows: np.ndarray, texts: list[str], cache: Any) -> Written:
+def _written(
+    store: IndexStore, encoder: Encoder, rows: np.ndarray, texts: list[str], cache: Any, read_from: Sequence[Path]
+) -> Written:
     from indexer.categorizer.vote import query_text
 
     normalised = [query_text(store, t, "") for t in texts]
     return Written(
         rows=np.asarray(rows, np.int64),
         texts=normalised,
-        dense=_encode_cached(encoder, normalised, cache),
+        dense=_encode_cached(encoder, normalised, cache, read_from),
         kinds=[describe(t, "", photo=False) for t in texts],
     )
 
@@ -119,12 +134,14 @@ def listing_material(
     rows: np.ndarray | None = None,
     foreign: Sequence[tuple[str, str, str]] = (),
     cache: str | Path | None = None,
+    read_from: Sequence[Path] = (),
 ) -> ListingMaterial:
     """Material for the listings of `rows` (default: every labelled product): each product's kind
     as stored; with an `encoder`, its name and first words encoded as a seller's query; and the
     `foreign` queries (product id, title, description) of products in the index. Cost: one
     language detection per product, and with an encoder 2 text encodings per product plus one
-    per foreign query (cached in `cache`, an embedding cache file, when given)."""
+    per foreign query (cached in `cache`, an embedding cache file, when given; the `read_from`
+    cache files are looked up first and never written)."""
     labels = store.labels()
     rows = np.flatnonzero(labels != "") if rows is None else np.asarray(rows, np.int64)
     stored_kinds = {
@@ -133,8 +150,8 @@ def listing_material(
     if encoder is None:
         return ListingMaterial(stored_kinds=stored_kinds)
     names = [store.products[int(r)].name for r in rows]
-    title = _written(store, encoder, rows, names, cache)
-    short = _written(store, encoder, rows, [first_words(n) for n in names], cache)
+    title = _written(store, encoder, rows, names, cache, read_from)
+    short = _written(store, encoder, rows, [first_words(n) for n in names], cache, read_from)
     out = ListingMaterial(title=title, short=short, stored_kinds=stored_kinds)
     known = [(store.row_of(pid), t, d) for pid, t, d in foreign]
     known = [(r, t, d) for r, t, d in known if r is not None]
@@ -145,7 +162,7 @@ def listing_material(
         out.foreign = Written(
             rows=np.array([r for r, _, _ in known], np.int64),
             texts=texts,
-            dense=_encode_cached(encoder, texts, cache),
+            dense=_encode_cached(encoder, texts, cache, read_from),
             kinds=[describe(t, d, photo=False) for _, t, d in known],
         )
     return out
