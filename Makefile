@@ -8,7 +8,7 @@ INDEX_DIR ?= var/index
 PORT ?= 8000
 export DATA_DIR INDEX_DIR PORT
 
-.PHONY: run test lint docs install index port-free bench report clean mutate
+.PHONY: run test lint docs install system-packages index port-free bench report clean mutate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed system-packages
+
+# The service's I/O front (service/front.py, docs/slow-clients.md) is HAProxy, a Debian package:
+# installed here when we are root, otherwise the line to run is printed. FRONT=none skips it.
+system-packages:
+	@if [ "$${FRONT:-haproxy}" != none ] && ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; \
+	  else \
+	    echo "make install: haproxy is missing: run 'sudo apt-get install haproxy' (or set FRONT=none)" >&2; exit 1; \
+	  fi; \
+	fi
 
 $(INDEX_DIR)/CURRENT: | install
 	$(PY) -m indexer build --data "$(DATA_DIR)" --out "$(INDEX_DIR)"

@@ -1,9 +1,12 @@
-"""The Milvus Lite store at catalogue scale, on a SYNTHETIC catalogue, against the FAISS store.
+"""The Milvus store at catalogue scale, on a SYNTHETIC catalogue, against exact search.
 
 The catalogue is bench_search_scale.py's: N products mixed from pairs of same-category real
 products of INDEX_DIR (default var/index), dense vectors and lexical rows; nothing is encoded.
-It is held as an in-memory FAISS store (Flat), then copied into a Milvus Lite database with
-`indexer.store.milvus.copy_to_milvus` (the code behind `python -m indexer to-milvus`).
+It is held as an in-memory FAISS store (Flat: exact search), then copied into Milvus with
+`indexer.store.milvus.copy_to_milvus` (the code behind `python -m indexer to-milvus`): by default
+a Milvus 2.3.5 standalone server that this bench starts from the `milvus` dev package
+(tests/milvus_server.py, free ports, data in a temporary folder; `--uri` names a running one
+instead), or Milvus Lite with `--lite`.
 
 Prints, per Milvus index type (FLAT, HNSW):
 - insert: the copy's time and products/s (entities with both vectors, the lexical channel and
@@ -11,21 +14,27 @@ Prints, per Milvus index type (FLAT, HNSW):
 - predict from stored vectors: the queries are held-out SYNTHETIC products (same recipe, another
   seed: their stored vectors and lexical rows, nothing encoded); one query at a time p50/p95
   (target: Milvus p50 <= 30 ms), and in batches (one search per channel per batch);
-- agreement: share of the held-out queries where both stores predict the same category
-  (target >= 99 %);
+- recall@10 of each dense channel against exact search over the same vectors (the FAISS Flat
+  store), on the held-out queries;
+- agreement: share of the held-out queries where Milvus and the exact store predict the same
+  fused category (target >= 99.5 %);
+- the server process's RSS and PSS after the copy and after the queries (a server only);
 - one add: `store.append` of one product (its latency), whether the next query finds it first,
   and that query's latency.
 The load average is printed beside every timing: this machine has 2 cores shared with other
-jobs, so the latencies are noisy upper bounds. FAISS runs with one thread (--threads), as a
-service worker does; Milvus Lite runs inside this process, on the same FAISS library.
+jobs, and the server shares them with this process, so the latencies are noisy upper bounds.
+FAISS runs with one thread (--threads), as a service worker does; Milvus Lite runs inside this
+process, on the same FAISS library. HNSW searches with ef = MILVUS_EF (default 128).
 
-Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 200] [--index-types FLAT,HNSW]
+Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 300] [--index-types FLAT,HNSW]
+     [--uri milvus://host:port | --lite]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,10 +44,15 @@ import numpy as np
 from bench_search_scale import synthetic
 from common import ROOT
 
+sys.path.insert(0, str(ROOT / "tests"))
+
 from indexer.catalog.products import Product
 from indexer.categorizer.vote import SIMILARITY_BUDGET, Categorizer, stored_queries
-from indexer.store import open_store  # noqa: E402
-from indexer.store.local.index import IndexStore, append
+from indexer.store import (
+    IndexStore,
+    append,
+    open_store,  # noqa: E402
+)
 from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop
 
 SEED = 0
@@ -77,6 +91,26 @@ def batch_categories(store: IndexStore, queries: dict, batch: int) -> tuple[list
     return out, (time.perf_counter() - t0) / n
 
 
+def recall_at_10(store: IndexStore, exact: IndexStore, queries: dict) -> str:
+    """Per dense channel: share of the exact top 10 that the store's search returns in its top 10."""
+    out = []
+    for name, channel in store.modalities.items():
+        q = queries[name]
+        have = np.flatnonzero(~np.isnan(q).any(axis=1) & (np.abs(q).sum(axis=1) > 0))
+        got = np.concatenate([channel.search(q[have[lo : lo + 25]], 10)[1] for lo in range(0, len(have), 25)])
+        _, want = exact.modalities[name].search(q[have], 10)
+        recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)])
+        out.append(f"{name} {recall:.3f} ({len(have)} queries)")
+    return ", ".join(out)
+
+
+def server_memory(server) -> str:  # noqa: ANN001 - tests/milvus_server.EmbeddedMilvus, or None
+    if server is None:
+        return "server memory: not measured (a server this bench did not start, or Lite)"
+    m = server.memory_mb()
+    return f"server process RSS {m['rss']:.0f} MB, PSS {m['pss']:.0f} MB"
+
+
 def one_add(store: IndexStore) -> None:
     """Add one product with fresh random unit vectors (no other product is near them), time the
     add, then the next query with those vectors: its nearest neighbour must be the new product."""
@@ -108,8 +142,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="queries per batch call (raised past the matrix budget)")
     parser.add_argument("--index-types", default="FLAT", help="FLAT and/or HNSW, comma-separated")
     parser.add_argument("--db", help="Milvus Lite *.db path (default: a temporary folder, removed after)")
+    parser.add_argument("--lite", action="store_true", help="Milvus Lite instead of a server")
+    parser.add_argument("--uri", help="a running Milvus server (milvus://host:port); default: start one here")
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads (the service's default is 1)")
     args = parser.parse_args()
+    # a FLAT batch search of hundreds of queries at 100k takes longer than the service's 10 s
+    os.environ.setdefault("MILVUS_TIMEOUT", "300")
     faiss.omp_set_num_threads(args.threads)  # Milvus Lite searches with this process's FAISS too
 
     real = open_store(args.index)
@@ -129,32 +167,51 @@ def main() -> None:
     want, faiss_per_query = batch_categories(faiss_store, queries, batch)
     times = single_queries(faiss_store, queries, args.latency_queries)
     print(
-        f"FAISS (Flat, in memory): one query {percentiles(times)} over {len(times)}; batches of {batch}: "
-        f"{1000 * faiss_per_query:.1f} ms per query ({load_average()})"
+        f"FAISS (Flat, in memory: exact search): one query {percentiles(times)} over {len(times)}; batches of "
+        f"{batch}: {1000 * faiss_per_query:.1f} ms per query ({load_average()})"
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-milvus-") as tmp:
-        db = args.db or str(Path(tmp) / "bench.db")
-        for index_type in [t.strip().upper() for t in args.index_types.split(",") if t.strip()]:
-            loc = MilvusLocation(str(Path(db).resolve()), f"bench_{index_type.lower()}")
-            print(f"Milvus Lite {index_type} ({loc.uri}, collection {loc.collection}):")
-            t0 = time.perf_counter()
-            copy_to_milvus(faiss_store, loc, index_type=index_type, replace=True)
-            copy = time.perf_counter() - t0
-            n = len(faiss_store.products)
-            print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
-            t0 = time.perf_counter()
-            store = MilvusIndexStore.open(loc)
-            print(f"  first open (products and flags read back): {time.perf_counter() - t0:.1f} s")
-            single_queries(store, queries, 1)  # warm-up: collection load, first search
-            times = single_queries(store, queries, args.latency_queries)
-            print(f"  one query: {percentiles(times)} over {len(times)} ({load_average()})")
-            got, per_query = batch_categories(store, queries, batch)
-            agree = np.mean([a == b for a, b in zip(want, got, strict=True)])
-            print(f"  batches of {batch}: {1000 * per_query:.1f} ms per query ({load_average()})")
-            print(f"  same category as FAISS: {agree:.2%} of {len(got)} queries")
-            one_add(store)
-            drop(loc)
+        server = None
+        if args.lite:
+            uri, kind = str(Path(args.db or str(Path(tmp) / "bench.db")).resolve()), "Milvus Lite"
+        elif args.uri:
+            uri, kind = args.uri, f"Milvus server at {args.uri}"
+        else:
+            from milvus_server import EmbeddedMilvus
+
+            server = EmbeddedMilvus(Path(tmp) / "server").start()
+            uri, kind = server.uri, "Milvus 2.3.5 standalone server (started here)"
+            print(f"{kind}: up in {server.started_in:.1f} s; {server_memory(server)} ({load_average()})")
+        try:
+            for index_type in [t.strip().upper() for t in args.index_types.split(",") if t.strip()]:
+                loc = MilvusLocation.parse(uri, f"bench_{index_type.lower()}")
+                print(f"{kind}, {index_type} (collection {loc.collection}):")
+                t0 = time.perf_counter()
+                copy_to_milvus(faiss_store, loc, index_type=index_type, replace=True)
+                copy = time.perf_counter() - t0
+                n = len(faiss_store.products)
+                print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
+                t0 = time.perf_counter()
+                store = MilvusIndexStore.open(loc)
+                print(
+                    f"  first open (products and flags read back, collections loaded): {time.perf_counter() - t0:.1f} s"
+                )
+                print(f"  {server_memory(server)}")
+                single_queries(store, queries, 3)  # warm-up: first searches
+                times = single_queries(store, queries, args.latency_queries)
+                print(f"  one query: {percentiles(times)} over {len(times)} ({load_average()})")
+                print(f"  recall@10 against exact search: {recall_at_10(store, faiss_store, queries)}")
+                got, per_query = batch_categories(store, queries, batch)
+                agree = np.mean([a == b for a, b in zip(want, got, strict=True)])
+                print(f"  batches of {batch}: {1000 * per_query:.1f} ms per query ({load_average()})")
+                print(f"  fused category equal to exact search's: {agree:.2%} of {len(got)} queries")
+                print(f"  {server_memory(server)}")
+                one_add(store)
+                drop(loc)
+        finally:
+            if server is not None:
+                server.remove()
 
 
 if __name__ == "__main__":

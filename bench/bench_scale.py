@@ -2,9 +2,12 @@
 
 The catalogue is SYNTHETIC (bench/synthetic.py `write_mixed_shards`): each product mixes two
 real products of the same category of the real index (INDEX_DIR, default var/index): vectors
-0.6 / 0.4 plus jitter, words of both texts. Its neighbourhoods are more clustered than a real
-catalogue's and its vocabulary is the real index's, so fused recall is optimistic and lexical
-postings are longer than real ones. Nothing is encoded.
+0.6 / 0.4 plus jitter, its title words of both real titles. Its description (--vocabulary):
+"heaps" (default) draws Zipf-distributed words from a vocabulary that grows with the catalogue
+like Heaps' law, as a real one does; "real" (the old catalogue) mixes the real descriptions, so
+the vocabulary stays the 945 real products' and lexical postings grow far longer than a real
+catalogue's. Its neighbourhoods are more clustered than a real catalogue's, so fused recall is
+optimistic. Nothing is encoded.
 
 Prints, per size:
 - shard generation time, then ingest time (a subprocess: `python -m indexer ingest`, its own
@@ -27,7 +30,7 @@ Prints, per size:
 - compaction time of those deltas into a new base (indexer.store.local.index.compact).
 
 Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--adds 100]
-     [--factory auto] [--calibrate] [--work DIR [--skip-ingest]]
+     [--factory auto] [--calibrate] [--vocabulary heaps|real] [--work DIR [--skip-ingest]]
 """
 
 from __future__ import annotations
@@ -47,11 +50,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from common import ROOT
-from synthetic import write_mixed_shards
+from synthetic import DESCRIPTION_WORDS, VOCABULARIES, ZIPF_EXPONENT, ZIPF_SHIFT, write_mixed_shards
 
 from indexer.catalog.products import Product
 from indexer.categorizer.vote import Categorizer, stored_queries
-from indexer.store import open_store  # noqa: E402
+from indexer.store import open_store, read_current  # noqa: E402
 from indexer.store.lexical import LexicalIndex, present_rows
 from indexer.store.local.index import IndexStore, ModalityIndex, append, compact
 from service.state import set_threads
@@ -60,7 +63,7 @@ WORKERS = r"""
 import gc, os, signal, sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
-from indexer.store.base import IndexStore
+from indexer.store import open_store
 from indexer.categorizer.vote import Categorizer
 threadpool_limits(limits=1, user_api="blas")
 t0 = time.perf_counter()
@@ -151,7 +154,7 @@ def workers(index: Path, count: int, more: int = 0) -> dict:
     `memory` and each worker's after 20 predictions, and with `more`, each worker's
     after `more` further predictions (mapped pages it touched add up)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     cache_index(live)
     proc = subprocess.Popen(
         [sys.executable, "-c", WORKERS, str(index), str(count), str(more)],
@@ -268,14 +271,16 @@ def lexical_both_ways(lexical: LexicalIndex, queries: sp.csr_matrix, k: int = 50
     )
 
 
-def reusable(shards: Path, n: int) -> bool:
-    """Shards a previous run of this bench left complete in --work (same size): generation is skipped."""
+def reusable(shards: Path, n: int, vocabulary: str) -> bool:
+    """Shards a previous run of this bench left complete in --work (same size and vocabulary):
+    generation is skipped."""
     try:
         spec = json.loads((shards / "embeddings.json").read_text())
     except (OSError, ValueError):
         return False
     extra = spec.get("extra", spec)
-    return bool(extra.get("complete")) and extra.get("products") == n and len(list(shards.glob("*.parquet"))) > 0
+    same = extra.get("products") == n and extra.get("vocabulary", "real") == vocabulary
+    return bool(extra.get("complete")) and same and len(list(shards.glob("*.parquet"))) > 0
 
 
 def ingest(shards: Path, index: Path, factory: str, calibrate: bool) -> None:
@@ -291,20 +296,39 @@ def ingest(shards: Path, index: Path, factory: str, calibrate: bool) -> None:
         print(f"  {line}")
 
 
-def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate: bool, skip_ingest: bool) -> None:
-    print(f"\n== {n} SYNTHETIC products (load average {load_average()})")
-    shards, index = root / f"shards-{n}", root / f"index-{n}"
+def describe_vocabulary(vocabulary: str) -> str:
+    if vocabulary == "heaps":
+        return (
+            f"vocabulary 'heaps': titles mix real titles' words; descriptions are {DESCRIPTION_WORDS} words of a "
+            f"Zipf-Mandelbrot law (s={ZIPF_EXPONENT}, q={ZIPF_SHIFT}) over a vocabulary growing like Heaps' law "
+            f"(distinct words ~ tokens^{1 / ZIPF_EXPONENT:.2f}), half shared, half the category's own"
+        )
+    return "vocabulary 'real' (the old catalogue): words of the 945 real products only, however large the catalogue"
+
+
+def run(
+    real: IndexStore,
+    n: int,
+    adds: int,
+    root: Path,
+    factory: str,
+    calibrate: bool,
+    skip_ingest: bool,
+    vocabulary: str = "heaps",
+) -> None:
+    print(f"\n== {n} SYNTHETIC products, {describe_vocabulary(vocabulary)} (load average {load_average()})")
+    shards, index = root / f"shards-{vocabulary}-{n}", root / f"index-{vocabulary}-{n}"
     t0 = time.perf_counter()
-    if reusable(shards, n):
+    if reusable(shards, n, vocabulary):
         print(f"shards: reusing the {n} SYNTHETIC products already in {shards}, {disk_mb(shards):.0f} MB")
     else:
-        write_mixed_shards(real, shards, n)
+        write_mixed_shards(real, shards, n, vocabulary=vocabulary)
         print(f"shards: {time.perf_counter() - t0:.1f} s, {disk_mb(shards):.0f} MB")
     if skip_ingest and (index / "CURRENT").exists():
         print(f"ingest: skipped (--skip-ingest), measuring the live version of {index}")
     else:
         ingest(shards, index, factory, calibrate)
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     print(f"disk, live version: {disk_mb(live):.0f} MB ({disk_mb(live) * 1e6 / n / 1e3:.1f} KB per product)")
     print(f"service ready after start: {service_ready(index)} (load average {load_average()})")
     for count in (1, 2):
@@ -317,7 +341,7 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
         every = [got["master"], *got["workers"]]
         total, anon = sum(m[1] for m in every), sum(m[2] for m in every)
         print(f"{line}; PSS total {total:.0f} MB, of it anon {anon:.0f} MB (load average {load_average()})")
-    live = index / "versions" / (index / "CURRENT").read_text().strip()
+    live = index / "versions" / read_current(index)
     drop_page_cache(live)
     store = open_store(index)
     cat = Categorizer(store)
@@ -345,6 +369,13 @@ def run(real: IndexStore, n: int, adds: int, root: Path, factory: str, calibrate
     print(f"predict from stored vectors ({len(rows)}, load average {load_average()}): {percentiles(times)}")
     print(f"similar search from stored vectors ({len(rows)}): {percentiles(similar)}")
     if store.lexical is not None:
+        terms = np.asarray(store.lexical.matrix.getnnz(axis=0))
+        asked = np.unique(queries["lexical"].indices)
+        print(
+            f"lexical channel: vocabulary {store.lexical.dim} terms, {store.lexical.matrix.nnz / n:.1f} terms per "
+            f"product; the queries' terms have {np.mean(terms[asked]):.0f} postings on average, "
+            f"the longest {terms.max()}"
+        )
         print(lexical_both_ways(store.lexical, queries["lexical"]))
     exact = exact_view(store)
     recall = recall_at_10(store, exact, queries)
@@ -400,6 +431,7 @@ def main() -> None:
     parser.add_argument("--index", default=os.environ.get("INDEX_DIR", str(ROOT / "var" / "index")))
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--skip-ingest", action="store_true", help="measure the index a previous run left in --work")
+    parser.add_argument("--vocabulary", default="heaps", choices=VOCABULARIES, help="synthetic text (see synthetic.py)")
     args = parser.parse_args()
     set_threads(1)  # torch, FAISS and BLAS: one thread per query, as a service worker (and WORKER) runs
     real = open_store(args.index)
@@ -407,7 +439,7 @@ def main() -> None:
     root = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     try:
         for n in (int(s) for s in args.sizes.split(",")):
-            run(real, n, args.adds, root, args.factory, args.calibrate, args.skip_ingest)
+            run(real, n, args.adds, root, args.factory, args.calibrate, args.skip_ingest, args.vocabulary)
     finally:
         if args.work is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -6,9 +6,18 @@ Two generators, both SYNTHETIC:
   the reading and writing cost only; their neighbours have no structure).
 - `write_mixed_shards` (bench_scale.py): each product mixes two real products of the same
   category of a real index: vectors 0.6 / 0.4 plus jitter (as bench_search_scale.py), the
-  first one's category path, words of both titles and descriptions. The neighbourhoods
-  are real-shaped but more clustered than a real catalogue, and the vocabulary is the real
-  index's (945 products), so lexical postings are longer than a real catalogue's would be.
+  first one's category path, and text in one of two vocabularies:
+  - "heaps" (the default): the title mixes words of both real titles (so the lexical channel
+    still knows the category), the description is DESCRIPTION_WORDS words drawn from a
+    vocabulary that grows with the catalogue as a real one does: word ranks follow a
+    Zipf-Mandelbrot law p(r) ~ 1 / (r + ZIPF_SHIFT)^ZIPF_EXPONENT over an unbounded vocabulary,
+    so the number of distinct words after T tokens grows like Heaps' law, T^(1/ZIPF_EXPONENT)
+    (about T^0.55), half of them shared by every category and half the category's own. Seeded
+    per shard, so deterministic.
+  - "real" (the old mode): words of both real titles and descriptions, so the vocabulary stays
+    the real index's (945 products) however large the catalogue, and the lexical postings grow
+    far longer than a real catalogue's.
+  The neighbourhoods are real-shaped but more clustered than a real catalogue.
 The shards are marked `"synthetic": true` in `embeddings.json` (and every id starts
 with "synthetic-"); they carry the embedded profile's model ids and dims only so that
 `python -m indexer ingest` accepts them. Their neighbours are far more regular than the
@@ -110,11 +119,52 @@ def _mixed_text(a: str, b: str, rng: np.random.Generator, keep: float) -> str:
     return " ".join(kept + [w for w in wb if rng.random() < 1 - keep])
 
 
+VOCABULARIES = ("heaps", "real")
+ZIPF_EXPONENT = 1.8  # Zipf-Mandelbrot exponent s: vocabulary ~ tokens^(1/s) (Heaps' beta ~0.55)
+ZIPF_SHIFT = 100.0  # Zipf-Mandelbrot shift q: the most frequent word is 0.8 % of the tokens, in ~11 % of products
+DESCRIPTION_WORDS = 30
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _word(rank: int, prefix: str) -> str:
+    """A made-up word for a vocabulary rank (letters only, so every tokenizer keeps it)."""
+    out = ""
+    while True:
+        rank, digit = divmod(rank, 26)
+        out += LETTERS[digit]
+        if rank == 0:
+            return prefix + out
+
+
+def zipf_ranks(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Word ranks (0 = most frequent) of a Zipf-Mandelbrot law over an unbounded vocabulary, by
+    inverse transform of its continuous (Pareto) tail: P(rank >= r) = ((r + 1 + q)/(1 + q))^-(s-1)."""
+    u = rng.random(size)
+    r = (1.0 + ZIPF_SHIFT) * u ** (-1.0 / (ZIPF_EXPONENT - 1.0)) - ZIPF_SHIFT
+    return np.minimum(np.floor(r), 2**40).astype(np.int64) - 1
+
+
+def heaps_description(rng: np.random.Generator, category: int) -> str:
+    """DESCRIPTION_WORDS words: each from the shared vocabulary or the category's own, half and half."""
+    ranks = zipf_ranks(rng, DESCRIPTION_WORDS)
+    own = rng.random(DESCRIPTION_WORDS) < 0.5
+    return " ".join(_word(int(r), LETTERS[category % 26] + "q" if o else "zq") for r, o in zip(ranks, own, strict=True))
+
+
 def write_mixed_shards(
-    real: IndexStore, folder: str | Path, n: int, shard_rows: int = 50_000, seed: int = 0, start_id: int = 0
+    real: IndexStore,
+    folder: str | Path,
+    n: int,
+    shard_rows: int = 50_000,
+    seed: int = 0,
+    start_id: int = 0,
+    vocabulary: str = "heaps",
 ) -> EmbeddingsSpec:
     """Write `n` SYNTHETIC products mixed from pairs of same-category products of `real` (see the
-    module docstring) as shards + embeddings.json. O(shard) memory, deterministic for a seed."""
+    module docstring) as shards + embeddings.json, text in `vocabulary` ("heaps" or "real").
+    O(shard) memory, deterministic for a seed."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {vocabulary!r}")
     labels = real.labels()
     by_cat = {c: np.flatnonzero(labels == c) for c in np.unique(labels) if c}
     cats = np.array(sorted(by_cat))
@@ -126,6 +176,7 @@ def write_mixed_shards(
         {
             "synthetic": True,
             "generator": "bench/synthetic.py write_mixed_shards",
+            "vocabulary": vocabulary,
             "source_index_version": real.version,
             "seed": seed,
             "products": n,
@@ -149,13 +200,18 @@ def write_mixed_shards(
             first[where] = rng.choice(by_cat[c], len(where))
             second[where] = rng.choice(by_cat[c], len(where))
         products = []
+        category_number = {c: i for i, c in enumerate(cats)}
         for offset, (a, b) in enumerate(zip(first, second, strict=True)):
             pa_, pb = real.products[int(a)], real.products[int(b)]
+            if vocabulary == "heaps":
+                description = heaps_description(rng, category_number[chosen[offset]])
+            else:
+                description = _mixed_text(pa_.description[:400], pb.description[:200], rng, 0.7)
             products.append(
                 Product(
                     id=f"synthetic-mixed-{start_id + start + offset:08d}",
                     name=_mixed_text(pa_.name, pb.name, rng, 0.8),
-                    description=_mixed_text(pa_.description[:400], pb.description[:200], rng, 0.7),
+                    description=description,
                     brand=pa_.brand,
                     price=pa_.price,
                     category_path=pa_.category_path,

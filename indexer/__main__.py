@@ -1,4 +1,4 @@
-"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | predict | calibrate ...`.
+"""Command line: `python -m indexer build | add | delete | relabel | history | info | verify | repair | ...`.
 
 Defaults come from the environment (DATA_DIR, INDEX_DIR, ENCODER_PROFILE, INDEX_FACTORY)
 so that `make run`, the service and CI agree without paths written in code.
@@ -154,16 +154,29 @@ def _describe(event: dict) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from indexer.pipeline.ingest import ingest
+    from indexer.pipeline.ingest import ingest, ingest_to_location
 
-    summary = ingest(
-        args.embeddings,
-        args.out,
-        profile=args.profile,
-        factory=args.factory,
-        batch_rows=args.batch_rows,
-        calibrate_decision=not args.no_calibrate,
-    )
+    if getattr(args, "store", None):  # straight into Milvus: no FAISS index is built
+        summary = ingest_to_location(
+            args.embeddings,
+            args.store,
+            profile=args.profile,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+            replace=args.replace,
+            index_type=args.index_type,
+            collection=args.collection,
+        )
+    else:
+        summary = ingest(
+            args.embeddings,
+            args.out,
+            profile=args.profile,
+            factory=args.factory,
+            batch_rows=args.batch_rows,
+            calibrate_decision=not args.no_calibrate,
+            added=_added(args),
+        )
     for line in summary.lines():
         print(line)
     refused = ValidationReport(issues=summary.report["issues"]).lines()
@@ -174,6 +187,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary.__dict__, indent=2, default=str))
     return 0
+
+
+def _added(args: argparse.Namespace) -> str:
+    """What a rebuild does with products added since the last one (--keep-added / --drop-added)."""
+    return "keep" if getattr(args, "keep_added", False) else "drop" if getattr(args, "drop_added", False) else "refuse"
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -255,31 +273,62 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every file of the live version (or of all versions) against the manifest's sizes and
-    checksums, and its arrays against the counts; exit 1 naming the damaged file."""
-    import time
+    """Check CURRENT (its seal, a roll-back), the live version (or every kept version) against the
+    sizes, checksums and seals recorded at publish, and the seal chain between versions; exit 1
+    naming what is damaged and the version `repair` would restore."""
+    from indexer.store.local.repair import inspect
 
-    from indexer.store.local.index import IndexDamaged, list_versions, read_current, verify_version
-
-    path = Path(args.index)
-    live = read_current(path)
-    versions = list_versions(path) if args.all else [live]
-    damaged = 0
-    for version in versions:
-        start = time.perf_counter()
-        try:
-            store = verify_version(path, version)
-        except IndexDamaged as exc:
-            damaged += 1
-            print(f"version {version}{' (live)' if version == live else ''}: DAMAGED: {exc}")
+    report = inspect(args.index, all_versions=args.all)
+    if report.pointer_problem:
+        print(f"CURRENT: {report.pointer_problem}")
+    else:
+        form = "one-line form written before seals" if report.legacy else "sealed"
+        print(f"CURRENT: ok ({form}), names version {report.named}")
+    for check in report.versions:
+        tag = " (live)" if check.version == report.named else ""
+        if not check.ok:
+            print(f"version {check.version}{tag}: DAMAGED: {check.problem}")
             continue
-        seconds = time.perf_counter() - start
-        size = sum(f["size"] for f in store.manifest["files"].values())
+        sealed = "not sealed (written before seals)"
+        if check.sealed:
+            sealed = "sealed" + (f", follows version {check.previous}" if check.previous else "")
         print(
-            f"version {version}{' (live)' if version == live else ''}: ok, {len(store.manifest['files'])} files, "
-            f"{size / 1e6:.1f} MB, {len(store.products)} products, checked in {seconds * 1000:.0f} ms"
+            f"version {check.version}{tag}: ok, {check.files} files, {check.size / 1e6:.1f} MB, {check.products} "
+            f"products ({check.deltas} deltas, {check.delta_products} products), {sealed}, "
+            f"checked in {check.seconds * 1000:.0f} ms"
         )
-    return 1 if damaged else 0
+    for problem in report.chain_problems:
+        print(f"seal chain: {problem}")
+    damaged = any(not check.ok for check in report.versions)
+    if report.healthy and not damaged:
+        return 0
+    if not report.healthy:
+        intact = report.newest_intact
+        print(
+            f"newest intact version: {intact}; `python -m indexer repair {args.index}` shows how it restores CURRENT"
+            if intact
+            else "no version verifies: rebuild with `python -m indexer build`"
+        )
+    return 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Point CURRENT at the newest version that verifies (moving damaged newer versions aside),
+    after printing what it will do; only with --yes is anything changed."""
+    from indexer.store.local.repair import apply_repair, describe, plan_repair
+
+    plan = plan_repair(args.index)
+    for line in describe(plan):
+        print(line)
+    if plan.target is None:
+        return 2
+    if not plan.needed:
+        return 0
+    if not args.yes:
+        print("nothing was changed: run again with --yes to apply")
+        return 1
+    print(f"repaired: CURRENT names version {apply_repair(args.index, plan)}")
+    return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
@@ -374,6 +423,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         no_calibrate=False,
         report=False,
         json=None,
+        keep_added=False,
+        drop_added=False,
     )
     if cmd_ingest(ingest) or not args.store:
         return 0 if not args.store else 1
@@ -432,6 +483,20 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-calibrate", action="store_true", help="skip the CV calibration (decisions: review)")
     g.add_argument("--report", action="store_true", help="print every refused row")
     g.add_argument("--json", help="also write the summary as JSON to this file")
+    g.add_argument(
+        "--store",
+        default=None,
+        help="ingest straight into this Milvus location (milvus://host:19530[/collection] or *.db) "
+        "instead of a FAISS index at --out",
+    )
+    g.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (--store)")
+    g.add_argument("--collection", help="Milvus collection name (--store; default: the URI path or 'products')")
+    g.add_argument("--replace", action="store_true", help="drop an existing Milvus collection first (--store)")
+    kept = g.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--keep-added", action="store_true", help="keep products added since the last build (their stored vectors)"
+    )
+    kept.add_argument("--drop-added", action="store_true", help="drop products added since the last build")
     g.set_defaults(func=cmd_ingest)
     i = sub.add_parser("info", help="describe an index")
     i.add_argument("index", nargs="?", default=index_dir_default())
@@ -441,6 +506,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("index", nargs="?", default=index_dir_default())
     v.add_argument("--all", action="store_true", help="every kept version, not only the live one")
     v.set_defaults(func=cmd_verify)
+    fix = sub.add_parser("repair", help="point CURRENT at the newest version that verifies (shows the plan first)")
+    fix.add_argument("index", nargs="?", default=index_dir_default())
+    fix.add_argument("--yes", action="store_true", help="apply the plan (without it nothing is changed)")
+    fix.set_defaults(func=cmd_repair)
     d = sub.add_parser("delete", help="delete products by id (recorded in the index's audit trail)")
     d.add_argument("index", help="index folder (or Milvus location)")
     d.add_argument("ids", nargs="+", metavar="ID", help="product ids; one unknown or deleted id refuses them all")
@@ -514,6 +583,12 @@ def main(argv: list[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # a full or read-only disk: say so, the index is left as it was
+        print(
+            f"error: {exc.strerror or exc} ({exc.filename or 'the index folder'}); nothing was published",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -15,15 +16,15 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.catalog import CategoryPathError, Product, check_category_path, parse_category_path
-from indexer.categorizer import Neighbor
-from indexer.store import DuplicateProduct, IndexStore, ProductNotFound, delete, relabel
+from indexer.categorizer import Neighbor, QueryKind, describe, query_text
+from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, ProductNotFound, delete, kept_products, relabel
 
 from . import metrics
 from .auth import check_bearer
 from .config import Config
 from .crossmodal import encode_image_space, search_modality, zero_shot
-from .errors import ApiError
-from .inputs import decode_image, parse_number, read_category_path, read_request
+from .errors import ApiError, storage_error
+from .inputs import MAX_CATEGORY_CHARS, decode_image, parse_number, read_category_path, read_request
 from .media import clean_orphans, image_file, stage_upload, thumbnail_jpeg
 from .search import category_filter, encode_query, product_public, product_vectors, search
 from .state import Loaded, NotReady, ServiceState
@@ -84,6 +85,14 @@ def hits_public(live: Loaded, hits: Sequence[Neighbor]) -> list[dict]:
 
 
 # ---- predict ---------------------------------------------------------------------------
+def listing_kind(store: IndexStore, query: Any) -> QueryKind:
+    """The kind of a seller's listing (channels, words, language, vocabulary coverage): it
+    chooses the threshold of the decision (indexer.categorizer.kinds)."""
+    text = query_text(store, query.title, query.description)
+    coverage = float(store.lexical.coverage([text])[0]) if store.lexical is not None and text else None
+    return describe(query.title, query.description, photo=query.image is not None, coverage=coverage)
+
+
 @bp.post("/predict")
 def predict() -> Response:
     t0 = time.perf_counter()
@@ -91,9 +100,11 @@ def predict() -> Response:
     live = loaded()
     encoded = encode_query(live, query, config().parallel_encode)
     t1 = time.perf_counter()
-    prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
+    kind = listing_kind(live.store, query)
+    prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k, kinds=[kind])[0]
     t2 = time.perf_counter()
     body = prediction.public()
+    body["kind"] = kind.public()
     for neighbor in body["neighbors"]:
         product = live.store.products[find_row(live.store, neighbor["id"])]
         neighbor["image_url"] = image_url(product, live.store)
@@ -102,7 +113,7 @@ def predict() -> Response:
     timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
     body.update(
         timing_ms=timing,
-        threshold=live.categorizer.threshold,
+        threshold=live.categorizer.threshold_of(kind.name),
         index_version=live.version,
     )
     metrics.observe_stages(timing)
@@ -240,26 +251,36 @@ def add_product() -> Response:
         raise ApiError(409, f"id {product_id} belongs to a listing (GET /api/v1/review/{product_id})", "Conflict")
     index_dir = state().index_dir
     staged = final = None
-    if query.image is not None:
-        staged, final = stage_upload(index_dir, product_id, query.image)
-    product = Product(
-        id=product_id,
-        name=query.title,
-        description=query.description,
-        brand=(brand or "").strip() or None,
-        price=price,
-        category_path=path,
-        image=final.name if final else None,
-        image_path=final,
-    )
-
-    def move_photo_into_place(winner: IndexStore) -> None:
-        """Under the write lock, once this add is known to win: the photo takes its name."""
-        if staged is not None and final is not None:
-            os.replace(staged, final)
-        clean_orphans(index_dir, lambda name: name == product.image or names_upload(winner, name))
-
     try:
+        if query.image is not None:
+            staged, final = stage_upload(index_dir, product_id, query.image)
+        product = Product(
+            id=product_id,
+            name=query.title,
+            description=query.description,
+            brand=(brand or "").strip() or None,
+            price=price,
+            category_path=path,
+            image=final.name if final else None,
+            image_path=final,
+        )
+
+        def move_photo_into_place(winner: IndexStore) -> None:
+            """Under the write lock, once this add is known to win: the photo takes its name, and
+            photos no kept version names any more are removed."""
+            if staged is not None and final is not None:
+                os.replace(staged, final)
+            held: list = []
+
+            def referenced(name: str) -> bool:
+                if name == product.image or names_upload(winner, name):
+                    return True
+                if not held:  # read the kept versions only when the live one does not name a photo
+                    held.append(kept_products(index_dir))
+                return bool(held[0](Path(name).stem))
+
+            clean_orphans(index_dir, referenced)
+
         store, report = add_products(
             index_dir,
             [dataclasses.replace(product, image_path=staged)] if staged else [product],
@@ -270,9 +291,21 @@ def add_product() -> Response:
         )
     except DuplicateProduct as exc:  # another request added the same id first
         raise ApiError(409, str(exc), "Conflict") from None
+    except IndexDamaged as exc:  # no writer builds on damage; reads go on from the version served
+        raise ApiError(
+            503,
+            f"the index cannot take adds: {exc}; reads keep working from the version served",
+            "Service Unavailable",
+        ) from None
+    except OSError as exc:
+        problem = storage_error(exc, "the product was not added; nothing stored before was lost")
+        if problem is None:
+            raise
+        raise problem from exc
     finally:
         if staged is not None:
-            staged.unlink(missing_ok=True)  # still there only if this add lost or failed
+            with contextlib.suppress(OSError):  # a read-only disk: the staged file could not be made anyway
+                staged.unlink(missing_ok=True)  # still there only if this add lost or failed
     state().adopt(store)
     metrics.set_index_size(store.product_count())
     current_app.extensions["recalibrator"].changed()
@@ -286,17 +319,24 @@ def add_product() -> Response:
 
 
 def _new_category(body: object) -> tuple[str, ...]:
-    """The new path of a PATCH: {"category": "A >> B >> C"} or {"category_path": ["A", "B"]}."""
+    """The new path of a PATCH, sent once: {"category": "A >> B >> C"} or {"category_path":
+    ["A", "B", "C"]} (both, or neither: 400, as for POST /products). Stricter than the add:
+    a blank level is refused, not dropped, since it changes a product already filed."""
     if not isinstance(body, dict):
         raise ApiError(400, 'send a JSON object: {"category": "A >> B >> C"}')
     unknown = sorted(set(body) - {"category", "category_path"})
     if unknown:
         raise ApiError(400, f"only the category can be changed; unknown fields: {', '.join(unknown[:5])}")
+    if "category" in body and "category_path" in body:
+        raise ApiError(400, "send the category once: either 'category' ('A >> B >> C') or 'category_path' (its levels)")
+    raw = body.get("category")
+    if isinstance(raw, str) and len(raw) > MAX_CATEGORY_CHARS:
+        raise ApiError(400, f"category is {len(raw)} characters, over the {MAX_CATEGORY_CHARS}-character limit")
     try:
         if "category_path" in body:
             return check_category_path(body["category_path"])
         if "category" in body:
-            return parse_category_path(body["category"])
+            return parse_category_path(raw)
     except CategoryPathError as exc:
         raise ApiError(400, f"malformed category: {exc}") from None
     raise ApiError(400, 'send the new category: {"category": "A >> B >> C"}')

@@ -14,7 +14,7 @@ from indexer.encoders import Encoder
 
 from . import api, batch, docs, errors, listing_api, metrics, review_page, web
 from .config import Config
-from .inputs import BodyDeadline, check_url
+from .inputs import BodyDeadline, check_url, decode_budget
 from .listings import Listings
 from .recalibration import Recalibrator
 from .state import ServiceState, set_threads
@@ -36,6 +36,7 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     set_threads(config.torch_threads)
     state = ServiceState(config, encoder=encoder)
     app.extensions["service_state"] = state
+    app.extensions["decode_budget"] = decode_budget(config)
     listings = app.extensions["listings"] = Listings(state)
     app.extensions["recalibrator"] = listings.recalibrator = Recalibrator(
         state, lambda: listings.audit, config.recalibrate_after

@@ -51,6 +51,8 @@ class Config:
                       cost is printed by bench/bench_verify.py); 0: sizes and counts only
     MAX_URL_BYTES     longest request target (path + query), default 4096 -> 414 problem+json
     BODY_TIMEOUT      seconds a request may take to send its whole body under gunicorn (default 30) -> 408
+    DECODE_BUDGET_PIXELS  pixels one worker decodes at once (default 80 M: two images at the 40 MP limit);
+                      an upload that finds no room within DECODE_WAIT_SECONDS (default 2) gets 503 + Retry-After
     VECTOR_STORE      "faiss" (default: the index in INDEX_DIR), milvus://host:19530[/collection] (a Milvus
                       server) or a Milvus Lite *.db path: the index is served from that collection, while
                       INDEX_DIR keeps the local files (uploaded photos, embedding cache); see indexer.store.factory
@@ -79,6 +81,8 @@ class Config:
     max_url_bytes: int = 4096
     max_json_depth: int = 32
     body_timeout: float = 30.0
+    decode_budget_pixels: int = 80_000_000
+    decode_wait_seconds: float = 2.0
     vector_store: str | None = None
 
     @classmethod
@@ -100,6 +104,8 @@ class Config:
             verify_checksums=os.environ.get("INDEX_VERIFY_CHECKSUMS", "1").lower() not in ("0", "false", "no", "off"),
             max_url_bytes=_int("MAX_URL_BYTES", cls.max_url_bytes),
             body_timeout=_int("BODY_TIMEOUT", int(cls.body_timeout)),
+            decode_budget_pixels=_int("DECODE_BUDGET_PIXELS", cls.decode_budget_pixels),
+            decode_wait_seconds=_int("DECODE_WAIT_SECONDS", int(cls.decode_wait_seconds)),
             vector_store=_vector_store(os.environ.get("VECTOR_STORE")),
         )
         known = {f.name for f in fields(cls)}

@@ -6,6 +6,7 @@ data folders, temp files) are replaced by the variable that names them or a file
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -15,6 +16,8 @@ from typing import Any
 from flask import Flask, Response, current_app, has_app_context, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
+
+from indexer.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,34 @@ class ApiError(Exception):
         self.detail = detail
         self.title = title
         self.extra = extra
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)"}
+NOT_WRITABLE[errno.EPERM] = NOT_WRITABLE[errno.EACCES]
+
+
+def storage_error(exc: OSError, consequence: str) -> ApiError | None:
+    """The problem a failed write of the index folder is to a client: 507 when its disk is full,
+    503 when it is read-only or not writable, each naming the cause (`cause`: "disk_full",
+    "read_only"); None for other errors (a 500: they are bugs or unknown failures)."""
+    reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
+    if exc.errno in DISK_FULL:
+        return ApiError(
+            507,
+            f"the index disk is full ({reason}): {consequence}; free some space and send it again",
+            "Insufficient Storage",
+            cause="disk_full",
+        )
+    if exc.errno in NOT_WRITABLE:
+        return ApiError(
+            503,
+            f"the index folder {NOT_WRITABLE[exc.errno]} ({reason}): {consequence}; writes are refused until "
+            "it is writable again, reads keep working",
+            "Service Unavailable",
+            cause="read_only",
+        )
+    return None
 
 
 def _known_roots() -> Iterable[tuple[str, str]]:
@@ -89,6 +120,18 @@ def register(app: Flask) -> None:
         response = problem(exc.status, exc.detail, exc.title, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        if "retry_after" in exc.extra:  # 503: when to try again, for clients and proxies
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
+        """The vector store's server is away (down, restarting, loading): 503, retry soon. The
+        same process serves again once it is back (the client reconnects by itself)."""
+        log.warning("vector store unavailable: %s", exc)
+        # the detail names no address: the server's location is an internal (logged above)
+        response = problem(503, "the vector store is unavailable; retry shortly", "Service Unavailable")
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(HTTPException)

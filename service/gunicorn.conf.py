@@ -13,6 +13,9 @@ each, so clients that trickle their bodies hold a thread, not a worker; BODY_TIM
 (service.config, default 30 s) bounds how long they hold it. Torch still runs one thread per
 worker: requests of one worker share its core, the encoders serialise per model.
 
+In front of the workers, HAProxy (service/front.py, started from on_starting / when_ready)
+holds slow connections and answers 408 / 429 (docs/slow-clients.md); FRONT=none turns it off.
+
 Environment: PORT (8000), WEB_CONCURRENCY (2), GUNICORN_THREADS (8), GUNICORN_WORKER_CLASS
 (default service.workers.ProblemThreadWorker; "sync" for the old model), GUNICORN_TIMEOUT (60),
 TORCH_THREADS (1), PROMETHEUS_MULTIPROC_DIR (default: a fresh temp folder),
@@ -75,7 +78,9 @@ for _name in os.listdir(_multiproc_dir):
 def on_starting(server: Arbiter) -> None:
     """Before gunicorn binds: a port in use is one clear line and exit status 1, not five
     "Connection in use" retries. (With preload_app this runs once the index is loaded;
-    `make run` checks the port before building the index.)"""
+    `make run` checks the port before building the index.) Then the front takes that address
+    (FRONT=haproxy, docs/slow-clients.md) and gunicorn moves to a private unix socket."""
+    from service import front
     from service.serving import busy_message
 
     logging.basicConfig(level=loglevel.upper())
@@ -84,6 +89,7 @@ def on_starting(server: Arbiter) -> None:
         server.log.error(message)
         on_exit(server)
         sys.exit(1)
+    front.take_public_address(server)
 
 
 def when_ready(server: Arbiter) -> None:
@@ -92,9 +98,12 @@ def when_ready(server: Arbiter) -> None:
     write to (and so copy) the shared pages."""
     import gc
 
+    from service import front
     from service.serving import urls
 
-    for url in urls([listener.sock.getsockname() for listener in server.LISTENERS]):
+    front.start(server)  # HAProxy on the public address, if FRONT=haproxy
+    public = front.public_address()
+    for url in urls([public] if public else [listener.sock.getsockname() for listener in server.LISTENERS]):
         server.log.info("seller page: %s  API page: %sdocs", url, url)
     gc.collect()
     gc.freeze()
@@ -129,5 +138,8 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
 
 def on_exit(server: Arbiter) -> None:
+    from service import front
+
     if _multiproc_dir.startswith(tempfile.gettempdir()) and "service-metrics-" in _multiproc_dir:
         shutil.rmtree(_multiproc_dir, ignore_errors=True)
+    front.stop(server)  # last: exits with status 1 if HAProxy had died

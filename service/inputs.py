@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Request
+from flask import Request, current_app
 
-from indexer.catalog import CATEGORY_SEPARATOR, ImageError, ImageLimits, load_image
+from indexer.catalog import CATEGORY_SEPARATOR, DecodeBudget, DecodeBusy, ImageError, ImageLimits, load_image
 
 from .config import Config
 from .errors import ApiError
@@ -235,20 +235,29 @@ def check_url(environ: dict, config: Config) -> None:
         )
 
 
+def decode_budget(config: Config) -> DecodeBudget:
+    """The app's decode budget: one per worker process (gunicorn forks the app before any request)."""
+    return DecodeBudget(config.decode_budget_pixels, config.decode_wait_seconds)
+
+
 def decode_image(data: bytes, draft_size: int | None) -> Image.Image:
-    """RGB image from uploaded bytes, or 422 with indexer.catalog.images' reason."""
+    """RGB image from uploaded bytes, or 422 with indexer.catalog.images' reason; 503 with
+    Retry-After when the worker's decode budget stays full (a burst of huge images)."""
+    budget = current_app.extensions.get("decode_budget")
     try:
-        return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env())
+        return load_image(data, draft_size=draft_size, limits=ImageLimits.from_env(), budget=budget)
     except ImageError as exc:
         raise ApiError(422, str(exc), "Unprocessable image") from None
+    except DecodeBusy as exc:
+        raise ApiError(503, str(exc), "Service Unavailable", retry_after=exc.retry_after) from None
 
 
 class _DeadlineStream:
     """wsgi.input that turns a body cut short by `BodyDeadline` into 408; cancels the
-    deadline once the whole body has arrived."""
+    deadline once the whole body has arrived (`length` bytes, or the end of a chunked body)."""
 
     def __init__(
-        self, stream: Any, length: int, expired: threading.Event, done: Callable[[], None], seconds: float
+        self, stream: Any, length: int | None, expired: threading.Event, done: Callable[[], None], seconds: float
     ) -> None:
         self._stream = stream
         self._left = length
@@ -256,9 +265,13 @@ class _DeadlineStream:
         self._done = done
         self._seconds = seconds
 
-    def _after(self, data: bytes) -> bytes:
-        self._left -= len(data)
-        if self._left <= 0:
+    def _after(self, data: bytes, asked: int | None = None) -> bytes:
+        if self._left is not None:
+            self._left -= len(data)
+            finished = self._left <= 0
+        else:  # chunked: the stream says b"" at the end of the body
+            finished = not data and asked != 0
+        if finished:
             self._done()
         elif self._expired.is_set():
             raise _timeout(self._seconds)
@@ -266,7 +279,7 @@ class _DeadlineStream:
 
     def read(self, *args: int) -> bytes:
         try:
-            return self._after(self._stream.read(*args))
+            return self._after(self._stream.read(*args), args[0] if args else None)
         except Exception:
             if self._expired.is_set():
                 raise _timeout(self._seconds) from None
@@ -304,7 +317,9 @@ class BodyDeadline:
     A timer shuts the connection's read side once `body_timeout` seconds have passed
     without the whole body; the blocked read returns, the client gets 408 problem+json and
     the connection is closed. So a client trickling bytes (or sending nothing) holds a
-    request thread for at most `body_timeout` seconds. One timer per request with a body."""
+    request thread for at most `body_timeout` seconds, chunked or not. One timer per request
+    with a body. Behind the front (service/front.py) only bodies larger than its buffer
+    arrive here still in flight; with FRONT=none, every one does."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], body_timeout: float) -> None:
         self.app = app
@@ -313,10 +328,12 @@ class BodyDeadline:
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         sock = environ.get("gunicorn.socket")
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
+            length: int | None = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if sock is None or self.body_timeout <= 0 or length <= 0:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            length = None  # chunked: no length, the deadline ends with the body
+        if sock is None or self.body_timeout <= 0 or length == 0:
             return self.app(environ, start_response)
         expired = threading.Event()
 

@@ -25,17 +25,23 @@ EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": 
 def image_file(product: Product, store: IndexStore, data_dir: str | None) -> Path | None:
     """The product's photo on this machine.
 
-    Index records may hold paths relative to where the build ran, so the file is also
-    looked for by name in the index's uploads/, in DATA_DIR/Images and in the dataset
-    folder the manifest names.
+    An uploaded photo is stored relative to the index folder (the store resolves it under the
+    folder it was loaded from), so a copied or moved index serves its own photos; an index
+    written before that stored absolute upload paths, so a path into some other uploads/ folder
+    comes after this index's own uploads/. Catalogue photos may have moved too: they are also
+    looked for by name in DATA_DIR/Images and in the dataset folder the manifest names.
     """
     if not product.image:
         return None
     name = Path(product.image).name
+    own = store.path / UPLOADS / name
     candidates = []
     if product.image_path is not None:
-        candidates.append(Path(product.image_path))
-    candidates.append(store.path / UPLOADS / name)
+        stored = Path(product.image_path)
+        if stored.parent.name == UPLOADS and stored.parent != store.path / UPLOADS:
+            candidates.append(own)
+        candidates.append(stored)
+    candidates.append(own)
     for folder in (data_dir, store.manifest.get("data_dir")):
         if folder:
             candidates.append(Path(folder) / IMAGES_DIR / name)
@@ -91,9 +97,10 @@ def stage_upload(index_dir: Path, product_id: str, data: bytes) -> tuple[Path, P
 def clean_orphans(
     index_dir: Path, referenced: Callable[[str], bool], staged_older_than: float = STAGING_MAX_AGE
 ) -> list[Path]:
-    """Delete photos in INDEX_DIR/uploads that no product of the live version names
-    (`referenced(file name)` is False), and staging files older than `staged_older_than`
-    seconds (adds killed before they won).
+    """Delete photos in INDEX_DIR/uploads that no product of a kept version names
+    (`referenced(file name)` is False: the caller asks the live version, then the versions a
+    fall-back may serve), and staging files older than `staged_older_than` seconds (adds killed
+    before they won).
 
     The caller holds the index's write lock (photos are moved into place only under it, so
     an unreferenced photo belongs to no add in flight); younger staging files may belong

@@ -51,9 +51,15 @@ INDEX_REFUSALS = Counter(
 )
 INDEX_REFUSED = Gauge(
     "index_version_refused",
-    "Number of the live index version this process refuses to serve (0: none refused)",
+    "Number of the index version this process refuses to serve (0: none refused; -1: CURRENT itself is damaged)",
     registry=REGISTRY,
     multiprocess_mode="max",
+)
+INDEX_SERVED = Gauge(
+    "index_version_served",
+    "Number of the index version this process serves",
+    registry=REGISTRY,
+    multiprocess_mode="min",
 )
 
 
@@ -69,6 +75,10 @@ def observe_stages(timing_ms: dict) -> None:
 
 def set_index_size(n: int) -> None:
     INDEX_PRODUCTS.set(n)
+
+
+def set_served(version: str) -> None:
+    INDEX_SERVED.set(int(version) if version.isdigit() else -1)
 
 
 def record_refusal(version: str | None) -> None:

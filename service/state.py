@@ -7,10 +7,15 @@ noticed by `IndexStore.is_stale()` - one small file read - before each request.
 
 A version that fails to load or verify is refused with one log line naming the file: a
 running process keeps serving the version it has (reported in /readyz and /metrics); a
-fresh start serves the newest older version that verifies, and with none exits (see
-`create_app`) naming the damaged file. Each (re)load checks checksums when
-`Config.verify_checksums` (INDEX_VERIFY_CHECKSUMS, default on): O(index bytes), measured
-by bench/bench_verify.py.
+fresh start serves the newest version that verifies, and with none exits (see
+`create_app`) naming the damaged file. The same holds for `CURRENT` itself (a damaged or
+truncated pointer, or one rolled back to an older version: indexer.store.local.versions): a
+running process never moves to an older version, nor to its own version with fewer deltas. A
+refusal is retried only once the pointer changes (`indexer.store.live_fingerprint`: a new
+publish, an add, `python -m indexer repair`).
+Each (re)load checks checksums when `Config.verify_checksums` (INDEX_VERIFY_CHECKSUMS, default
+on): O(index bytes), measured by bench/bench_verify.py. A fresh start first removes what dead
+writers left in the index folder (staging folders of a compaction killed by a full disk...).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from indexer.store import (
     IndexNotFound,
     IndexStore,
     check_compatible,
+    clean_leftovers,
     last_verified,
+    live_fingerprint,
     open_store,
     read_current,
 )
@@ -78,7 +85,11 @@ def set_threads(n: int) -> None:
 
 def categorizer_for(store: IndexStore) -> Categorizer:
     """The manifest's categorizer; calibrated here when the build stored none (an index ingested
-    with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review)."""
+    with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review).
+    The language model of the query kinds is loaded here too, not on the first request."""
+    from indexer.categorizer import warm_up
+
+    warm_up()
     if store.manifest.get("categorizer"):
         return Categorizer(store)
     from indexer.categorizer import calibrate
@@ -103,6 +114,7 @@ class ServiceState:
         self._mismatched: str | None = None
         self.error: str | None = None
         self.refused: dict | None = None  # the newest version refused: {"version", "file", "reason"}
+        self._refused_pointer: tuple | None = None  # the pointer when a version was refused: retried once it changes
         self.fatal = False  # damage, and no version that verifies: a fresh start must not serve
         self.reloads = 0
 
@@ -135,12 +147,13 @@ class ServiceState:
     def _refuse(self, version: str | None, exc: Exception) -> None:
         """Remember and report a refused version: one log line naming the file, /readyz, /metrics."""
         file = getattr(exc, "file", None)
-        self.refused = {
-            "version": version,
-            "file": f"{file.parent.name}/{file.name}" if file is not None else None,
-            "reason": str(exc),
-        }
-        metrics.record_refusal(version)
+        version = getattr(exc, "named", None) or version
+        shown = None
+        if file is not None:
+            shown = file.name if file.parent == self.index_dir else f"{file.parent.name}/{file.name}"
+        self.refused = {"version": version, "file": shown, "reason": str(exc)}
+        self._refused_pointer = live_fingerprint(self.index_dir)
+        metrics.record_refusal(version or "CURRENT")
         log.error("index version %s refused: %s (file %s)", version, exc, file or "n/a")
 
     def load(self) -> bool:
@@ -148,6 +161,10 @@ class ServiceState:
         why (for /readyz) and return False. `fatal` is set when versions exist but none verifies."""
         with self._lock:
             self._last_attempt = time.monotonic()
+            try:
+                clean_leftovers(self.index_dir)
+            except Exception:  # cleaning is a courtesy: a folder it cannot clean still serves
+                log.exception("leftovers in %s not removed", self.index_dir)
             try:
                 self._loaded = self._load_store()
             except IndexNotFound as exc:
@@ -160,12 +177,18 @@ class ServiceState:
                 if store is None:
                     self.error, self.fatal = str(exc), True
                     return False
-                self._loaded = self._load_store(store)
+                try:
+                    self._loaded = self._load_store(store)
+                except Exception as other:  # the fall-back's encoder or categorizer cannot load: say why
+                    self.error = str(other) or type(other).__name__
+                    log.exception("index version %s not loaded", store.version)
+                    return False
             except Exception as exc:  # an encoder or categorizer that cannot load: not ready, say why
                 self.error = str(exc) or type(exc).__name__
                 log.exception("index not loaded")
                 return False
             self.error = None
+            metrics.set_served(self._loaded.version)
             log.info(
                 "index %s version %s loaded: %d products",
                 self.index_dir,
@@ -180,6 +203,7 @@ class ServiceState:
             encoder = self._encoder_for(store.profile, store.manifest)
             loaded = Loaded(store, encoder, categorizer_for(store), time.time())
             self._loaded = loaded
+            metrics.set_served(store.version)
             return loaded
 
     # ---- per request ---------------------------------------------------------------------
@@ -200,27 +224,52 @@ class ServiceState:
             if loaded is None:
                 raise NotReady(self.error or "index is loading")
             return loaded
-        if loaded.store.is_stale() and time.monotonic() - self._failed_at >= self.config.retry_load_seconds:
+        stale = loaded.store.is_stale()
+        if stale and time.monotonic() - self._failed_at >= self.config.retry_load_seconds:
             with self._lock:
-                version = _current_or_none(self.index_dir)
-                refused = self.refused is not None and self.refused["version"] == version
+                pointer = live_fingerprint(self.index_dir)
+                refused = self.refused is not None and self._refused_pointer == pointer
                 if self._loaded is loaded and not refused:  # nobody reloaded while we waited for the lock
+                    version = _current_or_none(self.index_dir)
                     try:
-                        self._loaded = self._load_store()
+                        fresh = self._load_store()
+                        _check_forward(loaded.store, fresh.store)
+                        self._loaded = fresh
                         self.reloads += 1
                         self.refused = None
                         metrics.record_refusal(None)
-                        log.info("reloaded index version %s", self._loaded.version)
+                        metrics.set_served(fresh.version)
+                        log.info("reloaded index version %s", fresh.version)
                     except Exception as exc:  # whatever a damaged version raises: keep serving ours
                         self._failed_at = time.monotonic()
                         self._refuse(version, exc)
                         log.warning("keeping index version %s", loaded.version)
                 loaded = self._loaded or loaded  # never None here: a reload only replaces it
+        elif not stale and self.refused is not None and live_fingerprint(self.index_dir) != self._refused_pointer:
+            with self._lock:  # CURRENT was repaired to name what this process serves
+                self.refused = None
+                metrics.record_refusal(None)
         return loaded
+
+
+def _check_forward(served: IndexStore, fresh: IndexStore) -> None:
+    """A reload only moves forward: never to an older version, nor to the served version with
+    fewer (or other) deltas: that is a pointer rolled back, not a publish."""
+    if not (served.version.isdigit() and fresh.version.isdigit()):
+        return  # a Milvus collection: no version numbers
+    older = int(fresh.version) < int(served.version)
+    lost = fresh.version == served.version and fresh.deltas[: len(served.deltas)] != served.deltas
+    if older or lost:
+        what = f"version {fresh.version}" if older else f"{len(fresh.deltas)} deltas of version {fresh.version}"
+        raise IndexDamaged(
+            f"index {served.path}: now names {what}, behind the version {served.version} with "
+            f"{len(served.deltas)} deltas this process serves (rolled back); `python -m indexer repair` restores it",
+            file=served.path / "CURRENT",
+        )
 
 
 def _current_or_none(index_dir: Path) -> str | None:
     try:
         return read_current(index_dir)
-    except IndexNotFound:
+    except (IndexNotFound, IndexDamaged):
         return None

@@ -50,3 +50,24 @@ def service_index(request) -> Path:
         return Path(prebuilt)
     path, _ = request.getfixturevalue("real_index")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A Milvus standalone server (the `milvus` dev package) on free ports, started once per
+    session by the first test that asks for it (about 30 s) and stopped at the end; its base
+    folder (binary and data, ~0.5 GB) is removed. Skipped, outside CI, when the package is
+    missing; in CI a missing package fails."""
+    try:
+        import milvus  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("the `milvus` package (requirements-dev.txt) is missing in CI")
+        pytest.skip("the `milvus` package is not installed (pip install -r requirements-dev.txt)")
+    from milvus_server import EmbeddedMilvus
+
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    try:
+        yield server
+    finally:
+        server.remove()

@@ -249,6 +249,24 @@ def add_worker(path: str, data_folder: str, barrier, results) -> None:
     results.put(len(store.products))
 
 
+def publish_copy(index_dir: Path, source: str, version: str) -> str:
+    """Publish a copy of version `source` as `version`, sealed and pointed at as a writer would (the
+    fault tests then damage one of its files); returns `version`."""
+    import shutil
+
+    from indexer.store.local.seals import open_manifest, seal_manifest
+    from indexer.store.local.versions import VERSIONS, read_pointer, write_current
+
+    target = index_dir / VERSIONS / version
+    shutil.copytree(index_dir / VERSIONS / source, target)
+    manifest, _ = open_manifest((target / "manifest.json").read_bytes())
+    live = read_pointer(index_dir)
+    data, _ = seal_manifest(manifest, version=version, previous={"version": live.version, "digest": live.manifest})
+    (target / "manifest.json").write_bytes(data)
+    write_current(index_dir, version)
+    return version
+
+
 def damage(file: Path, how: str) -> None:
     """Damage a file as the fault tests do: "truncated", "empty" or (else) 8 flipped bytes."""
     data = bytearray(file.read_bytes())

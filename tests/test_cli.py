@@ -210,69 +210,6 @@ def test_pipeline_encodes_ingests_and_copies_into_milvus(fake_profile, dataset, 
     assert [p.id for p in copied.products] == [p.id for p in open_store(index).products]
 
 
-def test_one_index_dir_default_for_cli_service_and_evaluation(monkeypatch):
-    """make, the CLI, the service and the evaluation read the same folder when INDEX_DIR is unset or set."""
-    from evaluation.__main__ import main as evaluation_main
-    from indexer.__main__ import parser
-    from indexer.settings import DEFAULT_INDEX_DIR
-    from service.config import Config
-
-    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert f"INDEX_DIR ?= {DEFAULT_INDEX_DIR}" in makefile
-    for value, expected in ((None, DEFAULT_INDEX_DIR), ("elsewhere/idx", "elsewhere/idx")):
-        if value is None:
-            monkeypatch.delenv("INDEX_DIR", raising=False)
-        else:
-            monkeypatch.setenv("INDEX_DIR", value)
-        assert parser().parse_args(["info"]).index == expected
-        assert parser().parse_args(["build"]).out == expected
-        assert Config.from_env().index_dir == expected
-        seen: dict[str, str] = {}
-
-        def fake_report(index, *args, seen=seen, **kwargs):
-            seen["index"] = str(index)
-            raise SystemExit(0)
-
-        monkeypatch.setattr("evaluation.__main__.build_report", fake_report)
-        with pytest.raises(SystemExit):
-            evaluation_main(["report", "--out", "/nonexistent-report-dir"])
-        assert seen["index"] == expected
-
-
-def test_floats_are_rounded_for_people():
-    from indexer.__main__ import _rounded
-
-    assert _rounded({"image": 0.30000001192092896, "text": [0.35000000149, 1], "k": 15}) == {
-        "image": 0.3,
-        "text": [0.35, 1],
-        "k": 15,
-    }
-
-
-def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
-    """`python -m indexer info --json | head -1`: the pipe closes before the CLI writes."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "INDEX_DIR")}
-    code = (
-        "import sys\n"
-        "from indexer import __main__ as cli\n"
-        "def fake(args):\n"
-        "    for _ in range(100000):\n"
-        "        print('x' * 100)\n"
-        "    return 0\n"
-        "cli.cmd_info = fake  # parser() looks the command up when it is built\n"
-        "sys.exit(cli.main(['info', 'anywhere']))\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.read(10)
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 0, err
-    assert "Traceback" not in err and "BrokenPipe" not in err
-
-
 def test_delete_relabel_history(fake_profile, tmp_path, capsys):
     """`delete`, `relabel` and `history` on an index built and added to by the CLI: every change
     is in the product's trail; bad input exits 2 with one line and changes nothing."""
@@ -336,3 +273,66 @@ def test_delete_unknown_id_subprocess_exits_2_with_one_line(fake_profile, datase
     assert proc.returncode == 2 and proc.stderr.strip() == "error: no product with id 'nope' in the index"
     proc = run_cli("relabel", str(index), dataset["rows"][0]["uniq_id"], "Garden >> Hoses")
     assert proc.returncode == 0 and "relabelled" in proc.stdout, proc.stderr
+
+
+def test_one_index_dir_default_for_cli_service_and_evaluation(monkeypatch):
+    """make, the CLI, the service and the evaluation read the same folder when INDEX_DIR is unset or set."""
+    from evaluation.__main__ import main as evaluation_main
+    from indexer.__main__ import parser
+    from indexer.settings import DEFAULT_INDEX_DIR
+    from service.config import Config
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert f"INDEX_DIR ?= {DEFAULT_INDEX_DIR}" in makefile
+    for value, expected in ((None, DEFAULT_INDEX_DIR), ("elsewhere/idx", "elsewhere/idx")):
+        if value is None:
+            monkeypatch.delenv("INDEX_DIR", raising=False)
+        else:
+            monkeypatch.setenv("INDEX_DIR", value)
+        assert parser().parse_args(["info"]).index == expected
+        assert parser().parse_args(["build"]).out == expected
+        assert Config.from_env().index_dir == expected
+        seen: dict[str, str] = {}
+
+        def fake_report(index, *args, seen=seen, **kwargs):
+            seen["index"] = str(index)
+            raise SystemExit(0)
+
+        monkeypatch.setattr("evaluation.__main__.build_report", fake_report)
+        with pytest.raises(SystemExit):
+            evaluation_main(["report", "--out", "/nonexistent-report-dir"])
+        assert seen["index"] == expected
+
+
+def test_floats_are_rounded_for_people():
+    from indexer.__main__ import _rounded
+
+    assert _rounded({"image": 0.30000001192092896, "text": [0.35000000149, 1], "k": 15}) == {
+        "image": 0.3,
+        "text": [0.35, 1],
+        "k": 15,
+    }
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`python -m indexer info --json | head -1`: the pipe closes before the CLI writes."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "INDEX_DIR")}
+    code = (
+        "import sys\n"
+        "from indexer import __main__ as cli\n"
+        "def fake(args):\n"
+        "    for _ in range(100000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "cli.cmd_info = fake  # parser() looks the command up when it is built\n"
+        "sys.exit(cli.main(['info', 'anywhere']))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

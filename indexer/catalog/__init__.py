@@ -1,6 +1,6 @@
 """What a product is and how it comes in: Product and the CSV catalogue, images, text, shard format."""
 
-from indexer.catalog.images import ImageError, ImageLimits, load_image, thumbnail
+from indexer.catalog.images import DecodeBudget, DecodeBusy, ImageError, ImageLimits, load_image, thumbnail
 from indexer.catalog.products import (
     CATEGORY_SEPARATOR,
     IMAGES_DIR,
@@ -14,6 +14,8 @@ from indexer.catalog.text import baseline_tokens, encoder_text
 
 __all__ = [
     "CATEGORY_SEPARATOR",
+    "DecodeBudget",
+    "DecodeBusy",
     "IMAGES_DIR",
     "CategoryPathError",
     "ImageError",

@@ -2,7 +2,9 @@
 
 SQLite gives atomic, concurrent-safe writes with no extra dependency. It is only a cache:
 a file SQLite cannot read is moved aside (`cache.sqlite.corrupt-<time>`) with a warning
-and a fresh one takes its place, so a damaged cache costs re-encoding, never an add.
+and a fresh one takes its place, so a damaged cache costs re-encoding, never an add. A cache
+that cannot be written (a full or read-only disk) is skipped with a warning: the write that
+matters (the index's) then fails on its own and says why.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ class EmbeddingCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.moved_aside: list[Path] = []
+        self._db: sqlite3.Connection | None = None
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
-            self._recover(exc)
+            try:
+                self._recover(exc)
+            except (sqlite3.OperationalError, OSError) as unwritable:
+                self._give_up(unwritable)
 
     def _open(self) -> None:
         self._db = sqlite3.connect(self.path, timeout=30)
@@ -60,6 +66,13 @@ class EmbeddingCache:
         )
         self._db.execute("SELECT count(*) FROM (SELECT 1 FROM vectors LIMIT 1)").fetchone()
         self._db.commit()
+
+    def _give_up(self, exc: Exception) -> None:
+        """Work without a cache: nothing is read from or written to it."""
+        log.warning("embedding cache %s unusable (%s): encoding without it", self.path, exc)
+        if self._db is not None:
+            self._db.close()
+        self._db = None
 
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
         """Move the damaged file aside and open a fresh cache in its place (re-raise anything else)."""
@@ -75,6 +88,8 @@ class EmbeddingCache:
         """Cached vectors of `keys` (O(len(keys)) B-tree look-ups); {} if the cache turns out damaged."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, np.ndarray] = {}
+        if self._db is None:
+            return found
         try:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
@@ -89,17 +104,24 @@ class EmbeddingCache:
         return found
 
     def put_many(self, model: str, items: Mapping[str, np.ndarray]) -> None:
+        """Store vectors; a cache that cannot be written (disk full, read-only) is skipped with a warning."""
+        if self._db is None:
+            return
         rows = [(model, key, np.asarray(v, dtype=np.float32).tobytes()) for key, v in items.items()]
         try:
-            with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
-        except sqlite3.DatabaseError as exc:
-            self._recover(exc)
-            with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+            try:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+            except sqlite3.DatabaseError as exc:
+                self._recover(exc)
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+        except (sqlite3.OperationalError, OSError) as exc:
+            log.warning("embedding cache %s not written (%s): %d vectors not cached", self.path, exc, len(rows))
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 def open_cache(path: str | Path) -> EmbeddingCache:

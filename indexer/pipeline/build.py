@@ -7,6 +7,7 @@ are decoded (in a thread pool, overlapping the model's forward passes) and encod
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import resource
@@ -29,11 +30,12 @@ from indexer.encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
 from indexer.encoders.cache import EmbeddingCache, content_key, open_cache
 from indexer.store import IndexStore, IndexStoreError, append, open_store
 from indexer.store.lexical import LexicalIndex
+from indexer.store.local.handover import Snapshot, base_lock
 from indexer.store.local.index import (
     DEFAULT_FACTORY,
     FORMAT_VERSION,
-    commit_staged,
     last_verified,
+    publish_base,
     stage_version,
 )
 
@@ -302,77 +304,85 @@ def build_index(
     Products added to the index since its build (ids not in the catalogue) are kept
     (`added="keep"`: re-encoded from their stored text and uploaded photo, mostly cache
     hits), dropped (`added="drop"`), or, by default, the build refuses before encoding and
-    says how many it would drop.
+    says how many it would drop. Products added while the build runs are carried into the
+    version it publishes (indexer.store.local.handover), whatever `added` says: the build
+    holds the index's base lock, so no compaction or other rebuild publishes meanwhile.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     catalog = load_catalog(data_dir)
     if added not in (REFUSE, KEEP, DROP):
         raise ValueError(f"added must be one of {REFUSE}, {KEEP}, {DROP}; got {added!r}")
-    live = _live_store(out_dir)
-    extra = _added_products(live, catalog.products)
-    if extra and added == REFUSE:
-        raise AddedProductsWouldBeDropped(
-            f"the live index {out_dir.name}/ holds {len(extra)} added products that are not in the catalogue of "
-            f"{Path(data_dir).name}/; this build would drop them. Pass --keep-added to keep them "
-            "(re-encoded from their stored text and photos) or --drop-added to drop them."
-        )
-    products = list(catalog.products) + (extra if added == KEEP else [])
-    encoder = encoder or create_encoder(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = open_cache(out_dir / CACHE_FILE) if use_cache else None
-    t0 = time.perf_counter()
-    try:
-        encoded = encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
-    finally:
-        if cache:
-            cache.close()
-    encode_seconds = time.perf_counter() - t0
-    if on_encoded:
-        on_encoded()
-    report = catalog.report
-    report.merge(encoded.report)
-    vectors = {}
-    for modality, matrix in encoded.vectors.items():
-        present = encoded.present(modality)
-        vectors[modality] = (matrix[present], np.flatnonzero(present))
-    manifest = {
-        "profile": encoder.profile,
-        "model_id": model_id(encoder),
-        "model_ids": dict(encoder.model_ids),
-        "encoder_options": dict(getattr(encoder, "options", {})),
-        "precision": getattr(encoder, "precision", "fp32"),
-        "text_normalisation": {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE},
-        "data_dir": str(Path(data_dir).resolve()),
-        "data_fingerprint": data_fingerprint(catalog, encoded.image_hashes),
-        "categories": sorted({p.category for p in products if p.category}),
-        "validation": report.to_dict(),
-        "added_products": len(products) - len(catalog.products),
-        "added_fingerprint": hashlib.sha256(
-            json.dumps([p.to_record() for p in products[len(catalog.products) :]], sort_keys=True).encode()
-        ).hexdigest(),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    manifest["derived_key"] = _derived_key(manifest)
-    if (
-        live is not None
-        and not live.deltas
-        and live.manifest.get("derived_key") == manifest["derived_key"]
-        and (live.manifest.get("categorizer") or not calibrate_decision)
-    ):
-        # same data, models and settings: the lexical channel and the CV calibration
-        # would come out identical, so take them from the live version (not from one with
-        # deltas: its lexical channel and a refitted calibration also hold the added products)
-        lexical = live.lexical
-        if calibrate_decision:
-            manifest["categorizer"] = live.manifest["categorizer"]
-    else:
-        texts = encoded.texts
-        text_rows = np.flatnonzero([bool(t) for t in texts])
-        lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
-    calibrate_here = calibrate_decision and "categorizer" not in manifest
-    staging = stage_version(out_dir, products, vectors, manifest, factory, lexical=lexical)
-    version = commit_staged(out_dir, staging, calibration_entry if calibrate_here else None)
+    with base_lock(out_dir):
+        live = live_store(out_dir)
+        snapshot = Snapshot.of(live)
+        extra = _added_products(live, catalog.products)
+        if extra and added == REFUSE:
+            raise AddedProductsWouldBeDropped(
+                f"the live index {out_dir.name}/ holds {len(extra)} added products that are not in the catalogue "
+                f"of {Path(data_dir).name}/; this build would drop them. Pass --keep-added to keep them "
+                "(re-encoded from their stored text and photos) or --drop-added to drop them."
+            )
+        products = list(catalog.products) + (extra if added == KEEP else [])
+        encoder = encoder or create_encoder(profile)
+        t0 = time.perf_counter()
+        encoded = _encode_with_cache(products, encoder, out_dir, use_cache, batch_size, progress)
+        encode_seconds = time.perf_counter() - t0
+        if on_encoded:
+            on_encoded()
+        report = catalog.report
+        report.merge(encoded.report)
+        vectors = {}
+        for modality, matrix in encoded.vectors.items():
+            present = encoded.present(modality)
+            vectors[modality] = (matrix[present], np.flatnonzero(present))
+        manifest = {
+            "profile": encoder.profile,
+            "model_id": model_id(encoder),
+            "model_ids": dict(encoder.model_ids),
+            "encoder_options": dict(getattr(encoder, "options", {})),
+            "precision": getattr(encoder, "precision", "fp32"),
+            "text_normalisation": {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE},
+            "data_dir": str(Path(data_dir).resolve()),
+            "data_fingerprint": data_fingerprint(catalog, encoded.image_hashes),
+            "categories": sorted({p.category for p in products if p.category}),
+            "validation": report.to_dict(),
+            "added_products": len(products) - len(catalog.products),
+            "added_fingerprint": hashlib.sha256(
+                json.dumps([p.to_record() for p in products[len(catalog.products) :]], sort_keys=True).encode()
+            ).hexdigest(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        manifest["derived_key"] = _derived_key(manifest)
+        if (
+            live is not None
+            and not live.deltas
+            and live.manifest.get("derived_key") == manifest["derived_key"]
+            and (live.manifest.get("categorizer") or not calibrate_decision)
+        ):
+            # same data, models and settings: the lexical channel and the CV calibration
+            # would come out identical, so take them from the live version (its base alone:
+            # a version with deltas holds lexical rows of products this build may not keep)
+            lexical = live.lexical
+            if calibrate_decision:
+                manifest["categorizer"] = live.manifest["categorizer"]
+        else:
+            texts = encoded.texts
+            text_rows = np.flatnonzero([bool(t) for t in texts])
+            lexical = LexicalIndex.fit([texts[r] for r in text_rows], text_rows) if len(text_rows) else None
+        calibrate_here = calibrate_decision and "categorizer" not in manifest
+        staging = stage_version(out_dir, products, vectors, manifest, factory, lexical=lexical)
+
+        def reencode(carried: list[Product]) -> dict[str, np.ndarray]:
+            """Vectors for products added meanwhile by other models than this build's."""
+            return _encode_with_cache(carried, encoder, out_dir, use_cache, batch_size, False).vectors
+
+        entry = functools.partial(
+            calibration_entry, encoder=encoder, cache=out_dir / CACHE_FILE if use_cache else None
+        )  # the encoder turns the sampled products' names into title-only listings (query kinds)
+        version = publish_base(out_dir, staging, snapshot, "build", entry if calibrate_here else None, reencode)
+        assert version is not None  # only a compaction is ever dropped
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
@@ -391,9 +401,21 @@ def build_index(
     )
 
 
-def _live_store(out_dir: Path) -> IndexStore | None:
-    """The newest version that verifies (checksums, O(bytes)): a build reuses its derived
-    parts and keeps its added products only if it is intact."""
+def _encode_with_cache(
+    products: Sequence[Product], encoder: Encoder, out_dir: Path, use_cache: bool, batch_size: int, progress: bool
+) -> Encoded:
+    cache = open_cache(out_dir / CACHE_FILE) if use_cache else None
+    try:
+        return encode_products(products, encoder, cache, batch_size=batch_size, progress=progress)
+    finally:
+        if cache:
+            cache.close()
+
+
+def live_store(out_dir: Path) -> IndexStore | None:
+    """The version a rebuild starts from: the live one when it verifies (checksums, O(bytes)),
+    else the newest that does. A rebuild reuses its derived parts and keeps its added products
+    only if it is intact, and carries what is added to it meanwhile."""
     try:
         store, _ = last_verified(out_dir)
     except (IndexStoreError, OSError):
@@ -434,12 +456,14 @@ def _derived_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def calibration_entry(staged: IndexStore) -> dict:
-    """The Categorizer's manifest entry (parameters, auto/review threshold, calibration curve,
-    CV figures), cross-validated on the staged version: exactly the vectors it will serve."""
+def calibration_entry(staged: IndexStore, encoder: Encoder | None = None, cache: Path | None = None) -> dict:
+    """The Categorizer's manifest entry (parameters, per-kind thresholds, disagreement rule,
+    combiner, calibration curve, CV figures), cross-validated on the staged version: exactly the
+    vectors it will serve. With `encoder`, title-only listings are simulated from the sampled
+    products' names (encoded once, kept in `cache`); without, those kinds go to review."""
     from indexer.categorizer.protocol import calibrate
 
-    return {"categorizer": calibrate(staged)}
+    return {"categorizer": calibrate(staged, encoder=encoder, cache=cache)}
 
 
 def add_products(

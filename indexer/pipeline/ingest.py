@@ -23,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -48,17 +49,28 @@ from indexer.catalog.shards import (
 )
 from indexer.catalog.text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 from indexer.encoders import create_encoder, model_id
-from indexer.pipeline.build import calibration_entry, peak_rss_mb
-from indexer.store import IndexNotFound, IndexStore
+from indexer.pipeline.build import (
+    DROP,
+    KEEP,
+    REFUSE,
+    AddedProductsWouldBeDropped,
+    calibration_entry,
+    live_store,
+    peak_rss_mb,
+)
+from indexer.store import IndexStore, IndexStoreError
+from indexer.store.factory import location_writer
 from indexer.store.lexical import LexicalIndex
+from indexer.store.local.handover import Snapshot, base_lock
 from indexer.store.local.index import (
     DEFAULT_FACTORY,
     VERSIONS,
-    commit_staged,
     finish_base,
     new_base_writer,
+    publish_base,
     read_current,
 )
+from indexer.store.local.writer import BaseWriter
 
 DEFAULT_BATCH_ROWS = 2048
 MAX_ID_LENGTH = 512
@@ -105,12 +117,13 @@ def expected_models(profile: str) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def live_manifest(out_dir: Path) -> dict | None:
-    """The manifest of the live version at `out_dir`, None when there is none."""
+    """The manifest of the live version at `out_dir`, None when there is none (or it is unreadable:
+    the publish checks it again)."""
     try:
         version = read_current(out_dir)
-    except IndexNotFound:
+        return json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())
+    except (IndexStoreError, OSError, ValueError):
         return None
-    return json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())
 
 
 def check_models(source: str, profile: str, model_ids: dict, dims: dict, spec: EmbeddingsSpec) -> None:
@@ -264,11 +277,12 @@ def read_batches(
     spec: EmbeddingsSpec,
     report: ValidationReport,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    seen: set[str] | None = None,
 ) -> Iterator[Accepted]:
     """Stream the rows of every file in `batch_rows` record batches, refusing bad rows into
     `report`. Memory: one record batch plus the set of ids seen (O(N) short strings,
-    needed to refuse duplicates across files)."""
-    seen: set[str] = set()
+    needed to refuse duplicates across files; `seen`, when given, is filled with them)."""
+    seen = set() if seen is None else seen
     for path in files:
         parquet = pq.ParquetFile(path)
         columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, "image_error") if c in parquet.schema_arrow.names]
@@ -423,6 +437,87 @@ class TextSpool:
             self.close()
 
 
+@dataclass
+class _Checked:
+    """What the checks on the folder as a whole establish before a row is read."""
+
+    spec: EmbeddingsSpec
+    profile: str
+    model_ids: dict[str, str]
+    files: list[Path]
+    normalisation: dict
+    strip: bool
+
+
+def _check_folder(embeddings_dir: Path, profile: str | None, live: dict | None) -> _Checked:
+    """Refuse the whole folder (nothing written) for an unfinished encode, other models or dims,
+    or a bad file; `profile` defaults to the live index's, else the one embeddings.json names."""
+    spec = read_spec(embeddings_dir)
+    if spec.extra.get("complete") is False:
+        raise IngestRefused(
+            f"{embeddings_dir} is incomplete: `encode` has not finished writing it (rerun the same encode "
+            "command to resume); nothing was written"
+        )
+    profile = profile or (live or {}).get("profile") or spec.profile
+    model_ids, dims = expected_models(profile)
+    check_models(str(embeddings_dir / "embeddings.json"), profile, model_ids, dims, spec)
+    files = shard_files(embeddings_dir)
+    if not files:
+        raise ShardFormatError(f"no *.parquet files in {embeddings_dir}")
+    for path in files:
+        check_file(path, spec)
+    normalisation = spec.extra.get("text_normalisation", {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE})
+    strip = bool(normalisation.get("strip_boilerplate", DEFAULT_STRIP_BOILERPLATE))
+    return _Checked(spec, profile, model_ids, files, normalisation, strip)
+
+
+class _Writer(Protocol):
+    count: int
+
+    def add(self, products: list[Product], vectors: dict[str, tuple[np.ndarray, np.ndarray]]) -> None: ...
+
+
+def _stream(
+    checked: _Checked,
+    writer: _Writer,
+    spool: TextSpool,
+    report: ValidationReport,
+    batch_rows: int,
+    seen: set[str] | None = None,
+) -> tuple[int, dict[str, int], set[str]]:
+    """Every accepted batch into `writer` and its texts into `spool`: (rows read, refused
+    counts, categories); `seen` is filled with the ids written. O(batch) memory on the reading side."""
+    categories: set[str] = set()
+    rows_read = 0
+    for accepted in read_batches(checked.files, checked.spec, report, batch_rows, seen):
+        texts = [encoder_text(p.name, p.description, strip=checked.strip) for p in accepted.products]
+        spool.add(writer.count, texts)
+        writer.add(accepted.products, accepted.vectors)
+        categories.update(p.category for p in accepted.products if p.category)
+        rows_read += len(accepted.products)
+    refused = {k: v for k, v in report.counts().items() if k != "unreadable_image"}
+    return rows_read + sum(refused.values()), refused, categories
+
+
+def _manifest(
+    checked: _Checked, embeddings_dir: Path, report: ValidationReport, categories: set[str], extra: dict
+) -> dict:
+    """The manifest of an ingested index (the build's fields plus an `ingest` entry)."""
+    return {
+        "profile": checked.profile,
+        "model_id": model_id(_Models(checked.profile, checked.model_ids)),
+        "model_ids": checked.model_ids,
+        "precision": checked.spec.extra.get("precision", "unknown"),
+        "text_normalisation": checked.normalisation,
+        "data_dir": str(checked.spec.extra.get("data_dir") or embeddings_dir.resolve()),
+        "data_fingerprint": folder_fingerprint(checked.files, checked.spec),
+        "categories": sorted(categories),
+        "validation": report.to_dict(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ingest": {"embeddings_dir": str(embeddings_dir.resolve()), "files": len(checked.files), **extra},
+    }
+
+
 def ingest(
     embeddings_dir: str | Path,
     out_dir: str | Path,
@@ -430,8 +525,15 @@ def ingest(
     factory: str = DEFAULT_FACTORY,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     calibrate_decision: bool = True,
+    added: str = REFUSE,
 ) -> IngestSummary:
     """Check, stream and publish the shards at `embeddings_dir` as a new version of `out_dir`.
+
+    Products added to the live index since its build or ingest (through `add` or the API) are,
+    like `build` does, kept (`added="keep"`: with their stored vectors, when the shards come from
+    the same models), dropped (`added="drop"`), or by default the ingest refuses before reading
+    a row and says how many it would drop. Products added while it runs are carried into the
+    version it publishes (indexer.store.local.handover): it holds the index's base lock.
 
     `profile` is the index profile the vectors must come from; by default the live index's
     at `out_dir` (so shards of other models cannot replace what a service is serving), else
@@ -447,80 +549,52 @@ def ingest(
     """
     start = time.perf_counter()
     embeddings_dir, out_dir = Path(embeddings_dir), Path(out_dir)
-    spec = read_spec(embeddings_dir)
-    if spec.extra.get("complete") is False:
-        raise IngestRefused(
-            f"{embeddings_dir} is incomplete: `encode` has not finished writing it (rerun the same encode "
-            "command to resume); nothing was written"
-        )
-    live = live_manifest(out_dir)
-    profile = profile or (live or {}).get("profile") or spec.profile
-    model_ids, dims = expected_models(profile)
-    check_models(str(embeddings_dir / "embeddings.json"), profile, model_ids, dims, spec)
-    files = shard_files(embeddings_dir)
-    if not files:
-        raise ShardFormatError(f"no *.parquet files in {embeddings_dir}")
-    for path in files:
-        check_file(path, spec)
-
-    normalisation = spec.extra.get("text_normalisation", {"strip_boilerplate": DEFAULT_STRIP_BOILERPLATE})
-    strip = bool(normalisation.get("strip_boilerplate", DEFAULT_STRIP_BOILERPLATE))
+    if added not in (REFUSE, KEEP, DROP):
+        raise ValueError(f"added must be one of {REFUSE}, {KEEP}, {DROP}; got {added!r}")
+    checked = _check_folder(embeddings_dir, profile, live_manifest(out_dir))
     report = ValidationReport()
-    categories: set[str] = set()
     existed = out_dir.exists()
-    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)  # footers only: picks precision, factory
-    writer = new_base_writer(out_dir, spec.dims, factory, expected_rows=expected)
-    with writer:
-        spool = TextSpool(writer.staging)
-        try:
-            rows_read = 0
-            for accepted in read_batches(files, spec, report, batch_rows):
-                spool.add(writer.count, [encoder_text(p.name, p.description, strip=strip) for p in accepted.products])
-                writer.add(accepted.products, accepted.vectors)
-                categories.update(p.category for p in accepted.products if p.category)
-                rows_read += len(accepted.products)
-            refused = {k: v for k, v in report.counts().items() if k != "unreadable_image"}
-            rows_read += sum(refused.values())
-            if writer.count == 0:
-                if not existed:
-                    shutil.rmtree(out_dir, ignore_errors=True)  # the staging folder's parents, made for nothing
-                raise IngestRefused(f"no valid rows in {embeddings_dir} ({rows_read} read); nothing was written")
-            read_seconds = time.perf_counter() - start
-            lexical = spool.lexical(batch_rows)
-        finally:
-            spool.close()
-        manifest = {
-            "profile": profile,
-            "model_id": model_id(_Models(profile, model_ids)),
-            "model_ids": model_ids,
-            "precision": spec.extra.get("precision", "unknown"),
-            "text_normalisation": normalisation,
-            "data_dir": str(spec.extra.get("data_dir") or embeddings_dir.resolve()),
-            "data_fingerprint": folder_fingerprint(files, spec),
-            "categories": sorted(categories),
-            "validation": report.to_dict(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "ingest": {
-                "embeddings_dir": str(embeddings_dir.resolve()),
-                "files": len(files),
+    expected = sum(pq.ParquetFile(f).metadata.num_rows for f in checked.files)  # footers: precision, factory
+    with base_lock(out_dir):
+        current = live_store(out_dir)
+        snapshot = Snapshot.of(current)
+        rows = _added_rows(current, added, checked, out_dir)
+        writer = new_base_writer(out_dir, checked.spec.dims, factory, expected_rows=expected)
+        with writer:
+            spool = TextSpool(writer.staging)
+            try:
+                seen: set[str] = set()
+                rows_read, refused, categories = _stream(checked, writer, spool, report, batch_rows, seen)
+                if writer.count == 0:
+                    if not existed:
+                        shutil.rmtree(out_dir, ignore_errors=True)  # the staging folder's parents, made for nothing
+                    raise IngestRefused(f"no valid rows in {embeddings_dir} ({rows_read} read); nothing was written")
+                kept = _keep_added(writer, spool, current, rows, seen, checked.strip) if current is not None else 0
+                read_seconds = time.perf_counter() - start
+                lexical = spool.lexical(batch_rows)
+            finally:
+                spool.close()
+            extra = {
                 "rows_read": rows_read,
                 "rows_refused": int(sum(refused.values())),
                 "batch_rows": batch_rows,
                 "lexical_fit_rows": len(spool.sample.texts),
                 "lexical_fit_seed": LEXICAL_SEED,
-            },
-        }
-        staging = finish_base(writer, manifest, lexical)
-    version = commit_staged(out_dir, staging, calibration_entry if calibrate_decision else _uncalibrated)
+            }
+            manifest = dict(_manifest(checked, embeddings_dir, report, categories, extra), added_products=kept)
+            staging = finish_base(writer, manifest, lexical)
+        amend = calibration_entry if calibrate_decision else _uncalibrated
+        version = publish_base(out_dir, staging, snapshot, "ingest", amend)
+        assert version is not None  # only a compaction is ever dropped
     counts = json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())["counts"]
     return IngestSummary(
         index_dir=str(out_dir),
         version=version,
-        profile=profile,
-        files=len(files),
+        profile=checked.profile,
+        files=len(checked.files),
         rows_read=rows_read,
         products=int(counts["products"]),
-        indexed={m: int(counts.get(m, 0)) for m in spec.dims},
+        indexed={m: int(counts.get(m, 0)) for m in checked.spec.dims},
         refused=refused,
         calibrated=calibrate_decision,
         seconds=time.perf_counter() - start,
@@ -528,6 +602,116 @@ def ingest(
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
     )
+
+
+def ingest_to_location(
+    embeddings_dir: str | Path,
+    location: str,
+    profile: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    calibrate_decision: bool = True,
+    replace: bool = False,
+    **options: Any,
+) -> IngestSummary:
+    """`ingest` straight into a vector store at `location` (Milvus: a server URI or a Lite
+    *.db path), without building a FAISS index first: the same checks, the same streamed
+    batches and refusals, the same lexical fit (sample + spool, in a temporary folder), then
+    the Categorizer calibrated on the staged collection (written, not yet committed) and the
+    commit. `options` go to the store's writer (`index_type`, `collection`); an existing
+    collection is refused unless `replace`. Memory: one batch, the ids seen, the text sample
+    and the lexical matrix; the vectors go to the server batch by batch (O(batch·d))."""
+    start = time.perf_counter()
+    embeddings_dir = Path(embeddings_dir)
+    checked = _check_folder(embeddings_dir, profile, None)
+    report = ValidationReport()
+    writer = location_writer(location, checked.spec.dims, replace=replace, **options)
+    with tempfile.TemporaryDirectory(prefix="ingest-texts-") as tmp:
+        spool = TextSpool(Path(tmp))
+        try:
+            rows_read, refused, categories = _stream(checked, writer, spool, report, batch_rows)
+            if writer.count == 0:
+                writer.abort()
+                raise IngestRefused(f"no valid rows in {embeddings_dir} ({rows_read} read); nothing was committed")
+            read_seconds = time.perf_counter() - start
+            lexical = spool.lexical(batch_rows)
+        finally:
+            spool.close()
+    extra = {
+        "rows_read": rows_read,
+        "rows_refused": int(sum(refused.values())),
+        "batch_rows": batch_rows,
+        "lexical_fit_rows": len(spool.sample.texts),
+        "lexical_fit_seed": LEXICAL_SEED,
+        "store": location,
+    }
+    state = writer.stage(_manifest(checked, embeddings_dir, report, categories, extra), lexical)
+    amend = calibration_entry if calibrate_decision else _uncalibrated
+    state = writer.amend(amend(writer.staged(state)))
+    writer.commit(state)
+    return IngestSummary(
+        index_dir=location,
+        version=f"{writer.where} build {state['build'][:8]}",
+        profile=checked.profile,
+        files=len(checked.files),
+        rows_read=rows_read,
+        products=writer.count,
+        indexed={m: int(writer.counts.get(m, 0)) for m in checked.spec.dims},
+        refused=refused,
+        calibrated=calibrate_decision,
+        seconds=time.perf_counter() - start,
+        read_seconds=read_seconds,
+        peak_rss_mb=peak_rss_mb(),
+        report=report.to_dict(),
+    )
+
+
+def _added_rows(live: IndexStore | None, added: str, checked: _Checked, out_dir: Path) -> np.ndarray:
+    """Rows of the live version's added products (through `add` or the API: the last
+    `added_products` rows) that this ingest keeps; refuses, before a row is read, what it cannot
+    honour (the default refusal, or keeping vectors of other models)."""
+    count = int(live.manifest.get("added_products") or 0) if live is not None else 0
+    if live is None or count == 0 or added == DROP:
+        return np.zeros(0, np.int64)
+    if added == REFUSE:
+        raise AddedProductsWouldBeDropped(
+            f"the live index {out_dir.name}/ holds {count} added products (through `add` or the API) that this "
+            "ingest would drop. Pass --keep-added to keep those the shards do not hold, or --drop-added to drop "
+            "them; nothing was written"
+        )
+    if live.manifest.get("model_ids") != checked.model_ids or live.manifest.get("dims") != checked.spec.dims:
+        raise IngestRefused(
+            f"the live index's {count} added products were encoded by other models than these shards, so "
+            "ingest cannot keep them: pass --drop-added, or keep them with `python -m indexer build --keep-added`; "
+            "nothing was written"
+        )
+    n = len(live.products)
+    return np.asarray([r for r in range(n - count, n) if not live.is_deleted(r)], dtype=np.int64)
+
+
+def _keep_added(
+    writer: BaseWriter, spool: TextSpool, live: IndexStore, rows: np.ndarray, seen: set[str], strip: bool
+) -> int:
+    """Append the live version's added products at `rows` (sorted, deleted ones left out) that the
+    shards did not hold, as they now read (relabels applied), with their stored vectors (same
+    models, checked by `_added_rows`): O(N) over the channels' rows to find theirs, O(kept)
+    beyond. Returns how many were kept."""
+    products = [live.products[int(r)] for r in rows]
+    keep = np.asarray([p.id not in seen for p in products], dtype=bool)
+    if not keep.any():
+        return 0
+    kept_rows = rows[keep]
+    kept = [p for p, k in zip(products, keep, strict=True) if k]
+    start = writer.count
+    spool.add(start, [encoder_text(p.name, p.description, strip=strip) for p in kept])
+    writer.add_products(kept)
+    for modality, channel in live.modalities.items():
+        if modality not in writer.modalities:
+            continue
+        channel_rows = np.asarray(channel.rows)
+        positions = np.flatnonzero(np.isin(channel_rows, kept_rows))
+        new_rows = start + np.searchsorted(kept_rows, channel_rows[positions])
+        writer.add_vectors(modality, np.asarray(channel.vectors[positions], dtype=np.float32), new_rows)
+    return len(kept)
 
 
 def _uncalibrated(staged: IndexStore) -> dict:

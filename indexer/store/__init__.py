@@ -15,10 +15,14 @@ from indexer.store.errors import (
     IndexNotFound,
     IndexStoreError,
     ProductNotFound,
+    StoreUnavailable,
 )
 from indexer.store.factory import (
     append,
+    clean_leftovers,
     delete,
+    kept_products,
+    live_fingerprint,
     open_store,
     parse_vector_store,
     publish_manifest_entries,
@@ -28,6 +32,7 @@ from indexer.store.factory import (
 from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
+from indexer.store.local.versions import IndexRolledBack
 from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ListingStatus, ReviewQueue
 
 __all__ = [
@@ -41,15 +46,20 @@ __all__ = [
     "IndexDamaged",
     "IndexMismatch",
     "IndexNotFound",
+    "IndexRolledBack",
     "IndexStore",
     "IndexStoreError",
     "LEXICAL_SCALINGS",
     "ProductNotFound",
     "RowFilter",
+    "StoreUnavailable",
     "VectorChannel",
     "append",
     "check_compatible",
+    "clean_leftovers",
     "delete",
+    "kept_products",
+    "live_fingerprint",
     "last_verified",
     "open_store",
     "parse_vector_store",

@@ -141,7 +141,9 @@ class IndexStore:
         if len(self.deleted) <= SKIP_DELETED_ROWS:
             return (allowed or RowFilter(self, None)).without(self.deleted)
         if "live" not in self._lookups:
-            self._lookups["live"] = RowFilter(self, np.setdiff1d(np.arange(len(self.products)), self.deleted))
+            keep = np.ones(len(self.products), dtype=bool)
+            keep[self.deleted] = False
+            self._lookups["live"] = RowFilter(self, np.flatnonzero(keep), sorted_unique=True)
         live: RowFilter = self._lookups["live"]
         return live.without(allowed.skip) if allowed is not None and len(allowed.skip) else live
 

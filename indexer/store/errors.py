@@ -46,3 +46,9 @@ class ProductNotFound(IndexStoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class StoreUnavailable(IndexStoreError):
+    """The store's backend cannot be reached or cannot serve right now (a Milvus server that is
+    down, restarting or loading): nothing is wrong with the index; retry later (the service
+    answers 503)."""

@@ -22,7 +22,8 @@ import numpy as np
 
 from indexer.store.base import IndexStore
 from indexer.store.local import index as local
-from indexer.store.milvus import MilvusIndexStore, copy_to_milvus
+from indexer.store.local import versions as local_versions
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, MilvusWriter, copy_to_milvus
 
 if TYPE_CHECKING:
     from indexer.catalog.products import Product
@@ -111,6 +112,32 @@ def append(
     raise TypeError(f"no writer for a {store.backend} store")
 
 
+def kept_products(path: str | Path) -> Callable[[str], bool]:
+    """Whether a product id is held by a version the index at `path` may still serve (the live one,
+    or a kept one a fall-back would serve): what must keep its uploaded photo. A Milvus-served
+    folder has one live collection and no kept versions."""
+    if routed(path) is not None:
+        store = open_store(path)
+        return lambda product_id: store.row_of(product_id) is not None
+    return local.kept_products(path)
+
+
+def live_fingerprint(path: str | Path) -> tuple:
+    """What changes whenever the live version of a local index does (its pointer, manifest or
+    delta list), damage included: a reader keeps a refusal until it changes. () for Milvus."""
+    if routed(path) is not None:
+        return ()
+    return local.live_fingerprint(path)
+
+
+def clean_leftovers(path: str | Path) -> list[Path]:
+    """Remove what dead writers left in a local index folder (staging folders, temp pointers,
+    uncommitted deltas) when no writer holds its lock: what a service does when it starts."""
+    if is_milvus_location(path) or not Path(path).is_dir():
+        return []
+    return local_versions.clean_leftovers(path)
+
+
 def delete(store: IndexStore, product_ids: Iterable[str], actor: str = "cli") -> IndexStore:
     """Delete products from the live index of `store`'s backend; returns the store reloaded.
 
@@ -161,3 +188,18 @@ def copy_to_location(store: IndexStore, location: str, **options: Any) -> tuple[
     Returns the copy and where it is ("collection NAME at URI")."""
     loc = copy_to_milvus(store, location, **options)
     return MilvusIndexStore.open(loc), f"collection {loc.collection} at {loc.uri}"
+
+
+def location_writer(
+    location: str,
+    dims: Mapping[str, int],
+    replace: bool = False,
+    index_type: str = "FLAT",
+    collection: str | None = None,
+) -> MilvusWriter:
+    """A streaming writer into a new Milvus collection at `location` (`ingest --store`): `add`
+    batches as a local base writer takes them, then `stage`, `staged` (calibrate on it),
+    `amend`, `commit`. Refuses an existing collection unless `replace`."""
+    if not is_milvus_location(location):
+        raise ValueError(f"{location!r} is not a vector store location: use milvus://host:19530[/collection] or *.db")
+    return MilvusWriter(MilvusLocation.parse(location, collection), dims, index_type, replace)

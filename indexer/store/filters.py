@@ -94,9 +94,16 @@ class RowFilter:
     cheaper than building a new selector per request.
     """
 
-    def __init__(self, store: RowSource, rows: np.ndarray | None, skip: Iterable[int] = ()) -> None:
+    def __init__(
+        self, store: RowSource, rows: np.ndarray | None, skip: Iterable[int] = (), sorted_unique: bool = False
+    ) -> None:
+        """`sorted_unique`: `rows` are sorted and unique already (np.unique costs O(N log N))."""
         self.store = store
-        self.rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
+        if rows is None:
+            self.rows = None
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            self.rows = rows if sorted_unique else np.unique(rows)
         self.skip = np.unique(np.asarray(list(skip), dtype=np.int64))
         self._channels: dict[str, PositionFilter | None] = {}
 
@@ -119,7 +126,10 @@ class RowFilter:
         if name not in self._channels:
             positions = self.store.positions(name)[self.rows]
             ntotal = self.store.channels()[name].ntotal
-            self._channels[name] = PositionFilter(np.sort(positions[positions >= 0]), ntotal)
+            positions = positions[positions >= 0]
+            if len(positions) > 1 and not (positions[1:] > positions[:-1]).all():  # a channel in row order: sorted
+                positions = np.sort(positions)
+            self._channels[name] = PositionFilter(positions, ntotal)
         return self._channels[name]
 
     def drop_skipped(self, rows: np.ndarray) -> np.ndarray:

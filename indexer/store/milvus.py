@@ -1,36 +1,53 @@
-"""The Milvus backend of the store interface: one collection per index, Lite or server.
+"""The Milvus backend of the store interface: one set of collections per index, Lite or server.
 
 `VECTOR_STORE=milvus://host:19530[/collection]` names a Milvus server (or cluster proxy);
 a local `*.db` path names a Milvus Lite database (the embedded Milvus, same client API).
 `MilvusIndexStore` is an `IndexStore` whose channels search Milvus, so the Categorizer,
 the service and the evaluation use it unchanged.
 
-Layout, for an index named `products` (the collection; `MILVUS_COLLECTION` or the URI path):
+Layout, for an index named `products` (the collection; `MILVUS_COLLECTION` or the URI path),
+schema version 2 (Milvus 2.3 servers allow one vector field per collection):
 
-    products        one entity per product: row (INT64 primary key = product row), id, name,
-                    category_path (ARRAY of levels: filters are `category_path[0] == "A" and
-                    category_path[1] == "B"`), record (the Product as JSON text), and per
-                    modality a FLOAT_VECTOR field plus a has_<modality> flag (a product that
-                    lacks a modality holds a zero vector that no search returns)
-    products__meta  small key/value collection: the manifest (profile, model ids, dims,
-                    calibrated categorizer), the lexical channel (vocabulary, idf, TF-IDF rows
-                    of the copied products), and `state` (rows committed, build id)
+    products         one entity per product: row (INT64 primary key = product row), id, name,
+                     category_path (ARRAY of levels), record (the Product as JSON text), and a
+                     has_<modality> flag per modality
+    products__image  one entity per product that has that modality: row, category_path (so
+    products__text   filters run inside the search: `category_path[0] == "A" and
+                     category_path[1] == "B"`) and the FLOAT_VECTOR (IP metric, FLAT or HNSW)
+    products__meta   small key/value collection: the manifest (profile, model ids, dims,
+                     calibrated categorizer) and the lexical channel (vocabulary, idf, TF-IDF
+                     rows of the copied products) and the `state` row (the commit), mirrored
+                     in its property `indexer.state`
 
-An add upserts the new entities at rows `committed, committed + 1, ...`, then moves
-`state.rows`: searches carry `row < committed`, so rows written by an add that died before
-its commit are never returned, and the next add overwrites them. Another process notices
-an add by reading `state` (`is_stale`: one small query) and loads only the new rows.
+An add upserts the new entities at rows `committed, committed + 1, ...`, then commits: it
+writes the state (rows committed, build id, and `ts`, the Milvus timestamp of its last write).
+Searches carry `row < committed`, so rows written by an add that died before its commit are
+never returned, and the next add overwrites them. Another process notices an add by reading
+the state (`is_stale`) and loads only the new rows.
 
 A delete or relabel (`change`) keeps the row: a deleted product's entity is upserted with no
-vector flags (`has_<m>` false, so no search returns it), no category path (no category
-filter matches it) and `"deleted": true` in its record; a relabelled one is upserted with its
-new path (its vectors read back and written unchanged). The change is first written to the
+vector flags, no category path (no category filter matches it) and `"deleted": true` in its
+record, and its vectors are deleted from the modality collections (so no search returns it); a
+relabelled one is upserted with its new path, in the products collection and in each modality
+collection (its vectors read back and written unchanged). The change is first written to the
 meta collection as `change/<n>` (the rows, their new records, the audit events), then the
-entities are upserted, then `state.changes` moves to n: a writer killed after the first step
-leaves `change/<n>` past `state.changes`, and the next writer finishes it (the upserts are
+entities are written, then `state.changes` moves to n: a writer killed after the first step
+leaves `change/<n>` past `state.changes`, and the next writer finishes it (the writes are
 idempotent) before its own change. Other processes notice `state.changes` move and re-read
-only the rows the new entries name. The collection is created with Strong consistency, so
-the next search sees an upsert on a server too.
+only the rows the new entries name.
+
+Consistency, per operation (a server's default, Bounded, may answer from data up to 5 s old;
+Strong makes every read wait for the server's next time tick, about 200 ms on Milvus 2.3):
+- the commit writes the `state` row (a Milvus write, durable once acknowledged), then its
+  mirror, a property of the meta collection: collection metadata (Milvus's etcd), so reading it
+  is linearizable and cheap (~1 ms), and `is_stale` reads it before every request. Milvus
+  2.3.5 lost the last property write in a kill -9 (tests/store/test_milvus_server.py), so the
+  row is the truth: writers read it (Strong), and so does a process's first read and its first
+  read after the server was away, which repairs the mirror (`read_state`);
+- every read of rows (search, products, vectors) carries the state's `ts` as its guarantee
+  timestamp (consistency level Customized): the server answers once it has applied every write
+  that commit covers, which it usually has already, so a read waits only right after a commit
+  and never for a tick in steady state. Milvus Lite is always up to date (its `ts` is 0).
 
 Text: the lexical channel stays the embedded TF-IDF index (indexer.store.lexical), stored in the
 meta collection and searched in process. This Milvus Lite (3.2.2) does run BM25 full-text
@@ -58,7 +75,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,14 +87,21 @@ from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
 from indexer.store.audit import event as audit_event
 from indexer.store.base import IndexStore, check_compatible, checked_change
-from indexer.store.errors import DuplicateProduct, IndexDamaged, IndexNotFound, IndexStoreError, ProductNotFound
+from indexer.store.errors import (
+    DuplicateProduct,
+    IndexDamaged,
+    IndexNotFound,
+    IndexStoreError,
+    ProductNotFound,
+    StoreUnavailable,
+)
 from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
 from indexer.store.lexical import LexicalIndex
 from indexer.store.locks import write_lock
 
 DEFAULT_COLLECTION = "products"
 META_SUFFIX = "__meta"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: one collection per modality (Milvus 2.3 allows one vector field per collection)
 CHUNK_CHARS = 60_000  # a meta value is a VARCHAR of at most 65,535 characters
 RECORD_CHARS = 65_535
 FETCH_ROWS = 4_096  # entities per query when reading products or vectors
@@ -86,6 +110,9 @@ CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
 INDEX_TYPES = ("FLAT", "HNSW")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
+STATE_KEY = "indexer.state"  # the commit state: a property of the meta collection
+DEFAULT_TIMEOUT = 10.0  # seconds a read or write may take before the store is unavailable (MILVUS_TIMEOUT)
+TIMED_CALLS = frozenset({"query", "search", "insert", "upsert", "describe_collection", "has_collection"})
 
 
 # ---- where the index lives ---------------------------------------------------------------
@@ -99,6 +126,10 @@ class MilvusLocation:
     @property
     def meta(self) -> str:
         return self.collection + META_SUFFIX
+
+    def channel(self, modality: str) -> str:
+        """The collection of one modality's vectors."""
+        return f"{self.collection}__{modality}"
 
     @property
     def lite(self) -> bool:
@@ -122,19 +153,110 @@ class MilvusLocation:
 
 _CLIENTS: dict[tuple[int, str], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+# Milvus error codes that mean "not now" rather than "wrong request": service not ready or
+# unavailable, over a memory / rate / disk limit, collection not loaded yet (after a restart),
+# and the node errors (900s) of a cluster losing a node.
+UNAVAILABLE_CODES = frozenset({1, 2, 3, 4, 7, 101, *range(900, 1000)})
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when a client error says the server cannot be reached or cannot serve yet."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(exc, grpc.RpcError):
+        return True
+    if isinstance(exc, MilvusException):
+        return isinstance(exc.code, grpc.StatusCode) or exc.code in UNAVAILABLE_CODES
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+class GuardedClient:
+    """A MilvusClient whose failures to reach the server raise `StoreUnavailable` (the service
+    answers 503 and retries on the next request) and whose reads and writes time out after
+    MILVUS_TIMEOUT seconds instead of retrying for minutes. pymilvus reconnects by itself
+    when the server is back, so the same client serves again without a restart."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.timeout = float(os.environ.get("MILVUS_TIMEOUT") or DEFAULT_TIMEOUT)
+        self.suspect = True  # the next state read is authoritative (first use, or the server was away)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _connected(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from pymilvus import MilvusClient
+
+                token = os.environ.get("MILVUS_TOKEN", "")
+                options: dict[str, Any] = {"token": token} if token else {}
+                try:
+                    self._client = MilvusClient(self.uri, **options)
+                except Exception as exc:
+                    if unavailable(exc):
+                        self.suspect = True
+                        raise StoreUnavailable(f"Milvus at {self.uri} cannot be reached: {exc}") from exc
+                    raise
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._connected(), name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name in TIMED_CALLS:
+                kwargs.setdefault("timeout", self.timeout)
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if unavailable(exc):
+                    self.suspect = True
+                    raise StoreUnavailable(f"Milvus at {self.uri} is unavailable ({name}): {exc}") from exc
+                raise
+
+        return call
+
+    def upsert_ts(self, collection: str, rows: list[dict[str, Any]]) -> int:
+        """Upsert rows and return the write's Milvus timestamp (0 on Lite), which
+        `MilvusClient.upsert` does not return: its connection's `upsert_rows` does."""
+        connection = self._connected()._get_connection()
+        try:
+            result = connection.upsert_rows(collection, rows, timeout=self.timeout)
+        except Exception as exc:
+            if unavailable(exc):
+                self.suspect = True
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (upsert): {exc}") from exc
+            raise
+        return int(getattr(result, "timestamp", 0) or 0)
+
+    def delete_ts(self, collection: str, ids: list[int]) -> int:
+        """Delete entities by primary key and return the write's timestamp (as `upsert_ts`)."""
+        connection = self._connected()._get_connection()
+        try:
+            result = connection.delete(collection, expression=f"row in {json.dumps(ids)}", timeout=self.timeout)
+        except Exception as exc:
+            if unavailable(exc):
+                self.suspect = True
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (delete): {exc}") from exc
+            raise
+        return int(getattr(result, "timestamp", 0) or 0)
 
 
 def client_for(uri: str) -> Any:
-    """One MilvusClient per process and URI (a forked worker opens its own: gRPC channels do
-    not survive fork). MILVUS_TOKEN ("user:password" or an API key) authenticates to a server."""
-    from pymilvus import MilvusClient
-
+    """One client per process and URI (a forked worker opens its own: gRPC channels do not
+    survive fork). MILVUS_TOKEN ("user:password" or an API key) authenticates to a server."""
     key = (os.getpid(), uri)
     with _CLIENTS_LOCK:
         if key not in _CLIENTS:
-            token = os.environ.get("MILVUS_TOKEN", "")
-            _CLIENTS[key] = MilvusClient(uri, token=token) if token else MilvusClient(uri)
+            _CLIENTS[key] = GuardedClient(uri)
         return _CLIENTS[key]
+
+
+def read_options(ts: int) -> dict[str, Any]:
+    """Read options that see every write up to Milvus timestamp `ts` (see the module docstring)."""
+    return {"consistency_level": "Customized", "guarantee_timestamp": max(int(ts), 1)}
 
 
 def _literal(value: str) -> str:
@@ -157,37 +279,39 @@ def _create_meta(client: Any, loc: MilvusLocation) -> None:
     schema.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
     params = client.prepare_index_params()
     params.add_index("_v", index_type="FLAT", metric_type="IP")
-    client.create_collection(loc.meta, schema=schema, index_params=params)
+    client.create_collection(loc.meta, schema=schema, index_params=params, consistency_level="Strong")
 
 
-def _put_values(client: Any, loc: MilvusLocation, values: Mapping[str, str]) -> None:
-    client.upsert(loc.meta, [{"key": k, "value": v, "_v": [1.0, 0.0]} for k, v in values.items()])
+def _put_values(client: Any, loc: MilvusLocation, values: Mapping[str, str]) -> int:
+    """Upsert key/values into the meta collection; the write's timestamp."""
+    return int(client.upsert_ts(loc.meta, [{"key": k, "value": v, "_v": [1.0, 0.0]} for k, v in values.items()]))
 
 
-def _get_values(client: Any, loc: MilvusLocation, keys: Sequence[str]) -> dict[str, str]:
+def _get_values(client: Any, loc: MilvusLocation, keys: Sequence[str], ts: int) -> dict[str, str]:
     out: dict[str, str] = {}
     for lo in range(0, len(keys), 256):
-        for hit in client.query(loc.meta, ids=list(keys[lo : lo + 256]), output_fields=["value"]):
+        for hit in client.query(loc.meta, ids=list(keys[lo : lo + 256]), output_fields=["value"], **read_options(ts)):
             out[hit["key"]] = hit["value"]
     return out
 
 
-def put_blob(client: Any, loc: MilvusLocation, name: str, data: bytes) -> None:
-    """Bytes as base64 chunks of the meta collection; the header (chunk count) goes last."""
+def put_blob(client: Any, loc: MilvusLocation, name: str, data: bytes) -> int:
+    """Bytes as base64 chunks of the meta collection; the header (chunk count) goes last.
+    Returns the timestamp of the last write."""
     text = base64.b64encode(data).decode("ascii")
     chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
     for lo in range(0, len(chunks), 64):
         _put_values(client, loc, {f"{name}/{i:06d}": chunks[i] for i in range(lo, min(lo + 64, len(chunks)))})
-    _put_values(client, loc, {name: json.dumps({"chunks": len(chunks), "bytes": len(data)})})
+    return _put_values(client, loc, {name: json.dumps({"chunks": len(chunks), "bytes": len(data)})})
 
 
-def get_blob(client: Any, loc: MilvusLocation, name: str) -> bytes:
-    header = _get_values(client, loc, [name]).get(name)
+def get_blob(client: Any, loc: MilvusLocation, name: str, ts: int) -> bytes:
+    header = _get_values(client, loc, [name], ts).get(name)
     if header is None:
         raise IndexDamaged(f"Milvus collection {loc.meta} has no {name!r} entry")
     info = json.loads(header)
     keys = [f"{name}/{i:06d}" for i in range(int(info["chunks"]))]
-    values = _get_values(client, loc, keys)
+    values = _get_values(client, loc, keys, ts)
     if len(values) != len(keys):
         raise IndexDamaged(f"Milvus collection {loc.meta}: {name!r} has {len(values)} of {len(keys)} chunks")
     data = base64.b64decode("".join(values[k] for k in keys))
@@ -196,12 +320,45 @@ def get_blob(client: Any, loc: MilvusLocation, name: str) -> bytes:
     return data
 
 
-def read_state(client: Any, loc: MilvusLocation) -> dict[str, Any]:
-    """{"rows": committed rows, "build": id of the copy}: one small query."""
-    raw = _get_values(client, loc, ["state"]).get("state")
+def read_state(client: Any, loc: MilvusLocation, authoritative: bool = False) -> dict[str, Any]:
+    """{"rows": committed rows, "build": id of the copy, "lexical_rows", "ts": timestamp of the
+    commit's last write}. Two copies (see `write_state`): the meta collection's `state` row, the
+    truth, read Strong (~200 ms on a server) when `authoritative` or after this process saw the
+    server away; else its mirror, a property of the meta collection, read from Milvus's
+    metadata in one ~1 ms call. An authoritative read repairs a mirror that lags the row."""
+    authoritative = authoritative or client.suspect
+    try:
+        info = client.describe_collection(loc.meta)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if not client.has_collection(loc.meta):
+            raise IndexNotFound(f"Milvus collection {loc.meta} at {loc.uri} does not exist") from exc
+        raise
+    mirror = (info.get("properties") or {}).get(STATE_KEY)
+    raw = mirror
+    if authoritative or raw is None:
+        hits = client.query(loc.meta, ids=["state"], output_fields=["value"], consistency_level="Strong")
+        raw = hits[0]["value"] if hits else None
     if raw is None:
         raise IndexNotFound(f"Milvus collection {loc.collection} at {loc.uri} has no committed state")
-    return dict(json.loads(raw))
+    state = dict(json.loads(raw))
+    if mirror is not None and json.loads(mirror) != state:
+        client.alter_collection_properties(loc.meta, properties={STATE_KEY: json.dumps(state, sort_keys=True)})
+    client.suspect = False
+    state.setdefault("ts", 0)
+    return state
+
+
+def write_state(client: Any, loc: MilvusLocation, state: Mapping[str, Any]) -> None:
+    """Commit: the `state` row of the meta collection (a Milvus write: durable once
+    acknowledged, kill -9 included), then its mirror, the meta collection's property, which
+    every `read_state` after it sees in ~1 ms. Milvus 2.3.5 can lose the last property write
+    in a kill -9 (tests/store/test_milvus_server.py saw it), so the row is the truth: writers
+    read it, and a process that saw the server away reads it once and repairs the mirror."""
+    text = json.dumps(dict(state), sort_keys=True)
+    _put_values(client, loc, {"state": text})
+    client.alter_collection_properties(loc.meta, properties={STATE_KEY: text})
 
 
 def _lexical_bytes(lexical: LexicalIndex) -> bytes:
@@ -225,57 +382,207 @@ def _lexical_from_bytes(data: bytes) -> LexicalIndex:
 def _create_collection(
     client: Any, loc: MilvusLocation, dims: Mapping[str, int], index_type: str, shards: int | None = None
 ) -> None:
+    """The products collection and one collection per modality (Milvus 2.3 allows one vector
+    field per collection). A product lacking a modality has no entity in that modality's one."""
     from pymilvus import DataType
 
+    kwargs: dict[str, Any] = {"num_shards": shards} if shards else {}
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("row", DataType.INT64, is_primary=True)
     schema.add_field("id", DataType.VARCHAR, max_length=512)
     schema.add_field("name", DataType.VARCHAR, max_length=RECORD_CHARS)
     schema.add_field("category_path", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=1024)
     schema.add_field("record", DataType.VARCHAR, max_length=RECORD_CHARS)
-    params = client.prepare_index_params()
-    for modality, dim in sorted(dims.items()):
+    for modality in sorted(dims):
         schema.add_field(f"has_{modality}", DataType.BOOL)
-        schema.add_field(modality, DataType.FLOAT_VECTOR, dim=int(dim))
-        if index_type == "HNSW":
-            params.add_index(modality, index_type="HNSW", metric_type="IP", params=dict(HNSW_BUILD))
-        else:
-            params.add_index(modality, index_type="FLAT", metric_type="IP")
-    kwargs: dict[str, Any] = {"num_shards": shards} if shards else {}
-    # Strong: a search waits for every insert before it, so an add is visible to the next query
-    # on a server too (the server's default, Bounded, may lag); Lite is always up to date.
+    schema.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
+    params = client.prepare_index_params()
+    params.add_index("_v", index_type="FLAT", metric_type="IP")
     client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong", **kwargs)
+    for modality, dim in sorted(dims.items()):
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("row", DataType.INT64, is_primary=True)
+        schema.add_field(
+            "category_path", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=1024
+        )
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+        params = client.prepare_index_params()
+        if index_type == "HNSW":
+            params.add_index("vector", index_type="HNSW", metric_type="IP", params=dict(HNSW_BUILD))
+        else:
+            params.add_index("vector", index_type="FLAT", metric_type="IP")
+        # the collection's default level matters only to a client that names none: every read
+        # here passes its own (see the module docstring)
+        client.create_collection(
+            loc.channel(modality), schema=schema, index_params=params, consistency_level="Strong", **kwargs
+        )
 
 
-def _entities(
+def _write_rows(
+    client: Any,
+    loc: MilvusLocation,
     products: Sequence[Product],
     start: int,
     vectors: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
     deleted: np.ndarray | None = None,
     rows: Sequence[int] | None = None,
-) -> list[dict[str, Any]]:
-    """Entities of products at rows start, start+1, ... (or at `rows`); vectors[m][i] is product
-    i's (zeros if absent). A `deleted` product keeps its record, marked, and loses its path."""
-    out = []
-    for i, product in enumerate(products):
-        gone = bool(deleted is not None and deleted[i])
-        fields = dict(product.to_record(), deleted=True) if gone else product.to_record()
-        record = json.dumps(fields, ensure_ascii=False)
-        if len(record) > RECORD_CHARS:
-            raise ValueError(f"product {product.id}: record of {len(record)} characters exceeds {RECORD_CHARS}")
-        entity: dict[str, Any] = {
-            "row": start + i if rows is None else int(rows[i]),
-            "id": product.id,
-            "name": (product.name or "")[:RECORD_CHARS],
-            "category_path": [] if gone else list(product.category_path),
-            "record": record,
-        }
+) -> int:
+    """Upsert products at rows start, start+1, ... (or at `rows`) and, per modality, the vectors
+    of those that have it (vectors[m][i] is product i's; present[m][i] says whether it has one).
+    A `deleted` product keeps its record, marked, loses its path and flags, and its vectors are
+    deleted from the modality collections. Returns the timestamp of the last write. O(batch·d)."""
+    ts = 0
+    gone = np.zeros(len(products), bool) if deleted is None else np.asarray(deleted, bool)
+    at = [start + i for i in range(len(products))] if rows is None else [int(r) for r in rows]
+    for lo in range(0, len(products), INSERT_ROWS):
+        hi = min(lo + INSERT_ROWS, len(products))
+        entities = []
+        for i in range(lo, hi):
+            product = products[i]
+            fields = dict(product.to_record(), deleted=True) if gone[i] else product.to_record()
+            record = json.dumps(fields, ensure_ascii=False)
+            if len(record) > RECORD_CHARS:
+                raise ValueError(f"product {product.id}: record of {len(record)} characters exceeds {RECORD_CHARS}")
+            entity: dict[str, Any] = {
+                "row": at[i],
+                "id": product.id,
+                "name": (product.name or "")[:RECORD_CHARS],
+                "category_path": [] if gone[i] else list(product.category_path),
+                "record": record,
+                "_v": [1.0, 0.0],
+            }
+            for modality in vectors:
+                entity[f"has_{modality}"] = bool(present[modality][i]) and not gone[i]
+            entities.append(entity)
         for modality, vecs in vectors.items():
-            entity[f"has_{modality}"] = bool(present[modality][i])
-            entity[modality] = vecs[i].tolist()
-        out.append(entity)
-    return out
+            channel = [
+                {"row": at[i], "category_path": list(products[i].category_path), "vector": vecs[i].tolist()}
+                for i in range(lo, hi)
+                if present[modality][i] and not gone[i]
+            ]
+            if channel:
+                ts = max(ts, client.upsert_ts(loc.channel(modality), channel))
+            doomed = [at[i] for i in range(lo, hi) if gone[i]]
+            if doomed:
+                ts = max(ts, client.delete_ts(loc.channel(modality), doomed))
+        ts = max(ts, client.upsert_ts(loc.collection, entities))
+    return ts
+
+
+def collections(loc: MilvusLocation) -> list[str]:
+    """Every collection an index may have: products, meta, one per modality."""
+    return [loc.collection, loc.meta, *(loc.channel(m) for m in MODALITIES)]
+
+
+class MilvusWriter:
+    """Streams products and their vectors into a new collection, then commits it: the one
+    writer of `copy_to_milvus` (an index already built) and `ingest --store` (shards straight
+    into Milvus, no FAISS index built first). `add` has `BaseWriter.add`'s signature.
+
+    O(batch·d) memory; O(N·d) time. Refuses an existing collection unless `replace` (which
+    drops it first). Nothing is visible to readers before `commit`."""
+
+    def __init__(
+        self, location: MilvusLocation, dims: Mapping[str, int], index_type: str = "FLAT", replace: bool = False
+    ) -> None:
+        self.loc, self.dims = location, {m: int(d) for m, d in dims.items()}
+        self.index_type = index_type.upper()
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"Milvus index type must be one of {INDEX_TYPES}, got {index_type!r}")
+        self.client = client_for(location.uri)
+        for name in collections(location):
+            if self.client.has_collection(name):
+                if not replace:
+                    raise IndexStoreError(
+                        f"Milvus collection {name} exists at {location.uri} (pass --replace to overwrite)"
+                    )
+                self.client.drop_collection(name)
+        _LOADED.pop((location.uri, location.collection), None)
+        _create_meta(self.client, location)
+        _create_collection(self.client, location, self.dims, self.index_type)
+        self.count, self.ts = 0, 0
+        self.counts = dict.fromkeys(self.dims, 0)
+        self.manifest: dict[str, Any] = {}
+
+    def add(
+        self,
+        products: Sequence[Product],
+        vectors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        normalize: bool = True,
+        deleted: np.ndarray | None = None,
+    ) -> None:
+        """Products at the next rows and, per modality, (vectors, positions of their products in
+        this batch); vectors are L2-normalised here unless `normalize` is False (a copy keeps
+        the stored values exactly); `deleted` marks products copied as deleted. O(batch)."""
+        unknown = set(vectors) - set(self.dims)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)!r}")
+        full, present = {}, {}
+        for modality, dim in self.dims.items():
+            out = np.zeros((len(products), dim), np.float32)
+            has = np.zeros(len(products), bool)
+            if modality in vectors:
+                vecs, positions = vectors[modality]
+                positions = np.asarray(positions, dtype=np.int64)
+                if len(positions) and (positions.min() < 0 or positions.max() >= len(products)):
+                    raise ValueError(f"{modality}: positions point outside the batch of {len(products)} products")
+                if len(positions):
+                    vecs = np.asarray(vecs, dtype=np.float32)
+                    out[positions] = l2_normalize(vecs) if normalize else vecs
+                has[positions] = True
+            if deleted is not None:
+                has &= ~np.asarray(deleted, bool)
+            full[modality], present[modality] = out, has
+            self.counts[modality] += int(has.sum())
+        self.ts = max(self.ts, _write_rows(self.client, self.loc, products, self.count, full, present, deleted))
+        self.count += len(products)
+
+    def stage(self, manifest: Mapping, lexical: LexicalIndex | None) -> dict[str, Any]:
+        """Write the manifest (this backend's fields added) and the lexical channel; the state
+        a `commit` publishes, which `MilvusIndexStore.open(..., state=)` can already read."""
+        manifest = {k: v for k, v in manifest.items() if k not in ("files", "deltas")}
+        manifest["store"] = {"backend": "milvus", "index_type": self.index_type, "schema_version": SCHEMA_VERSION}
+        manifest["dims"] = self.dims
+        manifest["counts"] = {"products": self.count, **self.counts}
+        if lexical is not None and not manifest.get("lexical"):
+            count = int(lexical.ntotal)
+            manifest["lexical"] = {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": count}
+        if lexical is not None:
+            self.ts = max(self.ts, put_blob(self.client, self.loc, "lexical", _lexical_bytes(lexical)))
+        self.manifest = manifest
+        return self.amend({})
+
+    def amend(self, entries: Mapping[str, Any]) -> dict[str, Any]:
+        """Rewrite the manifest with `entries` added (the calibration made on the staged store);
+        the state to commit (a new build id: a process that read the old manifest reloads)."""
+        self.manifest = {**self.manifest, **entries}
+        ts = put_blob(self.client, self.loc, "manifest", json.dumps(self.manifest, sort_keys=True).encode())
+        self.ts = max(self.ts, ts)
+        lexical_rows = self.count if self.manifest.get("lexical") else 0
+        return {"rows": self.count, "build": uuid.uuid4().hex, "lexical_rows": lexical_rows, "ts": self.ts}
+
+    @property
+    def where(self) -> str:
+        return f"collection {self.loc.collection} at {self.loc.uri}"
+
+    def staged(self, state: Mapping[str, Any]) -> MilvusIndexStore:
+        """The collection as `state` (from `stage`/`amend`, not committed) describes it: what the
+        calibration of an ingest runs on, exactly the vectors that will be served."""
+        for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
+            self.client.flush(name)
+        return MilvusIndexStore.open(self.loc, state=state)
+
+    def abort(self) -> None:
+        """Drop what was written (nothing was committed)."""
+        drop(self.loc)
+
+    def commit(self, state: Mapping[str, Any]) -> MilvusLocation:
+        """Publish: flush the collections (sealed segments get their index built) and write the state."""
+        for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
+            self.client.flush(name)
+        write_state(self.client, self.loc, state)
+        return self.loc
 
 
 def copy_to_milvus(
@@ -292,87 +599,64 @@ def copy_to_milvus(
     O(N·d) time, O(batch·d) memory beyond the source store. Refuses an existing collection
     unless `replace` (which drops it first)."""
     loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location, collection)
-    index_type = index_type.upper()
-    if index_type not in INDEX_TYPES:
-        raise ValueError(f"Milvus index type must be one of {INDEX_TYPES}, got {index_type!r}")
-    client = client_for(loc.uri)
-    for name in (loc.collection, loc.meta):
-        if client.has_collection(name):
-            if not replace:
-                raise IndexStoreError(f"Milvus collection {name} exists at {loc.uri} (pass --replace to overwrite)")
-            client.drop_collection(name)
-    _LOADED.pop((loc.uri, loc.collection), None)
     dense = {m: c for m, c in store.modalities.items() if m in MODALITIES}
     dims = {m: int(np.shape(c.vectors)[1]) for m, c in dense.items()}
-    _create_meta(client, loc)
-    _create_collection(client, loc, dims, index_type)
+    writer = MilvusWriter(loc, dims, index_type, replace)
     n = len(store.products)
     for lo in range(0, n, INSERT_ROWS):
         rows = np.arange(lo, min(lo + INSERT_ROWS, n))
-        vectors, present = {}, {}
+        vectors = {}
         for modality, channel in dense.items():
             pos = store.positions(modality)[rows]
-            has = pos >= 0
-            out = np.zeros((len(rows), dims[modality]), np.float32)
-            if has.any():
-                out[has] = np.asarray(channel.vectors[pos[has]], dtype=np.float32)
-            vectors[modality], present[modality] = out, has
+            has = np.flatnonzero(pos >= 0)
+            vecs = np.zeros((0, dims[modality]), np.float32)
+            if len(has):
+                vecs = np.asarray(channel.vectors[pos[has]], dtype=np.float32)
+            vectors[modality] = (vecs, has)
         gone = np.isin(rows, store.deleted)
-        client.insert(loc.collection, _entities([store.products[int(r)] for r in rows], lo, vectors, present, gone))
+        writer.add([store.products[int(r)] for r in rows], vectors, normalize=False, deleted=gone)
         if progress is not None:
             progress(int(rows[-1]) + 1, n)
-    manifest = {k: v for k, v in store.manifest.items() if k not in ("files", "deltas")}
-    manifest["store"] = {"backend": "milvus", "index_type": index_type, "schema_version": SCHEMA_VERSION}
-    manifest["dims"] = dims
-    manifest["counts"] = {"products": n, **{m: c.ntotal for m, c in dense.items()}}
-    if store.lexical is not None and not manifest.get("lexical"):
-        lexical = store.lexical
-        manifest["lexical"] = {"model_id": lexical.model_id, "vocabulary": lexical.dim, "count": int(lexical.ntotal)}
-    if store.lexical is not None:
-        put_blob(client, loc, "lexical", _lexical_bytes(store.lexical))
-    put_blob(client, loc, "manifest", json.dumps(manifest, sort_keys=True).encode())
-    lexical_rows = n if store.lexical is not None else 0
-    _put_values(
-        client, loc, {"state": json.dumps({"rows": n, "build": uuid.uuid4().hex, "lexical_rows": lexical_rows})}
-    )
-    client.flush(loc.collection)
-    return loc
+    return writer.commit(writer.stage(store.manifest, store.lexical))
 
 
 # ---- reading -------------------------------------------------------------------------------
 class RowVectors:
-    """Every dense field of recently read rows, shared by the channels of one loaded store: a
-    request reads its candidates' image and text vectors in one query instead of one per
-    channel, and the query's own vectors once. Rows are immutable once committed, so the LRU
-    (CACHED_ROWS rows, ~6.6 KB each with the embedded profile's dims) never serves stale data."""
+    """Recently read vectors of one loaded store, all modalities: a request reads each of its
+    candidates' vectors once (one query per modality collection) and the query's own vectors
+    once. Rows are immutable once committed, so the LRU (CACHED_ROWS vectors of each modality)
+    never serves stale data."""
 
-    def __init__(self, client: Any, loc: MilvusLocation, fields: Sequence[str]) -> None:
+    def __init__(self, client: Any, loc: MilvusLocation, fields: Sequence[str], ts: int = 0) -> None:
         self.client, self.loc, self.fields = client, loc, list(fields)
-        self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self.read = read_options(ts)  # every read sees the commit this store was loaded at
+        self._rows: dict[str, OrderedDict[int, Any]] = {f: OrderedDict() for f in self.fields}
         self._lock = threading.Lock()
 
-    def get(self, rows: np.ndarray) -> dict[int, dict[str, Any]]:
-        """{row: {field: vector}} for these rows: one query per FETCH_ROWS rows not cached."""
+    def get(self, rows: np.ndarray, field: str) -> dict[int, Any]:
+        """{row: vector} of one modality for these rows: one query per FETCH_ROWS rows not cached."""
+        cache = self._rows[field]
         unique = [int(r) for r in np.unique(rows)]
         with self._lock:
-            found = {r: self._rows[r] for r in unique if r in self._rows}
+            found = {r: cache[r] for r in unique if r in cache}
             for r in found:
-                self._rows.move_to_end(r)
+                cache.move_to_end(r)
         missing = [r for r in unique if r not in found]
-        fetched: dict[int, dict[str, Any]] = {}
+        fetched: dict[int, Any] = {}
+        name = self.loc.channel(field)
         for lo in range(0, len(missing), FETCH_ROWS):
             for hit in self.client.query(
-                self.loc.collection, ids=missing[lo : lo + FETCH_ROWS], output_fields=self.fields
+                name, ids=missing[lo : lo + FETCH_ROWS], output_fields=["vector"], **self.read
             ):
-                fetched[int(hit["row"])] = {f: hit[f] for f in self.fields}
+                fetched[int(hit["row"])] = hit["vector"]
         lost = [r for r in missing if r not in fetched]
         if lost:
-            raise IndexDamaged(f"Milvus collection {self.loc.collection} lacks rows {lost[:5]}")
+            raise IndexDamaged(f"Milvus collection {name} lacks rows {lost[:5]}")
         if fetched:
             with self._lock:
-                self._rows.update(fetched)
-                while len(self._rows) > CACHED_ROWS:
-                    self._rows.popitem(last=False)
+                cache.update(fetched)
+                while len(cache) > CACHED_ROWS:
+                    cache.popitem(last=False)
         return {**found, **fetched}
 
 
@@ -398,10 +682,10 @@ class MilvusVectors:
     def fetch_rows(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of these product rows, in that order: O(len(rows)·d)."""
         rows = np.asarray(rows, dtype=np.int64)
-        found = self.source.get(rows)
+        found = self.source.get(rows, self.field)
         out = np.zeros((len(rows), self.dim), np.float32)
         for i, r in enumerate(rows.tolist()):
-            out[i] = found[r][self.field]
+            out[i] = found[r]
         return out
 
     def _fetch_all(self) -> np.ndarray:
@@ -412,14 +696,15 @@ class MilvusVectors:
         for lo in range(0, len(positions), FETCH_ROWS):
             hi = min(lo + FETCH_ROWS, len(positions))
             for hit in client.query(
-                loc.collection,
-                filter=f"has_{self.field} and row >= {lo} and row < {hi}",
-                output_fields=[self.field],
+                loc.channel(self.field),
+                filter=f"row >= {lo} and row < {hi}",
+                output_fields=["vector"],
                 limit=hi - lo,
+                **self.source.read,
             ):
                 p = positions[int(hit["row"])]
                 if p >= 0:
-                    out[p] = hit[self.field]
+                    out[p] = hit["vector"]
         return out
 
     def __getitem__(self, positions: Any) -> np.ndarray:
@@ -496,13 +781,14 @@ class MilvusChannel:
     vectors: MilvusVectors
     committed: int
     search_params: dict
+    read: dict = field(default_factory=dict)  # consistency options: see the module docstring
 
     @property
     def ntotal(self) -> int:
         return len(self.rows)
 
     def _expression(self, allowed: PositionFilter | None) -> str:
-        base = f"has_{self.modality} and row < {self.committed}"
+        base = f"row < {self.committed}"
         if allowed is None:
             return base
         if isinstance(allowed, ExpressionFilter):
@@ -527,13 +813,14 @@ class MilvusChannel:
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
         k = max(1, min(k, available, 16_384))
         hits = self.client.search(
-            self.loc.collection,
+            self.loc.channel(self.modality),
             data=queries.tolist(),
-            anns_field=self.modality,
+            anns_field="vector",
             limit=k,
             filter=self._expression(allowed),
             output_fields=["row"],
             search_params=self.search_params,
+            **self.read,
         )
         sims = np.zeros((n, k), np.float32)
         rows = np.full((n, k), -1, np.int64)
@@ -560,6 +847,7 @@ class _Snapshot:
     present: dict[str, list[np.ndarray]]
     lexical: LexicalIndex | None
     lexical_rows: int
+    ts: int = 0  # timestamp of the last commit read
     deleted: frozenset[int] = frozenset()
     changes: int = 0  # change entries read (`state.changes` when they were)
 
@@ -577,7 +865,7 @@ def _parse_record(raw: str) -> tuple[Product, bool]:
 
 
 def _fetch_products(
-    client: Any, loc: MilvusLocation, modalities: Sequence[str], lo: int, hi: int
+    client: Any, loc: MilvusLocation, modalities: Sequence[str], lo: int, hi: int, ts: int
 ) -> tuple[list[Product], dict[str, np.ndarray], set[int]]:
     """Products at rows [lo, hi), their has_<modality> flags and which rows are deleted:
     O(hi - lo) entities."""
@@ -588,7 +876,11 @@ def _fetch_products(
     for start in range(lo, hi, FETCH_ROWS):
         stop = min(start + FETCH_ROWS, hi)
         for hit in client.query(
-            loc.collection, filter=f"row >= {start} and row < {stop}", output_fields=fields, limit=stop - start
+            loc.collection,
+            filter=f"row >= {start} and row < {stop}",
+            output_fields=fields,
+            limit=stop - start,
+            **read_options(ts),
         ):
             i = int(hit["row"]) - lo
             products[i], gone = _parse_record(hit["record"])
@@ -608,11 +900,17 @@ class MilvusIndexStore(IndexStore):
     backend: ClassVar[str] = "milvus"
     location: MilvusLocation
     build: str
+    state: dict[str, Any]  # the commit state it was loaded at
     changes_read: int = 0
 
     @classmethod
     def open(
-        cls, location: str | Path | MilvusLocation, encoder: Encoder | None = None, local: Path | None = None
+        cls,
+        location: str | Path | MilvusLocation,
+        encoder: Encoder | None = None,
+        local: Path | None = None,
+        state: Mapping[str, Any] | None = None,
+        authoritative: bool = False,
     ) -> MilvusIndexStore:
         """Load the committed rows; with `encoder`, refuse an index of other models (IndexMismatch).
 
@@ -621,7 +919,9 @@ class MilvusIndexStore(IndexStore):
         deletes or relabels only the rows they name (O(changed), plus an O(N) copy of the
         product list's pointers and flags so stores loaded before keep theirs).
         `local` is the index folder of uploaded photos, the embedding cache and the audit trail
-        (the service's INDEX_DIR); by default the Lite database's folder."""
+        (the service's INDEX_DIR); by default the Lite database's folder. `state` opens a staged state that is
+        not committed yet (`MilvusWriter.stage`: the calibration of an ingest); `authoritative`
+        reads the state's truth (`read_state`), as a writer must."""
         loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
         client = client_for(loc.uri)
         if not client.has_collection(loc.collection) or not client.has_collection(loc.meta):
@@ -630,7 +930,8 @@ class MilvusIndexStore(IndexStore):
                 f"(copy an index into it: python -m indexer to-milvus INDEX_DIR {loc.uri})"
             )
         client.load_collection(loc.meta)
-        state = read_state(client, loc)
+        state = dict(state) if state is not None else read_state(client, loc, authoritative)
+        ts = int(state.get("ts", 0))
         changes = int(state.get("changes", 0))
         key = (loc.uri, loc.collection)
         snap = _LOADED.get(key)
@@ -640,21 +941,32 @@ class MilvusIndexStore(IndexStore):
             or len(snap.products) > int(state["rows"])
             or snap.changes > changes
         ):
-            manifest = json.loads(get_blob(client, loc, "manifest"))
-            lexical = _lexical_from_bytes(get_blob(client, loc, "lexical")) if manifest.get("lexical") else None
+            manifest = json.loads(get_blob(client, loc, "manifest", ts))
+            lexical = _lexical_from_bytes(get_blob(client, loc, "lexical", ts)) if manifest.get("lexical") else None
+            version = manifest.get("store", {}).get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise IndexStoreError(
+                    f"Milvus collection {loc.collection} has layout {version}, this code reads {SCHEMA_VERSION}: "
+                    f"copy the index again (python -m indexer to-milvus INDEX_DIR {loc.uri} --replace)"
+                )
             snap = _Snapshot(state["build"], manifest, [], {m: [] for m in manifest["dims"]}, lexical, 0)
             snap.lexical_rows = int(state.get("lexical_rows", 0))
             snap.changes = changes  # a first read sees every committed change in the records
         if encoder is not None:
             check_compatible(snap.manifest, encoder)
-        client.load_collection(loc.collection)
+        for name in (loc.collection, *(loc.channel(m) for m in snap.manifest["dims"])):
+            client.load_collection(name)
         committed = int(state["rows"])
         if len(snap.products) < committed:
-            snap = _extend(snap, client, loc, committed)
+            snap = _extend(snap, client, loc, committed, ts)
         if snap.changes < changes:
-            snap = _reread_changed(snap, client, loc, changes)
+            snap = _reread_changed(snap, client, loc, changes, ts)
+        snap.ts = ts
         _LOADED[key] = snap
-        return cls._from_snapshot(snap, client, loc, local)
+        store = cls._from_snapshot(snap, client, loc, local)
+        store.state = state
+        store.changes_read = snap.changes
+        return store
 
     @classmethod
     def _from_snapshot(cls, snap: _Snapshot, client: Any, loc: MilvusLocation, local: Path | None) -> MilvusIndexStore:
@@ -665,13 +977,13 @@ class MilvusIndexStore(IndexStore):
         if manifest.get("store", {}).get("index_type") == "HNSW":
             params["params"] = {"ef": ef}
         modalities: dict[str, Any] = {}
-        source = RowVectors(client, loc, sorted(snap.present))
+        source = RowVectors(client, loc, sorted(snap.present), snap.ts)
         counts = {"products": n}
         for modality, parts in snap.present.items():
             present = np.concatenate(parts) if parts else np.zeros(0, bool)
             rows = np.flatnonzero(present).astype(np.int64)
             vectors = MilvusVectors(source, modality, rows, int(manifest["dims"][modality]))
-            modalities[modality] = MilvusChannel(client, loc, modality, rows, vectors, n, params)
+            modalities[modality] = MilvusChannel(client, loc, modality, rows, vectors, n, params, source.read)
             counts[modality] = len(rows)
         copied = int(snap.manifest.get("counts", {}).get("products", n))
         manifest["counts"] = counts
@@ -694,7 +1006,7 @@ class MilvusIndexStore(IndexStore):
             lexical=snap.lexical,
             deleted=np.asarray(sorted(snap.deleted), dtype=np.int64),
         )
-        store.location, store.build, store.changes_read = loc, snap.build, snap.changes
+        store.location, store.build = loc, snap.build
         return store
 
     @classmethod
@@ -711,7 +1023,7 @@ class MilvusIndexStore(IndexStore):
         return cls.open(path, encoder)
 
     def is_stale(self) -> bool:
-        """True when any process committed an add, a change (or a new copy): one small query."""
+        """True when any process committed an add (or a new copy): one ~1 ms metadata read (`read_state`)."""
         try:
             state = read_state(self.modalities_client(), self.location)
         except IndexNotFound:
@@ -732,18 +1044,19 @@ class MilvusIndexStore(IndexStore):
 
     # ---- writing --------------------------------------------------------------------------
     def _live(self) -> MilvusIndexStore:
-        """The live store for a writer holding the lock: a change a killed writer left half
-        done is finished first, and the last write's audit events recorded if they were not."""
+        """The live store for a writer holding the lock, from the state's truth (`read_state`):
+        a change a killed writer left half done is finished first, and the last write's audit
+        events recorded if they were not."""
         loc = self.location
         client = client_for(loc.uri)
-        state = read_state(client, loc)
-        pending = _change_entry(client, loc, int(state.get("changes", 0)) + 1)
+        state = read_state(client, loc, authoritative=True)
+        pending = _change_entry(client, loc, int(state.get("changes", 0)) + 1, int(state.get("ts", 0)))
         if pending is not None:
-            live = type(self).open(loc, local=self.path)
-            _apply_change(client, loc, live, pending)
-            _commit_change(client, loc, int(state.get("changes", 0)) + 1)
-            state = read_state(client, loc)
-        live = type(self).open(loc, local=self.path)
+            live = type(self).open(loc, local=self.path, state=state)
+            ts = _apply_change(client, loc, live, pending)
+            _commit_change(client, loc, int(state.get("changes", 0)) + 1, ts)
+            state = read_state(client, loc, authoritative=True)
+        live = type(self).open(loc, local=self.path, state=state)
         _journal_last(client, loc, state, live)
         return live
 
@@ -762,7 +1075,7 @@ class MilvusIndexStore(IndexStore):
 
         Writers of one machine are serialised by a file lock (for Lite, beside the database;
         for a server, in the temp folder): several hosts adding to one server collection at
-        once are not coordinated here (see README)."""
+        once are not coordinated here (see docs/milvus.md)."""
         loc = self.location
         client = client_for(loc.uri)
         info: dict[str, Any] = {"event": new_event_id(), "time": utc_now(), "action": action, "actor": actor}
@@ -794,16 +1107,15 @@ class MilvusIndexStore(IndexStore):
             unknown = set(new_vectors) - set(dims)
             if unknown:
                 raise ValueError(f"unknown modality {sorted(unknown)!r}")
-            entities = _entities(new_products, start, vectors, present)
-            put_blob(client, loc, f"add/{start}", json.dumps(info, ensure_ascii=False).encode())
-            for lo in range(0, len(entities), INSERT_ROWS):
-                client.upsert(loc.collection, entities[lo : lo + INSERT_ROWS])
-            state = read_state(client, loc)
+            ts = put_blob(client, loc, f"add/{start}", json.dumps(info, ensure_ascii=False).encode())
+            ts = max(ts, _write_rows(client, loc, new_products, start, vectors, present))
+            state = dict(live.state)
             state["rows"] = start + len(new_products)
+            state["ts"] = max(int(state.get("ts", 0)), ts)
             state["last"] = {"add": [start, start + len(new_products)]}
-            _put_values(client, loc, {"state": json.dumps(state)})
+            write_state(client, loc, state)  # the commit: acknowledged once this returns
             AuditLog(self.path).record_events(events)
-            return type(self).open(loc, local=self.path)
+            return type(self).open(loc, local=self.path, state=state)
 
     def change(
         self,
@@ -811,12 +1123,13 @@ class MilvusIndexStore(IndexStore):
         relabels: Mapping[str, Iterable[str]] | None = None,
         actor: str = "cli",
     ) -> MilvusIndexStore:
-        """Delete and/or relabel products: O(batch) upserts (see the module docstring for the
+        """Delete and/or relabel products: O(batch) writes (see the module docstring for the
         order that makes a killed writer's change finish, not vanish). A deleted product is in no
-        search, vote or category count from the next load on (its flags and path are cleared);
-        a relabel may name a path no product has yet; one equal to the product's own changes
-        nothing. Refused whole, nothing written: an unknown or deleted id (ProductNotFound), a
-        malformed path (CategoryPathError), an id both deleted and relabelled (ValueError)."""
+        search, vote or category count from the next load on (its vectors, flags and path are
+        cleared); a relabel may name a path no product has yet; one equal to the product's own
+        changes nothing. Refused whole, nothing written: an unknown or deleted id
+        (ProductNotFound), a malformed path (CategoryPathError), an id both deleted and
+        relabelled (ValueError)."""
         doomed, wanted = checked_change(deletes, relabels)
         loc = self.location
         client = client_for(loc.uri)
@@ -854,11 +1167,11 @@ class MilvusIndexStore(IndexStore):
             if not entry["events"]:
                 return live
             seq = live.changes_read + 1
-            put_blob(client, loc, f"change/{seq}", json.dumps(entry, ensure_ascii=False).encode())
-            _apply_change(client, loc, live, entry)
-            _commit_change(client, loc, seq)
+            ts = put_blob(client, loc, f"change/{seq}", json.dumps(entry, ensure_ascii=False).encode())
+            ts = max(ts, _apply_change(client, loc, live, entry))
+            state = _commit_change(client, loc, seq, ts)
             AuditLog(self.path).record_events(entry["events"])
-            return type(self).open(loc, local=self.path)
+            return type(self).open(loc, local=self.path, state=state)
 
 
 def _add_events(products: Sequence[Product], info: Mapping[str, Any]) -> list[dict]:
@@ -878,71 +1191,77 @@ def _add_events(products: Sequence[Product], info: Mapping[str, Any]) -> list[di
     ]
 
 
-def _change_entry(client: Any, loc: MilvusLocation, seq: int) -> dict | None:
-    """The change entry `change/<seq>`, None when none was written (its header goes last)."""
+def _change_entry(client: Any, loc: MilvusLocation, seq: int, ts: int) -> dict | None:
+    """The change entry `change/<seq>`, None when none was written (its header goes last).
+    Read Strong: an entry past the committed state carries no commit timestamp to wait for."""
     name = f"change/{seq}"
-    if name not in _get_values(client, loc, [name]):
+    hits = client.query(loc.meta, ids=[name], output_fields=["value"], consistency_level="Strong")
+    if not hits:
         return None
-    return dict(json.loads(get_blob(client, loc, name)))
+    return dict(json.loads(get_blob(client, loc, name, ts)))
 
 
-def _apply_change(client: Any, loc: MilvusLocation, live: MilvusIndexStore, entry: Mapping[str, Any]) -> None:
-    """Upsert the entities of a change entry: deleted rows with zero vectors, no flags and no
-    path; relabelled rows with their vectors read back and their new path. Idempotent. O(batch·d)."""
+def _apply_change(client: Any, loc: MilvusLocation, live: MilvusIndexStore, entry: Mapping[str, Any]) -> int:
+    """Write a change entry: deleted rows' records marked, paths and flags cleared, vectors
+    deleted; relabelled rows with their new path, their vectors read back and written
+    unchanged. Idempotent. O(batch·d). Returns the timestamp of the last write."""
     dims = {m: int(d) for m, d in live.manifest["dims"].items()}
     records = entry["records"]
     deletes = [int(r) for r in entry["deletes"]]
     relabels = [int(r) for r in entry["relabels"]]
-    entities = []
+    ts = 0
     if deletes:
         zeros = {m: np.zeros((len(deletes), d), np.float32) for m, d in dims.items()}
         none = {m: np.zeros(len(deletes), bool) for m in dims}
         products = [Product.from_record(records[str(r)]) for r in deletes]
-        entities += _entities(products, 0, zeros, none, np.ones(len(deletes), bool), rows=deletes)
+        ts = _write_rows(client, loc, products, 0, zeros, none, np.ones(len(deletes), bool), rows=deletes)
     if relabels:
-        fields = [*dims, *(f"has_{m}" for m in dims)]
-        found = {int(h["row"]): h for h in client.query(loc.collection, ids=relabels, output_fields=fields)}
-        lost = [r for r in relabels if r not in found]
-        if lost:
-            raise IndexDamaged(f"Milvus collection {loc.collection} lacks rows {lost[:5]}")
-        vectors = {m: np.asarray([found[r][m] for r in relabels], np.float32) for m in dims}
-        present = {m: np.asarray([bool(found[r][f"has_{m}"]) for r in relabels]) for m in dims}
+        read = read_options(int(live.state.get("ts", 0)))
+        vectors, present = {}, {}
+        for m, d in dims.items():
+            hits = client.query(loc.channel(m), ids=relabels, output_fields=["vector"], **read)
+            found = {int(h["row"]): h["vector"] for h in hits}
+            present[m] = np.asarray([r in found for r in relabels], bool)
+            vectors[m] = np.asarray([found.get(r, np.zeros(d)) for r in relabels], np.float32).reshape(-1, d)
         products = [Product.from_record(records[str(r)]) for r in relabels]
-        entities += _entities(products, 0, vectors, present, rows=relabels)
-    for lo in range(0, len(entities), INSERT_ROWS):
-        client.upsert(loc.collection, entities[lo : lo + INSERT_ROWS])
+        ts = max(ts, _write_rows(client, loc, products, 0, vectors, present, rows=relabels))
+    return ts
 
 
-def _commit_change(client: Any, loc: MilvusLocation, seq: int) -> None:
-    state = read_state(client, loc)
+def _commit_change(client: Any, loc: MilvusLocation, seq: int, ts: int) -> dict[str, Any]:
+    """Commit change `seq` (its writes up to timestamp `ts`); the state committed."""
+    state = read_state(client, loc, authoritative=True)
     state["changes"] = seq
+    state["ts"] = max(int(state.get("ts", 0)), ts)
     state["last"] = {"change": seq}
-    _put_values(client, loc, {"state": json.dumps(state)})
+    write_state(client, loc, state)
+    return state
 
 
 def _journal_last(client: Any, loc: MilvusLocation, state: Mapping[str, Any], live: MilvusIndexStore) -> None:
     """Record the audit events of the last committed write if its writer died before it could:
     one lookup when they are recorded (`indexer.store.audit.record_unrecorded`)."""
     last = state.get("last") or {}
+    ts = int(state.get("ts", 0))
     events: list[dict] = []
     if "change" in last:
-        entry = _change_entry(client, loc, int(last["change"]))
+        entry = _change_entry(client, loc, int(last["change"]), ts)
         events = list(entry["events"]) if entry else []
     elif "add" in last:
         start, stop = (int(x) for x in last["add"])
         name = f"add/{start}"
-        if name in _get_values(client, loc, [name]):
-            info = json.loads(get_blob(client, loc, name))
+        if name in _get_values(client, loc, [name], ts):
+            info = json.loads(get_blob(client, loc, name, ts))
             events = _add_events(live.products[start:stop], info)
     record_unrecorded(live.path, events)
 
 
-def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: int) -> _Snapshot:
+def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: int, ts: int) -> _Snapshot:
     """The snapshot with the rows of change entries (snap.changes, changes] read again:
     O(entries + rows changed) from Milvus, O(N) pointer and flag copies in memory."""
     rows: set[int] = set()
     for seq in range(snap.changes + 1, changes + 1):
-        entry = _change_entry(client, loc, seq)
+        entry = _change_entry(client, loc, seq, ts)
         if entry is None:
             raise IndexDamaged(f"Milvus collection {loc.meta} lacks the committed change/{seq}")
         rows.update(int(r) for r in [*entry["deletes"], *entry["relabels"]])
@@ -951,7 +1270,8 @@ def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: 
     found: dict[int, dict] = {}
     ordered = sorted(r for r in rows if r < len(snap.products))
     for lo in range(0, len(ordered), FETCH_ROWS):
-        for hit in client.query(loc.collection, ids=ordered[lo : lo + FETCH_ROWS], output_fields=fields):
+        hits = client.query(loc.collection, ids=ordered[lo : lo + FETCH_ROWS], output_fields=fields, **read_options(ts))
+        for hit in hits:
             found[int(hit["row"])] = hit
     products = list(snap.products)
     present = {m: np.concatenate(parts).copy() if parts else np.zeros(0, bool) for m, parts in snap.present.items()}
@@ -961,23 +1281,20 @@ def _reread_changed(snap: _Snapshot, client: Any, loc: MilvusLocation, changes: 
         (deleted.add if gone else deleted.discard)(row)
         for m in modalities:
             present[m][row] = bool(hit[f"has_{m}"])
-    return _Snapshot(
-        snap.build,
-        snap.manifest,
-        products,
-        {m: [flags] for m, flags in present.items()},
-        snap.lexical,
-        snap.lexical_rows,
-        frozenset(deleted),
-        changes,
+    return dataclasses.replace(
+        snap,
+        products=products,
+        present={m: [flags] for m, flags in present.items()},
+        deleted=frozenset(deleted),
+        changes=changes,
     )
 
 
-def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int) -> _Snapshot:
+def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int, ts: int) -> _Snapshot:
     """The snapshot plus rows [len(products), committed): their lexical rows are transformed
     with the stored vocabulary (no refit on add, as the FAISS store does)."""
     lo = len(snap.products)
-    products, present, deleted = _fetch_products(client, loc, list(snap.present), lo, committed)
+    products, present, deleted = _fetch_products(client, loc, list(snap.present), lo, committed, ts)
     lexical = snap.lexical
     if lexical is not None and committed > snap.lexical_rows:
         start = max(lo, snap.lexical_rows)
@@ -994,6 +1311,7 @@ def _extend(snap: _Snapshot, client: Any, loc: MilvusLocation, committed: int) -
         {m: [*parts, present[m]] for m, parts in snap.present.items()},
         lexical,
         max(snap.lexical_rows, committed) if lexical is not None else snap.lexical_rows,
+        ts,
         snap.deleted | deleted,
         snap.changes,
     )
@@ -1012,7 +1330,7 @@ def drop(location: str | Path | MilvusLocation) -> None:
     """Drop an index's collections (tests, benches)."""
     loc = location if isinstance(location, MilvusLocation) else MilvusLocation.parse(location)
     client = client_for(loc.uri)
-    for name in (loc.collection, loc.meta):
+    for name in collections(loc):
         if client.has_collection(name):
             client.drop_collection(name)
     _LOADED.pop((loc.uri, loc.collection), None)

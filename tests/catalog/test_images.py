@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.catalog.images import ImageError, ImageLimits, load_image, thumbnail
+from indexer.catalog.images import DecodeBudget, DecodeBusy, ImageError, ImageLimits, load_image, thumbnail
 
 BIG_REAL_IMAGE = "5518124b75d6c6dfee4c2e4c0cfa716a.jpg"
 
@@ -256,3 +256,77 @@ def test_limits_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("IMAGE_MAX_PIXELS", "40MP")
     with pytest.raises(ValueError, match="IMAGE_MAX_PIXELS must be a whole number, got '40MP'"):
         ImageLimits.from_env()
+
+
+# ---- decoding bounded by memory --------------------------------------------------------------
+def test_png_is_reduced_right_after_decoding_to_at_least_the_draft_size():
+    image = noise((2000, 1000))
+    loaded = load_image(encode(image, "PNG"), draft_size=224)
+    # 1000 // 224 = 4: both sides stay >= 224, as JPEG draft scaling keeps them
+    assert loaded.size == (500, 250) and loaded.mode == "RGB"
+    # box-averaged, not sampled: each pixel is the mean of its 4x4 block
+    block = np.asarray(image)[:4, :4].reshape(-1, 3).mean(axis=0)
+    assert np.abs(np.asarray(loaded)[0, 0] - block).max() <= 1
+    assert load_image(encode(noise((300, 200)), "PNG"), draft_size=224).size == (300, 200)  # no factor >= 2
+
+
+def test_jpeg_keeps_its_draft_scale_and_is_not_reduced_again():
+    # draft stops at 1/8 (250 x 125); reducing again (by 10) would change the build's vectors
+    assert load_image(encode(noise((2000, 1000)), "JPEG"), draft_size=100).size == (250, 125)
+
+
+def test_reduced_palette_png_keeps_its_transparency_and_orientation():
+    image = Image.new("P", (1200, 600), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    image.paste(1, (600, 0, 1200, 600))  # right half red, left half transparent
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    loaded = load_image(encode(image, "PNG", transparency=0, exif=exif), draft_size=100)
+    assert loaded.size == (100, 200)  # 600 // 100 = 6: 200 x 100, then turned upright
+    assert loaded.getpixel((50, 20)) == (255, 255, 255)  # the transparent half, now on top, is white
+    assert loaded.getpixel((50, 180)) == (255, 0, 0)
+
+
+def test_a_decode_waits_for_room_in_the_budget_then_gives_up():
+    budget = DecodeBudget(pixels=1000, wait_seconds=0.2)
+    with budget.reserve(800):
+        assert budget.in_flight == 800
+        with pytest.raises(DecodeBusy, match="decode budget") as caught:
+            load_image(encode(noise((20, 20)), "PNG"), budget=budget)  # 400 more do not fit
+        assert caught.value.retry_after >= 1
+    assert budget.in_flight == 0
+    assert load_image(encode(noise((20, 20)), "PNG"), budget=budget).size == (20, 20)
+    assert budget.in_flight == 0
+
+
+def test_a_waiting_decode_proceeds_when_room_is_freed():
+    import threading
+
+    budget = DecodeBudget(pixels=1000, wait_seconds=5)
+    held = budget.reserve(900)
+    held.__enter__()
+    timer = threading.Timer(0.2, held.__exit__, args=(None, None, None))
+    timer.start()
+    assert load_image(encode(noise((20, 20)), "PNG"), budget=budget).size == (20, 20)
+    timer.join()
+    assert budget.in_flight == 0
+
+
+def test_an_image_larger_than_the_budget_decodes_alone():
+    budget = DecodeBudget(pixels=100, wait_seconds=0.1)
+    assert load_image(encode(noise((30, 30)), "PNG"), budget=budget).size == (30, 30)
+    with budget.reserve(1), pytest.raises(DecodeBusy):
+        load_image(encode(noise((30, 30)), "PNG"), budget=budget)
+
+
+def test_a_failed_decode_gives_its_pixels_back():
+    budget = DecodeBudget(pixels=10_000, wait_seconds=0.1)
+    damaged = encode(noise((50, 50)), "PNG")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(damaged[: len(damaged) // 2], budget=budget)
+    assert budget.in_flight == 0
+
+
+def test_a_budget_needs_pixels():
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        DecodeBudget(pixels=0, wait_seconds=1)

@@ -463,3 +463,32 @@ def test_quick_options_keep_the_seed_and_mark_the_run():
     assert quick.quick and quick.seeds == (7,) and quick.folds == ReportOptions().folds
     assert quick.skip_tsne and quick.skip_bovw and not quick.stability_checks and not quick.random_split
     assert not ReportOptions().quick
+
+
+def test_heartbeat_child_prints_while_told_a_step_runs():
+    """The child process beats on its own clock (a GIL-holding C call in the report cannot stop it)."""
+    import subprocess
+    import sys
+    import time
+
+    from evaluation import progress
+
+    start = time.time()
+    child = subprocess.Popen(
+        [sys.executable, "-I", progress.__file__, "0.1", str(start)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    child.stdin.write(json.dumps({"label": "step 3/9 t-sne image", "start": time.time(), "note": "fold seed 1"}) + "\n")
+    child.stdin.flush()
+    time.sleep(0.5)
+    child.stdin.write(json.dumps({"label": "", "start": 0.0, "note": ""}) + "\n")  # the step ended
+    child.stdin.flush()
+    time.sleep(0.4)
+    _, err = child.communicate(timeout=10)  # closing stdin ends the child
+    assert child.returncode == 0
+    beats = err.splitlines()
+    assert len(beats) >= 2, err
+    assert all(b.startswith("step 3/9 t-sne image ... fold seed 1,") and "in this step (elapsed" in b for b in beats)

@@ -309,3 +309,44 @@ def test_no_calibrate_is_served_as_is_with_every_decision_review(fake_profile, t
     categorizer = categorizer_for(store)
     prediction = categorizer.predict_rows(np.array([0]))[0]
     assert prediction.decision == "review" and prediction.category == "Watches"
+
+
+@pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def test_ingest_store_streams_shards_straight_into_milvus(fake_profile, tmp_path, request, where):
+    """`ingest --store`: the same rows refused, the same products, vectors, lexical channel and
+    calibration as an ingest into FAISS of the same shards, and no FAISS index is written."""
+    from indexer.store.milvus import MilvusIndexStore, MilvusLocation, drop
+
+    good = [row(i) for i in range(24)]
+    good[5]["image_vector"] = None
+    bad = [r for rows in BAD.values() for r in rows]
+    folder = write_rows(tmp_path / "emb", [good[:10] + bad[:5], bad[5:] + good[10:]])
+    if where == "lite":
+        location = str(tmp_path / "ingest.db")
+    else:
+        location = request.getfixturevalue("milvus_server").uri + "/ingested"
+    out = tmp_path / "never-written"
+    try:
+        argv = ["ingest", "--embeddings", str(folder), "--out", str(out), "--store", location, "--batch-rows", "4"]
+        assert main(argv) == 0
+        assert not out.exists()
+        # an existing collection is refused without --replace (the CLI's error exit)
+        assert main(["ingest", "--embeddings", str(folder), "--store", location]) != 0
+        faiss_summary = ingest(folder, tmp_path / "faiss", batch_rows=4)
+        faiss_store = open_store(tmp_path / "faiss", encoder=FakeEncoder())
+        milvus = MilvusIndexStore.open(MilvusLocation.parse(location), encoder=FakeEncoder())
+        assert [p.id for p in milvus.products] == [p.id for p in faiss_store.products] == [r["id"] for r in good]
+        assert faiss_summary.refused == {k: len(v) for k, v in BAD.items()}
+        assert milvus.manifest["validation"]["counts"] == faiss_store.manifest["validation"]["counts"]
+        assert milvus.manifest["counts"] == {"products": 24, "image": 23, "text": 24}
+        for modality in ("image", "text"):
+            a, rows_a = milvus.vectors_by_row(modality)
+            b, rows_b = faiss_store.vectors_by_row(modality)
+            np.testing.assert_array_equal(rows_a, rows_b)
+            np.testing.assert_allclose(a, b, atol=1e-3)  # FAISS stores float16, Milvus float32
+        assert (abs(milvus.lexical.matrix - faiss_store.lexical.matrix)).max() < 1e-6
+        calibrated = milvus.manifest["categorizer"]
+        assert calibrated["cv"]["folds"] == faiss_store.manifest["categorizer"]["cv"]["folds"] >= 2
+        assert calibrated["weights"] and milvus.manifest["ingest"]["store"] == location
+    finally:
+        drop(MilvusLocation.parse(location))

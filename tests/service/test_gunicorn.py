@@ -37,7 +37,8 @@ def request(port, method, path, body=None, headers=None, timeout=60):
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         data = response.read()
-        return response.status, dict(response.getheaders()), data
+        # header names are case-insensitive (the front sends them in lower case, as HTTP/2 does)
+        return response.status, response.headers, data
     finally:
         conn.close()
 

@@ -4,7 +4,6 @@ listing at a time with its photo, reasons, three choices and neighbours, answere
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from service_support import copy_index, free_port
+from service_support import copy_index, edit_manifest, free_port
 
-from indexer.store.local.index import VERSIONS, read_current
 from service.app import create_app
 from service.config import Config
 
@@ -35,10 +33,7 @@ def site(service_index, embedded_encoder, real_data_dir, tmp_path_factory):
     from werkzeug.serving import make_server
 
     index_dir = copy_index(service_index, tmp_path_factory.mktemp("review-browser") / "index")
-    manifest_file = index_dir / VERSIONS / read_current(index_dir) / "manifest.json"
-    manifest = json.loads(manifest_file.read_text())
-    manifest["categorizer"]["threshold"] = None  # every listing waits for review
-    manifest_file.write_text(json.dumps(manifest))
+    edit_manifest(index_dir, lambda m: m["categorizer"].update(threshold=None))  # every listing waits for review
     config = Config(index_dir=str(index_dir), data_dir=str(real_data_dir), api_token=WRITER, review_token=REVIEWER)
     app = create_app(config, encoder=embedded_encoder)
     client = app.test_client()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from service_support import copy_index, free_port
+from service_support import copy_index, edit_manifest, free_port
 
 from indexer.store import AuditLog, ReviewQueue, open_store
 
@@ -108,13 +108,7 @@ def wait_ready(port: int, proc, log_path: Path, seconds: float = 240) -> None:
 def without_threshold(index_dir: Path) -> Path:
     """The index with no auto threshold (as `ingest --no-calibrate` leaves it): every listing waits
     for review, whatever the listings filed before it look like."""
-    from indexer.store.local.index import VERSIONS, read_current
-
-    manifest_file = index_dir / VERSIONS / read_current(index_dir) / "manifest.json"
-    manifest = json.loads(manifest_file.read_text())
-    manifest["categorizer"]["threshold"] = None
-    manifest_file.write_text(json.dumps(manifest))
-    return index_dir
+    return edit_manifest(index_dir, lambda m: m["categorizer"].update(threshold=None))
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,16 @@ import base64
 import io
 import os
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from fakes import damage
+from fakes import damage, publish_copy
 from service_support import copy_index, jpeg_bytes, photo_products
 
 from indexer.store import open_store
-from indexer.store.local.index import CURRENT, VERSIONS, IndexStore, list_versions, read_current
+from indexer.store.local.index import VERSIONS, IndexStore, list_versions, read_current
 from service.app import create_app
 from service.config import Config
 from service.media import STAGING_PREFIX, UPLOADS
@@ -51,9 +50,8 @@ def publish_damaged(index_dir: Path, name: str, how: str, base: str | None = Non
     """A copy of a good version as the next version number, one file damaged, made live."""
     base = base or read_current(index_dir)
     version = f"{int(max(list_versions(index_dir))) + 1:06d}"
-    shutil.copytree(index_dir / VERSIONS / base, index_dir / VERSIONS / version)
+    publish_copy(index_dir, base, version)  # sealed and pointed at, as a publish would
     damage(index_dir / VERSIONS / version / name, how)
-    (index_dir / CURRENT).write_text(version + "\n")
     return version
 
 

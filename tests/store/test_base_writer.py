@@ -14,10 +14,11 @@ from indexer.store.local import writer as base_writer
 from indexer.store.local.index import (
     VERSIONS,
     IndexStoreError,
-    commit_staged,
+    Snapshot,
     finish_base,
     new_base_writer,
     publish,
+    publish_base,
 )
 from indexer.store.local.index import write_lock as lock
 
@@ -42,7 +43,7 @@ def test_batches_equal_one_write(tmp_path):
     image[[3, 17]] = np.nan  # two products without a photo
     text = random_vectors(30, 12, 2)
     staging = staged_in_batches(tmp_path / "a", products, {"image": image, "text": text})
-    commit_staged(tmp_path / "a", staging)
+    publish_base(tmp_path / "a", staging, Snapshot(None), "build")
     keep = ~np.isnan(image).any(axis=1)
     with lock(tmp_path / "b"):
         publish(
@@ -78,7 +79,7 @@ def test_trained_factory_learns_from_a_bounded_seeded_sample(tmp_path, monkeypat
     products = make_products(100)
     vectors = {"text": random_vectors(100, 12, 5)}
     staging = staged_in_batches(tmp_path, products, vectors, factory="IVF4,Flat", batch=9)
-    commit_staged(tmp_path, staging)
+    publish_base(tmp_path, staging, Snapshot(None), "build")
     store = open_store(tmp_path)
     index = store.modalities["text"].index
     assert index.ntotal == 100 and isinstance(index, faiss.IndexIVFFlat)

@@ -8,14 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fakes import FakeEncoder, damage, make_dataset
+from fakes import FakeEncoder, damage, make_dataset, publish_copy
 
 from indexer.__main__ import main
 from indexer.catalog.products import load_catalog
 from indexer.pipeline.build import CACHE_FILE, AddedProductsWouldBeDropped, add_products, build_index
 from indexer.store import open_store
 from indexer.store.local.index import (
-    CURRENT,
     VERSIONS,
     IndexDamaged,
     last_verified,
@@ -65,12 +64,11 @@ def index(built, tmp_path):
 
 
 def new_damaged_version(index_dir: Path, name: str, how: str) -> str:
-    """Copy the live version as the next one, damage one file, point CURRENT at it."""
+    """Copy the live version as the next one, point CURRENT at it (sealed, as a publish would),
+    then damage one file."""
     live = read_current(index_dir)
-    version = f"{int(live) + 1:06d}"
-    shutil.copytree(index_dir / VERSIONS / live, index_dir / VERSIONS / version)
+    version = publish_copy(index_dir, live, f"{int(live) + 1:06d}")
     damage(index_dir / VERSIONS / version / name, how)
-    (index_dir / CURRENT).write_text(version + "\n")
     return version
 
 

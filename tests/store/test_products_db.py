@@ -5,6 +5,7 @@ Fake vectors, no models; a few seconds."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 from collections import Counter
@@ -239,7 +240,11 @@ def test_a_table_missing_rows_is_refused(tmp_path):
 def test_format_2_index_is_refused_with_rebuild(tmp_path):
     publish_products(tmp_path, products(5))
     manifest_file = tmp_path / VERSIONS / "000001" / "manifest.json"
-    manifest_file.write_text(manifest_file.read_text().replace('"format_version": 3', '"format_version": 2'))
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["seal"]  # format 2 was written before seals, with a one-line CURRENT
+    manifest["format_version"] = 2
+    manifest_file.write_text(json.dumps(manifest))
+    (tmp_path / "CURRENT").write_text("000001\n")
     with pytest.raises(IndexMismatch, match="format version 2.*rebuild it with `python -m indexer build`"):
         open_store(tmp_path)
 

@@ -211,10 +211,12 @@ def test_a_build_during_a_compaction_wins(tmp_path, monkeypatch):
     assert not list((tmp_path / VERSIONS).glob(".staging-*"))
 
 
-def test_one_compaction_at_a_time(tmp_path):
+def test_one_base_writer_at_a_time(tmp_path):
+    from indexer.store.local.handover import base_lock
+
     publish_fake(tmp_path, n=10)
     add_one(open_store(tmp_path), "a", 1)
-    with store_module._compaction_lock(tmp_path, wait=True):
+    with base_lock(tmp_path, wait=True):  # a build, an ingest or another compaction
         busy = compact(tmp_path, wait=False)
     assert busy.version == "000001" and busy.deltas == ("000001",)
 

@@ -35,6 +35,8 @@ from indexer.store.local.index import (
     read_current,
     write_lock,
 )
+from indexer.store.local.seals import seal_manifest
+from indexer.store.local.versions import write_current
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parents[1]
@@ -153,8 +155,10 @@ def test_other_format_version_refused(tmp_path):
     publish_fake(tmp_path, n=4)
     manifest_path = tmp_path / VERSIONS / "000001" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["format_version"] = FORMAT_VERSION + 1
-    manifest_path.write_text(json.dumps(manifest))
+    manifest["format_version"] = FORMAT_VERSION + 1  # sealed as the code that writes that format would
+    data, _ = seal_manifest(manifest, **{k: v for k, v in manifest["seal"].items() if k in ("version", "previous")})
+    manifest_path.write_bytes(data)
+    write_current(tmp_path, "000001")
     with pytest.raises(IndexMismatch, match=f"format version {FORMAT_VERSION + 1}.*rebuild"):
         open_store(tmp_path)
 
@@ -321,10 +325,12 @@ def test_failure_before_pointer_swap_keeps_previous_version(tmp_path, monkeypatc
         publish_fake(tmp_path, n=20, prefix="new")
     monkeypatch.undo()
     assert open_store(tmp_path).version == "000001"
-    # the complete but never-published version is skipped by the next writer
+    # the complete but never-published version is removed by the publish that failed: no reader
+    # takes it for a newer version (a roll-back of CURRENT), and the next writer publishes
+    assert live_versions(tmp_path) == ["000001"]
     publish_fake(tmp_path, n=3, prefix="next")
     store = open_store(tmp_path)
-    assert store.version == "000003" and [p.id for p in store.products] == ["next0000", "next0001", "next0002"]
+    assert store.version == "000002" and [p.id for p in store.products] == ["next0000", "next0001", "next0002"]
 
 
 def test_stale_reader_keeps_working_after_new_versions(tmp_path):

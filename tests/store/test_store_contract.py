@@ -1,6 +1,12 @@
-"""One contract for every store backend (FAISS on local disk, Milvus Lite), in the manner of
-scikit-learn's common estimator checks: each test runs once per backend on the same small
-index, and the real 945-product nested figures must be identical through either store."""
+"""One contract for every store backend (FAISS on local disk, Milvus Lite, a Milvus server), in
+the manner of scikit-learn's common estimator checks: each test runs once per backend on the
+same small index, and the real 945-product nested figures must be identical through either store.
+
+The Milvus server is the `milvus` package's standalone binary, started once per session by the
+`milvus_server` fixture (tests/conftest.py) when the first server case runs; each test copies the
+small index into a collection once per module (about 15 s on the server: each collection's
+creation waits for its load) for the tests that only read, and into a fresh one for each test
+marked `fresh_copy` (a write that succeeds), dropped afterwards."""
 
 from __future__ import annotations
 
@@ -32,9 +38,9 @@ from indexer.store.locks import write_lock
 
 pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
-from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus  # noqa: E402
+from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop  # noqa: E402
 
-BACKENDS = ("faiss", "milvus")
+BACKENDS = ("faiss", "milvus-lite", pytest.param("milvus-server", marks=pytest.mark.milvus_server))
 N = 40
 
 
@@ -61,16 +67,41 @@ def milvus_db(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("milvus") / "contract.db"
 
 
+def collection_name(request) -> str:
+    """A collection per test (letters, digits and _ only, as Milvus wants)."""
+    return f"t{abs(hash(request.node.name)) % 10**9}"
+
+
+@pytest.fixture(scope="module")
+def shared_copies(tmp_path_factory, milvus_db):
+    """backend -> the small index copied once for the module's read-only tests."""
+    copies: dict[str, MilvusLocation] = {}
+    yield copies
+    for loc in copies.values():
+        drop(loc)
+
+
 @pytest.fixture(params=BACKENDS)
-def store(request, tmp_path, milvus_db) -> IndexStore:
+def store(request, tmp_path, milvus_db, shared_copies):
     encoder = FakeEncoder()
     publish_small(tmp_path / "faiss", encoder)
     faiss_store = open_store(tmp_path / "faiss")
     if request.param == "faiss":
-        return faiss_store
-    loc = MilvusLocation(str(milvus_db.resolve()), f"t{abs(hash(request.node.name)) % 10**9}")
-    copy_to_milvus(faiss_store, loc, replace=True)
-    return MilvusIndexStore.open(loc, local=tmp_path / "local")  # the test's own folder: its audit trail
+        yield faiss_store
+        return
+    fresh = request.node.get_closest_marker("fresh_copy") is not None
+    name = collection_name(request) if fresh else f"shared_{request.param.replace('-', '_')}"
+    if request.param == "milvus-lite":
+        loc = MilvusLocation(str(milvus_db.resolve()), name)
+    else:
+        loc = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, name)
+    if fresh or request.param not in shared_copies:
+        copy_to_milvus(faiss_store, loc, replace=True)
+        if not fresh:
+            shared_copies[request.param] = loc
+    yield MilvusIndexStore.open(loc, local=tmp_path / "local")  # the test's own folder: its audit trail
+    if fresh:
+        drop(loc)
 
 
 def reload(store: IndexStore) -> IndexStore:
@@ -169,6 +200,7 @@ def added_products(n: int = 2) -> list[Product]:
     ]
 
 
+@pytest.mark.fresh_copy
 def test_add_is_visible_to_the_next_query(store):
     encoder = FakeEncoder()
     new = added_products(2)
@@ -255,6 +287,7 @@ def every_channel_hit(store: IndexStore, rows: list[int], k: int = N) -> set[str
     return hits
 
 
+@pytest.mark.fresh_copy
 @pytest.mark.parametrize("skip", [32, 0])  # deleted rows searched around (skip) or filtered out (a bitmap)
 def test_delete_hides_the_product_from_every_read(store, skip, monkeypatch):
     from indexer.store import base
@@ -288,6 +321,7 @@ def test_delete_hides_the_product_from_every_read(store, skip, monkeypatch):
         assert len(found) == 13 and victim not in {n.id for n in found}
 
 
+@pytest.mark.fresh_copy
 def test_relabel_moves_the_products_and_their_vote_at_once(store):
     """Every Watches product renamed into a category the index does not have yet: the next vote,
     the counts, the category filters (in Milvus: its filter expressions) all follow."""
@@ -348,6 +382,7 @@ def test_bad_changes_are_refused_and_change_nothing(store, bad):
     assert AuditLog(store.path).history("s0001") == []
 
 
+@pytest.mark.fresh_copy
 def test_a_product_deleted_twice_or_relabelled_after_is_not_found_and_can_come_back(store):
     from indexer.store import ProductNotFound
 
@@ -363,6 +398,7 @@ def test_a_product_deleted_twice_or_relabelled_after_is_not_found_and_can_come_b
     assert out.row_of("s0001") is None and out.product_count() == N - 1
 
 
+@pytest.mark.fresh_copy
 def test_changes_are_recorded_in_the_audit_trail(store):
     from indexer.store import AuditLog
 
@@ -411,7 +447,7 @@ KILLED_CHANGE = textwrap.dedent(
 
 
 @pytest.mark.parametrize("point", ["before-commit", "before-audit"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])  # Lite: a writer killed in its own process
 def test_a_change_killed_at_any_point_is_applied_once_or_not_at_all(tmp_path, backend, point):
     """kill -9 while a delete is half done: the index loads; after the next writer, the product
     is either deleted with one audit event or untouched with none, whatever the backend."""
@@ -546,12 +582,18 @@ def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_pat
 
 # ---- the real index: identical nested figures through either store ----------------------------
 @pytest.mark.integration
-def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path):
+@pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path, request, where):
     from indexer.categorizer import protocol as calibration
 
     path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
     faiss_store = open_store(path)
-    loc = copy_to_milvus(faiss_store, MilvusLocation(str(tmp_path / "real.db"), "real"))
+    if where == "lite":
+        target = MilvusLocation(str(tmp_path / "real.db"), "real")
+    else:
+        target = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, "real")
+    loc = copy_to_milvus(faiss_store, target, replace=True)
+    request.addfinalizer(lambda: drop(loc))
     milvus_store = MilvusIndexStore.open(loc)
     assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"]
     groups = calibration.near_duplicate_groups(faiss_store)

@@ -38,15 +38,16 @@ build`".
 
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,19 +78,48 @@ from indexer.store.local.faiss_search import (
     choose_factory,
     search_params,
 )
+from indexer.store.local.handover import (
+    BaseWriterBusy,
+    CarryRefused,
+    Change,
+    Snapshot,
+    Target,
+    base_lock,
+    replay,
+)
 from indexer.store.local.integrity import verify_files
-from indexer.store.local.products_db import PATHS_FILE, PRODUCTS_FILE, ProductRows, ProductTable
+from indexer.store.local.products_db import PATHS_FILE, PRODUCTS_FILE, ProductRows, ProductTable, loaded_image_path
+from indexer.store.local.seals import Pointer, SealBroken, open_manifest
 from indexer.store.local.segments import (
+    ADD,
     CHANGES,
     VECTOR_DTYPE,
     StackedVectors,
     StoredVectors,
-    commit_list,
     copy_delta,
     load_vectors,
+    read_delta_list,
     read_jsonl,
     read_list,
     write_delta,
+    write_list,
+)
+from indexer.store.local.versions import (
+    CURRENT,
+    KEEP_VERSIONS,
+    VERSIONS,
+    IndexRolledBack,
+    commit_version,
+    fsync_dir,
+    interrupted_publish,
+    list_versions,
+    live_pointer,
+    read_current,
+    read_current_bytes,
+    read_pointer,
+    remove_staging,
+    unsealed_allowed,
+    write_current,
 )
 from indexer.store.local.writer import ADD_BATCH, BaseWriter, batches, staging_prefix, write_manifest
 from indexer.store.locks import write_lock
@@ -106,12 +136,17 @@ DELTA_COMPACT_SEGMENTS = int(os.environ.get("INDEX_DELTA_COMPACT_SEGMENTS", "200
 DELTA_COMPACT_DELETES = int(os.environ.get("INDEX_DELTA_COMPACT_DELETES", "1024"))
 _BASES_KEPT = 2
 DEFAULT_FACTORY = AUTO  # Flat below LARGE_BASE_ROWS vectors, IVF-PQ refined by stored vectors above
-CURRENT = "CURRENT"
-VERSIONS = "versions"
-KEEP_VERSIONS = 3
+
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "CURRENT",
+    "KEEP_VERSIONS",
+    "VERSIONS",
+    "CarryRefused",
     "DuplicateProduct",
+    "IndexRolledBack",
+    "Snapshot",
     "IndexDamaged",
     "IndexMismatch",
     "IndexNotFound",
@@ -121,6 +156,11 @@ __all__ = [
     "ProductNotFound",
     "change",
     "compact",
+    "commit_version",
+    "list_versions",
+    "publish_base",
+    "read_current",
+    "writable_live",
 ]
 
 
@@ -142,6 +182,7 @@ class LocalIndexStore(IndexStore):
     backend: ClassVar[str] = "faiss"
     modalities: dict[str, ModalityIndex] = field(default_factory=dict)
     base: _Base | None = field(default=None, repr=False, compare=False)
+    manifest_stamp: tuple = field(default=(), repr=False, compare=False)  # its manifest file's identity at load
     changed: int = 0  # change records (deletes, relabels) in the deltas
     segments: tuple = field(default=(), repr=False, compare=False)  # (base manifest, settings, deltas) read
 
@@ -153,36 +194,59 @@ class LocalIndexStore(IndexStore):
         encoder: Encoder | None = None,
         version: str | None = None,
         checksums: bool = False,
+        writer: bool = False,
     ) -> LocalIndexStore:
         """Load the live version (or `version`); with `encoder`, refuse an index built by other models.
 
-        Always checks each file's size against the manifest and the loaded arrays against its
-        counts (O(files) beyond reading them); `checksums=True` also hashes every file first
-        (O(bytes), see indexer.store.local.integrity). Any damage raises IndexDamaged naming the file.
+        Always checks `CURRENT` and the seals of the manifests and delta LIST (indexer.store.local.
+        seals: a flipped byte, a truncation, an edited value or a roll-back of `CURRENT` is refused),
+        each file's size against the manifest and the loaded arrays against its counts (O(files)
+        beyond reading them); `checksums=True` also hashes every file first (O(bytes), see
+        indexer.store.local.integrity). Any damage raises IndexDamaged naming the file.
+        `writer=True`: the caller holds the write lock (versions newer than `CURRENT` are judged
+        at once, see indexer.store.local.versions.live_pointer).
         A local folder only: `indexer.store.open_store` chooses the backend for a location.
         """
         path = Path(path)
-        version = version or read_current(path)
+        pointer: Pointer | None = None
+        if version is None:
+            pointer = live_pointer(path, writer=writer)
+            version = pointer.version
         vdir = path / VERSIONS / version
         label = f"index version {version} ({VERSIONS}/{version})"
-        with _reading(vdir / "manifest.json", label):
-            manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
-            if not isinstance(manifest, dict):
-                raise ValueError("manifest is not a JSON object")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexMismatch(
-                f"index {path} has format version {manifest.get('format_version')}, "
-                f"this code reads version {FORMAT_VERSION}: rebuild it with `python -m indexer build`"
+        manifest, seal = _open_manifest(vdir / "manifest.json", label)
+        if seal is None and not unsealed_allowed(path, version):
+            raise IndexDamaged(
+                f"{label}: manifest.json carries no seal, but this index is sealed (damaged, or replaced by "
+                "an edited copy)",
+                file=vdir / "manifest.json",
             )
+        if pointer is not None:
+            _check_pointer(path, pointer, seal, label)
         if encoder is not None:
             check_compatible(manifest, encoder)
         verify_files(vdir, manifest, checksums=checksums, label=label, remember=True)
+        listed = read_delta_list(vdir)
+        if seal is not None and not listed.sealed:
+            raise IndexDamaged(
+                f"{label}: deltas/LIST is missing or lost its check line (truncated or replaced)",
+                file=vdir / "deltas" / "LIST",
+            )
         base = _load_base(vdir, manifest, label)
         settings = search_params(manifest)  # manifest's nprobe / efSearch, FAISS_* env overrides, per load
         for _, _, index in base.modalities.values():
             apply_search_params(index, settings)
-        deltas = read_list(vdir)
-        parts = [_load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums) for name in deltas]
+        deltas = listed.names
+        parts = [
+            _load_delta(vdir / "deltas" / name, f"{label}, delta {name}", checksums, expect, seal is not None)
+            for name, expect in zip(listed.names, listed.seals, strict=True)
+        ]
+        if seal is not None and not version.startswith(".") and seal.get("version") != version:
+            raise IndexDamaged(
+                f"{label}: manifest.json was sealed as version {seal.get('version')}, not {version} (a copy of "
+                "another version)",
+                file=vdir / "manifest.json",
+            )
         return cls._assemble(path, version, manifest, base, deltas, parts, settings)
 
     @classmethod
@@ -197,6 +261,7 @@ class LocalIndexStore(IndexStore):
         settings: Mapping[str, int],
     ) -> LocalIndexStore:
         store = _combine(cls, path, version, manifest, base, names, parts)
+        store.manifest_stamp = _stamp(path / VERSIONS / version / "manifest.json")
         for modality, channel in store.modalities.items():  # exact Flat bases need no re-scoring
             exact = (manifest.get("faiss") or {}).get(modality, {}).get("factory", "Flat") == "Flat"
             channel.refine = 1 if exact else settings["refine"]
@@ -216,12 +281,21 @@ class LocalIndexStore(IndexStore):
         )
 
     def is_stale(self) -> bool:
-        """True when another process has published a newer version or delta: two small file reads."""
+        """True when another process has published a newer version or delta, when the version's
+        manifest changed on disk, or when `CURRENT` or LIST turn out damaged (the caller's reload
+        then refuses them): two small file reads and a stat."""
         try:
             current = read_current(self.path)
+            if current != self.version or read_list(self.path / VERSIONS / current) != self.deltas:
+                return True
         except IndexNotFound:
             return False
-        return current != self.version or read_list(self.path / VERSIONS / current) != self.deltas
+        except IndexDamaged:
+            return True
+        return (
+            bool(self.manifest_stamp)
+            and _stamp(self.path / VERSIONS / current / "manifest.json") != self.manifest_stamp
+        )
 
     def delta_rows(self) -> int:
         """Products held in the delta segments (not yet compacted into the base)."""
@@ -285,6 +359,27 @@ _DELTAS: OrderedDict[tuple, _Delta] = OrderedDict()
 _SEEN_DELTAS: OrderedDict[str, tuple[tuple, list[str], bool, _Delta]] = OrderedDict()  # folder -> (key, files, ...)
 _DELTAS_KEPT = 4096
 _BASES_LOCK = threading.Lock()
+
+
+def _stamp(file: Path) -> tuple:
+    """A file's identity (inode, size, mtime, ctime): any rewrite changes it. () when unreadable."""
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return ()
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def live_fingerprint(path: str | Path) -> tuple:
+    """What a reader compares to know whether anything it refused has changed since: `CURRENT`'s
+    bytes and the identity of the manifest and delta LIST it names. O(1)."""
+    path = Path(path)
+    raw = read_current_bytes(path)
+    try:
+        vdir = path / VERSIONS / read_current(path)
+    except IndexStoreError:
+        return (raw,)
+    return (raw, _stamp(vdir / "manifest.json"), _stamp(vdir / "deltas" / "LIST"))
 
 
 def _identity(vdir: Path, manifest: Mapping) -> tuple:
@@ -372,6 +467,57 @@ def _load_base(vdir: Path, manifest: dict, label: str) -> _Base:
     return base
 
 
+_SEALED: dict[str, bytes] = {}  # manifest path -> the bytes whose seal verified last
+
+
+def _open_manifest(file: Path, label: str) -> tuple[dict, dict | None]:
+    """A manifest read and its seal checked: (manifest, seal or None when unsealed). A broken
+    seal is damage whatever the manifest says (a flipped byte may name another format); an intact
+    manifest of another format version is refused as such (IndexMismatch). Bytes equal to those
+    that verified last in this process are only parsed (a reload after an add: O(size) compare)."""
+    with _reading(file, label):
+        raw = file.read_bytes()
+    if _SEALED.get(str(file)) == raw:
+        manifest = json.loads(raw)
+        seal = manifest.get("seal")
+    else:
+        try:
+            manifest, seal = open_manifest(raw)
+        except SealBroken as exc:
+            raise IndexDamaged(f"{label}: {file.name} is damaged or was edited: {exc}", file=file) from None
+        with _BASES_LOCK:
+            if len(_SEALED) > _DELTAS_KEPT:
+                _SEALED.clear()
+            _SEALED[str(file)] = raw
+    if manifest.get("format_version") != FORMAT_VERSION:
+        _refuse_format(file.parent, manifest)
+    return manifest, seal
+
+
+def _refuse_format(folder: Path, manifest: Mapping) -> None:
+    raise IndexMismatch(
+        f"index {folder} has format version {manifest.get('format_version')}, "
+        f"this code reads version {FORMAT_VERSION}: rebuild it with `python -m indexer build`"
+    )
+
+
+def _check_pointer(path: Path, pointer: Pointer, seal: Mapping | None, label: str) -> None:
+    """`CURRENT` and the manifest it names agree: a sealed pointer names the manifest's seal, and a
+    one-line (pre-seal) pointer never names a sealed manifest (that is a truncated `CURRENT`)."""
+    if pointer.legacy and seal is not None:
+        raise IndexDamaged(
+            f"index {path}: CURRENT names version {pointer.version} without its seal, but that version is "
+            "sealed: CURRENT was truncated or replaced",
+            file=path / CURRENT,
+        )
+    if not pointer.legacy and (seal is None or seal.get("digest") != pointer.manifest):
+        raise IndexDamaged(
+            f"{label}: its manifest is not the one CURRENT names (seal {str((seal or {}).get('digest'))[:12]}, "
+            f"CURRENT expects {str(pointer.manifest)[:12]}): the manifest was replaced",
+            file=path / VERSIONS / pointer.version / "manifest.json",
+        )
+
+
 def _seen_delta(ddir: Path, checksums: bool) -> _Delta | None:
     """The delta this process already loaded from `ddir`, if none of its files changed since
     (inode, size, mtime, ctime of each, as `_identity`; sizes are what `verify_files` checks)
@@ -391,19 +537,29 @@ def _seen_delta(ddir: Path, checksums: bool) -> _Delta | None:
     return delta if now == key else None
 
 
-def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
-    """One delta segment, read whole: O(its rows); checksummed like a base. Kept per process
+def _check_delta_seal(seal: Mapping | None, expect: str | None, sealed: bool, ddir: Path, label: str) -> None:
+    """A delta's manifest is the one its version's LIST records (`expect`; `sealed`: the version
+    is sealed, so the delta must be)."""
+    if (expect is not None or sealed) and (seal is None or seal.get("digest") != expect):
+        raise IndexDamaged(
+            f"{label}: manifest.json is not the one deltas/LIST records (replaced or edited)",
+            file=ddir / "manifest.json",
+        )
+
+
+def _load_delta(ddir: Path, label: str, checksums: bool, expect: str | None = None, sealed: bool = False) -> _Delta:
+    """One delta segment, read whole: O(its rows); its manifest's seal checked against LIST's
+    record (`_check_delta_seal`), its files checksummed like a base's. Kept per process
     (`_DELTAS`, keyed like the bases by its files' identity), so an add or a reload reads only
     the deltas this process has not seen (`_seen_delta`: a few stats each)."""
     import scipy.sparse as sp
 
     seen = _seen_delta(ddir, checksums)
     if seen is not None:
+        _check_delta_seal(seen.manifest.get("seal"), expect, sealed, ddir, label)
         return seen
-    with _reading(ddir / "manifest.json", label):
-        manifest = json.loads((ddir / "manifest.json").read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("manifest is not a JSON object")
+    manifest, seal = _open_manifest(ddir / "manifest.json", label)
+    _check_delta_seal(seal, expect, sealed, ddir, label)
     verify_files(ddir, manifest, checksums=checksums, label=label, remember=True)
     key = _identity(ddir, manifest)
     names = [*sorted(manifest.get("files", {})), "manifest.json"]
@@ -417,7 +573,7 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
     products: list[Product] = []
     if counts.get("products") or not counts.get("changes"):  # a change delta holds no products file
         with _reading(ddir / "products.jsonl", label), open(ddir / "products.jsonl", encoding="utf-8") as fh:
-            products = [Product.from_record(json.loads(line)) for line in fh if line.strip()]
+            products = [_delta_product(json.loads(line), ddir) for line in fh if line.strip()]
     with _reading(ddir / "manifest.json", label):
         _expect(len(products) == counts.get("products"), f"{len(products)} products, manifest says {counts}")
         stored = manifest.get("category_counts")
@@ -453,7 +609,7 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
                     f"a change record without op and row: {str(record)[:80]}",
                 )
                 if record["op"] == "relabel":
-                    record["product"] = Product.from_record(record["product"])
+                    record["product"] = _delta_product(record["product"], ddir)
     delta = _Delta(products, manifest, prefix_counts, vectors, lexical, changes)
     with _BASES_LOCK:
         _DELTAS[key] = delta
@@ -463,6 +619,14 @@ def _load_delta(ddir: Path, label: str, checksums: bool) -> _Delta:
         while len(_SEEN_DELTAS) > _DELTAS_KEPT:
             _SEEN_DELTAS.popitem(last=False)
     return delta
+
+
+def _delta_product(record: dict, ddir: Path) -> Product:
+    """A delta's product record; a relative image path is inside the index folder (versions/<n>/deltas/<d>)."""
+    product = Product.from_record(record)
+    if product.image_path is not None and not product.image_path.is_absolute():
+        product = dataclasses.replace(product, image_path=loaded_image_path(str(product.image_path), ddir.parents[3]))
+    return product
 
 
 def _combine(
@@ -581,33 +745,56 @@ def _reading(file: Path, label: str) -> Iterator[None]:
         raise IndexDamaged(f"{label}: {file.name} is damaged or unreadable ({reason[:200]})", file=file) from exc
 
 
-def verify_version(path: str | Path, version: str | None = None, checksums: bool = True) -> LocalIndexStore:
-    """Load a version with every check (sizes, counts and, by default, checksums): what
-    writers and `python -m indexer verify` call. O(bytes) with checksums."""
-    return LocalIndexStore.load(path, version=version, checksums=checksums)
+def verify_version(
+    path: str | Path, version: str | None = None, checksums: bool = True, writer: bool = False
+) -> LocalIndexStore:
+    """Load a version with every check (pointer, seals, sizes, counts and, by default,
+    checksums): what writers and `python -m indexer verify` call. O(bytes) with checksums."""
+    return LocalIndexStore.load(path, version=version, checksums=checksums, writer=writer)
 
 
-def list_versions(path: str | Path) -> list[str]:
-    """Complete version names, oldest first."""
-    versions = Path(path) / VERSIONS
-    if not versions.is_dir():
-        return []
-    return sorted(p.name for p in versions.iterdir() if p.name.isdigit() and (p / "manifest.json").is_file())
+def writable_live(path: str | Path) -> LocalIndexStore:
+    """The live version a writer builds on, every check and checksum passed. The caller holds the
+    write lock.
+
+    Removes the staging folders of dead writers first. A publish killed between its rename and
+    its `CURRENT` swap is completed here (the newer version follows `CURRENT`'s directly in the
+    seal chain and verifies). Anything else wrong (a damaged `CURRENT`, a roll-back, damaged
+    files) raises IndexDamaged: no writer builds on damage, and `python -m indexer repair`
+    restores `CURRENT`."""
+    path = Path(path)
+    remove_staging(path)
+    try:
+        return verify_version(path, writer=True)
+    except IndexRolledBack as exc:
+        pending = interrupted_publish(path, exc)
+        if pending is None:
+            raise
+        verify_version(path, pending, writer=True)
+        write_current(path, pending)
+        log.warning("index %s: completed the publish of version %s that a killed writer left", path, pending)
+        return verify_version(path, writer=True)
 
 
 def last_verified(path: str | Path, checksums: bool = True) -> tuple[LocalIndexStore | None, list[IndexDamaged]]:
-    """The newest version that verifies (the live one first), and why newer ones were refused.
+    """The version to serve when the live one cannot be: `CURRENT`'s when it and its version are
+    sound, else the newest version that verifies; and why the others were refused (newest first).
 
-    O(bytes of each version tried) with checksums. (None, [...]) when none verifies.
-    """
+    O(bytes of each version tried) with checksums. (None, [...]) when none verifies."""
     path = Path(path)
     refused: list[IndexDamaged] = []
+    tried = None
     try:
-        current: str | None = read_current(path)
+        tried = live_pointer(path).version
+        return LocalIndexStore.load(path, checksums=checksums), refused
     except IndexNotFound:
-        current = None
-    order = ([current] if current else []) + [v for v in reversed(list_versions(path)) if v != current]
-    for version in order:
+        if not list_versions(path):
+            return None, refused
+    except IndexDamaged as exc:
+        refused.append(exc)
+    for version in reversed(list_versions(path)):
+        if version == tried:
+            continue
         try:
             return LocalIndexStore.load(path, version=version, checksums=checksums), refused
         except IndexDamaged as exc:
@@ -615,32 +802,33 @@ def last_verified(path: str | Path, checksums: bool = True) -> tuple[LocalIndexS
     return None, refused
 
 
-def read_current(path: Path) -> str:
-    pointer = Path(path) / CURRENT
+def kept_products(path: str | Path) -> Callable[[str], bool]:
+    """Whether a product id is held by any version kept in the folder (the live one and those a
+    fall-back may serve): what must keep its photo. Reads each kept version's delta ids once;
+    each call is one SQLite lookup per kept version (KEEP_VERSIONS, plus any newer). A version
+    that cannot be read makes every id count as held: a photo is never removed on a guess."""
+    path = Path(path)
+    tables: list[ProductTable] = []
+    ids: set[str] = set()
     try:
-        version = pointer.read_text().strip()
-    except FileNotFoundError:
-        raise IndexNotFound(
-            f"no index at {path} (build one: python -m indexer build --data DATA_DIR --out {path})"
-        ) from None
-    if not (Path(path) / VERSIONS / version / "manifest.json").is_file():
-        raise IndexNotFound(f"index {path} points at version {version!r}, which is incomplete")
-    return version
+        for version in list_versions(path):
+            vdir = path / VERSIONS / version
+            manifest = json.loads((vdir / "manifest.json").read_bytes())
+            tables.append(ProductTable(vdir / PRODUCTS_FILE, int(manifest["counts"]["products"])))
+            for name in read_list(vdir):
+                with open(vdir / "deltas" / name / "products.jsonl", encoding="utf-8") as fh:
+                    ids.update(json.loads(line)["id"] for line in fh if line.strip())
+    except (OSError, ValueError, KeyError, TypeError, IndexStoreError) as exc:
+        log.warning("index %s: a kept version cannot be read (%s): every photo is kept", path, exc)
+        return lambda product_id: True
 
+    def held(product_id: str) -> bool:
+        try:
+            return product_id in ids or any(table.row_of(product_id) is not None for table in tables)
+        except IndexStoreError:
+            return True
 
-# ---- writing -------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _next_version(path: Path) -> str:
-    versions = path / VERSIONS
-    existing = [int(p.name) for p in versions.glob("[0-9]*") if p.name.isdigit()] if versions.is_dir() else []
-    return f"{max(existing, default=0) + 1:06d}"
+    return held
 
 
 def publish(
@@ -652,19 +840,25 @@ def publish(
     indexes: Mapping[str, faiss.Index] | None = None,
     lexical: LexicalIndex | None = None,
 ) -> str:
-    """Write a new complete version and make it live atomically; returns its name.
+    """Write a new complete version and make it live atomically; returns its name. Low level: it
+    carries nothing (writers that run beside adds use `publish_base`); the caller holds
+    `write_lock(path)`.
 
     `vectors[modality] = (vectors, rows)`; `indexes` may hand over FAISS indexes already
-    holding those vectors (an add extends the live one instead of retraining). The
-    caller holds `write_lock(path)`.
-
-    `products` may be any iterable (a list, a loaded store's ProductRows, a generator): they
-    are streamed into the base's SQLite table in batches (`ProductsWriter`), so the products
-    cost O(batch) memory here; their category codes and prefix counts go to paths.npy and the
-    manifest's `catalog`. Duplicate ids are refused.
+    holding those vectors. `products` may be any iterable (a list, a loaded store's
+    ProductRows, a generator): they are streamed into the base's SQLite table in batches
+    (`ProductsWriter`), so the products cost O(batch) memory here; their category codes and
+    prefix counts go to paths.npy and the manifest's `catalog`. Duplicate ids are refused.
     """
     staging = stage_version(path, products, vectors, manifest, factory, indexes, lexical)
-    return commit_version(Path(path), staging)
+    return commit_version(Path(path), staging, _pointer_or_none(Path(path)))
+
+
+def _pointer_or_none(path: Path) -> Pointer | None:
+    try:
+        return read_pointer(path)
+    except IndexStoreError:
+        return None
 
 
 def stage_version(
@@ -703,16 +897,35 @@ def new_base_writer(
 
 
 def finish_base(writer: BaseWriter, manifest: Mapping, lexical: LexicalIndex | None = None) -> Path:
-    """Finish a staged base with this store format's manifest fields; the staging folder."""
-    staging, _ = writer.finish(dict(manifest, format_version=FORMAT_VERSION), lexical)
+    """Finish a staged base with this store format's manifest fields; the staging folder. A seal
+    copied from the version it came from is dropped: the publish seals it afresh."""
+    fields = {k: v for k, v in manifest.items() if k not in ("seal", "deltas", "handed_over")}
+    staging, _ = writer.finish(dict(fields, format_version=FORMAT_VERSION), lexical)
     return staging
 
 
-def commit_staged(path: str | Path, staging: Path, amend: Callable[[IndexStore], Mapping] | None = None) -> str:
-    """Make a staged version live under the write lock; its name. `amend(staged store)` first
-    returns manifest entries computed on exactly the stored vectors that will be served (the
-    Categorizer's calibration), written into the staged manifest (which is outside its own
-    checksummed `files`). On any failure the staging folder is removed."""
+def publish_base(
+    path: str | Path,
+    staging: Path,
+    snapshot: Snapshot,
+    writer: str,
+    amend: Callable[[IndexStore], Mapping] | None = None,
+    reencode: Callable[[list[Product]], Mapping[str, np.ndarray]] | None = None,
+    continues: bool = False,
+    dropped: np.ndarray | None = None,
+) -> str | None:
+    """Make a staged base live under the hand-over rule (indexer.store.local.handover); its name.
+
+    The caller holds `base_lock(path)` and read `snapshot`. `amend(staged store)` first returns
+    manifest entries computed on exactly the vectors that will be served (the calibration).
+    The deltas committed to the snapshot's version since are carried into the new version:
+    hard-linked when the staged base `continues` the snapshot's rows (a compaction: renumbered
+    past the deleted rows it `dropped`), else
+    replayed on it (most of them before the write lock is taken, the rest under it; `reencode`
+    makes vectors for adds of other models). A live version that no longer verifies is replaced
+    (nothing can have been added to it). A compaction whose version was replaced meanwhile is
+    dropped (None); a rebuild refuses (CarryRefused). On any failure the staging folder is removed.
+    """
     path = Path(path)
     try:
         if amend is not None:
@@ -721,70 +934,140 @@ def commit_staged(path: str | Path, staging: Path, amend: Callable[[IndexStore],
             manifest.update(amend(staged))
             write_manifest(staging, manifest)
             del staged
+        carried: list[str] = []
+        if not continues and snapshot.version is not None:
+            carried += _carry_unlocked(path, staging, snapshot, writer, reencode)
         with write_lock(path):
-            return commit_version(path, staging)
+            try:
+                live: LocalIndexStore | None = writable_live(path)
+            except IndexNotFound:
+                live = None
+            except IndexDamaged as exc:
+                if continues:
+                    raise
+                log.warning("index %s: the %s replaces a live version that does not verify: %s", path, writer, exc)
+                live = None
+            if live is not None and live.version != snapshot.version:
+                if continues:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return None
+                raise CarryRefused(
+                    f"version {live.version} was published while this {writer} ran (it started from version "
+                    f"{snapshot.version}); nothing was published: run it again"
+                )
+            previous = None
+            if live is not None:
+                done = (*snapshot.deltas, *carried)
+                if live.deltas[: len(done)] != done:
+                    raise IndexStoreError(f"deltas of version {live.version} changed under this {writer}")
+                rest = live.deltas[len(done) :]
+                if continues:
+                    gone = dropped if dropped is not None else np.zeros(0, np.int64)
+                    _carry_deltas(path / VERSIONS / live.version, staging, rest, gone)
+                    carried += rest
+                else:
+                    carried += _carry(staging, live, rest, writer, reencode)
+                previous = read_pointer(path)
+                if carried:
+                    _record_hand_over(staging, live.version, carried)
+            return commit_version(path, staging, previous)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def commit_version(path: Path, staging: Path) -> str:
-    """Rename a staged version into place and swap CURRENT to it atomically; its name.
-    The caller holds `write_lock(path)`. O(1) beyond the fsyncs and pruning old versions."""
+def _record_hand_over(staging: Path, version: str, names: Sequence[str]) -> None:
+    manifest = json.loads((staging / "manifest.json").read_text(encoding="utf-8"))
+    manifest["handed_over"] = {"version": version, "deltas": list(names)}
+    write_manifest(staging, manifest)
+
+
+def _carry_unlocked(
+    path: Path,
+    staging: Path,
+    snapshot: Snapshot,
+    writer: str,
+    reencode: Callable[[list[Product]], Mapping[str, np.ndarray]] | None,
+) -> list[str]:
+    """Replay the deltas committed to the snapshot's version so far, without the write lock (a
+    committed delta never changes), so that the locked hand-over has little left to do."""
     try:
-        version = _next_version(path)
-        os.rename(staging, path / VERSIONS / version)
-        _fsync_dir(path / VERSIONS)
-        pointer_tmp = path / f".{CURRENT}.tmp"
-        pointer_tmp.write_text(version + "\n")
-        with open(pointer_tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(pointer_tmp, path / CURRENT)
-        _fsync_dir(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _prune(path, keep=version)
-    return version
+        live = verify_version(path, snapshot.version)
+    except IndexDamaged:
+        return []  # checked again under the lock
+    if live.deltas[: len(snapshot.deltas)] != snapshot.deltas:
+        return []
+    return _carry(staging, live, live.deltas[len(snapshot.deltas) :], writer, reencode)
 
 
-def _prune(path: Path, keep: str) -> None:
-    """Drop old versions (readers hold theirs in memory) and staging folders of writers
-    that died: the caller holds the write lock, so no live writer owns one.
-
-    `keep` is the version just published: its files were checksummed as written, and every
-    writer verified the version it built on, so it is the last version that verified and is
-    never deleted, whatever the version names."""
-    versions = sorted(p for p in (path / VERSIONS).iterdir() if p.name.isdigit())
-    for old in versions[:-KEEP_VERSIONS]:
-        if old.name != keep:
-            shutil.rmtree(old, ignore_errors=True)
-    _remove_staging(path)
-
-
-def _remove_staging(path: Path) -> None:
-    """Staging folders of writers that died (the caller holds the write lock). A folder whose
-    writer process is alive is kept: a background compaction writes its base unlocked."""
-    for staging in (path / VERSIONS).glob(".staging-*"):
-        if not _writer_alive(staging.name):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _writer_alive(name: str) -> bool:
-    """Whether the process named in a staging folder's name (`.staging-<pid>-...`) still runs."""
-    parts = name.split("-")
-    if len(parts) < 3 or not parts[1].isdigit():
-        return False  # a folder from before pids were recorded: its writer is long gone
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _carry(
+    staging: Path,
+    source: LocalIndexStore,
+    names: Sequence[str],
+    writer: str,
+    reencode: Callable[[list[Product]], Mapping[str, np.ndarray]] | None,
+) -> list[str]:
+    """Replay deltas `names` of the loaded `source` version on the rebuilt base staged in
+    `staging`, as new deltas of it (indexer.store.local.handover.replay). O(their rows)."""
+    if not names:
+        return []
+    path = source.path
+    vdir = path / VERSIONS / source.version
+    staged = LocalIndexStore.load(path, version=staging.name)
+    same = {k: staged.manifest.get(k) for k in ("model_ids", "dims")} == {
+        k: source.manifest.get(k) for k in ("model_ids", "dims")
+    }
+    target = Target(
+        rows=len(staged.products),
+        base_row=staged.row_of,
+        base_product=lambda row: staged.products[row],
+        same_models=same,
+        reencode=reencode,
+        writer=writer,
+    )
+    listed = read_delta_list(vdir)
+    seals = dict(zip(listed.names, listed.seals, strict=True))
+    sealed = "seal" in source.manifest
+    starts, start = {}, len(source.base.products) if source.base is not None else 0
+    deltas = {}
+    for name in source.deltas:
+        label = f"index version {source.version}, delta {name}"
+        deltas[name] = _load_delta(vdir / "deltas" / name, label, True, seals.get(name), sealed)
+        starts[name] = start
+        start += len(deltas[name].products)
+    for name in names:
+        delta = deltas[name]
+        change = Change(
+            source.version, name, delta.manifest, delta.products, delta.vectors, starts[name], delta.changes
+        )
+        replayed = replay(change, target)
+        if change.changes and not replayed.changes:
+            continue  # changes of products the new version does not hold: nothing left to carry
+        lexical = None
+        if staged.lexical is not None and replayed.products:
+            texts = [staged.product_text(p) for p in replayed.products]
+            has_text = np.flatnonzero([bool(t) for t in texts])
+            lexical = (staged.lexical.transform([texts[i] for i in has_text]), target.rows + has_text)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "vector_dtype": np.dtype(VECTOR_DTYPE).name,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "category_counts": counts_to_json(count_prefixes(p.category_path for p in replayed.products)),
+            "kind": change.kind,
+            "carried_from": {"version": source.version, "delta": name},
+        }
+        if delta.manifest.get("audit"):
+            manifest["audit"] = delta.manifest["audit"]  # the same events: recorded once (by their ids)
+        write_delta(
+            staging,
+            [p.to_record() for p in replayed.products],
+            replayed.vectors,
+            lexical,
+            manifest,
+            changes=replayed.changes or None,
+        )
+        target.rows += len(replayed.products)
+    return list(names)
 
 
 def append(
@@ -819,8 +1102,7 @@ def append(
         info["notes"] = {str(k): dict(v) for k, v in notes.items()}
     events = _add_events(new_products, info)  # checks the action and actor before anything is written
     with write_lock(path):
-        _remove_staging(path)
-        live = verify_version(path)
+        live = writable_live(path)
         _journal_last(live)
         clash = [p.id for p in new_products if live.row_of(p.id) is not None]
         if clash:
@@ -856,6 +1138,7 @@ def append(
                 "vector_dtype": np.dtype(VECTOR_DTYPE).name,
                 "written_at": stamp,
                 "category_counts": counts_to_json(count_prefixes(p.category_path for p in new_products)),
+                "kind": ADD,
                 "audit": info,
             },
         )
@@ -879,26 +1162,34 @@ def republish(path: str | Path, entries: Mapping, based_on: str) -> LocalIndexSt
     `based_on` is the version the entries were computed on: when a build (not a compaction of
     it) has replaced that version meanwhile, nothing is published (VersionReplaced)."""
     path = Path(path)
-    with write_lock(path):
-        _remove_staging(path)
-        live = read_current(path)
-        vdir = path / VERSIONS / live
-        manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
-        if live != based_on and (manifest.get("compacted_from") or {}).get("version") != based_on:
-            raise VersionReplaced(f"version {based_on} was replaced by {live} (a new build): nothing published")
-        staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=path / VERSIONS))
-        try:
-            for name in manifest.get("files", {}):
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                os.link(vdir / name, staging / name)
-            _carry_deltas(vdir, staging, read_list(vdir), np.zeros(0, np.int64))  # the base keeps its rows
-            manifest.update(entries)
-            write_manifest(staging, manifest)
-            _fsync_dir(staging)
-            commit_version(path, staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with base_lock(path, wait=False) as mine:
+        if not mine:  # a build, an ingest or a compaction is writing a new version: its hand-over rules
+            raise BaseWriterBusy(
+                f"a build, ingest or compaction is writing a new version of {path}: nothing published; "
+                "calibrate again once it is done"
+            )
+        with write_lock(path):
+            live = writable_live(path)
+            vdir = path / VERSIONS / live.version
+            manifest = json.loads((vdir / "manifest.json").read_text(encoding="utf-8"))
+            if live.version != based_on and (manifest.get("compacted_from") or {}).get("version") != based_on:
+                raise VersionReplaced(
+                    f"version {based_on} was replaced by {live.version} (a new build): nothing published"
+                )
+            staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=path / VERSIONS))
+            try:
+                for name in manifest.get("files", {}):
+                    (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.link(vdir / name, staging / name)
+                _carry_deltas(vdir, staging, live.deltas, np.zeros(0, np.int64))  # the base keeps its rows
+                manifest.update(entries)
+                manifest.pop("seal", None)  # sealed afresh by the publish
+                write_manifest(staging, manifest)
+                fsync_dir(staging)
+                commit_version(path, staging, read_pointer(path))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
     return LocalIndexStore.load(path)
 
 
@@ -928,8 +1219,7 @@ def change(
     path = store.path
     at = audit.utc_now()
     with write_lock(path):
-        _remove_staging(path)
-        live = verify_version(path)
+        live = writable_live(path)
         _journal_last(live)
         found = {pid: live.row_of(pid) for pid in [*doomed, *wanted]}
         missing = [pid for pid, row in found.items() if row is None]
@@ -1011,80 +1301,51 @@ def _compact_logged(path: Path) -> None:
         log.exception("background compaction of %s failed", path)
 
 
-@contextmanager
-def _compaction_lock(path: Path, wait: bool) -> Iterator[bool]:
-    """Exclusive lock held for a whole compaction (not the write lock: adds go on meanwhile).
-    Yields False when another compaction holds it and `wait` is False."""
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".compact.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def compact(path: str | Path, wait: bool = True) -> LocalIndexStore:
     """Merge the live version's deltas into a new base and publish it atomically (a new version).
 
     O(N), but adds are not blocked while it runs: the new base is written into a staging folder
     without the write lock (vectors rewritten and checksummed, the FAISS index is the base's read
-    into memory plus the deltas' vectors: no retraining, no graph rebuild from scratch). Only the
-    commit takes the write lock: deltas committed meanwhile are carried over into the new version
-    (hard links; their rows still point at the same products) and CURRENT is swapped. If a build
-    published another version meanwhile, the compaction is dropped (that version replaced the one
-    compacted). A compaction killed at any point leaves the live version (base + deltas)
-    loadable. One compaction at a time per index (`.compact.lock`); with `wait=False` a second
-    one returns the live store at once.
+    into memory plus the deltas' vectors: no retraining, no graph rebuild from scratch). The
+    publish follows the hand-over rule (`publish_base`): deltas committed meanwhile are carried
+    into the new version (hard links; their rows still point at the same products, or are
+    renumbered when deleted rows were dropped below them). One writer of a new base at a time per
+    index (`base_lock`: a build or ingest waits for a compaction and the other way round); with
+    `wait=False` a compaction finding one running returns the live store at once. Killed at any
+    point, it leaves the live version (base + deltas) loadable.
 
     Deletes and relabels are applied: deleted products are dropped from the new base (its rows
     are renumbered, so deltas carried over are copied with their rows renumbered instead of
     linked), relabels are written into its products and category codes. Before it compacts,
     the deltas' audit events are recorded if a killed writer left them unrecorded."""
     path = Path(path)
-    with _compaction_lock(path, wait) as mine:
+    with base_lock(path, wait) as mine:
         if not mine:
             return LocalIndexStore.load(path)
         with write_lock(path):
-            live = verify_version(path)
+            live = writable_live(path)
             _journal(live, live.deltas)
         if not live.deltas:
             return live
         staging = _stage_compaction(live)
-        try:
-            with write_lock(path):
-                if read_current(path) != live.version:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    return LocalIndexStore.load(path)
-                committed = read_list(path / VERSIONS / live.version)
-                if committed[: len(live.deltas)] != live.deltas:
-                    raise IndexStoreError(f"deltas of version {live.version} changed under a compaction")
-                _carry_deltas(path / VERSIONS / live.version, staging, committed[len(live.deltas) :], live.deleted)
-                commit_version(path, staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        publish_base(path, staging, Snapshot.of(live), "compaction", continues=True, dropped=live.deleted)
         return LocalIndexStore.load(path)
 
 
-def _carry_deltas(vdir: Path, staging: Path, names: tuple[str, ...], dropped: np.ndarray) -> None:
-    """Carry deltas committed during a compaction into the staged version, with their LIST.
-    Deltas are immutable once committed, so they are hard-linked: O(files of those deltas).
-    When the compaction dropped deleted rows (`dropped`, old numbering), the rows after them
-    moved down, so the carried deltas' rows files and change records are rewritten renumbered
-    (O(their rows)); their other files are still linked."""
+def _carry_deltas(vdir: Path, staging: Path, names: Sequence[str], dropped: np.ndarray) -> None:
+    """Carry deltas of `vdir` into a staged version whose base continues its rows (a compaction,
+    a republish), with a sealed LIST. Deltas are immutable once committed, so they are
+    hard-linked: O(files of those deltas). When the compaction dropped deleted rows (`dropped`,
+    old numbering), the rows after them moved down, so the carried deltas' rows files and change
+    records are rewritten renumbered (O(their rows)) and their manifests sealed afresh; their
+    other files are still linked."""
     if not names:
         return
     root = staging / "deltas"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     remap = None if not len(dropped) else (lambda rows: renumber(rows, dropped))
-    for name in names:
-        copy_delta(vdir / "deltas" / name, root / name, remap)
-    commit_list(root, names)
+    seals = [copy_delta(vdir / "deltas" / name, root / name, remap) for name in names]
+    write_list(staging, list(zip(names, seals, strict=True)))
 
 
 def renumber(rows: np.ndarray, dropped: np.ndarray) -> np.ndarray:
@@ -1127,7 +1388,9 @@ def _stage_compaction(live: LocalIndexStore) -> Path:
                 index.add(l2_normalize(channel.vectors[refill[part]]))
             indexes[modality] = index
     dims = {m: int(ch.vectors.shape[1]) for m, ch in live.modalities.items()}
-    manifest = {k: v for k, v in live.manifest.items() if k not in ("deltas", "deleted_products", "relabeled_products")}
+    # the build's derived key describes the base it built, not this one (it holds the deltas too)
+    skipped = ("deltas", "derived_key", "deleted_products", "relabeled_products")
+    manifest = {k: v for k, v in live.manifest.items() if k not in skipped}
     manifest["compacted_from"] = {"version": live.version, "deltas": list(live.deltas)}
     if len(dropped):
         manifest["compacted_from"]["dropped_products"] = int(len(dropped))

@@ -18,12 +18,14 @@ sequence and `CategoryCodes` their codes as one array, without copying the base.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import SupportsIndex, overload
 from urllib.parse import quote
@@ -51,6 +53,52 @@ COLUMNS = ("id", "name", "description", "brand", "price", "category_path", "imag
 _SELECT = ", ".join(COLUMNS)
 
 
+def storage_error(exc: sqlite3.OperationalError) -> OSError | sqlite3.OperationalError:
+    """SQLite's "disk is full" / "read-only" as the OSError the rest of a write raises for the same
+    cause (ENOSPC / EROFS), so callers name the cause once; any other error unchanged."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return OSError(errno.ENOSPC, f"No space left on device (SQLite: {exc})")
+    if name.startswith("SQLITE_READONLY"):
+        return OSError(errno.EROFS, f"Read-only file system (SQLite: {exc})")
+    return exc
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise storage_error(exc) from exc
+
+
+def index_roots(root: str | Path) -> tuple[str, ...]:
+    """The spellings of an index folder a stored path may start with (as given, symlinks resolved)."""
+    return tuple(dict.fromkeys((os.path.abspath(root), os.path.realpath(root))))
+
+
+def stored_image_path(path: str | Path | None, roots: tuple[str, ...]) -> str | None:
+    """A product's image path as a segment stores it: relative to the index folder (`roots`,
+    from `index_roots`) when the file is inside it (an uploaded photo), so a copied or moved
+    index serves its own photos; any other path absolute (a relative one would depend on the
+    writer's working folder). O(len(path)), no file-system call."""
+    if not path:
+        return None
+    absolute = os.path.abspath(path)
+    for base in roots:
+        if absolute.startswith(base + os.sep):
+            return Path(os.path.relpath(absolute, base)).as_posix()
+    return absolute
+
+
+def loaded_image_path(stored: str | None, root: Path) -> Path | None:
+    """The stored image path read back: a relative one is inside the index folder `root`."""
+    if not stored:
+        return None
+    path = Path(stored)
+    return path if path.is_absolute() else root / path
+
+
 class ProductsWriter:
     """Streams products into a segment folder: `add(batch)` any number of times, then `finish()`.
 
@@ -61,15 +109,17 @@ class ProductsWriter:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.roots = index_roots(self.folder.parent.parent)  # the index folder of versions/<staging>/
         self.file = self.folder / PRODUCTS_FILE
         self._raw_codes = self.folder / (PATHS_FILE + ".raw")
         self._db = sqlite3.connect(self.file)
-        self._db.execute("PRAGMA journal_mode=OFF")  # a staging folder: a failed write is discarded whole
-        self._db.execute("PRAGMA synchronous=OFF")  # the publisher fsyncs the finished file
-        self._db.execute(
-            "CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT, description TEXT,"
-            " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
-        )
+        with _writing():
+            self._db.execute("PRAGMA journal_mode=OFF")  # a staging folder: a failed write is discarded whole
+            self._db.execute("PRAGMA synchronous=OFF")  # the publisher fsyncs the finished file
+            self._db.execute(
+                "CREATE TABLE products (row INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT, description TEXT,"
+                " brand TEXT, price REAL, category_path TEXT, image TEXT, image_path TEXT)"
+            )
         self._codes = open(self._raw_codes, "wb")  # noqa: SIM115 - closed by finish/abort
         self.paths: dict[Path_, tuple[int, str]] = {}  # path -> (code, its JSON text)
         self._per_code: list[int] = []  # products per path code; prefix counts at finish: O(P)
@@ -99,11 +149,12 @@ class ProductsWriter:
                     product.price,
                     text,
                     product.image,
-                    str(product.image_path) if product.image_path else None,
+                    stored_image_path(product.image_path, self.roots),
                 )
             )
             self.n += 1
-        self._db.executemany(f"INSERT INTO products VALUES (?{', ?' * len(COLUMNS)})", rows)
+        with _writing():
+            self._db.executemany(f"INSERT INTO products VALUES (?{', ?' * len(COLUMNS)})", rows)
         self._codes.write(np.asarray(codes, dtype=CODE_DTYPE).tobytes())
 
     def add_all(self, products: Iterable[Product], batch: int = WRITE_BATCH) -> None:
@@ -121,11 +172,13 @@ class ProductsWriter:
         """Build the id index, close both files; returns the manifest's `catalog` entry.
         Duplicate ids are refused (IndexStoreError). O(N log N) for the index, O(N) for the codes."""
         try:
-            self._db.execute("CREATE UNIQUE INDEX products_id ON products(id)")
+            with _writing():
+                self._db.execute("CREATE UNIQUE INDEX products_id ON products(id)")
         except sqlite3.IntegrityError:
             self.abort()
             raise IndexStoreError("duplicate product ids: each product id may appear once in an index") from None
-        self._db.commit()
+        with _writing():
+            self._db.commit()
         self._db.close()
         self._codes.close()
         raw = np.memmap(self._raw_codes, dtype=CODE_DTYPE, mode="r") if self.n else np.zeros(0, CODE_DTYPE)
@@ -160,6 +213,7 @@ class ProductTable(Sequence[Product]):
 
     def __init__(self, file: str | Path, n: int, label: str = "", cache_size: int = CACHE_SIZE) -> None:
         self.file = Path(file)
+        self.root = self.file.parent.parent.parent  # the index folder of versions/<n>/products.sqlite
         self.n = int(n)
         self.label = label or str(self.file.parent)
         self.cache_size = cache_size
@@ -206,7 +260,7 @@ class ProductTable(Sequence[Product]):
                 price,
                 tuple(str(level) for level in json.loads(path)) if path else (),
                 image,
-                Path(image_path) if image_path else None,
+                loaded_image_path(image_path, self.root),
             )
         except (ValueError, TypeError) as exc:
             raise self._damaged(f"row {row}: {exc}") from exc

@@ -41,11 +41,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer.store.errors import IndexDamaged
 from indexer.store.local.integrity import describe_files
+from indexer.store.local.products_db import index_roots, stored_image_path
+from indexer.store.local.seals import DeltaList, SealBroken, format_list, parse_list, seal_manifest
 from indexer.store.mapped import map_random
 
 DELTAS = "deltas"
 LIST = "LIST"
+ADD = "add"  # the kind of delta an add writes (deltas written before kinds are adds)
+CHANGE = "change"  # the kind of a delete / relabel delta (CHANGES records, no products)
 CHANGES = "changes.jsonl"  # a delete / relabel delta's change records
 VECTOR_DTYPE = np.float16  # the "float16" precision
 VECTOR_DTYPES = ("float16", "int8")
@@ -199,13 +204,39 @@ def as_float32(vectors: np.ndarray | StackedVectors | RowScaledInt8) -> np.ndarr
     return np.asarray(vectors, dtype=np.float32)
 
 
-def read_list(version_dir: Path) -> tuple[str, ...]:
-    """Committed delta names of a version, in order: one small file read (O(deltas))."""
+def read_delta_list(version_dir: Path) -> DeltaList:
+    """Committed deltas of a version with their manifests' seals: one small file read, its check
+    line verified (IndexDamaged naming deltas/LIST when it is damaged). O(deltas)."""
+    file = version_dir / DELTAS / LIST
     try:
-        text = (version_dir / DELTAS / LIST).read_text(encoding="utf-8")
+        raw: bytes | None = file.read_bytes()
     except FileNotFoundError:
-        return ()
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+        raw = None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise IndexDamaged(f"version {version_dir.name}: deltas/LIST cannot be read ({reason})", file=file) from None
+    try:
+        return parse_list(raw)
+    except SealBroken as exc:
+        raise IndexDamaged(f"version {version_dir.name}: {exc}", file=file) from None
+
+
+def read_list(version_dir: Path) -> tuple[str, ...]:
+    """Committed delta names of a version, in order (see `read_delta_list`)."""
+    return read_delta_list(version_dir).names
+
+
+def write_list(version_dir: Path, entries: Sequence[tuple[str, str | None]]) -> None:
+    """Replace deltas/LIST atomically with `entries` (name, manifest seal), sealed."""
+    root = version_dir / DELTAS
+    root.mkdir(exist_ok=True)
+    pointer = root / f".{LIST}.tmp"
+    with open(pointer, "wb") as fh:
+        fh.write(format_list(entries))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(pointer, root / LIST)
+    _fsync(root)
 
 
 def _fsync(path: Path) -> None:
@@ -226,20 +257,25 @@ def write_delta(
 ) -> str:
     """Write one delta segment and commit it to LIST; returns its name. O(batch).
 
-    `products` are product records, `vectors[m] = (unit vectors, global product rows)`,
-    `lexical = (csr matrix, global rows)` in the base's vocabulary, `changes` the change
-    records of a delete or relabel (CHANGES). The caller holds the write lock. Files are
-    fsync'd, then described (sizes + BLAKE2b) in the delta's manifest, then the folder is
-    renamed into place and LIST replaced atomically."""
+    `products` are product records (image paths inside the index folder are stored relative
+    to it), `vectors[m] = (unit vectors, global product rows)`, `lexical = (csr matrix, global
+    rows)` in the base's vocabulary, `changes` the change records of a delete or relabel
+    (CHANGES). The caller holds the write lock (or owns the staged version). Files are fsync'd,
+    described (sizes + BLAKE2b) in the delta's sealed manifest (its `kind`: ADD or CHANGE), the
+    folder renamed into place and LIST (each delta's name and seal) replaced atomically."""
     import scipy.sparse as sp
 
     root = version_dir / DELTAS
     root.mkdir(exist_ok=True)
-    committed = read_list(version_dir)
+    committed = read_delta_list(version_dir)
+    roots = index_roots(version_dir.parent.parent)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
         if products or not changes:  # a change delta has no products: one file (and fsync) less
-            write_jsonl(staging / "products.jsonl", products)
+            write_jsonl(
+                staging / "products.jsonl",
+                [dict(r, image_path=stored_image_path(r.get("image_path"), roots)) for r in products],
+            )
         counts = {"products": len(products)}
         if changes:
             write_jsonl(staging / CHANGES, changes)
@@ -256,8 +292,11 @@ def write_delta(
             with open(item, "rb") as fh:
                 os.fsync(fh.fileno())
         manifest = dict(manifest, counts=counts, modalities=sorted(vectors), files=describe_files(staging))
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        with open(staging / "manifest.json", "rb") as fh:
+        manifest.setdefault("kind", CHANGE if changes else ADD)
+        data, seal = seal_manifest(manifest)
+        with open(staging / "manifest.json", "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
         existing = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         name = f"{max(existing, default=0) + 1:06d}"
@@ -266,19 +305,9 @@ def write_delta(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    commit_list(root, (*committed, name))
-    prune_uncommitted(version_dir, (*committed, name))
+    write_list(version_dir, [*zip(committed.names, committed.seals, strict=True), (name, seal)])
+    prune_uncommitted(version_dir, (*committed.names, name))
     return name
-
-
-def commit_list(root: Path, names: Sequence[str]) -> None:
-    """Replace `root`/LIST with `names` atomically (temporary file, fsync, rename, fsync dir)."""
-    pointer = root / f".{LIST}.tmp"
-    pointer.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    with open(pointer, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer, root / LIST)
-    _fsync(root)
 
 
 def write_jsonl(file: Path, records: Sequence[Mapping]) -> None:
@@ -292,15 +321,22 @@ def read_jsonl(file: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def copy_delta(source: Path, target: Path, remap: Callable[[np.ndarray], np.ndarray] | None) -> None:
+def delta_seal(folder: Path) -> str | None:
+    """The seal digest a delta's manifest carries (None: written before seals)."""
+    seal = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("seal")
+    return seal.get("digest") if isinstance(seal, dict) else None
+
+
+def copy_delta(source: Path, target: Path, remap: Callable[[np.ndarray], np.ndarray] | None) -> str | None:
     """Copy a committed delta folder to `target` (a new folder) with its rows renumbered by
-    `remap` (old global rows -> new), for a compaction that dropped deleted rows below it.
-    Files whose rows do not change are hard-linked (deltas are immutable once committed); the
-    rows files and change records are rewritten, fsync'd and re-described in the manifest.
-    O(files + the delta's rows). With `remap=None` every file is linked as it is."""
+    `remap` (old global rows -> new), for a compaction that dropped deleted rows below it;
+    returns the seal of the copy's manifest (for its LIST). Files whose rows do not change are
+    hard-linked (deltas are immutable once committed); the rows files and change records are
+    rewritten, fsync'd and re-described in a manifest sealed afresh. O(files + the delta's
+    rows). With `remap=None` every file is linked as it is."""
     if remap is None:
         shutil.copytree(source, target, copy_function=os.link)
-        return
+        return delta_seal(target)
     target.mkdir()
     manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
     for item in source.iterdir():
@@ -317,16 +353,26 @@ def copy_delta(source: Path, target: Path, remap: Callable[[np.ndarray], np.ndar
             continue
         _fsync(target / item.name)
     manifest["files"] = describe_files(target)
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _fsync(target / "manifest.json")
+    data, seal = seal_manifest(manifest)
+    with open(target / "manifest.json", "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     _fsync(target)
+    return seal
 
 
-def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> None:
+def prune_uncommitted(version_dir: Path, committed: tuple[str, ...]) -> list[Path]:
     """Remove staging folders and deltas a killed add left outside LIST (caller holds the lock)."""
     root = version_dir / DELTAS
+    removed: list[Path] = []
     if not root.is_dir():
-        return
+        return removed
     for item in root.iterdir():
         if item.is_dir() and item.name not in committed:
             shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+        elif item.name == f".{LIST}.tmp":
+            item.unlink(missing_ok=True)
+            removed.append(item)
+    return removed

@@ -140,18 +140,31 @@ class BaseWriter:
         self._handed = dict(indexes or {})
         self._built = {m: dict(e) for m, e in (built or {}).items() if m in self._handed}
         self._resolved: dict[str, str] = {}
-        self._products = ProductsWriter(self.staging)
         self._vectors: dict[str, _VectorFile] = {}
-        for modality, dim in dims.items():
-            index = None
-            if modality not in self._handed:
-                resolved = self._resolved[modality] = choose_factory(factory, expected_rows, int(dim))
-                fresh = faiss.index_factory(int(dim), resolved, faiss.METRIC_INNER_PRODUCT)
-                index = fresh if fresh.is_trained else None
-            self._vectors[modality] = _VectorFile(self.staging, modality, int(dim), self.dtype, index)
+        try:  # a writer that cannot even start (a full disk) leaves no staging folder behind
+            self._products = ProductsWriter(self.staging)
+            for modality, dim in dims.items():
+                index = None
+                if modality not in self._handed:
+                    resolved = self._resolved[modality] = choose_factory(factory, expected_rows, int(dim))
+                    fresh = faiss.index_factory(int(dim), resolved, faiss.METRIC_INNER_PRODUCT)
+                    index = fresh if fresh.is_trained else None
+                self._vectors[modality] = _VectorFile(self.staging, modality, int(dim), self.dtype, index)
+        except BaseException:
+            for vf in self._vectors.values():
+                vf.close()
+            if hasattr(self, "_products"):
+                self._products.abort()
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
 
     def __enter__(self) -> BaseWriter:
         return self
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities declared to this writer."""
+        return tuple(self._vectors)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if kind is not None:
