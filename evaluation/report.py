@@ -115,10 +115,10 @@ def plan(modalities: list[str], options: ReportOptions) -> list[str]:
             steps.append(f"t-sne {name}")
     if not options.skip_tsne and options.stability_checks:
         steps.append("stability fused")
-    steps.append("cross-validation")
+    steps += ["listing material", "cross-validation"]
     if options.random_split:
         steps.append("random-split cross-validation")
-    steps += ["auto decision", "error analysis", "serving cost", "cross-lingual queries", "figures"]
+    steps += ["auto decision", "kinds of listing", "error analysis", "serving cost", "cross-lingual queries", "figures"]
     return steps
 
 
