@@ -20,13 +20,14 @@ Order of work, so that a refusal loses nothing and writes nothing:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 import tempfile
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +49,7 @@ from indexer.catalog.shards import (
     shard_files,
 )
 from indexer.catalog.text import DEFAULT_STRIP_BOILERPLATE, encoder_text
-from indexer.encoders import create_encoder, model_id
+from indexer.encoders import EncoderUnavailable, create_encoder, model_id
 from indexer.pipeline.build import (
     DROP,
     KEEP,
@@ -583,7 +584,7 @@ def ingest(
             }
             manifest = dict(_manifest(checked, embeddings_dir, report, categories, extra), added_products=kept)
             staging = finish_base(writer, manifest, lexical)
-        amend = calibration_entry if calibrate_decision else _uncalibrated
+        amend = _calibration(checked.profile) if calibrate_decision else _uncalibrated
         version = publish_base(out_dir, staging, snapshot, "ingest", amend)
         assert version is not None  # only a compaction is ever dropped
     counts = json.loads((out_dir / VERSIONS / version / "manifest.json").read_text())["counts"]
@@ -645,7 +646,7 @@ def ingest_to_location(
         "store": location,
     }
     state = writer.stage(_manifest(checked, embeddings_dir, report, categories, extra), lexical)
-    amend = calibration_entry if calibrate_decision else _uncalibrated
+    amend = _calibration(checked.profile) if calibrate_decision else _uncalibrated
     state = writer.amend(amend(writer.staged(state)))
     writer.commit(state)
     return IngestSummary(
@@ -712,6 +713,17 @@ def _keep_added(
         new_rows = start + np.searchsorted(kept_rows, channel_rows[positions])
         writer.add_vectors(modality, np.asarray(channel.vectors[positions], dtype=np.float32), new_rows)
     return len(kept)
+
+
+def _calibration(profile: str) -> Callable[[IndexStore], dict]:
+    """The build's calibration entry for an ingested index: with the profile's encoder where it
+    is installed, so the title-only listing kinds are simulated as the build simulates them
+    (same thresholds from the same vectors); without it, those kinds go to review."""
+    try:
+        encoder = create_encoder(profile)
+    except EncoderUnavailable:
+        encoder = None
+    return functools.partial(calibration_entry, encoder=encoder)
 
 
 def _uncalibrated(staged: IndexStore) -> dict:
