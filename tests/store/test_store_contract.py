@@ -433,7 +433,7 @@ KILLED_CHANGE = textwrap.dedent(
         time.sleep(120)  # killed here
 
     if point == "before-commit":
-        segments.commit_list = stop  # the delta is written and renamed, LIST not replaced
+        segments.write_list = stop  # the delta is written and renamed, LIST not replaced
         milvus._commit_change = stop  # the entry is written and the rows upserted, state not moved
     else:
         audit.AuditLog.record_events = stop  # committed, not yet in the audit trail
