@@ -61,7 +61,8 @@ def main() -> None:
         print(f"queries {result['languages']}; lexical vocabulary coverage {result['lexical_coverage']}")
         langs = [*result["languages"], *crosslingual.ENGLISH]
         print(f"{'lexical':9} {'mode':11} " + " ".join(f"{lang:>22}" for lang in langs))
-        for setting, modes in result["results"].items():
+        print(f"selection part ({result['parts']['selection']} queries): choose on these figures only")
+        for setting, modes in result["selection_results"].items():
             for mode, by_lang in modes.items():
                 cells = [_cell(by_lang[lang]) if lang in by_lang else "" for lang in langs]
                 print(f"{setting:9} {mode:11} " + " ".join(f"{c:>22}" for c in cells))

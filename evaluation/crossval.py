@@ -22,6 +22,7 @@ from indexer.categorizer import (
     PARAM_GRID,
     TARGET_PRECISION,
     TRADE_OFF_TARGETS,
+    ListingMaterial,
     NestedRun,
     channel_similarities,
     grouped_folds,
@@ -265,8 +266,10 @@ def run(
     grid: Sequence[dict] = PARAM_GRID,
     target: float = TARGET_PRECISION,
     progress: Callable[[str], None] | None = None,
+    material: ListingMaterial | None = None,
 ) -> dict:
-    """Nested evaluation over several outer fold seeds.
+    """Nested evaluation over several outer fold seeds. `material` (encoded titles, other
+    languages) adds those sorts to the simulated listings of the fused set (evaluation/kinds.py).
 
     `grouped=False` gives random (stratified, ungrouped) folds: near-twins may sit on both
     sides, as in the published random-split figures; everything else stays nested.
@@ -285,7 +288,7 @@ def run(
         if progress is not None:
             progress(f"fold seed {seed} ({i + 1} of {len(seeds)}, {n_folds} folds)")
         folds = grouped_folds(labels, groups, n_folds=n_folds, seed=seed)
-        runs = nested_predictions(store, folds, groups, sets, grid, target, seed)
+        runs = nested_predictions(store, folds, groups, sets, grid, target, seed, material=material, kinds=grouped)
         folds_by_seed.append(folds)
         runs_by_seed.append(runs)
         results_by_seed.append({n: evaluate(store, runs[n], n, sets[n]) for n in sets})

@@ -27,7 +27,18 @@ from indexer.catalog import ImageError, Product, load_image, thumbnail
 from indexer.categorizer import EVAL_SEEDS, N_FOLDS, PARAM_GRID, TRADE_OFF_TARGETS, Categorizer, stored_queries
 from indexer.store import IndexStore, open_store
 
-from . import baselines, clustering, crosslingual, crossval, figures, headline, projection, provenance, representations
+from . import (
+    baselines,
+    clustering,
+    crosslingual,
+    crossval,
+    figures,
+    headline,
+    kinds,
+    projection,
+    provenance,
+    representations,
+)
 from .progress import Progress
 
 SEED = 0
@@ -104,10 +115,10 @@ def plan(modalities: list[str], options: ReportOptions) -> list[str]:
             steps.append(f"t-sne {name}")
     if not options.skip_tsne and options.stability_checks:
         steps.append("stability fused")
-    steps.append("cross-validation")
+    steps += ["listing material", "cross-validation"]
     if options.random_split:
         steps.append("random-split cross-validation")
-    steps += ["auto decision", "error analysis", "serving cost", "cross-lingual queries", "figures"]
+    steps += ["auto decision", "kinds of listing", "error analysis", "serving cost", "cross-lingual queries", "figures"]
     return steps
 
 
@@ -190,9 +201,16 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
                 base=(fused_entry["ari"], fused_entry["tsne_kmeans"]["ari"]),
             )
 
+    with timer.step("listing material"):
+        material = kinds.report_material(store, options.crosslingual_queries, out / "cache")
     with timer.step("cross-validation"):
         cv = crossval.run(
-            store, seeds=options.seeds, n_folds=options.folds, target=options.target_precision, progress=timer.note
+            store,
+            seeds=options.seeds,
+            n_folds=options.folds,
+            target=options.target_precision,
+            progress=timer.note,
+            material=material,
         )
         results = cv["results"]
         duplicates = crossval.duplicate_summary(store, cv["groups"], cv["thresholds"])
@@ -249,6 +267,8 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         decision["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
         decision["nested"] = True
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
+    with timer.step("kinds of listing"):
+        kinds_table = kinds.kinds_table(cv, options.target_precision) if "fused" in cv["sets"] else None
     with timer.step("error analysis"):
         errors = error_table(store, decided, options)
     with timer.step("serving cost"):
@@ -332,6 +352,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
         "anchors": ANCHORS,
         "run": {"serving": serving},
         "crosslingual": cross_lingual,
+        "kinds": kinds_table,
     }
     if "bovw" in reps:
         metrics["run"]["bovw_cache_hit"] = bool(reps["bovw"].extra.get("cached"))
@@ -339,6 +360,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
     with timer.step("figures"):
         pngs = make_figures(metrics, pca_curves, maps, contingencies, results, neighbours, curves, classes)
     metrics["timings"] = {**timer.timings, "total": timer.total()}  # writing the files takes well under a second
+    metrics["run"]["serving"]["peak_rss_mb"] = peak_rss_mb()  # after every step, the cross-lingual one included
     load_at_end = provenance.load_average()
     rows = headline.table(metrics)
     timed = f"load average {run_facts['machine']['load_average_at_start'][0]:.1f} at start, {load_at_end[0]:.1f} at end"
@@ -523,6 +545,13 @@ def deployment_entry(store: IndexStore) -> dict | None:
         "in_sample_precision": cv.get("auto_precision"),
         "note": "chosen on all data (deployment); its coverage/precision are in-sample, not an evaluation",
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 
 def serving_cost(store: IndexStore, sample: int = SERVING_SAMPLE) -> dict:
@@ -1000,6 +1029,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         _table(["image", "product", "true category", "predicted", "confidence (calibrated)", "raw vote share"], rows)
     )
 
+    if m.get("kinds"):
+        parts.append(kinds.html_section(m["kinds"]))
     if "crosslingual" in m:
         parts.append(crosslingual.html_section(m["crosslingual"]))
 

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.catalog import CategoryPathError, Product, check_category_path, parse_category_path
-from indexer.categorizer import Neighbor
+from indexer.categorizer import Neighbor, QueryKind, describe, query_text
 from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, ProductNotFound, delete, kept_products, relabel
 
 from . import metrics
@@ -85,6 +85,14 @@ def hits_public(live: Loaded, hits: Sequence[Neighbor]) -> list[dict]:
 
 
 # ---- predict ---------------------------------------------------------------------------
+def listing_kind(store: IndexStore, query: Any) -> QueryKind:
+    """The kind of a seller's listing (channels, words, language, vocabulary coverage): it
+    chooses the threshold of the decision (indexer.categorizer.kinds)."""
+    text = query_text(store, query.title, query.description)
+    coverage = float(store.lexical.coverage([text])[0]) if store.lexical is not None and text else None
+    return describe(query.title, query.description, photo=query.image is not None, coverage=coverage)
+
+
 @bp.post("/predict")
 def predict() -> Response:
     t0 = time.perf_counter()
@@ -92,9 +100,11 @@ def predict() -> Response:
     live = loaded()
     encoded = encode_query(live, query, config().parallel_encode)
     t1 = time.perf_counter()
-    prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
+    kind = listing_kind(live.store, query)
+    prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k, kinds=[kind])[0]
     t2 = time.perf_counter()
     body = prediction.public()
+    body["kind"] = kind.public()
     for neighbor in body["neighbors"]:
         product = live.store.products[find_row(live.store, neighbor["id"])]
         neighbor["image_url"] = image_url(product, live.store)
@@ -103,7 +113,7 @@ def predict() -> Response:
     timing["total"] = round((time.perf_counter() - t0) * 1000, 2)
     body.update(
         timing_ms=timing,
-        threshold=live.categorizer.threshold,
+        threshold=live.categorizer.threshold_of(kind.name),
         index_version=live.version,
     )
     metrics.observe_stages(timing)

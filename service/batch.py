@@ -18,7 +18,7 @@ from typing import IO, Any
 from flask import Blueprint, Response, request, stream_with_context
 
 from indexer.catalog import IMAGES_DIR
-from indexer.categorizer.bulk import predict_listings, read_csv, read_json_lines
+from indexer.categorizer import predict_listings, read_csv, read_json_lines
 
 from .api import config, loaded
 from .errors import ApiError, public

@@ -11,8 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.categorizer import explain, top_choices
-from indexer.store import DecisionConflict, Listing, ListingNotFound
-from indexer.store.review import FILING, WAITING
+from indexer.store import DecisionConflict, Listing, ListingNotFound, ListingStatus
 
 from .api import PRODUCT_ID, config, image_url, loaded
 from .auth import check_bearer
@@ -69,6 +68,7 @@ def create_listing() -> Response:
         encoded = encode_query(live, query, cfg.parallel_encode)  # 422 for a photo that does not decode
         prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
         threshold = live.categorizer.threshold
+        auto = prediction.decision == "auto" and prediction.category is not None
         listing = Listing(
             id=listing_id,
             content_key=content_key,
@@ -88,7 +88,7 @@ def create_listing() -> Response:
                 "model_id": live.store.manifest.get("model_id"),
                 "index_version": live.version,
             },
-            status=FILING if prediction.decision == "auto" and prediction.category else WAITING,
+            status=ListingStatus.FILING if auto else ListingStatus.WAITING,
         )
         extension = image_extension(query.image) if query.image is not None else "jpg"
         try:
@@ -145,7 +145,7 @@ def review_queue() -> Response:
     items = queue.waiting(limit, category or None)
     return jsonify(
         listings=[_review_public(item) for item in items],
-        waiting=queue.count(WAITING),
+        waiting=queue.count(ListingStatus.WAITING),
         limit=limit,
         category=" >> ".join(category) or None,
     )

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.catalog import Product
-from indexer.store import AuditLog, DuplicateProduct, IndexStore, Listing, ReviewQueue, open_store
-from indexer.store.review import DECIDING, DONE, FILED, FILING, PENDING
+from indexer.store import AuditLog, DuplicateProduct, IndexStore, Listing, ListingStatus, ReviewQueue, open_store
 
 from .auth import REVIEWER, WRITER
 from .errors import ApiError
@@ -41,7 +40,7 @@ class AlreadyIndexed(RuntimeError):
 
 def answer(listing: Listing) -> dict[str, Any]:
     """What POST /api/v1/listings answers for a listing (the same on a replay)."""
-    auto = listing.status in (FILING, FILED)
+    auto = listing.status in (ListingStatus.FILING, ListingStatus.FILED)
     body: dict[str, Any] = {
         "id": listing.id,
         "category": listing.category,
@@ -95,14 +94,14 @@ class Listings:
             if stored.photo != listing.photo:
                 self.queue.drop_photo(listing)
             return self._replay(stored, listing.content_key), False
-        if stored.status == FILING:
+        if stored.status == ListingStatus.FILING:
             stored = self._apply_locked(stored.id)
         return answer(stored), True
 
     def _replay(self, existing: Listing, content_key: str) -> dict:
         if existing.content_key != content_key:
             raise ApiError(409, f"listing id {existing.id} already holds another listing; send another id", "Conflict")
-        if existing.status == FILING:  # its first request died before filing it
+        if existing.status == ListingStatus.FILING:  # its first request died before filing it
             existing = self._apply_locked(existing.id)
         return answer(existing)
 
@@ -110,7 +109,7 @@ class Listings:
         """Record a reviewer's decision, then apply it; the decision's result (the same for the
         same decision again). Raises ListingNotFound, DecisionConflict (409) or AlreadyIndexed."""
         listing = self.queue.record_decision(listing_id, decision, REVIEWER)
-        if listing.status == DONE and listing.result is not None:
+        if listing.status == ListingStatus.DONE and listing.result is not None:
             return listing.result
         done = self._apply_locked(listing_id)
         assert done.result is not None
@@ -123,17 +122,17 @@ class Listings:
         with self.queue.lock():
             listing = self.queue.get(listing_id)
             assert listing is not None  # rows are never deleted
-            if listing.status not in PENDING:
+            if listing.status not in ListingStatus.PENDING:
                 return listing
             return self._apply(listing)
 
     def _apply(self, listing: Listing) -> Listing:
         """Filing (auto) or a recorded decision (review) -> the index, the audit log, the row."""
-        if listing.status == DECIDING and (listing.decision or {}).get("reject"):
+        if listing.status == ListingStatus.DECIDING and (listing.decision or {}).get("reject"):
             self._audit_once(listing.id, "reject", listing.actor or REVIEWER, self._before(listing), None)
             result: dict[str, Any] = {
                 "id": listing.id,
-                "status": DONE,
+                "status": ListingStatus.DONE,
                 "decision": "reject",
                 "category": None,
                 "category_path": [],
@@ -144,7 +143,7 @@ class Listings:
             finished = self.queue.finish(listing.id, result)
             self.queue.drop_photo(listing)
             return finished
-        if listing.status == FILING:
+        if listing.status == ListingStatus.FILING:
             path = list(listing.category_path)
             action, actor = "auto-listing", WRITER
             note = {"decided_by": dict(listing.prediction, decision="auto")}
@@ -155,15 +154,15 @@ class Listings:
         try:  # the store records the add in the audit trail, exactly once (indexer.store.audit)
             store = self._add(listing, path, action, actor, note)
         except AlreadyIndexed:
-            if listing.status == DECIDING:
+            if listing.status == ListingStatus.DECIDING:
                 self.queue.reopen(listing.id)
             else:  # an auto listing whose id another add took: it is not filed, say so once
                 self.queue.finish(listing.id, {"id": listing.id, "where": "conflict"})
             raise
         result = {
             "id": listing.id,
-            "status": FILED if listing.status == FILING else DONE,
-            "decision": "auto" if listing.status == FILING else "category",
+            "status": ListingStatus.FILED if listing.status == ListingStatus.FILING else ListingStatus.DONE,
+            "decision": "auto" if listing.status == ListingStatus.FILING else "category",
             "category": path[0] if path else None,
             "category_path": path,
             "where": "index",

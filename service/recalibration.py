@@ -62,7 +62,7 @@ class Recalibrator:
         return self._thread
 
     def _refit(self) -> None:
-        from indexer.pipeline.calibrate import recalibrate
+        from indexer.pipeline import recalibrate
 
         index_dir = Path(self.state.index_dir)
         with open(index_dir / LOCK_FILE, "w") as lock:

@@ -85,7 +85,11 @@ def set_threads(n: int) -> None:
 
 def categorizer_for(store: IndexStore) -> Categorizer:
     """The manifest's categorizer; calibrated here when the build stored none (an index ingested
-    with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review)."""
+    with --no-calibrate stores an explicit uncalibrated entry: served as is, every decision review).
+    The language model of the query kinds is loaded here too, not on the first request."""
+    from indexer.categorizer import warm_up
+
+    warm_up()
     if store.manifest.get("categorizer"):
         return Categorizer(store)
     from indexer.categorizer import calibrate

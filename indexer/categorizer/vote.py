@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from indexer.categorizer.combiner import combined_score
 from indexer.categorizer.exclusion import Exclusion, exclusion_block, exclusion_groups
+from indexer.categorizer.kinds import PHOTO, PHOTO_TEXT, PLAIN, TEXT, QueryKind
 from indexer.encoders.base import encode_text_queries
 from indexer.store.base import IndexStore
 from indexer.store.filters import RowFilter
@@ -78,10 +80,28 @@ class Prediction:
     category_path: list[str]
     neighbors: list[Neighbor] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
+    # the photo's and the text's own votes (category -> share) when the query has both
+    channel_votes: dict[str, dict[str, float]] = field(default_factory=dict)
+    # 1 - sum_c min(photo share, text share): 0 when both channels vote alike, 1 when they
+    # vote for disjoint categories; None without both channels
+    disagreement: float | None = None
+    kind: str | None = None  # the query kind whose threshold decided (indexer.categorizer.kinds)
+    top_similarity: float | None = None  # fused similarity of the nearest voting product
+    purity: float | None = None  # share of the k voters (unweighted) in the chosen category
+    # what the threshold of the kind applies to: the calibrated combiner's probability that the
+    # category is right (indexer.categorizer.combiner), or the raw vote share without a combiner
+    decision_score: float | None = None
+    reasons: list[str] = field(default_factory=list)  # why it went to review, in plain words
 
     def public(self) -> dict:
         data = asdict(self)
         data["neighbors"] = [n.public() for n in self.neighbors]
+        data["channel_votes"] = {
+            channel: {c: round(v, 4) for c, v in sorted(votes.items(), key=lambda kv: -kv[1])[:3] if v > 0}
+            for channel, votes in self.channel_votes.items()
+        }
+        if self.disagreement is not None:
+            data["disagreement"] = round(self.disagreement, 4)
         return data
 
 
@@ -100,6 +120,14 @@ class Categorizer:
         self.weights = dict(merged["weights"])
         self.threshold: float | None = merged["threshold"]
         self.calibration: dict[str, list[float]] | None = merged["calibration"]
+        # per query kind {"threshold": float | None, ...} (indexer.categorizer.protocol.fit); absent
+        # (an index calibrated before kinds existed): the one threshold applies to every kind
+        self.kinds: dict[str, dict] | None = merged.get("kinds")
+        # the fitted disagreement rule {"threshold": float, ...}: a photo + text query whose channel
+        # votes disagree at least this much goes to review
+        self.disagreement: dict | None = merged.get("disagreement")
+        # the calibrated combiner of the confidence features (indexer.categorizer.combiner), if fitted
+        self.combiner: dict | None = merged.get("combiner")
         self.candidates = int(merged["candidates"])
         # the vote reads category codes of its k neighbours, not a Python label per product:
         # O(categories) here per loaded store, O(k) per query
@@ -187,9 +215,11 @@ class Categorizer:
         rows: np.ndarray,
         full: dict[str, np.ndarray] | None = None,
         present: dict[str, np.ndarray] | None = None,
+        parts: dict[str, tuple[np.ndarray, np.ndarray, float]] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """Weighted mean of per-modality cosine similarities, over the modalities both sides have.
-        `present` (per channel, which query rows carry it) saves recomputing it per query."""
+        `present` (per channel, which query rows carry it) saves recomputing it per query.
+        `parts`, when given, receives per channel (similarities, rows having it, weight)."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
         used = []
@@ -210,6 +240,8 @@ class Categorizer:
                 sims, w = sims / norm, w * norm
             num[has] += w * sims
             den[has] += w
+            if parts is not None:
+                parts[modality] = (sims, has, w)
         with np.errstate(invalid="ignore", divide="ignore"):
             fused = np.where(den > 0, num / den, -np.inf)
         return fused, used
@@ -221,8 +253,12 @@ class Categorizer:
         exclude: Exclusion | None = None,
         with_neighbors: bool = True,
         allowed: RowFilter | None = None,
+        kinds: Sequence[QueryKind] | None = None,
     ) -> list[Prediction]:
         """Predictions for n queries given per modality as (n, dim) arrays (None/NaN row = absent).
+        `kinds` (one per query, `indexer.categorizer.kinds.describe`) choose the threshold each
+        decision uses; without them a query is taken for a stored product's listing with the
+        channels it carries (photo + text, text, photo).
 
         Neighbours are ranked by the weighted mean of image and text cosine similarity
         (similarity-level fusion: measured better than voting per modality then mixing
@@ -238,12 +274,44 @@ class Categorizer:
         has = {m: present_rows(q) for m, q in present.items()}
         out = []
         for i, rows in enumerate(candidates):
-            fused, used = self._fused_similarity(present, i, rows, full, has)
+            parts: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+            fused, used = self._fused_similarity(present, i, rows, full, has, parts)
             keep = np.isfinite(fused)
-            rows, fused = rows[keep], fused[keep]
-            top = np.argsort(-fused, kind="stable")[:k]
-            out.append(self._vote(rows[top], fused[top], used, with_neighbors))
+            top = np.argsort(-fused[keep], kind="stable")[:k]
+            prediction = self._vote(rows[keep][top], fused[keep][top], used, with_neighbors)
+            if prediction.category is not None:
+                self._channel_votes(prediction, rows, parts, k)
+            kind = kinds[i] if kinds is not None else None
+            prediction.decision, prediction.reasons = self.decide_listing(prediction, kind)
+            prediction.kind = kind.name if kind is not None else self._default_kind(used)
+            out.append(prediction)
         return out
+
+    def _channel_votes(
+        self, prediction: Prediction, rows: np.ndarray, parts: dict[str, tuple[np.ndarray, np.ndarray, float]], k: int
+    ) -> None:
+        """The photo's and the text's own votes among the same candidates (the text vote weighs
+        dense text and lexical as the fused one does), and how much they disagree. O(candidates)."""
+        text = [m for m in ("text", "lexical") if m in parts]
+        if "image" not in parts or not text:
+            return
+        votes = {}
+        for channel, members in (("photo", ["image"]), ("text", text)):
+            num = np.zeros(len(rows), np.float64)
+            den = np.zeros(len(rows), np.float64)
+            for m in members:
+                sims, has, w = parts[m]
+                num[has] += w * sims
+                den[has] += w
+            ok = den > 0
+            if not ok.any():
+                return
+            sims = num[ok] / den[ok]
+            top = np.argsort(-sims, kind="stable")[:k]
+            weights = np.exp((sims[top] - sims[top].max()) / self.temperature)
+            votes[channel] = self._shares(rows[ok][top], weights)
+        prediction.channel_votes = votes
+        prediction.disagreement = float(1.0 - sum(min(votes["photo"][c], votes["text"][c]) for c in self.classes))
 
     def neighbors(
         self,
@@ -293,15 +361,18 @@ class Categorizer:
             if with_neighbors
             else []
         )
+        labels = self._labels_of(rows)
         return Prediction(
             category=category,
             confidence=self.calibrated(raw),
             raw_confidence=raw,
-            decision=self.decide(raw),
+            decision="review",  # predict_vectors decides once the query's kind is known
             scores={c: round(v, 6) for c, v in sorted(scores.items(), key=lambda kv: -kv[1])},
             category_path=self._deeper_path(category, rows, weights),
             neighbors=neighbors,
             modalities=used,
+            top_similarity=float(sims.max()),
+            purity=float(sum(label == category for label in labels) / len(labels)),
         )
 
     def _neighbor(self, row: int, score: float, modality: str) -> Neighbor:
@@ -351,6 +422,50 @@ class Categorizer:
         if self.threshold is None:
             return "review"
         return "auto" if raw >= self.threshold else "review"
+
+    @staticmethod
+    def _default_kind(used: Sequence[str]) -> str:
+        """The kind of a query known only by its channels: a stored product's own listing."""
+        photo, text = "image" in used, bool({"text", "lexical"} & set(used))
+        return PHOTO_TEXT if photo and text else (TEXT if text else PHOTO)
+
+    def threshold_of(self, kind: str) -> float | None:
+        """The threshold of a kind: its own when the calibration has kinds, else the one threshold."""
+        if self.kinds is None:
+            return self.threshold
+        return (self.kinds.get(kind) or {}).get("threshold")
+
+    def decide_listing(self, prediction: Prediction, kind: QueryKind | None = None) -> tuple[str, list[str]]:
+        """("auto" | "review", reasons): auto only when the photo and the text agree (the fitted
+        disagreement rule) and the confidence reaches the threshold of the query's kind."""
+        if prediction.category is None:
+            return "review", ["no indexed product is close enough to vote"]
+        name = kind.name if kind is not None else self._default_kind(prediction.modalities)
+        score = prediction.raw_confidence
+        if self.combiner:
+            score = combined_score(self.combiner, prediction, name)
+        prediction.decision_score = score
+        reasons = []
+        gate = (self.disagreement or {}).get("threshold")
+        votes = prediction.channel_votes
+        if gate is not None and prediction.disagreement is not None and prediction.disagreement >= gate:
+            photo = max(votes["photo"], key=lambda c: votes["photo"][c])
+            text = max(votes["text"], key=lambda c: votes["text"][c])
+            if photo != text:
+                reasons.append(f"the photo looks like {photo}, the text like {text}")
+            else:
+                reasons.append(f"the photo and the text do not agree enough on {photo}")
+        threshold = self.threshold_of(name)
+        if threshold is None:
+            reasons.append(
+                f"listings of this kind ({PLAIN.get(name, name)}) are not decided automatically: "
+                "too little evidence to keep the promised precision"
+            )
+        elif score < threshold:
+            reasons.append(
+                f"the confidence {score:.2f} is below the {threshold:.2f} needed for a {PLAIN.get(name, name)}"
+            )
+        return ("review" if reasons else "auto"), reasons
 
     def predict_rows(
         self,

@@ -7,6 +7,7 @@ are decoded (in a thread pool, overlapping the model's forward passes) and encod
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import resource
@@ -377,9 +378,10 @@ def build_index(
             """Vectors for products added meanwhile by other models than this build's."""
             return _encode_with_cache(carried, encoder, out_dir, use_cache, batch_size, False).vectors
 
-        version = publish_base(
-            out_dir, staging, snapshot, "build", calibration_entry if calibrate_here else None, reencode
-        )
+        entry = functools.partial(
+            calibration_entry, encoder=encoder, cache=out_dir / CACHE_FILE if use_cache else None
+        )  # the encoder turns the sampled products' names into title-only listings (query kinds)
+        version = publish_base(out_dir, staging, snapshot, "build", entry if calibrate_here else None, reencode)
         assert version is not None  # only a compaction is ever dropped
     seconds = time.perf_counter() - start
     return BuildSummary(
@@ -454,12 +456,14 @@ def _derived_key(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def calibration_entry(staged: IndexStore) -> dict:
-    """The Categorizer's manifest entry (parameters, auto/review threshold, calibration curve,
-    CV figures), cross-validated on the staged version: exactly the vectors it will serve."""
+def calibration_entry(staged: IndexStore, encoder: Encoder | None = None, cache: Path | None = None) -> dict:
+    """The Categorizer's manifest entry (parameters, per-kind thresholds, disagreement rule,
+    combiner, calibration curve, CV figures), cross-validated on the staged version: exactly the
+    vectors it will serve. With `encoder`, title-only listings are simulated from the sampled
+    products' names (encoded once, kept in `cache`); without, those kinds go to review."""
     from indexer.categorizer.protocol import calibrate
 
-    return {"categorizer": calibrate(staged)}
+    return {"categorizer": calibrate(staged, encoder=encoder, cache=cache)}
 
 
 def add_products(

@@ -33,13 +33,14 @@ from indexer.store.filters import RowFilter
 from indexer.store.lexical import LEXICAL_SCALINGS
 from indexer.store.local.index import last_verified, read_current
 from indexer.store.local.versions import IndexRolledBack
-from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ReviewQueue
+from indexer.store.review import DecisionConflict, Listing, ListingNotFound, ListingStatus, ReviewQueue
 
 __all__ = [
     "AuditLog",
     "DecisionConflict",
     "Listing",
     "ListingNotFound",
+    "ListingStatus",
     "ReviewQueue",
     "DuplicateProduct",
     "IndexDamaged",

@@ -37,7 +37,7 @@ idempotent) before its own change. Other processes notice `state.changes` move a
 only the rows the new entries name.
 
 Consistency, per operation (a server's default, Bounded, may answer from data up to 5 s old;
-Strong makes every read wait for the server's next time tick, about 200 ms on Milvus 2.3):
+Strong makes every read wait for the next time tick, ~200 ms on 2.3: bench_milvus_consistency.py):
 - the commit writes the `state` row (a Milvus write, durable once acknowledged), then its
   mirror, a property of the meta collection: collection metadata (Milvus's etcd), so reading it
   is linearizable and cheap (~1 ms), and `is_stale` reads it before every request. Milvus

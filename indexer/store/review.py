@@ -40,6 +40,15 @@ PENDING = (FILING, DECIDING)  # recorded but not yet applied: finished by `recov
 STATUSES = (FILING, FILED, WAITING, DECIDING, DONE)
 SEPARATOR = " >> "
 
+
+class ListingStatus:
+    """A listing's states (see the module docstring), as the package exports them."""
+
+    FILING, FILED = FILING, FILED
+    WAITING, DECIDING, DONE = WAITING, DECIDING, DONE
+    PENDING = PENDING
+
+
 _COLUMNS = (
     "id, content_key, title, description, brand, price, photo, category, path, top, reasons, neighbours, "
     "prediction, created, status, decision, actor, decided_at, result, seq"

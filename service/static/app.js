@@ -166,7 +166,10 @@ function renderPrediction(p) {
   badge.className = `badge ${auto ? "auto" : "review"}`;
   $("result-meter").value = p.confidence;
   $("result-confidence").textContent = pct(p.confidence);
-  $("result-explain").textContent = t(auto ? "explain_auto" : "explain_review");
+  const reasons = (p.reasons || []).join("; ");
+  const explain = auto ? t("explain_auto") : reasons ? t("explain_review_reasons", { reasons }) : t("explain_review");
+  const kind = p.kind && PAGE.strings[`kind_${p.kind.name}`] ? ` ${t("kind_read_as", { kind: t(`kind_${p.kind.name}`) })}` : "";
+  $("result-explain").textContent = explain + kind;
   const scores = $("result-scores");
   scores.replaceChildren();
   for (const [name, value] of Object.entries(p.scores)) {

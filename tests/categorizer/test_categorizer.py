@@ -267,3 +267,67 @@ def test_calibrate_is_the_fit_on_every_row():
     assert frozen["weights"] == {"text": 1.0}
     tiny = make_store(["X"], {"text": basis(0)[None, :]})
     assert calibration.calibrate(tiny)["threshold"] is None
+
+
+# ---- honesty debts (issue 18): each of these failed on the code before it -------------------
+def test_choose_threshold_never_cuts_inside_tied_confidences():
+    """Three predictions tie at 0.8 and one of them is wrong: a cut after the first two would
+    report precision 1.0, but the threshold 0.8 accepts all three (precision 2/3)."""
+    conf = np.array([0.9, 0.8, 0.8, 0.8, 0.5])
+    ok = np.array([True, True, True, False, True])
+    d = calibration.choose_threshold(conf, ok, 0.99)
+    assert d["threshold"] == pytest.approx(0.9) and d["coverage"] == pytest.approx(0.2)
+    accepted = conf >= d["threshold"]
+    assert accepted.mean() == pytest.approx(d["coverage"]) and ok[accepted].mean() >= 0.99
+
+
+def test_raw_confidence_is_the_share_at_the_confidence_temperature():
+    """The vote picks with `temperature`, the confidence is the winner's share at
+    `confidence_temperature`: with a soft confidence temperature they differ."""
+    labels = ["X", "X", "Y", "Y"]
+    vecs = np.stack([basis(0), unit(basis(0) + 0.3 * basis(2)), unit(basis(0) + 0.45 * basis(1)), basis(1)])
+    store = make_store(labels, {"text": vecs})
+    params = {"k": 4, "temperature": 0.02, "confidence_temperature": 0.5, "weights": {"text": 1.0}}
+    p = Categorizer(store, params).predict_vectors({"text": basis(0)[None, :]})[0]
+    sims = np.array([n.score for n in p.neighbors])
+    cats = np.array([n.category for n in p.neighbors])
+    soft = np.exp((sims - sims.max()) / 0.5)
+    sharp = np.exp((sims - sims.max()) / 0.02)
+    assert p.category == "X"
+    assert p.raw_confidence == pytest.approx(soft[cats == "X"].sum() / soft.sum(), rel=1e-5)
+    assert abs(p.raw_confidence - sharp[cats == "X"].sum() / sharp.sum()) > 0.05  # the mutant's value
+
+
+def lexical_twin_store() -> tuple[IndexStore, np.ndarray]:
+    """Ten products, texts with words only their own inner fold holds: the vocabulary decides."""
+    rng = np.random.default_rng(3)
+    labels = ["X"] * 6 + ["Y"] * 6
+    texts = [f"{'mug' if c == 'X' else 'cushion'} home word{i} extra{i % 3}" for i, c in enumerate(labels)]
+    dense = np.stack([unit(rng.normal(size=DIM)) for _ in labels])
+    store = with_lexical(make_store(labels, {"text": dense}, texts), texts)
+    return store, np.arange(len(labels))
+
+
+def test_inner_cv_refits_the_lexical_vocabulary_per_inner_fold():
+    """Each inner prediction equals a prediction by a model whose vocabulary never saw the inner
+    fold's texts, as the held-out fold's prediction is made (before: one vocabulary for all)."""
+    store, groups = lexical_twin_store()
+    train = np.ones(len(groups), bool)
+    grid = ({"weights": {"text": 0.05, "lexical": 0.95}, "k": 6, "confidence_temperature": 0.2},)
+    fitted = calibration.fit(store, train, groups, ("text",), grid=grid)
+    assert len(fitted.inner_rows) == len(groups)
+    params = {k: v for k, v in fitted.entry.items() if k != "cv"}
+    for i in np.unique(fitted.inner_folds):
+        members = fitted.inner_rows[fitted.inner_folds == i]
+        allowed = ~np.isin(np.arange(len(groups)), members)
+        view = calibration.training_view(store, allowed)
+        assert not any(f"word{m}" in view.lexical.vectorizer.vocabulary_ for m in members)
+        exclude = calibration.FoldExclusion(np.zeros(len(members), np.int64), allowed=allowed)
+        expected = Categorizer(view, params).predict_rows(members, exclude=exclude, modalities=("text",))
+        got = fitted.inner_confidence[fitted.inner_folds == i]
+        assert got == pytest.approx([p.raw_confidence for p in expected])
+    leaky = Categorizer(store, params).predict_rows(
+        fitted.inner_rows, exclude=calibration.FoldExclusion(fitted.inner_folds, row_fold=fitted.inner_folds)
+    )
+    gap = np.abs(fitted.inner_confidence - [p.raw_confidence for p in leaky]).max()
+    assert gap > 1e-3  # the refit matters here: one vocabulary for every inner fold scores otherwise

@@ -135,6 +135,29 @@ def test_predict_image_and_text_base64(client, store, watch):
     assert body["neighbors"][0]["id"] == product.id
 
 
+def test_predict_names_the_kind_and_gives_reasons(client, store, watch):
+    """A watch photo titled as a coffee mug: the kind says photo + title, the photo and the text
+    vote apart, and a review decision comes with plain reasons."""
+    product, data = watch
+    photo = base64.b64encode(data).decode()
+    body = client.post(
+        "/api/v1/predict", json={"image_base64": photo, "title": "Steel coffee mug with handle"}
+    ).get_json()
+    assert body["kind"]["name"] == "photo+title" and body["kind"]["channels"] == ["photo", "title"]
+    assert body["kind"]["language"] == "en" and body["kind"]["words"] == 5
+    assert set(body["channel_votes"]) == {"photo", "text"} and 0.0 <= body["disagreement"] <= 1.0
+    assert max(body["channel_votes"]["photo"], key=body["channel_votes"]["photo"].get) == product.category
+    assert body["decision"] in ("auto", "review") and isinstance(body["reasons"], list)
+    if body["decision"] == "review":
+        assert body["reasons"] and all(isinstance(r, str) and r for r in body["reasons"])
+    else:
+        assert body["reasons"] == []
+    french = client.post("/api/v1/predict", json={"title": "Montre analogique pour homme, bracelet en cuir noir"})
+    kind = french.get_json()["kind"]
+    assert kind["name"] == "other-language text" and kind["language"] == "fr"
+    assert 0.0 <= kind["vocabulary_coverage"] < 0.5  # the English vocabulary knows few of its words
+
+
 def test_predict_k_changes_the_neighbourhood(client):
     small = client.post("/api/v1/predict", json={"title": "cotton baby romper", "k": 2}).get_json()
     large = client.post("/api/v1/predict", json={"title": "cotton baby romper", "k": 20}).get_json()
