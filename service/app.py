@@ -7,6 +7,7 @@ loads the model weights once and the forked workers share those pages.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from flask import Flask, request
 
@@ -54,7 +55,10 @@ def create_app(config: Config | None = None, encoder: Encoder | None = None, loa
     app.register_blueprint(metrics.bp)
     if load and state.load() and (live := state.peek()) is not None:
         metrics.set_index_size(live.store.product_count())
-        app.extensions["listings"].recover()  # listings a killed process left half-filed
+        try:
+            app.extensions["listings"].recover()  # listings a killed process left half-filed
+        except (OSError, sqlite3.Error) as exc:  # a read-only or full disk: serve reads, recover later
+            log.warning("listings not recovered at start (%s): retried on the next listing request", exc)
     elif load and state.fatal:
         # versions exist but none verifies: serving nothing beats serving damage (gunicorn's
         # master exits here, during preload, with this line)

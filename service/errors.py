@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ from flask import Flask, Response, current_app, has_app_context, jsonify
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
-from indexer.store import StoreUnavailable
+from indexer.store import IndexDamaged, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,29 @@ def storage_error(exc: OSError, consequence: str) -> ApiError | None:
             "Service Unavailable",
             cause="read_only",
         )
+    return None
+
+
+def disk_cause(exc: sqlite3.Error) -> int | None:
+    """The errno of a SQLite failure that a full (ENOSPC) or read-only (EROFS) index disk caused:
+    SQLite names some (FULL, READONLY); for an I/O error or a file it cannot open (its WAL
+    side files on a full or read-only disk) the index folder's file system tells. None: another
+    cause."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return errno.ENOSPC
+    if name.startswith("SQLITE_READONLY"):
+        return errno.EROFS
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) and has_app_context():
+        folder = getattr(current_app.config.get("SERVICE"), "index_dir", None)
+        try:
+            stats = os.statvfs(folder) if folder else None
+        except OSError:
+            return None
+        if stats is not None and stats.f_flag & os.ST_RDONLY:
+            return errno.EROFS
+        if stats is not None and stats.f_bavail == 0:
+            return errno.ENOSPC
     return None
 
 
@@ -133,6 +157,39 @@ def register(app: Flask) -> None:
         response = problem(503, "the vector store is unavailable; retry shortly", "Service Unavailable")
         response.headers["Retry-After"] = "5"
         return response
+
+    @app.errorhandler(IndexDamaged)
+    def _index_damaged(exc: IndexDamaged) -> Response:
+        """A write on an index whose pointer or live version is damaged (no writer builds on
+        damage): 503 naming the cause; reads go on from the version this process serves."""
+        log.error("write refused: %s", exc)
+        return _api_error(
+            ApiError(
+                503,
+                f"the index cannot take writes: {exc}; reads keep working from the version served, "
+                "`python -m indexer repair` restores it",
+                "Service Unavailable",
+            )
+        )
+
+    @app.errorhandler(OSError)
+    def _storage(exc: OSError) -> Response:
+        """A write that a full disk (507) or a read-only one (503) refused, naming the cause, for
+        every endpoint that writes (adds, deletes, relabels, listings, decisions); other OS errors
+        are internal."""
+        refused = storage_error(exc, "nothing was changed; nothing stored before was lost")
+        if refused is None:
+            return _unexpected(exc)
+        log.error("write refused: %s", exc)
+        return _api_error(refused)
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def _sqlite(exc: sqlite3.OperationalError) -> Response:
+        """The same for the SQLite files of the index folder (review queue, audit trail, cache)."""
+        cause = disk_cause(exc)
+        if cause is None:
+            return _unexpected(exc)
+        return _storage(OSError(cause, os.strerror(cause)))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -252,9 +252,10 @@ class Listings:
             self.state.current()
         except NotReady:
             return 0
+        pending = self.queue.pending()  # a queue a read-only disk cannot open: retried on the next call
         self._recovered_pid = os.getpid()
         finished = 0
-        for listing in self.queue.pending():
+        for listing in pending:
             try:
                 self._apply_locked(listing.id)
                 finished += 1

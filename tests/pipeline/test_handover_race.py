@@ -66,3 +66,49 @@ def test_a_writer_racing_api_and_cli_adds_loses_nothing(kind, indexed, tmp_path,
     assert uploads == sorted(f"{pid}.jpg" for pid in result.api)
     register_fake()
     assert main(["verify", str(index)]) == 0
+
+
+# ---- deletes and relabels committed while a writer runs ------------------------------------------
+def run_paused(monkeypatch, module, name: str, meanwhile) -> None:
+    """Make `module.name` (a writer's slow step) call `meanwhile()` first: the changes it commits
+    land while the writer holds its snapshot."""
+    real = getattr(module, name)
+
+    def paused(*args, **kwargs):
+        meanwhile()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, paused)
+
+
+@pytest.mark.parametrize("kind", ["build", "compact"])
+def test_deletes_and_relabels_made_while_a_writer_runs_are_carried(kind, indexed, tmp_path, monkeypatch):
+    import indexer.pipeline.build as build_module
+    import indexer.store.local.index as index_module
+    from indexer.store import delete, relabel
+
+    data, index = indexed
+    extra = make_dataset(tmp_path / "extra", per_category=1, prefix="x", offset=70)
+    add_products(index, load_catalog(extra["folder"]).products, FakeEncoder())
+    ids = [p.id for p in open_store(index).products]
+    doomed, moved, added_doomed = ids[0], ids[1], ids[-1]
+    delete(open_store(index), [ids[2]])  # in the snapshot: a compaction drops its row
+
+    def meanwhile() -> None:
+        store = delete(open_store(index), [doomed, added_doomed])
+        relabel(store, {moved: ("Garden", "Hoses")})
+
+    if kind == "build":
+        run_paused(monkeypatch, build_module, "stage_version", meanwhile)
+        build_index(data["folder"], index, encoder=FakeEncoder(), progress=False, added="keep")
+    else:
+        run_paused(monkeypatch, index_module, "_stage_compaction", meanwhile)
+        index_module.compact(index)
+    store = open_store(index, checksums=True)
+    assert store.row_of(doomed) is None and store.row_of(added_doomed) is None
+    assert store.products[store.row_of(moved)].category_path == ("Garden", "Hoses")
+    if kind == "compact":
+        assert store.row_of(ids[2]) is None and store.deltas  # the carried change, renumbered
+    assert store.manifest["handed_over"]["version"] != store.version
+    register_fake()
+    assert main(["verify", str(index)]) == 0

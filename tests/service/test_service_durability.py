@@ -254,6 +254,25 @@ def test_adds_on_a_full_or_read_only_disk_answer_with_the_cause_and_lose_nothing
     assert add(client, "during", photo).status_code == 201  # the disk is back: the same add goes through
 
 
+@pytest.mark.parametrize("code,status", [(errno.ENOSPC, 507), (errno.EROFS, 503)])
+@pytest.mark.parametrize("method", ["DELETE", "PATCH"])
+def test_deletes_and_relabels_on_a_full_or_read_only_disk_answer_with_the_cause(
+    index, monkeypatch, code, status, method
+):
+    client = app_for(index)
+    pid = open_store(index).products[0].id
+    before = open_store(index)
+    fail_writes(monkeypatch, index, code)
+    body = {"category": "Garden >> Hoses"} if method == "PATCH" else None
+    response = client.open(f"/api/v1/products/{pid}", method=method, headers=AUTH, json=body)
+    assert response.status_code == status and response.mimetype == PROBLEM, response.get_data(as_text=True)
+    assert "nothing stored before was lost" in response.get_json()["detail"]
+    assert client.get(f"/api/v1/products/{pid}").status_code == 200  # reads keep working
+    monkeypatch.undo()
+    after = open_store(index, checksums=True)
+    assert (after.version, after.deltas) == (before.version, before.deltas) and leftovers(index) == []
+
+
 def test_leftovers_of_dead_writers_are_removed_at_the_next_start(index):
     finished = subprocess.Popen(["true"])  # noqa: S603,S607 - a pid that has surely exited
     finished.wait()
@@ -319,14 +338,23 @@ def test_a_real_full_then_read_only_disk(built, tmpfs):
     assert compact.returncode != 0 and "No space left" in compact.stderr + compact.stdout
     filler.unlink()
     assert add(client, "full", PHOTO).status_code == 201
-    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)  # noqa: S603,S607
+    # read-only: the same folder through a read-only bind mount (the running process keeps its
+    # audit trail open for writing, so the file system itself cannot be remounted read-only)
+    view = tmpfs.parent / "readonly-view"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(index), str(view)], check=True)  # noqa: S603,S607
     try:
-        response = add(client, "readonly", PHOTO)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)  # noqa: S603,S607
+        readonly = app_for(view)  # a start on a read-only folder serves
+        assert readonly.get("/readyz").status_code == 200 and predict(readonly).status_code == 200
+        response = add(readonly, "readonly", PHOTO)
         assert response.status_code == 503 and response.get_json()["cause"] == "read_only", response.get_json()
-        assert predict(client).status_code == 200
-        assert app_for(index).get("/readyz").status_code == 200  # a start on a read-only disk serves
+        pid = open_store(view).products[0].id
+        refused = readonly.delete(f"/api/v1/products/{pid}", headers=AUTH)
+        assert refused.status_code == 503 and refused.get_json()["cause"] == "read_only", refused.get_json()
+        assert predict(readonly).status_code == 200 and readonly.get(f"/api/v1/products/{pid}").status_code == 200
     finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)  # noqa: S603,S607
+        subprocess.run(["umount", "-l", str(view)], check=False)  # noqa: S603,S607
     app_for(index)  # the next start removes whatever the failed writers left
     assert leftovers(index) == []
     store = open_store(index, checksums=True)
