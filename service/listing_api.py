@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 from indexer.categorizer import explain, top_choices
 from indexer.store import DecisionConflict, Listing, ListingNotFound, ListingStatus
 
-from .api import PRODUCT_ID, config, image_url, loaded
+from .api import PRODUCT_ID, config, image_url, listing_kind, loaded
 from .auth import check_bearer
 from .errors import ApiError
 from .inputs import parse_json_body, parse_number, read_request
@@ -66,8 +66,9 @@ def create_listing() -> Response:
         body, created = listings().submit(Listing(id=listing_id, content_key=content_key, title=query.title), None)
     else:
         encoded = encode_query(live, query, cfg.parallel_encode)  # 422 for a photo that does not decode
-        prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k)[0]
-        threshold = live.categorizer.threshold
+        kind = listing_kind(live.store, query)  # as /predict: the kind chooses the threshold
+        prediction = live.categorizer.predict_vectors(encoded.vectors, k=query.k, kinds=[kind])[0]
+        threshold = live.categorizer.threshold_of(kind.name)
         auto = prediction.decision == "auto" and prediction.category is not None
         listing = Listing(
             id=listing_id,
@@ -79,12 +80,14 @@ def create_listing() -> Response:
             category=prediction.category,
             category_path=list(prediction.category_path),
             top=top_choices(prediction),
-            reasons=explain(prediction, threshold),
+            reasons=explain(prediction, live.categorizer),
             neighbours=[n.public() for n in prediction.neighbors],
             prediction={
                 "confidence": round(prediction.confidence, 4),
                 "raw_confidence": round(prediction.raw_confidence, 4),
+                "decision_score": None if prediction.decision_score is None else round(prediction.decision_score, 4),
                 "threshold": threshold,
+                "kind": kind.name,
                 "model_id": live.store.manifest.get("model_id"),
                 "index_version": live.version,
             },

@@ -25,6 +25,7 @@ from typing import IO, Any
 import numpy as np
 
 from indexer.catalog.images import ImageError, ImageLimits, load_image
+from indexer.categorizer.kinds import QueryKind, describe
 from indexer.categorizer.reasons import explain
 from indexer.categorizer.vote import Categorizer, query_channels, query_text
 from indexer.encoders.base import Encoder
@@ -210,7 +211,7 @@ def predict_listings(
     limits: ImageLimits | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One result (or problem) per item, in input order: {line, id, category, category_path,
-    confidence, decision, reasons} or a problem's fields. Photos are decoded and preprocessed on
+    confidence, decision, kind, reasons} or a problem's fields. Photos are decoded and preprocessed on
     `workers` threads one batch ahead of the model: O(2 batches) of photos in memory."""
     limits = limits or ImageLimits.from_env()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="bulk-decode") as pool:
@@ -230,6 +231,18 @@ def predict_listings(
             ahead = (chunk, submit(chunk))
         if ahead is not None:
             yield from _predict_chunk(store, encoder, categorizer, *ahead, k)
+
+
+def _kinds(store: IndexStore, items: list[Item], texts: list[str], photos: list[bool]) -> list[QueryKind]:
+    """Each listing's kind, as the service's /predict routes a seller's request (the kind chooses
+    the threshold of the decision): O(characters) per listing."""
+    coverage = store.lexical.coverage(texts) if store.lexical is not None else None
+    out = []
+    for i, (item, text, photo) in enumerate(zip(items, texts, photos, strict=True)):
+        assert isinstance(item, BulkListing)
+        known = float(coverage[i]) if coverage is not None and text else None
+        out.append(describe(item.title, item.description, photo=photo, coverage=known))
+    return out
 
 
 def _predict_chunk(
@@ -268,8 +281,9 @@ def _predict_chunk(
             queries["image"] = image
         if texts:
             queries.update(query_channels(store, encoder, texts=[texts.get(r, "") for r in rows]))
-        threshold = categorizer.threshold
-        for row, prediction in zip(rows, categorizer.predict_vectors(queries, k=k, with_neighbors=False), strict=True):
+        kinds = _kinds(store, [chunk[r] for r in rows], [texts.get(r, "") for r in rows], [r in arrays for r in rows])
+        predictions = categorizer.predict_vectors(queries, k=k, with_neighbors=False, kinds=kinds)
+        for row, prediction in zip(rows, predictions, strict=True):
             item = chunk[row]
             assert isinstance(item, BulkListing)
             out[row] = {
@@ -279,7 +293,8 @@ def _predict_chunk(
                 "category_path": list(prediction.category_path),
                 "confidence": round(prediction.confidence, 4) if math.isfinite(prediction.confidence) else None,
                 "decision": prediction.decision,
-                "reasons": explain(prediction, threshold),
+                "kind": prediction.kind,
+                "reasons": explain(prediction, categorizer),
             }
     for result in out:
         assert result is not None

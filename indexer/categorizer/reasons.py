@@ -1,8 +1,9 @@
 """Why a prediction was decided `auto` or `review`, and the choices a reviewer is offered.
 
-Reasons are facts read off the prediction (its vote share against the threshold, how the
-neighbours split, which inputs it had), each as {code, text, params}: `code` is stable (pages
-translate it), `text` is the English sentence, `params` the numbers in it. O(k) per prediction.
+Reasons are facts read off the prediction (the categorizer's own rule: photo and text agreement,
+the confidence against the threshold of the listing's kind; then how the neighbours split and
+which inputs it had), each as {code, text, params}: `code` is stable (pages translate it), `text`
+is the English sentence, `params` the numbers and names in it. O(k) per prediction.
 """
 
 from __future__ import annotations
@@ -10,47 +11,66 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from indexer.categorizer.vote import Neighbor, Prediction
+from indexer.categorizer.kinds import PLAIN
+from indexer.categorizer.vote import Categorizer, Neighbor, Prediction
 
 SPLIT_SHARE = 0.2  # a runner-up category holding at least this share of the vote is worth saying
 PATH_DEPTH = 3  # levels of a category path offered to a reviewer (as the vote's category_path)
 
 
-def reason(code: str, text: str, **params: object) -> dict:
-    return {"code": code, "text": text, "params": params}
+def reason(code: str, sentence: str, **params: object) -> dict:
+    return {"code": code, "text": sentence, "params": params}
 
 
-def explain(prediction: Prediction, threshold: float | None) -> list[dict]:
-    """The reasons for `prediction.decision`, most telling first."""
-    out = []
-    raw, conf = round(prediction.raw_confidence, 4), round(prediction.confidence, 4)
+def explain(prediction: Prediction, categorizer: Categorizer) -> list[dict]:
+    """The reasons for `prediction.decision`, most telling first: the categorizer's own rule
+    (`Categorizer.decide_listing`: the photo and the text must agree, the confidence must reach the
+    threshold of the listing's kind) as codes with their numbers, then what else is worth saying
+    (a split vote, a missing photo or text). The English `text` of a review reason is the
+    categorizer's own sentence."""
     if prediction.category is None:
-        return [reason("no_neighbours", "no similar product in the catalogue to vote")]
-    if threshold is None:
-        out.append(
-            reason("uncalibrated", "this index has no calibrated auto threshold: every listing waits for a reviewer")
-        )
-    elif prediction.decision == "auto":
-        out.append(
-            reason(
-                "confident",
-                f"vote share {raw:.2f} is at or above the auto threshold {threshold:.2f} "
-                f"(calibrated confidence {conf:.2f})",
-                share=raw,
-                threshold=round(threshold, 4),
-                confidence=conf,
-            )
-        )
+        said = prediction.reasons[0] if prediction.reasons else "no similar product in the catalogue to vote"
+        return [reason("no_neighbours", said)]
+    kind = prediction.kind or ""
+    plain = PLAIN.get(kind, kind)
+    score = prediction.decision_score if prediction.decision_score is not None else prediction.raw_confidence
+    score = round(float(score), 4)
+    threshold = categorizer.threshold_of(kind) if kind else categorizer.threshold
+    out = []
+    if prediction.decision == "auto":
+        text = f"confidence {score:.2f} reaches the {threshold or 0:.2f} needed for a {plain}"
+        out.append(reason("confident", text, score=score, threshold=round(threshold or 0.0, 4), kind=kind))
     else:
-        out.append(
-            reason(
-                "low_confidence",
-                f"vote share {raw:.2f} is below the auto threshold {threshold:.2f} (calibrated confidence {conf:.2f})",
-                share=raw,
-                threshold=round(threshold, 4),
-                confidence=conf,
+        sentences = iter(prediction.reasons)
+        gate = (categorizer.disagreement or {}).get("threshold")
+        votes = prediction.channel_votes
+        if gate is not None and prediction.disagreement is not None and prediction.disagreement >= gate:
+            photo = max(votes["photo"], key=lambda c: votes["photo"][c])
+            text_vote = max(votes["text"], key=lambda c: votes["text"][c])
+            if photo != text_vote:
+                default = f"the photo looks like {photo}, the text like {text_vote}"
+                out.append(reason("photo_text_disagree", next(sentences, default), photo=photo, text=text_vote))
+            else:
+                default = f"the photo and the text do not agree enough on {photo}"
+                out.append(reason("weak_agreement", next(sentences, default), category=photo))
+        if threshold is None:
+            if categorizer.threshold is None and categorizer.kinds is None:
+                out.append(
+                    reason(
+                        "uncalibrated",
+                        "this index has no calibrated auto threshold: every listing waits for a reviewer",
+                    )
+                )
+            else:
+                default = f"listings of this kind ({plain}) are not decided automatically"
+                out.append(reason("kind_not_automatic", next(sentences, default), kind=kind))
+        elif score < threshold:
+            default = f"the confidence {score:.2f} is below the {threshold:.2f} needed for a {plain}"
+            out.append(
+                reason(
+                    "low_confidence", next(sentences, default), score=score, threshold=round(threshold, 4), kind=kind
+                )
             )
-        )
     ranked = sorted(prediction.scores.items(), key=lambda kv: -kv[1])
     if len(ranked) > 1 and ranked[1][1] >= SPLIT_SHARE:
         (first, s1), (second, s2) = ranked[0], ranked[1]

@@ -48,13 +48,25 @@ const LISTING_STRINGS = {
     next_why: "Pourquoi : {reasons}",
     next_decided: "Un relecteur l'a déjà traitée.",
     // reasons (API code -> sentence)
-    reason_confident: "la part des votes ({share}) atteint le seuil automatique ({threshold})",
-    reason_low_confidence: "la part des votes ({share}) est sous le seuil automatique ({threshold})",
+    reason_confident: "la confiance ({score}) atteint le seuil ({threshold}) d'une annonce {kind}",
+    reason_low_confidence: "la confiance ({score}) est sous le seuil ({threshold}) d'une annonce {kind}",
+    reason_photo_text_disagree: "la photo ressemble à {photo}, le texte à {text}",
+    reason_weak_agreement: "la photo et le texte ne s'accordent pas assez sur {category}",
+    reason_kind_not_automatic: "les annonces {kind} ne sont pas classées automatiquement : trop peu d'indices pour tenir la précision promise",
     reason_split_vote: "les produits similaires se partagent entre {category} ({share}) et {runner_up} ({runner_up_share})",
     reason_no_photo: "sans photo, la suggestion repose sur le texte seul",
     reason_no_text: "sans titre ni description, la suggestion repose sur la photo seule",
     reason_uncalibrated: "ce catalogue n'a pas de seuil automatique calibré : toute annonce est relue",
     reason_no_neighbours: "aucun produit similaire dans le catalogue",
+    // listing kinds (indexer.categorizer.kinds), as they read inside a reason
+    "kind_photo+text": "avec photo, titre et description",
+    "kind_photo+title": "avec photo et titre",
+    kind_photo: "avec une photo seule",
+    kind_text: "avec titre et description sans photo",
+    kind_title: "avec un titre seul",
+    "kind_short title": "avec un titre court seul",
+    "kind_other-language text": "en une autre langue que l'anglais, sans photo",
+    "kind_photo+other-language text": "avec photo et texte en une autre langue que l'anglais",
   },
   en: {
     review_title: "Listing review",
@@ -98,13 +110,24 @@ const LISTING_STRINGS = {
     next_review: "Your listing waits for a reviewer before it is filed. The suggested category is {path}.",
     next_why: "Why: {reasons}",
     next_decided: "A reviewer has already handled it.",
-    reason_confident: "the vote share ({share}) reaches the auto threshold ({threshold})",
-    reason_low_confidence: "the vote share ({share}) is below the auto threshold ({threshold})",
+    reason_confident: "the confidence ({score}) reaches the threshold ({threshold}) of a listing {kind}",
+    reason_low_confidence: "the confidence ({score}) is below the threshold ({threshold}) of a listing {kind}",
+    reason_photo_text_disagree: "the photo looks like {photo}, the text like {text}",
+    reason_weak_agreement: "the photo and the text do not agree enough on {category}",
+    reason_kind_not_automatic: "listings {kind} are not filed automatically: too little evidence to keep the promised precision",
     reason_split_vote: "similar products are split between {category} ({share}) and {runner_up} ({runner_up_share})",
     reason_no_photo: "no photo: the suggestion rests on the text alone",
     reason_no_text: "no title or description: the suggestion rests on the photo alone",
     reason_uncalibrated: "this catalogue has no calibrated auto threshold: every listing is reviewed",
     reason_no_neighbours: "no similar product in the catalogue",
+    "kind_photo+text": "with photo, title and description",
+    "kind_photo+title": "with a photo and a title",
+    kind_photo: "with a photo alone",
+    kind_text: "with title and description, no photo",
+    kind_title: "with a title alone",
+    "kind_short title": "with a short title alone",
+    "kind_other-language text": "in another language than English, no photo",
+    "kind_photo+other-language text": "with a photo and text in another language than English",
   },
 };
 
@@ -128,8 +151,11 @@ function reasonSentence(reason) {
   const key = `reason_${reason.code}`;
   if (LISTING_STRINGS[listingLang()][key] === undefined) return reason.text;
   const params = {};
+  const words = LISTING_STRINGS[listingLang()];
   for (const [name, value] of Object.entries(reason.params || {})) {
-    params[name] = typeof value === "number" ? listingPercent(value) : value;
+    if (typeof value === "number") params[name] = listingPercent(value);
+    else if (name === "kind") params[name] = words[`kind_${value}`] || value;
+    else params[name] = value;
   }
   return lt(key, params);
 }

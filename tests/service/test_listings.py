@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from service_support import copy_index, photo_products
+from service_support import copy_index, edit_manifest, photo_products
 
 from indexer.store import AuditLog, open_store
 from indexer.store.review import DECIDING, DONE, FILED, FILING, WAITING
@@ -83,10 +83,27 @@ def list_unsure(client, lid: str, seed: int, photo: bool = False) -> dict:
 
 
 # ---- listings ------------------------------------------------------------------------------
-def test_a_confident_listing_is_filed_with_the_model_and_threshold_that_decided(client, app, index_dir):
+@pytest.fixture()
+def calibrated(service_index, embedded_encoder, real_data_dir, tmp_path):
+    """An app whose index decides a photo + title + description listing automatically from a
+    combined confidence of 0.9 (the real catalogue's own fit may leave a kind without threshold)."""
+    index_dir = copy_index(service_index, tmp_path / "calibrated")
+    edit_manifest(index_dir, lambda m: m["categorizer"]["kinds"]["photo+text"].update(threshold=0.9))
+    config = Config(index_dir=str(index_dir), data_dir=str(real_data_dir), api_token=WRITER, review_token=REVIEWER)
+    return create_app(config, encoder=embedded_encoder), index_dir
+
+
+def test_a_confident_listing_is_filed_with_the_model_and_threshold_that_decided(calibrated):
+    app, index_dir = calibrated
+    client = app.test_client()
     store = open_store(index_dir)
     ((product, path),) = photo_products(store, 1, category="Watches")
-    data = {"id": "auto-1", "title": product.name, "image": (io.BytesIO(path.read_bytes()), "w.jpg")}
+    data = {
+        "id": "auto-1",
+        "title": product.name,
+        "description": product.description,
+        "image": (io.BytesIO(path.read_bytes()), "w.jpg"),
+    }
     response = client.post("/api/v1/listings", data=data, headers=W, content_type="multipart/form-data")
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
@@ -99,14 +116,15 @@ def test_a_confident_listing_is_filed_with_the_model_and_threshold_that_decided(
     live = app.extensions["service_state"].current()
     assert (entry["action"], entry["actor"]) == ("auto-listing", "api-token")
     decided_by = entry["after"]["decided_by"]
-    assert decided_by["model_id"] == live.store.manifest["model_id"]
-    assert decided_by["threshold"] == live.categorizer.threshold is not None
-    assert decided_by["raw_confidence"] >= decided_by["threshold"]
+    assert decided_by["model_id"] == live.store.manifest["model_id"] and decided_by["kind"] == "photo+text"
+    assert decided_by["threshold"] == live.categorizer.threshold_of("photo+text") == 0.9
+    assert decided_by["decision_score"] >= decided_by["threshold"]
 
 
 def test_an_unsure_listing_waits_with_what_a_reviewer_needs(client):
     body = list_unsure(client, "unsure-1", seed=1, photo=True)
-    assert body["status"] == WAITING and "low_confidence" in [r["code"] for r in body["reasons"]]
+    review_rules = {"low_confidence", "kind_not_automatic", "photo_text_disagree", "weak_agreement"}
+    assert body["status"] == WAITING and review_rules & {r["code"] for r in body["reasons"]}
     assert 1 <= len(body["top"]) <= 3 and body["top"][0]["path"][0] == body["category"]
     queued = client.get("/api/v1/review?limit=100", headers=R).get_json()
     item = next(x for x in queued["listings"] if x["id"] == "unsure-1")

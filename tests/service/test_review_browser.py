@@ -33,7 +33,9 @@ def site(service_index, embedded_encoder, real_data_dir, tmp_path_factory):
     from werkzeug.serving import make_server
 
     index_dir = copy_index(service_index, tmp_path_factory.mktemp("review-browser") / "index")
-    edit_manifest(index_dir, lambda m: m["categorizer"].update(threshold=None))  # every listing waits for review
+    edit_manifest(
+        index_dir, lambda m: m["categorizer"].update(threshold=None, kinds=None)
+    )  # every listing waits for review
     config = Config(index_dir=str(index_dir), data_dir=str(real_data_dir), api_token=WRITER, review_token=REVIEWER)
     app = create_app(config, encoder=embedded_encoder)
     client = app.test_client()

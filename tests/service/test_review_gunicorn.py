@@ -108,7 +108,7 @@ def wait_ready(port: int, proc, log_path: Path, seconds: float = 240) -> None:
 def without_threshold(index_dir: Path) -> Path:
     """The index with no auto threshold (as `ingest --no-calibrate` leaves it): every listing waits
     for review, whatever the listings filed before it look like."""
-    return edit_manifest(index_dir, lambda m: m["categorizer"].update(threshold=None))
+    return edit_manifest(index_dir, lambda m: m["categorizer"].update(threshold=None, kinds=None))
 
 
 @pytest.fixture(scope="module")
