@@ -17,6 +17,10 @@ from evaluation.report import ReportOptions, build_report
 from indexer.categorizer.protocol import near_duplicate_groups
 from indexer.store import open_store
 
+# The module's first test also builds the real index and runs one fold seed of the report with the
+# listing kinds (about 2 minutes more per seed): past the suite's 900 s on a loaded machine.
+pytestmark = pytest.mark.timeout(2400)
+
 
 @pytest.fixture(scope="module")
 def real_report(real_index, real_data_dir, tmp_path_factory):
