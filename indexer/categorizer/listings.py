@@ -90,7 +90,15 @@ def _encode_cached(
 
     model = f"{encoder.model_ids.get('text')}:query"
     if cache_path is None:
-        return np.asarray(encode_text_queries(encoder, list(texts)), np.float32)
+        # the same batches as the cached path (sorted distinct texts): a text's vector depends on
+        # its batch's padding by float rounding, and that rounding can flip a tied neighbour, so
+        # an ingested index is calibrated exactly like the build's
+        distinct = sorted(set(texts))
+        if not distinct:
+            return np.zeros((0, 0), np.float32)
+        vectors = np.asarray(encode_text_queries(encoder, distinct), np.float32)
+        position = {t: i for i, t in enumerate(distinct)}
+        return vectors[[position[t] for t in texts]]
     keys = [content_key(t) for t in texts]
     found: dict[str, np.ndarray] = {}
     for other in read_from:

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Measured: Ray's vectors equal the in-process build's bit for bit on this machine (max |diff| 0.0,
 # bf16 autocast included); the margin allows for CPUs whose bf16 kernels depend on the batch.
 VECTOR_ATOL = 1e-5
+FLOAT_TOL = 1e-6  # fitted thresholds and cross-validated figures: float rounding only
+COMBINER_TOL = 1e-3  # the combiner's numbers and the figures computed from its scores (see below)
+COMBINER_KEYS = ("combiner", "combiner_empirical")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +86,12 @@ def test_encode_then_ingest_equals_build(full_shards, real_index, tmp_path):
     for key in ("profile", "model_ids", "dims", "counts", "categories", "precision", "text_normalisation"):
         assert ingested.manifest[key] == built.manifest[key], key
     # the fitted threshold and cross-validated figures come from two code paths (Ray's batches vs the
-    # build's) whose vectors differ by float rounding (<= VECTOR_ATOL): equal to 1e-6, not bit for bit
-    assert_close(ingested.manifest["categorizer"], built.manifest["categorizer"])
+    # build's) whose vectors differ by float rounding (<= VECTOR_ATOL): equal to 1e-6, not bit for bit.
+    # The combiner is a logistic regression on features of simulated title-only listings, whose names
+    # the build encodes through its embedding cache (other batches, so other rounding) and lbfgs
+    # stops at its tolerance: its numbers agree to COMBINER_TOL (measured: within 7e-5 of each other; when
+    # ingest encoded them in another order, one listing's vote flipped and a coefficient moved 0.0065)
+    assert_close(ingested.manifest["categorizer"], built.manifest["categorizer"], loose=COMBINER_KEYS)
     assert ingested.manifest["lexical"] == built.manifest["lexical"]
     assert (ingested.lexical.matrix != built.lexical.matrix).nnz == 0
     for modality in ("image", "text"):
@@ -163,16 +170,17 @@ def test_ingest_missing_folder_exits_2(tmp_path):
     assert proc.returncode == 2 and f"error: embeddings folder {tmp_path / 'none'} does not exist" in proc.stderr
 
 
-def assert_close(a, b, tol=1e-6, where="categorizer"):
-    """Nested dicts/lists equal, floats within `tol` (absolute and relative), everything else exactly."""
+def assert_close(a, b, tol=FLOAT_TOL, where="categorizer", loose=()):
+    """Nested dicts/lists equal, floats within `tol` (absolute and relative), everything else exactly;
+    floats under a key named in `loose` within COMBINER_TOL."""
     if isinstance(a, dict) and isinstance(b, dict):
         assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
         for key in a:
-            assert_close(a[key], b[key], tol, f"{where}.{key}")
+            assert_close(a[key], b[key], COMBINER_TOL if key in loose else tol, f"{where}.{key}", loose)
     elif isinstance(a, list | tuple) and isinstance(b, list | tuple):
         assert len(a) == len(b), f"{where}: lengths {len(a)} != {len(b)}"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_close(x, y, tol, f"{where}[{i}]")
+            assert_close(x, y, tol, f"{where}[{i}]", loose)
     elif isinstance(a, float) or isinstance(b, float):
         assert a == pytest.approx(b, rel=tol, abs=tol), f"{where}: {a} != {b}"
     else:
@@ -189,3 +197,8 @@ def test_assert_close_tolerates_rounding_only():
     ):
         with pytest.raises(AssertionError):
             assert_close({"t": 0.8763390459, "k": 15, "w": [0.3, "x"]}, other)
+    combiner = {"combiner": {"coef": [0.0198]}, "t": 0.5}
+    assert_close(combiner, {"combiner": {"coef": [0.0199]}, "t": 0.5}, loose=COMBINER_KEYS)
+    for other in ({"combiner": {"coef": [0.0133]}, "t": 0.5}, {"combiner": {"coef": [0.0198]}, "t": 0.5001}):
+        with pytest.raises(AssertionError):
+            assert_close(combiner, other, loose=COMBINER_KEYS)
