@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if metrics.get("quick"):
         print("quick run: not the reported figures")
     for row in rows:
-        print(f"  {row.figure:<42} {row.value_text():>8}  target {row.target_text:<7} {row.status}")
+        print(f"  {row.figure:<50} {row.value_text():>8}  target {row.target_text:<7} {row.status}")
     print(metrics["conclusion"][0])
     for kind, t in metrics["thresholds"]["kinds"].items():
         ev, dep = t["evaluation"], t["deployment"] or {}
