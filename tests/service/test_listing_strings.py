@@ -30,3 +30,14 @@ def test_every_reason_code_and_kind_has_its_sentence():
     for lang, keys in dictionaries().items():
         assert {f"reason_{c}" for c in codes} <= keys, lang
         assert {f"kind_{k}" for k in KINDS} <= keys, lang
+
+
+def test_every_word_of_the_reviewer_page_is_in_both_languages():
+    """The page's `data-text` keys and review.js's `lt("...")` calls (the new-category box and its
+    hint among them) all have their words in French and English."""
+    page = (ROOT / "service/templates/review.html").read_text(encoding="utf-8")
+    script = (ROOT / "service/static/review.js").read_text(encoding="utf-8")
+    used = set(re.findall(r'data-text="(\w+)"', page)) | set(re.findall(r'\blt\("(\w+)"', script))
+    assert {"other_new", "other_unknown", "other_label"} <= used
+    for lang, keys in dictionaries().items():
+        assert used <= keys, (lang, used - keys)
