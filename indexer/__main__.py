@@ -55,6 +55,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         use_cache=not args.no_cache,
         added="keep" if args.keep_added else "drop" if args.drop_added else "refuse",
+        changes="forget" if args.forget_changes else "carry",
     )
     for line in summary.lines():
         print(line)
@@ -146,6 +147,10 @@ def _describe(event: dict) -> str:
         return f"{path(before)} -> {path(after)}"
     if event["action"] == "delete":
         return f"deleted {before.get('name', '')!r} ({path(before)})"
+    if event["action"] == "rebuild":  # a rebuild set it back to the CSV (--forget-changes) or dropped it
+        if not after:
+            return f"dropped by a rebuild: {before.get('name', '')!r} ({path(before)})"
+        return f"back as in the CSV: {after.get('name', '')!r} in {path(after)}"
     if event["action"] == "reject":
         return "listing rejected" + (f": {json.dumps(before, ensure_ascii=False)[:120]}" if before else "")
     extra = {k: v for k, v in after.items() if k not in Product.__dataclass_fields__}
@@ -481,6 +486,12 @@ def parser() -> argparse.ArgumentParser:
         "--keep-added", action="store_true", help="keep products added since the build (re-encoded from the index)"
     )
     kept.add_argument("--drop-added", action="store_true", help="drop products added since the build")
+    b.add_argument(
+        "--forget-changes",
+        action="store_true",
+        help="the CSV alone: catalogue products deleted or relabelled through the engine come back as in the CSV "
+        "(default: they stay deleted / relabelled, from the audit trail)",
+    )
     b.set_defaults(func=cmd_build)
     a = sub.add_parser("add", help="append the new products of a dataset folder to an index")
     a.add_argument("--index", default=index_dir_default())

@@ -369,3 +369,29 @@ def test_info_tells_the_threshold_of_each_kind():
         "categorizer: no auto threshold (too few products to cross-validate (3)): every decision is 'review'"
     ]
     assert categorizer_lines({"calibrated": False})[0].startswith("categorizer: not calibrated")
+
+
+def test_rebuild_carries_or_forgets_the_changes(fake_profile, tmp_path, capsys):
+    """`build` over an index with a delete and a relabel says what it carried; `--forget-changes`
+    brings both back as in the CSV, and `history` says a rebuild did it."""
+    data = make_dataset(tmp_path / "data", per_category=2)
+    index = tmp_path / "index"
+    command = ["build", "--data", str(data["folder"]), "--out", str(index), "--profile", FAKE_PROFILE, "--quiet"]
+    assert main(command) == 0
+    gone, moved = data["rows"][0]["uniq_id"], data["rows"][2]["uniq_id"]
+    assert main(["delete", str(index), gone]) == 0 and main(["relabel", str(index), moved, "Garden >> Hoses"]) == 0
+    capsys.readouterr()
+    assert main(command) == 0
+    assert (
+        "catalogue changes carried from the audit trail: 1 deleted, 1 relabelled, 0 re-added" in capsys.readouterr().out
+    )
+    store = open_store(index)
+    assert store.row_of(gone) is None and store.products[store.row_of(moved)].category == "Garden"
+    assert main([*command, "--forget-changes"]) == 0
+    out = capsys.readouterr().out
+    assert "catalogue changes forgotten (--forget-changes), back as in the CSV: 1 deleted, 1 relabelled" in out
+    store = open_store(index)
+    assert store.row_of(gone) is not None and store.products[store.row_of(moved)].category != "Garden"
+    assert main(["history", str(index), gone]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["delete", "rebuild"] and "back as in the CSV" in lines[1]

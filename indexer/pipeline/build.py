@@ -28,19 +28,25 @@ from indexer.catalog.products import Catalog, Product, ValidationReport, load_ca
 from indexer.catalog.text import DEFAULT_STRIP_BOILERPLATE, encoder_text
 from indexer.encoders import DEFAULT_PROFILE, Encoder, create_encoder, model_id
 from indexer.encoders.cache import EmbeddingCache, content_key, open_cache
-from indexer.store import IndexStore, IndexStoreError, append, open_store
+from indexer.pipeline.changes import carry_changes, dropped_events
+from indexer.store import AuditLog, IndexStore, IndexStoreError, append, open_store
+from indexer.store.audit import utc_now
 from indexer.store.lexical import LexicalIndex
 from indexer.store.local.handover import Snapshot, base_lock
 from indexer.store.local.index import (
+    BASE_EVENTS,
     DEFAULT_FACTORY,
     FORMAT_VERSION,
+    LocalIndexStore,
     last_verified,
     publish_base,
+    record_pending_events,
     stage_version,
 )
 
 CACHE_FILE = "cache.sqlite"
 REFUSE, KEEP, DROP = "refuse", "keep", "drop"  # what a rebuild does with products added since the build
+CARRY, FORGET = "carry", "forget"  # what a rebuild does with catalogue products deleted or relabelled since
 
 
 class AddedProductsWouldBeDropped(IndexStoreError):
@@ -80,8 +86,11 @@ class BuildSummary:
     products_per_s: float
     peak_rss_mb: float
     report: dict
+    changes: dict[str, int] = field(default_factory=dict)  # catalogue changes carried (or forgotten)
+    forgotten: bool = False
 
     def lines(self) -> list[str]:
+        counts = ", ".join(f"{v} {k}" for k, v in self.changes.items()) or "none"
         return [
             f"index {self.index_dir} version {self.version} (profile {self.profile})",
             f"products: {self.products}; indexed image: {self.indexed.get('image', 0)}, "
@@ -91,6 +100,11 @@ class BuildSummary:
             f"freshly encoded: image {self.encoded.get('image', 0)}, text {self.encoded.get('text', 0)}",
             f"time {self.seconds:.1f} s (encoding {self.encode_seconds:.1f} s): {self.products_per_s:.1f} products/s; "
             f"peak RSS {self.peak_rss_mb:.0f} MB",
+            (
+                f"catalogue changes forgotten (--forget-changes), back as in the CSV: {counts}"
+                if self.forgotten
+                else f"catalogue changes carried from the audit trail: {counts}"
+            ),
         ]
 
 
@@ -298,6 +312,8 @@ def build_index(
     on_encoded: Callable[[], None] | None = None,
     calibrate_decision: bool = True,
     added: str = REFUSE,
+    changes: str = CARRY,
+    actor: str = "cli",
 ) -> BuildSummary:
     """Encode every product of the dataset at `data_dir` and publish a new index version.
 
@@ -307,16 +323,27 @@ def build_index(
     says how many it would drop. Products added while the build runs are carried into the
     version it publishes (indexer.store.local.handover), whatever `added` says: the build
     holds the index's base lock, so no compaction or other rebuild publishes meanwhile.
+
+    Catalogue products deleted or relabelled through the engine since (the index's audit trail,
+    see indexer.pipeline.changes) stay deleted or relabelled (`changes="carry"`); with
+    `changes="forget"` they are back as the CSV has them. Each product the build sets back, and
+    each added product it drops, is a `rebuild` audit event by `actor`, kept in the published
+    manifest until recorded (kill-safe like a delta's events).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     catalog = load_catalog(data_dir)
     if added not in (REFUSE, KEEP, DROP):
         raise ValueError(f"added must be one of {REFUSE}, {KEEP}, {DROP}; got {added!r}")
+    if changes not in (CARRY, FORGET):
+        raise ValueError(f"changes must be one of {CARRY}, {FORGET}; got {changes!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with base_lock(out_dir):
         live = live_store(out_dir)
         snapshot = Snapshot.of(live)
+        at = utc_now()  # the snapshot's time: what this build sets back is older than what it carries
+        if isinstance(live, LocalIndexStore):
+            record_pending_events(live)  # the trail is complete up to the snapshot
         extra = _added_products(live, catalog.products)
         if extra and added == REFUSE:
             raise AddedProductsWouldBeDropped(
@@ -324,7 +351,11 @@ def build_index(
                 f"of {Path(data_dir).name}/; this build would drop them. Pass --keep-added to keep them "
                 "(re-encoded from their stored text and photos) or --drop-added to drop them."
             )
-        products = list(catalog.products) + (extra if added == KEEP else [])
+        carried = carry_changes(catalog.products, live, AuditLog(out_dir).changes(), changes == FORGET, at, actor)
+        if added == DROP:
+            carried.events += dropped_events(extra, at, actor)
+        ours = carried.products  # the catalogue as acknowledged
+        products = ours + (extra if added == KEEP else [])
         encoder = encoder or create_encoder(profile)
         t0 = time.perf_counter()
         encoded = _encode_with_cache(products, encoder, out_dir, use_cache, batch_size, progress)
@@ -348,12 +379,17 @@ def build_index(
             "data_fingerprint": data_fingerprint(catalog, encoded.image_hashes),
             "categories": sorted({p.category for p in products if p.category}),
             "validation": report.to_dict(),
-            "added_products": len(products) - len(catalog.products),
+            "added_products": len(products) - len(ours),
             "added_fingerprint": hashlib.sha256(
-                json.dumps([p.to_record() for p in products[len(catalog.products) :]], sort_keys=True).encode()
+                json.dumps([p.to_record() for p in products[len(ours) :]], sort_keys=True).encode()
             ).hexdigest(),
+            "catalogue_changes": dict(carried.counts(), forgotten=carried.forgotten),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if carried.fingerprint():
+            manifest["changes_fingerprint"] = carried.fingerprint()
+        if carried.events:
+            manifest[BASE_EVENTS] = carried.events  # recorded after the publish; by the next writer if killed
         manifest["derived_key"] = _derived_key(manifest)
         if (
             live is not None
@@ -383,6 +419,7 @@ def build_index(
         )  # the encoder turns the sampled products' names into title-only listings (query kinds)
         version = publish_base(out_dir, staging, snapshot, "build", entry if calibrate_here else None, reencode)
         assert version is not None  # only a compaction is ever dropped
+        AuditLog(out_dir).record_events(carried.events)
     seconds = time.perf_counter() - start
     return BuildSummary(
         index_dir=str(out_dir),
@@ -398,6 +435,8 @@ def build_index(
         products_per_s=len(products) / seconds,
         peak_rss_mb=peak_rss_mb(),
         report=report.to_dict(),
+        changes=carried.counts(),
+        forgotten=carried.forgotten,
     )
 
 
@@ -453,6 +492,8 @@ def _derived_key(manifest: dict) -> str:
         NGRAMS,
         FORMAT_VERSION,
     ]
+    if manifest.get("changes_fingerprint"):  # only then: an index built before carried changes keeps its key
+        parts.append(manifest["changes_fingerprint"])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -35,7 +35,7 @@ async function api(url, options = {}) {
   if (!response.ok) {
     let detail = `HTTP ${response.status}`;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
-    throw new Error(detail);
+    throw Object.assign(new Error(detail), { status: response.status });
   }
   return response;
 }
@@ -114,6 +114,7 @@ function show() {
   }));
   $("neighbours").replaceChildren(...item.neighbours.map(neighbourCard));
   $("other").value = "";
+  $("other-new").checked = false;
   showPhoto(item);
 }
 
@@ -147,7 +148,12 @@ async function decide(decision) {
       await load(true);
     }
   } catch (err) {
-    setStatus(lt("error", { detail: err.message }), "error");
+    if (err.status === 422 && decision.category && !decision.new_category) {
+      setStatus(lt("other_unknown", { path: decision.category }), "error");  // a category the index lacks
+      $("other-new").focus();
+    } else {
+      setStatus(lt("error", { detail: err.message }), "error");
+    }
   } finally {
     busy = false;
   }
@@ -181,7 +187,8 @@ $("token-forget").addEventListener("click", () => { sessionStorage.removeItem(TO
 $("other-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const value = $("other").value.trim();
-  if (value) decide({ category: value });
+  // "new category" ticked: the reviewer creates it (the API refuses a path it does not hold otherwise)
+  if (value) decide($("other-new").checked ? { category: value, new_category: true } : { category: value });
 });
 $("reject").addEventListener("click", () => decide({ reject: true }));
 $("previous").addEventListener("click", () => move(-1));

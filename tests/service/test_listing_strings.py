@@ -90,3 +90,14 @@ def test_the_seller_page_says_the_reasons_through_the_shared_dictionary():
     assert "listing-strings.js" in page
     fr = json.loads((ROOT / "service/i18n/fr.json").read_text(encoding="utf-8"))
     assert "anglais" not in fr["explain_review_reasons"]
+
+
+def test_every_word_of_the_reviewer_page_is_in_both_languages():
+    """The page's `data-text` keys and review.js's `lt("...")` calls (the new-category box and its
+    hint among them) all have their words in French and English."""
+    page = (ROOT / "service/templates/review.html").read_text(encoding="utf-8")
+    script = (ROOT / "service/static/review.js").read_text(encoding="utf-8")
+    used = set(re.findall(r'data-text="(\w+)"', page)) | set(re.findall(r'\blt\("(\w+)"', script))
+    assert {"other_new", "other_unknown", "other_label"} <= used
+    for lang, keys in dictionaries().items():
+        assert used <= keys, (lang, used - keys)

@@ -214,6 +214,19 @@ def test_a_category_that_does_not_exist_yet_needs_new_category(client):
     assert client.post("/api/v1/review/newcat-1", json=body, headers=R).status_code == 200  # now it exists
 
 
+def test_the_reviewer_page_can_create_a_category(client):
+    """The page's "new category" box sends what the API needs to create one; without it the page
+    gets the 422 it turns into a hint (review.js), and nothing is filed."""
+    page = client.get("/review").get_data(as_text=True)
+    form = page[page.index('<form id="other-form"') : page.index("</form>", page.index('<form id="other-form"'))]
+    assert 'type="checkbox" id="other-new"' in form and 'data-text="other_new"' in form
+    list_unsure(client, "newcat-page", seed=9)
+    typed = {"category": "Garden >> Watering Cans"}  # what the page sends, box unticked
+    assert client.post("/api/v1/review/newcat-page", json=typed, headers=R).status_code == 422
+    ticked = client.post("/api/v1/review/newcat-page", json={**typed, "new_category": True}, headers=R)
+    assert ticked.status_code == 200 and ticked.get_json()["category_path"] == ["Garden", "Watering Cans"]
+
+
 # ---- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "body,status,part",

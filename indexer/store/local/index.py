@@ -1271,6 +1271,18 @@ def _journal(live: LocalIndexStore, names: Iterable[str]) -> None:
         audit.record_unrecorded(live.path, delta.events())
 
 
+BASE_EVENTS = "audit_events"  # a base's manifest key: audit events its writer committed with it (a rebuild's)
+
+
+def record_pending_events(live: LocalIndexStore) -> None:
+    """Record the audit events of `live` that a killed writer left unrecorded: its base manifest's
+    (`BASE_EVENTS`) and every delta's. One lookup per delta when they are recorded; what a rebuild
+    does before it reads the trail back (`indexer.store.audit.AuditLog.changes`)."""
+    audit.record_unrecorded(live.path, live.manifest.get(BASE_EVENTS) or [])
+    with write_lock(live.path):
+        _journal(live, live.deltas)
+
+
 _COMPACTIONS: dict[str, threading.Thread] = {}
 
 
