@@ -7,7 +7,10 @@ measurement --, `provenance`, the run-time row of `headline` and the `conclusion
 quotes them vary between runs).
 
 The first screen of report.html is the headline table (evaluation/headline.py) and the
-conclusion read off it; long provenance strings (model ids, paths, commit) close the report.
+conclusion read off it, then the deployed rule's automatic decisions per kind of listing and its
+thresholds (the service's rule; `metrics["auto_decision"]`). The former rule (one empirical cut on
+the raw vote share; `metrics["former_rule"]`) is a labelled comparison further down. Long
+provenance strings (model ids, paths, commit) close the report.
 """
 
 from __future__ import annotations
