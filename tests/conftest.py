@@ -24,6 +24,24 @@ def real_data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def fake_profile(monkeypatch):
+    """The fake encoder under its profile name (tests/fakes.py) for this test only: the registry is
+    global, and a profile left registered changes what later tests see. Returns the encoders made."""
+    from fakes import FAKE_PROFILE, FakeEncoder
+
+    import indexer.encoders as encoders
+
+    made: list = []
+
+    def factory(**options):
+        made.append(FakeEncoder(**options))
+        return made[-1]
+
+    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, factory)
+    return made
+
+
 @pytest.fixture(scope="session")
 def embedded_encoder():
     from indexer.encoders import create_encoder

@@ -10,26 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
+from fakes import FAKE_PROFILE, make_dataset
 
-import indexer.encoders as encoders
 from indexer.__main__ import main
 from indexer.store import AuditLog, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake_profile(monkeypatch):
-    """Register the fake encoder as a profile for this test only."""
-    made = []
-
-    def factory(**options):
-        made.append(FakeEncoder(**options))
-        return made[-1]
-
-    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, factory)
-    return made
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import io
 import json
 
 import pytest
-from fakes import FAKE_PROFILE, FakeEncoder, make_dataset, product_image
+from fakes import FakeEncoder, make_dataset, product_image
 
-import indexer.encoders as encoders
 from indexer.__main__ import main
 from indexer.categorizer import Categorizer
 from indexer.categorizer.bulk import BulkListing, BulkProblem, predict_listings, read_csv, read_json_lines
@@ -120,9 +119,8 @@ def test_predictions_come_in_input_order_and_bad_lines_do_not_stop_the_rest(inde
     assert [r["category"] for r in decided] == expected
 
 
-def test_the_cli_writes_one_row_per_listing(index, tmp_path, monkeypatch, capsys):
+def test_the_cli_writes_one_row_per_listing(index, tmp_path, monkeypatch, capsys, fake_profile):
     path, dataset = index
-    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, lambda **options: FakeEncoder(**options))
     listings = tmp_path / "listings.csv"
     with open(listings, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeEncoder, make_dataset
-from race_support import WRITERS, race, register_fake, write_shards
+from race_support import WRITERS, race, write_shards
 from service_support import free_port, jpeg_bytes
 
 from indexer.__main__ import main
@@ -41,7 +41,7 @@ def source_for(kind: str, data: dict, index: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", WRITERS)
-def test_a_writer_racing_api_and_cli_adds_loses_nothing(kind, indexed, tmp_path, monkeypatch):
+def test_a_writer_racing_api_and_cli_adds_loses_nothing(kind, indexed, tmp_path, monkeypatch, fake_profile):
     data, index = indexed
     source = source_for(kind, data, index, tmp_path)
     before = {p.id for p in open_store(index).products}
@@ -64,7 +64,6 @@ def test_a_writer_racing_api_and_cli_adds_loses_nothing(kind, indexed, tmp_path,
         assert product.image_path is not None and product.image_path.read_bytes() == photo, pid
     uploads = sorted(p.name for p in (index / "uploads").iterdir())
     assert uploads == sorted(f"{pid}.jpg" for pid in result.api)
-    register_fake()
     assert main(["verify", str(index)]) == 0
 
 
@@ -82,7 +81,7 @@ def run_paused(monkeypatch, module, name: str, meanwhile) -> None:
 
 
 @pytest.mark.parametrize("kind", ["build", "compact"])
-def test_deletes_and_relabels_made_while_a_writer_runs_are_carried(kind, indexed, tmp_path, monkeypatch):
+def test_deletes_and_relabels_made_while_a_writer_runs_are_carried(kind, indexed, tmp_path, monkeypatch, fake_profile):
     import indexer.pipeline.build as build_module
     import indexer.store.local.index as index_module
     from indexer.store import delete, relabel
@@ -110,5 +109,4 @@ def test_deletes_and_relabels_made_while_a_writer_runs_are_carried(kind, indexed
     if kind == "compact":
         assert store.row_of(ids[2]) is None and store.deltas  # the carried change, renumbered
     assert store.manifest["handed_over"]["version"] != store.version
-    register_fake()
     assert main(["verify", str(index)]) == 0

@@ -23,11 +23,6 @@ from indexer.store import open_store
 from indexer.store.base import IndexStore
 
 
-@pytest.fixture
-def fake_profile(monkeypatch):
-    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, lambda **options: FakeEncoder(**options))
-
-
 def test_good_rows_become_a_complete_index(fake_profile, tmp_path):
     rows = [row(i) for i in range(24)]
     rows[5]["image_vector"] = None  # a product without an image keeps its text

@@ -8,9 +8,8 @@ import json
 import os
 
 import pytest
-from fakes import FAKE_PROFILE, FakeEncoder, make_dataset
+from fakes import FakeEncoder, make_dataset
 
-import indexer.encoders as encoders
 from indexer.__main__ import main
 from indexer.catalog.products import load_catalog
 from indexer.pipeline.build import add_products, build_index
@@ -64,13 +63,12 @@ def test_the_cli_prints_the_thresholds_and_the_new_version(index, capsys):
     assert "auto threshold" in out and f"published as version {read_current(path)}" in out
 
 
-def test_the_service_refits_in_the_background_after_enough_changes(index, monkeypatch):
+def test_the_service_refits_in_the_background_after_enough_changes(index, monkeypatch, fake_profile):
     from service.app import create_app
     from service.config import Config
 
     path, _ = index
     recalibrate(path)  # the adds of the fixture are in the audit log: start from a fresh fit
-    monkeypatch.setitem(encoders._FACTORIES, FAKE_PROFILE, lambda **options: FakeEncoder(**options))
     app = create_app(Config(index_dir=str(path), recalibrate_after=3, verify_checksums=False), encoder=FakeEncoder())
     recalibrator = app.extensions["recalibrator"]
     version = open_store(path).version

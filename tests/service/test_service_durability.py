@@ -42,10 +42,8 @@ OTHER_PHOTO = jpeg_bytes(color=(240, 20, 200))
 
 
 @pytest.fixture(autouse=True)
-def fake_profile(monkeypatch):
-    import indexer.encoders as encoders
-
-    monkeypatch.setitem(encoders._FACTORIES, "fake", lambda **options: FakeEncoder(**options))
+def _fake_profile_registered(fake_profile):
+    """Every test here opens indexes built with the fake profile."""
 
 
 @pytest.fixture(scope="module")
