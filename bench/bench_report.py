@@ -29,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluation import headline  # noqa: E402
+
 TARGET_SECONDS = 300.0
 LOAD_SAMPLE_SECONDS = 5.0
 
@@ -92,12 +96,12 @@ def show(label: str, run: Run) -> None:
     for step, seconds in metrics["timings"].items():
         print(f"  {step:<32} {seconds:8.1f} s")
     print("  headline figures:")
-    for row in metrics["headline"]:
-        value = "–" if row["value"] is None else f"{row['value']:.1f}" if row["target"] >= 10 else f"{row['value']:.3f}"
-        op = "≥" if row["op"] == ">=" else "≤"
-        print(f"    {row['figure']:<42} {value:>8}  target {op} {row['target']:g}  {row['status']}")
-    print(f"  {metrics['conclusion'][0]}")
-    c, k, a = metrics["clustering"], metrics["classification"], metrics["auto_decision"]
+    for row in headline.from_json(metrics["headline"]):
+        note = f"  ({row.note})" if row.note else ""
+        print(f"    {row.figure:<52} {row.value_text():>8}  target {row.target_text:<7} {row.status}{note}")
+    for sentence in metrics["conclusion"]:  # the verdict, then the deployed rule's decisions in words
+        print(f"  {sentence}")
+    c, k, a = metrics["clustering"], metrics["classification"], metrics["former_rule"]
     print("  ARI (PCA space): " + ", ".join(f"{n} {v['ari']:.3f}" for n, v in c.items()))
     print(
         "  ARI (t-SNE, common practice): "
@@ -116,19 +120,21 @@ def show(label: str, run: Run) -> None:
             )
         )
     for target, point in a["trade_off"].items():
-        t = point["thresholds"]  # evaluation thresholds, one per fold
+        t = point["thresholds"]  # the former rule's cuts on the raw vote share, one per fold
         print(
-            f"  nested auto @ {target}: coverage {point['coverage']:.3f} ± {point['coverage_over_seeds']['sd']:.3f}, "
+            f"  former rule (raw share, empirical cut), nested auto @ {target}: coverage {point['coverage']:.3f} "
+            f"± {point['coverage_over_seeds']['sd']:.3f}, "
             f"precision {point['precision'] if point['precision'] is None else round(point['precision'], 4)}, "
             f"folds below target {point['folds_below_target']}, without threshold {point['folds_without_threshold']}, "
             f"thresholds {t['min'] if t['min'] is None else round(t['min'], 3)}–"
             f"{t['max'] if t['max'] is None else round(t['max'], 3)}"
         )
-    ev, dep = metrics["thresholds"]["evaluation"], metrics["thresholds"]["deployment"]
-    print(
-        f"  evaluation threshold (nested, per fold): mean {_r(ev['mean'])}, range {_r(ev['min'])}–{_r(ev['max'])}; "
-        f"deployment threshold (whole catalogue, served): {_r(dep['value'])}, weights {dep['weights']}"
-    )
+    for kind, t in metrics["thresholds"]["kinds"].items():
+        ev, dep = t["evaluation"], t["deployment"] or {}
+        print(
+            f"  threshold {kind}: evaluation (nested) {_r(ev['mean'])} in {ev['folds_with_threshold']} of "
+            f"{ev['folds']} folds; deployment (served) {_r(dep.get('threshold'))}"
+        )
     sv = metrics.get("run", {}).get("serving", {})
     if sv:
         print(

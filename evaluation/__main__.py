@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     if metrics.get("quick"):
         print("quick run: not the reported figures")
     for row in rows:
-        print(f"  {row.figure:<42} {row.value_text():>8}  target {row.target_text:<7} {row.status}")
+        print(f"  {row.figure:<50} {row.value_text():>8}  target {row.target_text:<7} {row.status}")
     print(metrics["conclusion"][0])
-    ev, dep = metrics["thresholds"]["evaluation"], metrics["thresholds"]["deployment"]
-    print(
-        f"thresholds: evaluation (nested, mean over folds) {_round(ev['mean'])}, "
-        f"deployment (whole catalogue, served) {_round(dep['value'])}"
-    )
+    for kind, t in metrics["thresholds"]["kinds"].items():
+        ev, dep = t["evaluation"], t["deployment"] or {}
+        print(
+            f"  threshold {kind:<27} evaluation (nested) {_round(ev['mean'])} in {ev['folds_with_threshold']} of "
+            f"{ev['folds']} folds; deployment (served) {_round(dep.get('threshold'))}"
+        )
     print(f"total {metrics['timings']['total']:.1f} s")
     return 0
 

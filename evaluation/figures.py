@@ -128,10 +128,10 @@ def similarity_histograms(data: dict[str, dict[str, np.ndarray]], thresholds: di
 
 
 def coverage_curves(curves: dict[str, dict[str, np.ndarray]], chosen: dict, target: float) -> bytes:
-    """Precision of auto decisions vs share of products decided automatically.
+    """Precision of auto decisions vs share of products decided automatically, by raw vote share.
 
-    The dot is the evaluation operating point (nested; `chosen["threshold"]` is the mean of
-    the per-fold thresholds), labelled as such: the deployment threshold is another one."""
+    The dot is the former rule's operating point (nested; `chosen["threshold"]` is the mean of
+    its per-fold cuts on the raw vote share), labelled as such: the deployed rule is another one."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, curve) in enumerate(curves.items()):
         ax.plot(curve["coverage"], curve["precision"], color=PALETTE(i), label=name)
@@ -142,7 +142,7 @@ def coverage_curves(curves: dict[str, dict[str, np.ndarray]], chosen: dict, targ
             [chosen["precision"]],
             color="red",
             zorder=3,
-            label=f"evaluation threshold (nested, mean over folds) {chosen['threshold']:.3f}",
+            label=f"former rule: cut on the raw vote share (nested, mean over folds) {chosen['threshold']:.3f}",
         )
     ax.set_xlabel("coverage (share decided automatically)")
     ax.set_ylabel("precision of automatic decisions")

@@ -7,7 +7,10 @@ measurement --, `provenance`, the run-time row of `headline` and the `conclusion
 quotes them vary between runs).
 
 The first screen of report.html is the headline table (evaluation/headline.py) and the
-conclusion read off it; long provenance strings (model ids, paths, commit) close the report.
+conclusion read off it, then the deployed rule's automatic decisions per kind of listing and its
+thresholds (the service's rule; `metrics["auto_decision"]`). The former rule (one empirical cut on
+the raw vote share; `metrics["former_rule"]`) is a labelled comparison further down. Long
+provenance strings (model ids, paths, commit) close the report.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def plan(modalities: list[str], options: ReportOptions) -> list[str]:
     steps += ["listing material", "cross-validation"]
     if options.random_split:
         steps.append("random-split cross-validation")
-    steps += ["auto decision", "kinds of listing", "error analysis", "serving cost", "cross-lingual queries", "figures"]
+    steps += ["former rule", "kinds of listing", "error analysis", "serving cost", "cross-lingual queries", "figures"]
     return steps
 
 
@@ -242,12 +245,12 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
                 for n, c in rcv["classification"].items()
             }
     decided = results.get("fused") or next(iter(results.values()))
-    with timer.step("auto decision"):
+    with timer.step("former rule"):  # the raw vote share with the empirical cut: a comparison only
         targets = sorted({*TRADE_OFF_TARGETS, options.target_precision})
         points = crossval.auto_decisions(cv, decided.name, targets)
-        decision = dict(points[options.target_precision])
-        decision["threshold"] = decision["thresholds"]["mean"]
-        decision["trade_off"] = {
+        former = dict(points[options.target_precision])
+        former["threshold"] = former["thresholds"]["mean"]
+        former["trade_off"] = {
             f"{t:g}": {
                 key: points[t][key]
                 for key in (
@@ -262,13 +265,18 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             }
             for t in targets
         }
-        decision["representation"] = decided.name
-        decision["deployment"] = deployment_entry(store)
-        decision["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
-        decision["nested"] = True
+        former["representation"] = decided.name
+        former["confidence"] = "raw vote share of the Categorizer (Prediction.raw_confidence)"
+        former["rule"] = "former rule: one empirical cut on the raw vote share (protocol.choose_threshold)"
+        former["nested"] = True
         curves = {name: crossval.coverage_curve(r.confidence, r.correct) for name, r in results.items()}
     with timer.step("kinds of listing"):
         kinds_table = kinds.kinds_table(cv, options.target_precision) if "fused" in cv["sets"] else None
+        # the deployed rule's automatic decisions: what the first screen and the conclusion state
+        decision = kinds.decisions(kinds_table) if kinds_table else None
+        deployment = deployment_entry(store)
+        if decision is not None:
+            decision["deployment"] = deployment
     with timer.step("error analysis"):
         errors = error_table(store, decided, options)
     with timer.step("serving cost"):
@@ -338,11 +346,14 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
                 "lexical vocabulary + idf",
                 "channel weights (grid)",
                 "isotonic calibration",
-                "auto/review threshold",
+                "confidence combiner",
+                "disagreement rule",
+                "auto/review threshold per kind of listing (finite-sample)",
             ],
         },
         "auto_decision": decision,
-        "thresholds": threshold_story(decision),
+        "former_rule": former,
+        "thresholds": threshold_story(kinds_table, deployment),
         "errors": {
             "count": int((~decided.correct).sum()),
             "shown": len(errors),
@@ -397,7 +408,7 @@ def conclusion(m: dict) -> list[str]:
     The first sentence is the verdict, read off the headline table (`m["headline"]`) and
     nothing else, so the conclusion cannot say "yes" while the table shows misses."""
     cls = m["classification"]
-    name = m["auto_decision"]["representation"]
+    name = m["former_rule"]["representation"]
     best = cls[name]
     seeds = len(m["cv"]["seeds"])
     out = [
@@ -409,27 +420,7 @@ def conclusion(m: dict) -> list[str]:
         + f"text alone {_pct(cls.get('text', {}).get('accuracy'))}, "
         f"image alone {_pct(cls.get('image', {}).get('accuracy'))}).",
     ]
-    trade = m["auto_decision"]["trade_off"]
-    main = trade[f"{m['auto_decision']['target']:g}"]
-    n_folds = len(m["auto_decision"]["per_fold"])
-    others = "; ".join(
-        f"aiming at {float(t):.1%}: {_pct(v['coverage'])} automatic at precision {_pct(v['precision'])}"
-        for t, v in trade.items()
-        if t != f"{m['auto_decision']['target']:g}"
-    )
-    out.append(
-        f"Automatic decisions: with the evaluation threshold (chosen without the evaluated products) for "
-        f"{m['auto_decision']['target']:.0%} precision, {_pct(main['coverage'])} of listings are decided "
-        f"automatically at a measured precision of {_pct(main['precision'])}; the rest go to review. "
-        + (
-            f"This is unstable: in {main['folds_without_threshold']} of {n_folds} folds the training part never "
-            f"reached {m['auto_decision']['target']:.0%} (everything went to review) and "
-            f"{main['folds_below_target']} fold(s) fell below it. "
-            if main["folds_without_threshold"] or main["folds_below_target"]
-            else f"Every one of the {n_folds} folds found a threshold and reached the target. "
-        )
-        + f"Other targets: {others}."
-    )
+    out += decision_sentences(m)
     per = best["per_category"]
     worst = sorted(per, key=lambda c: per[c]["recall"])[:2]
     classes = m["categories"]
@@ -466,32 +457,107 @@ def conclusion(m: dict) -> list[str]:
     return out
 
 
-def threshold_story(decision: dict) -> dict:
-    """The two auto/review thresholds, each with how it was fitted and what it is used for.
+def decision_sentences(m: dict) -> list[str]:
+    """The automatic decisions of the deployed rule (the service's) in plain words: what is
+    guaranteed, photo + text against its target (status read off the headline table), the
+    empirical per-kind rule beside it, and per kind what is automated."""
+    a = m.get("auto_decision") or {}
+    pt = a.get("photo+text")
+    if not pt:
+        return [
+            "Automatic decisions per kind of listing were not measured in this run (they need an index with "
+            "both photo and text vectors to simulate listings from)."
+        ]
+    target = a["target"]
+    rows = {r.figure: r for r in headline.from_json(m["headline"])}
+    coverage_row = rows.get(headline.AUTO_COVERAGE)
+    verdict = "" if coverage_row is None else f" (target {coverage_row.target:.0%}: {coverage_row.status})"
+    fits = ((m.get("kinds") or {}).get("fits") or {}).get("kinds", {}).get("photo+text", {})
+    certified = (
+        f"; a threshold could be certified in {fits['folds_with_threshold']} of {pt['folds']} folds' training parts"
+        if "folds_with_threshold" in fits
+        else ""
+    )
+    if pt["accepted"]:
+        decided = (
+            f"{_pct(pt['coverage'])} decided automatically at a measured precision of {_pct(pt['precision'])}"
+            f"{verdict}: {pt['errors']} errors in {pt['accepted']} automatic decisions over the seeds, "
+            f"{pt['folds_holding']} of {pt['folds_with_auto']} folds with automatic decisions held {target:.0%}"
+        )
+    else:
+        decided = f"none decided automatically{verdict}"
+    missed = coverage_row is not None and coverage_row.status == headline.MISSED
+    out = [
+        f"Automatic decisions, as the service makes them ({a['rule']}). What is guaranteed: {a['guarantee']}. "
+        f"Photo + text listings: {decided}{certified}. The rest go to review"
+        + (
+            f": keeping the promise with {1 - a['delta']:.0%} confidence on {m['n_products']} products costs that "
+            "coverage, and the coverage target is missed."
+            if missed
+            else "."
+        )
+    ]
+    emp = (a["sorts"].get("photo+text") or {}).get("empirical")
+    if emp and emp["precision"] is not None:
+        out.append(
+            f"Beside it, the empirical per-kind rule (the lowest cut whose training precision reaches {target:.0%}, "
+            f"no margin) would decide {_pct(emp['coverage'])} of photo + text listings at {_pct(emp['precision'])}: "
+            f"{target:.0%} on average, not guaranteed: {emp['folds_below_target']} of {emp['folds']} folds fell "
+            "below."
+        )
+    said = []
+    for sort, entry in a["sorts"].items():
+        d = entry["deployed"]
+        if d is None or sort == "mismatched":
+            continue
+        if d["accepted"]:
+            said.append(f"{entry['label']}: {_pct(d['coverage'])} at precision {_pct(d['precision'])}")
+        else:
+            said.append(f"{entry['label']}: none (all to review)")
+    mismatched = a.get("mismatched_to_review")
+    out.append(
+        "Automated per kind of listing (deployed rule): "
+        + "; ".join(said)
+        + (
+            f". Mismatched listings (one product's photo with another category's title): {_pct(mismatched)} sent "
+            "to review (target 95 %)."
+            if mismatched is not None
+            else "."
+        )
+    )
+    return out
 
-    Evaluation: one per outer fold, fitted inside that fold's training part; it gives the
-    reported coverage and precision. Deployment: one, fitted on the whole catalogue and
-    stored in the index manifest; the service serves it, and no figure here measures it."""
-    spread = decision["thresholds"]
-    dep = decision.get("deployment") or {}
+
+def threshold_story(table: dict | None, deployment: dict | None) -> dict:
+    """The auto/review thresholds of the deployed rule, per kind of listing, each labelled.
+
+    Evaluation: one per kind and outer fold, fitted inside that fold's training part (the
+    reported figures apply each to its held-out fold). Deployment: one per kind, fitted on the
+    whole catalogue and stored in the index manifest; the service serves them. Both apply to the
+    calibrated combiner's score. The former rule's cut (raw vote share) is another scale, stated
+    only in its own section."""
+    fits = (table or {}).get("fits", {})
+    served = (deployment or {}).get("kinds") or {}
+    kinds_out = {}
+    for kind, fit in fits.get("kinds", {}).items():
+        kinds_out[kind] = {
+            "plain": fit["plain"],
+            "evaluation": {
+                **{key: fit["thresholds"][key] for key in ("mean", "sd", "min", "max")},
+                "folds_with_threshold": fit["folds_with_threshold"],
+                "folds": fits["folds"],
+                "calibration_listings": fit["calibration_listings"]["mean"],
+            },
+            "deployment": served.get(kind),
+        }
     return {
-        "evaluation": {
-            "mean": spread["mean"],
-            "min": spread["min"],
-            "max": spread["max"],
-            "folds": len(decision["per_fold"]),
-            "folds_without_threshold": decision["folds_without_threshold"],
-            "fitted": "nested: inside each outer fold's training part, on its inner out-of-fold predictions",
-            "used_for": "the reported coverage and precision (each fold's threshold applied to its held-out fold)",
-        },
-        "deployment": {
-            "value": dep.get("threshold"),
-            "weights": dep.get("weights"),
-            "in_sample_coverage": dep.get("in_sample_coverage"),
-            "in_sample_precision": dep.get("in_sample_precision"),
-            "fitted": "on the whole catalogue by the same procedure (indexer.categorizer.protocol.calibrate)",
-            "used_for": "served by the service (index manifest); its own coverage is in-sample, not an estimate",
-        },
+        "score": "calibrated combiner probability that the category is right (indexer.categorizer.combiner)",
+        "rule": fits.get("threshold_rule") or {},
+        "kinds": kinds_out,
+        "evaluation_fitted": "nested: inside each outer fold's training part, on listings simulated from it",
+        "deployment_fitted": "on the whole catalogue by the same procedure (indexer.categorizer.protocol.calibrate); "
+        "served by the service (index manifest)",
+        "deployment_weights": (deployment or {}).get("weights"),
     }
 
 
@@ -532,17 +598,19 @@ def stability(
 
 
 def deployment_entry(store: IndexStore) -> dict | None:
-    """What the service runs with (index manifest): fitted on ALL data by the same protocol.
-    Deployment, not evaluation: its own out-of-fold figures chose its threshold."""
+    """What the service runs with (index manifest): fitted on ALL data by the same protocol, one
+    threshold per kind of listing. Deployment, not evaluation: each kind's coverage and precision
+    here are those of the listings that chose its threshold (in-sample)."""
     entry = store.manifest.get("categorizer") or None
     if not entry:
         return None
-    cv = entry.get("cv", {})
     return {
-        "threshold": entry.get("threshold"),
         "weights": entry.get("weights"),
-        "in_sample_coverage": cv.get("auto_coverage"),
-        "in_sample_precision": cv.get("auto_precision"),
+        "kinds": {
+            kind: {key: (fit or {}).get(key) for key in ("threshold", "n", "coverage", "precision")}
+            for kind, fit in (entry.get("kinds") or {}).items()
+        },
+        "disagreement_cut": (entry.get("disagreement") or {}).get("threshold"),
         "note": "chosen on all data (deployment); its coverage/precision are in-sample, not an evaluation",
     }
 
@@ -666,8 +734,8 @@ def make_figures(
             "true",
         )
     pngs["precision_coverage"] = figures.coverage_curves(
-        curves, metrics["auto_decision"], metrics["auto_decision"]["target"]
-    )  # curves of fold seed 0's nested predictions; the dot is the nested operating point
+        curves, metrics["former_rule"], metrics["former_rule"]["target"]
+    )  # curves of fold seed 0's nested raw vote shares; the dot is the former rule's operating point
     return pngs
 
 
@@ -711,32 +779,58 @@ h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
 
 
 def threshold_html(story: dict) -> str:
-    """The one place the report names both auto/review thresholds, each labelled."""
-    ev, dep = story["evaluation"], story["deployment"]
-    if ev["mean"] is None:
-        ev_value = f"none found in any of {ev['folds']} folds"
-    else:
-        ev_value = (
-            f"{ev['mean']:.3f} (mean of the thresholds of {ev['folds'] - ev['folds_without_threshold']} folds, "
-            f"range {ev['min']:.3f}–{ev['max']:.3f}; {ev['folds_without_threshold']} of {ev['folds']} folds found none)"
+    """The one place the report names the deployed rule's thresholds: per kind of listing, the
+    evaluation ones (per fold) and the deployment one (served), each labelled."""
+    if not story["kinds"]:
+        return (
+            "<h3>Thresholds per kind of listing</h3><p class='note'>Not measured in this run (no listing kinds: "
+            "the index lacks photo or text vectors).</p>"
         )
-    if dep["value"] is None:
-        dep_value, dep_use = "none in the index manifest", "the service sends every suggestion to review"
-    else:
-        dep_value = _f(dep["value"])
-        dep_use = (
-            f"served by the service (index manifest). Its own out-of-fold coverage {_f(dep['in_sample_coverage'])} "
-            f"at precision {_f(dep['in_sample_precision'])} chose it, so those are not estimates"
+    rows = []
+    for kind, t in story["kinds"].items():
+        ev, dep = t["evaluation"], t["deployment"]
+        if ev["mean"] is None:
+            ev_value = f"none certified in any of {ev['folds']} folds (all to review)"
+        else:
+            ev_value = (
+                f"{ev['mean']:.3f} (mean of {ev['folds_with_threshold']} of {ev['folds']} folds, range "
+                f"{ev['min']:.3f}–{ev['max']:.3f}; the other folds: all to review)"
+            )
+        if dep is None:
+            dep_value = "none in the index manifest"
+        elif dep["threshold"] is None:
+            dep_value = f"none certified on {dep['n']} listings: all to review"
+        else:
+            dep_value = (
+                f"{dep['threshold']:.3f} (in-sample on the {dep['n']} listings that chose it: coverage "
+                f"{_f(dep['coverage'])}, precision {_f(dep['precision'])})"
+            )
+        rows.append(
+            [
+                html.escape(f"{kind}: {t['plain']}"),
+                html.escape(ev_value),
+                _f(ev["calibration_listings"], 0),
+                html.escape(dep_value),
+            ]
         )
-    rows = [
-        ["<b>evaluation</b> (nested)", html.escape(ev_value), html.escape(ev["fitted"]), html.escape(ev["used_for"])],
-        ["<b>deployment</b>", html.escape(dep_value), html.escape(dep["fitted"]), html.escape(dep_use)],
-    ]
+    rule = story["rule"]
     return (
-        "<h3>Thresholds: evaluation vs deployment</h3>"
-        "<p class='note'>A product is decided automatically when its confidence reaches the threshold. Two "
-        "thresholds exist, fitted the same way on different products; they differ because their data differ.</p>"
-        + _table(["threshold", "value", "fitted on", "used for"], rows)
+        "<h3>Thresholds per kind of listing: evaluation vs deployment</h3>"
+        f"<p class='note'>A listing is decided automatically when the {html.escape(story['score'])} reaches the "
+        f"threshold of its kind and its photo and text agree. Each threshold is the lowest one a finite-sample test "
+        f"({html.escape(str(rule.get('method', '')))}) certifies for {rule.get('target', TARGET_PRECISION):.0%} "
+        f"precision with {1 - rule.get('delta', 0.1):.0%} confidence; a kind without one goes to review. "
+        f"Evaluation: {html.escape(story['evaluation_fitted'])}. Deployment: {html.escape(story['deployment_fitted'])}."
+        "</p>"
+        + _table(
+            [
+                "kind",
+                "evaluation threshold (nested, per fold)",
+                "calibration listings per fold",
+                "deployment threshold",
+            ],
+            rows,
+        )
     )
 
 
@@ -773,6 +867,67 @@ def provenance_html(m: dict) -> str:
     )
 
 
+def decisions_html(a: dict | None) -> str:
+    """The first screen's table: per kind of listing, the deployed rule's automatic decisions
+    (what the service does) and, beside them, the empirical per-kind rule's (not guaranteed)."""
+    if not a:
+        return ""
+    target = a["target"]
+    rows = []
+    for sort, entry in a["sorts"].items():
+        d, emp = entry["deployed"], entry["empirical"]
+        if d is None:
+            continue
+        if sort == "mismatched":
+            rows.append(
+                [
+                    html.escape(entry["label"]),
+                    f"sent to review: <b>{_pct(a['mismatched_to_review'])}</b> (target 95 %)",
+                    "–",
+                    "–",
+                    f"{d['accepted']} auto",
+                    "–" if emp is None else f"sent to review: {_pct(1 - emp['coverage'])}",
+                ]
+            )
+            continue
+        emp_text = "–"
+        if emp is not None:
+            emp_text = (
+                "none (all to review)"
+                if not emp["accepted"]
+                else f"{_pct(emp['coverage'])} at {_f(emp['precision'])}; {emp['folds_below_target']} of "
+                f"{emp['folds']} folds below {target:.0%}"
+            )
+        rows.append(
+            [
+                html.escape(entry["label"]),
+                f"<b>{_pct(d['coverage'])}</b> ± {100 * d['coverage_sd']:.1f}",
+                _f(d["precision"]),
+                f"{d['folds_holding']} / {d['folds_with_auto']} / {d['folds']}",
+                f"{d['errors']} / {d['accepted']}",
+                emp_text,
+            ]
+        )
+    return (
+        "<h3>Automatic decisions per kind of listing (the service's rule, nested)</h3>"
+        f"<p><b>What is guaranteed</b> ({html.escape(str(a['method']))}): {html.escape(str(a['guarantee']))}. "
+        "Nothing is promised for listings unlike the calibration ones, nor for one particular fold. "
+        f"Figures: mean over {a['seeds']} fold seed(s) of the held-out listings; the last column is the empirical "
+        f"per-kind rule ({html.escape(a['empirical_rule'])}): {target:.0%} on average, not guaranteed.</p>"
+        + _table(
+            [
+                "listing",
+                "auto coverage (mean ± sd over seeds)",
+                "auto precision",
+                f"folds holding {target:.0%} / with auto decisions / folds",
+                "errors / auto decisions (all seeds)",
+                "empirical per-kind rule: coverage at precision; folds below",
+            ],
+            rows,
+        )
+    )
+
+
 def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> str:
     m = metrics
     e = html.escape
@@ -794,14 +949,15 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         headline.html_table(headline.from_json(m["headline"])),
         "<h2>Conclusion</h2>",
         *(f"<p>{e(sentence)}</p>" for sentence in m["conclusion"]),
+        decisions_html(m.get("auto_decision")),
         threshold_html(m["thresholds"]),
         f"<p class='note'><b>{m['n_products']}</b> products in {m['n_categories']} top-level categories "
         f"({', '.join(f'{e(c)}: {n}' for c, n in m['category_counts'].items())}); encoder profile "
         f"<b>{e(m['profile'])}</b>, index version {e(str(m['index']['version']))} (model ids and paths: "
         "Provenance, at the end). All vectors are read from the index; nothing is re-encoded. Seeds fixed "
         f"(seed {m['seed']}); nothing was tuned on ARI. All classification and auto-decision figures are "
-        "nested: the lexical vocabulary, the channel weights, the calibration and the evaluation threshold "
-        "were fitted without the products they are scored on.</p>",
+        "nested: the lexical vocabulary, the channel weights, the calibration, the combiner, the disagreement rule "
+        "and the thresholds were fitted without the products they are scored on.</p>",
     ]
 
     # representations + PCA
@@ -968,7 +1124,7 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
     for n in m["classification"]:
         parts.append(_img(pngs, f"confusion_{n}", f"confusion {n}"))
 
-    a = m["auto_decision"]
+    a = m["former_rule"]
     rows = [
         [
             f"{float(t):.3f}",
@@ -982,16 +1138,17 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
         for t, v in a["trade_off"].items()
     ]
     parts += [
-        "<h3>Automatic decision vs human review (nested)</h3>",
-        f"<p>Products whose {e(a['representation'])} confidence (raw vote share) reaches the threshold are "
-        "categorized automatically, the rest go to review. This section uses the <b>evaluation threshold</b>: "
-        "in every outer fold it is chosen (<code>indexer.categorizer.protocol.choose_threshold</code>) on the "
-        "inner out-of-fold predictions of the training part, then applied to the held-out fold. "
-        f"At target precision {a['target']}: coverage <b>{_pm(a['coverage_over_seeds'])}</b>, precision "
-        f"<b>{_f(a['precision'])}</b> (mean over seeds; per fold {_f(a['precision_over_folds']['min'])}–"
-        f"{_f(a['precision_over_folds']['max'])}). Stability of the evaluation threshold over folds: "
-        f"{_pm(a['thresholds'])}, range {_f(a['thresholds']['min'])}–{_f(a['thresholds']['max'])}, "
-        f"{a['folds_without_threshold']} of {len(a['per_fold'])} folds found none.</p>",
+        "<h3>Former rule, for comparison: one empirical cut on the raw vote share (nested)</h3>",
+        "<p><b>Not what the service does</b> (its rule, per kind of listing, is on the first screen). The former "
+        f"rule decided a product automatically when its {e(a['representation'])} raw vote share reached one cut, "
+        "chosen in every outer fold (<code>indexer.categorizer.protocol.choose_threshold</code>: the lowest cut "
+        "whose inner out-of-fold precision reaches the target, no margin) on the stored products, then applied "
+        f"to the held-out fold. At target precision {a['target']}: coverage <b>{_pm(a['coverage_over_seeds'])}"
+        f"</b>, precision <b>{_f(a['precision'])}</b> (mean over seeds; per fold "
+        f"{_f(a['precision_over_folds']['min'])}–{_f(a['precision_over_folds']['max'])}; "
+        f"{a['folds_below_target']} of {len(a['per_fold'])} folds below it, {a['folds_without_threshold']} found "
+        f"no cut). Its cut, on the raw vote share (another scale than the deployed thresholds): "
+        f"{_pm(a['thresholds'])} over folds.</p>",
         _table(
             [
                 "target precision",
@@ -999,16 +1156,14 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
                 "precision (mean)",
                 "precision range over folds",
                 "folds below target",
-                "folds with no threshold",
-                "evaluation threshold range (per fold)",
+                "folds with no cut",
+                "former rule's cut range (raw vote share, per fold)",
             ],
             rows,
         ),
-        "<p class='note'>The service serves another threshold, the deployment one, fitted on the whole "
-        "catalogue: see <i>Thresholds</i> under the conclusion. The red dot in the chart below is the "
-        "evaluation operating point (mean of the per-fold thresholds); the curves are fold seed "
-        f"{m['cv']['seeds'][0]}'s nested predictions.</p>",
-        _img(pngs, "precision_coverage", "precision vs coverage"),
+        "<p class='note'>The red dot in the chart below is the former rule's operating point (mean of its "
+        f"per-fold cuts); the curves are fold seed {m['cv']['seeds'][0]}'s nested raw vote shares.</p>",
+        _img(pngs, "precision_coverage", "precision vs coverage (raw vote share)"),
     ]
 
     # errors

@@ -256,25 +256,52 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(
             f"lexical channel: {lexical['count']} products, vocabulary {lexical['vocabulary']} ({lexical['model_id']})"
         )
-    cat = m.get("categorizer") or {}
+    for line in categorizer_lines(m.get("categorizer") or {}):
+        print(line)
+    return 0
+
+
+def categorizer_lines(cat: dict) -> list[str]:
+    """What `info` says of the deployment fit: per kind of listing its served threshold (on the
+    combiner score), or that the kind goes to review; an index fitted before the kinds has one."""
     cv = cat.get("cv") or {}
+    if not cat:
+        return []
     if cat.get("calibrated") is False:
-        print("categorizer: not calibrated (ingest --no-calibrate): every decision is 'review'")
+        return ["categorizer: not calibrated (ingest --no-calibrate): every decision is 'review'"]
+    kinds = cat.get("kinds")
+    if kinds:
+        rule = cat.get("threshold_rule") or {}
+        lines = [
+            f"categorizer: k={cat['k']}, weights {_rounded(cat['weights'])}; one threshold per kind of listing "
+            f"({rule.get('method', 'finite-sample')}, precision {rule.get('target', 0):.2f} with "
+            f"{1 - rule.get('delta', 0):.0%} confidence; deployment fit on all products, not an estimate: "
+            "nested estimates: python -m evaluation report)"
+        ]
+        for kind, fit in kinds.items():
+            fit = fit or {}
+            if fit.get("threshold") is None:
+                lines.append(f"  {kind}: review (no threshold certified on {fit.get('n', 0)} calibration listings)")
+            else:
+                lines.append(
+                    f"  {kind}: auto when the combiner score >= {fit['threshold']:.4f} "
+                    f"(in-sample coverage {fit.get('coverage') or 0:.3f} of {fit.get('n', 0)} calibration listings)"
+                )
+        cut = (cat.get("disagreement") or {}).get("threshold")
+        if cut is not None:
+            lines.append(f"  photo and text disagreeing by >= {cut:.3f}: review")
+        return lines
     if cat.get("threshold") is not None:
-        print(
+        return [
             f"categorizer: k={cat['k']}, weights {_rounded(cat['weights'])}; "
             f"auto when confidence >= {cat['threshold']:.3f} "
             f"(deployment fit on all products, not an estimate: the out-of-fold predictions it was chosen on "
             f"give accuracy {cv.get('accuracy', 0):.3f}, auto precision {cv.get('auto_precision', 0):.3f} at "
             f"coverage {cv.get('auto_coverage', 0):.3f}; nested estimates: python -m evaluation report)"
-        )
-    elif cat:
-        print(
-            "categorizer: no auto threshold ("
-            + str(cv.get("skipped", "not calibrated"))
-            + "): every decision is 'review'"
-        )
-    return 0
+        ]
+    return [
+        "categorizer: no auto threshold (" + str(cv.get("skipped", "not calibrated")) + "): every decision is 'review'"
+    ]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

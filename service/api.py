@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from indexer.catalog import CategoryPathError, Product, check_category_path, parse_category_path
-from indexer.categorizer import Neighbor, QueryKind, describe, query_text
+from indexer.categorizer import Neighbor, QueryKind, describe, explain, query_text
 from indexer.store import DuplicateProduct, IndexDamaged, IndexStore, ProductNotFound, delete, kept_products, relabel
 
 from . import metrics
@@ -105,6 +105,8 @@ def predict() -> Response:
     t2 = time.perf_counter()
     body = prediction.public()
     body["kind"] = kind.public()
+    # as the listings API: {code, text, params}, so a page can say them in its own language
+    body["reasons"] = explain(prediction, live.categorizer)
     for neighbor in body["neighbors"]:
         product = live.store.products[find_row(live.store, neighbor["id"])]
         neighbor["image_url"] = image_url(product, live.store)

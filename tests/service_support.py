@@ -123,3 +123,41 @@ def stop_process(proc, seconds: float = 40) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+LISTING_STRINGS = Path(__file__).resolve().parents[1] / "service" / "static" / "listing-strings.js"
+
+
+def node_binary() -> str | None:
+    """A JavaScript runtime without a browser: the one bundled with playwright (requirements-dev.txt),
+    else a system `node`."""
+    try:
+        import playwright
+
+        bundled = Path(playwright.__file__).parent / "driver" / "node"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    return shutil.which("node")
+
+
+def say_reasons(reasons: list[dict], lang: str) -> list[str]:
+    """The API's `reasons` as the pages say them in `lang` (listing-strings.js `reasonSentence`,
+    run by node with a page whose <html lang> is `lang`), plus `reasonList`'s joined sentence last."""
+    import json
+    import subprocess
+
+    node = node_binary()
+    if node is None:
+        import pytest
+
+        pytest.skip("no JavaScript runtime (pip install -r requirements-dev.txt brings playwright's)")
+    script = (
+        f"globalThis.document = {{ documentElement: {{ lang: {json.dumps(lang)} }} }};\n"
+        + LISTING_STRINGS.read_text(encoding="utf-8")
+        + f"\nconst reasons = {json.dumps(reasons)};"
+        + "\nprocess.stdout.write(JSON.stringify([...reasons.map(reasonSentence), reasonList(reasons)]));\n"
+    )
+    done = subprocess.run([node, "-"], input=script, capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(done.stdout)

@@ -324,6 +324,39 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     assert "Traceback" not in err and "BrokenPipe" not in err
 
 
+def test_info_tells_the_threshold_of_each_kind():
+    """`info` says the served rule as the service applies it: per kind of listing its threshold on
+    the combiner score or "review", never one threshold for all (nor "not calibrated" when the fit
+    ran and certified nothing)."""
+    from indexer.__main__ import categorizer_lines
+
+    fitted = {
+        "k": 10,
+        "weights": {"image": 0.3, "text": 0.7},
+        "threshold": 0.97,
+        "threshold_rule": {"method": "learn-then-test, fixed sequence", "target": 0.99, "delta": 0.1},
+        "kinds": {
+            "photo+text": {"threshold": 0.97, "n": 805, "coverage": 0.051},
+            "title": {"threshold": None, "n": 890, "coverage": 0.0},
+        },
+        "disagreement": {"threshold": 0.5643},
+    }
+    lines = categorizer_lines(fitted)
+    assert "one threshold per kind of listing (learn-then-test, fixed sequence, precision 0.99 with 90%" in lines[0]
+    assert "  photo+text: auto when the combiner score >= 0.9700 (in-sample coverage 0.051 of 805" in lines[1]
+    assert lines[2] == "  title: review (no threshold certified on 890 calibration listings)"
+    assert lines[3] == "  photo and text disagreeing by >= 0.564: review"
+    none_certified = {**fitted, "threshold": None, "kinds": {"title": {"threshold": None, "n": 890}}}
+    assert not any("not calibrated" in line for line in categorizer_lines(none_certified))
+    legacy = {"k": 10, "weights": {"text": 1.0}, "threshold": 0.876, "cv": {"accuracy": 0.95}}
+    assert "auto when confidence >= 0.876" in categorizer_lines(legacy)[0]
+    skipped = {"threshold": None, "cv": {"skipped": "too few products to cross-validate (3)"}}
+    assert categorizer_lines(skipped) == [
+        "categorizer: no auto threshold (too few products to cross-validate (3)): every decision is 'review'"
+    ]
+    assert categorizer_lines({"calibrated": False})[0].startswith("categorizer: not calibrated")
+
+
 def test_rebuild_carries_or_forgets_the_changes(fake_profile, tmp_path, capsys):
     """`build` over an index with a delete and a relabel says what it carried; `--forget-changes`
     brings both back as in the CSV, and `history` says a rebuild did it."""

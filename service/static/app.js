@@ -166,7 +166,8 @@ function renderPrediction(p) {
   badge.className = `badge ${auto ? "auto" : "review"}`;
   $("result-meter").value = p.confidence;
   $("result-confidence").textContent = pct(p.confidence);
-  const reasons = (p.reasons || []).join("; ");
+  // reason codes in the page's language (listing-strings.js, shared with the listing and review pages)
+  const reasons = reasonList(p.reasons || []);
   const explain = auto ? t("explain_auto") : reasons ? t("explain_review_reasons", { reasons }) : t("explain_review");
   const kind = p.kind && PAGE.strings[`kind_${p.kind.name}`] ? ` ${t("kind_read_as", { kind: t(`kind_${p.kind.name}`) })}` : "";
   $("result-explain").textContent = explain + kind;

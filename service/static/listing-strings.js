@@ -60,6 +60,7 @@ const LISTING_STRINGS = {
     reason_no_text: "sans titre ni description, la suggestion repose sur la photo seule",
     reason_uncalibrated: "ce catalogue n'a pas de seuil automatique calibré : toute annonce est relue",
     reason_no_neighbours: "aucun produit similaire dans le catalogue",
+    reasons_join: " ; ",
     // listing kinds (indexer.categorizer.kinds), as they read inside a reason
     "kind_photo+text": "avec photo, titre et description",
     "kind_photo+title": "avec photo et titre",
@@ -124,6 +125,7 @@ const LISTING_STRINGS = {
     reason_no_text: "no title or description: the suggestion rests on the photo alone",
     reason_uncalibrated: "this catalogue has no calibrated auto threshold: every listing is reviewed",
     reason_no_neighbours: "no similar product in the catalogue",
+    reasons_join: "; ",
     "kind_photo+text": "with photo, title and description",
     "kind_photo+title": "with a photo and a title",
     kind_photo: "with a photo alone",
@@ -162,4 +164,9 @@ function reasonSentence(reason) {
     else params[name] = value;
   }
   return lt(key, params);
+}
+
+// The API's reasons as one sentence of the page's language (the seller page's answer and listing panel).
+function reasonList(reasons) {
+  return reasons.map(reasonSentence).join(lt("reasons_join"));
 }

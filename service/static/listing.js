@@ -51,7 +51,7 @@
       if (body.where === "index") {
         say(lt("next_filed", { path: path(body.category_path) }), "index");
       } else {
-        const why = lt("next_why", { reasons: body.reasons.map(reasonSentence).join(" ; ") });
+        const why = lt("next_why", { reasons: reasonList(body.reasons) });
         const decided = body.status === "done" ? ` ${lt("next_decided")}` : "";
         say(`${lt("next_review", { path: path(body.category_path) })} ${why}${decided}`, "review");
       }

@@ -64,10 +64,19 @@ def test_real_report_fields_and_ranges(real_report):
     counts = store.manifest["counts"]
     assert m["classification"]["image"]["left_out"] == counts["products"] - counts["image"]
     assert m["classification"]["image"]["n"] == counts["image"]
+    former = m["former_rule"]
+    assert former["nested"] is True and 0.0 <= former["coverage"] <= 1.0
+    if former["precision"] is not None:
+        assert former["precision"] > 0.95  # cuts chosen inside the folds for 0.99 land near it
+    # the deployed rule's figures: photo + text from the kinds table, the guarantee stated
     auto = m["auto_decision"]
-    assert auto["nested"] is True and 0.0 <= auto["coverage"] <= 1.0
-    if auto["precision"] is not None:
-        assert auto["precision"] > 0.95  # thresholds chosen inside the folds for 0.99 land near it
+    assert auto["photo+text"]["coverage"] == m["kinds"]["sorts"]["photo+text"]["rules"]["deployed"]["coverage"]["mean"]
+    if auto["photo+text"]["precision"] is not None:
+        assert auto["photo+text"]["precision"] > 0.95  # finite-sample thresholds: at least as safe
+    assert auto["mismatched_to_review"] >= 0.9 and "90%" in auto["guarantee"]
+    served = {k: v["deployment"] for k, v in m["thresholds"]["kinds"].items()}
+    assert set(served) == set(store.manifest["categorizer"]["kinds"])  # the index's own per-kind thresholds
+    assert all(served[k]["threshold"] == store.manifest["categorizer"]["kinds"][k]["threshold"] for k in served)
     # leak-free figures do not exceed our own random-split (twins on both sides) ones by much
     assert m["random_split"]["fused"]["accuracy"] >= acc["fused"] - 0.02
     assert m["near_duplicates"]["groups_spanning_folds"] == 0

@@ -175,14 +175,22 @@ def test_metrics_structure_and_ranges(synthetic):
         assert c["accuracy_over_folds"]["min"] <= c["accuracy"] <= c["accuracy_over_folds"]["max"]
     assert data["classification"]["image"]["left_out"] == 1
     assert data["classification"]["fused"]["accuracy"] > 0.8
-    auto = data["auto_decision"]
-    assert set(auto) >= {"threshold", "coverage", "precision", "trade_off", "thresholds", "per_fold", "deployment"}
-    assert 0.0 <= auto["coverage"] <= 1.0 and auto["nested"] is True
-    assert set(auto["trade_off"]) == {"0.98", "0.99", "0.995"}
+    former = data["former_rule"]
+    assert set(former) >= {"threshold", "coverage", "precision", "trade_off", "thresholds", "per_fold"}
+    assert 0.0 <= former["coverage"] <= 1.0 and former["nested"] is True
+    assert set(former["trade_off"]) == {"0.98", "0.99", "0.995"}
     # a stricter target never decides more products automatically
-    covers = [auto["trade_off"][t]["coverage"] for t in ("0.98", "0.99", "0.995")]
+    covers = [former["trade_off"][t]["coverage"] for t in ("0.98", "0.99", "0.995")]
     assert covers == sorted(covers, reverse=True)
-    assert len(auto["per_fold"]) == data["cv"]["folds"] * len(data["cv"]["seeds"])
+    assert len(former["per_fold"]) == data["cv"]["folds"] * len(data["cv"]["seeds"])
+    # the automatic decisions stated first are the deployed rule's, read off the kinds table
+    auto = data["auto_decision"]
+    deployed = data["kinds"]["sorts"]["photo+text"]["rules"]["deployed"]
+    assert auto["photo+text"]["coverage"] == deployed["coverage"]["mean"]
+    assert auto["photo+text"]["folds"] == data["cv"]["folds"] * len(data["cv"]["seeds"])
+    assert auto["guarantee"] and "90%" in auto["guarantee"]
+    assert auto["deployment"] is None  # published without a deployment fit: every kind says "none in the manifest"
+    assert all(k["deployment"] is None for k in data["thresholds"]["kinds"].values())
     assert data["random_split"]["fused"]["accuracy"] >= 0.0
     assert data["run"]["serving"]["knn_ms_median"] > 0 and data["run"]["serving"]["index_bytes_per_product"] > 0
     assert len(data["conclusion"]) >= 4 and data["conclusion"][0].startswith("Is it feasible?")
@@ -400,19 +408,72 @@ def test_long_model_ids_only_in_provenance_at_the_end(tmp_path):
 
 
 def test_one_threshold_story_each_labelled(synthetic):
+    """Each deployed threshold is said once, in its kind's labelled row; the former rule's cut (another
+    scale) only in its own section, labelled as the raw vote share's."""
     _, _, metrics = synthetic
     m = json.loads(json.dumps(metrics))
-    m["thresholds"]["deployment"].update(value=0.8771, in_sample_coverage=0.857, in_sample_precision=0.99)
+    m["thresholds"]["kinds"]["photo+text"]["deployment"] = {
+        "threshold": 0.8771,
+        "n": 805,
+        "coverage": 0.05,
+        "precision": 1.0,
+    }
     html = render_html(m, {}, [])
-    assert html.count("Thresholds: evaluation vs deployment") == 1
+    assert html.count("Thresholds per kind of listing") == 1
     assert html.count("0.877") == 1  # the deployment threshold is said once, in its labelled row
-    story = _text(html.split("Thresholds: evaluation vs deployment")[1].split("</table>")[0])
-    assert "evaluation (nested)" in story and "deployment 0.877" in story and "served by the service" in story
-    ev = m["thresholds"]["evaluation"]
-    if ev["mean"] is not None:
-        assert f"{ev['mean']:.3f}" in story
-    # the story is derived from the auto-decision figures, not set by hand
-    assert threshold_story(metrics["auto_decision"])["evaluation"]["mean"] == metrics["auto_decision"]["threshold"]
+    story = _text(html.split("Thresholds per kind of listing")[1].split("</table>")[0])
+    assert "photo+text: photo with title and description" in story and "0.877 (in-sample on the 805 listings" in story
+    ev = m["thresholds"]["kinds"]["photo+text"]["evaluation"]
+    assert (f"{ev['mean']:.3f} (mean of" if ev["mean"] is not None else "none certified in any of") in story
+    former = _text(html.split("Former rule, for comparison")[1].split("</table>")[0])
+    assert "Not what the service does" in former and "on the raw vote share (another scale" in former
+    # the story is derived from the folds' fits and the manifest, not set by hand
+    fits = metrics["kinds"]["fits"]["kinds"]
+    story = threshold_story(metrics["kinds"], metrics["auto_decision"]["deployment"])
+    assert {k: v["evaluation"]["mean"] for k, v in story["kinds"].items()} == {
+        k: v["thresholds"]["mean"] for k, v in fits.items()
+    }
+
+
+def test_first_screen_states_the_deployed_rule_and_the_former_one_comes_later(synthetic):
+    """Headline, conclusion and first table carry the deployed rule's figures (with the guarantee
+    and the empirical per-kind rule beside them); the former raw-share rule only further down."""
+    _, out, metrics = synthetic
+    m = json.loads(json.dumps(metrics))
+    pt = m["auto_decision"]["photo+text"]
+    pt.update(
+        coverage=0.023,
+        precision=1.0,
+        errors=0,
+        accepted=66,
+        folds=15,
+        folds_with_auto=2,
+        folds_holding=2,
+        folds_below_target=0,
+    )
+    emp = m["auto_decision"]["sorts"]["photo+text"]["empirical"]
+    emp.update(coverage=0.78, precision=0.9919, folds=15, folds_below_target=4)
+    m["former_rule"]["coverage"] = 0.711
+    m["headline"] = headline.as_json(headline.table(m))
+    rows = {r.figure: r for r in headline.from_json(m["headline"])}
+    assert rows[headline.AUTO_COVERAGE].value == 0.023 and rows[headline.AUTO_COVERAGE].status == headline.MISSED
+    assert "not guaranteed: 4 of 15 folds fell below" in rows[headline.AUTO_COVERAGE].note
+    assert (
+        rows[headline.FOLDS_BELOW].value_text() == "0"
+        and "13 of 15 folds decided nothing" in rows[headline.FOLDS_BELOW].note
+    )
+    said = " ".join(conclusion(m))
+    assert "What is guaranteed: " + m["auto_decision"]["guarantee"] in said
+    assert "2.3 % decided automatically at a measured precision of 100.0 % (target 80%: missed)" in said
+    assert "99% on average, not guaranteed: 4 of 15 folds fell below" in said
+    assert "71.1" not in said  # the former rule's coverage is not a conclusion
+    m["conclusion"] = conclusion(m)
+    html = render_html(m, {}, [])
+    first = html.split("<h2>1. Representations")[0]
+    assert "Automatic decisions per kind of listing (the service's rule, nested)" in first
+    assert "Former rule" not in first and "0.711" not in first
+    assert html.index("<h2>1. Representations") < html.index("Former rule, for comparison")
+    assert _text(html).count("What is guaranteed") >= 1
 
 
 def test_progress_lines_count_up_to_the_plan(synthetic, tmp_path, capsys):

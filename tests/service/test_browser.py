@@ -9,6 +9,7 @@ the other language, or a raw server message, fails."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -122,6 +123,8 @@ def test_seller_uploads_a_photo_and_sees_the_suggestion(page, base_url, service_
         assert explain.startswith(FR["explain_auto"])
     else:
         assert explain.startswith((FR["explain_review"], FR["explain_review_reasons"].split("{reasons}")[0]))
+        # the API's reasons in French (listing-strings.js), none of its English sentences
+        assert not re.search(r"\b(the|is|are|listings|needed)\b", explain), explain
     assert page.inner_text("#result-confidence").endswith("%")
     assert page.inner_text("#result-timing").startswith("Réponse en ")
     assert page.inner_text("#result-path").startswith(product.category)

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from service_support import jpeg_bytes, photo_products
+from service_support import jpeg_bytes, photo_products, say_reasons
 
 from indexer.store import open_store
 from service.app import create_app
@@ -147,11 +147,18 @@ def test_predict_names_the_kind_and_gives_reasons(client, store, watch):
     assert body["kind"]["language"] == "en" and body["kind"]["words"] == 5
     assert set(body["channel_votes"]) == {"photo", "text"} and 0.0 <= body["disagreement"] <= 1.0
     assert max(body["channel_votes"]["photo"], key=body["channel_votes"]["photo"].get) == product.category
-    assert body["decision"] in ("auto", "review") and isinstance(body["reasons"], list)
+    assert body["decision"] in ("auto", "review") and body["reasons"]
+    # structured as the listings API's: a code the pages translate, an English sentence, its numbers
+    assert all(set(r) == {"code", "text", "params"} and r["text"] for r in body["reasons"])
+    codes = [r["code"] for r in body["reasons"]]
     if body["decision"] == "review":
-        assert body["reasons"] and all(isinstance(r, str) and r for r in body["reasons"])
+        assert set(codes) & {"photo_text_disagree", "weak_agreement", "low_confidence", "kind_not_automatic"}
+        assert "confident" not in codes
     else:
-        assert body["reasons"] == []
+        assert codes[0] == "confident"
+    # the French seller page says each of them in French, none as the API's English sentence
+    said = say_reasons(body["reasons"], "fr")
+    assert all(fr != r["text"] for fr, r in zip(said, body["reasons"], strict=False))
     french = client.post("/api/v1/predict", json={"title": "Montre analogique pour homme, bracelet en cuir noir"})
     kind = french.get_json()["kind"]
     assert kind["name"] == "other-language text" and kind["language"] == "fr"
