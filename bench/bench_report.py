@@ -115,7 +115,7 @@ def show(label: str, run: Run) -> None:
         print(
             "  random-split (not leak-free) accuracy: "
             + ", ".join(
-                f"{n} {v['accuracy']:.4f} ± {v['accuracy_sd_over_seeds']:.4f}"
+                f"{n} {v['accuracy']:.4f} (fold seed {', '.join(map(str, v['seeds']))})"
                 for n, v in metrics["random_split"].items()
             )
         )

@@ -57,6 +57,10 @@ ANCHORS = {
     "supervised accuracy, image only (random split)": 0.905,
     "supervised accuracy, multimodal (random split)": 0.987,
 }
+# Fold seeds of the random-split comparison: the first of the report's seeds. It is a side
+# figure set beside published random-split ones (no headline depends on it), and each seed of
+# it costs a nested CV of two modality sets: 1/3 of the full report's run time with three.
+RANDOM_SPLIT_SEEDS = 1
 # Our random-split figure to set beside each published random-split one (like for like).
 PEER_PAIRS = {
     "supervised accuracy, image only (random split)": "image",
@@ -229,7 +233,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             names = tuple(n for n in ("image", "fused") if n in cv["sets"])
             rcv = crossval.run(
                 store,
-                seeds=options.seeds,
+                seeds=options.seeds[:RANDOM_SPLIT_SEEDS],
                 n_folds=options.folds,
                 grouped=False,
                 names=names,
@@ -239,7 +243,7 @@ def build_report(index_dir: str | Path, out_dir: str | Path, options: ReportOpti
             random_split = {
                 n: {
                     "accuracy": c["accuracy"],
-                    "accuracy_sd_over_seeds": c["accuracy_sd_over_seeds"],
+                    "seeds": list(options.seeds[:RANDOM_SPLIT_SEEDS]),
                     "accuracy_per_seed": c["accuracy_per_seed"],
                 }
                 for n, c in rcv["classification"].items()
@@ -1096,7 +1100,8 @@ def render_html(metrics: dict, pngs: dict[str, bytes], errors: list[dict]) -> st
             [
                 e(anchor),
                 m["anchors"][anchor],
-                _pm({"mean": m["random_split"][n]["accuracy"], "sd": m["random_split"][n]["accuracy_sd_over_seeds"]}),
+                f"{m['random_split'][n]['accuracy']:.3f} (fold seed "
+                f"{', '.join(str(s) for s in m['random_split'][n]['seeds'])})",
                 _f(m["classification"][n]["accuracy"]),
             ]
             for anchor, n in PEER_PAIRS.items()

@@ -191,7 +191,8 @@ def test_metrics_structure_and_ranges(synthetic):
     assert auto["guarantee"] and "90%" in auto["guarantee"]
     assert auto["deployment"] is None  # published without a deployment fit: every kind says "none in the manifest"
     assert all(k["deployment"] is None for k in data["thresholds"]["kinds"].values())
-    assert data["random_split"]["fused"]["accuracy"] >= 0.0
+    random_split = data["random_split"]["fused"]
+    assert random_split["accuracy"] >= 0.0 and random_split["seeds"] == data["cv"]["seeds"][:1]
     assert data["run"]["serving"]["knn_ms_median"] > 0 and data["run"]["serving"]["index_bytes_per_product"] > 0
     assert len(data["conclusion"]) >= 4 and data["conclusion"][0].startswith("Is it feasible?")
     assert data["near_duplicates"]["groups_spanning_folds"] == 0
