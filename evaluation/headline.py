@@ -19,7 +19,7 @@ RUN_TIME = "report run time, in process (s)"
 AUTO_PRECISION = "automatic decisions, photo + text: precision"
 AUTO_COVERAGE = "automatic decisions, photo + text: coverage"
 FOLDS_BELOW = "photo + text: folds below 99 % precision"
-OTHER_KINDS = "automatic decisions, other kinds: lowest precision"
+OTHER_KINDS = "automatic decisions, every other kind: lowest precision"
 MISMATCHED = "mismatched listings sent to review"
 # (figure, where in metrics.json, target, direction). Embedded profile, 945 products; all nested.
 # The automatic decisions are the deployed rule's (issue 18's targets): the service's own rule.
@@ -117,8 +117,11 @@ def notes(metrics: dict) -> dict[str, str]:
         if pt["folds_with_auto"]
         else f"none of the {pt['folds']} folds decided anything automatically"
     )
+    lowest = [f"lowest: {auto['other_kinds_lowest_kind']}"] if auto.get("other_kinds_lowest_kind") else []
     if auto.get("other_kinds_without_auto"):
-        out[OTHER_KINDS] = "nothing decided automatically: " + ", ".join(auto["other_kinds_without_auto"])
+        lowest.append("nothing decided automatically: " + ", ".join(auto["other_kinds_without_auto"]))
+    if lowest:
+        out[OTHER_KINDS] = "; ".join(lowest)
     return out
 
 

@@ -43,7 +43,6 @@ SORT_LABELS = {
     "mismatched": "one product's photo with another category's title",
 }
 RULES = ("deployed", "raw share, finite-sample", "combiner, empirical", "raw share, empirical")
-TARGET_SORTS = ("photo+text", "title", "photo", "foreign", "photo+foreign")  # auto precision >= target each
 # Shown beside the deployed rule on the report's first screen: the empirical cut per kind on the raw
 # vote share (with the disagreement rule), right on average only.
 EMPIRICAL = "raw share, empirical"
@@ -207,8 +206,14 @@ def decisions(table: dict) -> dict:
         }
         for sort, entry in table["sorts"].items()
     }
-    others = [(sorts[s]["label"], sorts[s]["deployed"]) for s in TARGET_SORTS[1:] if sorts.get(s, {}).get("deployed")]
-    decided = [f["precision"] for _, f in others if f["accepted"] and f["precision"] is not None]
+    # every kind the service may decide automatically, not only the five: a promise made
+    # for each kind is broken by any of them (text without a photo is automated too)
+    others = [
+        (entry["label"], entry["deployed"])
+        for sort, entry in sorts.items()
+        if sort not in ("photo+text", "mismatched") and entry.get("deployed")
+    ]
+    decided = [(f["precision"], label) for label, f in others if f["accepted"] and f["precision"] is not None]
     mismatched = sorts.get("mismatched", {}).get("deployed")
     stated = table["fits"].get("threshold_rule") or {}
     photo_text = sorts.get("photo+text", {}).get("deployed")
@@ -226,7 +231,8 @@ def decisions(table: dict) -> dict:
         "empirical_rule": EMPIRICAL,
         "sorts": sorts,
         "photo+text": photo_text,
-        "other_kinds_lowest_precision": min(decided) if decided else None,
+        "other_kinds_lowest_precision": min(decided)[0] if decided else None,
+        "other_kinds_lowest_kind": min(decided)[1] if decided else None,
         "other_kinds_without_auto": [label for label, f in others if not f["accepted"]],
         "mismatched_to_review": None if mismatched is None else 1.0 - mismatched["coverage"],
     }

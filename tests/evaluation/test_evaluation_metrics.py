@@ -269,3 +269,42 @@ def test_evaluation_stands_on_indexer_only():
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             assert not any(n == "service" or n.startswith("service.") for n in names), path.name
+
+
+def _rule(accepted: int, errors: int, coverage: float) -> dict:
+    precision = None if not accepted else 1 - errors / accepted
+    return {
+        "coverage": {"mean": coverage, "sd": 0.0},
+        "precision": {"mean": precision},
+        "folds": 15,
+        "folds_with_auto": 3 if accepted else 0,
+        "folds_below_target": 1 if errors else 0,
+        "accepted": accepted,
+        "errors": errors,
+    }
+
+
+def test_the_first_screen_names_the_weakest_automated_kind_whichever_it_is():
+    from evaluation.kinds import EMPIRICAL, decisions
+
+    def sort(label, deployed):
+        return {"label": label, "rules": {"deployed": deployed, EMPIRICAL: deployed}}
+
+    table = {
+        "sorts": {
+            "photo+text": sort("photo + text", _rule(66, 0, 0.02)),
+            "title": sort("title only", _rule(20, 0, 0.02)),
+            "text": sort("text, no photo", _rule(500, 6, 0.13)),  # not one of the five kinds
+            "photo": sort("photo only", _rule(0, 0, 0.0)),
+            "mismatched": sort("mismatched", _rule(3, 3, 0.01)),  # its errors are its point, not a kind's
+        },
+        "fits": {},
+        "target": 0.99,
+        "delta": 0.1,
+        "seeds": [0, 1, 2],
+    }
+    auto = decisions(table)
+    assert auto["other_kinds_lowest_precision"] == pytest.approx(1 - 6 / 500)
+    assert auto["other_kinds_lowest_kind"] == "text, no photo"
+    assert auto["other_kinds_without_auto"] == ["photo only"]
+    assert auto["mismatched_to_review"] == pytest.approx(0.99)
