@@ -97,14 +97,6 @@ def front_env(public: str, upstream: str) -> dict[str, str]:
         "FRONT_BUFFER_BYTES": str(buffer),
         "FRONT_LARGE_BODY_BYTES": str(buffer - HEAD_ROOM_BYTES),
     }
-    from service.config import Config
-
-    limits = Config.from_env()
-    # the service's own body limits, applied here to an advertised Content-Length: answered by the
-    # front before the body is sent on, because gunicorn answering 413 and closing while HAProxy
-    # still streams the body made HAProxy answer 502 now and then (a CI run)
-    env["MAX_UPLOAD_BYTES"] = str(limits.max_upload_bytes)
-    env["BATCH_MAX_BYTES"] = str(limits.batch_max_bytes)
     for name, default, minimum in (
         ("HEADER_TIMEOUT", 10, 1),
         ("BODY_TIMEOUT", 30, 1),

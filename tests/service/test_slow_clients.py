@@ -244,28 +244,3 @@ def _parent(proc_dir: Path) -> int:
         return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return -1
-
-
-def _answer_to_head(port: int, path: str, length: int, wait: float) -> bytes:
-    """What the service answers within `wait` s to a POST head announcing `length` body bytes, none sent."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n".encode()
-        )
-        try:
-            return sock.recv(4096)
-        except TimeoutError:
-            return b""
-
-
-def test_a_body_announced_over_the_limit_gets_413_from_the_front_before_it_is_sent(server):
-    """The front answers by Content-Length (gunicorn answering 413 and closing while HAProxy still
-    streamed the body made HAProxy answer 502 now and then); the batch endpoint has its own limit."""
-    upload, batch = 20 * 1024 * 1024, 200 * 1024 * 1024  # the service's defaults (service/config.py)
-    answer = _answer_to_head(server["port"], "/api/v1/predict", upload + 1, BODY_TIMEOUT - 1)
-    assert answer.startswith(b"HTTP/1.1 413") and b"application/problem+json" in answer
-    assert b"upload limit (MAX_UPLOAD_BYTES)" in answer  # the front's own words, not the service's
-    assert _answer_to_head(server["port"], "/api/v1/predict/batch", upload + 1, 1.0) == b""  # within its limit
-    answer = _answer_to_head(server["port"], "/api/v1/predict/batch", batch + 1, BODY_TIMEOUT - 1)
-    assert answer.startswith(b"HTTP/1.1 413") and b"batch limit (BATCH_MAX_BYTES)" in answer
