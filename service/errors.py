@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, has_app_context, jsonify
+from flask import Flask, Response, current_app, has_app_context, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -43,6 +43,36 @@ class ApiError(Exception):
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)"}
 NOT_WRITABLE[errno.EPERM] = NOT_WRITABLE[errno.EACCES]
+
+
+DRAIN_MAX_BYTES = 64 * 1024 * 1024  # past this an over-limit body is not read: the connection just closes
+
+
+def drain_body(limit: int = DRAIN_MAX_BYTES) -> None:
+    """Read and discard what is left of the request body before answering 413 early.
+
+    A connection closed with bytes still unread is reset, and the front (HAProxy), still
+    streaming the body to gunicorn, then loses the answer and says 502 instead (seen in a CI
+    run). Only bodies with a Content-Length of at most `limit` bytes are read. The cost is
+    O(body) time in 64 KiB reads, at most `BODY_TIMEOUT` (service.inputs.BodyDeadline), and O(1)
+    memory."""
+    from werkzeug.wsgi import LimitedStream
+
+    try:
+        length = int(request.environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length <= 0 or length > limit or request.environ.get("wsgi.input") is None:
+        return
+    try:
+        stream: Any = request.stream  # bounded by Content-Length; knows what a handler read already
+    except HTTPException:  # over MAX_CONTENT_LENGTH: refused before a byte of the body was read
+        stream = LimitedStream(request.environ["wsgi.input"], length)
+    try:
+        while stream.read(65536):
+            pass
+    except (OSError, ValueError, HTTPException):  # the client went away, or the deadline shut the read side
+        return
 
 
 def storage_error(exc: OSError, consequence: str) -> ApiError | None:
@@ -141,6 +171,8 @@ def problem(status: int, detail: str, title: str | None = None, **extra: Any) ->
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
+        if exc.status == 413:
+            drain_body()
         response = problem(exc.status, exc.detail, exc.title, **exc.extra)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
@@ -199,6 +231,7 @@ def register(app: Flask) -> None:
             return problem(status, "internal error; it has been logged", HTTP_STATUS_CODES.get(status))
         detail = exc.description or exc.name
         if status == 413:
+            drain_body()
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"request body is over the {limit}-byte limit (MAX_UPLOAD_BYTES)"
         response = problem(status, detail, exc.name)

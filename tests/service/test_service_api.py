@@ -232,6 +232,19 @@ def test_upload_over_the_limit_is_413(client):
     assert_problem(response, 413)
 
 
+def test_a_body_over_the_limit_is_read_to_its_end_before_the_413(client):
+    """Closing with bytes unread resets the connection, and the front then says 502 for the 413."""
+    body = io.BytesIO(b"x" * (LIMIT + 10))
+    response = client.post(
+        "/api/v1/predict",
+        input_stream=body,
+        content_type="application/json",
+        headers={"Content-Length": str(LIMIT + 10)},
+    )
+    assert_problem(response, 413, "limit")
+    assert body.tell() == LIMIT + 10  # drained, not left in the socket
+
+
 def test_odd_inputs_never_give_500(client):
     cases = [
         {"json": {"title": "\u0000\u202e\U0001f600" * 50}},
