@@ -31,6 +31,7 @@ import socket
 import subprocess
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +130,41 @@ class EmbeddedMilvus:
         proc = self._server.server_proc
         return proc.pid if proc is not None else None
 
-    def start(self, timeout: float = 300) -> EmbeddedMilvus:
-        """Start and wait until the server says it is healthy (its /healthz)."""
-        self._server.webservice_port = self.metrics_port
+    def start(self, timeout: float = 300, attempts: int = 1) -> EmbeddedMilvus:
+        """Start and wait until the server says it is healthy (its /healthz), at most `timeout` s
+        per attempt. After a kill -9, Milvus 2.3.5 standalone once stayed unhealthy for 300 s (a
+        local run, quiet machine): with `attempts` > 1 a server not healthy in time is killed and
+        started again, as a supervisor would (systemd's Restart=), and a warning says so."""
         t0 = time.perf_counter()
-        self._server.wait_for_started = False
-        self._server.start()
-        self._server.wait_started(timeout=int(timeout * 1000))
+        for attempt in range(1, attempts + 1):
+            self._server.webservice_port = self.metrics_port
+            self._server.wait_for_started = False
+            self._server.start()
+            try:
+                self._server.wait_started(timeout=int(timeout * 1000))
+                break
+            except TimeoutError:
+                tail = self.log_tail()
+                self.kill()
+                if attempt == attempts:
+                    raise TimeoutError(
+                        f"Milvus was not healthy {timeout:.0f} s after each of {attempts} start(s); "
+                        f"its log ends:\n{tail}"
+                    ) from None
+                warnings.warn(
+                    f"Milvus not healthy {timeout:.0f} s after a start: killed and started again", stacklevel=2
+                )
         self.started_in = time.perf_counter() - t0
         return self
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's stdout and stderr logs (the package writes them under logs/)."""
+        out = []
+        for name in ("stdout", "stderr"):
+            path = self.base_dir / "logs" / f"milvus-{name}.log"
+            if path.exists():
+                out += [f"[{name}] {line}" for line in path.read_text(errors="replace").splitlines()[-lines:]]
+        return "\n".join(out)
 
     def kill(self) -> None:
         """kill -9 the server process (no shutdown of any kind), and wait for it to be gone."""
@@ -151,10 +178,10 @@ class EmbeddedMilvus:
             fd.close()
         self._server.proc_fds.clear()
 
-    def restart(self, timeout: float = 300) -> EmbeddedMilvus:
+    def restart(self, timeout: float = 150, attempts: int = 2) -> EmbeddedMilvus:
         """The same server again: same ports, same data folder."""
         self.kill()
-        return self.start(timeout)
+        return self.start(timeout, attempts)
 
     def stop(self) -> None:
         """A normal stop (SIGTERM, then SIGKILL after the package's grace period)."""
