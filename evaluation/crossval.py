@@ -157,7 +157,7 @@ def evaluate(store: IndexStore, run: NestedRun, name: str, modalities: tuple[str
     )
 
 
-def _spread(values: Sequence[float | None]) -> dict:
+def spread(values: Sequence[float | None]) -> dict:
     """mean, sd (population), min, max of the values that are not None; how many were None."""
     v = np.array([x for x in values if x is not None], dtype=float)
     if not len(v):
@@ -190,7 +190,7 @@ def pooled_metrics(store: IndexStore, per_seed: list[ModalityResult], folds_by_s
         {
             "accuracy_sd_over_seeds": float(np.std(seed_acc)),
             "accuracy_per_seed": seed_acc,
-            "accuracy_over_folds": _spread(fold_acc),
+            "accuracy_over_folds": spread(fold_acc),
             "macro_f1_per_seed": [r.metrics["macro_f1"] for r in per_seed],
             "n": first.metrics["n"],
             "pooled_predictions": int(len(true)),
@@ -238,8 +238,8 @@ def operating_point(per_seed: list[ModalityResult], runs: list[NestedRun], targe
                 "precision": float(hits / accepted) if accepted else None,
             }
         )
-    coverage = _spread([s["coverage"] for s in seeds])
-    precision = _spread([s["precision"] for s in seeds])
+    coverage = spread([s["coverage"] for s in seeds])
+    precision = spread([s["precision"] for s in seeds])
     return {
         "target": float(target),
         "coverage": coverage["mean"],
@@ -247,11 +247,11 @@ def operating_point(per_seed: list[ModalityResult], runs: list[NestedRun], targe
         "coverage_over_seeds": coverage,
         "precision_over_seeds": precision,
         "per_seed": seeds,
-        "coverage_over_folds": _spread([f["coverage"] for f in folds_out]),
-        "precision_over_folds": _spread([f["precision"] for f in folds_out]),
+        "coverage_over_folds": spread([f["coverage"] for f in folds_out]),
+        "precision_over_folds": spread([f["precision"] for f in folds_out]),
         "folds_below_target": int(sum(1 for f in folds_out if f["precision"] is not None and f["precision"] < target)),
         "folds_without_threshold": int(sum(1 for f in folds_out if f["threshold"] is None)),
-        "thresholds": _spread([f["threshold"] for f in folds_out]),
+        "thresholds": spread([f["threshold"] for f in folds_out]),
         "per_fold": folds_out,
     }
 

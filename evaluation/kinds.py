@@ -22,11 +22,11 @@ measured rather than assumed:
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from evaluation.crossval import spread
 from indexer.categorizer import DELTA, KINDS, PLAIN, SORTS, Fitted, ListingMaterial, combiner_score, listing_material
 from indexer.store import IndexStore
 
@@ -94,19 +94,6 @@ def _decisions(found: dict, fitted: Fitted, rule: str) -> np.ndarray:
     return passes & (found["confidence"] >= t)
 
 
-def _spread(values: Sequence[float | None]) -> dict:
-    v = np.array([x for x in values if x is not None], float)
-    if not len(v):
-        return {"mean": None, "sd": None, "min": None, "max": None, "missing": len(values)}
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std()),
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "missing": len(values) - len(v),
-    }
-
-
 def kinds_table(cv: dict, target: float, name: str = "fused") -> dict:
     """Per sort of listing and decision rule: accuracy, auto coverage and precision (pooled per
     seed, mean ± sd over seeds, range over folds), folds below target, the share of mismatched
@@ -155,16 +142,16 @@ def kinds_table(cv: dict, target: float, name: str = "fused") -> dict:
                 continue
             below = sum(1 for f in folds_out if f["precision"] is not None and f["precision"] < target)
             entry["rules"][rule] = {
-                "coverage": _spread([s["coverage"] for s in seeds]),
-                "precision": _spread([s["precision"] for s in seeds]),
-                "precision_over_folds": _spread([f["precision"] for f in folds_out]),
+                "coverage": spread([s["coverage"] for s in seeds]),
+                "precision": spread([s["precision"] for s in seeds]),
+                "precision_over_folds": spread([f["precision"] for f in folds_out]),
                 "folds_below_target": int(below),
                 "folds_with_auto": int(sum(1 for f in folds_out if f["precision"] is not None)),
                 "folds": len(folds_out),
                 "accepted": int(sum(s["accepted"] for s in seeds)),
                 "errors": int(sum(s["errors"] for s in seeds)),
             }
-            entry["accuracy"] = _spread(accuracy)
+            entry["accuracy"] = spread(accuracy)
             entry["n"] = int(len(runs[0].listings.get(sort, {}).get("rows", [])))
             entry["routed_to_kinds"] = routed
         if sort == "mismatched":
@@ -249,12 +236,12 @@ def _fit_summary(runs: list) -> dict:
         kinds[kind] = {
             "plain": PLAIN[kind],
             "folds_with_threshold": int(sum(t is not None for t in ts)),
-            "thresholds": _spread(ts),
-            "calibration_listings": _spread([float(n) for n in ns]),
+            "thresholds": spread(ts),
+            "calibration_listings": spread([float(n) for n in ns]),
         }
     cuts = [(f.entry.get("disagreement") or {}).get("threshold") for f in fits]
     rule: dict = next((f.entry.get("threshold_rule") for f in fits if f.entry.get("threshold_rule")), {})
-    return {"folds": len(fits), "kinds": kinds, "disagreement_cut": _spread(cuts), "threshold_rule": rule}
+    return {"folds": len(fits), "kinds": kinds, "disagreement_cut": spread(cuts), "threshold_rule": rule}
 
 
 def conclusion(table: dict) -> list[str]:
