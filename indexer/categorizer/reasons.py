@@ -42,11 +42,9 @@ def explain(prediction: Prediction, categorizer: Categorizer) -> list[dict]:
         out.append(reason("confident", text, score=score, threshold=round(threshold or 0.0, 4), kind=kind))
     else:
         sentences = iter(prediction.reasons)
-        gate = (categorizer.disagreement or {}).get("threshold")
-        votes = prediction.channel_votes
-        if gate is not None and prediction.disagreement is not None and prediction.disagreement >= gate:
-            photo = max(votes["photo"], key=lambda c: votes["photo"][c])
-            text_vote = max(votes["text"], key=lambda c: votes["text"][c])
+        split = categorizer.disagreeing(prediction)
+        if split is not None:
+            photo, text_vote = split
             if photo != text_vote:
                 default = f"the photo looks like {photo}, the text like {text_vote}"
                 out.append(reason("photo_text_disagree", next(sentences, default), photo=photo, text=text_vote))

@@ -429,6 +429,16 @@ class Categorizer:
         photo, text = "image" in used, bool({"text", "lexical"} & set(used))
         return PHOTO_TEXT if photo and text else (TEXT if text else PHOTO)
 
+    def disagreeing(self, prediction: Prediction) -> tuple[str, str] | None:
+        """(the photo's top category, the text's) when photo and text disagree past the fitted
+        disagreement rule, else None: what sends a listing to review as disagreeing."""
+        gate = (self.disagreement or {}).get("threshold")
+        votes = prediction.channel_votes
+        if gate is None or prediction.disagreement is None or prediction.disagreement < gate:
+            return None
+        photo = max(votes["photo"], key=lambda c: votes["photo"][c])
+        return photo, max(votes["text"], key=lambda c: votes["text"][c])
+
     def threshold_of(self, kind: str) -> float | None:
         """The threshold of a kind: its own when the calibration has kinds, else the one threshold."""
         if self.kinds is None:
@@ -446,11 +456,9 @@ class Categorizer:
             score = combined_score(self.combiner, prediction, name)
         prediction.decision_score = score
         reasons = []
-        gate = (self.disagreement or {}).get("threshold")
-        votes = prediction.channel_votes
-        if gate is not None and prediction.disagreement is not None and prediction.disagreement >= gate:
-            photo = max(votes["photo"], key=lambda c: votes["photo"][c])
-            text = max(votes["text"], key=lambda c: votes["text"][c])
+        split = self.disagreeing(prediction)
+        if split is not None:
+            photo, text = split
             if photo != text:
                 reasons.append(f"the photo looks like {photo}, the text like {text}")
             else:
