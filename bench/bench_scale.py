@@ -36,6 +36,7 @@ Run: .venv/bin/python bench/bench_scale.py [--sizes 10000,100000,1000000] [--add
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -271,6 +272,35 @@ def lexical_both_ways(lexical: LexicalIndex, queries: sp.csr_matrix, k: int = 50
     )
 
 
+def query_rows_both_ways(store: IndexStore, rows: np.ndarray) -> str:
+    """A product's lexical query row from its text (what /predict does per request), with the
+    published vocabulary as loaded (mapped term hashes, indexer/store/vocabulary.py) and as the
+    dict read from its JSON (what every process held before): time per text and the dict's cost
+    in this process's memory. The rows must be equal."""
+    lexical = store.lexical
+    texts = [store.product_text(store.products[int(r)]) for r in rows]
+    before = rollup(os.getpid())["Anonymous"]
+    vocab = dict(lexical.vectorizer.vocabulary_.items())
+    dict_mb = rollup(os.getpid())["Anonymous"] - before
+    as_dict = replace(lexical, vectorizer=copy.copy(lexical.vectorizer))
+    as_dict.vectorizer.vocabulary_ = vocab
+    times: dict[str, list[float]] = {"mapped": [], "dict": []}
+    same = 0
+    for text in texts:
+        got = {}
+        for name, index in (("mapped", lexical), ("dict", as_dict)):
+            t0 = time.perf_counter()
+            got[name] = index.query_rows([text])
+            times[name].append(time.perf_counter() - t0)
+        same += (got["mapped"] != got["dict"]).nnz == 0
+    kind = type(lexical.vectorizer.vocabulary_).__name__
+    return (
+        f"lexical query row from a product's text ({len(texts)}): vocabulary as loaded ({kind}) "
+        f"{percentiles(times['mapped'])}; as a dict {percentiles(times['dict'])}, the dict costing this "
+        f"process {dict_mb:.0f} MB; same rows for {same}/{len(texts)}"
+    )
+
+
 def reusable(shards: Path, n: int, vocabulary: str) -> bool:
     """Shards a previous run of this bench left complete in --work (same size and vocabulary):
     generation is skipped."""
@@ -377,6 +407,7 @@ def run(
             f"the longest {terms.max()}"
         )
         print(lexical_both_ways(store.lexical, queries["lexical"]))
+        print(query_rows_both_ways(store, rows))
     exact = exact_view(store)
     recall = recall_at_10(store, exact, queries)
     print("recall@10 against exact search: " + ", ".join(f"{c} {r:.3f}" for c, r in recall.items()))

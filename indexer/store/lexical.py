@@ -15,7 +15,8 @@ synthetic products (bench/bench_search_scale.py).
 
 Segments: the base's TF-IDF rows and its postings are written at publish time as plain
 arrays (`lexical.{data,indices,indptr}.npy`, `lexical.postings.{...}.npy`) that load
-memory-mapped, so workers share their pages and a load costs O(1) beyond the vocabulary.
+memory-mapped, so workers share their pages and a load costs O(1); so is the vocabulary
+(indexer/store/vocabulary.py: sorted term hashes, no per-process dict).
 The rows added since (delta segments) stay a separate small matrix searched exactly beside
 the base, and the two top-k lists are merged (`with_delta`): a reload after an add is
 O(delta), with no stacking of the base and no postings rebuild.
@@ -55,6 +56,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from indexer.catalog.text import baseline_tokens
 from indexer.store.filters import PositionFilter
 from indexer.store.mapped import map_random
+from indexer.store.vocabulary import read_vocabulary, write_vocabulary
 
 NGRAMS = (1, 2)
 # How a query's lexical row is weighted: "fixed" = the Categorizer's lexical weight as is;
@@ -452,10 +454,10 @@ class LexicalIndex:
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """The base + deltas as one base segment: vocabulary, idf, the rows and the impact-
-        ordered postings as plain arrays (memory-mappable). O(nnz log nnz) for the postings."""
-        vocab = {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}
-        (folder / "lexical.vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        """The base + deltas as one base segment: vocabulary (JSON and mapped hashes,
+        indexer/store/vocabulary.py), idf, the rows and the impact-ordered postings as plain arrays
+        (memory-mappable). O(nnz log nnz) for the postings, O(V log V) for the vocabulary."""
+        write_vocabulary(folder, self.vectorizer.vocabulary_)
         np.save(folder / "lexical.idf.npy", self.vectorizer.idf_.astype(np.float64))
         whole = self.matrix
         merged = self if whole is self.base_matrix else LexicalIndex(self.vectorizer, whole, self.rows)
@@ -469,12 +471,13 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, folder: Path, cap: int = 0) -> LexicalIndex:
-        """A published base, its arrays memory-mapped (O(vocabulary) to read, the rest mapped).
+        """A published base, its arrays and vocabulary memory-mapped: O(1) beyond the checks (an
+        index published without the vocabulary arrays reads its JSON vocabulary: O(V)).
         Only O(1) structural checks here: the contents are what the manifest's checksums cover."""
-        vocab = json.loads((folder / "lexical.vocab.json").read_text())
-        vectorizer = _vectorizer(vocab)
-        vectorizer.fit([""] if not vocab else list(vocab)[:1])  # sets up internals; idf replaced below
-        vectorizer.idf_ = np.load(folder / "lexical.idf.npy")
+        vocab = read_vocabulary(folder)
+        vectorizer = _vectorizer()
+        vectorizer.vocabulary_ = vocab  # a Mapping: scikit-learn only looks terms up in it
+        vectorizer.idf_ = np.load(folder / "lexical.idf.npy")  # checks its length against the vocabulary
         arrays = {  # rows are read scattered (re-scoring, similarity): no read-ahead; postings in runs
             (prefix, name): (map_random if prefix == "lexical" else _map)(folder / f"{prefix}.{name}.npy")
             for prefix in ("lexical", "lexical.postings")
