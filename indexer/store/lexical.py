@@ -30,10 +30,21 @@ posting of every query term to the essential terms' postings plus the re-scored 
 (bench/bench_scale.py prints the lexical search both ways at each size).
 
 Impact order: each term's postings are stored by decreasing weight. With `cap` (the
-manifest's `lexical_cap`, LEXICAL_POSTINGS_CAP overrides; 0 = exact) a term whose postings
-exceed `cap` contributes only its `cap` heaviest, so a query costs O(terms·cap) whatever
-the catalogue: an approximation whose recall@10 against exact search is printed by
-bench/bench_search_scale.py. With no term over the cap the search is exact. BM25 as SQLite FTS5 ranks (same top
+manifest's `lexical.cap`, LEXICAL_POSTINGS_CAP overrides; 0 = exact) a term whose postings
+exceed `cap` contributes only its `cap` heaviest, and the CAP_RESCORE best rows by those
+partial scores are re-scored exactly (`_capped_hits`), so a query costs O(terms·cap +
+CAP_RESCORE·row length) whatever the catalogue: an approximation, like the dense channels'
+IVF-PQ, whose recall against exact search bench/bench_scale.py and bench/bench_lexical_cap.py
+print. A base is published exact below CAP_FROM_ROWS products and with LARGE_BASE_CAP from
+there (`default_cap`): at 1M SYNTHETIC products with a growing vocabulary the exact search cost
+13.5 ms p50 and the capped one (2,048 postings, 1,000 re-scored) 4.3 ms, recall@10 0.994
+(bench/bench_lexical_cap.py, 2026-12-06). With no term over the cap the search is exact.
+
+Re-scoring without O(V) work: a candidate row's score is its entries on the query's terms
+times their weights (`_row_dots`), not a sparse product with the transposed query, which
+converts it at O(vocabulary) per call (2 ms per query at 1M products).
+
+BM25 as SQLite FTS5 ranks (same top
 10 and scores as FTS5 itself) scored +0.0017 ± 0.0014 fused accuracy over 5 fold seeds
 with the vocabulary fitted on all products (bench/bench_lexical_scoring.py, grouped but
 not nested): inside the noise, so TF-IDF cosine stays.
@@ -94,7 +105,9 @@ def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
 
 INDEX_ARRAYS = ("data", "indices", "indptr")
 POSTINGS_CAP_ENV = "LEXICAL_POSTINGS_CAP"
-DEFAULT_POSTINGS_CAP = 0  # written to the manifest at publish; chosen by bench/bench_search_scale.py
+# The cap written to the manifest at publish (`default_cap`): exact below CAP_FROM_ROWS products.
+CAP_FROM_ROWS = 200_000
+LARGE_BASE_CAP = 2_048
 # Exact pruning (LexicalIndex._pruned_hits), timed by bench/bench_scale.py: below
 # PRUNE_FROM_POSTINGS postings for one query the plain product is cheaper than bounding; the
 # pool for the first theta is the POOL_FACTOR·k best partial scores of each term's HEAD_POSTINGS
@@ -111,7 +124,16 @@ POOL_FACTOR = 8
 REST_SHARE = 0.75
 ESSENTIAL_SHARE = 0.8
 RESCORE_LIMIT = 20_000
+# With a postings cap (`_capped_hits`), the partial scores' CAP_RESCORE best are re-scored exactly.
+CAP_RESCORE = 1_000
 BOUND_SLACK = 1e-5
+
+
+def default_cap(rows: int) -> int:
+    """The postings cap a base of `rows` products is published with: exact (0) below
+    CAP_FROM_ROWS, where the exact search stays within a few ms, else LARGE_BASE_CAP
+    (bench/bench_lexical_cap.py prints recall and time for each cap at 1M)."""
+    return LARGE_BASE_CAP if rows >= CAP_FROM_ROWS else 0
 
 
 def postings_cap(manifest_value: int | None = None) -> int:
@@ -292,15 +314,10 @@ class LexicalIndex:
             self._postings = impact_ordered(self.base_matrix)
         return self._postings
 
-    def _base_hits(self, query: sp.csr_matrix, cap: int) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, scores) of base rows sharing a term with one query row; with `cap`, each
-        term's `cap` heaviest postings only. O(postings read)."""
-        postings = self.postings
-        terms = query.indices
-        starts, ends = postings.indptr[terms].astype(np.int64), postings.indptr[terms + 1].astype(np.int64)
-        if cap and (ends - starts > cap).any():
-            return self._head_product(query, starts, np.minimum(ends, starts + cap))
-        sims = (query @ postings).tocsr()
+    def _base_hits(self, query: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, scores) of every base row sharing a term with one query row: every posting
+        of every query term read. O(postings read)."""
+        sims = (query @ self.postings).tocsr()
         return sims.indices.astype(np.int64), sims.data
 
     def _head_product(
@@ -321,11 +338,36 @@ class LexicalIndex:
         sims = (q @ sub).tocsr()
         return sims.indices.astype(np.int64), sims.data
 
-    def _exact_scores(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """The scores of a dense query vector at base `positions`: the gathered rows times the
-        vector. Each row's products are summed in the row's term order, the dense scan sums them
-        in the query's, so the two agree to float32 rounding (tests). O(rows · row length)."""
-        return np.asarray(self.base_matrix[positions] @ query, dtype=np.float32)
+    def _exact_scores(self, query: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
+        """The scores of a one-row query at base `positions`: the gathered rows times the query
+        (`_row_dots`). Each row's products are summed in the row's term order, the dense scan sums
+        them in the query's, so the two agree to float32 rounding (tests). O(rows · row length)."""
+        return _row_dots(self.base_matrix[positions], query)
+
+    def _capped_hits(
+        self, query: sp.csr_matrix, k: int, cap: int, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(positions, exact scores) of the max(k, CAP_RESCORE) allowed base rows with the best
+        partial scores over each query term's `cap` heaviest postings, re-scored exactly; None
+        when no term has more than `cap` postings (the exact search is then used).
+
+        Approximate: a row whose weights on the query's long terms are all below those terms'
+        heads, and that no short (rare, read whole) term lifts into the pool, is missed. The
+        Categorizer re-scores its candidates anyway (`similarity`); what matters is recall,
+        printed against exact search by bench/bench_scale.py (and the cap and pool sizes both
+        ways by bench/bench_lexical_cap.py). O(terms·cap + CAP_RESCORE · row length), whatever N.
+        """
+        postings = self.postings
+        terms = query.indices
+        starts, ends = postings.indptr[terms].astype(np.int64), postings.indptr[terms + 1].astype(np.int64)
+        if not (ends - starts > cap).any():
+            return None
+        pos, partial = self._head_product(query, starts, np.minimum(ends, starts + cap))
+        if mask is not None:
+            keep = mask[pos]
+            pos, partial = pos[keep], partial[keep]
+        pool = pos[_top_k(pos, partial, max(k, CAP_RESCORE))]
+        return pool, self._exact_scores(query, pool)
 
     def _pruned_hits(
         self, query: sp.csr_matrix, k: int, mask: np.ndarray | None
@@ -357,10 +399,8 @@ class LexicalIndex:
             pos, partial = pos[keep], partial[keep]
         if len(pos) < k:
             return None
-        dense = np.zeros(query.shape[1], np.float32)
-        dense[terms] = query.data
         pool = pos[_top_k(pos, partial, POOL_FACTOR * k)]
-        theta = float(np.sort(self._exact_scores(dense, pool))[-k])
+        theta = float(np.sort(self._exact_scores(query, pool))[-k])
         if theta <= 0:
             return None
         weights = query.data.astype(np.float64)
@@ -386,7 +426,7 @@ class LexicalIndex:
         pos = pos[keep]
         if len(pos) > RESCORE_LIMIT:
             return None
-        return pos, self._exact_scores(dense, pos)
+        return pos, self._exact_scores(query, pos)
 
     def search(
         self,
@@ -399,10 +439,11 @@ class LexicalIndex:
         """(scores, product rows) of the k best positions per query, ties by position.
 
         Cost O(P + k log k) per query, P = the postings of the query's terms (at most `cap`
-        per term when set; default the index's `cap`; with `prune` and no cap, the essential
-        terms' postings plus the re-scored rows of `_pruned_hits`) plus the delta rows' scan
+        per term when set, plus CAP_RESCORE re-scored rows; default the index's `cap`; with
+        `prune` and no cap, the essential terms' postings plus the re-scored rows of
+        `_pruned_hits`) plus the delta rows' scan
         (O(delta nnz)), and one mask lookup per posting under a filter; not O(N). The rows are
-        a dense scan's; its scores bit for bit without pruning, to float32 rounding with it
+        a dense scan's without a cap; its scores bit for bit without pruning, to float32 rounding with it
         (a row's terms summed in another order); the base's and the deltas' best are merged. When
         fewer than k positions share a word with the query, the rest are the lowest allowed
         positions with score 0, exactly as a dense scan sorted by (-score, position) gives.
@@ -423,8 +464,10 @@ class LexicalIndex:
         for i in range(n):
             pos, score = np.zeros(0, np.int64), np.zeros(0, np.float32)
             if self.nbase:
-                pruned = self._pruned_hits(queries[i], k, mask) if prune and not cap else None
-                pos, score = pruned if pruned is not None else self._base_hits(queries[i], cap)
+                found = self._capped_hits(queries[i], k, cap, mask) if cap else None
+                if found is None and prune:
+                    found = self._pruned_hits(queries[i], k, mask)
+                pos, score = found if found is not None else self._base_hits(queries[i])
             if delta is not None:
                 lo, hi = delta.indptr[i], delta.indptr[i + 1]
                 pos = np.concatenate([pos, self.nbase + delta.indices[lo:hi].astype(np.int64)])
@@ -449,8 +492,9 @@ class LexicalIndex:
         return np.take_along_axis(sims, top, axis=1), self.rows[top]
 
     def similarity(self, query: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
-        """Cosine of one query to the rows at `positions`: O(len(positions) · row length)."""
-        return np.asarray((self.row_matrix(positions) @ query.T).todense()).ravel()
+        """Cosine of one query to the rows at `positions`: O(len(positions) · row length), not
+        O(vocabulary) (a sparse product with the transposed query converted it: 2 ms at 1M)."""
+        return _row_dots(self.row_matrix(positions), query)
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: Path) -> None:
@@ -510,6 +554,26 @@ def present_rows(query: np.ndarray | sp.spmatrix) -> np.ndarray:
     if sp.issparse(query):
         return np.asarray(sp.csr_matrix(query).getnnz(axis=1) > 0)
     return ~np.isnan(np.asarray(query)).any(axis=1)
+
+
+def _row_dots(rows: sp.csr_matrix, query: sp.csr_matrix) -> np.ndarray:
+    """`rows` times a one-row `query` (both float32 CSR), as float32: each row's entries on the
+    query's terms are kept, renumbered into the query's own term space (a binary search in its
+    sorted terms), and multiplied by its weights in the row's term order, as scipy's product
+    sums them (same floats, tests). O(nnz(rows) · log terms), never O(vocabulary): scipy's
+    product with the transposed query converts it at O(V), 2 ms per query at 1M products."""
+    rows, query = rows.tocsr(), query.tocsr()
+    if not query.has_sorted_indices:  # a stored or coverage-scaled row may keep its terms unsorted
+        query = query.sorted_indices()
+    terms = query.indices
+    if not len(terms) or not rows.nnz:
+        return np.zeros(rows.shape[0], np.float32)
+    at = np.minimum(np.searchsorted(terms, rows.indices), len(terms) - 1)
+    hit = terms[at] == rows.indices
+    owner = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(owner[hit], minlength=rows.shape[0]))])
+    sub = sp.csr_matrix((rows.data[hit], at[hit], indptr), shape=(rows.shape[0], len(terms)))
+    return np.asarray(sub @ np.asarray(query.data, np.float32), dtype=np.float32)
 
 
 def _norm_bound(weights: np.ndarray, caps: np.ndarray) -> float:

@@ -96,7 +96,7 @@ from indexer.store.errors import (
     StoreUnavailable,
 )
 from indexer.store.filters import CategoryIndex, PositionFilter, RowFilter, RowSource
-from indexer.store.lexical import LexicalIndex
+from indexer.store.lexical import LexicalIndex, default_cap, postings_cap
 from indexer.store.locks import write_lock
 
 DEFAULT_COLLECTION = "products"
@@ -375,7 +375,9 @@ def _lexical_bytes(lexical: LexicalIndex) -> bytes:
 def _lexical_from_bytes(data: bytes) -> LexicalIndex:
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(tmp, filter="data")
-        return LexicalIndex.load(Path(tmp))
+        lexical = LexicalIndex.load(Path(tmp))
+    lexical.cap = postings_cap(default_cap(lexical.nbase))  # as a published local base of that size
+    return lexical
 
 
 # ---- writing ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from fakes import make_products, publish_fake, random_vectors
 
 from indexer.catalog.products import Product
@@ -111,7 +112,7 @@ def test_lexical_pruning_reads_fewer_rows_than_the_postings(lexical, always_prun
         query = queries[i]
         if query.nnz < 3:
             continue
-        hits = lexical._base_hits(query, 0)[0]
+        hits = lexical._base_hits(query)[0]
         found = lexical._pruned_hits(query, 5, None)
         if found is None:
             continue
@@ -450,3 +451,72 @@ def test_api_categories_and_filtered_similar_after_an_add(service_index, embedde
     sub = "Home Decor %26 Festive Needs >> Brass Diyas Test"
     only = client.get(f"/api/v1/products/{new_id}/similar?k=6&category={sub}")
     assert only.get_json()["results"] == []  # the one product of that category is the query itself
+
+
+# ---- lexical: products without O(vocabulary) work, and the capped search --------------------
+def test_row_dots_are_the_sparse_products_floats(lexical):
+    """`_row_dots` (the re-scoring and `similarity`) sums like scipy's product, bit for bit, on
+    rows with and without the query's terms, empty rows and an empty query."""
+    queries = lexical_queries(lexical)
+    positions = np.array([0, 5, 5, 17, 299, 42])
+    rows = lexical.base_matrix[positions]
+    for i in range(queries.shape[0]):
+        query = queries[i]
+        want = np.asarray((rows @ query.T).todense()).ravel().astype(np.float32)
+        np.testing.assert_array_equal(lexical_module._row_dots(rows, query), want)
+        np.testing.assert_array_equal(lexical.similarity(query, positions), want)
+    empty = lexical.transform(["zzzunknown"])
+    assert empty.nnz == 0 and not lexical_module._row_dots(rows, empty).any()
+    query = queries[0]  # a stored or coverage-scaled row may keep its terms in any order
+    shuffled = sp.csr_matrix((query.data[::-1], query.indices[::-1], query.indptr), shape=query.shape)
+    assert not shuffled.has_sorted_indices
+    want = np.asarray((rows @ query.T).todense()).ravel().astype(np.float32)
+    np.testing.assert_array_equal(lexical_module._row_dots(rows, shuffled), want)  # summed in each row's order
+
+
+def test_capped_search_rescores_its_pool_exactly(lexical, monkeypatch):
+    """With a cap, the pool's scores are exact (not partial sums), the rows respect a filter,
+    and a pool as large as the catalogue gives the exact search's rows."""
+    queries = lexical_queries(lexical)
+    lengths = np.diff(lexical.postings.indptr)
+    cap = 5
+    assert lengths.max() > cap
+    scores, rows = lexical.search(queries, 10, cap=cap)
+    position = {int(r): p for p, r in enumerate(lexical.rows)}
+    for i in range(queries.shape[0]):
+        got = rows[i][scores[i] > 0]
+        exact = lexical.similarity(queries[i], np.array([position[int(r)] for r in got], dtype=np.int64))
+        np.testing.assert_array_equal(scores[i][scores[i] > 0], exact)
+    monkeypatch.setattr(lexical_module, "CAP_RESCORE", 1)  # the pool is k: fewer good rows
+    small = lexical.search(queries, 10, cap=1)
+    monkeypatch.setattr(lexical_module, "CAP_RESCORE", lexical.ntotal)
+    np.testing.assert_array_equal(lexical.search(queries, 10, cap=10**6)[1], lexical.search(queries, 10, cap=0)[1])
+    assert (small[0].sum(axis=1) <= lexical.search(queries, 10, cap=0)[0].sum(axis=1) + 1e-6).all()
+    allowed = PositionFilter(np.arange(0, 300, 3), 300)
+    _, filtered = lexical.search(queries, 10, allowed, cap=cap)
+    assert set(filtered.ravel().tolist()) <= set(lexical.rows[allowed.positions].tolist())
+
+
+def test_a_large_base_is_published_with_a_postings_cap(monkeypatch, tmp_path):
+    monkeypatch.delenv(lexical_module.POSTINGS_CAP_ENV, raising=False)
+    monkeypatch.setattr(lexical_module, "CAP_FROM_ROWS", 100)
+    assert lexical_module.default_cap(99) == 0 and lexical_module.default_cap(100) == lexical_module.LARGE_BASE_CAP
+    from fakes import FakeEncoder, fake_manifest
+
+    from indexer.store.local.index import publish, write_lock
+
+    products = make_products(30, "c")
+    vectors = {"text": (random_vectors(30, FakeEncoder().dims["text"], 0), np.arange(30))}
+
+    def published(folder: Path) -> IndexStore:
+        lexical = LexicalIndex.fit([p.name for p in products], np.arange(30))
+        with write_lock(folder):
+            publish(folder, products, vectors, fake_manifest(FakeEncoder()), lexical=lexical)
+        return open_store(folder)
+
+    assert published(tmp_path / "small").lexical.cap == 0
+    monkeypatch.setattr(lexical_module, "CAP_FROM_ROWS", 30)
+    store = published(tmp_path / "large")
+    assert store.manifest["lexical"]["cap"] == store.lexical.cap == lexical_module.LARGE_BASE_CAP
+    monkeypatch.setenv(lexical_module.POSTINGS_CAP_ENV, "0")
+    assert lexical_module.postings_cap(lexical_module.default_cap(100)) == 0  # the environment still decides

@@ -36,7 +36,7 @@ import numpy as np
 from indexer.catalog.products import MODALITIES, Product
 from indexer.encoders.base import l2_normalize
 from indexer.store.errors import IndexStoreError
-from indexer.store.lexical import DEFAULT_POSTINGS_CAP, postings_cap
+from indexer.store.lexical import default_cap, postings_cap
 from indexer.store.local import faiss_search
 from indexer.store.local.faiss_search import build_faiss_index, choose_factory, search_settings_for
 from indexer.store.local.integrity import describe_files
@@ -236,7 +236,7 @@ class BaseWriter:
                 "model_id": lexical.model_id,
                 "vocabulary": lexical.dim,
                 "count": int(lexical.ntotal),
-                "cap": postings_cap(DEFAULT_POSTINGS_CAP),
+                "cap": postings_cap(default_cap(int(lexical.ntotal))),
             }
             if lexical is not None
             else None
