@@ -43,6 +43,8 @@ FILES = [
     "lexical.idf.npy",
     "lexical.rows.npy",
     "lexical.vocab.json",
+    "lexical.vocab.hash.npy",
+    "lexical.vocab.column.npy",
 ]
 
 
