@@ -3,7 +3,14 @@
 The catalogue is bench_search_scale.py's: N products mixed from pairs of same-category real
 products of INDEX_DIR (default var/index), dense vectors and lexical rows; nothing is encoded.
 It is held as an in-memory FAISS store (Flat: exact search), then copied into Milvus with
-`indexer.store.milvus.copy_to_milvus` (the code behind `python -m indexer to-milvus`): by default
+`indexer.store.milvus.copy_to_milvus` (the code behind `python -m indexer to-milvus`).
+
+With `--from-index DIR` the catalogue is instead a built local index, memory-mapped, not copied
+into memory: at 1M products the in-memory Flat store (8.7 GB) and the server would not fit in
+24 GB together. bench_scale.py leaves one (`--work W`: W/index-heaps-1000000, SYNTHETIC, growing
+vocabulary). The queries are then its stored products (bench_scale.py's seed, so its FAISS
+figures are for the same queries), and the reference is exact search over its stored vectors
+(bench_scale.exact_view), streamed in chunks. Either way the copy goes to: by default
 a Milvus 2.3.5 standalone server that this bench starts from the `milvus` dev package
 (tests/milvus_server.py, free ports, data in a temporary folder; `--uri` names a running one
 instead), or Milvus Lite with `--lite`.
@@ -18,7 +25,8 @@ Prints, per Milvus index type (FLAT, HNSW):
   store), on the held-out queries;
 - agreement: share of the held-out queries where Milvus and the exact store predict the same
   fused category (target >= 99.5 %);
-- the server process's RSS and PSS after the copy and after the queries (a server only);
+- the server process's RSS and PSS after the copy and after the queries, and its peak RSS during
+  the copy and the index building that follows it (a server only, sampled every second);
 - one add: `store.append` of one product (its latency), whether the next query finds it first,
   and that query's latency.
 The load average is printed beside every timing: this machine has 2 cores shared with other
@@ -26,21 +34,24 @@ jobs, and the server shares them with this process, so the latencies are noisy u
 FAISS runs with one thread (--threads), as a service worker does; Milvus Lite runs inside this
 process, on the same FAISS library. HNSW searches with ef = MILVUS_EF (default 128).
 
-Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 300] [--index-types FLAT,HNSW]
-     [--uri milvus://host:port | --lite]
+Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 300] [--index-types FLAT,HNSW,IVF_SQ8]
+     [--uri milvus://host:port | --lite] [--from-index DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+from bench_scale import exact_view
 from bench_search_scale import synthetic
 from common import ROOT
 
@@ -111,6 +122,48 @@ def server_memory(server) -> str:  # noqa: ANN001 - tests/milvus_server.Embedded
     return f"server process RSS {m['rss']:.0f} MB, PSS {m['pss']:.0f} MB"
 
 
+class PeakMemory:
+    """The server process's highest RSS, sampled every second on a thread while in the block."""
+
+    def __init__(self, server) -> None:  # noqa: ANN001 - tests/milvus_server.EmbeddedMilvus, or None
+        self.server, self.peak, self._stop = server, 0.0, threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(OSError, KeyError):  # the server just exited
+                self.peak = max(self.peak, self.server.memory_mb()["rss"])
+
+    def __enter__(self) -> PeakMemory:
+        if self.server is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def __str__(self) -> str:
+        return f"server peak RSS {self.peak:.0f} MB" if self.server is not None else "server peak: not measured"
+
+
+def wait_for_indexes(store: IndexStore, timeout: float = 7200) -> float:
+    """Seconds until every modality collection reports its index built over all its rows
+    (Milvus builds it per sealed segment, after the inserts): until then searches scan the
+    unindexed segments exactly, and the latencies would not be the index's."""
+    client, loc = store.modalities[next(iter(store.modalities))].client, store.location  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        pending = 0
+        for name in store.modalities:
+            info = client.describe_index(loc.channel(name), "vector")
+            total, indexed = int(info.get("total_rows", 0)), int(info.get("indexed_rows", 0))
+            pending += max(int(info.get("pending_index_rows", 0)), total - indexed)
+        if pending == 0:
+            break
+        time.sleep(5)
+    return time.perf_counter() - t0
+
+
 def one_add(store: IndexStore) -> None:
     """Add one product with fresh random unit vectors (no other product is near them), time the
     add, then the next query with those vectors: its nearest neighbour must be the new product."""
@@ -140,35 +193,54 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="held-out query products (agreement)")
     parser.add_argument("--latency-queries", type=int, default=20, help="of those, timed one at a time")
     parser.add_argument("--batch", type=int, default=64, help="queries per batch call (raised past the matrix budget)")
-    parser.add_argument("--index-types", default="FLAT", help="FLAT and/or HNSW, comma-separated")
+    parser.add_argument("--index-types", default="FLAT", help="FLAT, HNSW and/or IVF_SQ8, comma-separated")
     parser.add_argument("--db", help="Milvus Lite *.db path (default: a temporary folder, removed after)")
     parser.add_argument("--lite", action="store_true", help="Milvus Lite instead of a server")
     parser.add_argument("--uri", help="a running Milvus server (milvus://host:port); default: start one here")
     parser.add_argument("--threads", type=int, default=1, help="FAISS threads (the service's default is 1)")
+    parser.add_argument("--from-index", help="a built local index as the catalogue (memory-mapped), e.g. 1M products")
     args = parser.parse_args()
     # a FLAT batch search of hundreds of queries at 100k takes longer than the service's 10 s
     os.environ.setdefault("MILVUS_TIMEOUT", "300")
     faiss.omp_set_num_threads(args.threads)  # Milvus Lite searches with this process's FAISS too
 
-    real = open_store(args.index)
     t0 = time.perf_counter()
-    faiss_store = synthetic(real, args.products, dense=True, seed=SEED)
-    held_out = synthetic(real, args.queries, dense=True, seed=SEED + 1)
-    queries = stored_queries(held_out, np.arange(args.queries))
-    print(
-        f"SYNTHETIC catalogue: {len(faiss_store.products)} products mixed from {len(real.products)} real ones "
-        f"({', '.join(f'{m} {c.ntotal}' for m, c in faiss_store.channels().items())}), plus {args.queries} "
-        f"held-out SYNTHETIC query products (their stored vectors and lexical rows), {time.perf_counter() - t0:.1f} s"
-    )
+    if args.from_index:
+        faiss_store = open_store(args.from_index)  # memory-mapped
+        n = len(faiss_store.products)
+        rows = np.random.default_rng(0).integers(0, n, args.queries)  # bench_scale.py's queries
+        queries = stored_queries(faiss_store, rows)
+        reference = exact_view(faiss_store)
+        source = faiss_store.manifest.get("ingest", {}).get("embeddings_dir")
+        channels = ", ".join(f"{m} {c.ntotal}" for m, c in faiss_store.channels().items())
+        print(
+            f"catalogue: the local index {args.from_index} ({source}, {n} products: {channels}), "
+            f"memory-mapped; {args.queries} of its products as queries (their stored vectors and lexical rows); "
+            f"reference: exact search over its stored vectors ({time.perf_counter() - t0:.1f} s)"
+        )
+    else:
+        real = open_store(args.index)
+        faiss_store = synthetic(real, args.products, dense=True, seed=SEED)
+        held_out = synthetic(real, args.queries, dense=True, seed=SEED + 1)
+        queries = stored_queries(held_out, np.arange(args.queries))
+        reference = faiss_store
+        print(
+            f"SYNTHETIC catalogue: {len(faiss_store.products)} products mixed from {len(real.products)} real ones "
+            f"({', '.join(f'{m} {c.ntotal}' for m, c in faiss_store.channels().items())}), plus {args.queries} "
+            "held-out SYNTHETIC query products (their stored vectors and lexical rows), "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
     # batches past the Categorizer's matrix budget are searched (a smaller batch would read every vector)
     smallest = max(args.batch, SIMILARITY_BUDGET // len(faiss_store.products) + 1)
     batches = max(1, args.queries // smallest)
     batch = -(-args.queries // batches)
-    want, faiss_per_query = batch_categories(faiss_store, queries, batch)
+    t0 = time.perf_counter()
+    want, _ = batch_categories(reference, queries, batch)
+    print(f"reference (exact search) categories of the {args.queries} queries: {time.perf_counter() - t0:.1f} s")
     times = single_queries(faiss_store, queries, args.latency_queries)
     print(
-        f"FAISS (Flat, in memory: exact search): one query {percentiles(times)} over {len(times)}; batches of "
-        f"{batch}: {1000 * faiss_per_query:.1f} ms per query ({load_average()})"
+        f"FAISS ({'the local index as built' if args.from_index else 'Flat, in memory: exact search'}): one query "
+        f"{percentiles(times)} over {len(times)} ({load_average()})"
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-milvus-") as tmp:
@@ -187,21 +259,24 @@ def main() -> None:
             for index_type in [t.strip().upper() for t in args.index_types.split(",") if t.strip()]:
                 loc = MilvusLocation.parse(uri, f"bench_{index_type.lower()}")
                 print(f"{kind}, {index_type} (collection {loc.collection}):")
-                t0 = time.perf_counter()
-                copy_to_milvus(faiss_store, loc, index_type=index_type, replace=True)
-                copy = time.perf_counter() - t0
-                n = len(faiss_store.products)
-                print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
-                t0 = time.perf_counter()
-                store = MilvusIndexStore.open(loc)
-                print(
-                    f"  first open (products and flags read back, collections loaded): {time.perf_counter() - t0:.1f} s"
-                )
-                print(f"  {server_memory(server)}")
+                with PeakMemory(server) as peak:
+                    t0 = time.perf_counter()
+                    copy_to_milvus(faiss_store, loc, index_type=index_type, replace=True)
+                    copy = time.perf_counter() - t0
+                    n = len(faiss_store.products)
+                    print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
+                    t0 = time.perf_counter()
+                    store = MilvusIndexStore.open(loc)
+                    print(
+                        "  first open (products and flags read back, collections loaded): "
+                        f"{time.perf_counter() - t0:.1f} s"
+                    )
+                    print(f"  indexes built over every row {wait_for_indexes(store):.1f} s later ({load_average()})")
+                print(f"  {server_memory(server)}; during the copy and the index building: {peak}")
                 single_queries(store, queries, 3)  # warm-up: first searches
                 times = single_queries(store, queries, args.latency_queries)
                 print(f"  one query: {percentiles(times)} over {len(times)} ({load_average()})")
-                print(f"  recall@10 against exact search: {recall_at_10(store, faiss_store, queries)}")
+                print(f"  recall@10 against exact search: {recall_at_10(store, reference, queries)}")
                 got, per_query = batch_categories(store, queries, batch)
                 agree = np.mean([a == b for a, b in zip(want, got, strict=True)])
                 print(f"  batches of {batch}: {1000 * per_query:.1f} ms per query ({load_average()})")

@@ -527,7 +527,9 @@ def parser() -> argparse.ArgumentParser:
         help="ingest straight into this Milvus location (milvus://host:19530[/collection] or *.db) "
         "instead of a FAISS index at --out",
     )
-    g.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (--store)")
+    g.add_argument(
+        "--index-type", default="FLAT", choices=["FLAT", "HNSW", "IVF_SQ8"], help="Milvus vector index (--store)"
+    )
     g.add_argument("--collection", help="Milvus collection name (--store; default: the URI path or 'products')")
     g.add_argument("--replace", action="store_true", help="drop an existing Milvus collection first (--store)")
     kept = g.add_mutually_exclusive_group()
@@ -569,7 +571,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("index", help="index folder to copy (its live version)")
     m.add_argument("location", help="Milvus Lite *.db path or milvus://host:19530[/collection]")
     m.add_argument("--collection", help="collection name (default $MILVUS_COLLECTION, the URI path or 'products')")
-    m.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (IP metric)")
+    m.add_argument(
+        "--index-type", default="FLAT", choices=["FLAT", "HNSW", "IVF_SQ8"], help="Milvus vector index (IP metric)"
+    )
     m.add_argument("--replace", action="store_true", help="drop an existing collection of that name first")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_to_milvus)
@@ -602,7 +606,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, help="only the first N products of the catalogue (trial runs)")
     q.add_argument("--factory", default=_env("INDEX_FACTORY", DEFAULT_FACTORY), help="FAISS index_factory string")
     q.add_argument("--batch-rows", type=int, default=2048, help="rows per streamed record batch (ingest)")
-    q.add_argument("--index-type", default="FLAT", choices=["FLAT", "HNSW"], help="Milvus vector index (IP metric)")
+    q.add_argument(
+        "--index-type", default="FLAT", choices=["FLAT", "HNSW", "IVF_SQ8"], help="Milvus vector index (IP metric)"
+    )
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_pipeline)
     return p

@@ -13,7 +13,8 @@ schema version 2 (Milvus 2.3 servers allow one vector field per collection):
                      has_<modality> flag per modality
     products__image  one entity per product that has that modality: row, category_path (so
     products__text   filters run inside the search: `category_path[0] == "A" and
-                     category_path[1] == "B"`) and the FLOAT_VECTOR (IP metric, FLAT or HNSW)
+                     category_path[1] == "B"`) and the FLOAT_VECTOR (IP metric; FLAT, HNSW
+                     or IVF_SQ8)
     products__meta   small key/value collection: the manifest (profile, model ids, dims,
                      calibrated categorizer) and the lexical channel (vocabulary, idf, TF-IDF
                      rows of the copied products) and the `state` row (the commit), mirrored
@@ -107,9 +108,14 @@ RECORD_CHARS = 65_535
 FETCH_ROWS = 4_096  # entities per query when reading products or vectors
 INSERT_ROWS = 1_000  # entities per insert call
 CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
-INDEX_TYPES = ("FLAT", "HNSW")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_SQ8")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
+# IVF_SQ8: one byte per dimension (a quarter of FLAT's or HNSW's memory), built per sealed
+# segment (~100k image vectors at Milvus's 512 MB); a segment too small for its lists is searched
+# exactly. Lists and probes are bench_milvus.py's choice at 1M (docs/results.md).
+IVF_BUILD = {"nlist": 1024}
+DEFAULT_NPROBE = 32  # IVF lists probed per segment at search time (MILVUS_NPROBE overrides)
 STATE_KEY = "indexer.state"  # the commit state: a property of the meta collection
 DEFAULT_TIMEOUT = 10.0  # seconds a read or write may take before the store is unavailable (MILVUS_TIMEOUT)
 TIMED_CALLS = frozenset({"query", "search", "insert", "upsert", "describe_collection", "has_collection"})
@@ -220,16 +226,60 @@ class GuardedClient:
 
     def upsert_ts(self, collection: str, rows: list[dict[str, Any]]) -> int:
         """Upsert rows and return the write's Milvus timestamp (0 on Lite), which
-        `MilvusClient.upsert` does not return: its connection's `upsert_rows` does."""
+        `MilvusClient.upsert` does not return: its connection's does."""
+        return self._write_ts("upsert", collection, rows)
+
+    def insert_ts(self, collection: str, rows: list[dict[str, Any]]) -> int:
+        """Insert rows whose keys are new (a collection being filled: no older entity to
+        delete first, unlike an upsert); the write's timestamp, as `upsert_ts`."""
+        return self._write_ts("insert", collection, rows)
+
+    def _write_ts(self, kind: str, collection: str, rows: list[dict[str, Any]]) -> int:
+        """Rows sent as columns: pymilvus 3.0.2 checks a row's VARCHAR value character by
+        character (a product record, a 60,000-character chunk of the lexical channel), a
+        column's string by string: a copy's client time halves (bench_milvus.py)."""
         connection = self._connected()._get_connection()
         try:
-            result = connection.upsert_rows(collection, rows, timeout=self.timeout)
+            schema = connection.describe_collection(collection, timeout=self.timeout)
+            columns = [
+                {"name": f["name"], "type": f["type"], "values": [row[f["name"]] for row in rows]}
+                for f in schema["fields"]
+            ]
+            write = connection.upsert if kind == "upsert" else connection.batch_insert
+            result = write(collection, columns, timeout=self.timeout, schema=schema)
         except Exception as exc:
             if unavailable(exc):
                 self.suspect = True
-                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (upsert): {exc}") from exc
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable ({kind}): {exc}") from exc
             raise
         return int(getattr(result, "timestamp", 0) or 0)
+
+    def load_all(self, names: Sequence[str]) -> None:
+        """Load collections together: the server loads them in parallel, so the wait is the
+        slowest one's, not their sum (~2.5 s each for a new collection on a 2.3 server); a
+        loaded collection answers at once."""
+        connection = self._connected()._get_connection()
+        try:
+            for name in names:
+                connection.load_collection(name, _async=True)
+            for name in names:
+                connection.wait_for_loading_collection(name)
+        except Exception as exc:
+            if unavailable(exc):
+                self.suspect = True
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (load): {exc}") from exc
+            raise
+
+    def flush_all(self, names: Sequence[str]) -> None:
+        """Seal the collections' growing segments in one call (their indexes get built), and
+        wait until they are flushed: one wait instead of one per collection (~1.2 s each)."""
+        try:
+            self._connected()._get_connection().flush(list(names))
+        except Exception as exc:
+            if unavailable(exc):
+                self.suspect = True
+                raise StoreUnavailable(f"Milvus at {self.uri} is unavailable (flush): {exc}") from exc
+            raise
 
     def delete_ts(self, collection: str, ids: list[int]) -> int:
         """Delete entities by primary key and return the write's timestamp (as `upsert_ts`)."""
@@ -270,6 +320,17 @@ def category_expression(path: Sequence[str]) -> str:
 
 
 # ---- the meta collection: manifest, lexical channel, commit state ---------------------------
+def _create_unloaded(client: Any, name: str, schema: Any, params: Any, **kwargs: Any) -> None:
+    """Create a collection and its index, not loaded: `create_collection` with index params
+    would load it and wait (~2.5 s each on a 2.3 server), and a collection being filled is
+    better unloaded, so the query node does not hold every inserted vector raw until its
+    segment's index is built (at 1M: 8.7 GB). `MilvusIndexStore.open` loads what it reads.
+    The collection's default consistency matters only to a client that names none: every
+    read here passes its own (see the module docstring)."""
+    client.create_collection(name, schema=schema, consistency_level="Strong", **kwargs)
+    client.create_index(name, params)
+
+
 def _create_meta(client: Any, loc: MilvusLocation) -> None:
     from pymilvus import DataType
 
@@ -279,7 +340,7 @@ def _create_meta(client: Any, loc: MilvusLocation) -> None:
     schema.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
     params = client.prepare_index_params()
     params.add_index("_v", index_type="FLAT", metric_type="IP")
-    client.create_collection(loc.meta, schema=schema, index_params=params, consistency_level="Strong")
+    _create_unloaded(client, loc.meta, schema, params)
 
 
 def _put_values(client: Any, loc: MilvusLocation, values: Mapping[str, str]) -> int:
@@ -400,7 +461,7 @@ def _create_collection(
     schema.add_field("_v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
     params = client.prepare_index_params()
     params.add_index("_v", index_type="FLAT", metric_type="IP")
-    client.create_collection(loc.collection, schema=schema, index_params=params, consistency_level="Strong", **kwargs)
+    _create_unloaded(client, loc.collection, schema, params, **kwargs)
     for modality, dim in sorted(dims.items()):
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("row", DataType.INT64, is_primary=True)
@@ -411,13 +472,11 @@ def _create_collection(
         params = client.prepare_index_params()
         if index_type == "HNSW":
             params.add_index("vector", index_type="HNSW", metric_type="IP", params=dict(HNSW_BUILD))
+        elif index_type == "IVF_SQ8":
+            params.add_index("vector", index_type="IVF_SQ8", metric_type="IP", params=dict(IVF_BUILD))
         else:
             params.add_index("vector", index_type="FLAT", metric_type="IP")
-        # the collection's default level matters only to a client that names none: every read
-        # here passes its own (see the module docstring)
-        client.create_collection(
-            loc.channel(modality), schema=schema, index_params=params, consistency_level="Strong", **kwargs
-        )
+        _create_unloaded(client, loc.channel(modality), schema, params, **kwargs)
 
 
 def _write_rows(
@@ -429,11 +488,15 @@ def _write_rows(
     present: Mapping[str, np.ndarray],
     deleted: np.ndarray | None = None,
     rows: Sequence[int] | None = None,
+    fresh: bool = False,
 ) -> int:
     """Upsert products at rows start, start+1, ... (or at `rows`) and, per modality, the vectors
     of those that have it (vectors[m][i] is product i's; present[m][i] says whether it has one).
     A `deleted` product keeps its record, marked, loses its path and flags, and its vectors are
-    deleted from the modality collections. Returns the timestamp of the last write. O(batch·d)."""
+    deleted from the modality collections. `fresh` rows (a collection being filled, never
+    written at those rows) are inserted instead of upserted. Returns the timestamp of the last
+    write. O(batch·d)."""
+    write = client.insert_ts if fresh else client.upsert_ts
     ts = 0
     gone = np.zeros(len(products), bool) if deleted is None else np.asarray(deleted, bool)
     at = [start + i for i in range(len(products))] if rows is None else [int(r) for r in rows]
@@ -464,11 +527,11 @@ def _write_rows(
                 if present[modality][i] and not gone[i]
             ]
             if channel:
-                ts = max(ts, client.upsert_ts(loc.channel(modality), channel))
+                ts = max(ts, write(loc.channel(modality), channel))
             doomed = [at[i] for i in range(lo, hi) if gone[i]]
             if doomed:
                 ts = max(ts, client.delete_ts(loc.channel(modality), doomed))
-        ts = max(ts, client.upsert_ts(loc.collection, entities))
+        ts = max(ts, write(loc.collection, entities))
     return ts
 
 
@@ -537,7 +600,8 @@ class MilvusWriter:
                 has &= ~np.asarray(deleted, bool)
             full[modality], present[modality] = out, has
             self.counts[modality] += int(has.sum())
-        self.ts = max(self.ts, _write_rows(self.client, self.loc, products, self.count, full, present, deleted))
+        written = _write_rows(self.client, self.loc, products, self.count, full, present, deleted, fresh=True)
+        self.ts = max(self.ts, written)
         self.count += len(products)
 
     def stage(self, manifest: Mapping, lexical: LexicalIndex | None) -> dict[str, Any]:
@@ -571,8 +635,7 @@ class MilvusWriter:
     def staged(self, state: Mapping[str, Any]) -> MilvusIndexStore:
         """The collection as `state` (from `stage`/`amend`, not committed) describes it: what the
         calibration of an ingest runs on, exactly the vectors that will be served."""
-        for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
-            self.client.flush(name)
+        self.client.flush_all([self.loc.collection, *(self.loc.channel(m) for m in self.dims)])
         return MilvusIndexStore.open(self.loc, state=state)
 
     def abort(self) -> None:
@@ -581,8 +644,7 @@ class MilvusWriter:
 
     def commit(self, state: Mapping[str, Any]) -> MilvusLocation:
         """Publish: flush the collections (sealed segments get their index built) and write the state."""
-        for name in (self.loc.collection, *(self.loc.channel(m) for m in self.dims)):
-            self.client.flush(name)
+        self.client.flush_all([self.loc.collection, *(self.loc.channel(m) for m in self.dims)])
         write_state(self.client, self.loc, state)
         return self.loc
 
@@ -805,7 +867,8 @@ class MilvusChannel:
         self, queries: np.ndarray, k: int, allowed: PositionFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, product rows) of the k nearest vectors (rows -1 past the end), by
-        Milvus's search with the filter expression: FLAT O(N·d), HNSW ~O(ef·log N·d) per query.
+        Milvus's search with the filter expression: FLAT O(N·d), HNSW ~O(ef·log N·d), IVF_SQ8
+        O(segments·(nlist + nprobe·rows per list)·d) per query.
         A position filter that is not a category becomes `row in [...]` (or `not in`, the
         shorter list): O(|list|) to send and parse."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -956,8 +1019,7 @@ class MilvusIndexStore(IndexStore):
             snap.changes = changes  # a first read sees every committed change in the records
         if encoder is not None:
             check_compatible(snap.manifest, encoder)
-        for name in (loc.collection, *(loc.channel(m) for m in snap.manifest["dims"])):
-            client.load_collection(name)
+        client.load_all([loc.collection, *(loc.channel(m) for m in snap.manifest["dims"])])
         committed = int(state["rows"])
         if len(snap.products) < committed:
             snap = _extend(snap, client, loc, committed, ts)
@@ -974,10 +1036,14 @@ class MilvusIndexStore(IndexStore):
     def _from_snapshot(cls, snap: _Snapshot, client: Any, loc: MilvusLocation, local: Path | None) -> MilvusIndexStore:
         n = len(snap.products)
         manifest = dict(snap.manifest)
-        ef = int(os.environ.get("MILVUS_EF") or manifest.get("store", {}).get("ef") or DEFAULT_EF)
         params: dict[str, Any] = {"metric_type": "IP"}
-        if manifest.get("store", {}).get("index_type") == "HNSW":
+        index_type = manifest.get("store", {}).get("index_type")
+        if index_type == "HNSW":
+            ef = int(os.environ.get("MILVUS_EF") or manifest.get("store", {}).get("ef") or DEFAULT_EF)
             params["params"] = {"ef": ef}
+        elif index_type == "IVF_SQ8":
+            nprobe = int(os.environ.get("MILVUS_NPROBE") or manifest.get("store", {}).get("nprobe") or DEFAULT_NPROBE)
+            params["params"] = {"nprobe": nprobe}
         modalities: dict[str, Any] = {}
         source = RowVectors(client, loc, sorted(snap.present), snap.ts)
         counts = {"products": n}

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakes import FakeEncoder, make_dataset
 
@@ -223,3 +224,44 @@ def test_kill_9_during_adds_then_restart_loses_no_acknowledged_add(server_copy, 
             assert served.get(f"/api/v1/products/{pid}").status_code == 200
     finally:
         route(local, None)
+
+
+def test_indexed_copies_are_built_and_searched_with_their_own_parameters(milvus_server, tmp_path, monkeypatch):
+    """The approximate index types `to-milvus --index-type` offers (HNSW; IVF_SQ8, a quarter of
+    the memory, the 1M choice) are built over every sealed segment, searched with their own knob
+    (MILVUS_EF, MILVUS_NPROBE), and find what exact search finds: each product's own vector first.
+    Both copies are made before either is waited for (the server builds indexes in the background)."""
+    from fakes import publish_fake
+
+    knobs = {"HNSW": ("ef", 40), "IVF_SQ8": ("nprobe", 16)}
+    monkeypatch.setenv("MILVUS_EF", "40")
+    monkeypatch.setenv("MILVUS_NPROBE", "16")
+    publish_fake(tmp_path / "faiss", n=2_400)  # image on every other product: 1,200 and 2,400 vectors
+    faiss_store = open_store(tmp_path / "faiss")
+    locs = {kind: MilvusLocation.parse(milvus_server.uri, f"indexed_{kind.lower()}") for kind in knobs}
+    try:
+        for kind, loc in locs.items():
+            copy_to_milvus(faiss_store, loc, index_type=kind, replace=True)
+        for kind, loc in locs.items():
+            store = MilvusIndexStore.open(loc)
+            client = store.modalities["text"].client
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                infos = [client.describe_index(loc.channel(m), "vector") for m in store.modalities]
+                if all(int(i["indexed_rows"]) >= int(i["total_rows"]) > 0 for i in infos):
+                    break
+                time.sleep(1)
+            assert [i["index_type"] for i in infos] == [kind] * len(infos), infos
+            assert [int(i["indexed_rows"]) for i in infos] == [c.ntotal for c in store.modalities.values()]
+            assert store.manifest["store"]["index_type"] == kind
+            knob, value = knobs[kind]
+            for name, channel in store.modalities.items():
+                assert channel.search_params == {"metric_type": "IP", "params": {knob: value}}
+                positions = np.arange(0, channel.ntotal, channel.ntotal // 50)
+                queries = np.asarray(faiss_store.modalities[name].vectors[positions], np.float32)
+                _, rows = channel.search(queries, 10)
+                want = np.asarray(faiss_store.modalities[name].rows)[positions]
+                assert np.mean(rows[:, 0] == want) >= 0.95, (kind, name, rows[:, 0], want)
+    finally:
+        for loc in locs.values():
+            drop(loc)
