@@ -183,13 +183,15 @@ class Categorizer:
             for members, group_filter in groups:
                 row_filter = self.store.live_filter(group_filter)
                 extra = len(row_filter.skip) if row_filter is not None else 0
+                requests, asked = {}, {}
                 for modality, q in searched.items():
                     ok = members[present_rows(q[members])]
                     if len(ok) == 0:
                         continue
                     positions = row_filter.channel(modality) if row_filter is not None else None
-                    _, rows = self._channels[modality].search(q[ok], depth + extra, positions)
-                    for i, r in zip(ok, rows, strict=True):
+                    requests[modality], asked[modality] = (q[ok], depth + extra, positions), ok
+                for modality, (_, rows) in self.store.search_channels(requests).items():
+                    for i, r in zip(asked[modality], rows, strict=True):
                         r = r[r >= 0]
                         found[i].append(row_filter.drop_skipped(r) if row_filter is not None else r)
         return [np.unique(np.concatenate(f)) if f else np.zeros(0, np.int64) for f in found]
@@ -273,8 +275,10 @@ class Categorizer:
         candidates = self._candidates(present, k, exclude, allowed, full)
         has = {m: present_rows(q) for m, q in present.items()}
         out = []
+        gathered = [m for m in present if m != "lexical" and m not in full]  # vectors read per candidate
         for i, rows in enumerate(candidates):
             parts: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+            self.store.prefetch(rows, gathered)
             fused, used = self._fused_similarity(present, i, rows, full, has, parts)
             keep = np.isfinite(fused)
             top = np.argsort(-fused[keep], kind="stable")[:k]
@@ -327,7 +331,9 @@ class Categorizer:
         k = int(k or self.k)
         present = self._present(queries)
         out = []
+        gathered = [m for m in present if m != "lexical"]
         for i, rows in enumerate(self._candidates(present, k, exclude, allowed)):
+            self.store.prefetch(rows, gathered)
             fused, used = self._fused_similarity(present, i, rows)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]

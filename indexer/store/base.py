@@ -182,6 +182,20 @@ class IndexStore:
             out["lexical"] = self.lexical
         return out
 
+    def search_channels(
+        self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{channel: (queries, k, allowed)} -> {channel: its search's (similarities, rows)}: the
+        Categorizer's searches of one request, in turn here. A backend whose searches wait on a
+        server overrides it to send them at once."""
+        channels = self.channels()
+        return {name: channels[name].search(q, k, allowed) for name, (q, k, allowed) in requests.items()}
+
+    def prefetch(self, rows: np.ndarray, modalities: Iterable[str]) -> None:
+        """The product rows whose vectors of `modalities` the next `similarity` calls read.
+        Nothing to do where vectors are in memory or mapped; a backend that reads them from a
+        server overrides it to fetch every modality's at once."""
+
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))
 

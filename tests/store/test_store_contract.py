@@ -184,6 +184,49 @@ def test_categorizer_sees_the_same_interface(store):
     assert single.category == "Watches" and single.neighbors[0].row == 3
 
 
+def test_channels_searched_together_answer_as_searched_in_turn(store):
+    """`search_channels` (a server backend sends them at once) gives each channel's own search,
+    filters included; `prefetch` changes no similarity, only when vectors are read."""
+    queries = stored_queries(store, [1, 4, 6])
+    watches = store.category_index().filter(("Watches",))
+    requests = {
+        "image": (np.asarray(store.modalities["image"].vectors[[0, 2]], np.float32), 4, None),
+        "text": (queries["text"], 6, watches.channel("text")),
+        "lexical": (queries["lexical"], 3, None),
+    }
+    together = store.search_channels(requests)
+    assert list(together) == list(requests)
+    for name, (q, k, allowed) in requests.items():
+        want_sims, want_rows = store.channels()[name].search(q, k, allowed)
+        np.testing.assert_array_equal(together[name][1], want_rows)
+        np.testing.assert_allclose(together[name][0], want_sims, atol=1e-6)
+    rows = np.array([0, 1, 2, 5, 8, 13])
+    probe = stored_queries(store, [4])  # a product with both a photo and a text
+    positions = {m: store.positions(m)[rows][store.positions(m)[rows] >= 0] for m in store.modalities}
+    before = {m: c.similarity(probe[m][0], positions[m]) for m, c in store.modalities.items()}
+    store.prefetch(rows, ["image", "text"])
+    for m, channel in store.modalities.items():
+        np.testing.assert_allclose(channel.similarity(probe[m][0], positions[m]), before[m], atol=1e-6)
+    assert len(before["image"]) == 3 and len(before["text"]) == len(rows)
+    if isinstance(store, MilvusIndexStore):  # what prefetch read is served without another query
+        fresh = reload(store)  # a loaded store's own cache: empty
+        source = fresh.modalities["text"].vectors.source
+        asked: list[str] = []
+        real = source.client
+
+        class Counting:
+            def query(self, name, **kwargs):
+                asked.append(name)
+                return real.query(name, **kwargs)
+
+        source.client = Counting()
+        fresh.prefetch(rows, ["image", "text"])
+        assert sorted(asked) == sorted(fresh.location.channel(m) for m in ("image", "text"))
+        for m, channel in fresh.modalities.items():
+            np.testing.assert_allclose(channel.similarity(probe[m][0], positions[m]), before[m], atol=1e-6)
+        assert len(asked) == 2
+
+
 # ---- adding --------------------------------------------------------------------------------
 def added_products(n: int = 2) -> list[Product]:
     return [
