@@ -156,6 +156,8 @@ def wait_for_indexes(store: IndexStore, timeout: float = 7200) -> float:
         pending = 0
         for name in store.modalities:
             info = client.describe_index(loc.channel(name), "vector")
+            # and its re-indexing after compactions merge segments (pending_index_rows) is done:
+            # until then the server also builds, beside the queries
             total, indexed = int(info.get("total_rows", 0)), int(info.get("indexed_rows", 0))
             pending += max(int(info.get("pending_index_rows", 0)), total - indexed)
         if pending == 0:
@@ -266,7 +268,7 @@ def main() -> None:
                     n = len(faiss_store.products)
                     print(f"  insert {n} products: {copy:.1f} s, {n / copy:.0f} products/s ({load_average()})")
                     t0 = time.perf_counter()
-                    store = MilvusIndexStore.open(loc)
+                    store = MilvusIndexStore.open(loc, local=Path(tmp) / "local")  # its audit trail
                     print(
                         "  first open (products and flags read back, collections loaded): "
                         f"{time.perf_counter() - t0:.1f} s"
