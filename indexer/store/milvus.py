@@ -259,7 +259,7 @@ class GuardedClient:
 
     def load_all(self, names: Sequence[str]) -> None:
         """Load collections together: the server loads them in parallel, so the wait is the
-        slowest one's, not their sum (~2.5 s each for a new collection on a 2.3 server); a
+        slowest one's, not their sum (seconds each for a new collection on a 2.3 server); a
         loaded collection answers at once."""
         connection = self._connected()._get_connection()
         try:
@@ -275,7 +275,7 @@ class GuardedClient:
 
     def flush_all(self, names: Sequence[str]) -> None:
         """Seal the collections' growing segments in one call (their indexes get built), and
-        wait until they are flushed: one wait instead of one per collection (~1.2 s each)."""
+        wait until they are flushed: one wait instead of one per collection."""
         try:
             self._connected()._get_connection().flush(list(names))
         except Exception as exc:
@@ -325,7 +325,7 @@ def category_expression(path: Sequence[str]) -> str:
 # ---- the meta collection: manifest, lexical channel, commit state ---------------------------
 def _create_unloaded(client: Any, name: str, schema: Any, params: Any, **kwargs: Any) -> None:
     """Create a collection and its index, not loaded: `create_collection` with index params
-    would load it and wait (~2.5 s each on a 2.3 server), and a collection being filled is
+    would load it and wait for it (seconds each on a 2.3 server), and a collection being filled is
     better unloaded, so the query node does not hold every inserted vector raw until its
     segment's index is built (at 1M: 8.7 GB). `MilvusIndexStore.open` loads what it reads.
     The collection's default consistency matters only to a client that names none: every
@@ -1106,9 +1106,9 @@ class MilvusIndexStore(IndexStore):
     def search_channels(
         self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The channels' searches at once, on threads (each waits on the server, ~4 ms of
-        round trip on a 2.3 standalone even for a few rows): a request waits for the slowest
-        search, not their sum (bench/bench_milvus.py prints predict p50)."""
+        """The channels' searches at once, on threads (each waits on the server, a round trip
+        through a 2.3 standalone's proxy and query node even for a few rows): a request waits
+        for the slowest search, not their sum (bench/bench_milvus.py prints predict p50)."""
         if len(requests) < 2:
             return super().search_channels(requests)
         channels = self.channels()
