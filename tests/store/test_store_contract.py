@@ -4,8 +4,8 @@ same small index, and the real 945-product nested figures must be identical thro
 
 The Milvus server is the `milvus` package's standalone binary, started once per session by the
 `milvus_server` fixture (tests/conftest.py) when the first server case runs; each test copies the
-small index into a collection once per module (about 15 s on the server: each collection's
-creation waits for its load) for the tests that only read, and into a fresh one for each test
+small index into a collection once per module (a copy costs seconds on the server: the
+collections' creation, flush and load) for the tests that only read, and into a fresh one for each test
 marked `fresh_copy` (a write that succeeds), dropped afterwards."""
 
 from __future__ import annotations
