@@ -224,18 +224,17 @@ class Categorizer:
         `parts`, when given, receives per channel (similarities, rows having it, weight)."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
-        used = []
-        for modality, q in queries.items():
-            has_query = present[modality][i] if present else present_rows(q[i].reshape(1, -1))[0]
-            if not has_query:
-                continue
-            used.append(modality)
-            pos = self.store.positions(modality)[rows]
+        used = [
+            m for m, q in queries.items() if (present[m][i] if present else present_rows(q[i].reshape(1, -1))[0])
+        ]
+        where = {m: self.store.positions(m)[rows] for m in used}
+        scored = self.store.similarities(  # every channel's at once (a server backend asks them together)
+            {m: (queries[m][i], where[m][where[m] >= 0]) for m in used if not (full and m in full)}
+        )
+        for modality in used:
+            q, pos = queries[modality], where[modality]
             has = pos >= 0
-            if full and modality in full:
-                sims = full[modality][i, pos[has]]
-            else:
-                sims = self._channels[modality].similarity(q[i], pos[has])
+            sims = full[modality][i, pos[has]] if full and modality in full else scored[modality]
             w = float(self.weights.get(modality, 1.0))
             if modality == "lexical":  # a query row's norm is its weight factor (LexicalIndex.query_rows)
                 norm = float(np.sqrt(np.square(q[i].data).sum()))
@@ -275,10 +274,8 @@ class Categorizer:
         candidates = self._candidates(present, k, exclude, allowed, full)
         has = {m: present_rows(q) for m, q in present.items()}
         out = []
-        gathered = [m for m in present if m != "lexical" and m not in full]  # vectors read per candidate
         for i, rows in enumerate(candidates):
             parts: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-            self.store.prefetch(rows, gathered)
             fused, used = self._fused_similarity(present, i, rows, full, has, parts)
             keep = np.isfinite(fused)
             top = np.argsort(-fused[keep], kind="stable")[:k]
@@ -331,9 +328,7 @@ class Categorizer:
         k = int(k or self.k)
         present = self._present(queries)
         out = []
-        gathered = [m for m in present if m != "lexical"]
         for i, rows in enumerate(self._candidates(present, k, exclude, allowed)):
-            self.store.prefetch(rows, gathered)
             fused, used = self._fused_similarity(present, i, rows)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]

@@ -191,10 +191,12 @@ class IndexStore:
         channels = self.channels()
         return {name: channels[name].search(q, k, allowed) for name, (q, k, allowed) in requests.items()}
 
-    def prefetch(self, rows: np.ndarray, modalities: Iterable[str]) -> None:
-        """The product rows whose vectors of `modalities` the next `similarity` calls read.
-        Nothing to do where vectors are in memory or mapped; a backend that reads them from a
-        server overrides it to fetch every modality's at once."""
+    def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
+        """{channel: (one query, positions)} -> {channel: cosine of the query to its vectors at
+        those positions}: the Categorizer's scorings of one candidate set, in turn here. A
+        backend whose channels wait on a server overrides it to ask them at once."""
+        channels = self.channels()
+        return {name: channels[name].similarity(q, positions) for name, (q, positions) in requests.items()}
 
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))

@@ -55,9 +55,10 @@ meta collection and searched in process. This Milvus Lite (3.2.2) does run BM25 
 search, but its term statistics are the whole collection's: the nested evaluation refits the
 vocabulary and idf inside each training part, and the figures must equal the FAISS store's.
 
-Vectors are read from Milvus by primary key when the Categorizer needs them (a query's
-candidates: O(candidates·d) per request); a whole-matrix use (the evaluation's batch
-similarities) fetches every vector once, O(N·d), and keeps it.
+A query's candidates are scored by the server (a search restricted to their rows, per modality:
+no vector crosses the wire; `MilvusChannel.similarity`). Vectors are read by primary key only
+where a caller wants them; a whole-matrix use (the evaluation's batch similarities) fetches
+every vector once, O(N·d), and keeps it.
 
 Milvus Lite opens a database from one process at a time: a service on Lite runs one worker
 (WEB_CONCURRENCY=1); several workers or hosts need a Milvus server.
@@ -108,6 +109,7 @@ CHUNK_CHARS = 60_000  # a meta value is a VARCHAR of at most 65,535 characters
 RECORD_CHARS = 65_535
 FETCH_ROWS = 4_096  # entities per query when reading products or vectors
 INSERT_ROWS = 1_000  # entities per insert call
+MAX_LIMIT = 16_384  # the most results one Milvus search returns (its topk limit)
 CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_SQ8")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
@@ -878,7 +880,7 @@ class MilvusChannel:
         available = self.ntotal if allowed is None else len(allowed)
         if n == 0 or available == 0:
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-        k = max(1, min(k, available, 16_384))
+        k = max(1, min(k, available, MAX_LIMIT))
         hits = self.client.search(
             self.loc.channel(self.modality),
             data=queries.tolist(),
@@ -896,11 +898,50 @@ class MilvusChannel:
                 sims[i, j], rows[i, j] = hit["distance"], hit["row"]
         return sims, rows
 
+    def _scoring_params(self, count: int) -> dict:
+        """Search parameters under which a search restricted to `count` rows can return them all:
+        HNSW's candidate list at least `count` long, every IVF list probed."""
+        params = dict(self.search_params.get("params", {}))
+        if "ef" in params:
+            params["ef"] = max(int(params["ef"]), count)
+        if "nprobe" in params:
+            params["nprobe"] = IVF_BUILD["nlist"]
+        return {**self.search_params, "params": params}
+
     def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Cosine of one query to the vectors at `positions`: one fetch, O(len(positions)·d)."""
+        """Cosine of one query to the vectors at `positions`, scored by the server: one search
+        restricted to those rows (`row in [...]`, limit = their number), O(len(positions)·d) of
+        distances plus the filter's O(N) pass per segment; no vector crosses the wire.
+        The scores are the index's own: exact for FLAT and HNSW (they keep the floats),
+        quantized to a byte per dimension for IVF_SQ8. A row the search did not return (a
+        graph search that stopped short) is scored here from its fetched vector."""
+        positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return np.zeros(0, np.float32)
-        return np.asarray(self.vectors[np.asarray(positions)] @ query)
+        rows = self.rows[positions]
+        unique = np.unique(rows)
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        scores: dict[int, float] = {}
+        for lo in range(0, len(unique), MAX_LIMIT):
+            chunk = unique[lo : lo + MAX_LIMIT]
+            hits = self.client.search(
+                self.loc.channel(self.modality),
+                data=[query.tolist()],
+                anns_field="vector",
+                limit=len(chunk),
+                filter=f"row in {json.dumps(chunk.tolist())}",
+                output_fields=["row"],
+                search_params=self._scoring_params(len(chunk)),
+                **self.read,
+            )
+            for hit in hits[0] if hits else []:
+                scores[int(hit["row"])] = float(hit["distance"])
+        missing = np.array([r for r in unique.tolist() if r not in scores], np.int64)
+        if len(missing):
+            fetched = self.vectors.source.get(missing, self.modality)
+            for r in missing.tolist():
+                scores[r] = float(fetched[r] @ query)
+        return np.array([scores[r] for r in rows.tolist()], np.float32)
 
 
 @dataclass
@@ -1117,23 +1158,16 @@ class MilvusIndexStore(IndexStore):
             futures[name] = _pool().submit(channels[name].search, queries, k, allowed)
         return {name: future.result() for name, future in futures.items()}
 
-    def prefetch(self, rows: np.ndarray, modalities: Iterable[str]) -> None:
-        """Fetch the vectors of `rows` of every modality at once (one query per modality
-        collection, on threads, into the store's RowVectors): O(len(rows)·d)."""
-        wanted = []
-        for modality in modalities:
-            channel = self.modalities.get(modality)
-            if channel is None or not isinstance(channel, MilvusChannel):
-                continue
-            have = np.asarray(rows)[self.positions(modality)[np.asarray(rows)] >= 0]
-            if len(have):
-                wanted.append((channel.vectors.source, have, modality))
-        if len(wanted) < 2:
-            for source, have, modality in wanted:
-                source.get(have, modality)
-            return
-        for future in [_pool().submit(source.get, have, modality) for source, have, modality in wanted]:
-            future.result()
+    def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The Milvus channels' scorings at once, on threads (each is a search the server
+        answers, see MilvusChannel.similarity); the lexical channel scores in process meanwhile."""
+        channels = self.channels()
+        remote = [name for name in requests if isinstance(channels[name], MilvusChannel)]
+        if len(remote) < 2:
+            return super().similarities(requests)
+        futures = {name: _pool().submit(channels[name].similarity, *requests[name]) for name in remote}
+        local = super().similarities({name: r for name, r in requests.items() if name not in futures})
+        return {name: local[name] if name in local else futures[name].result() for name in requests}
 
     def is_stale(self) -> bool:
         """True when any process committed an add (or a new copy): one ~1 ms metadata read (`read_state`)."""

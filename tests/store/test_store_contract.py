@@ -185,8 +185,8 @@ def test_categorizer_sees_the_same_interface(store):
 
 
 def test_channels_searched_together_answer_as_searched_in_turn(store):
-    """`search_channels` (a server backend sends them at once) gives each channel's own search,
-    filters included; `prefetch` changes no similarity, only when vectors are read."""
+    """`search_channels` and `similarities` (a server backend sends them at once) give each
+    channel's own search and scores, filters included."""
     queries = stored_queries(store, [1, 4, 6])
     watches = store.category_index().filter(("Watches",))
     requests = {
@@ -201,30 +201,64 @@ def test_channels_searched_together_answer_as_searched_in_turn(store):
         np.testing.assert_array_equal(together[name][1], want_rows)
         np.testing.assert_allclose(together[name][0], want_sims, atol=1e-6)
     rows = np.array([0, 1, 2, 5, 8, 13])
+    rows = np.append(rows, rows[store.positions("image")[rows] >= 0][0])  # scored twice, in place
     probe = stored_queries(store, [4])  # a product with both a photo and a text
-    positions = {m: store.positions(m)[rows][store.positions(m)[rows] >= 0] for m in store.modalities}
-    before = {m: c.similarity(probe[m][0], positions[m]) for m, c in store.modalities.items()}
-    store.prefetch(rows, ["image", "text"])
-    for m, channel in store.modalities.items():
-        np.testing.assert_allclose(channel.similarity(probe[m][0], positions[m]), before[m], atol=1e-6)
-    assert len(before["image"]) == 3 and len(before["text"]) == len(rows)
-    if isinstance(store, MilvusIndexStore):  # what prefetch read is served without another query
-        fresh = reload(store)  # a loaded store's own cache: empty
-        source = fresh.modalities["text"].vectors.source
-        asked: list[str] = []
-        real = source.client
+    positions = {m: store.positions(m)[rows][store.positions(m)[rows] >= 0] for m in store.channels()}
+    asked = {m: (probe[m][0], positions[m]) for m in store.channels()}
+    scored = store.similarities(asked)
+    assert list(scored) == list(asked)
+    assert len(scored["image"]) == 4 and len(scored["text"]) == len(rows)
+    for m, channel in store.channels().items():
+        q = probe[m][0]
+        want = (
+            channel.matrix[positions[m]] @ q.T
+            if m == "lexical"
+            else np.asarray(channel.vectors[positions[m]], np.float32) @ q
+        )
+        want = want.toarray().ravel() if hasattr(want, "toarray") else want
+        np.testing.assert_allclose(scored[m], want, atol=1e-5)
+        np.testing.assert_allclose(channel.similarity(q, positions[m]), want, atol=1e-5)
 
-        class Counting:
-            def query(self, name, **kwargs):
-                asked.append(name)
-                return real.query(name, **kwargs)
 
-        source.client = Counting()
-        fresh.prefetch(rows, ["image", "text"])
-        assert sorted(asked) == sorted(fresh.location.channel(m) for m in ("image", "text"))
-        for m, channel in fresh.modalities.items():
-            np.testing.assert_allclose(channel.similarity(probe[m][0], positions[m]), before[m], atol=1e-6)
-        assert len(asked) == 2
+def test_milvus_scores_candidates_on_the_server_and_any_row_it_omits_here(store):
+    """A Milvus channel scores candidates by a search restricted to their rows: one search per
+    modality and no vector read back; a row that search does not return is fetched and scored
+    here, to the same similarity."""
+    if not isinstance(store, MilvusIndexStore):
+        pytest.skip("the server-side scoring of the Milvus channels")
+    rows = np.array([0, 1, 2, 5, 8, 13])
+    probe = stored_queries(store, [4])
+    want = {
+        m: np.asarray(c.vectors[c.rows.searchsorted(rows)], np.float32) @ probe[m][0]
+        for m, c in store.modalities.items()
+        if np.isin(rows, c.rows).all()
+    }
+    assert set(want) == {"text"}  # every row has a text; some lack a photo
+    fresh = reload(store)  # nothing cached
+    channel = fresh.modalities["text"]
+    real, calls = channel.client, []
+
+    class Recording:
+        def __init__(self, drop_one: bool) -> None:
+            self.drop_one = drop_one
+
+        def search(self, name, **kwargs):
+            calls.append(("search", kwargs["filter"]))
+            hits = real.search(name, **kwargs)
+            return [list(h)[1:] for h in hits] if self.drop_one else hits
+
+        def query(self, name, **kwargs):
+            calls.append(("query", kwargs.get("ids")))
+            return real.query(name, **kwargs)
+
+    positions = channel.rows.searchsorted(rows)
+    channel.client = channel.vectors.source.client = Recording(drop_one=False)
+    np.testing.assert_allclose(channel.similarity(probe["text"][0], positions), want["text"], atol=1e-5)
+    assert calls == [("search", f"row in {rows.tolist()}")]
+    calls.clear()
+    channel.client = channel.vectors.source.client = Recording(drop_one=True)
+    np.testing.assert_allclose(channel.similarity(probe["text"][0], positions), want["text"], atol=1e-5)
+    assert [kind for kind, _ in calls] == ["search", "query"] and len(calls[1][1]) == 1
 
 
 # ---- adding --------------------------------------------------------------------------------
