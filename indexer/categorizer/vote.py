@@ -224,9 +224,7 @@ class Categorizer:
         `parts`, when given, receives per channel (similarities, rows having it, weight)."""
         num = np.zeros(len(rows), np.float64)
         den = np.zeros(len(rows), np.float64)
-        used = [
-            m for m, q in queries.items() if (present[m][i] if present else present_rows(q[i].reshape(1, -1))[0])
-        ]
+        used = [m for m, q in queries.items() if (present[m][i] if present else present_rows(q[i].reshape(1, -1))[0])]
         where = {m: self.store.positions(m)[rows] for m in used}
         scored = self.store.similarities(  # every channel's at once (a server backend asks them together)
             {m: (queries[m][i], where[m][where[m] >= 0]) for m in used if not (full and m in full)}
