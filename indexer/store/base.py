@@ -16,7 +16,10 @@ code is -1 (no count, no vote), and `live_filter` keeps them out of every search
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -36,6 +39,29 @@ from indexer.store.lexical import LexicalIndex
 # live rows (O(N) once per loaded store, then a bitmap FAISS tests in the scan). Deeper searches
 # cost more than the bitmap early: bench/bench_delete_relabel.py prints predict p50 both ways.
 SKIP_DELETED_ROWS = 32
+READ_THREADS = 4  # a request's channel searches or scorings at once (3 channels today)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def read_pool() -> ThreadPoolExecutor:
+    """This process's threads for a request's reads (a forked worker makes its own: threads do
+    not survive fork)."""
+    with _POOLS_LOCK:
+        pid = os.getpid()
+        if pid not in _POOLS:
+            _POOLS[pid] = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="store-read")
+        return _POOLS[pid]
+
+
+def at_once(calls: Mapping[str, tuple]) -> dict[str, Any]:
+    """{name: (function, *args)} -> {name: its result}, the calls run on `read_pool` when there
+    are several (a call's exception is raised here). FAISS, numpy and a Milvus client's wait
+    release the GIL, so a request waits about as long as its slowest call, not their sum."""
+    if len(calls) < 2:
+        return {name: function(*args) for name, (function, *args) in calls.items()}
+    futures = {name: read_pool().submit(function, *args) for name, (function, *args) in calls.items()}
+    return {name: future.result() for name, future in futures.items()}
 
 
 class VectorChannel(Protocol):
@@ -186,17 +212,15 @@ class IndexStore:
         self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{channel: (queries, k, allowed)} -> {channel: its search's (similarities, rows)}: the
-        Categorizer's searches of one request, in turn here. A backend whose searches wait on a
-        server overrides it to send them at once."""
+        Categorizer's searches of one request, at once (`at_once`)."""
         channels = self.channels()
-        return {name: channels[name].search(q, k, allowed) for name, (q, k, allowed) in requests.items()}
+        return at_once({name: (channels[name].search, q, k, allowed) for name, (q, k, allowed) in requests.items()})
 
     def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
         """{channel: (one query, positions)} -> {channel: cosine of the query to its vectors at
-        those positions}: the Categorizer's scorings of one candidate set, in turn here. A
-        backend whose channels wait on a server overrides it to ask them at once."""
+        those positions}: the Categorizer's scorings of one candidate set, at once (`at_once`)."""
         channels = self.channels()
-        return {name: channels[name].similarity(q, positions) for name, (q, positions) in requests.items()}
+        return at_once({name: (channels[name].similarity, q, positions) for name, (q, positions) in requests.items()})
 
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))

@@ -77,7 +77,6 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -961,17 +960,6 @@ class _Snapshot:
 
 
 _LOADED: dict[tuple[str, str], _Snapshot] = {}
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool() -> ThreadPoolExecutor:
-    """This process's threads for concurrent reads (a forked worker makes its own: threads do
-    not survive fork)."""
-    with _CLIENTS_LOCK:
-        pid = os.getpid()
-        if pid not in _POOLS:
-            _POOLS[pid] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus-read")
-        return _POOLS[pid]
 
 
 def _parse_record(raw: str) -> tuple[Product, bool]:
@@ -1143,31 +1131,6 @@ class MilvusIndexStore(IndexStore):
         if version is not None:
             raise ValueError("a Milvus store has no versions to choose from")
         return cls.open(path, encoder)
-
-    def search_channels(
-        self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The channels' searches at once, on threads (each waits on the server, a round trip
-        through a 2.3 standalone's proxy and query node even for a few rows): a request waits
-        for the slowest search, not their sum (bench/bench_milvus.py prints predict p50)."""
-        if len(requests) < 2:
-            return super().search_channels(requests)
-        channels = self.channels()
-        futures = {}
-        for name, (queries, k, allowed) in requests.items():
-            futures[name] = _pool().submit(channels[name].search, queries, k, allowed)
-        return {name: future.result() for name, future in futures.items()}
-
-    def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The Milvus channels' scorings at once, on threads (each is a search the server
-        answers, see MilvusChannel.similarity); the lexical channel scores in process meanwhile."""
-        channels = self.channels()
-        remote = [name for name in requests if isinstance(channels[name], MilvusChannel)]
-        if len(remote) < 2:
-            return super().similarities(requests)
-        futures = {name: _pool().submit(channels[name].similarity, *requests[name]) for name in remote}
-        local = super().similarities({name: r for name, r in requests.items() if name not in futures})
-        return {name: local[name] if name in local else futures[name].result() for name in requests}
 
     def is_stale(self) -> bool:
         """True when any process committed an add (or a new copy): one ~1 ms metadata read (`read_state`)."""
