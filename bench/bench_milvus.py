@@ -319,6 +319,8 @@ def main() -> None:
                         f"{time.perf_counter() - t0:.1f} s"
                     )
                     print(f"  indexes built over every row {wait_for_indexes(store):.1f} s later ({load_average()})")
+                    params = next(iter(store.modalities.values())).search_params  # type: ignore[attr-defined]
+                    print(f"  search parameters: {params.get('params', {})} (MILVUS_EF, MILVUS_NPROBE)")
                 print(f"  {server_memory(server)}; during the copy and the index building: {peak}")
                 if "127.0.0.1" in uri or "localhost" in uri:
                     print(f"  {wait_until_quiet()}")
