@@ -56,8 +56,8 @@ def read_pool() -> ThreadPoolExecutor:
 
 def at_once(calls: Mapping[str, tuple]) -> dict[str, Any]:
     """{name: (function, *args)} -> {name: its result}, the calls run on `read_pool` when there
-    are several (a call's exception is raised here). FAISS, numpy and a Milvus client's wait
-    release the GIL, so a request waits about as long as its slowest call, not their sum."""
+    are several (a call's exception is raised here): a client waiting on a server releases the
+    GIL, so a request waits about as long as its slowest call, not their sum."""
     if len(calls) < 2:
         return {name: function(*args) for name, (function, *args) in calls.items()}
     futures = {name: read_pool().submit(function, *args) for name, (function, *args) in calls.items()}
@@ -212,15 +212,17 @@ class IndexStore:
         self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{channel: (queries, k, allowed)} -> {channel: its search's (similarities, rows)}: the
-        Categorizer's searches of one request, at once (`at_once`)."""
+        Categorizer's searches of one request, in turn here (in process they compete for the
+        same cores and the GIL). A backend whose searches wait on a server runs them `at_once`."""
         channels = self.channels()
-        return at_once({name: (channels[name].search, q, k, allowed) for name, (q, k, allowed) in requests.items()})
+        return {name: channels[name].search(q, k, allowed) for name, (q, k, allowed) in requests.items()}
 
     def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
         """{channel: (one query, positions)} -> {channel: cosine of the query to its vectors at
-        those positions}: the Categorizer's scorings of one candidate set, at once (`at_once`)."""
+        those positions}: the Categorizer's scorings of one candidate set, in turn here. A
+        backend whose channels wait on a server runs them `at_once`."""
         channels = self.channels()
-        return at_once({name: (channels[name].similarity, q, positions) for name, (q, positions) in requests.items()})
+        return {name: channels[name].similarity(q, positions) for name, (q, positions) in requests.items()}
 
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))

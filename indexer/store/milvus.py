@@ -88,7 +88,7 @@ from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
 from indexer.store.audit import event as audit_event
-from indexer.store.base import IndexStore, check_compatible, checked_change
+from indexer.store.base import IndexStore, at_once, check_compatible, checked_change
 from indexer.store.errors import (
     DuplicateProduct,
     IndexDamaged,
@@ -1131,6 +1131,20 @@ class MilvusIndexStore(IndexStore):
         if version is not None:
             raise ValueError("a Milvus store has no versions to choose from")
         return cls.open(path, encoder)
+
+    def search_channels(
+        self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The channels' searches at once (each waits on the server; the lexical one runs in
+        process meanwhile): a request waits for the slowest, not their sum."""
+        channels = self.channels()
+        return at_once({name: (channels[name].search, q, k, allowed) for name, (q, k, allowed) in requests.items()})
+
+    def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The channels' scorings of one candidate set at once (MilvusChannel.similarity: a
+        search the server answers; the lexical one in process meanwhile)."""
+        channels = self.channels()
+        return at_once({name: (channels[name].similarity, q, pos) for name, (q, pos) in requests.items()})
 
     def is_stale(self) -> bool:
         """True when any process committed an add (or a new copy): one ~1 ms metadata read (`read_state`)."""
