@@ -89,6 +89,9 @@ class IndexStore:
     """A loaded index version: products, per-modality channels, lexical channel, manifest."""
 
     backend: ClassVar[str] = "memory"  # each backend names itself ("faiss", "milvus")
+    # True where each channel's search or scoring waits on a server: a request's run `at_once`.
+    # In process they compete for the same cores and the GIL, so they run in turn.
+    remote_reads: ClassVar[bool] = False
     path: Path
     version: str
     manifest: dict
@@ -208,21 +211,26 @@ class IndexStore:
             out["lexical"] = self.lexical
         return out
 
+    def _run(self, calls: Mapping[str, tuple]) -> dict[str, Any]:
+        """{name: (function, *args)} -> {name: its result}: at once on a server backend, else in turn."""
+        if self.remote_reads:
+            return at_once(calls)
+        return {name: function(*args) for name, (function, *args) in calls.items()}
+
     def search_channels(
         self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{channel: (queries, k, allowed)} -> {channel: its search's (similarities, rows)}: the
-        Categorizer's searches of one request, in turn here (in process they compete for the
-        same cores and the GIL). A backend whose searches wait on a server runs them `at_once`."""
+        Categorizer's searches of one request (at once where `remote_reads`)."""
         channels = self.channels()
-        return {name: channels[name].search(q, k, allowed) for name, (q, k, allowed) in requests.items()}
+        return self._run({name: (channels[name].search, q, k, allowed) for name, (q, k, allowed) in requests.items()})
 
     def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
         """{channel: (one query, positions)} -> {channel: cosine of the query to its vectors at
-        those positions}: the Categorizer's scorings of one candidate set, in turn here. A
-        backend whose channels wait on a server runs them `at_once`."""
+        those positions}: the Categorizer's scorings of one candidate set (at once where
+        `remote_reads`)."""
         channels = self.channels()
-        return {name: channels[name].similarity(q, positions) for name, (q, positions) in requests.items()}
+        return self._run({name: (channels[name].similarity, q, pos) for name, (q, pos) in requests.items()})
 
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))

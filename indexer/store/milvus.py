@@ -88,7 +88,7 @@ from indexer.catalog.text import encoder_text
 from indexer.encoders.base import Encoder, l2_normalize
 from indexer.store.audit import AuditLog, new_event_id, record_unrecorded, utc_now
 from indexer.store.audit import event as audit_event
-from indexer.store.base import IndexStore, at_once, check_compatible, checked_change
+from indexer.store.base import IndexStore, check_compatible, checked_change
 from indexer.store.errors import (
     DuplicateProduct,
     IndexDamaged,
@@ -115,7 +115,7 @@ HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
 # IVF_SQ8: one byte per dimension (a quarter of FLAT's or HNSW's memory), built per sealed
 # segment (~100k image vectors at Milvus's 512 MB); a segment under 1,024 rows is not indexed and
-# is searched exactly. Not swept: with these, recall@10 was 0.98 at 1M and 0.99 at 100k
+# is searched exactly. Not swept: with these, recall@10 was 0.975-0.984 at 1M and 0.986-0.992 at 100k
 # (bench_milvus.py, docs/results.md).
 IVF_BUILD = {"nlist": 1024}
 DEFAULT_NPROBE = 32  # IVF lists probed per segment at search time (MILVUS_NPROBE overrides)
@@ -240,8 +240,8 @@ class GuardedClient:
     def _write_ts(self, kind: str, collection: str, rows: list[dict[str, Any]]) -> int:
         """Rows sent as columns: pymilvus 3.0.2 checks a row's VARCHAR value character by
         character (a product record, a 60,000-character chunk of the lexical channel), a
-        column's string by string. With the unloaded filling, a copy of 100k products went
-        from 400 to 1,967 products/s (bench_milvus.py, docs/results.md)."""
+        column's string by string. With the unloaded filling, a copy of 100k products (HNSW) went
+        from 400 to 2,093 products/s (bench_milvus.py, docs/results.md)."""
         connection = self._connected()._get_connection()
         try:
             schema = connection.describe_collection(collection, timeout=self.timeout)
@@ -1005,6 +1005,7 @@ class MilvusIndexStore(IndexStore):
     """An IndexStore backed by a Milvus collection (see the module docstring)."""
 
     backend: ClassVar[str] = "milvus"
+    remote_reads: ClassVar[bool] = True  # the channels' searches and scorings wait on the server
     location: MilvusLocation
     build: str
     state: dict[str, Any]  # the commit state it was loaded at
@@ -1131,20 +1132,6 @@ class MilvusIndexStore(IndexStore):
         if version is not None:
             raise ValueError("a Milvus store has no versions to choose from")
         return cls.open(path, encoder)
-
-    def search_channels(
-        self, requests: Mapping[str, tuple[np.ndarray, int, PositionFilter | None]]
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The channels' searches at once (each waits on the server; the lexical one runs in
-        process meanwhile): a request waits for the slowest, not their sum."""
-        channels = self.channels()
-        return at_once({name: (channels[name].search, q, k, allowed) for name, (q, k, allowed) in requests.items()})
-
-    def similarities(self, requests: Mapping[str, tuple[Any, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The channels' scorings of one candidate set at once (MilvusChannel.similarity: a
-        search the server answers; the lexical one in process meanwhile)."""
-        channels = self.channels()
-        return at_once({name: (channels[name].similarity, q, pos) for name, (q, pos) in requests.items()})
 
     def is_stale(self) -> bool:
         """True when any process committed an add (or a new copy): one ~1 ms metadata read (`read_state`)."""

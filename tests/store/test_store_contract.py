@@ -220,6 +220,34 @@ def test_channels_searched_together_answer_as_searched_in_turn(store):
         np.testing.assert_allclose(channel.similarity(q, positions[m]), want, atol=1e-5)
 
 
+def test_a_server_backend_runs_a_requests_reads_at_once_and_the_local_one_in_turn(store, monkeypatch):
+    """Milvus (`remote_reads`) sends a request's channel searches and scorings on the read
+    pool's threads; the local store runs them on the caller's thread."""
+    import threading
+
+    seen: list[str] = []
+    channels = store.channels()
+    for name in ("image", "text"):
+        channel = channels[name]
+        search, similarity = channel.search, channel.similarity
+
+        def record(function):
+            def call(*args, **kwargs):
+                seen.append(threading.current_thread().name)
+                return function(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(channel, "search", record(search))
+        monkeypatch.setattr(channel, "similarity", record(similarity))
+    queries = stored_queries(store, [4])
+    store.search_channels({m: (queries[m], 3, None) for m in ("image", "text")})
+    store.similarities({m: (queries[m][0], np.array([0, 1])) for m in ("image", "text")})
+    assert len(seen) == 4
+    on_pool = [name.startswith("store-read") for name in seen]
+    assert all(on_pool) if isinstance(store, MilvusIndexStore) else not any(on_pool)
+
+
 def test_milvus_scores_candidates_on_the_server_and_any_row_it_omits_here(store):
     """A Milvus channel scores candidates by a search restricted to their rows: one search per
     modality and no vector read back; a row that search does not return is fetched and scored
