@@ -110,6 +110,7 @@ FETCH_ROWS = 4_096  # entities per query when reading products or vectors
 INSERT_ROWS = 1_000  # entities per insert call
 MAX_LIMIT = 16_384  # the most results one Milvus search returns (its topk limit)
 CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
+RECENT_QUERIES = 64  # queries whose search scores a channel remembers (SearchMemo)
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_SQ8")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
@@ -837,6 +838,31 @@ class MilvusCategoryIndex(CategoryIndex):
         return super().filter(path)
 
 
+class SearchMemo:
+    """The scores a channel's last searches returned, by query: a prediction's candidates are
+    mostly its searches' own hits, so scoring them needs the server only for the others. The
+    scores are the ones a scoring search would return (the same index, the same distance).
+    Bounded (RECENT_QUERIES), shared by a process's threads."""
+
+    def __init__(self) -> None:
+        self._scores: OrderedDict[bytes, dict[int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, queries: np.ndarray, sims: np.ndarray, rows: np.ndarray) -> None:
+        with self._lock:
+            for query, s, r in zip(queries, sims, rows, strict=True):
+                key = query.tobytes()
+                known = self._scores.pop(key, {})
+                known.update((int(row), float(sim)) for row, sim in zip(r, s, strict=True) if row >= 0)
+                self._scores[key] = known
+            while len(self._scores) > RECENT_QUERIES:
+                self._scores.popitem(last=False)
+
+    def known(self, query: np.ndarray) -> dict[int, float]:
+        with self._lock:
+            return dict(self._scores.get(query.tobytes(), {}))
+
+
 @dataclass
 class MilvusChannel:
     """One dense modality searched in Milvus; `rows[i]` is the product row of position i."""
@@ -849,6 +875,7 @@ class MilvusChannel:
     committed: int
     search_params: dict
     read: dict = field(default_factory=dict)  # consistency options: see the module docstring
+    memo: SearchMemo = field(default_factory=SearchMemo)
 
     @property
     def ntotal(self) -> int:
@@ -886,7 +913,6 @@ class MilvusChannel:
             anns_field="vector",
             limit=k,
             filter=self._expression(allowed),
-            output_fields=["row"],
             search_params=self.search_params,
             **self.read,
         )
@@ -894,7 +920,8 @@ class MilvusChannel:
         rows = np.full((n, k), -1, np.int64)
         for i, found in enumerate(hits):
             for j, hit in enumerate(found[:k]):
-                sims[i, j], rows[i, j] = hit["distance"], hit["row"]
+                sims[i, j], rows[i, j] = hit["distance"], hit.id  # the primary key, `row`
+        self.memo.remember(queries, sims, rows)
         return sims, rows
 
     def _scoring_params(self, count: int) -> dict:
@@ -912,15 +939,17 @@ class MilvusChannel:
         restricted to those rows (`row in [...]`, limit = their number), O(len(positions)·d) of
         distances plus the filter's O(N) pass per segment; no vector crosses the wire.
         The scores are the index's own: exact for FLAT and HNSW (they keep the floats),
-        quantized to a byte per dimension for IVF_SQ8. A row the search did not return (a
-        graph search that stopped short) is scored here from its fetched vector."""
+        quantized to a byte per dimension for IVF_SQ8. Rows this channel's search just returned
+        for the same query keep that search's scores (`SearchMemo`): only the others are asked.
+        A row the search did not return (a graph search that stopped short) is scored here from
+        its fetched vector."""
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) == 0:
             return np.zeros(0, np.float32)
         rows = self.rows[positions]
-        unique = np.unique(rows)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
-        scores: dict[int, float] = {}
+        scores = self.memo.known(query)
+        unique = np.setdiff1d(rows, np.fromiter(scores, np.int64, len(scores)))
         for lo in range(0, len(unique), MAX_LIMIT):
             chunk = unique[lo : lo + MAX_LIMIT]
             hits = self.client.search(
@@ -929,12 +958,11 @@ class MilvusChannel:
                 anns_field="vector",
                 limit=len(chunk),
                 filter=f"row in {json.dumps(chunk.tolist())}",
-                output_fields=["row"],
                 search_params=self._scoring_params(len(chunk)),
                 **self.read,
             )
             for hit in hits[0] if hits else []:
-                scores[int(hit["row"])] = float(hit["distance"])
+                scores[int(hit.id)] = float(hit["distance"])
         missing = np.array([r for r in unique.tolist() if r not in scores], np.int64)
         if len(missing):
             fetched = self.vectors.source.get(missing, self.modality)

@@ -289,6 +289,40 @@ def test_milvus_scores_candidates_on_the_server_and_any_row_it_omits_here(store)
     assert [kind for kind, _ in calls] == ["search", "query"] and len(calls[1][1]) == 1
 
 
+def test_milvus_keeps_the_scores_its_search_returned_for_the_same_query(store):
+    """Scoring a query's candidates asks the server only for the rows this channel's search did
+    not just return for that query; every score still equals the stored vectors' cosine, and
+    another query's candidates are all asked."""
+    if not isinstance(store, MilvusIndexStore):
+        pytest.skip("the Milvus channels' search memo")
+    fresh = reload(store)
+    channel = fresh.modalities["text"]
+    probe, other = stored_queries(fresh, [4])["text"], stored_queries(fresh, [7])["text"]
+    _, found = channel.search(probe, 3)
+    found = found[0][found[0] >= 0]
+    assert len(found) == 3
+    others = np.array([r for r in (0, 1, 2, 5, 8, 13) if r not in found])
+    rows = np.concatenate([found, others])
+    positions = channel.rows.searchsorted(rows)
+    stored = np.asarray(channel.vectors[positions], np.float32)
+    real, filters = channel.client, []
+
+    class Recording:
+        def search(self, name, **kwargs):
+            filters.append(kwargs["filter"])
+            return real.search(name, **kwargs)
+
+        def query(self, name, **kwargs):
+            raise AssertionError("no row should be fetched")
+
+    channel.client = Recording()
+    np.testing.assert_allclose(channel.similarity(probe[0], positions), stored @ probe[0], atol=1e-5)
+    assert filters == [f"row in {sorted(others.tolist())}"]
+    filters.clear()
+    np.testing.assert_allclose(channel.similarity(other[0], positions), stored @ other[0], atol=1e-5)
+    assert filters == [f"row in {sorted(rows.tolist())}"]
+
+
 # ---- adding --------------------------------------------------------------------------------
 def added_products(n: int = 2) -> list[Product]:
     return [
