@@ -213,6 +213,28 @@ def test_lexical_saved_base_is_memory_mapped_and_searches_the_same(lexical, tmp_
         np.testing.assert_array_equal(got, want)
 
 
+def test_lexical_head_sums_equal_the_sparse_product_query_after_query(lexical):
+    """The partial scores over each query term's first postings are the sparse product's, bit
+    for bit, for every query in turn (the reused sums are cleared between queries)."""
+    postings = lexical.postings
+    for cap in (3, 40, 10_000):
+        for query in lexical_queries(lexical):
+            terms = query.indices
+            starts = postings.indptr[terms].astype(np.int64)
+            ends = np.minimum(postings.indptr[terms + 1].astype(np.int64), starts + cap)
+            head = postings.copy()  # the same postings with every term cut at the cap
+            cut = np.zeros(postings.shape[0], np.int64)
+            cut[terms] = ends - starts
+            keep = np.arange(postings.nnz) < np.repeat(postings.indptr[:-1] + cut, np.diff(postings.indptr))
+            head.data = np.where(keep, head.data, 0).astype(np.float32)
+            want = (query @ head).toarray()[0]
+            positions, sums = lexical._head_product(query, starts, ends)
+            assert len(np.unique(positions)) == len(positions)
+            got = np.zeros(postings.shape[1], np.float32)
+            got[positions] = sums
+            np.testing.assert_array_equal(got, want)
+
+
 def test_lexical_postings_cap_keeps_the_heaviest_postings(lexical):
     queries = lexical_queries(lexical)
     exact = lexical.search(queries, 10, cap=0)

@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 
 from indexer.store.filters import PositionFilter
+from indexer.store.local.segments import dot_rows
 
 if TYPE_CHECKING:
     from indexer.store.local.segments import RowScaledInt8, StackedVectors, StoredVectors
@@ -139,7 +140,7 @@ def refine(
         cand = np.unique(positions[i][positions[i] >= 0])  # sorted: ties then go to the lower position
         if not len(cand):
             continue
-        sims = (vectors[cand] @ queries[i]).astype(np.float32)
+        sims = dot_rows(vectors, cand, queries[i])
         top = np.lexsort((cand, -sims))[:k]
         out_sims[i, : len(top)], out_pos[i, : len(top)] = sims[top], cand[top]
     return out_sims, out_pos
@@ -293,4 +294,4 @@ class ModalityIndex:
 
     def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Cosine similarity of one query to the vectors at `positions`."""
-        return self.vectors[positions] @ query
+        return dot_rows(self.vectors, positions, query)
