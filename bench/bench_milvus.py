@@ -198,9 +198,10 @@ def cpu_busy(seconds: float = 10.0) -> float:
 def wait_until_quiet(limit: float = 0.3, windows: int = 3, timeout: float = 3600) -> str:
     """Wait until this machine's cores are idle but `limit` of one over `windows` 10 s windows in
     a row: after its indexes are built a server still compacts and re-indexes segments for
-    minutes, with pauses between (one quiet window was not enough at 1M: the queries then ran at
-    load 1.9), and latencies timed meanwhile are that work's, not a prediction's. A server on
-    another machine is not watched."""
+    minutes, with pauses between, and latencies timed meanwhile are that work's, not a
+    prediction's. Not enough at 1M: after one quiet window the queries ran at load 1.9, and after
+    three at load 1.3 (docs/results.md); watching the server process itself is the next step. A
+    server on another machine is not watched."""
     t0 = time.perf_counter()
     quiet: list[float] = []
     while len(quiet) < windows and time.perf_counter() - t0 < timeout:
