@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,8 @@ def dot_rows(vectors: StoredVectors | StackedVectors, positions: np.ndarray, que
         return (vectors.codes[positions].astype(np.float32) @ query) * vectors.scale[positions]
     if isinstance(vectors, StackedVectors):
         out = np.empty(len(positions), np.float32)
-        part = np.searchsorted(vectors.offsets, positions, side="right") - 1
-        for p in np.unique(part):
-            at = np.flatnonzero(part == p)
-            out[at] = dot_rows(vectors.parts[p], positions[at] - vectors.offsets[p], query)
+        for part, at, local in vectors.by_part(positions):
+            out[at] = dot_rows(part, local, query)
         return out
     return np.asarray(np.asarray(vectors[positions], dtype=np.float32) @ query, dtype=np.float32)
 
@@ -203,11 +201,17 @@ class StackedVectors:
         if len(pos) and (pos.min() < 0 or pos.max() >= len(self)):
             raise IndexError("position out of range")
         out = np.empty((len(pos), self.shape[1]), np.float32)
-        part = np.searchsorted(self.offsets, pos, side="right") - 1
-        for p in np.unique(part):
-            at = np.flatnonzero(part == p)
-            out[at] = self.parts[p][pos[at] - self.offsets[p]]
+        for part, at, local in self.by_part(pos):
+            out[at] = part[local]
         return out[0] if scalar else out
+
+    def by_part(self, positions: np.ndarray) -> Iterator[tuple[np.ndarray | RowScaledInt8, np.ndarray, np.ndarray]]:
+        """(part, indices into `positions`, positions within that part) for each part that
+        `positions` (in range, non-negative) reach: O(len(positions) · log parts)."""
+        which = np.searchsorted(self.offsets, positions, side="right") - 1
+        for p in np.unique(which):
+            at = np.flatnonzero(which == p)
+            yield self.parts[p], at, positions[at] - self.offsets[p]
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         whole = np.concatenate([np.asarray(p, dtype=np.float32) for p in self.parts])
