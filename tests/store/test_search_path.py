@@ -478,15 +478,19 @@ def test_api_categories_and_filtered_similar_after_an_add(service_index, embedde
 # ---- lexical: products without O(vocabulary) work, and the capped search --------------------
 def test_row_dots_are_the_sparse_products_floats(lexical):
     """`_row_dots` (the re-scoring and `similarity`) sums like scipy's product, bit for bit, on
-    rows with and without the query's terms, empty rows and an empty query."""
+    rows with and without the query's terms, empty rows and an empty query; its terms found by
+    the reused slots (cleared query after query) or by binary search alike."""
     queries = lexical_queries(lexical)
     positions = np.array([0, 5, 5, 17, 299, 42])
     rows = lexical.base_matrix[positions]
+    slots = lexical_module.TermSlots()  # one array for every query below, as a search reuses it
     for i in range(queries.shape[0]):
         query = queries[i]
         want = np.asarray((rows @ query.T).todense()).ravel().astype(np.float32)
         np.testing.assert_array_equal(lexical_module._row_dots(rows, query), want)
+        np.testing.assert_array_equal(lexical_module._row_dots(rows, query, slots), want)
         np.testing.assert_array_equal(lexical.similarity(query, positions), want)
+    assert len(slots._free) == 1 and not slots._free[0].any()  # one array, cleared
     empty = lexical.transform(["zzzunknown"])
     assert empty.nnz == 0 and not lexical_module._row_dots(rows, empty).any()
     query = queries[0]  # a stored or coverage-scaled row may keep its terms in any order
@@ -494,6 +498,22 @@ def test_row_dots_are_the_sparse_products_floats(lexical):
     assert not shuffled.has_sorted_indices
     want = np.asarray((rows @ query.T).todense()).ravel().astype(np.float32)
     np.testing.assert_array_equal(lexical_module._row_dots(rows, shuffled), want)  # summed in each row's order
+    np.testing.assert_array_equal(lexical_module._row_dots(rows, shuffled, slots), want)
+
+
+def test_row_dots_binary_search_past_the_slots_limit(lexical, monkeypatch):
+    """A query with more terms than the int16 slots hold is binary-searched: same floats."""
+    queries = lexical_queries(lexical)
+    rows = lexical.base_matrix[np.arange(0, 300, 7)]
+    looked_up, lookup = [], lexical_module.TermSlots.lookup
+    monkeypatch.setattr(lexical_module.TermSlots, "LIMIT", 1)
+    monkeypatch.setattr(
+        lexical_module.TermSlots, "lookup", lambda self, *args: looked_up.append(len(args[1])) or lookup(self, *args)
+    )
+    for i in range(queries.shape[0]):
+        want = np.asarray((rows @ queries[i].T).todense()).ravel().astype(np.float32)
+        np.testing.assert_array_equal(lexical.similarity(queries[i], np.arange(0, 300, 7)), want)
+    assert max(np.diff(queries.indptr)) > 1 and all(n <= 1 for n in looked_up)  # the longer ones searched
 
 
 def test_capped_search_rescores_its_pool_exactly(lexical, monkeypatch):
