@@ -174,62 +174,72 @@ def _csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple
     )
 
 
-class PostingSums:
+class ZeroedArrays:
+    """A pool of zeroed arrays of one length (per subclass: `DTYPES`, one array each), lent to one
+    search at a time and given back only once the borrower has cleared what it wrote: a
+    concurrent search gets its own, an exception drops the borrowed ones. O(1) to borrow a
+    pooled set; a new set (or a new length) costs O(size) once."""
+
+    DTYPES: tuple[type, ...] = ()
+
+    def __init__(self) -> None:
+        self._free: list[tuple[np.ndarray, ...]] = []
+        self._lock = threading.Lock()
+
+    def _borrow(self, size: int) -> tuple[np.ndarray, ...]:
+        with self._lock:
+            arrays = self._free.pop() if self._free else None
+        if arrays is None or len(arrays[0]) != size:
+            arrays = tuple(np.zeros(size, dtype) for dtype in self.DTYPES)
+        return arrays
+
+    def _give_back(self, arrays: tuple[np.ndarray, ...]) -> None:
+        with self._lock:
+            self._free.append(arrays)
+
+
+class PostingSums(ZeroedArrays):
     """A query's postings summed per base position in O(postings read): a zeroed float32 sum and
     an int32 marker per base position, reused across queries and cleared only where used, where a
     sparse product allocates and clears O(N) arrays for every query (scipy's csr_matmat). One pair
     per concurrent search, 8 bytes per base row (8 MB at a million products), kept while the
     index lives."""
 
-    def __init__(self) -> None:
-        self._free: list[tuple[np.ndarray, np.ndarray]] = []
-        self._lock = threading.Lock()
+    DTYPES = (np.float32, np.int32)
 
     def add(self, size: int, positions: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(each distinct position once, the float32 sum of its values added in input order, as
         the sparse product adds them): O(len(positions)), positions in [0, size)."""
-        with self._lock:
-            pair = self._free.pop() if self._free else None
-        if pair is None or len(pair[0]) != size:
-            pair = (np.zeros(size, np.float32), np.zeros(size, np.int32))
-        sums, seen = pair
+        sums, seen = pair = self._borrow(size)
         np.add.at(sums, positions, values)
         order = np.arange(len(positions), dtype=np.int32)
         seen[positions] = order  # one of each position's entries wins: that one stands for it
         distinct = positions[seen[positions] == order]
         out = sums[distinct]
         sums[distinct] = 0.0
-        with self._lock:  # back only when cleared: an exception above drops the pair
-            self._free.append(pair)
+        self._give_back(pair)  # `seen` needs no clearing: only entries just written are compared
         return distinct, out
 
 
-class TermSlots:
+class TermSlots(ZeroedArrays):
     """A query's terms numbered 1..m in a reused int16 array over the vocabulary, so that each
     entry of the rows being re-scored finds its query term with one array read instead of a
     binary search in the query's terms (`_row_dots`). One array per concurrent search, 2 bytes
     per vocabulary term (4.9 MB at a million products' 2.4M terms), kept while the index lives;
     O(m) to fill and clear."""
 
+    DTYPES = (np.int16,)
     LIMIT = int(np.iinfo(np.int16).max)  # a query with more distinct terms is binary-searched
-
-    def __init__(self) -> None:
-        self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
 
     def lookup(self, size: int, terms: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """The slot of each of `indices` (term ids in [0, size)): 1 + the position of that term in
         `terms` (distinct, at most LIMIT of them), 0 for a term the query lacks. O(len(terms) +
         len(indices))."""
-        with self._lock:
-            slots = self._free.pop() if self._free else None
-        if slots is None or len(slots) != size:
-            slots = np.zeros(size, np.int16)
+        (slots,) = borrowed = self._borrow(size)
         slots[terms] = np.arange(1, len(terms) + 1, dtype=np.int16)
         found = slots[indices]
         slots[terms] = 0
-        with self._lock:  # back only when cleared: an exception above drops it
-            self._free.append(slots)
+        self._give_back(borrowed)
         return found
 
 

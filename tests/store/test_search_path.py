@@ -490,7 +490,7 @@ def test_row_dots_are_the_sparse_products_floats(lexical):
         np.testing.assert_array_equal(lexical_module._row_dots(rows, query), want)
         np.testing.assert_array_equal(lexical_module._row_dots(rows, query, slots), want)
         np.testing.assert_array_equal(lexical.similarity(query, positions), want)
-    assert len(slots._free) == 1 and not slots._free[0].any()  # one array, cleared
+    assert len(slots._free) == 1 and not slots._free[0][0].any()  # one array, cleared
     empty = lexical.transform(["zzzunknown"])
     assert empty.nnz == 0 and not lexical_module._row_dots(rows, empty).any()
     query = queries[0]  # a stored or coverage-scaled row may keep its terms in any order
