@@ -199,9 +199,10 @@ def wait_until_quiet(limit: float = 0.3, windows: int = 3, timeout: float = 3600
     """Wait until this machine's cores are idle but `limit` of one over `windows` 10 s windows in
     a row: after its indexes are built a server still compacts and re-indexes segments for
     minutes, with pauses between, and latencies timed meanwhile are that work's, not a
-    prediction's. Not enough at 1M: after one quiet window the queries ran at load 1.9, and after
-    three at load 1.3 (docs/results.md); watching the server process itself is the next step. A
-    server on another machine is not watched."""
+    prediction's. At 1M it does not make the single queries fast: run 5 began them on an idle
+    machine (at most 0.11 cores busy over three windows) and still measured 105.8 ms p50 against
+    45.4 ms on a long-running server (docs/results.md), so that gap is per-request work on a
+    freshly indexed server, not background load. A server on another machine is not watched."""
     t0 = time.perf_counter()
     quiet: list[float] = []
     while len(quiet) < windows and time.perf_counter() - t0 < timeout:
