@@ -1,5 +1,5 @@
-"""Compact stored vectors and large-base FAISS indexes: int8 row-scaled quantisation stays within
-its error bound, "auto" picks Flat or IVF-PQ by size, IVF-PQ candidates re-scored with the
+"""Compact stored vectors and large-base FAISS indexes: int8 row-scaled and int4 row-affine
+quantisation stay within their error bounds, "auto" picks Flat or IVF-PQ by size, IVF-PQ candidates re-scored with the
 stored vectors reach exact recall, and a large base records its choices in the manifest and is
 checked like every other file."""
 
@@ -16,7 +16,16 @@ from indexer.store import open_store
 from indexer.store.local import faiss_search, segments
 from indexer.store.local.faiss_search import build_faiss_index, choose_factory, exact_search, refine
 from indexer.store.local.index import VERSIONS, IndexDamaged, ModalityIndex, append, read_current
-from indexer.store.local.segments import RowScaledInt8, load_vectors, quantize_int8, save_vectors, vector_dtype_for
+from indexer.store.local.segments import (
+    RowAffineInt4,
+    RowScaledInt8,
+    dot_rows,
+    load_vectors,
+    quantize_int4,
+    quantize_int8,
+    save_vectors,
+    vector_dtype_for,
+)
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -65,6 +74,49 @@ def test_int8_files_round_trip_memory_mapped(tmp_path):
         load_vectors(tmp_path, "text", "float16")  # the manifest's precision must match the files
 
 
+# ---- int4 with a step and an offset per row --------------------------------------------------
+def test_int4_quantisation_stays_within_half_a_step_in_any_dimension_order():
+    x = clustered(300, 63, seed=6)  # odd: the last byte holds one dimension
+    x[5] = 0.0  # a zero row must not divide by zero
+    x[6] = 0.25  # nor a constant one
+    x[7] = np.abs(x[7])  # non-negative, like the image vectors: the whole range goes to [0, max]
+    codes, step, offset = quantize_int4(x)
+    assert codes.dtype == np.uint8 and codes.shape == (300, 32) and step.shape == offset.shape == (300,)
+    stored = RowAffineInt4(codes, step, offset, 63)
+    back = stored[np.arange(300)]
+    assert back.shape == (300, 63) and not np.isnan(back).any()
+    assert (np.abs(back - x) <= step[:, None] / 2 + 1e-6).all()  # each component within half a step
+    np.testing.assert_allclose(back[[5, 6]], x[[5, 6]], atol=1e-7)
+    np.testing.assert_allclose(offset[7], x[7].min()) and np.testing.assert_allclose(step[7], np.ptp(x[7]) / 15)
+    # the packing keeps each dimension in its place: 2j in byte j's low nibble, 2j+1 in its high one
+    levels = np.rint((x[0] - offset[0]) / step[0])
+    assert codes[0, 3] == levels[6] + 16 * levels[7] and codes[0, 31] == levels[62]
+    np.testing.assert_array_equal(stored[4], back[4])  # one row, as a scalar position gives it
+    q = clustered(5, 63, seed=7)
+    for query in q:
+        np.testing.assert_allclose(dot_rows(stored, np.arange(300), query), back @ query, rtol=1e-5, atol=1e-6)
+    cos = np.sum(back * x, axis=1)[:5] / np.linalg.norm(back[:5], axis=1)
+    assert cos.min() > 0.95  # 16 levels over each row's range: close, not exact
+
+
+def test_int4_files_round_trip_memory_mapped(tmp_path):
+    x = clustered(50, 17, seed=8)
+    save_vectors(tmp_path, "text", x, "int4")
+    stored = load_vectors(tmp_path, "text", "int4", dim=17)
+    assert isinstance(stored, RowAffineInt4) and stored.shape == (50, 17)
+    assert mapped(stored.codes) and mapped(stored.step) and mapped(stored.offset)
+    np.testing.assert_allclose(stored[[4, 0, 9]], x[[4, 0, 9]], atol=float(stored.step.max()) / 2 + 1e-6)
+    np.testing.assert_array_equal(np.asarray(stored)[7], stored[7])
+    assert stored.nbytes == 50 * 9 + 2 * 50 * 4  # half a byte a dimension, plus two floats a row
+    with pytest.raises(ValueError, match="int8"):
+        load_vectors(tmp_path, "text", "int8")  # the manifest's precision must match the files
+    np.save(tmp_path / "text.offset.npy", np.zeros(49, np.float32))
+    with pytest.raises(ValueError, match="text.offset.npy"):
+        load_vectors(tmp_path, "text", "int4", dim=17)
+    with pytest.raises(ValueError, match="17"):
+        RowAffineInt4(np.zeros((3, 8), np.uint8), np.ones(3, np.float32), np.zeros(3, np.float32), 17)
+
+
 def advised_random(array: np.ndarray) -> bool:
     """True when the kernel holds random-read advice on the mapping behind `array`
     (/proc/self/smaps VmFlags "rr", set by madvise(MADV_RANDOM))."""
@@ -102,8 +154,11 @@ def test_stored_vectors_and_lexical_rows_are_mapped_for_random_reads(tmp_path):
 
 def test_vector_dtype_by_size_and_environment(monkeypatch):
     monkeypatch.setattr(segments, "COMPACT_ROWS", 100)
+    monkeypatch.setattr(segments, "INT4_ROWS", 1000)
     assert vector_dtype_for(99, {}) == "float16" and vector_dtype_for(100, {}) == "int8"
+    assert vector_dtype_for(999, {}) == "int8" and vector_dtype_for(1000, {}) == "int4"
     assert vector_dtype_for(10, {"INDEX_VECTOR_DTYPE": "int8"}) == "int8"
+    assert vector_dtype_for(10**6, {"INDEX_VECTOR_DTYPE": "int8"}) == "int8"
     with pytest.raises(ValueError, match="INDEX_VECTOR_DTYPE"):
         vector_dtype_for(10, {"INDEX_VECTOR_DTYPE": "float8"})
 
@@ -139,21 +194,26 @@ def test_refining_ivf_pq_candidates_with_stored_vectors_reaches_exact_recall():
     np.testing.assert_array_equal(again.search(queries, 10)[1], raw)  # the seeded sample: the same index
 
 
-def test_a_large_base_records_its_choices_and_searches_through_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("dtype", "stored_as", "int4_rows"), [("int8", RowScaledInt8, 10**9), ("int4", RowAffineInt4, 500)]
+)
+def test_a_large_base_records_its_choices_and_searches_through_them(tmp_path, monkeypatch, dtype, stored_as, int4_rows):
     monkeypatch.setattr(faiss_search, "LARGE_BASE_ROWS", 200)
     monkeypatch.setattr(segments, "COMPACT_ROWS", 200)
+    monkeypatch.setattr(segments, "INT4_ROWS", int4_rows)
     for name in ("FAISS_NPROBE", "FAISS_REFINE", "INDEX_VECTOR_DTYPE", "LEXICAL_POSTINGS_CAP"):
         monkeypatch.delenv(name, raising=False)
     _, vectors = publish_fake(tmp_path, n=600, factory="auto")
     store = open_store(tmp_path, checksums=True)
     m = store.manifest
-    assert m["vector_dtype"] == "int8" and m["index_factory"] == "auto"
+    assert m["vector_dtype"] == dtype and m["index_factory"] == "auto"
     assert m["faiss"]["text"]["factory"] == choose_factory("auto", 600, 12) and "PQ" in m["faiss"]["text"]["factory"]
     assert m["faiss"]["image"]["train_rows"] == 300 and m["faiss"]["text"]["train_seed"] == 0
     assert m["search"] == faiss_search.LARGE_SEARCH_PARAMS
     assert {"text.scale.npy", "image.scale.npy"} <= set(m["files"])
     text = store.modalities["text"]
-    assert isinstance(text.vectors, RowScaledInt8) and mapped(text.vectors.codes)
+    assert (dtype == "int4") == ({"text.offset.npy", "image.offset.npy"} <= set(m["files"]))
+    assert isinstance(text.vectors, stored_as) and mapped(text.vectors.codes)
     assert text.refine == faiss_search.LARGE_SEARCH_PARAMS["refine"]
     queries = vectors["text"][0][:20]
     _, rows = text.search(queries, 10)
@@ -173,6 +233,7 @@ def test_a_large_base_records_its_choices_and_searches_through_them(tmp_path, mo
     compacted = compact(tmp_path)
     text = compacted.modalities["text"]
     assert text.ntotal == text.index.ntotal == 592 and compacted.manifest["faiss"] == m["faiss"]
+    assert compacted.manifest["vector_dtype"] == dtype and isinstance(text.vectors, stored_as)
     _, rows = text.search(queries[10:20], 10)
     assert rows[:, 0].tolist() == list(range(10))  # rows 10..19 are now 0..9, each finds itself
     _, rows = text.search(new, 1)
@@ -180,11 +241,13 @@ def test_a_large_base_records_its_choices_and_searches_through_them(tmp_path, mo
 
 
 @pytest.mark.parametrize("how", ["truncated", "flipped"])
-def test_a_damaged_scale_file_is_refused_by_name(tmp_path, monkeypatch, how):
+@pytest.mark.parametrize(("name", "int4_rows"), [("text.scale.npy", 10**9), ("text.offset.npy", 200)])
+def test_a_damaged_scale_file_is_refused_by_name(tmp_path, monkeypatch, how, name, int4_rows):
     monkeypatch.setattr(faiss_search, "LARGE_BASE_ROWS", 200)
     monkeypatch.setattr(segments, "COMPACT_ROWS", 200)
+    monkeypatch.setattr(segments, "INT4_ROWS", int4_rows)
     publish_fake(tmp_path / "good", n=300, factory="auto")
     shutil.copytree(tmp_path / "good", tmp_path / "bad")
-    damage(tmp_path / "bad" / VERSIONS / read_current(tmp_path / "bad") / "text.scale.npy", how)
-    with pytest.raises(IndexDamaged, match="text.scale.npy"):
+    damage(tmp_path / "bad" / VERSIONS / read_current(tmp_path / "bad") / name, how)
+    with pytest.raises(IndexDamaged, match=name):
         open_store(tmp_path / "bad", checksums=True)

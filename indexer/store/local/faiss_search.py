@@ -43,7 +43,7 @@ from indexer.store.filters import PositionFilter
 from indexer.store.local.segments import dot_rows
 
 if TYPE_CHECKING:
-    from indexer.store.local.segments import RowScaledInt8, StackedVectors, StoredVectors
+    from indexer.store.local.segments import StackedVectors, StoredVectors
 
 DEFAULT_SEARCH_PARAMS = {"nprobe": 16, "efSearch": 64, "refine": 1}
 ENVIRONMENT = {"nprobe": "FAISS_NPROBE", "efSearch": "FAISS_EF_SEARCH", "refine": "FAISS_REFINE"}
@@ -128,7 +128,7 @@ def build_faiss_index(
 
 
 def refine(
-    vectors: np.ndarray | StackedVectors | RowScaledInt8, queries: np.ndarray, positions: np.ndarray, k: int
+    vectors: StoredVectors | StackedVectors, queries: np.ndarray, positions: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-score candidate `positions` (n, depth; -1 = none) exactly with the stored vectors and
     keep the k best per query, ordered by (-similarity, position): O(n·depth·d), one query's
@@ -174,7 +174,7 @@ def _selector_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.Se
 
 
 def exact_search(
-    vectors: np.ndarray | StackedVectors | RowScaledInt8,
+    vectors: StoredVectors | StackedVectors,
     queries: np.ndarray,
     k: int,
     positions: np.ndarray | None = None,
@@ -228,7 +228,7 @@ def filtered_search(
 
 def _filtered_positions(
     index: faiss.Index,
-    vectors: np.ndarray | StackedVectors | RowScaledInt8,
+    vectors: StoredVectors | StackedVectors,
     refine_by: int,
     queries: np.ndarray,
     k: int,

@@ -392,7 +392,7 @@ def _identity(vdir: Path, manifest: Mapping) -> tuple:
 def _read_vectors(folder: Path, modality: str, dtype: str, shape: tuple[int, int]) -> StoredVectors:
     """Memory-mapped vectors in the manifest's precision (pages shared by every process that maps them)."""
     try:
-        vectors = load_vectors(folder, modality, dtype)
+        vectors = load_vectors(folder, modality, dtype, dim=shape[1])
     except ValueError as exc:
         raise _Mismatch(str(exc)) from exc
     _expect(vectors.shape == shape, f"shape {vectors.shape}, manifest says {shape}")

@@ -19,13 +19,17 @@ new base, i.e. a new version.
 
 Dense vectors are stored compactly and memory-mapped (np.load(mmap_mode="r")), so every
 worker of a machine shares one copy in the page cache; `StackedVectors` reads the base's
-mapped rows and the deltas' rows as one array without concatenating them. Two precisions
-(the manifest's `vector_dtype`): "float16" (2 B per dimension) and "int8" (1 B per dimension
-plus one float32 scale per row, `RowScaledInt8`): data-independent, so nothing is fitted on
-the catalogue. `vector_dtype_for(n)` picks int8 from COMPACT_ROWS rows (where the disk target
-bites: 1M x 2176 dims is 4.35 GB in float16, 2.18 GB in int8) and float16 below;
-INDEX_VECTOR_DTYPE overrides. bench/bench_precision.py prints the effect of each on the real
-catalogue's nested figures, bench/bench_search_scale.py the fused agreement at 100k / 1M.
+mapped rows and the deltas' rows as one array without concatenating them. Three precisions
+(the manifest's `vector_dtype`): "float16" (2 B per dimension), "int8" (1 B per dimension
+plus one float32 scale per row, `RowScaledInt8`) and "int4" (half a byte per dimension plus a
+float32 step and offset per row, `RowAffineInt4`): data-independent, so nothing is fitted on
+the catalogue. `vector_dtype_for(n)` picks float16 below COMPACT_ROWS rows, int8 from there
+(where the disk target bites: 1M x 2176 dims is 4.35 GB in float16, 2.18 GB in int8) and int4
+from INT4_ROWS (where the memory target bites: a worker maps nearly every stored row after a
+thousand predictions, and at 1M the int8 copy plus the lexical layouts put one worker at
+3,072 MB of PSS, over 3 GB; int4 halves the copy to 1.09 GB); INDEX_VECTOR_DTYPE overrides.
+bench/bench_precision.py prints the effect of each on the real catalogue's nested figures,
+bench/bench_search_scale.py the fused agreement at 100k / 1M, bench/bench_scale.py the worker's memory.
 """
 
 from __future__ import annotations
@@ -53,16 +57,22 @@ ADD = "add"  # the kind of delta an add writes (deltas written before kinds are 
 CHANGE = "change"  # the kind of a delete / relabel delta (CHANGES records, no products)
 CHANGES = "changes.jsonl"  # a delete / relabel delta's change records
 VECTOR_DTYPE = np.float16  # the "float16" precision
-VECTOR_DTYPES = ("float16", "int8")
+VECTOR_DTYPES = ("float16", "int8", "int4")
 # From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
 COMPACT_ROWS = int(os.environ.get("INDEX_COMPACT_ROWS", "50000"))
+# From this many rows, int4 (the worker-memory target at 1M; see the module docstring). Half of
+# 1M: there the int8 copy (1.09 GB) and the lexical layouts still leave a worker well under 3 GB.
+INT4_ROWS = int(os.environ.get("INDEX_INT4_ROWS", "500000"))
 INT8_MAX = 127.0
+INT4_LEVELS = 15  # 4-bit codes 0..15: offset + code * step
 
 
 def vector_dtype_for(rows: int, environ: Mapping[str, str] | None = None) -> str:
-    """The precision of a segment of `rows` vectors: INDEX_VECTOR_DTYPE, else int8 from COMPACT_ROWS."""
+    """The precision of a segment of `rows` vectors: INDEX_VECTOR_DTYPE, else float16, int8 from
+    COMPACT_ROWS and int4 from INT4_ROWS."""
     environ = os.environ if environ is None else environ
-    chosen = environ.get("INDEX_VECTOR_DTYPE", "").strip() or ("int8" if rows >= COMPACT_ROWS else "float16")
+    by_size = "int4" if rows >= INT4_ROWS else "int8" if rows >= COMPACT_ROWS else "float16"
+    chosen = environ.get("INDEX_VECTOR_DTYPE", "").strip() or by_size
     if chosen not in VECTOR_DTYPES:
         raise ValueError(f"INDEX_VECTOR_DTYPE must be one of {VECTOR_DTYPES}, got {chosen!r}")
     return chosen
@@ -115,18 +125,96 @@ class RowScaledInt8:
         return np.asarray(self).T
 
 
-StoredVectors = np.ndarray | RowScaledInt8
+def quantize_int4(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes packed two to a byte, (n, ceil(d/2)) uint8; float32 step per row; float32 offset
+    per row) with x ~= offset + code * step, offset = min(x), step = (max(x) - min(x)) / 15.
+
+    Affine per row rather than symmetric like int8: the image vectors are non-negative (pooled
+    activations), so a range centred on zero would leave half the 16 codes unused. On the real
+    catalogue's vectors this keeps the cosine with the float32 vector at 0.996 (image) and
+    0.989 (text) on average (bench/bench_precision.py). Each component is off by at most
+    step / 2. Dimension 2j is the low nibble of byte j, 2j+1 the high one. O(n·d)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"int4 quantisation needs (n, d) vectors, got shape {vectors.shape}")
+    n, d = vectors.shape
+    low = vectors.min(axis=1) if vectors.size else np.zeros(n, np.float32)
+    high = vectors.max(axis=1) if vectors.size else np.zeros(n, np.float32)
+    step = np.where(high > low, (high - low) / INT4_LEVELS, 1.0).astype(np.float32)
+    levels = np.clip(np.rint((vectors - low[:, None]) / step[:, None]), 0, INT4_LEVELS).astype(np.uint8)
+    if d % 2:
+        levels = np.pad(levels, ((0, 0), (0, 1)))
+    return levels[:, 0::2] | (levels[:, 1::2] << 4), step, low.astype(np.float32)
+
+
+class RowAffineInt4:
+    """4-bit codes packed two to a byte (n, ceil(d/2)), a float32 step and offset per row, read
+    as float32 rows: offset[i] + code * step[i] (`quantize_int4`).
+
+    The arrays may be memory-mapped; indexing gathers and decodes only the rows asked for,
+    O(len(positions)·d)."""
+
+    def __init__(self, codes: np.ndarray, step: np.ndarray, offset: np.ndarray, dim: int) -> None:
+        n = len(codes)
+        if codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[1] != (dim + 1) // 2:
+            raise ValueError(f"int4 codes {codes.shape} {codes.dtype} do not hold {dim} dimensions")
+        if step.shape != (n,) or offset.shape != (n,):
+            raise ValueError(f"int4 steps {step.shape} and offsets {offset.shape} disagree with {n} rows")
+        self.codes, self.step, self.offset = codes, step, offset
+        self.shape = (n, dim)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.step.nbytes + self.offset.nbytes)
+
+    def levels(self, positions: Any) -> np.ndarray:
+        """The codes (0..15) of the rows at `positions`, unpacked to float32: O(rows·d)."""
+        packed = np.asarray(self.codes[positions])
+        out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), np.float32)
+        out[..., 0::2] = packed & 15
+        out[..., 1::2] = packed >> 4
+        return out[..., : self.shape[1]]
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        levels = self.levels(positions)
+        step = np.asarray(self.step[positions], dtype=np.float32)
+        offset = np.asarray(self.offset[positions], dtype=np.float32)
+        if levels.ndim == 2:
+            return levels * step[:, None] + offset[:, None]
+        return levels * step + offset
+
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[slice(None)]
+        return whole if dtype is None else whole.astype(dtype)
+
+    @property
+    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
+        return np.asarray(self).T
+
+
+StoredVectors = np.ndarray | RowScaledInt8 | RowAffineInt4
 
 
 def dot_rows(vectors: StoredVectors | StackedVectors, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The stored rows at `positions` times one float32 `query`, as float32: O(len(positions)·d).
     int8 rows are cast and multiplied by the query first, then each product by its row's scale
     (codes · q · scale: one multiply per row instead of one per component), which agrees with
-    the dequantised rows' product to float32 rounding."""
+    the dequantised rows' product to float32 rounding; int4 rows likewise (codes · q · step +
+    offset · sum(q)), their low and high nibbles against the query's even and odd dimensions."""
     positions = np.asarray(positions, dtype=np.int64)
     query = np.asarray(query, dtype=np.float32)
     if isinstance(vectors, RowScaledInt8):
         return (vectors.codes[positions].astype(np.float32) @ query) * vectors.scale[positions]
+    if isinstance(vectors, RowAffineInt4):
+        packed = vectors.codes[positions]
+        even, odd = query[0::2], query[1::2]  # low nibbles hold the even dimensions
+        levels = (packed & 15).astype(np.float32) @ even + (packed[:, : len(odd)] >> 4).astype(np.float32) @ odd
+        return np.asarray(levels * vectors.step[positions] + vectors.offset[positions] * query.sum(), np.float32)
     if isinstance(vectors, StackedVectors):
         out = np.empty(len(positions), np.float32)
         for part, at, local in vectors.by_part(positions):
@@ -136,19 +224,26 @@ def dot_rows(vectors: StoredVectors | StackedVectors, positions: np.ndarray, que
 
 
 def save_vectors(folder: Path, name: str, vectors: np.ndarray, dtype: str) -> None:
-    """`name`.npy in the precision `dtype` (+ `name`.scale.npy for int8). O(n·d)."""
+    """`name`.npy in the precision `dtype` (+ `name`.scale.npy for int8 and int4, + `name`.offset.npy
+    for int4). O(n·d)."""
     if dtype == "int8":
         codes, scale = quantize_int8(vectors)
         np.save(folder / f"{name}.npy", codes)
         np.save(folder / f"{name}.scale.npy", scale)
+    elif dtype == "int4":
+        codes, step, offset = quantize_int4(vectors)
+        np.save(folder / f"{name}.npy", codes)
+        np.save(folder / f"{name}.scale.npy", step)
+        np.save(folder / f"{name}.offset.npy", offset)
     elif dtype == "float16":
         np.save(folder / f"{name}.npy", np.asarray(vectors, dtype=VECTOR_DTYPE))
     else:
         raise ValueError(f"unknown vector dtype {dtype!r}; choose from {VECTOR_DTYPES}")
 
 
-def load_vectors(folder: Path, name: str, dtype: str, mmap: bool = True) -> StoredVectors:
-    """The stored vectors of `name`, memory-mapped; raises ValueError when the files disagree with `dtype`."""
+def load_vectors(folder: Path, name: str, dtype: str, mmap: bool = True, dim: int | None = None) -> StoredVectors:
+    """The stored vectors of `name`, memory-mapped; raises ValueError when the files disagree with
+    `dtype`. int4 packs two dimensions to a byte, so it needs `dim` (the manifest's) when d is odd."""
 
     def read(path: Path) -> np.ndarray:
         return map_random(path) if mmap else np.load(path, allow_pickle=False)
@@ -163,6 +258,16 @@ def load_vectors(folder: Path, name: str, dtype: str, mmap: bool = True) -> Stor
         if scale.shape != (len(codes),) or scale.dtype != np.float32:
             raise ValueError(f"{name}.scale.npy holds {scale.shape} {scale.dtype}, expected ({len(codes)},) float32")
         return RowScaledInt8(codes, scale)
+    if dtype == "int4":
+        if codes.dtype != np.uint8:
+            raise ValueError(f"dtype {codes.dtype}, the manifest says int4 (packed uint8)")
+        step, offset = read(folder / f"{name}.scale.npy"), read(folder / f"{name}.offset.npy")
+        for label, array in (("scale", step), ("offset", offset)):
+            if array.shape != (len(codes),) or array.dtype != np.float32:
+                raise ValueError(
+                    f"{name}.{label}.npy holds {array.shape} {array.dtype}, expected ({len(codes)},) float32"
+                )
+        return RowAffineInt4(codes, step, offset, 2 * codes.shape[1] if dim is None else dim)
     if dtype != "float16" or codes.dtype != VECTOR_DTYPE:
         raise ValueError(f"dtype {codes.dtype}, the manifest says {dtype}")
     return codes
@@ -175,7 +280,7 @@ class StackedVectors:
     memory-mapped. `np.asarray(stacked)` (or `.T`) materialises all of it: O(N·d), for batch
     paths only (cross-validation similarity matrices)."""
 
-    def __init__(self, parts: Sequence[np.ndarray | RowScaledInt8]) -> None:
+    def __init__(self, parts: Sequence[StoredVectors]) -> None:
         if not parts:
             raise ValueError("StackedVectors needs at least one part")
         self.parts = list(parts)
@@ -205,7 +310,7 @@ class StackedVectors:
             out[at] = part[local]
         return out[0] if scalar else out
 
-    def by_part(self, positions: np.ndarray) -> Iterator[tuple[np.ndarray | RowScaledInt8, np.ndarray, np.ndarray]]:
+    def by_part(self, positions: np.ndarray) -> Iterator[tuple[StoredVectors, np.ndarray, np.ndarray]]:
         """(part, indices into `positions`, positions within that part) for each part that
         `positions` (in range, non-negative) reach: O(len(positions) · log parts)."""
         which = np.searchsorted(self.offsets, positions, side="right") - 1
@@ -222,7 +327,7 @@ class StackedVectors:
         return np.asarray(self).T
 
 
-def as_float32(vectors: np.ndarray | StackedVectors | RowScaledInt8) -> np.ndarray:
+def as_float32(vectors: StoredVectors | StackedVectors) -> np.ndarray:
     """A float32 in-memory copy of stored vectors (evaluation, compaction): O(N·d)."""
     return np.asarray(vectors, dtype=np.float32)
 

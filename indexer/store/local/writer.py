@@ -41,7 +41,14 @@ from indexer.store.local import faiss_search
 from indexer.store.local.faiss_search import build_faiss_index, choose_factory, search_settings_for
 from indexer.store.local.integrity import describe_files
 from indexer.store.local.products_db import ProductsWriter
-from indexer.store.local.segments import VECTOR_DTYPE, StoredVectors, load_vectors, quantize_int8, vector_dtype_for
+from indexer.store.local.segments import (
+    VECTOR_DTYPE,
+    StoredVectors,
+    load_vectors,
+    quantize_int4,
+    quantize_int8,
+    vector_dtype_for,
+)
 
 if TYPE_CHECKING:
     from indexer.store.lexical import LexicalIndex
@@ -57,16 +64,19 @@ def staging_prefix() -> str:
 
 class _VectorFile:
     """One modality's vectors and rows appended as raw bytes, in the segment's precision, while a
-    base is written (int8: codes and per-row scales, `segments.quantize_int8`, row by row, so
-    nothing is fitted on the catalogue)."""
+    base is written (int8: codes and per-row scales, `segments.quantize_int8`; int4: packed codes,
+    per-row steps and offsets, `segments.quantize_int4`; row by row, so nothing is fitted on the
+    catalogue)."""
 
     def __init__(self, folder: Path, modality: str, dim: int, dtype: str, index: faiss.Index | None) -> None:
         self.modality, self.dim, self.dtype, self.count = modality, dim, dtype, 0
         self.raw = folder / f".{modality}.raw"
         self.scales = folder / f".{modality}.scales"
+        self.offsets = folder / f".{modality}.offsets"
         self.rows = folder / f".{modality}.rows"
         self._raw = open(self.raw, "wb")  # noqa: SIM115 - closed by finish/abort
         self._scales = open(self.scales, "wb")  # noqa: SIM115
+        self._offsets = open(self.offsets, "wb")  # noqa: SIM115
         self._rows = open(self.rows, "wb")  # noqa: SIM115
         self.index = index  # filled as vectors arrive (no training needed), or None
 
@@ -75,6 +85,11 @@ class _VectorFile:
             codes, scale = quantize_int8(vectors)
             self._raw.write(np.ascontiguousarray(codes).tobytes())
             self._scales.write(np.ascontiguousarray(scale, dtype=np.float32).tobytes())
+        elif self.dtype == "int4":
+            codes, step, offset = quantize_int4(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+            self._raw.write(np.ascontiguousarray(codes).tobytes())
+            self._scales.write(np.ascontiguousarray(step, dtype=np.float32).tobytes())
+            self._offsets.write(np.ascontiguousarray(offset, dtype=np.float32).tobytes())
         else:
             self._raw.write(np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes())
         self._rows.write(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
@@ -83,33 +98,36 @@ class _VectorFile:
         self.count += len(vectors)
 
     def close(self) -> None:
-        for fh in (self._raw, self._scales, self._rows):
+        for fh in (self._raw, self._scales, self._offsets, self._rows):
             fh.close()
 
     def materialise(self, folder: Path, products: int) -> StoredVectors:
         """The `.npy` files the store maps (`segments.load_vectors` reads them back), copied from
         the raw appends in ADD_BATCH slices; refuses rows pointing outside the `products` written."""
         self.close()
-        code_dtype = np.int8 if self.dtype == "int8" else VECTOR_DTYPE
+        code_dtype = {"int8": np.int8, "int4": np.uint8}.get(self.dtype, VECTOR_DTYPE)
+        width = (self.dim + 1) // 2 if self.dtype == "int4" else self.dim  # int4: two dimensions a byte
         stored = np.lib.format.open_memmap(
-            folder / f"{self.modality}.npy", mode="w+", dtype=code_dtype, shape=(self.count, self.dim)
+            folder / f"{self.modality}.npy", mode="w+", dtype=code_dtype, shape=(self.count, width)
         )
         if self.count:
-            raw = np.memmap(self.raw, dtype=code_dtype, mode="r", shape=(self.count, self.dim))
+            raw = np.memmap(self.raw, dtype=code_dtype, mode="r", shape=(self.count, width))
             for start in range(0, self.count, ADD_BATCH):
                 stored[start : start + ADD_BATCH] = raw[start : start + ADD_BATCH]
             del raw
         stored.flush()
         del stored
-        if self.dtype == "int8":
+        if self.dtype in ("int8", "int4"):
             np.save(folder / f"{self.modality}.scale.npy", np.fromfile(self.scales, dtype=np.float32))
+        if self.dtype == "int4":
+            np.save(folder / f"{self.modality}.offset.npy", np.fromfile(self.offsets, dtype=np.float32))
         rows = np.fromfile(self.rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= products):
             raise IndexStoreError(f"{self.modality} rows point outside the {products} products written")
         np.save(folder / f"{self.modality}.rows.npy", rows)
-        for tmp in (self.raw, self.scales, self.rows):
+        for tmp in (self.raw, self.scales, self.offsets, self.rows):
             tmp.unlink()
-        return load_vectors(folder, self.modality, self.dtype)
+        return load_vectors(folder, self.modality, self.dtype, dim=self.dim)
 
 
 class BaseWriter:
