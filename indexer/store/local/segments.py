@@ -27,7 +27,7 @@ the catalogue. `vector_dtype_for(n)` picks float16 below COMPACT_ROWS rows, int8
 (where the disk target bites: 1M x 2176 dims is 4.35 GB in float16, 2.18 GB in int8) and int4
 from INT4_ROWS (where the memory target bites: a worker maps nearly every stored row after a
 thousand predictions, and at 1M the int8 copy plus the lexical layouts put one worker at
-3,072 MB of PSS, over 3 GB; int4 halves the copy to 1.09 GB); INDEX_VECTOR_DTYPE overrides.
+3,072 MB of PSS, over 3 GB; int4 halves the copy to 1.08 GB); INDEX_VECTOR_DTYPE overrides.
 bench/bench_precision.py prints the effect of each on the real catalogue's nested figures,
 bench/bench_search_scale.py the fused agreement at 100k / 1M, bench/bench_scale.py the worker's memory.
 """
@@ -61,7 +61,8 @@ VECTOR_DTYPES = ("float16", "int8", "int4")
 # From this many rows a base stores int8 row-scaled vectors (the disk target at 1M), below it float16.
 COMPACT_ROWS = int(os.environ.get("INDEX_COMPACT_ROWS", "50000"))
 # From this many rows, int4 (the worker-memory target at 1M; see the module docstring). Half of
-# 1M: there the int8 copy (1.09 GB) and the lexical layouts still leave a worker well under 3 GB.
+# 1M, by arithmetic rather than a measurement: there the int8 copy is 1.09 GB and the lexical
+# layouts about 0.42 GB, half of what put a worker over 3 GB at 1M.
 INT4_ROWS = int(os.environ.get("INDEX_INT4_ROWS", "500000"))
 INT8_MAX = 127.0
 INT4_LEVELS = 15  # 4-bit codes 0..15: offset + code * step
