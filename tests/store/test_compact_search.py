@@ -87,7 +87,8 @@ def test_int4_quantisation_stays_within_half_a_step_in_any_dimension_order():
     assert back.shape == (300, 63) and not np.isnan(back).any()
     assert (np.abs(back - x) <= step[:, None] / 2 + 1e-6).all()  # each component within half a step
     np.testing.assert_allclose(back[[5, 6]], x[[5, 6]], atol=1e-7)
-    np.testing.assert_allclose(offset[7], x[7].min()) and np.testing.assert_allclose(step[7], np.ptp(x[7]) / 15)
+    np.testing.assert_allclose(offset[7], x[7].min())
+    np.testing.assert_allclose(step[7], np.ptp(x[7]) / 15, rtol=1e-6)
     # the packing keeps each dimension in its place: 2j in byte j's low nibble, 2j+1 in its high one
     levels = np.rint((x[0] - offset[0]) / step[0])
     assert codes[0, 3] == levels[6] + 16 * levels[7] and codes[0, 31] == levels[62]
