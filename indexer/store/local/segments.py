@@ -91,17 +91,15 @@ def quantize_int8(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, scale
 
 
-class RowScaledInt8:
-    """int8 codes (n, d) and a float32 scale per row, read as float32 rows: codes[i] * scale[i].
+class DecodedRows:
+    """What the quantised precisions share: an (n, d) float32 array-like over code arrays that
+    may be memory-mapped. A subclass decodes rows in `__getitem__` (O(len(positions)·d)) and
+    lists its arrays in `parts` (for `nbytes`); reading all of it is O(N·d), batch paths only."""
 
-    Both arrays may be memory-mapped; indexing gathers and dequantises only the rows asked
-    for, O(len(positions)·d)."""
+    parts: tuple[np.ndarray, ...] = ()
 
-    def __init__(self, codes: np.ndarray, scale: np.ndarray) -> None:
-        if codes.ndim != 2 or codes.dtype != np.int8 or scale.shape != (len(codes),):
-            raise ValueError(f"int8 codes {codes.shape} {codes.dtype} and scales {scale.shape} disagree")
-        self.codes, self.scale = codes, scale
-        self.shape = codes.shape
+    def __init__(self, rows: int, dim: int) -> None:
+        self.shape = (rows, dim)
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
 
@@ -110,12 +108,10 @@ class RowScaledInt8:
 
     @property
     def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.scale.nbytes)
+        return int(sum(a.nbytes for a in self.parts))
 
     def __getitem__(self, positions: Any) -> np.ndarray:
-        codes = np.asarray(self.codes[positions], dtype=np.float32)
-        scale = np.asarray(self.scale[positions], dtype=np.float32)
-        return codes * scale[..., None] if codes.ndim == 2 else codes * scale
+        raise NotImplementedError
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         whole = self[slice(None)]
@@ -124,6 +120,25 @@ class RowScaledInt8:
     @property
     def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
         return np.asarray(self).T
+
+
+class RowScaledInt8(DecodedRows):
+    """int8 codes (n, d) and a float32 scale per row, read as float32 rows: codes[i] * scale[i].
+
+    Both arrays may be memory-mapped; indexing gathers and dequantises only the rows asked
+    for, O(len(positions)·d)."""
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray) -> None:
+        if codes.ndim != 2 or codes.dtype != np.int8 or scale.shape != (len(codes),):
+            raise ValueError(f"int8 codes {codes.shape} {codes.dtype} and scales {scale.shape} disagree")
+        super().__init__(*codes.shape)
+        self.codes, self.scale = codes, scale
+        self.parts = (codes, scale)
+
+    def __getitem__(self, positions: Any) -> np.ndarray:
+        codes = np.asarray(self.codes[positions], dtype=np.float32)
+        scale = np.asarray(self.scale[positions], dtype=np.float32)
+        return codes * scale[..., None] if codes.ndim == 2 else codes * scale
 
 
 def quantize_int4(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,7 +163,7 @@ def quantize_int4(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return levels[:, 0::2] | (levels[:, 1::2] << 4), step, low.astype(np.float32)
 
 
-class RowAffineInt4:
+class RowAffineInt4(DecodedRows):
     """4-bit codes packed two to a byte (n, ceil(d/2)), a float32 step and offset per row, read
     as float32 rows: offset[i] + code * step[i] (`quantize_int4`).
 
@@ -161,17 +176,9 @@ class RowAffineInt4:
             raise ValueError(f"int4 codes {codes.shape} {codes.dtype} do not hold {dim} dimensions")
         if step.shape != (n,) or offset.shape != (n,):
             raise ValueError(f"int4 steps {step.shape} and offsets {offset.shape} disagree with {n} rows")
+        super().__init__(n, dim)
         self.codes, self.step, self.offset = codes, step, offset
-        self.shape = (n, dim)
-        self.dtype = np.dtype(np.float32)
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.step.nbytes + self.offset.nbytes)
+        self.parts = (codes, step, offset)
 
     def levels(self, positions: Any) -> np.ndarray:
         """The codes (0..15) of the rows at `positions`, unpacked to float32: O(rows·d)."""
@@ -188,14 +195,6 @@ class RowAffineInt4:
         if levels.ndim == 2:
             return levels * step[:, None] + offset[:, None]
         return levels * step + offset
-
-    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
-        whole = self[slice(None)]
-        return whole if dtype is None else whole.astype(dtype)
-
-    @property
-    def T(self) -> np.ndarray:  # noqa: N802 - numpy's name
-        return np.asarray(self).T
 
 
 StoredVectors = np.ndarray | RowScaledInt8 | RowAffineInt4
