@@ -218,32 +218,68 @@ class Categorizer:
         full: dict[str, np.ndarray] | None = None,
         present: dict[str, np.ndarray] | None = None,
         parts: dict[str, tuple[np.ndarray, np.ndarray, float]] | None = None,
+        k: int | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """Weighted mean of per-modality cosine similarities, over the modalities both sides have.
         `present` (per channel, which query rows carry it) saves recomputing it per query.
-        `parts`, when given, receives per channel (similarities, rows having it, weight)."""
-        num = np.zeros(len(rows), np.float64)
-        den = np.zeros(len(rows), np.float64)
+        `parts`, when given, receives per channel (similarities, rows having it, weight).
+
+        With `k` (the top k the caller reads), a server store may first answer candidates its
+        searches did not return with an upper bound instead of another round trip
+        (`IndexStore.bounded_similarities`); the exact scores are asked only when a bound could
+        enter a top k read from them (`_bounds_settle`): the result is the exact scores' either
+        way, provided the bound holds (it does for an exhaustive search; an approximate index
+        that missed a row may rank differently, as its search itself does). O(candidates)."""
         used = [m for m, q in queries.items() if (present[m][i] if present else present_rows(q[i].reshape(1, -1))[0])]
         where = {m: self.store.positions(m)[rows] for m in used}
-        scored = self.store.similarities(  # every channel's at once (a server backend asks them together)
-            {m: (queries[m][i], where[m][where[m] >= 0]) for m in used if not (full and m in full)}
-        )
+        asked = {m: (queries[m][i], where[m][where[m] >= 0]) for m in used if not (full and m in full)}
+        scored: dict[str, tuple[np.ndarray, np.ndarray | None]]
+        if k is None:  # every channel's at once (a server backend asks them together)
+            scored = {m: (s, None) for m, s in self.store.similarities(asked).items()}
+        else:
+            scored = self.store.bounded_similarities(asked)
+        channel_parts = self._channel_parts(queries, i, used, where, full, scored)
+        if k is not None and not self._bounds_settle(channel_parts, len(rows), k):
+            scored = {m: (s, None) for m, s in self.store.similarities(asked).items()}
+            channel_parts = self._channel_parts(queries, i, used, where, full, scored)
+        fused, _ = _weighted_mean(channel_parts, used, len(rows))
+        if parts is not None:
+            parts.update({m: (sims, has, w) for m, (sims, has, w, _) in channel_parts.items()})
+        return fused, used
+
+    def _channel_parts(
+        self,
+        queries: dict[str, np.ndarray],
+        i: int,
+        used: list[str],
+        where: dict[str, np.ndarray],
+        full: dict[str, np.ndarray] | None,
+        scored: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]]:
+        """Per channel (similarities of the candidates having it, which have it, weight, which
+        similarities are upper bounds or None): the terms of `_weighted_mean`."""
+        out = {}
         for modality in used:
             q, pos = queries[modality], where[modality]
             has = pos >= 0
-            sims = full[modality][i, pos[has]] if full and modality in full else scored[modality]
+            sims, loose = (full[modality][i, pos[has]], None) if full and modality in full else scored[modality]
             w = float(self.weights.get(modality, 1.0))
             if modality == "lexical":  # a query row's norm is its weight factor (LexicalIndex.query_rows)
                 norm = float(np.sqrt(np.square(q[i].data).sum()))
                 sims, w = sims / norm, w * norm
-            num[has] += w * sims
-            den[has] += w
-            if parts is not None:
-                parts[modality] = (sims, has, w)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fused = np.where(den > 0, num / den, -np.inf)
-        return fused, used
+            out[modality] = (sims, has, w, loose)
+        return out
+
+    def _bounds_settle(
+        self, parts: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]], n: int, k: int
+    ) -> bool:
+        """True when no upper bound among the candidates' scores can enter a top k read from
+        them: the fused ranking, and the photo's and the text's own votes (`_channel_votes`).
+        Then the top k are the exact scores' top k, with their exact scores. O(candidates)."""
+        if not any(loose is not None and loose.any() for *_, loose in parts.values()):
+            return True
+        groups = [list(parts), *_channel_vote_groups(parts)]
+        return all(_top_k_exact(*_weighted_mean(parts, members, n), k) for members in groups)
 
     def predict_vectors(
         self,
@@ -274,7 +310,7 @@ class Categorizer:
         out = []
         for i, rows in enumerate(candidates):
             parts: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-            fused, used = self._fused_similarity(present, i, rows, full, has, parts)
+            fused, used = self._fused_similarity(present, i, rows, full, has, parts, k)
             keep = np.isfinite(fused)
             top = np.argsort(-fused[keep], kind="stable")[:k]
             prediction = self._vote(rows[keep][top], fused[keep][top], used, with_neighbors)
@@ -291,21 +327,16 @@ class Categorizer:
     ) -> None:
         """The photo's and the text's own votes among the same candidates (the text vote weighs
         dense text and lexical as the fused one does), and how much they disagree. O(candidates)."""
-        text = [m for m in ("text", "lexical") if m in parts]
-        if "image" not in parts or not text:
+        groups = _channel_vote_groups(parts)
+        if not groups:
             return
         votes = {}
-        for channel, members in (("photo", ["image"]), ("text", text)):
-            num = np.zeros(len(rows), np.float64)
-            den = np.zeros(len(rows), np.float64)
-            for m in members:
-                sims, has, w = parts[m]
-                num[has] += w * sims
-                den[has] += w
-            ok = den > 0
+        for channel, members in zip(("photo", "text"), groups, strict=True):
+            sims, _ = _weighted_mean({m: (*parts[m], None) for m in members}, members, len(rows))
+            ok = np.isfinite(sims)
             if not ok.any():
                 return
-            sims = num[ok] / den[ok]
+            sims = sims[ok]
             top = np.argsort(-sims, kind="stable")[:k]
             weights = np.exp((sims[top] - sims[top].max()) / self.temperature)
             votes[channel] = self._shares(rows[ok][top], weights)
@@ -327,7 +358,7 @@ class Categorizer:
         present = self._present(queries)
         out = []
         for i, rows in enumerate(self._candidates(present, k, exclude, allowed)):
-            fused, used = self._fused_similarity(present, i, rows)
+            fused, used = self._fused_similarity(present, i, rows, k=k)
             keep = np.isfinite(fused)
             rows, fused = rows[keep], fused[keep]
             top = np.argsort(-fused, kind="stable")[:k]
@@ -552,3 +583,41 @@ def query_text(store: IndexStore, title: str | None, description: str | None) ->
     from indexer.catalog.text import encoder_text
 
     return encoder_text(title or "", description or "", strip=store.strip_boilerplate())
+
+
+def _channel_vote_groups(parts: Mapping[str, Any]) -> list[list[str]]:
+    """The channels of the photo's and of the text's own votes (`Categorizer._channel_votes`),
+    or none when the query lacks either side."""
+    text = [m for m in ("text", "lexical") if m in parts]
+    return [["image"], text] if "image" in parts and text else []
+
+
+def _weighted_mean(
+    parts: Mapping[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]], members: Sequence[str], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, loose) of n candidates: the weighted mean of `members`' similarities over the
+    channels each candidate has (-inf where none), and which means hold an upper bound."""
+    num = np.zeros(n, np.float64)
+    den = np.zeros(n, np.float64)
+    loose = np.zeros(n, bool)
+    for m in members:
+        sims, has, w, bound = parts[m]
+        num[has] += w * sims
+        den[has] += w
+        if bound is not None:
+            loose[np.flatnonzero(has)[bound]] = True
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, -np.inf), loose
+
+
+def _top_k_exact(scores: np.ndarray, loose: np.ndarray, k: int) -> bool:
+    """True when the top k of `scores` hold no upper bound and none can enter them: at least k
+    exact scores, and every bound below the k-th best of them. O(n)."""
+    bounded = loose & np.isfinite(scores)
+    if not bounded.any():
+        return True
+    exact = scores[np.isfinite(scores) & ~loose]
+    if len(exact) < k:
+        return False
+    kth = np.partition(exact, len(exact) - k)[len(exact) - k]
+    return bool((scores[bounded] < kth).all())

@@ -64,6 +64,11 @@ def at_once(calls: Mapping[str, tuple]) -> dict[str, Any]:
     return {name: future.result() for name, future in futures.items()}
 
 
+def _exact_scores(channel: Any, query: Any, positions: np.ndarray) -> tuple[np.ndarray, None]:
+    """A channel without bounds: its exact scores (`IndexStore.bounded_similarities`)."""
+    return channel.similarity(query, positions), None
+
+
 class VectorChannel(Protocol):
     """One dense modality of a store: `rows[i]` is the product row of vector i."""
 
@@ -231,6 +236,21 @@ class IndexStore:
         `remote_reads`)."""
         channels = self.channels()
         return self._run({name: (channels[name].similarity, q, pos) for name, (q, pos) in requests.items()})
+
+    def bounded_similarities(
+        self, requests: Mapping[str, tuple[Any, np.ndarray]]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """{channel: (one query, positions)} -> {channel: (scores, loose)}: like `similarities`,
+        but a channel that would need another round trip to a server for some positions (one
+        with `bounded_similarity`: Milvus) may answer them with an upper bound instead, marked
+        True in `loose` (None: every score exact). The Categorizer asks the exact scores only when
+        a bound could change what it reads (`Categorizer._fused_similarity`)."""
+        channels = self.channels()
+        calls = {}
+        for name, (q, pos) in requests.items():
+            bounded = getattr(channels[name], "bounded_similarity", None)
+            calls[name] = (bounded, q, pos) if bounded is not None else (_exact_scores, channels[name], q, pos)
+        return self._run(calls)
 
     def strip_boilerplate(self) -> bool:
         return bool(self.manifest.get("text_normalisation", {}).get("strip_boilerplate", True))

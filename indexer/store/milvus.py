@@ -56,7 +56,11 @@ search, but its term statistics are the whole collection's: the nested evaluatio
 vocabulary and idf inside each training part, and the figures must equal the FAISS store's.
 
 A query's candidates are scored by the server (a search restricted to their rows, per modality:
-no vector crosses the wire; `MilvusChannel.similarity`). Vectors are read by primary key only
+no vector crosses the wire; `MilvusChannel.similarity`), but only when needed: each channel
+remembers its searches' scores (`SearchMemo`), a candidate one search did not return gets that
+search's lowest score as an upper bound (`MilvusChannel.bounded_similarity`), and the
+Categorizer asks the server for exact scores only when a bound could enter a top k it reads
+(`Categorizer._fused_similarity`): one round to the server instead of two when it cannot. Vectors are read by primary key only
 where a caller wants them; a whole-matrix use (the evaluation's batch similarities) fetches
 every vector once, O(N·d), and keeps it.
 
@@ -842,26 +846,42 @@ class SearchMemo:
     """The scores a channel's last searches returned, by query: a prediction's candidates are
     mostly its searches' own hits, so scoring them needs the server only for the others. The
     scores are the ones a scoring search would return (the same index, the same distance).
+    With each query it keeps a floor: the lowest score its searches returned when each returned
+    its full limit. A row those searches did not return scores at most that (exactly so for an
+    exhaustive FLAT search; an approximate index can miss a row above it, as it can miss it in
+    the search itself), which is what `MilvusChannel.bounded_similarity` answers for it.
     Bounded (RECENT_QUERIES), shared by a process's threads; O(k) per query remembered, O(rows
     known) per look-up."""
 
     def __init__(self) -> None:
-        self._scores: OrderedDict[bytes, dict[int, float]] = OrderedDict()
+        self._scores: OrderedDict[bytes, tuple[dict[int, float], float | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, queries: np.ndarray, sims: np.ndarray, rows: np.ndarray) -> None:
+        """One search's results (rows -1 past the end: the search returned fewer than its limit,
+        so it gives no floor). Merged with the query's earlier searches: the floor is the highest
+        of theirs (every candidate of a prediction was allowed in its own search, so that search's
+        floor bounds it, and the highest floor bounds every search's), none if one had none."""
         with self._lock:
             for query, s, r in zip(queries, sims, rows, strict=True):
                 key = query.tobytes()
-                known = self._scores.pop(key, {})
+                known, floor = self._scores.pop(key, ({}, -np.inf))
                 known.update((int(row), float(sim)) for row, sim in zip(r, s, strict=True) if row >= 0)
-                self._scores[key] = known
+                full = len(r) > 0 and bool((r >= 0).all())
+                if floor is not None:
+                    floor = max(floor, float(s.min())) if full else None
+                self._scores[key] = (known, floor)
             while len(self._scores) > RECENT_QUERIES:
                 self._scores.popitem(last=False)
 
     def known(self, query: np.ndarray) -> dict[int, float]:
+        return self.remembered(query)[0]
+
+    def remembered(self, query: np.ndarray) -> tuple[dict[int, float], float | None]:
+        """(scores by row, floor) of a query's remembered searches; floor None: no bound known."""
         with self._lock:
-            return dict(self._scores.get(query.tobytes(), {}))
+            known, floor = self._scores.get(query.tobytes(), ({}, None))
+            return dict(known), floor
 
 
 @dataclass
@@ -934,6 +954,20 @@ class MilvusChannel:
         if "nprobe" in params:
             params["nprobe"] = IVF_BUILD["nlist"]
         return {**self.search_params, "params": params}
+
+    def bounded_similarity(self, query: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scores, loose) of one query at `positions` without a round trip when its searches are
+        remembered (`SearchMemo`): the rows they returned keep their scores, the others get the
+        floor, an upper bound, marked True in `loose`. With no floor known, the exact scores of
+        `similarity` (a round trip), loose None. O(len(positions))."""
+        positions = np.asarray(positions, dtype=np.int64)
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        known, floor = self.memo.remembered(query)
+        if floor is None or len(positions) == 0:
+            return self.similarity(query, positions), None
+        rows = self.rows[positions].tolist()
+        loose = np.array([r not in known for r in rows], dtype=bool)
+        return np.array([known.get(r, floor) for r in rows], np.float32), loose
 
     def similarity(self, query: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Cosine of one query to the vectors at `positions`, scored by the server: one search

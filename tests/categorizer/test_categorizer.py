@@ -14,7 +14,7 @@ import pytest
 
 from indexer.catalog.products import Product
 from indexer.categorizer import protocol as calibration
-from indexer.categorizer.vote import Categorizer
+from indexer.categorizer.vote import Categorizer, stored_queries
 from indexer.store.lexical import LexicalIndex
 from indexer.store.local.index import IndexStore, ModalityIndex, make_faiss_index
 
@@ -331,3 +331,108 @@ def test_inner_cv_refits_the_lexical_vocabulary_per_inner_fold():
     )
     gap = np.abs(fitted.inner_confidence - [p.raw_confidence for p in leaky]).max()
     assert gap > 1e-3  # the refit matters here: one vocabulary for every inner fold scores otherwise
+
+
+def bounded_store(n: int = 240, seed: int = 5) -> IndexStore:
+    """n products in 4 categories, every one with a photo, a text and its lexical row; the photo
+    and text vectors agree only loosely (independent noise), so each channel's own top candidates
+    differ."""
+    rng = np.random.default_rng(seed)
+    labels = [("A", "B", "C", "D")[i % 4] for i in range(n)]
+    centres = {m: rng.normal(size=(4, DIM)) for m in ("image", "text")}
+    channels = {
+        m: np.stack([unit(centres[m][i % 4] + rng.normal(0, 0.5, DIM)) for i in range(n)]) for m in ("image", "text")
+    }
+    words = {c: [f"{c.lower()}word{j}" for j in range(12)] for c in "ABCD"}
+    texts = [" ".join(rng.choice(words[c], 4)) + f" common{i % 7}" for i, c in enumerate(labels)]
+    return with_lexical(make_store(labels, channels, texts), texts)
+
+
+def bound_like_a_server(store: IndexStore, depth: int, floor: str, asked: list) -> None:
+    """Make `store.bounded_similarities` answer as the Milvus channels do: a candidate among the
+    channel's own top `depth` for the query keeps its exact score, any other gets an upper bound,
+    the depth-th score (`floor="search"`, the search memo's floor) or 1.0 (`"one"`, the loosest
+    a cosine allows). `asked` records each exact scoring (the server's second round)."""
+    exact_scores = store.similarities
+
+    def similarities(requests):
+        asked.append(sorted(requests))
+        return exact_scores(requests)
+
+    def bounded(requests):
+        out = {}
+        for m, (q, positions) in requests.items():
+            exact = exact_scores({m: (q, positions)})[m]
+            if m == "lexical":  # scored in process on every backend: never bounded
+                out[m] = (exact, None)
+                continue
+            sims, rows = store.channels()[m].search(q.reshape(1, -1), depth)
+            loose = ~np.isin(store.channels()[m].rows[positions], rows[0])
+            bound = float(sims[0].min()) if floor == "search" else 1.0
+            out[m] = (np.where(loose, np.float32(bound), exact), loose)
+        return out
+
+    store.similarities = similarities  # type: ignore[method-assign]
+    store.bounded_similarities = bounded  # type: ignore[method-assign]
+
+
+def prediction_facts(p) -> tuple:
+    return (
+        p.category,
+        p.scores,
+        [(n.row, n.score) for n in p.neighbors],
+        p.channel_votes,
+        p.disagreement,
+        p.decision,
+        p.category_path,
+    )
+
+
+@pytest.mark.parametrize("floor", ["search", "one"])
+def test_bounded_scores_give_the_exact_predictions_and_skip_the_second_round_when_they_can(floor):
+    """A server store answers candidates its searches did not return with an upper bound; the
+    Categorizer asks their exact scores only when a bound could enter a top k it reads (the
+    fused vote, the photo's and the text's own votes, the similar products). Whatever the bound,
+    predictions and neighbours equal the exact scores' ones; with the search's own floor most
+    queries need no second round, with a bound of 1.0 every one does."""
+    exact_store, store = bounded_store(), bounded_store()
+    asked: list = []
+    cat = Categorizer(store)
+    bound_like_a_server(store, cat.candidates, floor, asked)
+    exact = Categorizer(exact_store)
+    rows = list(range(0, 240, 3))
+    for r in rows:
+        q = stored_queries(store, [r])
+        assert prediction_facts(cat.predict_vectors(q)[0]) == prediction_facts(exact.predict_vectors(q)[0])
+        got, want = cat.neighbors(q, k=5)[0], exact.neighbors(q, k=5)[0]
+        assert [(n.row, n.score) for n in got] == [(n.row, n.score) for n in want]
+    second_rounds = len(asked)
+    if floor == "one":
+        assert second_rounds == 2 * len(rows)  # a prediction and a neighbour search per query
+    else:
+        assert 0 < second_rounds < len(rows) // 2, second_rounds
+
+
+def test_a_bound_that_could_enter_a_channels_own_vote_needs_the_exact_scores():
+    """Eleven candidates scored exactly and one whose dense text score is only bounded (0.9):
+    its fused score cannot reach the top 10 (its photo scores 0), but its text vote (dense text
+    and lexical) could, and that vote sets the disagreement, so the bounds do not settle; with
+    a bound of 0.3 they do, and with fewer exact candidates than k they cannot."""
+    cat = Categorizer(bounded_store())
+    n, everyone = 12, np.ones(12, bool)
+
+    def parts(text_bound: float, k_exact: int = 11) -> dict:
+        image = np.r_[np.full(11, 0.9), 0.0]
+        text = np.r_[np.full(11, 0.5), text_bound]
+        loose = np.r_[np.zeros(11, bool), True]
+        loose[k_exact:11] = True
+        return {
+            "image": (image, everyone, 1.0, None),
+            "text": (text, everyone, 1.0, loose),
+            "lexical": (np.full(n, 0.5), everyone, 1.0, None),
+        }
+
+    assert not cat._bounds_settle(parts(0.9), n, 10)
+    assert cat._bounds_settle(parts(0.3), n, 10)
+    assert not cat._bounds_settle(parts(0.3, k_exact=9), n, 10)
+    assert cat._bounds_settle({m: (*p[:3], None) for m, p in parts(0.9).items()}, n, 10)

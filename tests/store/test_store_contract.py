@@ -323,6 +323,42 @@ def test_milvus_keeps_the_scores_its_search_returned_for_the_same_query(store):
     assert filters == [f"row in {sorted(rows.tolist())}"]
 
 
+def test_bounded_scores_are_exact_for_searched_rows_and_an_upper_bound_for_the_others(store):
+    """`bounded_similarities` never costs a second round trip where a channel remembers the
+    query's search: its rows keep their exact scores, every other row gets the search's lowest
+    score, an upper bound of its own (an exact search here), flagged loose. A store without
+    bounds (FAISS, the lexical channel) answers exact scores, none loose; so does a Milvus
+    channel whose search of the query came back with fewer rows than asked (no floor)."""
+    fresh = reload(store)
+    probe = stored_queries(fresh, [4])
+    text = fresh.modalities["text"]
+    sims, found = text.search(probe["text"], 5)
+    stored = np.asarray(text.vectors, np.float32)
+    positions = np.arange(text.ntotal)
+    want = stored @ probe["text"][0]
+    got = fresh.bounded_similarities({m: (probe[m][0], positions) for m in ("text", "lexical")})
+    lexical_scores, lexical_loose = got["lexical"]
+    assert lexical_loose is None
+    np.testing.assert_allclose(lexical_scores, fresh.similarities({"lexical": (probe["lexical"][0], positions)})["lexical"])
+    scores, loose = got["text"]
+    if not isinstance(fresh, MilvusIndexStore):
+        assert loose is None
+        np.testing.assert_allclose(scores, want, atol=1e-5)
+        return
+    returned = np.isin(text.rows, found[0])
+    np.testing.assert_array_equal(loose, ~returned)
+    np.testing.assert_allclose(scores[returned], want[returned], atol=1e-5)
+    floor = float(sims[0].min())
+    np.testing.assert_allclose(scores[~returned], floor, atol=1e-6)
+    assert (want[~returned] <= floor + 1e-5).all()  # an upper bound indeed
+    other = stored_queries(fresh, [7])["text"]
+    sims, rows = text.search(other, 3)
+    text.memo.remember(other, np.c_[sims, [[0.0]]], np.c_[rows, [[-1]]])  # a search that came back short
+    scores, loose = fresh.bounded_similarities({"text": (other[0], positions)})["text"]
+    assert loose is None
+    np.testing.assert_allclose(scores, stored @ other[0], atol=1e-5)
+
+
 # ---- adding --------------------------------------------------------------------------------
 def added_products(n: int = 2) -> list[Product]:
     return [
