@@ -239,7 +239,7 @@ class Categorizer:
         else:
             scored = self.store.bounded_similarities(asked)
         channel_parts = self._channel_parts(queries, i, used, where, full, scored)
-        if k is not None and not self._bounds_settle(channel_parts, len(rows), k):
+        if k is not None and not self._bounds_settle(channel_parts, len(rows), k, votes=parts is not None):
             scored = {m: (s, None) for m, s in self.store.similarities(asked).items()}
             channel_parts = self._channel_parts(queries, i, used, where, full, scored)
         fused, _ = _weighted_mean(channel_parts, used, len(rows))
@@ -271,14 +271,19 @@ class Categorizer:
         return out
 
     def _bounds_settle(
-        self, parts: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]], n: int, k: int
+        self,
+        parts: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray | None]],
+        n: int,
+        k: int,
+        votes: bool = True,
     ) -> bool:
         """True when no upper bound among the candidates' scores can enter a top k read from
-        them: the fused ranking, and the photo's and the text's own votes (`_channel_votes`).
-        Then the top k are the exact scores' top k, with their exact scores. O(candidates)."""
+        them: the fused ranking, and with `votes` (a prediction's, not a similar-product search's)
+        the photo's and the text's own votes (`_channel_votes`). Then the top k are the exact
+        scores' top k, with their exact scores. O(candidates)."""
         if not any(loose is not None and loose.any() for *_, loose in parts.values()):
             return True
-        groups = [list(parts), *_channel_vote_groups(parts)]
+        groups = [list(parts), *(_channel_vote_groups(parts) if votes else [])]
         return all(_top_k_exact(*_weighted_mean(parts, members, n), k) for members in groups)
 
     def predict_vectors(
