@@ -27,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Measured: Ray's vectors equal the in-process build's bit for bit on this machine (max |diff| 0.0,
 # bf16 autocast included); the margin allows for CPUs whose bf16 kernels depend on the batch.
 VECTOR_ATOL = 1e-5
+# A value the two paths compute within VECTOR_ATOL may still round to neighbouring float16 values in
+# the stored copies (a small index keeps float16: segments.vector_dtype_for): one float16 step, 2^-10 of the
+# value. Seen with fp32 encoding (ENCODER_PRECISION=auto on a CPU without native bf16): 7 of 1.2M.
+FLOAT16_STEP = 2.0**-10
 FLOAT_TOL = 1e-6  # fitted thresholds and cross-validated figures: float rounding only
 COMBINER_TOL = 1e-3  # the combiner's numbers and the figures computed from its scores (see below)
 COMBINER_KEYS = ("combiner", "combiner_empirical")
@@ -97,7 +101,7 @@ def test_encode_then_ingest_equals_build(full_shards, real_index, tmp_path):
     for modality in ("image", "text"):
         a, b = built.vectors_by_row(modality), ingested.vectors_by_row(modality)
         np.testing.assert_array_equal(a[1], b[1])
-        np.testing.assert_allclose(a[0], b[0], atol=VECTOR_ATOL, rtol=0)
+        np.testing.assert_allclose(a[0], b[0], atol=VECTOR_ATOL, rtol=FLOAT16_STEP)
 
 
 @pytest.mark.integration
