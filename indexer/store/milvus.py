@@ -60,9 +60,9 @@ no vector crosses the wire; `MilvusChannel.similarity`), but only when needed: e
 remembers its searches' scores (`SearchMemo`), a candidate one search did not return gets that
 search's lowest score as an upper bound (`MilvusChannel.bounded_similarity`), and the
 Categorizer asks the server for exact scores only when a bound could enter a top k it reads
-(`Categorizer._fused_similarity`): one round to the server instead of two when it cannot. Vectors are read by primary key only
-where a caller wants them; a whole-matrix use (the evaluation's batch similarities) fetches
-every vector once, O(N·d), and keeps it.
+(`Categorizer._fused_similarity`): one round to the server instead of two when it cannot.
+Vectors are read by primary key only where a caller wants them; a whole-matrix use (the
+evaluation's batch similarities) fetches every vector once, O(N·d), and keeps it.
 
 Milvus Lite opens a database from one process at a time: a service on Lite runs one worker
 (WEB_CONCURRENCY=1); several workers or hosts need a Milvus server.

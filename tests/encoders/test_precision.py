@@ -14,9 +14,7 @@ AMD_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma\
 BF16_IN_ANOTHER_FIELD = "processor\t: 0\nflags\t\t: fpu avx2\nbugs\t\t: avx512_bf16\n"
 
 
-@pytest.mark.parametrize(
-    ("cpuinfo", "native"), [(INTEL_AMX, True), (AMD_AVX2, False), (BF16_IN_ANOTHER_FIELD, False)]
-)
+@pytest.mark.parametrize(("cpuinfo", "native"), [(INTEL_AMX, True), (AMD_AVX2, False), (BF16_IN_ANOTHER_FIELD, False)])
 def test_native_bf16_reads_the_cpu_flags(tmp_path, cpuinfo, native):
     path = tmp_path / "cpuinfo"
     path.write_text(cpuinfo)
