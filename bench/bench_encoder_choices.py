@@ -51,12 +51,11 @@ def precision_rates(products) -> None:
     """What "auto" picks on this CPU, and the image rate it saves or costs."""
     from pathlib import Path
 
-    from indexer.encoders.embedded import BF16_CPU_FLAGS, native_bf16, resolve_precision
+    from indexer.encoders.embedded import BF16_CPU_FLAGS, cpu_flags, native_bf16, resolve_precision
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    simd = sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx")))
+    simd = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx")))
     native = f"native bf16 ({'/'.join(BF16_CPU_FLAGS)}): {native_bf16()}"
     print(f"CPU: {model}; SIMD flags: {' '.join(simd) or 'none'}; {native}")
     print(f"ENCODER_PRECISION=auto resolves to {resolve_precision('auto')} here")

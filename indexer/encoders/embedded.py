@@ -70,15 +70,19 @@ DEFAULT_PRECISION = "auto"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
 
 
-def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when this CPU advertises native bf16 arithmetic (AVX512-BF16 or AMX-BF16). False
-    where that cannot be read (not Linux): fp32 is then the safe choice, never the slow one."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The first CPU's `flags` line of /proc/cpuinfo; empty where it cannot be read (not Linux)."""
     try:
         text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when this CPU advertises native bf16 arithmetic (AVX512-BF16 or AMX-BF16). False
+    where that cannot be read: fp32 is then the safe choice, never the slow one."""
+    return any(flag in cpu_flags(cpuinfo) for flag in BF16_CPU_FLAGS)
 
 
 def resolve_precision(precision: str) -> str:
