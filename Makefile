@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data/Flipkart
 INDEX_DIR ?= var/index
 PORT ?= 8000
+TEST_WORKERS ?= auto
 export DATA_DIR INDEX_DIR PORT
 
 .PHONY: run test lint docs install system-packages index port-free bench report clean mutate
@@ -42,8 +43,10 @@ run: port-free index
 	$(PY) -m indexer info "$(INDEX_DIR)"
 	PATH="$(abspath $(VENV))/bin:$$PATH" && eval exec "$$(sed -n 's/^web: *//p' Procfile)"
 
+# One pytest-xdist worker per core (TEST_WORKERS=0: one process); tests sharing a fixture stay on one
+# worker (tests/conftest.py).
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Lint, format check and type check: what .ci/run runs before the tests.
 lint: install

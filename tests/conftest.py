@@ -1,11 +1,15 @@
-"""Shared fixtures: synthetic images, and one real index built once per test session."""
+"""Shared fixtures: synthetic images, and one real index built once per test run (shared by the
+pytest-xdist workers `make test` starts); the workers' grouping of tests that share a fixture."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,14 +53,47 @@ def embedded_encoder():
     return create_encoder("embedded")
 
 
-@pytest.fixture(scope="session")
-def real_index(tmp_path_factory, real_data_dir, embedded_encoder):
-    """The 945-product index, embedded profile, built once and shared (read-only!)."""
-    from indexer.pipeline.build import build_index
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), keep together the tests that share an expensive
+    fixture, so that one worker builds it: every test of the session's Milvus server (one server,
+    and some tests kill it), and every test of a module whose module- or class-scoped fixture it
+    uses (the Ray instance and its shards, the real report). Other tests go wherever a worker is free."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "milvus_server" in item.fixturenames:
+            group = "milvus-server"
+        elif any(
+            d.scope in ("class", "module", "package") for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
+        ):
+            group = item.nodeid.split("::")[0]
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
 
-    out = tmp_path_factory.mktemp("real-index")
-    summary = build_index(real_data_dir, out, encoder=embedded_encoder, progress=False)
-    return out, summary
+
+def shared_folder(tmp_path_factory) -> Path:
+    """The temporary folder every pytest-xdist worker of this run sees (the run's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory, real_data_dir, request):
+    """The 945-product index, embedded profile, built once per run and shared (read-only!): the
+    first worker to ask builds it under a file lock, the others wait and read its summary."""
+    from indexer.pipeline.build import BuildSummary
+
+    shared = shared_folder(tmp_path_factory)
+    out, done = shared / "real-index", shared / "real-index.summary.json"
+    with FileLock(str(shared / "real-index.lock")):
+        if not done.exists():
+            from indexer.pipeline.build import build_index
+
+            encoder = request.getfixturevalue("embedded_encoder")
+            summary = build_index(real_data_dir, out, encoder=encoder, progress=False)
+            done.write_text(json.dumps(dataclasses.asdict(summary)))
+    return out, BuildSummary(**json.loads(done.read_text()))
 
 
 @pytest.fixture(scope="session")
