@@ -53,6 +53,10 @@ def embedded_encoder():
     return create_encoder("embedded")
 
 
+SHARED_SCOPES = ("class", "module", "package")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), keep together the tests that share an expensive
     fixture, so that one worker builds it: every test of the session's Milvus server (one server,
@@ -61,11 +65,10 @@ def pytest_collection_modifyitems(config, items):
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
+        fixtures = item._fixtureinfo.name2fixturedefs.values()
         if "milvus_server" in item.fixturenames:
             group = "milvus-server"
-        elif any(
-            d.scope in ("class", "module", "package") for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
-        ):
+        elif any(d.scope in SHARED_SCOPES for defs in fixtures for d in defs):
             group = item.nodeid.split("::")[0]
         else:
             continue
