@@ -46,7 +46,7 @@ run: port-free index
 # One pytest-xdist worker per core (TEST_WORKERS=0: one process); tests sharing a fixture stay on one
 # worker (tests/conftest.py).
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Lint, format check and type check: what .ci/run runs before the tests.
 lint: install

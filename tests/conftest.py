@@ -1,5 +1,5 @@
 """Shared fixtures: synthetic images, and one real index built once per test run (shared by the
-pytest-xdist workers `make test` starts); the workers' grouping of tests that share a fixture."""
+pytest-xdist workers `make test` starts); the hooks that keep tests sharing a fixture on one worker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from xdist_groups import make_scheduler, write_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,26 +54,15 @@ def embedded_encoder():
     return create_encoder("embedded")
 
 
-SHARED_SCOPES = ("class", "module", "package")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`), keep together the tests that share an expensive
-    fixture, so that one worker builds it: every test of the session's Milvus server (one server,
-    and some tests kill it), and every test of a module whose module- or class-scoped fixture it
-    uses (the Ray instance and its shards, the real report). Other tests go wherever a worker is free."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        fixtures = item._fixtureinfo.name2fixturedefs.values()
-        if "milvus_server" in item.fixturenames:
-            group = "milvus-server"
-        elif any(d.scope in SHARED_SCOPES for defs in fixtures for d in defs):
-            group = item.nodeid.split("::")[0]
-        else:
-            continue
-        item.add_marker(pytest.mark.xdist_group(group))
+    """On a pytest-xdist worker, record which tests share an expensive fixture (tests/xdist_groups.py)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        write_groups(config, items)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s scheduler: those groups run on one worker each, largest first."""
+    return make_scheduler(config, log)
 
 
 def shared_folder(tmp_path_factory) -> Path:

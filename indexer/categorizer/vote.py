@@ -344,7 +344,7 @@ class Categorizer:
             sims = sims[ok]
             top = np.argsort(-sims, kind="stable")[:k]
             weights = np.exp((sims[top] - sims[top].max()) / self.temperature)
-            votes[channel] = self._shares(rows[ok][top], weights)
+            votes[channel] = self._shares(self._labels_of(rows[ok][top]), weights)
         prediction.channel_votes = votes
         prediction.disagreement = float(1.0 - sum(min(votes["photo"][c], votes["text"][c]) for c in self.classes))
 
@@ -385,10 +385,11 @@ class Categorizer:
     def _vote(self, rows: np.ndarray, sims: np.ndarray, used: list[str], with_neighbors: bool) -> Prediction:
         if len(rows) == 0:
             return Prediction(None, 0.0, 0.0, "review", {}, [], [], used)
+        labels = self._labels_of(rows)  # once: the shares, the raw confidence, the path and the purity read them
         weights = np.exp((sims - sims.max()) / self.temperature)
-        scores = self._shares(rows, weights)
+        scores = self._shares(labels, weights)
         category = max(scores, key=lambda c: scores[c])
-        raw = self._shares(rows, np.exp((sims - sims.max()) / self.confidence_temperature))[category]
+        raw = self._shares(labels, np.exp((sims - sims.max()) / self.confidence_temperature))[category]
         dense = [m for m in used if m != "lexical"]
         modality = "fused" if len(dense) > 1 else (dense[0] if dense else "lexical")
         neighbors = (
@@ -396,14 +397,13 @@ class Categorizer:
             if with_neighbors
             else []
         )
-        labels = self._labels_of(rows)
         return Prediction(
             category=category,
             confidence=self.calibrated(raw),
             raw_confidence=raw,
             decision="review",  # predict_vectors decides once the query's kind is known
             scores={c: round(v, 6) for c, v in sorted(scores.items(), key=lambda kv: -kv[1])},
-            category_path=self._deeper_path(category, rows, weights),
+            category_path=self._deeper_path(category, rows, weights, labels),
             neighbors=neighbors,
             modalities=used,
             top_similarity=float(sims.max()),
@@ -419,19 +419,22 @@ class Categorizer:
         classes = self._class_of_code[self._codes.take(rows)]
         return [self.classes[c] if c >= 0 else "" for c in classes]
 
-    def _shares(self, rows: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    def _shares(self, labels: list[str], weights: np.ndarray) -> dict[str, float]:
+        """Each category's share of the weights of the rows whose `labels` (`_labels_of`) these are."""
         votes: dict[str, float] = defaultdict(float)
-        for w, label in zip(weights, self._labels_of(rows), strict=True):
+        for w, label in zip(weights, labels, strict=True):
             if label:
                 votes[label] += float(w)
         total = sum(votes.values()) or 1.0
         return {c: votes.get(c, 0.0) / total for c in self.classes}
 
-    def _deeper_path(self, category: str, rows: np.ndarray, weights: np.ndarray, depth: int = 3) -> list[str]:
+    def _deeper_path(
+        self, category: str, rows: np.ndarray, weights: np.ndarray, labels: list[str], depth: int = 3
+    ) -> list[str]:
         """Extend the top-level category level by level with the neighbours' weighted majority."""
         votes = [
             (w, self.store.products[r].category_path)
-            for w, r, label in zip(weights, rows, self._labels_of(rows), strict=True)
+            for w, r, label in zip(weights, rows, labels, strict=True)
             if label == category
         ]
         path = [category]
