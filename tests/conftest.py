@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from xdist_groups import make_scheduler, write_groups
+from xdist_groups import make_scheduler, order_and_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,14 +54,18 @@ def embedded_encoder():
     return create_encoder("embedded")
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's wrapper: after its shuffle
 def pytest_collection_modifyitems(config, items):
-    """On a pytest-xdist worker, record which tests share an expensive fixture (tests/xdist_groups.py)."""
+    """On a pytest-xdist worker, order the tests and record those that share an expensive fixture
+    (tests/xdist_groups.py)."""
+    result = yield
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        write_groups(config, items)
+        order_and_record(config, items)
+    return result
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """`make test`'s scheduler: those groups run on one worker each, largest first."""
+    """`make test`'s scheduler: each group on one worker, in that order."""
     return make_scheduler(config, log)
 
 

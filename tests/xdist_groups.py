@@ -1,33 +1,43 @@
-"""Which tests one pytest-xdist worker runs together, so that an expensive shared fixture is built once.
+"""How `make test` shares the suite between its pytest-xdist workers (one per core).
 
-A group: every test of the session's Milvus server (one server; some tests kill and restart it), and
-every test of a module that uses one of its module- or class-scoped fixtures (the Ray instance and
-its shards, the real report, the module's Milvus copies). Other tests go to whichever worker is free.
+Groups: every test of the session's Milvus server (those using the `milvus_server` fixture or
+marked `milvus_server`: one server; some tests kill and restart it),
+and every test of a module that uses one of its module- or class-scoped fixtures (the Ray
+instance and its shards, the real report, the module's Milvus copies), run on one worker, so that
+the fixture is built once. Other tests go to whichever worker is free.
 
-xdist's own `--dist loadgroup` cannot carry this with pytest 9: it appends the group to
+Order: the real 945-product index is built once per run, under a file lock (conftest.real_index),
+by the first worker that needs it (about 2 minutes, one core busy); a second worker that needed it
+meanwhile would wait. So the largest unit that needs it is handed out first, then the groups that
+do not need it, then those that do (the long ones start early: the Ray shards, the real report, the
+server), each largest first; then the single tests that fill the gaps, those without the index first.
+
+xdist's own `--dist loadgroup` cannot carry the groups with pytest 9: it appends them to
 `item._nodeid`, an attribute pytest 9 no longer reads (node ids are `item._id`), so every test was
-scheduled alone and, for one, the real report and the Ray shards were each computed on both workers.
-Here each worker writes the groups it collected to a file in the run's temporary folder, and the
-controller's scheduler (`GroupScheduling`, from `pytest_xdist_make_scheduler` in conftest.py) reads
-it when it splits the collection: the workers have all collected by then.
+scheduled alone and the real report and the Ray shards were each computed on both workers. Here
+each worker orders its collection as above and writes the groups to a file in the run's temporary
+folder; the controller's scheduler (`make_scheduler`) reads it when it splits the collection (every
+worker has collected by then) and hands the units out in collection order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 SHARED_SCOPES = ("class", "module", "package")
+REAL_INDEX_FIXTURES = ("real_index", "service_index")
 GROUPS_FILE = "xdist-groups.json"
 SERVER_GROUP = "milvus-server"
 
 
 def group_of(item: pytest.Item) -> str | None:
     """The group of a collected test, or None when it may run anywhere."""
-    if "milvus_server" in item.fixturenames:
+    if "milvus_server" in item.fixturenames or item.get_closest_marker("milvus_server") is not None:
         return SERVER_GROUP
     fixtures = item._fixtureinfo.name2fixturedefs.values()
     if any(d.scope in SHARED_SCOPES for defs in fixtures for d in defs):
@@ -35,10 +45,28 @@ def group_of(item: pytest.Item) -> str | None:
     return None
 
 
-def write_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a worker: {node id: group} of its collection, into the run's shared folder (every worker
-    collects the same tests, so they write the same file; atomically, by rename)."""
-    groups = {item.nodeid: group for item in items if (group := group_of(item)) is not None}
+def needs_real_index(item: pytest.Item) -> bool:
+    return any(name in item.fixturenames for name in REAL_INDEX_FIXTURES)
+
+
+def order_and_record(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker: reorder `items` in place (see the module docstring; stable, so the random order
+    pytest-randomly chose stays within each rank), and write {node id: group} into the run's shared
+    folder. Every worker collects and orders the same tests, so they write the same file (by rename)."""
+    unit = {item.nodeid: group_of(item) or item.nodeid for item in items}
+    size = Counter(unit.values())
+    needs = {u for item in items if needs_real_index(item) for u in [unit[item.nodeid]]}
+    first = max((u for u in size if u in needs), key=lambda u: size[u], default=None)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        u = unit[item.nodeid]
+        if u == first:
+            return (0, 0)
+        single = u == item.nodeid
+        return (1 + 2 * single + (u in needs), -size[u])
+
+    items.sort(key=rank)
+    groups = {nodeid: u for nodeid, u in unit.items() if u != nodeid}
     shared = Path(config.option.basetemp).parent
     part = shared / f"{GROUPS_FILE}.{os.environ['PYTEST_XDIST_WORKER']}"
     part.write_text(json.dumps(groups))
@@ -46,8 +74,7 @@ def write_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
 
 
 def make_scheduler(config: pytest.Config, log):
-    """xdist's scope scheduler with our groups as scopes. Scopes are handed out largest first
-    (xdist's --loadscope-reorder), so the groups start before the single tests that fill the gaps."""
+    """xdist's scope scheduler with our units as scopes, handed out in the workers' collection order."""
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
@@ -59,4 +86,5 @@ def make_scheduler(config: pytest.Config, log):
                 self._groups = json.loads(path.read_text()) if path.exists() else {}
             return self._groups.get(nodeid, nodeid)
 
+    config.option.loadscopereorder = False  # the order is order_and_record's
     return GroupScheduling(config, log)
