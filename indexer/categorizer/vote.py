@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from indexer.categorizer.combiner import combined_score
+from indexer.categorizer.combiner import feature_row, scorer
 from indexer.categorizer.exclusion import Exclusion, exclusion_block, exclusion_groups
 from indexer.categorizer.kinds import PHOTO, PHOTO_TEXT, PLAIN, TEXT, QueryKind
 from indexer.encoders.base import encode_text_queries
@@ -128,6 +128,7 @@ class Categorizer:
         self.disagreement: dict | None = merged.get("disagreement")
         # the calibrated combiner of the confidence features (indexer.categorizer.combiner), if fitted
         self.combiner: dict | None = merged.get("combiner")
+        self._combiner_score = scorer(self.combiner) if self.combiner else None
         self.candidates = int(merged["candidates"])
         # the vote reads category codes of its k neighbours, not a Python label per product:
         # O(categories) here per loaded store, O(k) per query
@@ -490,8 +491,8 @@ class Categorizer:
             return "review", ["no indexed product is close enough to vote"]
         name = kind.name if kind is not None else self._default_kind(prediction.modalities)
         score = prediction.raw_confidence
-        if self.combiner:
-            score = combined_score(self.combiner, prediction, name)
+        if self._combiner_score is not None:
+            score = float(self._combiner_score(feature_row(prediction, name))[0])
         prediction.decision_score = score
         reasons = []
         split = self.disagreeing(prediction)

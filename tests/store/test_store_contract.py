@@ -758,42 +758,44 @@ def test_service_serves_and_adds_through_milvus_when_vector_store_is_set(tmp_pat
 
 # ---- the real index: identical nested figures through either store ----------------------------
 @pytest.mark.integration
-@pytest.mark.parametrize("where", ["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
-def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path, request, where, monkeypatch):
+@pytest.mark.milvus_server
+def test_real_nested_predictions_identical_through_milvus(service_index, tmp_path, request, monkeypatch):
+    """FAISS's nested run is computed once and compared with Milvus Lite's and the server's (one
+    test, not one per backend: the FAISS run is a third of its time)."""
     from indexer.categorizer import protocol as calibration
 
     path = service_index  # the session's real index (or SERVICE_TEST_INDEX, built by the same code)
     faiss_store = open_store(path)
-    if where == "lite":
-        target = MilvusLocation(str(tmp_path / "real.db"), "real")
-    else:
-        target = MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, "real")
-    loc = copy_to_milvus(faiss_store, target, replace=True)
-    request.addfinalizer(lambda: drop(loc))
-    # the nested protocol searches every product at once, past the service's 10 s deadline on a
-    # slow 2-core machine (Milvus Lite scans in Python): a batch job's deadline, as bench_milvus sets
-    monkeypatch.setattr(client_for(loc.uri), "timeout", 300.0)
-    milvus_store = MilvusIndexStore.open(loc)
-    assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"]
     groups = calibration.near_duplicate_groups(faiss_store)
-    np.testing.assert_array_equal(groups, calibration.near_duplicate_groups(milvus_store))
     labels = faiss_store.labels()
     folds = calibration.grouped_folds(labels, groups)
     sets = {"fused": calibration.FUSED}
     grid = calibration.PARAM_GRID[:2]
-    runs = {
-        name: calibration.nested_predictions(s, folds, groups, sets, grid)
-        for name, s in (("faiss", faiss_store), ("milvus", milvus_store))
-    }
-    a, b = runs["faiss"]["fused"], runs["milvus"]["fused"]
-    assert [p.category for p in a.predictions] == [p.category for p in b.predictions]
-    assert [p.confidence for p in a.predictions] == [p.confidence for p in b.predictions]
-    assert [f.entry for f in a.fits] == [f.entry for f in b.fits]
+    a = calibration.nested_predictions(faiss_store, folds, groups, sets, grid)["fused"]
     accuracy = np.mean([p.category == label for p, label in zip(a.predictions, labels, strict=True)])
     assert accuracy > 0.8  # the figures compared are real ones, not a degenerate run
-    # and a single service-style query agrees too (Milvus search, fetched vectors)
-    cf, cm = Categorizer(faiss_store), Categorizer(milvus_store)
-    for row in (0, 100, 500):
-        pf = cf.predict_vectors(stored_queries(faiss_store, [row]))[0]
-        pm = cm.predict_vectors(stored_queries(milvus_store, [row]))[0]
-        assert pf.category == pm.category and [n.row for n in pf.neighbors] == [n.row for n in pm.neighbors]
+    cf = Categorizer(faiss_store)
+    targets = {
+        "lite": MilvusLocation(str(tmp_path / "real.db"), "real"),
+        "server": MilvusLocation.parse(request.getfixturevalue("milvus_server").uri, "real"),
+    }
+    for where, target in targets.items():
+        loc = copy_to_milvus(faiss_store, target, replace=True)
+        request.addfinalizer(lambda loc=loc: drop(loc))
+        # the nested protocol searches every product at once, past the service's 10 s deadline on a
+        # slow 2-core machine (Milvus Lite scans in Python): a batch job's deadline, as bench_milvus sets
+        monkeypatch.setattr(client_for(loc.uri), "timeout", 300.0)
+        milvus_store = MilvusIndexStore.open(loc)
+        assert milvus_store.manifest["categorizer"] == faiss_store.manifest["categorizer"], where
+        np.testing.assert_array_equal(groups, calibration.near_duplicate_groups(milvus_store), err_msg=where)
+        b = calibration.nested_predictions(milvus_store, folds, groups, sets, grid)["fused"]
+        assert [p.category for p in a.predictions] == [p.category for p in b.predictions], where
+        assert [p.confidence for p in a.predictions] == [p.confidence for p in b.predictions], where
+        assert [f.entry for f in a.fits] == [f.entry for f in b.fits], where
+        # and a single service-style query agrees too (Milvus search, fetched vectors)
+        cm = Categorizer(milvus_store)
+        for row in (0, 100, 500):
+            pf = cf.predict_vectors(stored_queries(faiss_store, [row]))[0]
+            pm = cm.predict_vectors(stored_queries(milvus_store, [row]))[0]
+            assert pf.category == pm.category, (where, row)
+            assert [n.row for n in pf.neighbors] == [n.row for n in pm.neighbors], (where, row)
