@@ -7,6 +7,7 @@ DATA_DIR ?= ../shared/data/Flipkart
 INDEX_DIR ?= var/index
 PORT ?= 8000
 TEST_WORKERS ?= auto
+TEST_THREADS ?= 1
 export DATA_DIR INDEX_DIR PORT
 
 .PHONY: run test lint docs install system-packages index port-free bench report clean mutate
@@ -49,9 +50,12 @@ run: port-free index
 	PATH="$(abspath $(VENV))/bin:$$PATH" && eval exec "$$(sed -n 's/^web: *//p' Procfile)"
 
 # One pytest-xdist worker per core (TEST_WORKERS=0: one process); tests sharing a fixture stay on one
-# worker (tests/conftest.py).
+# worker (tests/xdist_groups.py). One OpenMP / BLAS thread per worker (TEST_THREADS): with the
+# libraries' default of one per core, the two workers' threads fought over the 2 cores (suite
+# 991 s, against 864 s with one thread each, docs/development.md).
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	OMP_NUM_THREADS=$(TEST_THREADS) OPENBLAS_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	  $(PY) -m pytest -n $(TEST_WORKERS)
 
 # Lint, format check and type check: what .ci/run runs before the tests.
 lint: install
