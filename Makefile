@@ -13,14 +13,16 @@ export DATA_DIR INDEX_DIR PORT
 .PHONY: run test lint docs install system-packages index port-free bench report clean mutate
 
 # uv installs the same pinned files as `pip install -r` would (the same versions, checked by hand
-# with `pip freeze`) in 33 s instead of pip's 210 s on a fresh 2-core machine: it downloads and
-# unpacks in parallel (torch alone brings 3.2 GB of CUDA libraries).
+# with `pip freeze`): a fresh `make install` took 111 s against pip's 216 s on this 2-core machine,
+# as it downloads and unpacks in parallel (torch alone brings 3.2 GB of CUDA libraries).
+# --compile-bytecode, as pip does: this machine sets PYTHONDONTWRITEBYTECODE=1, so without it every
+# process (the tests start many) compiled torch & co. again (import 30 s against 14 s; .ci/run 1,390 s).
 UV_VERSION := 0.13.10
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) --quiet -r requirements.txt -r requirements-dev.txt
+	$(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed system-packages
