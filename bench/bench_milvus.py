@@ -24,8 +24,9 @@ Prints, per Milvus index type (FLAT, HNSW):
   not return get an upper bound first; the exact scores are a second round to the server only
   when a bound could change the answer) and with every candidate scored on the server (two
   rounds each time, the code before the bounds), each with how many predictions asked the
-  exact scores and how many fused categories equal exact search's; and in batches (one search
-  per channel per batch);
+  exact scores and how many fused categories equal exact search's; bounds first once per
+  `--bound-depths` depth (rows each search asks the server for and remembers, MILVUS_BOUND_DEPTH,
+  while it returns the k asked); and in batches (one search per channel per batch);
 - recall@10 of each dense channel against exact search over the same vectors (the FAISS Flat
   store), on the held-out queries;
 - agreement: share of the held-out queries where Milvus and the exact store predict the same
@@ -42,6 +43,7 @@ process, on the same FAISS library. HNSW searches with ef = MILVUS_EF (default 1
 
 Run: .venv/bin/python bench/bench_milvus.py [--products 100000] [--queries 300] [--index-types FLAT,HNSW,IVF_SQ8]
      [--uri milvus://host:port | --lite] [--from-index DIR] [--keep] [--reuse] [--no-wait]
+     [--bound-depths 0,200,400,1000]
 """
 
 from __future__ import annotations
@@ -287,6 +289,10 @@ def main() -> None:
         action="store_true",
         help="measure at once: no wait for the re-indexing after compactions nor a quiet machine (timed under load)",
     )
+    parser.add_argument(
+        "--bound-depths",
+        help="search depths to time one-query predictions at, comma-separated (default: MILVUS_BOUND_DEPTH's)",
+    )
     args = parser.parse_args()
     # a FLAT batch search of hundreds of queries at 100k takes longer than the service's 10 s
     os.environ.setdefault("MILVUS_TIMEOUT", "300")
@@ -381,14 +387,21 @@ def main() -> None:
                 if ("127.0.0.1" in uri or "localhost" in uri) and not args.no_wait:
                     print(f"  {wait_until_quiet()}")
                 single_queries(store, queries, 3)  # warm-up: first searches
-                for bounds in (True, False):
+                configured = {m: c.bound_depth for m, c in store.modalities.items()}  # type: ignore[attr-defined]
+                depths = [int(d) for d in args.bound_depths.split(",")] if args.bound_depths else [None]
+                for depth, bounds in [*((d, True) for d in depths), (0, False)]:
+                    for name, channel in store.modalities.items():
+                        channel.bound_depth = configured[name] if depth is None else depth  # type: ignore[attr-defined]
+                    shown = ", ".join(f"{m} {c.bound_depth}" for m, c in store.modalities.items())  # type: ignore[attr-defined]
                     times, categories, asked = single_queries(store, queries, args.latency_queries, bounds)
                     same = np.mean([a == b for a, b in zip(want, categories, strict=False)])
                     print(
-                        f"  one query, {'bounds first' if bounds else 'every candidate scored (two rounds)'}: "
-                        f"{percentiles(times)} over {len(times)}; exact scores asked for {asked}; fused category "
-                        f"equal to exact search's {same:.2%} ({load_average()})"
+                        f"  one query, {'bounds first' if bounds else 'every candidate scored (two rounds)'}, "
+                        f"search depth {shown}: {percentiles(times)} over {len(times)}; exact scores asked for "
+                        f"{asked}; fused category equal to exact search's {same:.2%} ({load_average()})"
                     )
+                for name, channel in store.modalities.items():
+                    channel.bound_depth = configured[name]  # type: ignore[attr-defined]
                 print(f"  recall@10 against exact search: {recall_at_10(store, reference, queries)}")
                 got, per_query = batch_categories(store, queries, batch)
                 agree = np.mean([a == b for a, b in zip(want, got, strict=True)])

@@ -61,6 +61,11 @@ remembers its searches' scores (`SearchMemo`), a candidate one search did not re
 search's lowest score as an upper bound (`MilvusChannel.bounded_similarity`), and the
 Categorizer asks the server for exact scores only when a bound could enter a top k it reads
 (`Categorizer._fused_similarity`): one round to the server instead of two when it cannot.
+To make that more likely, a search of a few queries asks the server for `MILVUS_BOUND_DEPTH`
+rows (default 400 on FLAT and IVF_SQ8, whose cost hardly grows with the limit; HNSW's ef) and
+returns the k asked: the rest only sharpen the memo (more candidates with their exact score, a
+lower floor). At 1M SYNTHETIC products that took the second round from 76 predictions in 100
+to 23 (docs/results.md).
 Vectors are read by primary key only where a caller wants them; a whole-matrix use (the
 evaluation's batch similarities) fetches every vector once, O(N·d), and keeps it.
 
@@ -115,14 +120,22 @@ INSERT_ROWS = 1_000  # entities per insert call
 MAX_LIMIT = 16_384  # the most results one Milvus search returns (its topk limit)
 CACHED_ROWS = 20_000  # rows whose vectors a loaded store keeps (RowVectors)
 RECENT_QUERIES = 64  # queries whose search scores a channel remembers (SearchMemo)
+# rows a search of at most RECENT_QUERIES queries asks the server for, whatever its k, on FLAT
+# and IVF_SQ8 (MILVUS_BOUND_DEPTH overrides; 0: only k): its first k are returned, the others
+# only sharpen the SearchMemo's bounds. HNSW's default is its ef: a deeper limit widens its
+# candidate list. Chosen by bench_milvus.py's figures (docs/results.md).
+DEFAULT_BOUND_DEPTH = 400
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_SQ8")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF = 128  # HNSW candidate list at search time (MILVUS_EF overrides)
 # IVF_SQ8: one byte per dimension (a quarter of FLAT's or HNSW's memory), built per sealed
 # segment (~100k image vectors at Milvus's 512 MB); a segment under 1,024 rows is not indexed and
-# is searched exactly. Not swept: with these, recall@10 was 0.975-0.984 at 1M and 0.986-0.992 at 100k
-# (bench_milvus.py, docs/results.md).
+# is searched exactly. recall@10 was 0.975-0.992 at 1M and 0.986-0.992 at 100k with these. 256
+# lists (fewer centroids per segment to compare) with 2 probed gave p50 27.8 and 41.5 ms in two
+# runs at 1M against 36.6 ms for 8 of 1,024, recall@10 0.97: not a clear gain, so not the
+# default (bench_milvus.py, docs/results.md).
 IVF_BUILD = {"nlist": 1024}
+EVERY_LIST = 65_536  # nprobe of a scoring search: Milvus's largest, clamped to the index's nlist
 DEFAULT_NPROBE = 32  # IVF lists probed per segment at search time (MILVUS_NPROBE overrides)
 STATE_KEY = "indexer.state"  # the commit state: a property of the meta collection
 DEFAULT_TIMEOUT = 10.0  # seconds a read or write may take before the store is unavailable (MILVUS_TIMEOUT)
@@ -884,6 +897,17 @@ class SearchMemo:
             return dict(known), floor
 
 
+def bound_depth(search_params: Mapping[str, Any]) -> int:
+    """The rows a search of a few queries asks for (`MilvusChannel.search`): MILVUS_BOUND_DEPTH,
+    else DEFAULT_BOUND_DEPTH, at most HNSW's ef (past it the graph search would widen)."""
+    configured = os.environ.get("MILVUS_BOUND_DEPTH")
+    ef = search_params.get("params", {}).get("ef")
+    depth = int(configured) if configured else (int(ef) if ef is not None else DEFAULT_BOUND_DEPTH)
+    if depth < 0:
+        raise ValueError(f"MILVUS_BOUND_DEPTH must be 0 or more, not {depth}")
+    return min(depth, int(ef)) if ef is not None else depth
+
+
 @dataclass
 class MilvusChannel:
     """One dense modality searched in Milvus; `rows[i]` is the product row of position i."""
@@ -897,6 +921,7 @@ class MilvusChannel:
     search_params: dict
     read: dict = field(default_factory=dict)  # consistency options: see the module docstring
     memo: SearchMemo = field(default_factory=SearchMemo)
+    bound_depth: int = 0  # rows a search of a few queries asks for, remembered only (DEFAULT_BOUND_DEPTH)
 
     @property
     def ntotal(self) -> int:
@@ -919,7 +944,10 @@ class MilvusChannel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, product rows) of the k nearest vectors (rows -1 past the end), by
         Milvus's search with the filter expression: FLAT O(N·d), HNSW ~O(ef·log N·d), IVF_SQ8
-        O(segments·(nlist + nprobe·rows per list)·d) per query.
+        O(segments·(nlist + nprobe·rows per list)·d) per query, plus O(limit) per query to read
+        the hits. A search of at most RECENT_QUERIES queries asks for `bound_depth` rows when
+        that is more than k, remembers them all (`SearchMemo`) and returns the first k: the
+        same k (a heap's top k of the same scan), with more known scores and a lower floor.
         A position filter that is not a category becomes `row in [...]` (or `not in`, the
         shorter list): O(|list|) to send and parse."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -928,22 +956,23 @@ class MilvusChannel:
         if n == 0 or available == 0:
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
         k = max(1, min(k, available, MAX_LIMIT))
+        limit = max(k, min(self.bound_depth, available, MAX_LIMIT)) if n <= RECENT_QUERIES else k
         hits = self.client.search(
             self.loc.channel(self.modality),
             data=queries.tolist(),
             anns_field="vector",
-            limit=k,
+            limit=limit,
             filter=self._expression(allowed),
             search_params=self.search_params,
             **self.read,
         )
-        sims = np.zeros((n, k), np.float32)
-        rows = np.full((n, k), -1, np.int64)
+        sims = np.zeros((n, limit), np.float32)
+        rows = np.full((n, limit), -1, np.int64)
         for i, found in enumerate(hits):
-            for j, hit in enumerate(found[:k]):
-                sims[i, j], rows[i, j] = hit["distance"], hit.id  # the primary key, `row`
+            got = min(len(found.ids), limit)  # the primary keys (`row`) and scores, as lists
+            sims[i, :got], rows[i, :got] = found.distances[:got], found.ids[:got]
         self.memo.remember(queries, sims, rows)
-        return sims, rows
+        return sims[:, :k], rows[:, :k]
 
     def _scoring_params(self, count: int) -> dict:
         """Search parameters under which a search restricted to `count` rows can return them all:
@@ -952,7 +981,7 @@ class MilvusChannel:
         if "ef" in params:
             params["ef"] = max(int(params["ef"]), count)
         if "nprobe" in params:
-            params["nprobe"] = IVF_BUILD["nlist"]
+            params["nprobe"] = EVERY_LIST
         return {**self.search_params, "params": params}
 
     def bounded_similarity(self, query: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1150,6 +1179,7 @@ class MilvusIndexStore(IndexStore):
         elif index_type == "IVF_SQ8":
             nprobe = int(os.environ.get("MILVUS_NPROBE") or manifest.get("store", {}).get("nprobe") or DEFAULT_NPROBE)
             params["params"] = {"nprobe": nprobe}
+        depth = bound_depth(params)
         modalities: dict[str, Any] = {}
         source = RowVectors(client, loc, sorted(snap.present), snap.ts)
         counts = {"products": n}
@@ -1157,7 +1187,9 @@ class MilvusIndexStore(IndexStore):
             present = np.concatenate(parts) if parts else np.zeros(0, bool)
             rows = np.flatnonzero(present).astype(np.int64)
             vectors = MilvusVectors(source, modality, rows, int(manifest["dims"][modality]))
-            modalities[modality] = MilvusChannel(client, loc, modality, rows, vectors, n, params, source.read)
+            modalities[modality] = MilvusChannel(
+                client, loc, modality, rows, vectors, n, params, source.read, bound_depth=depth
+            )
             counts[modality] = len(rows)
         copied = int(snap.manifest.get("counts", {}).get("products", n))
         manifest["counts"] = counts

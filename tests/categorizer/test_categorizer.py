@@ -413,6 +413,24 @@ def test_bounded_scores_give_the_exact_predictions_and_skip_the_second_round_whe
         assert 0 < second_rounds < len(rows) // 2, second_rounds
 
 
+def test_a_deeper_memo_settles_more_predictions_with_the_same_answers():
+    """A server channel that remembers more rows per search than the candidates it returns
+    (`MilvusChannel.bound_depth`) knows more candidates' exact scores and bounds the others by a
+    lower floor: fewer predictions need the second round, and they stay the exact ones."""
+    exact = Categorizer(bounded_store())
+    rows = list(range(0, 240, 3))
+    want = [prediction_facts(exact.predict_vectors(stored_queries(exact.store, [r]))[0]) for r in rows]
+    rounds = {}
+    for depth in (50, 120):
+        store, asked = bounded_store(), []
+        cat = Categorizer(store)
+        bound_like_a_server(store, depth, "search", asked)
+        got = [prediction_facts(cat.predict_vectors(stored_queries(store, [r]))[0]) for r in rows]
+        assert got == want
+        rounds[depth] = len(asked)
+    assert rounds[120] < rounds[50] / 2, rounds
+
+
 def test_a_bound_that_could_enter_a_channels_own_vote_needs_the_exact_scores():
     """Eleven candidates scored exactly and one whose dense text score is only bounded (0.9):
     its fused score cannot reach the top 10 (its photo scores 0), but its text vote (dense text

@@ -22,7 +22,7 @@ from fakes import FakeEncoder, make_dataset
 
 from indexer.pipeline.build import build_index
 from indexer.store import open_store, route
-from indexer.store.milvus import MilvusIndexStore, MilvusLocation, copy_to_milvus, drop
+from indexer.store.milvus import IVF_BUILD, MilvusIndexStore, MilvusLocation, SearchMemo, copy_to_milvus, drop
 
 pytestmark = pytest.mark.milvus_server
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +226,10 @@ def test_kill_9_during_adds_then_restart_loses_no_acknowledged_add(server_copy, 
         route(local, None)
 
 
+def fetch_refused(*args, **kwargs):
+    raise AssertionError("a candidate's vector was fetched: the scoring search did not return it")
+
+
 def test_indexed_copies_are_built_and_searched_with_their_own_parameters(milvus_server, tmp_path, monkeypatch):
     """The approximate index types `to-milvus --index-type` offers (HNSW; IVF_SQ8, a quarter of
     the memory, the 1M choice) are built over every sealed segment, searched with their own knob
@@ -252,6 +256,8 @@ def test_indexed_copies_are_built_and_searched_with_their_own_parameters(milvus_
                     break
                 time.sleep(1)
             assert [i["index_type"] for i in infos] == [kind] * len(infos), infos
+            if kind == "IVF_SQ8":
+                assert {int(i["nlist"]) for i in infos} == {IVF_BUILD["nlist"]}, infos
             assert [int(i["indexed_rows"]) for i in infos] == [c.ntotal for c in store.modalities.values()]
             assert store.manifest["store"]["index_type"] == kind
             knob, value = knobs[kind]
@@ -262,6 +268,13 @@ def test_indexed_copies_are_built_and_searched_with_their_own_parameters(milvus_
                 _, rows = channel.search(queries, 10)
                 want = np.asarray(faiss_store.modalities[name].rows)[positions]
                 assert np.mean(rows[:, 0] == want) >= 0.95, (kind, name, rows[:, 0], want)
+                # scoring candidates probes every list (EVERY_LIST, clamped to the index's nlist):
+                # every asked row comes back from the server, none is fetched and scored here
+                channel.memo = SearchMemo()
+                monkeypatch.setattr(channel.vectors.source, "get", fetch_refused)
+                asked = np.arange(0, channel.ntotal, 23)
+                stored = np.asarray(faiss_store.modalities[name].vectors[asked], np.float32) @ queries[1]
+                np.testing.assert_allclose(channel.similarity(queries[1], asked), stored, atol=0.03)
     finally:
         for loc in locs.values():
             drop(loc)

@@ -38,7 +38,16 @@ from indexer.store.locks import write_lock
 
 pytest.importorskip("pymilvus")
 from indexer.store import factory as backends  # noqa: E402 - after the skip: pymilvus is optional for a reader
-from indexer.store.milvus import MilvusIndexStore, MilvusLocation, client_for, copy_to_milvus, drop  # noqa: E402
+from indexer.store.milvus import (  # noqa: E402
+    DEFAULT_BOUND_DEPTH,
+    RECENT_QUERIES,
+    MilvusIndexStore,
+    MilvusLocation,
+    bound_depth,
+    client_for,
+    copy_to_milvus,
+    drop,
+)
 
 BACKENDS = ("faiss", "milvus-lite", pytest.param("milvus-server", marks=pytest.mark.milvus_server))
 N = 40
@@ -297,6 +306,7 @@ def test_milvus_keeps_the_scores_its_search_returned_for_the_same_query(store):
         pytest.skip("the Milvus channels' search memo")
     fresh = reload(store)
     channel = fresh.modalities["text"]
+    channel.bound_depth = 0  # the search remembers only the k rows it returns (the deeper memo: below)
     probe, other = stored_queries(fresh, [4])["text"], stored_queries(fresh, [7])["text"]
     _, found = channel.search(probe, 3)
     found = found[0][found[0] >= 0]
@@ -332,6 +342,8 @@ def test_bounded_scores_are_exact_for_searched_rows_and_an_upper_bound_for_the_o
     fresh = reload(store)
     probe = stored_queries(fresh, [4])
     text = fresh.modalities["text"]
+    if isinstance(fresh, MilvusIndexStore):
+        text.bound_depth = 0  # the floor of exactly the 5 rows returned (the deeper memo: below)
     sims, found = text.search(probe["text"], 5)
     stored = np.asarray(text.vectors, np.float32)
     positions = np.arange(text.ntotal)
@@ -358,6 +370,66 @@ def test_bounded_scores_are_exact_for_searched_rows_and_an_upper_bound_for_the_o
     scores, loose = fresh.bounded_similarities({"text": (other[0], positions)})["text"]
     assert loose is None
     np.testing.assert_allclose(scores, stored @ other[0], atol=1e-5)
+
+
+def test_a_deeper_search_returns_the_same_rows_and_remembers_more(store):
+    """A Milvus search of a few queries asks the server for `bound_depth` rows and returns the k
+    asked: the same k, with the same scores, as a search of k; the memo then knows the exact
+    score of every row of the deeper search, and bounds the others by its lowest score. A batch
+    larger than the memo asks for k only: it could not keep the rest."""
+    if not isinstance(store, MilvusIndexStore):
+        pytest.skip("the Milvus channels' search depth")
+    fresh = reload(store)
+    text = fresh.modalities["text"]
+    probe = stored_queries(fresh, [4])["text"]
+    text.bound_depth = 0
+    shallow = text.search(probe, 3)
+    deep_store = reload(store)
+    deep = deep_store.modalities["text"]
+    deep.bound_depth = 8
+    limits, real = [], deep.client
+
+    class Recording:
+        def search(self, name, **kwargs):
+            limits.append((len(kwargs["data"]), kwargs["limit"]))
+            return real.search(name, **kwargs)
+
+    deep.client = Recording()
+    sims, rows = deep.search(probe, 3)
+    assert limits == [(1, 8)]
+    np.testing.assert_array_equal(rows, shallow[1])
+    np.testing.assert_allclose(sims, shallow[0], atol=1e-6)
+    want_sims, want_rows = exact(fresh, "text", probe, 8)
+    positions = np.arange(deep.ntotal)
+    scores, loose = deep.bounded_similarity(probe[0], positions)
+    assert loose is not None
+    known = np.isin(deep.rows, want_rows[0])
+    np.testing.assert_array_equal(loose, ~known)  # exactly the 8 nearest are known
+    stored = np.asarray(deep.vectors, np.float32) @ probe[0]
+    np.testing.assert_allclose(scores[known], stored[known], atol=1e-5)
+    np.testing.assert_allclose(scores[~known], want_sims[0, -1], atol=1e-5)  # the 8th score: the floor
+    assert (stored[~known] <= scores[~known] + 1e-5).all()
+    limits.clear()
+    many = np.repeat(probe, RECENT_QUERIES + 1, axis=0)
+    assert deep.search(many, 3)[1].shape == (RECENT_QUERIES + 1, 3)
+    assert limits == [(RECENT_QUERIES + 1, 3)]
+
+
+def test_the_search_depth_follows_the_setting_and_stays_within_hnsws_list(monkeypatch):
+    """DEFAULT_BOUND_DEPTH on FLAT and IVF_SQ8; HNSW's ef by default and at most (past it its
+    graph search would widen); MILVUS_BOUND_DEPTH overrides, 0 turns the deeper search off, and
+    a negative depth is refused."""
+    monkeypatch.delenv("MILVUS_BOUND_DEPTH", raising=False)
+    flat, ivf, hnsw = {"metric_type": "IP"}, {"params": {"nprobe": 32}}, {"params": {"ef": 128}}
+    assert bound_depth(flat) == bound_depth(ivf) == DEFAULT_BOUND_DEPTH
+    assert bound_depth(hnsw) == 128
+    monkeypatch.setenv("MILVUS_BOUND_DEPTH", "1000")
+    assert (bound_depth(ivf), bound_depth(hnsw)) == (1000, 128)
+    monkeypatch.setenv("MILVUS_BOUND_DEPTH", "0")
+    assert (bound_depth(flat), bound_depth(hnsw)) == (0, 0)
+    monkeypatch.setenv("MILVUS_BOUND_DEPTH", "-1")
+    with pytest.raises(ValueError, match="MILVUS_BOUND_DEPTH"):
+        bound_depth(flat)
 
 
 # ---- adding --------------------------------------------------------------------------------
