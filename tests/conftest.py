@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from xdist_groups import make_scheduler, order_and_record
+from xdist_groups import make_scheduler, order_and_record, shared_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,6 @@ def pytest_collection_modifyitems(config, items):
 def pytest_xdist_make_scheduler(config, log):
     """`make test`'s scheduler: each group on one worker, in that order."""
     return make_scheduler(config, log)
-
-
-def shared_folder(tmp_path_factory) -> Path:
-    """The temporary folder every pytest-xdist worker of this run sees (the run's own without xdist)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ def fake_item(nodeid: str, fixtures: dict[str, str] | None = None, marked_server
 
 def test_order_puts_the_real_index_first_then_groups_then_single_tests(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
-    config = SimpleNamespace(option=SimpleNamespace(basetemp=str(tmp_path / "popen-gw1")))
+    worker_temp = tmp_path / "popen-gw1"  # a worker's basetemp: the run's folder is its parent
+    config = SimpleNamespace(_tmp_path_factory=SimpleNamespace(getbasetemp=lambda: worker_temp))
     items = [
         fake_item("a.py::single_with_index", {"real_index": "session"}),
         fake_item("a.py::single"),

@@ -45,6 +45,13 @@ def group_of(item: pytest.Item) -> str | None:
     return None
 
 
+def shared_folder(factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder of the whole run: a worker's parent folder under pytest-xdist (what every
+    worker and the controller see), the run's own without it. O(1)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def needs_real_index(item: pytest.Item) -> bool:
     return any(name in item.fixturenames for name in REAL_INDEX_FIXTURES)
 
@@ -67,7 +74,7 @@ def order_and_record(config: pytest.Config, items: list[pytest.Item]) -> None:
 
     items.sort(key=rank)
     groups = {nodeid: u for nodeid, u in unit.items() if u != nodeid}
-    shared = Path(config.option.basetemp).parent
+    shared = shared_folder(config._tmp_path_factory)  # type: ignore[attr-defined]
     part = shared / f"{GROUPS_FILE}.{os.environ['PYTEST_XDIST_WORKER']}"
     part.write_text(json.dumps(groups))
     os.replace(part, shared / GROUPS_FILE)
@@ -82,7 +89,8 @@ def make_scheduler(config: pytest.Config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             if self._groups is None:
-                path = config._tmp_path_factory.getbasetemp() / GROUPS_FILE
+                # the controller's own folder is the run's (it may run inside another run's worker)
+                path = config._tmp_path_factory.getbasetemp() / GROUPS_FILE  # type: ignore[attr-defined]
                 self._groups = json.loads(path.read_text()) if path.exists() else {}
             return self._groups.get(nodeid, nodeid)
 
